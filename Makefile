@@ -1,0 +1,122 @@
+# cksm - cluster-wide samepage merging.
+#
+#   make            build everything into build/ (gcc; CC=clang works too)
+#   make deps       install the Debian build and test dependencies (root)
+#   make test       build, then run every test; ends with "N passed, N failed"
+#   make demo       start a local coordinator and agent and show their status
+#   make fuzz       run the libFuzzer targets longer (FUZZ_SECONDS each)
+#   make bench      build and run the benchmarks
+#   make lint       cppcheck and the clang-format check
+#   make install    install binaries, units and the example config
+
+VERSION := 0.1.0
+CC ?= gcc
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+B ?= build
+PREFIX ?= /usr/local
+DESTDIR ?=
+FUZZ_SECONDS ?= 300
+
+PKGS := libuv libprotobuf-c libsodium inih libmicrohttpd libsystemd
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
+	-Wmissing-prototypes -Wvla -Wno-missing-field-initializers
+CFLAGS ?= -O2 -g
+CPPFLAGS_ALL := -D_GNU_SOURCE -DCKSM_VERSION='"$(VERSION)"' \
+	-I$(B)/proto -Idaemon/common $(shell pkg-config --cflags $(PKGS))
+CFLAGS_ALL := -std=gnu11 $(WARN) -fno-strict-aliasing -pthread $(CFLAGS)
+LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
+
+PROTO_C := $(B)/proto/cksm.pb-c.c
+PROTO_H := $(B)/proto/cksm.pb-c.h
+
+COMMON_SRC := $(wildcard daemon/common/*.c)
+AGENT_SRC := $(wildcard daemon/agent/*.c)
+COORD_SRC := $(wildcard daemon/coord/*.c)
+COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
+
+BINS := $(B)/cksmd $(B)/cksmctl $(B)/cksm-testpeer
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+
+.PHONY: all deps test demo fuzz bench lint format install clean
+all: $(BINS) $(UNIT_BINS)
+
+$(PROTO_C) $(PROTO_H): proto/cksm.proto
+	@mkdir -p $(B)/proto
+	protoc-c --proto_path=proto --c_out=$(B)/proto $<
+
+$(B)/proto/cksm.pb-c.o: $(PROTO_C)
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -Wno-missing-prototypes -c -o $@ $<
+
+$(B)/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
+
+$(B)/libcksmcommon.a: $(COMMON_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(B)/cksmd: daemon/cksmd.c $(AGENT_SRC:%.c=$(B)/%.o) $(COORD_SRC:%.c=$(B)/%.o) $(B)/libcksmcommon.a
+	$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags jansson smartcols)
+
+$(B)/cksm-testpeer: tests/tools/testpeer.c $(B)/libcksmcommon.a
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/tests/%: tests/unit/%.c $(B)/libcksmcommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags cmocka)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
+
+deps:
+	./scripts/deps.sh
+
+test:
+	./scripts/deps.sh
+	$(MAKE) all
+	$(MAKE) B=build/san CC=clang CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all' all
+	./tests/run.sh
+
+demo: all
+	./scripts/demo.sh
+
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+$(B)/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROTO_C)
+	@mkdir -p $(dir $@)
+	clang $(CPPFLAGS_ALL) $(CFLAGS_ALL) -O1 -g $(FUZZ_FLAGS) -Wno-missing-prototypes -o $@ $< $(COMMON_SRC) $(PROTO_C) $(LIBS)
+fuzz-build: $(FUZZ_TARGETS)
+fuzz: $(FUZZ_TARGETS)
+	for f in $(FUZZ_TARGETS); do mkdir -p $(B)/corpus/$$(basename $$f); \
+		$$f -max_total_time=$(FUZZ_SECONDS) $(B)/corpus/$$(basename $$f) tests/fuzz/corpus/$$(basename $$f) || exit 1; done
+
+BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
+$(B)/bench/%: bench/%.c $(B)/libcksmcommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+bench: $(BENCH_BINS)
+	for b in $(BENCH_BINS); do $$b || exit 1; done
+
+LINT_SRC := $(shell git ls-files 'daemon/*.[ch]' 'client/*.[ch]' 'tests/*.[ch]' 'bench/*.[ch]' 2>/dev/null)
+lint: $(PROTO_H)
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability,performance \
+		--inline-suppr --suppress=missingIncludeSystem --std=c11 -D_GNU_SOURCE \
+		-Idaemon/common -I$(B)/proto $(LIBS:-l%=) daemon client
+	clang-format --dry-run --Werror $(LINT_SRC)
+
+format:
+	clang-format -i $(LINT_SRC)
+
+install: all
+	install -D -m 0755 $(B)/cksmd $(DESTDIR)$(PREFIX)/sbin/cksmd
+	install -D -m 0755 $(B)/cksmctl $(DESTDIR)$(PREFIX)/bin/cksmctl
+	install -D -m 0644 deploy/cksm-agent.service $(DESTDIR)/etc/systemd/system/cksm-agent.service
+	install -D -m 0644 deploy/cksm-coord@.service $(DESTDIR)/etc/systemd/system/cksm-coord@.service
+	test -e $(DESTDIR)/etc/cksm/cksm.conf || install -D -m 0644 deploy/cksm.conf $(DESTDIR)/etc/cksm/cksm.conf
+
+clean:
+	rm -rf build

@@ -1,0 +1,262 @@
+/*
+ * agent - the per-node daemon's control side.
+ *
+ * The agent keeps one dialer per shard of the shard map. On every
+ * authenticated connection it registers (node name, rack, incarnation,
+ * bucket count) and then sends a heartbeat every heartbeat_ms. A shard
+ * that has not acknowledged a heartbeat for dead_after_ms is presumed
+ * gone: the connection is closed and the dialer reconnects with backoff.
+ * Nothing here ever blocks the loop on a shard.
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "dial.h"
+#include "log.h"
+#include "runtime.h"
+#include "util.h"
+#include "wire.h"
+
+struct agent;
+
+struct agent_shard {
+	struct agent *a;
+	unsigned id;
+	struct dialer *dialer;
+	bool registered;             /* RegisterAck received on this conn */
+	uint32_t node_id;            /* our id at this shard */
+	uint64_t hb_seq;
+	uint64_t last_ack_ms;        /* loop time of the last ack */
+	struct metric *m_up;
+};
+
+struct agent {
+	struct runtime rt;
+	uint64_t incarnation;        /* random, new at every start */
+	uv_timer_t hb;
+	struct agent_shard shards[CONFIG_MAX_SHARDS];
+	unsigned nshards;
+	struct metric *m_hb_sent;
+	struct metric *m_hb_acked;
+	struct metric *m_registered;
+	struct metric *m_reconnects;
+};
+
+static int send_register(struct agent_shard *s, struct conn *c)
+{
+	const struct config *cfg = s->a->rt.cfg;
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__Register r = CKSM__REGISTER__INIT;
+	Cksm__PoolInfo pool = CKSM__POOL_INFO__INIT;
+
+	r.node_name = (char *)cfg->node_name;
+	r.rack = (char *)cfg->rack;
+	r.incarnation = s->a->incarnation;
+	r.buckets = cfg->buckets;
+	pool.slot_bytes = 4096;
+	r.pool = &pool;
+	m.body_case = CKSM__MSG__BODY_REGISTER;
+	m.register_ = &r;
+	return conn_send(c, &m);
+}
+
+static void on_ready(struct conn *c)
+{
+	struct agent_shard *s = c->data;
+
+	s->registered = false;
+	s->last_ack_ms = uv_now(&s->a->rt.loop);
+	if (dialer_failures(s->dialer) || s->hb_seq)
+		metric_inc(s->a->m_reconnects);
+	send_register(s, c);
+}
+
+static int handle_register_ack(struct agent_shard *s, struct conn *c,
+			       const Cksm__RegisterAck *ack)
+{
+	if (ack->node_id == 0)
+		return conn_fail(c, -EPROTO, "register ack without a node id");
+	if (ack->shard_id != s->id)
+		return conn_fail(c, -EPROTO,
+				 "%s answers as shard %u, the shard map says shard %u",
+				 dialer_address(s->dialer), ack->shard_id, s->id);
+	s->registered = true;
+	s->node_id = ack->node_id;
+	s->last_ack_ms = uv_now(&s->a->rt.loop);
+	metric_inc(s->a->m_registered);
+	metric_set(s->m_up, 1);
+	log_info("registered with shard %u at %s as node %u", s->id,
+		 dialer_address(s->dialer), s->node_id);
+	return 0;
+}
+
+static int on_msg(struct conn *c, const Cksm__Msg *m)
+{
+	struct agent_shard *s = c->data;
+
+	switch (m->body_case) {
+	case CKSM__MSG__BODY_REGISTER_ACK:
+		return handle_register_ack(s, c, m->register_ack);
+	case CKSM__MSG__BODY_HEARTBEAT_ACK:
+		if (!s->registered)
+			return conn_fail(c, -EPROTO, "heartbeat ack before register ack");
+		s->last_ack_ms = uv_now(&s->a->rt.loop);
+		metric_inc(s->a->m_hb_acked);
+		return 0;
+	case CKSM__MSG__BODY_ERROR:
+		log_warn("shard %u reports: %s", s->id, m->error->message);
+		return 0;
+	default:
+		metric_inc(c->net->m.rej_unexpected);
+		return conn_fail(c, -EOPNOTSUPP,
+				 "message %s is not accepted by an agent",
+				 wire_body_name(m));
+	}
+}
+
+static void on_close(struct conn *c)
+{
+	struct agent_shard *s = c->data;
+
+	s->registered = false;
+	metric_set(s->m_up, 0);
+	log_warn("lost shard %u at %s; reconnecting", s->id,
+		 dialer_address(s->dialer));
+}
+
+static const struct conn_ops agent_conn_ops = {
+	.on_ready = on_ready,
+	.on_msg = on_msg,
+	.on_close = on_close,
+};
+
+static void heartbeat_one(struct agent_shard *s, uint64_t now)
+{
+	const struct config *cfg = s->a->rt.cfg;
+	struct conn *c = dialer_conn(s->dialer);
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__Heartbeat hb = CKSM__HEARTBEAT__INIT;
+	Cksm__NodeCounters nc = CKSM__NODE_COUNTERS__INIT;
+
+	if (!c || !s->registered)
+		return;
+	if (now - s->last_ack_ms > cfg->dead_after_ms) {
+		conn_fail(c, -ETIMEDOUT, "shard %u silent for %llu ms", s->id,
+			  (unsigned long long)(now - s->last_ack_ms));
+		return;
+	}
+	hb.seq = ++s->hb_seq;
+	hb.counters = &nc;
+	m.body_case = CKSM__MSG__BODY_HEARTBEAT;
+	m.heartbeat = &hb;
+	if (conn_send(c, &m) == 0)
+		metric_inc(s->a->m_hb_sent);
+}
+
+static void on_heartbeat(uv_timer_t *t)
+{
+	struct agent *a = t->data;
+	uint64_t now = uv_now(&a->rt.loop);
+
+	for (unsigned i = 0; i < a->nshards; i++)
+		heartbeat_one(&a->shards[i], now);
+}
+
+static void agent_stop(struct runtime *rt)
+{
+	struct agent *a = rt->role;
+
+	uv_close((uv_handle_t *)&a->hb, NULL);
+	for (unsigned i = 0; i < a->nshards; i++) {
+		dialer_destroy(a->shards[i].dialer);
+		a->shards[i].dialer = NULL;
+	}
+}
+
+static int register_metrics(struct agent *a)
+{
+	struct metrics *r = a->rt.reg;
+
+	a->m_hb_sent = metrics_counter(r, "cksm_agent_heartbeats_sent_total",
+				       "Heartbeats sent to shards.", NULL);
+	a->m_hb_acked = metrics_counter(
+		r, "cksm_agent_heartbeats_acked_total",
+		"Heartbeats acknowledged by shards.", NULL);
+	a->m_registered = metrics_counter(
+		r, "cksm_agent_registrations_total",
+		"Registrations accepted by shards.", NULL);
+	a->m_reconnects = metrics_counter(
+		r, "cksm_agent_reconnects_total",
+		"Connections to shards re-established after a loss.", NULL);
+	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered ||
+	    !a->m_reconnects)
+		return -ENOMEM;
+	for (unsigned i = 0; i < a->nshards; i++) {
+		char labels[32];
+
+		snprintf(labels, sizeof(labels), "shard=\"%u\"", i);
+		a->shards[i].m_up = metrics_gauge(
+			r, "cksm_agent_shard_up",
+			"1 while the agent is registered with the shard.",
+			labels);
+		if (!a->shards[i].m_up)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int agent_main(const struct config *cfg)
+{
+	struct agent *a;
+	int rc = 1;
+
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return 1;
+	if (runtime_init(&a->rt, cfg, CKSM__ROLE__ROLE_AGENT, cfg->node_name,
+			 cfg->agent_metrics))
+		goto out_fini;
+	a->rt.role = a;
+	a->rt.stop = agent_stop;
+	a->nshards = cfg->nshards;
+	randombytes_buf(&a->incarnation, sizeof(a->incarnation));
+	if (register_metrics(a))
+		goto out_fini;
+	for (unsigned i = 0; i < a->nshards; i++) {
+		struct agent_shard *s = &a->shards[i];
+
+		s->a = a;
+		s->id = i;
+		s->dialer = dialer_create(&a->rt.net, cfg->shards[i].address,
+					  &agent_conn_ops, s,
+					  cfg->reconnect_min_ms,
+					  cfg->reconnect_max_ms);
+		if (!s->dialer) {
+			log_error("shard %u address %s is not host:port", i,
+				  cfg->shards[i].address);
+			goto out_stop;
+		}
+		dialer_start(s->dialer);
+	}
+	uv_timer_init(&a->rt.loop, &a->hb);
+	a->hb.data = a;
+	uv_timer_start(&a->hb, on_heartbeat, cfg->heartbeat_ms,
+		       cfg->heartbeat_ms);
+	log_info("node %s (rack %s) serving %u shard(s)", cfg->node_name,
+		 cfg->rack, a->nshards);
+	rc = runtime_run(&a->rt) ? 1 : 0;
+	goto out_fini;
+out_stop:
+	for (unsigned i = 0; i < a->nshards; i++)
+		dialer_destroy(a->shards[i].dialer);
+out_fini:
+	runtime_fini(&a->rt);
+	free(a);
+	return rc;
+}

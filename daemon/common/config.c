@@ -1,0 +1,518 @@
+/*
+ * config - see config.h.
+ *
+ * Keys are described by one table (section, name, kind, bounds); the INI
+ * handler and --set both look a key up there and parse it with the same
+ * function, so a value means the same wherever it comes from. [shard.N]
+ * sections are parsed apart, into c->shards[N].
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "netaddr.h"
+
+enum kind {
+	K_U32,
+	K_U64,
+	K_STR,
+	K_NAME,  /* [A-Za-z0-9._-], 1..64 bytes */
+	K_ADDR,  /* numeric host:port */
+	K_LEVEL,
+};
+
+struct key {
+	const char *section;
+	const char *name;
+	enum kind kind;
+	size_t off;
+	size_t size;      /* for strings: buffer size */
+	uint64_t min, max;
+	const char *what; /* what is expected, for messages */
+};
+
+#define U(sec, nm, field, lo, hi, w)                                        \
+	{ sec, nm, sizeof(((struct config *)0)->field) == 4 ? K_U32 : K_U64, \
+	  offsetof(struct config, field), 0, lo, hi, w }
+#define S(sec, nm, k, field, w)                                             \
+	{ sec, nm, k, offsetof(struct config, field),                       \
+	  sizeof(((struct config *)0)->field), 0, 0, w }
+
+static const struct key keys[] = {
+	S("cluster", "key_file", K_STR, key_file, "a path"),
+	U("cluster", "buckets", buckets, 1, CONFIG_MAX_BUCKETS,
+	  "a power of two between 1 and 65536"),
+	U("cluster", "max_frame_bytes", max_frame_bytes, 65536, 16u << 20,
+	  "a size in bytes between 65536 and 16777216"),
+	U("cluster", "auth_timeout_ms", auth_timeout_ms, 100, 600000,
+	  "milliseconds between 100 and 600000"),
+	U("cluster", "heartbeat_ms", heartbeat_ms, 50, 60000,
+	  "milliseconds between 50 and 60000"),
+	U("cluster", "dead_after_ms", dead_after_ms, 150, 3600000,
+	  "milliseconds between 150 and 3600000"),
+	U("cluster", "reconnect_min_ms", reconnect_min_ms, 10, 60000,
+	  "milliseconds between 10 and 60000"),
+	U("cluster", "reconnect_max_ms", reconnect_max_ms, 10, 3600000,
+	  "milliseconds between 10 and 3600000"),
+	S("log", "level", K_LEVEL, log_level,
+	  "one of error, warn, info, debug"),
+	S("agent", "node_name", K_NAME, node_name,
+	  "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
+	S("agent", "rack", K_NAME, rack,
+	  "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
+	S("agent", "metrics", K_ADDR, agent_metrics,
+	  "a numeric host:port such as 127.0.0.1:9470"),
+};
+
+static const char shard_addr_what[] =
+	"a numeric host:port such as 127.0.0.1:7470";
+
+struct parse_ctx {
+	struct config *c;
+	const char *file;
+	FILE *err;
+	FILE *in;
+	int line;
+	int errors;
+};
+
+static void report(struct parse_ctx *p, const char *section,
+		   const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void report(struct parse_ctx *p, const char *section,
+		   const char *name, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (p->line > 0)
+		fprintf(p->err, "%s:%d: ", p->file, p->line);
+	else
+		fprintf(p->err, "%s: ", p->file);
+	if (section)
+		fprintf(p->err, "[%s] %s: ", section, name);
+	va_start(ap, fmt);
+	vfprintf(p->err, fmt, ap);
+	va_end(ap);
+	fputc('\n', p->err);
+	p->errors++;
+}
+
+static int parse_u64(const char *v, uint64_t *out)
+{
+	unsigned long long n;
+	char *end;
+
+	if (!isdigit((unsigned char)*v))
+		return -EINVAL;
+	errno = 0;
+	n = strtoull(v, &end, 10);
+	if (errno || *end)
+		return -EINVAL;
+	*out = n;
+	return 0;
+}
+
+static int name_ok(const char *v)
+{
+	size_t n = strlen(v);
+
+	if (n == 0 || n > 64)
+		return 0;
+	for (; *v; v++)
+		if (!isalnum((unsigned char)*v) && !strchr("._-", *v))
+			return 0;
+	return 1;
+}
+
+static int addr_ok(const char *v)
+{
+	struct sockaddr_storage ss;
+
+	return netaddr_parse(v, &ss) == 0;
+}
+
+static int set_str(struct parse_ctx *p, const char *sec, const char *name,
+		   char *dst, size_t size, const char *v)
+{
+	if (strlen(v) >= size) {
+		report(p, sec, name, "value longer than %zu bytes", size - 1);
+		return -EINVAL;
+	}
+	strcpy(dst, v);
+	return 0;
+}
+
+static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
+{
+	char *field = (char *)p->c + k->off;
+	uint64_t n;
+
+	switch (k->kind) {
+	case K_U32:
+	case K_U64:
+		if (parse_u64(v, &n) || n < k->min || n > k->max ||
+		    (strcmp(k->name, "buckets") == 0 && (n & (n - 1)))) {
+			report(p, k->section, k->name, "expected %s, got '%s'",
+			       k->what, v);
+			return -EINVAL;
+		}
+		if (k->kind == K_U32)
+			*(uint32_t *)(void *)field = (uint32_t)n;
+		else
+			*(uint64_t *)(void *)field = n;
+		return 0;
+	case K_LEVEL:
+		if (log_level_parse(v, (enum log_level *)(void *)field)) {
+			report(p, k->section, k->name, "expected %s, got '%s'",
+			       k->what, v);
+			return -EINVAL;
+		}
+		return 0;
+	case K_NAME:
+	case K_ADDR:
+		if ((k->kind == K_NAME && !name_ok(v)) ||
+		    (k->kind == K_ADDR && !addr_ok(v))) {
+			report(p, k->section, k->name, "expected %s, got '%s'",
+			       k->what, v);
+			return -EINVAL;
+		}
+		/* fall through */
+	case K_STR:
+		return set_str(p, k->section, k->name, field, k->size, v);
+	}
+	return -EINVAL;
+}
+
+/* "0-2047,4096-8191" or "17"; bounds are checked in config_finish. */
+static int parse_ranges(struct shard_conf *s, const char *v)
+{
+	const char *p = v;
+
+	s->nranges = 0;
+	while (*p) {
+		uint64_t a, b;
+		char *end;
+
+		if (s->nranges == CONFIG_MAX_RANGES || !isdigit((unsigned char)*p))
+			return -EINVAL;
+		a = strtoull(p, &end, 10);
+		b = a;
+		if (*end == '-') {
+			p = end + 1;
+			if (!isdigit((unsigned char)*p))
+				return -EINVAL;
+			b = strtoull(p, &end, 10);
+		}
+		if (b < a || b >= CONFIG_MAX_BUCKETS)
+			return -EINVAL;
+		s->ranges[s->nranges].first = (uint32_t)a;
+		s->ranges[s->nranges].last = (uint32_t)b;
+		s->nranges++;
+		p = end;
+		if (*p == ',')
+			p++;
+		else if (*p)
+			return -EINVAL;
+	}
+	return s->nranges ? 0 : -EINVAL;
+}
+
+static int set_shard(struct parse_ctx *p, const char *section,
+		     const char *name, const char *v)
+{
+	struct config *c = p->c;
+	struct shard_conf *s;
+	unsigned long id;
+	char *end;
+
+	errno = 0;
+	id = strtoul(section + 6, &end, 10);
+	if (!isdigit((unsigned char)section[6]) || *end || errno ||
+	    id >= CONFIG_MAX_SHARDS) {
+		report(p, NULL, NULL,
+		       "[%s]: expected a section [shard.N] with N between 0 and %d",
+		       section, CONFIG_MAX_SHARDS - 1);
+		return -EINVAL;
+	}
+	s = &c->shards[id];
+	if (!s->defined) {
+		/* The first [shard.N] replaces the built-in local shard. */
+		if (c->nshards == 1 && !c->shards[0].defined && id != 0)
+			memset(&c->shards[0], 0, sizeof(c->shards[0]));
+		memset(s, 0, sizeof(*s));
+		s->defined = 1;
+		if (id + 1 > c->nshards)
+			c->nshards = (unsigned)id + 1;
+	}
+	if (strcmp(name, "address") == 0 || strcmp(name, "listen") == 0 ||
+	    strcmp(name, "metrics") == 0) {
+		char *dst = name[0] == 'a' ? s->address :
+			    name[0] == 'l' ? s->listen : s->metrics;
+
+		if (!addr_ok(v)) {
+			report(p, section, name, "expected %s, got '%s'",
+			       shard_addr_what, v);
+			return -EINVAL;
+		}
+		return set_str(p, section, name, dst, sizeof(s->address), v);
+	}
+	if (strcmp(name, "buckets") == 0) {
+		if (parse_ranges(s, v)) {
+			report(p, section, name,
+			       "expected bucket ranges such as 0-2047 or 0-99,200-299 (at most %d, below %d), got '%s'",
+			       CONFIG_MAX_RANGES, CONFIG_MAX_BUCKETS, v);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	report(p, section, name,
+	       "unknown key (a shard has address, listen, metrics, buckets)");
+	return -EINVAL;
+}
+
+static int apply(struct parse_ctx *p, const char *section, const char *name,
+		 const char *value)
+{
+	int known_section = 0;
+
+	if (strncmp(section, "shard.", 6) == 0)
+		return set_shard(p, section, name, value);
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		if (strcmp(keys[i].section, section) != 0)
+			continue;
+		known_section = 1;
+		if (strcmp(keys[i].name, name) == 0)
+			return set_key(p, &keys[i], value);
+	}
+	if (known_section)
+		report(p, section, name, "unknown key");
+	else
+		report(p, NULL, NULL,
+		       "unknown section [%s] (expected cluster, log, agent or shard.N)",
+		       section);
+	return -EINVAL;
+}
+
+static int ini_cb(void *user, const char *section, const char *name,
+		  const char *value)
+{
+	struct parse_ctx *p = user;
+
+	if (!name) /* a section header alone (libinih with CALL_HANDLER_ON_NEW_SECTION) */
+		return 1;
+	if (!*section) {
+		report(p, NULL, NULL, "key '%s' outside any [section]", name);
+		return 1;
+	}
+	apply(p, section, name, value);
+	return 1; /* go on: every error is reported */
+}
+
+/* Line-counting reader, so the handler knows where it is. */
+static char *read_line(char *str, int num, void *stream)
+{
+	struct parse_ctx *p = stream;
+	char *s = fgets(str, num, p->in);
+
+	if (s)
+		p->line++;
+	return s;
+}
+
+void config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	strcpy(c->key_file, "/etc/cksm/cluster.key");
+	c->buckets = 4096;
+	c->max_frame_bytes = 1u << 20;
+	c->auth_timeout_ms = 5000;
+	c->heartbeat_ms = 1000;
+	c->dead_after_ms = 5000;
+	c->reconnect_min_ms = 100;
+	c->reconnect_max_ms = 30000;
+	c->log_level = LOG_LVL_INFO;
+	if (gethostname(c->node_name, sizeof(c->node_name) - 1) ||
+	    !name_ok(c->node_name))
+		strcpy(c->node_name, "node");
+	strcpy(c->rack, "default");
+	strcpy(c->agent_metrics, "127.0.0.1:9470");
+	c->nshards = 1;
+	strcpy(c->shards[0].address, "127.0.0.1:7470");
+	strcpy(c->shards[0].metrics, "127.0.0.1:9471");
+}
+
+int config_load(struct config *c, const char *path, FILE *err)
+{
+	struct parse_ctx p = { .c = c, .file = path, .err = err };
+	int rc;
+
+	p.in = fopen(path, "re");
+	if (!p.in) {
+		rc = -errno;
+		fprintf(err, "%s: cannot open: %s\n", path, strerror(errno));
+		return rc;
+	}
+	rc = ini_parse_stream(read_line, &p, ini_cb, &p);
+	fclose(p.in);
+	if (rc > 0) {
+		p.line = rc;
+		report(&p, NULL, NULL,
+		       "syntax error: expected [section], key = value, or a ; comment");
+	} else if (rc < 0) {
+		fprintf(err, "%s: cannot parse (out of memory)\n", path);
+		return -ENOMEM;
+	}
+	return p.errors ? -EINVAL : 0;
+}
+
+int config_set(struct config *c, const char *assignment, FILE *err)
+{
+	struct parse_ctx p = { .c = c, .file = "--set", .err = err };
+	char buf[512], *dot, *eq;
+
+	if (strlen(assignment) >= sizeof(buf))
+		goto bad;
+	strcpy(buf, assignment);
+	eq = strchr(buf, '=');
+	if (!eq)
+		goto bad;
+	*eq = '\0';
+	dot = strrchr(buf, '.');
+	if (!dot || dot == buf || !dot[1])
+		goto bad;
+	*dot = '\0';
+	return apply(&p, buf, dot + 1, eq + 1) ? -EINVAL : 0;
+bad:
+	fprintf(err, "--set %s: expected section.key=value\n", assignment);
+	return -EINVAL;
+}
+
+static int check_shards(struct config *c, FILE *err)
+{
+	static int16_t owner[CONFIG_MAX_BUCKETS];
+	int errors = 0;
+
+	if (c->nshards == 1 && !c->shards[0].defined && c->shards[0].nranges == 0) {
+		c->shards[0].ranges[0].first = 0;
+		c->shards[0].ranges[0].last = c->buckets - 1;
+		c->shards[0].nranges = 1;
+	}
+	memset(owner, 0xff, sizeof(owner));
+	for (unsigned i = 0; i < c->nshards; i++) {
+		struct shard_conf *s = &c->shards[i];
+
+		if (!s->defined && i > 0) {
+			fprintf(err, "[shard.%u] is missing: shards must be numbered 0..%u without gaps\n",
+				i, c->nshards - 1);
+			errors++;
+			continue;
+		}
+		if (!s->address[0]) {
+			fprintf(err, "[shard.%u] has no address\n", i);
+			errors++;
+		}
+		if (!s->listen[0])
+			strcpy(s->listen, s->address);
+		if (!s->metrics[0] && s->defined) {
+			fprintf(err, "[shard.%u] has no metrics address\n", i);
+			errors++;
+		}
+		if (!s->nranges) {
+			fprintf(err, "[shard.%u] has no buckets\n", i);
+			errors++;
+		}
+		for (unsigned r = 0; r < s->nranges; r++) {
+			for (uint32_t b = s->ranges[r].first; b <= s->ranges[r].last; b++) {
+				if (b >= c->buckets) {
+					fprintf(err, "[shard.%u] buckets: bucket %u is beyond the %u buckets of [cluster] buckets\n",
+						i, b, c->buckets);
+					errors++;
+					break;
+				}
+				if (owner[b] >= 0) {
+					fprintf(err, "bucket %u is given to both [shard.%d] and [shard.%u]\n",
+						b, owner[b], i);
+					errors++;
+					break;
+				}
+				owner[b] = (int16_t)i;
+			}
+		}
+	}
+	for (uint32_t b = 0; b < c->buckets && !errors; b++) {
+		if (owner[b] < 0) {
+			uint32_t e = b;
+
+			while (e + 1 < c->buckets && owner[e + 1] < 0)
+				e++;
+			fprintf(err, "buckets %u-%u are given to no shard\n", b, e);
+			errors++;
+		}
+	}
+	return errors;
+}
+
+int config_finish(struct config *c, FILE *err)
+{
+	int errors = check_shards(c, err);
+
+	if (c->dead_after_ms < 3 * c->heartbeat_ms) {
+		fprintf(err, "[cluster] dead_after_ms (%llu) must be at least three heartbeats (3 x %llu ms)\n",
+			(unsigned long long)c->dead_after_ms,
+			(unsigned long long)c->heartbeat_ms);
+		errors++;
+	}
+	if (c->reconnect_max_ms < c->reconnect_min_ms) {
+		fprintf(err, "[cluster] reconnect_max_ms is below reconnect_min_ms\n");
+		errors++;
+	}
+	return errors ? -EINVAL : 0;
+}
+
+int config_bucket_shard(const struct config *c, uint32_t bucket)
+{
+	for (unsigned i = 0; i < c->nshards; i++)
+		for (unsigned r = 0; r < c->shards[i].nranges; r++)
+			if (bucket >= c->shards[i].ranges[r].first &&
+			    bucket <= c->shards[i].ranges[r].last)
+				return (int)i;
+	return -ENOENT;
+}
+
+void config_dump(const struct config *c, FILE *out)
+{
+	static const char *const levels[] = { "error", "warn", "info", "debug" };
+
+	fprintf(out, "[cluster]\nkey_file = %s\nbuckets = %u\nmax_frame_bytes = %u\n"
+		     "auth_timeout_ms = %llu\nheartbeat_ms = %llu\ndead_after_ms = %llu\n"
+		     "reconnect_min_ms = %llu\nreconnect_max_ms = %llu\n\n",
+		c->key_file, c->buckets, c->max_frame_bytes,
+		(unsigned long long)c->auth_timeout_ms,
+		(unsigned long long)c->heartbeat_ms,
+		(unsigned long long)c->dead_after_ms,
+		(unsigned long long)c->reconnect_min_ms,
+		(unsigned long long)c->reconnect_max_ms);
+	fprintf(out, "[log]\nlevel = %s\n\n", levels[c->log_level]);
+	fprintf(out, "[agent]\nnode_name = %s\nrack = %s\nmetrics = %s\n",
+		c->node_name, c->rack, c->agent_metrics);
+	for (unsigned i = 0; i < c->nshards; i++) {
+		const struct shard_conf *s = &c->shards[i];
+
+		fprintf(out, "\n[shard.%u]\naddress = %s\nlisten = %s\nmetrics = %s\nbuckets = ",
+			i, s->address, s->listen, s->metrics);
+		for (unsigned r = 0; r < s->nranges; r++)
+			fprintf(out, "%s%u-%u", r ? "," : "", s->ranges[r].first,
+				s->ranges[r].last);
+		fputc('\n', out);
+	}
+}

@@ -1,0 +1,84 @@
+/*
+ * config - /etc/cksm/cksm.conf, an INI file read with libinih.
+ *
+ * Every value is checked where it is read; each bad one is reported as
+ * "file:line: [section] key: expected ..., got '...'" and all of them are
+ * reported before the load fails. Command-line overrides (--set
+ * section.key=value) go through the same checks. The shard map ([shard.N]
+ * sections) must give every bucket to exactly one shard.
+ */
+#ifndef CKSM_CONFIG_H
+#define CKSM_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "log.h"
+
+#define CONFIG_DEFAULT_PATH "/etc/cksm/cksm.conf"
+#define CONFIG_MAX_SHARDS 64
+#define CONFIG_MAX_BUCKETS 65536
+#define CONFIG_MAX_RANGES 16 /* bucket ranges per shard */
+
+struct bucket_range {
+	uint32_t first;
+	uint32_t last;
+};
+
+struct shard_conf {
+	int defined;                 /* a [shard.N] section was seen */
+	char address[128];           /* where agents and cksmctl reach it */
+	char listen[128];            /* where it binds (default: address) */
+	char metrics[128];           /* its /metrics address */
+	struct bucket_range ranges[CONFIG_MAX_RANGES];
+	unsigned nranges;
+};
+
+struct config {
+	/* [cluster] */
+	char key_file[256];
+	uint32_t buckets;            /* content-id buckets, a power of two */
+	uint32_t max_frame_bytes;
+	uint64_t auth_timeout_ms;
+	uint64_t heartbeat_ms;
+	uint64_t dead_after_ms;
+	uint64_t reconnect_min_ms;
+	uint64_t reconnect_max_ms;
+	/* [log] */
+	enum log_level log_level;
+	/* [agent] */
+	char node_name[65];
+	char rack[65];
+	char agent_metrics[128];
+	/* [shard.N] */
+	struct shard_conf shards[CONFIG_MAX_SHARDS];
+	unsigned nshards;            /* highest N + 1 */
+};
+
+/* Fill c with the built-in defaults (one local shard owning all buckets). */
+void config_defaults(struct config *c);
+
+/*
+ * Read path into c (on top of what c holds). Errors are written to err,
+ * one per line. Returns 0, -ENOENT when the file does not exist, or -EINVAL
+ * after reporting every bad line.
+ */
+int config_load(struct config *c, const char *path, FILE *err);
+
+/* Apply one "section.key=value" override; -EINVAL with the reason in err. */
+int config_set(struct config *c, const char *assignment, FILE *err);
+
+/*
+ * Check what no single line can: the shard map covers every bucket exactly
+ * once, timeouts fit together. Fills in derived defaults. Returns 0 or
+ * -EINVAL with reasons in err.
+ */
+int config_finish(struct config *c, FILE *err);
+
+/* Index of the shard owning a bucket, from the finished map. */
+int config_bucket_shard(const struct config *c, uint32_t bucket);
+
+/* Print the effective configuration as INI. */
+void config_dump(const struct config *c, FILE *out);
+
+#endif

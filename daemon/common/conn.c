@@ -1,0 +1,627 @@
+/*
+ * conn - see conn.h.
+ *
+ * The life of a connection:
+ *
+ *   server: accept -> send ServerHello -> WAIT_CLIENT_HELLO
+ *           -> check MAC, send AuthResult -> READY
+ *   client: connect -> WAIT_SERVER_HELLO -> send ClientHello
+ *           -> WAIT_AUTH_RESULT -> check server MAC -> READY
+ *   either: error or close -> CLOSING -> (flush, shutdown) -> freed
+ *
+ * A conn owns two libuv handles (the socket and the deadline timer) and is
+ * freed in the close callback of the second. Once CLOSING, nothing more is
+ * read, dispatched or sent. ops->on_close is called only for connections
+ * that reached READY, exactly once.
+ */
+#include "conn.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dial.h"
+#include "log.h"
+#include "netaddr.h"
+#include "wire.h"
+
+#define CLOSE_FLUSH_MS 1000 /* how long a closing conn may flush */
+
+struct listener {
+	uv_tcp_t tcp;
+	struct net_ctx *net;
+	const struct conn_ops *ops;
+	void *data;
+};
+
+struct write_req {
+	uv_write_t req;
+	struct conn *c;
+	uint8_t *buf;
+};
+
+static const char *role_name(Cksm__Role r)
+{
+	switch (r) {
+	case CKSM__ROLE__ROLE_AGENT:
+		return "agent";
+	case CKSM__ROLE__ROLE_COORD:
+		return "coordinator";
+	case CKSM__ROLE__ROLE_ADMIN:
+		return "admin";
+	default:
+		return "unknown";
+	}
+}
+
+int net_metrics_register(struct net_metrics *m, struct metrics *reg)
+{
+	static const char rej[] = "cksm_frames_rejected_total";
+	static const char rej_help[] =
+		"Frames refused by a protocol check; the connection was closed.";
+
+	m->accepted = metrics_counter(reg, "cksm_connections_accepted_total",
+				      "Control connections accepted.", NULL);
+	m->active = metrics_gauge(reg, "cksm_connections",
+				  "Control connections open now.", NULL);
+	m->auth_ok = metrics_counter(reg, "cksm_auth_succeeded_total",
+				     "Handshakes that proved the cluster key.",
+				     NULL);
+	m->auth_failed = metrics_counter(
+		reg, "cksm_auth_failures_total",
+		"Handshakes refused (wrong key, replay, bad hello).", NULL);
+	m->auth_timeouts = metrics_counter(
+		reg, "cksm_auth_timeouts_total",
+		"Peers closed for not finishing the handshake in time.", NULL);
+	m->frames_in = metrics_counter(reg, "cksm_frames_received_total",
+				       "Control frames received.", NULL);
+	m->frames_out = metrics_counter(reg, "cksm_frames_sent_total",
+					"Control frames sent.", NULL);
+	m->bytes_in = metrics_counter(reg, "cksm_control_received_bytes_total",
+				      "Control bytes received.", NULL);
+	m->bytes_out = metrics_counter(reg, "cksm_control_sent_bytes_total",
+				       "Control bytes sent.", NULL);
+	m->rej_oversized = metrics_counter(reg, rej, rej_help,
+					   "reason=\"oversized\"");
+	m->rej_malformed = metrics_counter(reg, rej, rej_help,
+					   "reason=\"malformed\"");
+	m->rej_unexpected = metrics_counter(reg, rej, rej_help,
+					    "reason=\"unexpected\"");
+	if (!m->accepted || !m->active || !m->auth_ok || !m->auth_failed ||
+	    !m->auth_timeouts || !m->frames_in || !m->frames_out ||
+	    !m->bytes_in || !m->bytes_out || !m->rej_oversized ||
+	    !m->rej_malformed || !m->rej_unexpected)
+		return -ENOMEM;
+	return 0;
+}
+
+/* ---- closing ------------------------------------------------------------ */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	struct conn *c = h->data;
+
+	if (--c->handles_open > 0)
+		return;
+	frame_dec_fini(&c->dec);
+	metric_gauge_add(c->net->m.active, -1);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		c->net->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c);
+}
+
+static void close_handles(struct conn *c)
+{
+	if (!uv_is_closing((uv_handle_t *)&c->tcp))
+		uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+	if (!uv_is_closing((uv_handle_t *)&c->deadline))
+		uv_close((uv_handle_t *)&c->deadline, on_handle_closed);
+}
+
+static void on_flush_deadline(uv_timer_t *t)
+{
+	close_handles(t->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+	struct conn *c = req->data;
+
+	(void)status;
+	free(req);
+	close_handles(c);
+}
+
+/* Enter CLOSING; with flush, queued frames are written before the close. */
+static void begin_close(struct conn *c, bool flush)
+{
+	bool was_ready = c->state == CONN_READY;
+	uv_shutdown_t *req;
+
+	if (c->state == CONN_CLOSING)
+		return;
+	c->state = CONN_CLOSING;
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	uv_timer_stop(&c->deadline);
+	if (was_ready && c->ops->on_close)
+		c->ops->on_close(c);
+	if (c->dialer)
+		dialer_conn_closed(c->dialer, c);
+
+	req = flush ? malloc(sizeof(*req)) : NULL;
+	if (req) {
+		req->data = c;
+		if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) == 0) {
+			uv_timer_start(&c->deadline, on_flush_deadline,
+				       CLOSE_FLUSH_MS, 0);
+			return;
+		}
+		free(req);
+	}
+	close_handles(c);
+}
+
+void conn_close(struct conn *c)
+{
+	begin_close(c, true);
+}
+
+static void send_error(struct conn *c, int code, const char *text)
+{
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__Error e = CKSM__ERROR__INIT;
+
+	e.code = code;
+	e.message = (char *)text;
+	m.body_case = CKSM__MSG__BODY_ERROR;
+	m.error = &e;
+	conn_send(c, &m);
+}
+
+int conn_fail(struct conn *c, int code, const char *fmt, ...)
+{
+	char reason[256];
+	va_list ap;
+
+	if (c->state == CONN_CLOSING)
+		return code;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	log_warn("closing connection %s %s%s%s: %s", c->client ? "to" : "from",
+		 c->peer_addr, c->peer_name[0] ? " " : "", c->peer_name,
+		 reason);
+	if (c->state == CONN_READY)
+		send_error(c, code, reason);
+	begin_close(c, true);
+	return code;
+}
+
+void net_close_all(struct net_ctx *net)
+{
+	for (struct conn *c = net->conns; c; c = c->next)
+		begin_close(c, true);
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+static void on_written(uv_write_t *req, int status)
+{
+	struct write_req *w = (struct write_req *)req;
+	struct conn *c = w->c;
+
+	free(w->buf);
+	free(w);
+	if (status < 0 && status != UV_ECANCELED)
+		conn_fail(c, -EIO, "write failed: %s", uv_strerror(status));
+}
+
+int conn_send(struct conn *c, const Cksm__Msg *m)
+{
+	struct write_req *w;
+	uv_buf_t b;
+	size_t len;
+	int rc;
+
+	if (c->state == CONN_CLOSING)
+		return -EPIPE;
+	w = malloc(sizeof(*w));
+	if (!w)
+		goto nomem;
+	w->buf = wire_pack(m, &len);
+	if (!w->buf) {
+		free(w);
+		goto nomem;
+	}
+	w->c = c;
+	b = uv_buf_init((char *)w->buf, (unsigned)len);
+	rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+	if (rc) {
+		free(w->buf);
+		free(w);
+		conn_fail(c, -EIO, "write failed: %s", uv_strerror(rc));
+		return -EIO;
+	}
+	metric_inc(c->net->m.frames_out);
+	metric_add(c->net->m.bytes_out, len);
+	return 0;
+nomem:
+	conn_fail(c, -ENOMEM, "out of memory sending %s", wire_body_name(m));
+	return -ENOMEM;
+}
+
+size_t conn_queued(const struct conn *c)
+{
+	return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+}
+
+/* ---- the handshake ------------------------------------------------------ */
+
+static void become_ready(struct conn *c)
+{
+	uv_timer_stop(&c->deadline);
+	frame_dec_set_limit(&c->dec, c->net->max_frame);
+	c->state = CONN_READY;
+	metric_inc(c->net->m.auth_ok);
+	log_info("authenticated %s %s as %s %s", c->client ? "server" : "peer",
+		 c->peer_addr, role_name(c->peer_role), c->peer_name);
+	if (c->dialer)
+		dialer_conn_ready(c->dialer, c);
+	if (c->state == CONN_READY && c->ops->on_ready)
+		c->ops->on_ready(c);
+}
+
+static int unexpected(struct conn *c, const Cksm__Msg *m, const char *want)
+{
+	metric_inc(c->net->m.rej_unexpected);
+	return conn_fail(c, -EPROTO, "unexpected %s message, expected %s",
+		  wire_body_name(m), want);
+}
+
+static void send_server_hello(struct conn *c)
+{
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__ServerHello sh = CKSM__SERVER_HELLO__INIT;
+
+	auth_nonce(c->nonce);
+	sh.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
+	sh.nonce.data = c->nonce;
+	sh.nonce.len = sizeof(c->nonce);
+	sh.role = c->net->role;
+	sh.name = (char *)c->net->name;
+	m.body_case = CKSM__MSG__BODY_SERVER_HELLO;
+	m.server_hello = &sh;
+	conn_send(c, &m);
+}
+
+static void send_auth_result(struct conn *c, const uint8_t *mac,
+			     const char *reason)
+{
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__AuthResult ar = CKSM__AUTH_RESULT__INIT;
+
+	ar.ok = mac != NULL;
+	if (mac) {
+		ar.mac.data = (uint8_t *)mac;
+		ar.mac.len = AUTH_MAC_BYTES;
+	}
+	ar.reason = (char *)(reason ? reason : "");
+	m.body_case = CKSM__MSG__BODY_AUTH_RESULT;
+	m.auth_result = &ar;
+	conn_send(c, &m);
+}
+
+/* Server: the client's answer to our nonce. */
+static int server_got_hello(struct conn *c, const Cksm__Msg *m)
+{
+	const Cksm__ClientHello *ch = m->client_hello;
+	uint8_t mac[AUTH_MAC_BYTES];
+	const char *why;
+	int rc;
+
+	if (m->body_case != CKSM__MSG__BODY_CLIENT_HELLO)
+		return unexpected(c, m, "client_hello");
+	rc = auth_check_client_hello(c->net->key, c->nonce, ch, &why);
+	if (rc) {
+		metric_inc(c->net->m.auth_failed);
+		send_auth_result(c, NULL, "authentication failed");
+		return conn_fail(c, rc, "authentication failed: %s", why);
+	}
+	memcpy(c->peer_nonce, ch->nonce.data, AUTH_NONCE_BYTES);
+	snprintf(c->peer_name, sizeof(c->peer_name), "%s", ch->name);
+	c->peer_role = ch->role;
+	auth_server_mac(c->net->key, c->peer_nonce, c->nonce, mac);
+	send_auth_result(c, mac, NULL);
+	become_ready(c);
+	return 0;
+}
+
+/* Client: the server's nonce; answer with ours and the MAC. */
+static int client_got_server_hello(struct conn *c, const Cksm__Msg *m)
+{
+	Cksm__Msg out = CKSM__MSG__INIT;
+	Cksm__ClientHello ch = CKSM__CLIENT_HELLO__INIT;
+	const Cksm__ServerHello *sh = m->server_hello;
+	uint8_t mac[AUTH_MAC_BYTES];
+
+	if (m->body_case != CKSM__MSG__BODY_SERVER_HELLO)
+		return unexpected(c, m, "server_hello");
+	if (sh->proto_version != CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT)
+		return conn_fail(c, -EPROTO,
+				 "server speaks protocol version %u, we speak %u",
+				 sh->proto_version,
+				 CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT);
+	if (sh->nonce.len != AUTH_NONCE_BYTES)
+		return conn_fail(c, -EPROTO, "server nonce is not 32 bytes");
+	memcpy(c->peer_nonce, sh->nonce.data, AUTH_NONCE_BYTES);
+	snprintf(c->peer_name, sizeof(c->peer_name), "%s",
+		 sh->name ? sh->name : "");
+	c->peer_role = sh->role;
+	auth_nonce(c->nonce);
+	auth_client_mac(c->net->key, c->peer_nonce, c->nonce, c->net->role,
+			c->net->name, mac);
+	ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
+	ch.role = c->net->role;
+	ch.name = (char *)c->net->name;
+	ch.nonce.data = c->nonce;
+	ch.nonce.len = sizeof(c->nonce);
+	ch.mac.data = mac;
+	ch.mac.len = sizeof(mac);
+	out.body_case = CKSM__MSG__BODY_CLIENT_HELLO;
+	out.client_hello = &ch;
+	c->state = CONN_WAIT_AUTH_RESULT;
+	return conn_send(c, &out);
+}
+
+/* Client: the server's verdict and its proof of the key. */
+static int client_got_result(struct conn *c, const Cksm__Msg *m)
+{
+	const Cksm__AuthResult *ar = m->auth_result;
+	uint8_t mac[AUTH_MAC_BYTES];
+
+	if (m->body_case != CKSM__MSG__BODY_AUTH_RESULT)
+		return unexpected(c, m, "auth_result");
+	if (!ar->ok) {
+		metric_inc(c->net->m.auth_failed);
+		return conn_fail(c, -EACCES,
+				 "server refused authentication: %s (is the cluster key the same?)",
+				 ar->reason ? ar->reason : "");
+	}
+	auth_server_mac(c->net->key, c->nonce, c->peer_nonce, mac);
+	if (auth_mac_check(mac, &ar->mac)) {
+		metric_inc(c->net->m.auth_failed);
+		return conn_fail(c, -EACCES,
+				 "server did not prove the cluster key");
+	}
+	become_ready(c);
+	return 0;
+}
+
+/* ---- receiving ---------------------------------------------------------- */
+
+static void dispatch(struct conn *c, const Cksm__Msg *m)
+{
+	int rc;
+
+	switch (c->state) {
+	case CONN_WAIT_CLIENT_HELLO:
+		server_got_hello(c, m);
+		break;
+	case CONN_WAIT_SERVER_HELLO:
+		client_got_server_hello(c, m);
+		break;
+	case CONN_WAIT_AUTH_RESULT:
+		client_got_result(c, m);
+		break;
+	case CONN_READY:
+		rc = c->ops->on_msg(c, m);
+		if (rc < 0)
+			conn_fail(c, rc, "%s message refused: %s",
+				  wire_body_name(m), strerror(-rc));
+		break;
+	case CONN_CLOSING:
+		break;
+	}
+}
+
+static int on_frame(void *arg, const uint8_t *payload, uint32_t len)
+{
+	struct conn *c = arg;
+	Cksm__Msg *m;
+
+	metric_inc(c->net->m.frames_in);
+	m = wire_unpack(payload, len);
+	if (!m) {
+		metric_inc(c->net->m.rej_malformed);
+		conn_fail(c, -EBADMSG,
+			  "malformed frame: %u bytes that are not a cksm message",
+			  len);
+		return 1;
+	}
+	dispatch(c, m);
+	cksm__msg__free_unpacked(m, NULL);
+	return c->state == CONN_CLOSING;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct conn *c = h->data;
+
+	(void)suggested;
+	*buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+	int rc;
+
+	if (nread == 0 || c->state == CONN_CLOSING)
+		return;
+	if (nread < 0) {
+		if (nread == UV_EOF && c->state == CONN_READY)
+			log_info("%s %s closed the connection",
+				 role_name(c->peer_role), c->peer_name);
+		else if (nread == UV_EOF)
+			log_warn("%s closed the connection during the handshake",
+				 c->peer_addr);
+		else
+			log_warn("read from %s %s: %s", c->peer_addr,
+				 c->peer_name, uv_strerror((int)nread));
+		begin_close(c, false);
+		return;
+	}
+	metric_add(c->net->m.bytes_in, (uint64_t)nread);
+	rc = frame_dec_feed(&c->dec, buf->base, (size_t)nread, on_frame, c);
+	if (rc == -EMSGSIZE) {
+		metric_inc(c->net->m.rej_oversized);
+		conn_fail(c, rc, "oversized frame: %u bytes announced, limit %u",
+			  c->dec.bad_len, c->dec.limit);
+	} else if (rc == -EBADMSG) {
+		metric_inc(c->net->m.rej_malformed);
+		conn_fail(c, rc, "malformed frame: zero length");
+	} else if (rc == -ENOMEM) {
+		conn_fail(c, rc, "out of memory reading a frame");
+	}
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+
+	metric_inc(c->net->m.auth_timeouts);
+	conn_fail(c, -ETIMEDOUT, "no authentication within %llu ms",
+		  (unsigned long long)c->net->auth_timeout_ms);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+struct conn *conn_create(struct net_ctx *net, bool client,
+			 const struct conn_ops *ops, void *data)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->net = net;
+	c->ops = ops;
+	c->data = data;
+	c->client = client;
+	c->state = client ? CONN_WAIT_SERVER_HELLO : CONN_WAIT_CLIENT_HELLO;
+	c->peer_role = client ? CKSM__ROLE__ROLE_COORD : CKSM__ROLE__ROLE_UNSPECIFIED;
+	strcpy(c->peer_addr, "?");
+	frame_dec_init(&c->dec, FRAME_MAX_PREAUTH);
+	uv_tcp_init(net->loop, &c->tcp);
+	uv_timer_init(net->loop, &c->deadline);
+	c->tcp.data = c;
+	c->deadline.data = c;
+	c->handles_open = 2;
+	c->next = net->conns;
+	if (c->next)
+		c->next->prev = c;
+	net->conns = c;
+	metric_gauge_add(net->m.active, 1);
+	return c;
+}
+
+int conn_start(struct conn *c)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+	int rc;
+
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+		netaddr_format((struct sockaddr *)&ss, c->peer_addr,
+			       sizeof(c->peer_addr));
+	uv_tcp_nodelay(&c->tcp, 1);
+	uv_timer_start(&c->deadline, on_deadline, c->net->auth_timeout_ms, 0);
+	rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+	if (rc) {
+		conn_fail(c, -EIO, "cannot read: %s", uv_strerror(rc));
+		return -EIO;
+	}
+	if (!c->client)
+		send_server_hello(c);
+	return 0;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	struct listener *l = server->data;
+	struct conn *c;
+
+	if (status < 0) {
+		log_warn("accept: %s", uv_strerror(status));
+		return;
+	}
+	c = conn_create(l->net, false, l->ops, l->data);
+	if (!c) {
+		log_error("out of memory accepting a connection");
+		return;
+	}
+	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+		begin_close(c, false);
+		return;
+	}
+	metric_inc(l->net->m.accepted);
+	conn_start(c);
+}
+
+struct listener *listener_create(struct net_ctx *net, const char *addr,
+				 const struct conn_ops *ops, void *data)
+{
+	struct sockaddr_storage ss;
+	struct listener *l;
+	int rc;
+
+	rc = netaddr_parse(addr, &ss);
+	if (rc) {
+		log_error("listen address %s is not a numeric host:port", addr);
+		return NULL;
+	}
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return NULL;
+	l->net = net;
+	l->ops = ops;
+	l->data = data;
+	uv_tcp_init(net->loop, &l->tcp);
+	l->tcp.data = l;
+	rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+	if (!rc)
+		rc = uv_listen((uv_stream_t *)&l->tcp, 128, on_connection);
+	if (rc) {
+		log_error("cannot listen on %s: %s", addr, uv_strerror(rc));
+		listener_destroy(l);
+		return NULL;
+	}
+	return l;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+void listener_destroy(struct listener *l)
+{
+	if (l)
+		uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+}
+
+void listener_address(const struct listener *l, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	int n = sizeof(ss);
+
+	if (uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &n) == 0)
+		netaddr_format((struct sockaddr *)&ss, buf, len);
+	else
+		snprintf(buf, len, "?");
+}

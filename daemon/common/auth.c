@@ -8,6 +8,7 @@
  */
 #include "auth.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -183,6 +184,19 @@ int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES],
 	return crypto_verify_32(expected, got->data) == 0 ? 0 : -EACCES;
 }
 
+/* Names end up in logs and tables: keep them short and plain. */
+static int name_ok(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > AUTH_NAME_MAX)
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && !strchr("._-", *s))
+			return 0;
+	return 1;
+}
+
 int auth_check_client_hello(const struct auth_key *key,
 			    const uint8_t server_nonce[AUTH_NONCE_BYTES],
 			    const Cksm__ClientHello *ch, const char **why)
@@ -197,9 +211,8 @@ int auth_check_client_hello(const struct auth_key *key,
 		*why = "client nonce is not 32 bytes";
 		return -EPROTO;
 	}
-	if (!ch->name || strlen(ch->name) == 0 ||
-	    strlen(ch->name) > AUTH_NAME_MAX) {
-		*why = "peer name is empty or longer than 64 bytes";
+	if (!name_ok(ch->name)) {
+		*why = "peer name is not 1 to 64 letters, digits, '.', '_' or '-'";
 		return -EPROTO;
 	}
 	if (ch->role != CKSM__ROLE__ROLE_AGENT &&

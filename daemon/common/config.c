@@ -411,7 +411,7 @@ static int check_shards(struct config *c, FILE *err)
 	for (unsigned i = 0; i < c->nshards; i++) {
 		struct shard_conf *s = &c->shards[i];
 
-		if (!s->defined && i > 0) {
+		if (!s->defined && (i > 0 || !s->address[0])) {
 			fprintf(err, "[shard.%u] is missing: shards must be numbered 0..%u without gaps\n",
 				i, c->nshards - 1);
 			errors++;

@@ -40,7 +40,7 @@ BINS := $(B)/cksmd $(B)/cksmctl $(B)/cksm-testpeer
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
-.PHONY: all deps test demo fuzz bench lint format install clean
+.PHONY: all deps test demo fuzz fuzz-build bench lint format install clean
 all: $(BINS) $(UNIT_BINS)
 
 $(PROTO_C) $(PROTO_H): proto/cksm.proto
@@ -79,6 +79,7 @@ test:
 	./scripts/deps.sh
 	$(MAKE) all
 	$(MAKE) B=build/san CC=clang CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all' all
+	$(MAKE) fuzz-build
 	./tests/run.sh
 
 demo: all

@@ -82,7 +82,9 @@ test:
 	$(MAKE) fuzz-build
 	./tests/run.sh
 
-demo: all
+demo:
+	./scripts/deps.sh
+	$(MAKE) all
 	./scripts/demo.sh
 
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))

@@ -22,14 +22,14 @@
 #include "config.h"
 #include "sconn.h"
 
-#define EXIT_DOWN 1
+#define EXIT_DOWN  1
 #define EXIT_USAGE 2
 
 struct shard_answer {
-	int rc;                      /* 0 or the negative errno of the failure */
-	char err[512];               /* what failed, when rc != 0 */
-	Cksm__AdminReply *rep;       /* the answer, when rc == 0 */
-	Cksm__Msg *msg;              /* owns rep */
+	int rc;		       /* 0 or the negative errno of the failure */
+	char err[512];	       /* what failed, when rc != 0 */
+	Cksm__AdminReply *rep; /* the answer, when rc == 0 */
+	Cksm__Msg *msg;	       /* owns rep */
 };
 
 struct opts {
@@ -48,7 +48,8 @@ static void usage(FILE *out)
 		"  status    shards and nodes, and whether each is up\n"
 		"\n"
 		"options:\n"
-		"  -c, --config FILE   configuration with the shard map (default " CONFIG_DEFAULT_PATH ")\n"
+		"  -c, --config FILE   configuration with the shard map (default " CONFIG_DEFAULT_PATH
+		")\n"
 		"  -o, --output FMT    text (default) or json\n"
 		"  -t, --timeout MS    per-shard timeout (default 3000)\n"
 		"  -h, --help          this help\n"
@@ -56,17 +57,16 @@ static void usage(FILE *out)
 		"exit status: 0 all up, 1 a shard or node is down, 2 usage or configuration error\n");
 }
 
-static void ask_shard(const struct config *cfg, const struct auth_key *key,
-		      unsigned shard, int timeout_ms, struct shard_answer *a)
+static void ask_shard(const struct config *cfg, const struct auth_key *key, unsigned shard,
+		      int timeout_ms, struct shard_answer *a)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
 	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
 	struct sconn s;
 	int rc;
 
-	rc = sconn_open(&s, cfg->shards[shard].address, key,
-			CKSM__ROLE__ROLE_ADMIN, "cksmctl", timeout_ms, a->err,
-			sizeof(a->err));
+	rc = sconn_open(&s, cfg->shards[shard].address, key, CKSM__ROLE__ROLE_ADMIN, "cksmctl",
+			timeout_ms, a->err, sizeof(a->err));
 	if (rc) {
 		a->rc = rc;
 		return;
@@ -80,20 +80,18 @@ static void ask_shard(const struct config *cfg, const struct auth_key *key,
 	if (!a->msg || a->msg->body_case != CKSM__MSG__BODY_ADMIN_REPLY) {
 		a->rc = rc ? rc : -EPROTO;
 		snprintf(a->err, sizeof(a->err), "%s: no status answer (%s)",
-			 cfg->shards[shard].address,
-			 rc ? strerror(-rc) : "unexpected message");
+			 cfg->shards[shard].address, rc ? strerror(-rc) : "unexpected message");
 	} else if (a->msg->admin_reply->status) {
 		a->rc = a->msg->admin_reply->status;
-		snprintf(a->err, sizeof(a->err), "%s: %s",
-			 cfg->shards[shard].address, a->msg->admin_reply->error);
+		snprintf(a->err, sizeof(a->err), "%s: %s", cfg->shards[shard].address,
+			 a->msg->admin_reply->error);
 	} else {
 		a->rep = a->msg->admin_reply;
 	}
 	sconn_close(&s);
 }
 
-static json_t *status_json(const struct config *cfg,
-			   const struct shard_answer *ans)
+static json_t *status_json(const struct config *cfg, const struct shard_answer *ans)
 {
 	json_t *root = json_object(), *shards = json_array();
 
@@ -109,22 +107,23 @@ static json_t *status_json(const struct config *cfg,
 			json_t *b = json_array();
 
 			json_object_set_new(sh, "version", json_string(a->rep->version));
-			json_object_set_new(sh, "uptime_ms", json_integer((json_int_t)a->rep->uptime_ms));
+			json_object_set_new(sh, "uptime_ms",
+					    json_integer((json_int_t)a->rep->uptime_ms));
 			for (size_t r = 0; r < a->rep->n_owned; r++)
-				json_array_append_new(b, json_pack("[I,I]",
-					(json_int_t)a->rep->owned[r]->first,
-					(json_int_t)a->rep->owned[r]->last));
+				json_array_append_new(
+					b, json_pack("[I,I]", (json_int_t)a->rep->owned[r]->first,
+						     (json_int_t)a->rep->owned[r]->last));
 			json_object_set_new(sh, "buckets", b);
 			for (size_t n = 0; n < a->rep->n_nodes; n++) {
 				const Cksm__NodeStatus *ns = a->rep->nodes[n];
 
-				json_array_append_new(nodes, json_pack(
-					"{s:I,s:s,s:s,s:b,s:s,s:I,s:I}",
-					"node_id", (json_int_t)ns->node_id,
-					"name", ns->name, "rack", ns->rack,
-					"live", ns->live, "address", ns->address,
-					"last_seen_ms", (json_int_t)ns->last_seen_ms,
-					"heartbeats", (json_int_t)ns->heartbeats));
+				json_array_append_new(
+					nodes, json_pack("{s:I,s:s,s:s,s:b,s:s,s:I,s:I}", "node_id",
+							 (json_int_t)ns->node_id, "name", ns->name,
+							 "rack", ns->rack, "live", ns->live,
+							 "address", ns->address, "last_seen_ms",
+							 (json_int_t)ns->last_seen_ms, "heartbeats",
+							 (json_int_t)ns->heartbeats));
 			}
 		}
 		json_object_set_new(sh, "nodes", nodes);
@@ -134,16 +133,15 @@ static json_t *status_json(const struct config *cfg,
 	return root;
 }
 
-static void cell(struct libscols_line *ln, int col, const char *text,
-		 const char *color, int use_color)
+static void cell(struct libscols_line *ln, int col, const char *text, const char *color,
+		 int use_color)
 {
 	scols_line_set_data(ln, (size_t)col, text);
 	if (use_color && color)
 		scols_cell_set_color(scols_line_get_cell(ln, (size_t)col), color);
 }
 
-static void print_text(const struct config *cfg,
-		       const struct shard_answer *ans, int use_color)
+static void print_text(const struct config *cfg, const struct shard_answer *ans, int use_color)
 {
 	struct libscols_table *t = scols_new_table();
 	struct libscols_table *nt = scols_new_table();
@@ -188,8 +186,8 @@ static void print_text(const struct config *cfg,
 			snprintf(buf, sizeof(buf), "%u", i);
 			cell(nl, 1, buf, NULL, 0);
 			cell(nl, 2, ns->rack, NULL, 0);
-			cell(nl, 3, ns->live ? "live" : "dead",
-			     ns->live ? "green" : "red", use_color);
+			cell(nl, 3, ns->live ? "live" : "dead", ns->live ? "green" : "red",
+			     use_color);
 			cell(nl, 4, ns->address, NULL, 0);
 			snprintf(buf, sizeof(buf), "%.1fs", ns->last_seen_ms / 1000.0);
 			cell(nl, 5, buf, NULL, 0);
@@ -206,8 +204,7 @@ static void print_text(const struct config *cfg,
 	scols_unref_table(nt);
 }
 
-static int cmd_status(const struct config *cfg, const struct auth_key *key,
-		      const struct opts *o)
+static int cmd_status(const struct config *cfg, const struct auth_key *key, const struct opts *o)
 {
 	struct shard_answer ans[CONFIG_MAX_SHARDS];
 	int rc = 0;
@@ -261,7 +258,8 @@ int main(int argc, char **argv)
 			break;
 		case 'o':
 			if (strcmp(optarg, "json") && strcmp(optarg, "text")) {
-				fprintf(stderr, "cksmctl: -o: expected text or json, got '%s'\n", optarg);
+				fprintf(stderr, "cksmctl: -o: expected text or json, got '%s'\n",
+					optarg);
 				return EXIT_USAGE;
 			}
 			o.json = strcmp(optarg, "json") == 0;
@@ -269,7 +267,8 @@ int main(int argc, char **argv)
 		case 't':
 			o.timeout_ms = (int)strtol(optarg, &end, 10);
 			if (*end || o.timeout_ms <= 0) {
-				fprintf(stderr, "cksmctl: -t: expected milliseconds, got '%s'\n", optarg);
+				fprintf(stderr, "cksmctl: -t: expected milliseconds, got '%s'\n",
+					optarg);
 				return EXIT_USAGE;
 			}
 			break;

@@ -37,21 +37,20 @@ struct args {
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"usage: cksmd --role agent|coord [--shard N] [options]\n"
-		"       cksmd --check-config [--role ...] [options]\n"
-		"       cksmd --gen-key FILE\n"
-		"\n"
-		"  -c, --config FILE     configuration (default " CONFIG_DEFAULT_PATH ")\n"
-		"  -r, --role ROLE       agent (one per node) or coord (one per shard)\n"
-		"  -n, --shard N         which [shard.N] a coordinator serves\n"
-		"  -s, --set SEC.KEY=V   override one configuration value (repeatable)\n"
-		"  -l, --log-level LVL   error, warn, info or debug\n"
-		"      --check-config    validate the configuration and key file, then exit\n"
-		"      --print-config    print the effective configuration, then exit\n"
-		"      --gen-key FILE    create a new cluster key file\n"
-		"  -V, --version         print the version\n"
-		"  -h, --help            this help\n");
+	fprintf(out, "usage: cksmd --role agent|coord [--shard N] [options]\n"
+		     "       cksmd --check-config [--role ...] [options]\n"
+		     "       cksmd --gen-key FILE\n"
+		     "\n"
+		     "  -c, --config FILE     configuration (default " CONFIG_DEFAULT_PATH ")\n"
+		     "  -r, --role ROLE       agent (one per node) or coord (one per shard)\n"
+		     "  -n, --shard N         which [shard.N] a coordinator serves\n"
+		     "  -s, --set SEC.KEY=V   override one configuration value (repeatable)\n"
+		     "  -l, --log-level LVL   error, warn, info or debug\n"
+		     "      --check-config    validate the configuration and key file, then exit\n"
+		     "      --print-config    print the effective configuration, then exit\n"
+		     "      --gen-key FILE    create a new cluster key file\n"
+		     "  -V, --version         print the version\n"
+		     "  -h, --help            this help\n");
 }
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -86,7 +85,9 @@ static int parse_args(int argc, char **argv, struct args *a)
 			else if (strcmp(optarg, "coord") == 0)
 				a->role = ROLE_COORD;
 			else {
-				fprintf(stderr, "cksmd: --role: expected agent or coord, got '%s'\n", optarg);
+				fprintf(stderr,
+					"cksmd: --role: expected agent or coord, got '%s'\n",
+					optarg);
 				return 2;
 			}
 			break;
@@ -94,7 +95,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 			errno = 0;
 			a->shard = strtol(optarg, &end, 10);
 			if (errno || *end || a->shard < 0 || a->shard >= CONFIG_MAX_SHARDS) {
-				fprintf(stderr, "cksmd: --shard: expected a number between 0 and %d, got '%s'\n",
+				fprintf(stderr,
+					"cksmd: --shard: expected a number between 0 and %d, got '%s'\n",
 					CONFIG_MAX_SHARDS - 1, optarg);
 				return 2;
 			}
@@ -148,8 +150,7 @@ static int load_config(const struct args *a, struct config *cfg)
 	config_defaults(cfg);
 	rc = config_load(cfg, a->config, stderr);
 	if (rc == -ENOENT && !a->config_given)
-		fprintf(stderr, "cksmd: %s does not exist; using built-in defaults\n",
-			a->config);
+		fprintf(stderr, "cksmd: %s does not exist; using built-in defaults\n", a->config);
 	else if (rc)
 		return 2;
 	for (int i = 0; i < a->nsets; i++)

@@ -29,16 +29,16 @@ struct agent_shard {
 	struct agent *a;
 	unsigned id;
 	struct dialer *dialer;
-	bool registered;             /* RegisterAck received on this conn */
-	uint32_t node_id;            /* our id at this shard */
+	bool registered;  /* RegisterAck received on this conn */
+	uint32_t node_id; /* our id at this shard */
 	uint64_t hb_seq;
-	uint64_t last_ack_ms;        /* loop time of the last ack */
+	uint64_t last_ack_ms; /* loop time of the last ack */
 	struct metric *m_up;
 };
 
 struct agent {
 	struct runtime rt;
-	uint64_t incarnation;        /* random, new at every start */
+	uint64_t incarnation; /* random, new at every start */
 	uv_timer_t hb;
 	struct agent_shard shards[CONFIG_MAX_SHARDS];
 	unsigned nshards;
@@ -77,22 +77,20 @@ static void on_ready(struct conn *c)
 	send_register(s, c);
 }
 
-static int handle_register_ack(struct agent_shard *s, struct conn *c,
-			       const Cksm__RegisterAck *ack)
+static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm__RegisterAck *ack)
 {
 	if (ack->node_id == 0)
 		return conn_fail(c, -EPROTO, "register ack without a node id");
 	if (ack->shard_id != s->id)
-		return conn_fail(c, -EPROTO,
-				 "%s answers as shard %u, the shard map says shard %u",
+		return conn_fail(c, -EPROTO, "%s answers as shard %u, the shard map says shard %u",
 				 dialer_address(s->dialer), ack->shard_id, s->id);
 	s->registered = true;
 	s->node_id = ack->node_id;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
 	metric_inc(s->a->m_registered);
 	metric_set(s->m_up, 1);
-	log_info("registered with shard %u at %s as node %u", s->id,
-		 dialer_address(s->dialer), s->node_id);
+	log_info("registered with shard %u at %s as node %u", s->id, dialer_address(s->dialer),
+		 s->node_id);
 	return 0;
 }
 
@@ -114,8 +112,7 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 		return 0;
 	default:
 		metric_inc(c->net->m.rej_unexpected);
-		return conn_fail(c, -EOPNOTSUPP,
-				 "message %s is not accepted by an agent",
+		return conn_fail(c, -EOPNOTSUPP, "message %s is not accepted by an agent",
 				 wire_body_name(m));
 	}
 }
@@ -126,8 +123,7 @@ static void on_close(struct conn *c)
 
 	s->registered = false;
 	metric_set(s->m_up, 0);
-	log_warn("lost shard %u at %s; reconnecting", s->id,
-		 dialer_address(s->dialer));
+	log_warn("lost shard %u at %s; reconnecting", s->id, dialer_address(s->dialer));
 }
 
 static const struct conn_ops agent_conn_ops = {
@@ -185,26 +181,22 @@ static int register_metrics(struct agent *a)
 
 	a->m_hb_sent = metrics_counter(r, "cksm_agent_heartbeats_sent_total",
 				       "Heartbeats sent to shards.", NULL);
-	a->m_hb_acked = metrics_counter(
-		r, "cksm_agent_heartbeats_acked_total",
-		"Heartbeats acknowledged by shards.", NULL);
-	a->m_registered = metrics_counter(
-		r, "cksm_agent_registrations_total",
-		"Registrations accepted by shards.", NULL);
-	a->m_reconnects = metrics_counter(
-		r, "cksm_agent_reconnects_total",
-		"Connections to shards re-established after a loss.", NULL);
-	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered ||
-	    !a->m_reconnects)
+	a->m_hb_acked = metrics_counter(r, "cksm_agent_heartbeats_acked_total",
+					"Heartbeats acknowledged by shards.", NULL);
+	a->m_registered = metrics_counter(r, "cksm_agent_registrations_total",
+					  "Registrations accepted by shards.", NULL);
+	a->m_reconnects =
+		metrics_counter(r, "cksm_agent_reconnects_total",
+				"Connections to shards re-established after a loss.", NULL);
+	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered || !a->m_reconnects)
 		return -ENOMEM;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		char labels[32];
 
 		snprintf(labels, sizeof(labels), "shard=\"%u\"", i);
-		a->shards[i].m_up = metrics_gauge(
-			r, "cksm_agent_shard_up",
-			"1 while the agent is registered with the shard.",
-			labels);
+		a->shards[i].m_up =
+			metrics_gauge(r, "cksm_agent_shard_up",
+				      "1 while the agent is registered with the shard.", labels);
 		if (!a->shards[i].m_up)
 			return -ENOMEM;
 	}
@@ -219,8 +211,7 @@ int agent_main(const struct config *cfg)
 	a = calloc(1, sizeof(*a));
 	if (!a)
 		return 1;
-	if (runtime_init(&a->rt, cfg, CKSM__ROLE__ROLE_AGENT, cfg->node_name,
-			 cfg->agent_metrics))
+	if (runtime_init(&a->rt, cfg, CKSM__ROLE__ROLE_AGENT, cfg->node_name, cfg->agent_metrics))
 		goto out_fini;
 	a->rt.role = a;
 	a->rt.stop = agent_stop;
@@ -233,10 +224,8 @@ int agent_main(const struct config *cfg)
 
 		s->a = a;
 		s->id = i;
-		s->dialer = dialer_create(&a->rt.net, cfg->shards[i].address,
-					  &agent_conn_ops, s,
-					  cfg->reconnect_min_ms,
-					  cfg->reconnect_max_ms);
+		s->dialer = dialer_create(&a->rt.net, cfg->shards[i].address, &agent_conn_ops, s,
+					  cfg->reconnect_min_ms, cfg->reconnect_max_ms);
 		if (!s->dialer) {
 			log_error("shard %u address %s is not host:port", i,
 				  cfg->shards[i].address);
@@ -246,10 +235,8 @@ int agent_main(const struct config *cfg)
 	}
 	uv_timer_init(&a->rt.loop, &a->hb);
 	a->hb.data = a;
-	uv_timer_start(&a->hb, on_heartbeat, cfg->heartbeat_ms,
-		       cfg->heartbeat_ms);
-	log_info("node %s (rack %s) serving %u shard(s)", cfg->node_name,
-		 cfg->rack, a->nshards);
+	uv_timer_start(&a->hb, on_heartbeat, cfg->heartbeat_ms, cfg->heartbeat_ms);
+	log_info("node %s (rack %s) serving %u shard(s)", cfg->node_name, cfg->rack, a->nshards);
 	rc = runtime_run(&a->rt) ? 1 : 0;
 	goto out_fini;
 out_stop:

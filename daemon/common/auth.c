@@ -33,8 +33,7 @@ static int check_key_file(int fd, const char *path, char *err, size_t errlen)
 	struct stat st;
 
 	if (fstat(fd, &st) < 0) {
-		snprintf(err, errlen, "cannot stat key file %s: %s", path,
-			 strerror(errno));
+		snprintf(err, errlen, "cannot stat key file %s: %s", path, strerror(errno));
 		return -errno;
 	}
 	if (!S_ISREG(st.st_mode)) {
@@ -42,22 +41,22 @@ static int check_key_file(int fd, const char *path, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-		snprintf(err, errlen,
-			 "key file %s is accessible by group or others (mode %04o); run: chmod 600 %s",
-			 path, (unsigned)(st.st_mode & 07777), path);
+		snprintf(
+			err, errlen,
+			"key file %s is accessible by group or others (mode %04o); run: chmod 600 %s",
+			path, (unsigned)(st.st_mode & 07777), path);
 		return -EPERM;
 	}
 	if (st.st_uid != geteuid()) {
 		snprintf(err, errlen,
-			 "key file %s is owned by uid %u, not by the running user (uid %u)",
-			 path, (unsigned)st.st_uid, (unsigned)geteuid());
+			 "key file %s is owned by uid %u, not by the running user (uid %u)", path,
+			 (unsigned)st.st_uid, (unsigned)geteuid());
 		return -EPERM;
 	}
 	return 0;
 }
 
-int auth_key_load(struct auth_key *key, const char *path, char *err,
-		  size_t errlen)
+int auth_key_load(struct auth_key *key, const char *path, char *err, size_t errlen)
 {
 	uint8_t buf[KEYFILE_MAX + 1];
 	size_t len = 0, start = 0;
@@ -67,8 +66,7 @@ int auth_key_load(struct auth_key *key, const char *path, char *err,
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0) {
 		rc = -errno;
-		snprintf(err, errlen, "cannot open key file %s: %s", path,
-			 strerror(errno));
+		snprintf(err, errlen, "cannot open key file %s: %s", path, strerror(errno));
 		return rc;
 	}
 	rc = check_key_file(fd, path, err, errlen);
@@ -77,21 +75,21 @@ int auth_key_load(struct auth_key *key, const char *path, char *err,
 	while (len < sizeof(buf) && (n = read(fd, buf + len, sizeof(buf) - len)) > 0)
 		len += (size_t)n;
 	if (len > KEYFILE_MAX) {
-		snprintf(err, errlen, "key file %s is larger than %d bytes", path,
-			 KEYFILE_MAX);
+		snprintf(err, errlen, "key file %s is larger than %d bytes", path, KEYFILE_MAX);
 		rc = -EFBIG;
 		goto out_wipe;
 	}
-	while (start < len && (buf[start] == ' ' || buf[start] == '\n' ||
-			       buf[start] == '\t' || buf[start] == '\r'))
+	while (start < len && (buf[start] == ' ' || buf[start] == '\n' || buf[start] == '\t' ||
+			       buf[start] == '\r'))
 		start++;
 	while (len > start && (buf[len - 1] == ' ' || buf[len - 1] == '\n' ||
 			       buf[len - 1] == '\t' || buf[len - 1] == '\r'))
 		len--;
 	if (len - start < AUTH_KEYFILE_MIN) {
-		snprintf(err, errlen,
-			 "key file %s holds %zu bytes of key; at least %d are needed (cksmd --gen-key makes one)",
-			 path, len - start, AUTH_KEYFILE_MIN);
+		snprintf(
+			err, errlen,
+			"key file %s holds %zu bytes of key; at least %d are needed (cksmd --gen-key makes one)",
+			path, len - start, AUTH_KEYFILE_MIN);
 		rc = -EINVAL;
 		goto out_wipe;
 	}
@@ -115,8 +113,7 @@ int auth_key_generate(const char *path, char *err, size_t errlen)
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rc = -errno;
-		snprintf(err, errlen, "cannot create key file %s: %s", path,
-			 strerror(errno));
+		snprintf(err, errlen, "cannot create key file %s: %s", path, strerror(errno));
 		return rc;
 	}
 	randombytes_buf(raw, sizeof(raw));
@@ -125,8 +122,7 @@ int auth_key_generate(const char *path, char *err, size_t errlen)
 	hex[len++] = '\n';
 	if (write(fd, hex, len) != (ssize_t)len) {
 		rc = errno ? -errno : -EIO;
-		snprintf(err, errlen, "cannot write key file %s: %s", path,
-			 strerror(-rc));
+		snprintf(err, errlen, "cannot write key file %s: %s", path, strerror(-rc));
 	}
 	sodium_memzero(raw, sizeof(raw));
 	sodium_memzero(hex, sizeof(hex));
@@ -140,20 +136,16 @@ void auth_nonce(uint8_t nonce[AUTH_NONCE_BYTES])
 	randombytes_buf(nonce, AUTH_NONCE_BYTES);
 }
 
-void auth_client_mac(const struct auth_key *key,
-		     const uint8_t server_nonce[AUTH_NONCE_BYTES],
-		     const uint8_t client_nonce[AUTH_NONCE_BYTES],
-		     Cksm__Role role, const char *name,
-		     uint8_t mac[AUTH_MAC_BYTES])
+void auth_client_mac(const struct auth_key *key, const uint8_t server_nonce[AUTH_NONCE_BYTES],
+		     const uint8_t client_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
+		     const char *name, uint8_t mac[AUTH_MAC_BYTES])
 {
 	crypto_auth_hmacsha256_state st;
-	uint8_t r[4] = { (uint8_t)((uint32_t)role >> 24),
-			 (uint8_t)((uint32_t)role >> 16),
+	uint8_t r[4] = { (uint8_t)((uint32_t)role >> 24), (uint8_t)((uint32_t)role >> 16),
 			 (uint8_t)((uint32_t)role >> 8), (uint8_t)role };
 
 	crypto_auth_hmacsha256_init(&st, key->k, sizeof(key->k));
-	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_client,
-				      sizeof(label_client) - 1);
+	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_client, sizeof(label_client) - 1);
 	crypto_auth_hmacsha256_update(&st, server_nonce, AUTH_NONCE_BYTES);
 	crypto_auth_hmacsha256_update(&st, client_nonce, AUTH_NONCE_BYTES);
 	crypto_auth_hmacsha256_update(&st, r, sizeof(r));
@@ -161,23 +153,19 @@ void auth_client_mac(const struct auth_key *key,
 	crypto_auth_hmacsha256_final(&st, mac);
 }
 
-void auth_server_mac(const struct auth_key *key,
-		     const uint8_t client_nonce[AUTH_NONCE_BYTES],
-		     const uint8_t server_nonce[AUTH_NONCE_BYTES],
-		     uint8_t mac[AUTH_MAC_BYTES])
+void auth_server_mac(const struct auth_key *key, const uint8_t client_nonce[AUTH_NONCE_BYTES],
+		     const uint8_t server_nonce[AUTH_NONCE_BYTES], uint8_t mac[AUTH_MAC_BYTES])
 {
 	crypto_auth_hmacsha256_state st;
 
 	crypto_auth_hmacsha256_init(&st, key->k, sizeof(key->k));
-	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_server,
-				      sizeof(label_server) - 1);
+	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_server, sizeof(label_server) - 1);
 	crypto_auth_hmacsha256_update(&st, client_nonce, AUTH_NONCE_BYTES);
 	crypto_auth_hmacsha256_update(&st, server_nonce, AUTH_NONCE_BYTES);
 	crypto_auth_hmacsha256_final(&st, mac);
 }
 
-int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES],
-		   const ProtobufCBinaryData *got)
+int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES], const ProtobufCBinaryData *got)
 {
 	if (got->len != AUTH_MAC_BYTES)
 		return -EACCES;
@@ -215,13 +203,11 @@ int auth_check_client_hello(const struct auth_key *key,
 		*why = "peer name is not 1 to 64 letters, digits, '.', '_' or '-'";
 		return -EPROTO;
 	}
-	if (ch->role != CKSM__ROLE__ROLE_AGENT &&
-	    ch->role != CKSM__ROLE__ROLE_ADMIN) {
+	if (ch->role != CKSM__ROLE__ROLE_AGENT && ch->role != CKSM__ROLE__ROLE_ADMIN) {
 		*why = "role is neither agent nor admin";
 		return -EPROTO;
 	}
-	auth_client_mac(key, server_nonce, ch->nonce.data, ch->role, ch->name,
-			mac);
+	auth_client_mac(key, server_nonce, ch->nonce.data, ch->role, ch->name, mac);
 	if (auth_mac_check(mac, &ch->mac)) {
 		*why = "bad MAC (wrong cluster key or replayed hello)";
 		return -EACCES;

@@ -15,11 +15,11 @@
 
 #include "cksm.pb-c.h"
 
-#define AUTH_KEY_BYTES 32
+#define AUTH_KEY_BYTES	 32
 #define AUTH_NONCE_BYTES 32
-#define AUTH_MAC_BYTES 32
+#define AUTH_MAC_BYTES	 32
 #define AUTH_KEYFILE_MIN 32 /* bytes of key material a key file must hold */
-#define AUTH_NAME_MAX 64    /* longest peer name accepted */
+#define AUTH_NAME_MAX	 64 /* longest peer name accepted */
 
 struct auth_key {
 	uint8_t k[AUTH_KEY_BYTES];
@@ -34,8 +34,7 @@ int auth_init(void);
  * fewer than AUTH_KEYFILE_MIN bytes after trimming whitespace. Returns 0 or
  * a negative errno.
  */
-int auth_key_load(struct auth_key *key, const char *path, char *err,
-		  size_t errlen);
+int auth_key_load(struct auth_key *key, const char *path, char *err, size_t errlen);
 
 /* Write a new random key (64 hex digits) to path, created with mode 0600. */
 int auth_key_generate(const char *path, char *err, size_t errlen);
@@ -43,21 +42,16 @@ int auth_key_generate(const char *path, char *err, size_t errlen);
 void auth_nonce(uint8_t nonce[AUTH_NONCE_BYTES]);
 
 /* MAC the client sends in ClientHello. */
-void auth_client_mac(const struct auth_key *key,
-		     const uint8_t server_nonce[AUTH_NONCE_BYTES],
-		     const uint8_t client_nonce[AUTH_NONCE_BYTES],
-		     Cksm__Role role, const char *name,
-		     uint8_t mac[AUTH_MAC_BYTES]);
+void auth_client_mac(const struct auth_key *key, const uint8_t server_nonce[AUTH_NONCE_BYTES],
+		     const uint8_t client_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
+		     const char *name, uint8_t mac[AUTH_MAC_BYTES]);
 
 /* MAC the server sends in AuthResult. */
-void auth_server_mac(const struct auth_key *key,
-		     const uint8_t client_nonce[AUTH_NONCE_BYTES],
-		     const uint8_t server_nonce[AUTH_NONCE_BYTES],
-		     uint8_t mac[AUTH_MAC_BYTES]);
+void auth_server_mac(const struct auth_key *key, const uint8_t client_nonce[AUTH_NONCE_BYTES],
+		     const uint8_t server_nonce[AUTH_NONCE_BYTES], uint8_t mac[AUTH_MAC_BYTES]);
 
 /* Constant-time compare of a received MAC; 0 when equal, -EACCES if not. */
-int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES],
-		   const ProtobufCBinaryData *got);
+int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES], const ProtobufCBinaryData *got);
 
 /*
  * Server side: check a ClientHello against the nonce sent in ServerHello.

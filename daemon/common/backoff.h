@@ -11,9 +11,9 @@
 #include <stdint.h>
 
 struct backoff {
-	uint64_t base_ms;  /* first delay */
-	uint64_t max_ms;   /* ceiling */
-	unsigned attempt;  /* failures since the last success */
+	uint64_t base_ms; /* first delay */
+	uint64_t max_ms;  /* ceiling */
+	unsigned attempt; /* failures since the last success */
 };
 
 void backoff_init(struct backoff *b, uint64_t base_ms, uint64_t max_ms);

@@ -25,8 +25,8 @@ enum kind {
 	K_U32,
 	K_U64,
 	K_STR,
-	K_NAME,  /* [A-Za-z0-9._-], 1..64 bytes */
-	K_ADDR,  /* numeric host:port */
+	K_NAME, /* [A-Za-z0-9._-], 1..64 bytes */
+	K_ADDR, /* numeric host:port */
 	K_LEVEL,
 };
 
@@ -35,17 +35,21 @@ struct key {
 	const char *name;
 	enum kind kind;
 	size_t off;
-	size_t size;      /* for strings: buffer size */
+	size_t size; /* for strings: buffer size */
 	uint64_t min, max;
 	const char *what; /* what is expected, for messages */
 };
 
-#define U(sec, nm, field, lo, hi, w)                                        \
-	{ sec, nm, sizeof(((struct config *)0)->field) == 4 ? K_U32 : K_U64, \
-	  offsetof(struct config, field), 0, lo, hi, w }
-#define S(sec, nm, k, field, w)                                             \
-	{ sec, nm, k, offsetof(struct config, field),                       \
-	  sizeof(((struct config *)0)->field), 0, 0, w }
+#define U(sec, nm, field, lo, hi, w)                                               \
+	{                                                                          \
+		sec, nm, sizeof(((struct config *)0)->field) == 4 ? K_U32 : K_U64, \
+			offsetof(struct config, field), 0, lo, hi, w               \
+	}
+#define S(sec, nm, k, field, w)                                                                  \
+	{                                                                                        \
+		sec, nm, k, offsetof(struct config, field), sizeof(((struct config *)0)->field), \
+			0, 0, w                                                                  \
+	}
 
 static const struct key keys[] = {
 	S("cluster", "key_file", K_STR, key_file, "a path"),
@@ -55,26 +59,21 @@ static const struct key keys[] = {
 	  "a size in bytes between 65536 and 16777216"),
 	U("cluster", "auth_timeout_ms", auth_timeout_ms, 100, 600000,
 	  "milliseconds between 100 and 600000"),
-	U("cluster", "heartbeat_ms", heartbeat_ms, 50, 60000,
-	  "milliseconds between 50 and 60000"),
+	U("cluster", "heartbeat_ms", heartbeat_ms, 50, 60000, "milliseconds between 50 and 60000"),
 	U("cluster", "dead_after_ms", dead_after_ms, 150, 3600000,
 	  "milliseconds between 150 and 3600000"),
 	U("cluster", "reconnect_min_ms", reconnect_min_ms, 10, 60000,
 	  "milliseconds between 10 and 60000"),
 	U("cluster", "reconnect_max_ms", reconnect_max_ms, 10, 3600000,
 	  "milliseconds between 10 and 3600000"),
-	S("log", "level", K_LEVEL, log_level,
-	  "one of error, warn, info, debug"),
+	S("log", "level", K_LEVEL, log_level, "one of error, warn, info, debug"),
 	S("agent", "node_name", K_NAME, node_name,
 	  "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
-	S("agent", "rack", K_NAME, rack,
-	  "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
-	S("agent", "metrics", K_ADDR, agent_metrics,
-	  "a numeric host:port such as 127.0.0.1:9470"),
+	S("agent", "rack", K_NAME, rack, "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
+	S("agent", "metrics", K_ADDR, agent_metrics, "a numeric host:port such as 127.0.0.1:9470"),
 };
 
-static const char shard_addr_what[] =
-	"a numeric host:port such as 127.0.0.1:7470";
+static const char shard_addr_what[] = "a numeric host:port such as 127.0.0.1:7470";
 
 struct parse_ctx {
 	struct config *c;
@@ -85,12 +84,10 @@ struct parse_ctx {
 	int errors;
 };
 
-static void report(struct parse_ctx *p, const char *section,
-		   const char *name, const char *fmt, ...)
+static void report(struct parse_ctx *p, const char *section, const char *name, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
-static void report(struct parse_ctx *p, const char *section,
-		   const char *name, const char *fmt, ...)
+static void report(struct parse_ctx *p, const char *section, const char *name, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -141,8 +138,8 @@ static int addr_ok(const char *v)
 	return netaddr_parse(v, &ss) == 0;
 }
 
-static int set_str(struct parse_ctx *p, const char *sec, const char *name,
-		   char *dst, size_t size, const char *v)
+static int set_str(struct parse_ctx *p, const char *sec, const char *name, char *dst, size_t size,
+		   const char *v)
 {
 	if (strlen(v) >= size) {
 		report(p, sec, name, "value longer than %zu bytes", size - 1);
@@ -162,8 +159,7 @@ static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 	case K_U64:
 		if (parse_u64(v, &n) || n < k->min || n > k->max ||
 		    (strcmp(k->name, "buckets") == 0 && (n & (n - 1)))) {
-			report(p, k->section, k->name, "expected %s, got '%s'",
-			       k->what, v);
+			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
 			return -EINVAL;
 		}
 		if (k->kind == K_U32)
@@ -173,17 +169,14 @@ static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 		return 0;
 	case K_LEVEL:
 		if (log_level_parse(v, (enum log_level *)(void *)field)) {
-			report(p, k->section, k->name, "expected %s, got '%s'",
-			       k->what, v);
+			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
 			return -EINVAL;
 		}
 		return 0;
 	case K_NAME:
 	case K_ADDR:
-		if ((k->kind == K_NAME && !name_ok(v)) ||
-		    (k->kind == K_ADDR && !addr_ok(v))) {
-			report(p, k->section, k->name, "expected %s, got '%s'",
-			       k->what, v);
+		if ((k->kind == K_NAME && !name_ok(v)) || (k->kind == K_ADDR && !addr_ok(v))) {
+			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
 			return -EINVAL;
 		}
 		/* fall through */
@@ -227,8 +220,7 @@ static int parse_ranges(struct shard_conf *s, const char *v)
 	return s->nranges ? 0 : -EINVAL;
 }
 
-static int set_shard(struct parse_ctx *p, const char *section,
-		     const char *name, const char *v)
+static int set_shard(struct parse_ctx *p, const char *section, const char *name, const char *v)
 {
 	struct config *c = p->c;
 	struct shard_conf *s;
@@ -237,10 +229,8 @@ static int set_shard(struct parse_ctx *p, const char *section,
 
 	errno = 0;
 	id = strtoul(section + 6, &end, 10);
-	if (!isdigit((unsigned char)section[6]) || *end || errno ||
-	    id >= CONFIG_MAX_SHARDS) {
-		report(p, NULL, NULL,
-		       "[%s]: expected a section [shard.N] with N between 0 and %d",
+	if (!isdigit((unsigned char)section[6]) || *end || errno || id >= CONFIG_MAX_SHARDS) {
+		report(p, NULL, NULL, "[%s]: expected a section [shard.N] with N between 0 and %d",
 		       section, CONFIG_MAX_SHARDS - 1);
 		return -EINVAL;
 	}
@@ -256,12 +246,10 @@ static int set_shard(struct parse_ctx *p, const char *section,
 	}
 	if (strcmp(name, "address") == 0 || strcmp(name, "listen") == 0 ||
 	    strcmp(name, "metrics") == 0) {
-		char *dst = name[0] == 'a' ? s->address :
-			    name[0] == 'l' ? s->listen : s->metrics;
+		char *dst = name[0] == 'a' ? s->address : name[0] == 'l' ? s->listen : s->metrics;
 
 		if (!addr_ok(v)) {
-			report(p, section, name, "expected %s, got '%s'",
-			       shard_addr_what, v);
+			report(p, section, name, "expected %s, got '%s'", shard_addr_what, v);
 			return -EINVAL;
 		}
 		return set_str(p, section, name, dst, sizeof(s->address), v);
@@ -275,13 +263,11 @@ static int set_shard(struct parse_ctx *p, const char *section,
 		}
 		return 0;
 	}
-	report(p, section, name,
-	       "unknown key (a shard has address, listen, metrics, buckets)");
+	report(p, section, name, "unknown key (a shard has address, listen, metrics, buckets)");
 	return -EINVAL;
 }
 
-static int apply(struct parse_ctx *p, const char *section, const char *name,
-		 const char *value)
+static int apply(struct parse_ctx *p, const char *section, const char *name, const char *value)
 {
 	int known_section = 0;
 
@@ -298,13 +284,11 @@ static int apply(struct parse_ctx *p, const char *section, const char *name,
 		report(p, section, name, "unknown key");
 	else
 		report(p, NULL, NULL,
-		       "unknown section [%s] (expected cluster, log, agent or shard.N)",
-		       section);
+		       "unknown section [%s] (expected cluster, log, agent or shard.N)", section);
 	return -EINVAL;
 }
 
-static int ini_cb(void *user, const char *section, const char *name,
-		  const char *value)
+static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
 	struct parse_ctx *p = user;
 
@@ -341,8 +325,7 @@ void config_defaults(struct config *c)
 	c->reconnect_min_ms = 100;
 	c->reconnect_max_ms = 30000;
 	c->log_level = LOG_LVL_INFO;
-	if (gethostname(c->node_name, sizeof(c->node_name) - 1) ||
-	    !name_ok(c->node_name))
+	if (gethostname(c->node_name, sizeof(c->node_name) - 1) || !name_ok(c->node_name))
 		strcpy(c->node_name, "node");
 	strcpy(c->rack, "default");
 	strcpy(c->agent_metrics, "127.0.0.1:9470");
@@ -412,7 +395,8 @@ static int check_shards(struct config *c, FILE *err)
 		struct shard_conf *s = &c->shards[i];
 
 		if (!s->defined && (i > 0 || !s->address[0])) {
-			fprintf(err, "[shard.%u] is missing: shards must be numbered 0..%u without gaps\n",
+			fprintf(err,
+				"[shard.%u] is missing: shards must be numbered 0..%u without gaps\n",
 				i, c->nshards - 1);
 			errors++;
 			continue;
@@ -434,13 +418,15 @@ static int check_shards(struct config *c, FILE *err)
 		for (unsigned r = 0; r < s->nranges; r++) {
 			for (uint32_t b = s->ranges[r].first; b <= s->ranges[r].last; b++) {
 				if (b >= c->buckets) {
-					fprintf(err, "[shard.%u] buckets: bucket %u is beyond the %u buckets of [cluster] buckets\n",
+					fprintf(err,
+						"[shard.%u] buckets: bucket %u is beyond the %u buckets of [cluster] buckets\n",
 						i, b, c->buckets);
 					errors++;
 					break;
 				}
 				if (owner[b] >= 0) {
-					fprintf(err, "bucket %u is given to both [shard.%d] and [shard.%u]\n",
+					fprintf(err,
+						"bucket %u is given to both [shard.%d] and [shard.%u]\n",
 						b, owner[b], i);
 					errors++;
 					break;
@@ -467,9 +453,9 @@ int config_finish(struct config *c, FILE *err)
 	int errors = check_shards(c, err);
 
 	if (c->dead_after_ms < 3 * c->heartbeat_ms) {
-		fprintf(err, "[cluster] dead_after_ms (%llu) must be at least three heartbeats (3 x %llu ms)\n",
-			(unsigned long long)c->dead_after_ms,
-			(unsigned long long)c->heartbeat_ms);
+		fprintf(err,
+			"[cluster] dead_after_ms (%llu) must be at least three heartbeats (3 x %llu ms)\n",
+			(unsigned long long)c->dead_after_ms, (unsigned long long)c->heartbeat_ms);
 		errors++;
 	}
 	if (c->reconnect_max_ms < c->reconnect_min_ms) {
@@ -493,23 +479,21 @@ void config_dump(const struct config *c, FILE *out)
 {
 	static const char *const levels[] = { "error", "warn", "info", "debug" };
 
-	fprintf(out, "[cluster]\nkey_file = %s\nbuckets = %u\nmax_frame_bytes = %u\n"
-		     "auth_timeout_ms = %llu\nheartbeat_ms = %llu\ndead_after_ms = %llu\n"
-		     "reconnect_min_ms = %llu\nreconnect_max_ms = %llu\n\n",
-		c->key_file, c->buckets, c->max_frame_bytes,
-		(unsigned long long)c->auth_timeout_ms,
-		(unsigned long long)c->heartbeat_ms,
-		(unsigned long long)c->dead_after_ms,
-		(unsigned long long)c->reconnect_min_ms,
-		(unsigned long long)c->reconnect_max_ms);
+	fprintf(out,
+		"[cluster]\nkey_file = %s\nbuckets = %u\nmax_frame_bytes = %u\n"
+		"auth_timeout_ms = %llu\nheartbeat_ms = %llu\ndead_after_ms = %llu\n"
+		"reconnect_min_ms = %llu\nreconnect_max_ms = %llu\n\n",
+		c->key_file, c->buckets, c->max_frame_bytes, (unsigned long long)c->auth_timeout_ms,
+		(unsigned long long)c->heartbeat_ms, (unsigned long long)c->dead_after_ms,
+		(unsigned long long)c->reconnect_min_ms, (unsigned long long)c->reconnect_max_ms);
 	fprintf(out, "[log]\nlevel = %s\n\n", levels[c->log_level]);
-	fprintf(out, "[agent]\nnode_name = %s\nrack = %s\nmetrics = %s\n",
-		c->node_name, c->rack, c->agent_metrics);
+	fprintf(out, "[agent]\nnode_name = %s\nrack = %s\nmetrics = %s\n", c->node_name, c->rack,
+		c->agent_metrics);
 	for (unsigned i = 0; i < c->nshards; i++) {
 		const struct shard_conf *s = &c->shards[i];
 
-		fprintf(out, "\n[shard.%u]\naddress = %s\nlisten = %s\nmetrics = %s\nbuckets = ",
-			i, s->address, s->listen, s->metrics);
+		fprintf(out, "\n[shard.%u]\naddress = %s\nlisten = %s\nmetrics = %s\nbuckets = ", i,
+			s->address, s->listen, s->metrics);
 		for (unsigned r = 0; r < s->nranges; r++)
 			fprintf(out, "%s%u-%u", r ? "," : "", s->ranges[r].first,
 				s->ranges[r].last);

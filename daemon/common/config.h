@@ -16,9 +16,9 @@
 #include "log.h"
 
 #define CONFIG_DEFAULT_PATH "/etc/cksm/cksm.conf"
-#define CONFIG_MAX_SHARDS 64
-#define CONFIG_MAX_BUCKETS 65536
-#define CONFIG_MAX_RANGES 16 /* bucket ranges per shard */
+#define CONFIG_MAX_SHARDS   64
+#define CONFIG_MAX_BUCKETS  65536
+#define CONFIG_MAX_RANGES   16 /* bucket ranges per shard */
 
 struct bucket_range {
 	uint32_t first;
@@ -26,10 +26,10 @@ struct bucket_range {
 };
 
 struct shard_conf {
-	int defined;                 /* a [shard.N] section was seen */
-	char address[128];           /* where agents and cksmctl reach it */
-	char listen[128];            /* where it binds (default: address) */
-	char metrics[128];           /* its /metrics address */
+	int defined;	   /* a [shard.N] section was seen */
+	char address[128]; /* where agents and cksmctl reach it */
+	char listen[128];  /* where it binds (default: address) */
+	char metrics[128]; /* its /metrics address */
 	struct bucket_range ranges[CONFIG_MAX_RANGES];
 	unsigned nranges;
 };
@@ -37,7 +37,7 @@ struct shard_conf {
 struct config {
 	/* [cluster] */
 	char key_file[256];
-	uint32_t buckets;            /* content-id buckets, a power of two */
+	uint32_t buckets; /* content-id buckets, a power of two */
 	uint32_t max_frame_bytes;
 	uint64_t auth_timeout_ms;
 	uint64_t heartbeat_ms;
@@ -52,7 +52,7 @@ struct config {
 	char agent_metrics[128];
 	/* [shard.N] */
 	struct shard_conf shards[CONFIG_MAX_SHARDS];
-	unsigned nshards;            /* highest N + 1 */
+	unsigned nshards; /* highest N + 1 */
 };
 
 /* Fill c with the built-in defaults (one local shard owning all buckets). */

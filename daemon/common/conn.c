@@ -64,34 +64,28 @@ int net_metrics_register(struct net_metrics *m, struct metrics *reg)
 
 	m->accepted = metrics_counter(reg, "cksm_connections_accepted_total",
 				      "Control connections accepted.", NULL);
-	m->active = metrics_gauge(reg, "cksm_connections",
-				  "Control connections open now.", NULL);
+	m->active = metrics_gauge(reg, "cksm_connections", "Control connections open now.", NULL);
 	m->auth_ok = metrics_counter(reg, "cksm_auth_succeeded_total",
-				     "Handshakes that proved the cluster key.",
-				     NULL);
-	m->auth_failed = metrics_counter(
-		reg, "cksm_auth_failures_total",
-		"Handshakes refused (wrong key, replay, bad hello).", NULL);
-	m->auth_timeouts = metrics_counter(
-		reg, "cksm_auth_timeouts_total",
-		"Peers closed for not finishing the handshake in time.", NULL);
+				     "Handshakes that proved the cluster key.", NULL);
+	m->auth_failed =
+		metrics_counter(reg, "cksm_auth_failures_total",
+				"Handshakes refused (wrong key, replay, bad hello).", NULL);
+	m->auth_timeouts =
+		metrics_counter(reg, "cksm_auth_timeouts_total",
+				"Peers closed for not finishing the handshake in time.", NULL);
 	m->frames_in = metrics_counter(reg, "cksm_frames_received_total",
 				       "Control frames received.", NULL);
-	m->frames_out = metrics_counter(reg, "cksm_frames_sent_total",
-					"Control frames sent.", NULL);
+	m->frames_out =
+		metrics_counter(reg, "cksm_frames_sent_total", "Control frames sent.", NULL);
 	m->bytes_in = metrics_counter(reg, "cksm_control_received_bytes_total",
 				      "Control bytes received.", NULL);
-	m->bytes_out = metrics_counter(reg, "cksm_control_sent_bytes_total",
-				       "Control bytes sent.", NULL);
-	m->rej_oversized = metrics_counter(reg, rej, rej_help,
-					   "reason=\"oversized\"");
-	m->rej_malformed = metrics_counter(reg, rej, rej_help,
-					   "reason=\"malformed\"");
-	m->rej_unexpected = metrics_counter(reg, rej, rej_help,
-					    "reason=\"unexpected\"");
-	if (!m->accepted || !m->active || !m->auth_ok || !m->auth_failed ||
-	    !m->auth_timeouts || !m->frames_in || !m->frames_out ||
-	    !m->bytes_in || !m->bytes_out || !m->rej_oversized ||
+	m->bytes_out =
+		metrics_counter(reg, "cksm_control_sent_bytes_total", "Control bytes sent.", NULL);
+	m->rej_oversized = metrics_counter(reg, rej, rej_help, "reason=\"oversized\"");
+	m->rej_malformed = metrics_counter(reg, rej, rej_help, "reason=\"malformed\"");
+	m->rej_unexpected = metrics_counter(reg, rej, rej_help, "reason=\"unexpected\"");
+	if (!m->accepted || !m->active || !m->auth_ok || !m->auth_failed || !m->auth_timeouts ||
+	    !m->frames_in || !m->frames_out || !m->bytes_in || !m->bytes_out || !m->rej_oversized ||
 	    !m->rej_malformed || !m->rej_unexpected)
 		return -ENOMEM;
 	return 0;
@@ -158,8 +152,7 @@ static void begin_close(struct conn *c, bool flush)
 	if (req) {
 		req->data = c;
 		if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) == 0) {
-			uv_timer_start(&c->deadline, on_flush_deadline,
-				       CLOSE_FLUSH_MS, 0);
+			uv_timer_start(&c->deadline, on_flush_deadline, CLOSE_FLUSH_MS, 0);
 			return;
 		}
 		free(req);
@@ -194,9 +187,8 @@ int conn_fail(struct conn *c, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	log_warn("closing connection %s %s%s%s: %s", c->client ? "to" : "from",
-		 c->peer_addr, c->peer_name[0] ? " " : "", c->peer_name,
-		 reason);
+	log_warn("closing connection %s %s%s%s: %s", c->client ? "to" : "from", c->peer_addr,
+		 c->peer_name[0] ? " " : "", c->peer_name, reason);
 	if (c->state == CONN_READY)
 		send_error(c, code, reason);
 	begin_close(c, true);
@@ -269,8 +261,8 @@ static void become_ready(struct conn *c)
 	frame_dec_set_limit(&c->dec, c->net->max_frame);
 	c->state = CONN_READY;
 	metric_inc(c->net->m.auth_ok);
-	log_info("authenticated %s %s as %s %s", c->client ? "server" : "peer",
-		 c->peer_addr, role_name(c->peer_role), c->peer_name);
+	log_info("authenticated %s %s as %s %s", c->client ? "server" : "peer", c->peer_addr,
+		 role_name(c->peer_role), c->peer_name);
 	if (c->dialer)
 		dialer_conn_ready(c->dialer, c);
 	if (c->state == CONN_READY && c->ops->on_ready)
@@ -280,8 +272,7 @@ static void become_ready(struct conn *c)
 static int unexpected(struct conn *c, const Cksm__Msg *m, const char *want)
 {
 	metric_inc(c->net->m.rej_unexpected);
-	return conn_fail(c, -EPROTO, "unexpected %s message, expected %s",
-		  wire_body_name(m), want);
+	return conn_fail(c, -EPROTO, "unexpected %s message, expected %s", wire_body_name(m), want);
 }
 
 static void send_server_hello(struct conn *c)
@@ -300,8 +291,7 @@ static void send_server_hello(struct conn *c)
 	conn_send(c, &m);
 }
 
-static void send_auth_result(struct conn *c, const uint8_t *mac,
-			     const char *reason)
+static void send_auth_result(struct conn *c, const uint8_t *mac, const char *reason)
 {
 	Cksm__Msg m = CKSM__MSG__INIT;
 	Cksm__AuthResult ar = CKSM__AUTH_RESULT__INIT;
@@ -353,19 +343,15 @@ static int client_got_server_hello(struct conn *c, const Cksm__Msg *m)
 	if (m->body_case != CKSM__MSG__BODY_SERVER_HELLO)
 		return unexpected(c, m, "server_hello");
 	if (sh->proto_version != CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT)
-		return conn_fail(c, -EPROTO,
-				 "server speaks protocol version %u, we speak %u",
-				 sh->proto_version,
-				 CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT);
+		return conn_fail(c, -EPROTO, "server speaks protocol version %u, we speak %u",
+				 sh->proto_version, CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT);
 	if (sh->nonce.len != AUTH_NONCE_BYTES)
 		return conn_fail(c, -EPROTO, "server nonce is not 32 bytes");
 	memcpy(c->peer_nonce, sh->nonce.data, AUTH_NONCE_BYTES);
-	snprintf(c->peer_name, sizeof(c->peer_name), "%s",
-		 sh->name ? sh->name : "");
+	snprintf(c->peer_name, sizeof(c->peer_name), "%s", sh->name ? sh->name : "");
 	c->peer_role = sh->role;
 	auth_nonce(c->nonce);
-	auth_client_mac(c->net->key, c->peer_nonce, c->nonce, c->net->role,
-			c->net->name, mac);
+	auth_client_mac(c->net->key, c->peer_nonce, c->nonce, c->net->role, c->net->name, mac);
 	ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
 	ch.role = c->net->role;
 	ch.name = (char *)c->net->name;
@@ -396,8 +382,7 @@ static int client_got_result(struct conn *c, const Cksm__Msg *m)
 	auth_server_mac(c->net->key, c->nonce, c->peer_nonce, mac);
 	if (auth_mac_check(mac, &ar->mac)) {
 		metric_inc(c->net->m.auth_failed);
-		return conn_fail(c, -EACCES,
-				 "server did not prove the cluster key");
+		return conn_fail(c, -EACCES, "server did not prove the cluster key");
 	}
 	become_ready(c);
 	return 0;
@@ -422,8 +407,8 @@ static void dispatch(struct conn *c, const Cksm__Msg *m)
 	case CONN_READY:
 		rc = c->ops->on_msg(c, m);
 		if (rc < 0)
-			conn_fail(c, rc, "%s message refused: %s",
-				  wire_body_name(m), strerror(-rc));
+			conn_fail(c, rc, "%s message refused: %s", wire_body_name(m),
+				  strerror(-rc));
 		break;
 	case CONN_CLOSING:
 		break;
@@ -439,8 +424,7 @@ static int on_frame(void *arg, const uint8_t *payload, uint32_t len)
 	m = wire_unpack(payload, len);
 	if (!m) {
 		metric_inc(c->net->m.rej_malformed);
-		conn_fail(c, -EBADMSG,
-			  "malformed frame: %u bytes that are not a cksm message",
+		conn_fail(c, -EBADMSG, "malformed frame: %u bytes that are not a cksm message",
 			  len);
 		return 1;
 	}
@@ -466,14 +450,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	if (nread < 0) {
 		if (nread == UV_EOF && c->state == CONN_READY)
-			log_info("%s %s closed the connection",
-				 role_name(c->peer_role), c->peer_name);
+			log_info("%s %s closed the connection", role_name(c->peer_role),
+				 c->peer_name);
 		else if (nread == UV_EOF)
-			log_warn("%s closed the connection during the handshake",
-				 c->peer_addr);
+			log_warn("%s closed the connection during the handshake", c->peer_addr);
 		else
-			log_warn("read from %s %s: %s", c->peer_addr,
-				 c->peer_name, uv_strerror((int)nread));
+			log_warn("read from %s %s: %s", c->peer_addr, c->peer_name,
+				 uv_strerror((int)nread));
 		begin_close(c, false);
 		return;
 	}
@@ -481,8 +464,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	rc = frame_dec_feed(&c->dec, buf->base, (size_t)nread, on_frame, c);
 	if (rc == -EMSGSIZE) {
 		metric_inc(c->net->m.rej_oversized);
-		conn_fail(c, rc, "oversized frame: %u bytes announced, limit %u",
-			  c->dec.bad_len, c->dec.limit);
+		conn_fail(c, rc, "oversized frame: %u bytes announced, limit %u", c->dec.bad_len,
+			  c->dec.limit);
 	} else if (rc == -EBADMSG) {
 		metric_inc(c->net->m.rej_malformed);
 		conn_fail(c, rc, "malformed frame: zero length");
@@ -502,8 +485,7 @@ static void on_deadline(uv_timer_t *t)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-struct conn *conn_create(struct net_ctx *net, bool client,
-			 const struct conn_ops *ops, void *data)
+struct conn *conn_create(struct net_ctx *net, bool client, const struct conn_ops *ops, void *data)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 
@@ -537,8 +519,7 @@ int conn_start(struct conn *c)
 	int rc;
 
 	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
-		netaddr_format((struct sockaddr *)&ss, c->peer_addr,
-			       sizeof(c->peer_addr));
+		netaddr_format((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
 	uv_tcp_nodelay(&c->tcp, 1);
 	uv_timer_start(&c->deadline, on_deadline, c->net->auth_timeout_ms, 0);
 	rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -573,8 +554,8 @@ static void on_connection(uv_stream_t *server, int status)
 	conn_start(c);
 }
 
-struct listener *listener_create(struct net_ctx *net, const char *addr,
-				 const struct conn_ops *ops, void *data)
+struct listener *listener_create(struct net_ctx *net, const char *addr, const struct conn_ops *ops,
+				 void *data)
 {
 	struct sockaddr_storage ss;
 	struct listener *l;

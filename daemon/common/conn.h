@@ -26,30 +26,30 @@
 
 /* Counters every daemon keeps about its control connections. */
 struct net_metrics {
-	struct metric *accepted;         /* connections accepted */
-	struct metric *active;           /* gauge: open connections */
-	struct metric *auth_ok;          /* handshakes completed */
-	struct metric *auth_failed;      /* handshakes refused */
-	struct metric *frames_in;        /* frames received */
-	struct metric *frames_out;       /* frames sent */
+	struct metric *accepted;    /* connections accepted */
+	struct metric *active;	    /* gauge: open connections */
+	struct metric *auth_ok;	    /* handshakes completed */
+	struct metric *auth_failed; /* handshakes refused */
+	struct metric *frames_in;   /* frames received */
+	struct metric *frames_out;  /* frames sent */
 	struct metric *bytes_in;
 	struct metric *bytes_out;
-	struct metric *rej_oversized;    /* frames above the limit */
-	struct metric *rej_malformed;    /* undecodable or empty frames */
-	struct metric *rej_unexpected;   /* a message not allowed now */
-	struct metric *auth_timeouts;    /* peers that did not finish in time */
+	struct metric *rej_oversized;  /* frames above the limit */
+	struct metric *rej_malformed;  /* undecodable or empty frames */
+	struct metric *rej_unexpected; /* a message not allowed now */
+	struct metric *auth_timeouts;  /* peers that did not finish in time */
 };
 
 /* What all connections of one daemon share. */
 struct net_ctx {
 	uv_loop_t *loop;
 	const struct auth_key *key;
-	Cksm__Role role;            /* our role */
-	const char *name;           /* our name, sent in hellos */
-	uint32_t max_frame;         /* frame limit after authentication */
-	uint64_t auth_timeout_ms;   /* deadline for the handshake */
+	Cksm__Role role;	  /* our role */
+	const char *name;	  /* our name, sent in hellos */
+	uint32_t max_frame;	  /* frame limit after authentication */
+	uint64_t auth_timeout_ms; /* deadline for the handshake */
 	struct net_metrics m;
-	struct conn *conns;         /* every open conn, for net_close_all */
+	struct conn *conns; /* every open conn, for net_close_all */
 };
 
 /* Register the net_metrics counters in reg; returns 0 or -ENOMEM. */
@@ -71,30 +71,30 @@ struct conn_ops {
 };
 
 enum conn_state {
-	CONN_WAIT_SERVER_HELLO,  /* client: connected, waiting for the nonce */
-	CONN_WAIT_CLIENT_HELLO,  /* server: nonce sent */
-	CONN_WAIT_AUTH_RESULT,   /* client: hello sent */
-	CONN_READY,              /* authenticated */
+	CONN_WAIT_SERVER_HELLO, /* client: connected, waiting for the nonce */
+	CONN_WAIT_CLIENT_HELLO, /* server: nonce sent */
+	CONN_WAIT_AUTH_RESULT,	/* client: hello sent */
+	CONN_READY,		/* authenticated */
 	CONN_CLOSING,
 };
 
 struct conn {
 	uv_tcp_t tcp;
-	uv_timer_t deadline;          /* handshake deadline */
-	uv_connect_t creq;            /* outgoing: the connect request */
+	uv_timer_t deadline; /* handshake deadline */
+	uv_connect_t creq;   /* outgoing: the connect request */
 	struct frame_dec dec;
 	struct net_ctx *net;
 	const struct conn_ops *ops;
-	void *data;                   /* owner's, set before on_ready */
-	struct dialer *dialer;        /* set for outgoing connections */
+	void *data;	       /* owner's, set before on_ready */
+	struct dialer *dialer; /* set for outgoing connections */
 	enum conn_state state;
-	bool client;                  /* we connected (dialer side) */
-	struct conn *next, *prev;     /* in net->conns */
-	int handles_open;             /* close callbacks still to come */
+	bool client;		  /* we connected (dialer side) */
+	struct conn *next, *prev; /* in net->conns */
+	int handles_open;	  /* close callbacks still to come */
 	uint8_t nonce[AUTH_NONCE_BYTES];
 	uint8_t peer_nonce[AUTH_NONCE_BYTES];
 	Cksm__Role peer_role;
-	char peer_addr[272];          /* "ip:port" of the other end */
+	char peer_addr[272];		   /* "ip:port" of the other end */
 	char peer_name[AUTH_NAME_MAX + 1]; /* name it authenticated with */
 	char rbuf[16384];
 };
@@ -106,8 +106,8 @@ struct listener;
  * New connections run the server side of the handshake and then get ops,
  * with c->data = data.
  */
-struct listener *listener_create(struct net_ctx *net, const char *addr,
-				 const struct conn_ops *ops, void *data);
+struct listener *listener_create(struct net_ctx *net, const char *addr, const struct conn_ops *ops,
+				 void *data);
 
 /* Stop accepting; open connections stay. Frees the listener (NULL ok). */
 void listener_destroy(struct listener *l);
@@ -119,8 +119,7 @@ void listener_address(const struct listener *l, char *buf, size_t len);
  * Start the client side on an already connected tcp handle (used by
  * dialer). Takes ownership of the handle's memory via the conn.
  */
-struct conn *conn_create(struct net_ctx *net, bool client,
-			 const struct conn_ops *ops, void *data);
+struct conn *conn_create(struct net_ctx *net, bool client, const struct conn_ops *ops, void *data);
 int conn_start(struct conn *c);
 
 /* Queue m for sending. Returns 0 or a negative errno (then c is closing). */
@@ -134,8 +133,7 @@ size_t conn_queued(const struct conn *c);
  * an Error (when authenticated), then the socket is shut down and closed.
  * Safe to call more than once and from inside callbacks. Returns code.
  */
-int conn_fail(struct conn *c, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+int conn_fail(struct conn *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Close quietly (local decision, nothing wrong). */
 void conn_close(struct conn *c);

@@ -27,9 +27,9 @@ struct dialer {
 	char host[256];
 	char port[8];
 	struct backoff bo;
-	uv_timer_t timer;           /* retry delay, then connect deadline */
+	uv_timer_t timer; /* retry delay, then connect deadline */
 	uv_getaddrinfo_t gai;
-	struct conn *conn;          /* the current attempt or connection */
+	struct conn *conn; /* the current attempt or connection */
 	bool resolving;
 	bool ready;
 	bool destroying;
@@ -41,8 +41,7 @@ static void schedule_retry(struct dialer *d)
 {
 	uint64_t ms = backoff_next(&d->bo, randombytes_random());
 
-	log_debug("reconnecting to %s in %llu ms", d->addr,
-		  (unsigned long long)ms);
+	log_debug("reconnecting to %s in %llu ms", d->addr, (unsigned long long)ms);
 	uv_timer_start(&d->timer, try_connect, ms, 0);
 }
 
@@ -51,8 +50,7 @@ static void on_connect_deadline(uv_timer_t *t)
 	struct dialer *d = t->data;
 
 	if (d->conn && !d->ready)
-		conn_fail(d->conn, -ETIMEDOUT, "connect to %s timed out",
-			  d->addr);
+		conn_fail(d->conn, -ETIMEDOUT, "connect to %s timed out", d->addr);
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -65,19 +63,17 @@ static void on_connected(uv_connect_t *req, int status)
 	if (status < 0) {
 		/* Say it once per outage, then every tenth try. */
 		if (d->bo.attempt % 10 == 0)
-			log_warn("cannot connect to %s: %s (try %u)", d->addr,
-				 uv_strerror(status), d->bo.attempt + 1);
+			log_warn("cannot connect to %s: %s (try %u)", d->addr, uv_strerror(status),
+				 d->bo.attempt + 1);
 		else
-			log_debug("cannot connect to %s: %s", d->addr,
-				  uv_strerror(status));
+			log_debug("cannot connect to %s: %s", d->addr, uv_strerror(status));
 		conn_close(c);
 		return;
 	}
 	conn_start(c);
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status,
-			struct addrinfo *res)
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
 	struct dialer *d = req->data;
 	int rc;
@@ -100,11 +96,9 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
 		return;
 	}
 	d->conn->dialer = d;
-	snprintf(d->conn->peer_addr, sizeof(d->conn->peer_addr), "%s",
-		 d->addr);
+	snprintf(d->conn->peer_addr, sizeof(d->conn->peer_addr), "%s", d->addr);
 	d->conn->creq.data = d->conn;
-	rc = uv_tcp_connect(&d->conn->creq, &d->conn->tcp, res->ai_addr,
-			    on_connected);
+	rc = uv_tcp_connect(&d->conn->creq, &d->conn->tcp, res->ai_addr, on_connected);
 	uv_freeaddrinfo(res);
 	if (rc) {
 		log_warn("cannot connect to %s: %s", d->addr, uv_strerror(rc));
@@ -121,8 +115,7 @@ static void try_connect(uv_timer_t *t)
 	int rc;
 
 	d->gai.data = d;
-	rc = uv_getaddrinfo(d->net->loop, &d->gai, on_resolved, d->host,
-			    d->port, &hints);
+	rc = uv_getaddrinfo(d->net->loop, &d->gai, on_resolved, d->host, d->port, &hints);
 	if (rc) {
 		log_warn("cannot resolve %s: %s", d->host, uv_strerror(rc));
 		schedule_retry(d);
@@ -131,17 +124,15 @@ static void try_connect(uv_timer_t *t)
 	d->resolving = true;
 }
 
-struct dialer *dialer_create(struct net_ctx *net, const char *addr,
-			     const struct conn_ops *ops, void *data,
-			     uint64_t backoff_base_ms, uint64_t backoff_max_ms)
+struct dialer *dialer_create(struct net_ctx *net, const char *addr, const struct conn_ops *ops,
+			     void *data, uint64_t backoff_base_ms, uint64_t backoff_max_ms)
 {
 	struct dialer *d = calloc(1, sizeof(*d));
 
 	if (!d)
 		return NULL;
 	if (strlen(addr) >= sizeof(d->addr) ||
-	    netaddr_split(addr, d->host, sizeof(d->host), d->port,
-			  sizeof(d->port))) {
+	    netaddr_split(addr, d->host, sizeof(d->host), d->port, sizeof(d->port))) {
 		free(d);
 		return NULL;
 	}

@@ -20,9 +20,8 @@ struct dialer;
  * Create a dialer for addr; connections get ops with c->data = data.
  * Returns NULL if addr is not host:port or memory runs out.
  */
-struct dialer *dialer_create(struct net_ctx *net, const char *addr,
-			     const struct conn_ops *ops, void *data,
-			     uint64_t backoff_base_ms, uint64_t backoff_max_ms);
+struct dialer *dialer_create(struct net_ctx *net, const char *addr, const struct conn_ops *ops,
+			     void *data, uint64_t backoff_base_ms, uint64_t backoff_max_ms);
 
 /* Start connecting (now). */
 void dialer_start(struct dialer *d);

@@ -39,8 +39,7 @@ void frame_put_header(uint8_t hdr[FRAME_HDR], uint32_t len)
 
 static uint32_t get_header(const uint8_t *p)
 {
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-	       (uint32_t)p[2] << 8 | (uint32_t)p[3];
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
 static int check_len(struct frame_dec *d, uint32_t len)
@@ -78,8 +77,8 @@ static int stash(struct frame_dec *d, const uint8_t *p, size_t n)
  * of bytes taken from p, or a negative errno; *done tells whether a frame
  * was completed and delivered (its callback result in *rc).
  */
-static long finish_stashed(struct frame_dec *d, const uint8_t *p, size_t n,
-			   frame_cb cb, void *arg, int *rc)
+static long finish_stashed(struct frame_dec *d, const uint8_t *p, size_t n, frame_cb cb, void *arg,
+			   int *rc)
 {
 	size_t take, need;
 	uint32_t len;
@@ -118,8 +117,7 @@ static long finish_stashed(struct frame_dec *d, const uint8_t *p, size_t n,
 	return (long)take;
 }
 
-int frame_dec_feed(struct frame_dec *d, const void *data, size_t n,
-		   frame_cb cb, void *arg)
+int frame_dec_feed(struct frame_dec *d, const void *data, size_t n, frame_cb cb, void *arg)
 {
 	const uint8_t *p = data;
 	int rc, err;

@@ -13,16 +13,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FRAME_HDR 4u
-#define FRAME_MAX_HARD (16u << 20) /* no limit may be set above this */
+#define FRAME_HDR	  4u
+#define FRAME_MAX_HARD	  (16u << 20) /* no limit may be set above this */
 #define FRAME_MAX_DEFAULT (1u << 20)
 #define FRAME_MAX_PREAUTH 4096u /* before the peer has authenticated */
 
 struct frame_dec {
-	uint8_t *buf;   /* bytes of an incomplete frame */
-	size_t len;     /* bytes held in buf */
-	size_t cap;     /* allocated size of buf */
-	uint32_t limit; /* largest payload accepted */
+	uint8_t *buf;	  /* bytes of an incomplete frame */
+	size_t len;	  /* bytes held in buf */
+	size_t cap;	  /* allocated size of buf */
+	uint32_t limit;	  /* largest payload accepted */
 	uint32_t bad_len; /* the length that caused -EMSGSIZE */
 };
 
@@ -44,8 +44,7 @@ void frame_dec_set_limit(struct frame_dec *d, uint32_t limit);
  * a zero-length frame, -ENOMEM. After an error the decoder must not be fed
  * again.
  */
-int frame_dec_feed(struct frame_dec *d, const void *data, size_t n,
-		   frame_cb cb, void *arg);
+int frame_dec_feed(struct frame_dec *d, const void *data, size_t n, frame_cb cb, void *arg);
 
 /* Write the header for a payload of len bytes into hdr[0..3]. */
 void frame_put_header(uint8_t hdr[FRAME_HDR], uint32_t len);

@@ -55,8 +55,8 @@ void log_init(const char *ident)
 	use_journal = stderr_is_journal();
 }
 
-void log_emit(enum log_level lvl, const char *prefix, const char *file,
-	      int line, const char *fmt, ...)
+void log_emit(enum log_level lvl, const char *prefix, const char *file, int line, const char *fmt,
+	      ...)
 {
 	char msg[1024];
 	va_list ap;
@@ -70,11 +70,9 @@ void log_emit(enum log_level lvl, const char *prefix, const char *file,
 		char code_line[16];
 
 		snprintf(code_line, sizeof(code_line), "%d", line);
-		sd_journal_send("MESSAGE=%s: %s", prefix, msg,
-				"PRIORITY=%d", level_syslog[lvl],
-				"SYSLOG_IDENTIFIER=%s", log_ident,
-				"CODE_FILE=%s", file, "CODE_LINE=%s", code_line,
-				NULL);
+		sd_journal_send("MESSAGE=%s: %s", prefix, msg, "PRIORITY=%d", level_syslog[lvl],
+				"SYSLOG_IDENTIFIER=%s", log_ident, "CODE_FILE=%s", file,
+				"CODE_LINE=%s", code_line, NULL);
 	} else {
 		struct timespec ts;
 		struct tm tm;
@@ -84,13 +82,12 @@ void log_emit(enum log_level lvl, const char *prefix, const char *file,
 		gmtime_r(&ts.tv_sec, &tm);
 		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
 		if (lvl == LOG_LVL_ERROR)
-			fprintf(stderr, "%s.%03ldZ %s[%d] %s %s: %s (%s:%d)\n",
-				when, ts.tv_nsec / 1000000, log_ident, getpid(),
-				level_names[lvl], prefix, msg, file, line);
+			fprintf(stderr, "%s.%03ldZ %s[%d] %s %s: %s (%s:%d)\n", when,
+				ts.tv_nsec / 1000000, log_ident, getpid(), level_names[lvl], prefix,
+				msg, file, line);
 		else
-			fprintf(stderr, "%s.%03ldZ %s[%d] %s %s: %s\n", when,
-				ts.tv_nsec / 1000000, log_ident, getpid(),
-				level_names[lvl], prefix, msg);
+			fprintf(stderr, "%s.%03ldZ %s[%d] %s %s: %s\n", when, ts.tv_nsec / 1000000,
+				log_ident, getpid(), level_names[lvl], prefix, msg);
 	}
 	errno = saved;
 }

@@ -32,20 +32,18 @@ extern enum log_level log_threshold;
 #define __FILE_NAME__ __FILE__
 #endif
 
-void log_emit(enum log_level lvl, const char *prefix, const char *file,
-	      int line, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+void log_emit(enum log_level lvl, const char *prefix, const char *file, int line, const char *fmt,
+	      ...) __attribute__((format(printf, 5, 6)));
 
-#define log_at(lvl, ...)                                                   \
-	do {                                                               \
-		if ((lvl) <= log_threshold)                                \
-			log_emit((lvl), LOG_PREFIX, __FILE__, __LINE__,    \
-				 __VA_ARGS__);                             \
+#define log_at(lvl, ...)                                                              \
+	do {                                                                          \
+		if ((lvl) <= log_threshold)                                           \
+			log_emit((lvl), LOG_PREFIX, __FILE__, __LINE__, __VA_ARGS__); \
 	} while (0)
 
 #define log_error(...) log_at(LOG_LVL_ERROR, __VA_ARGS__)
-#define log_warn(...) log_at(LOG_LVL_WARN, __VA_ARGS__)
-#define log_info(...) log_at(LOG_LVL_INFO, __VA_ARGS__)
+#define log_warn(...)  log_at(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...)  log_at(LOG_LVL_INFO, __VA_ARGS__)
 #define log_debug(...) log_at(LOG_LVL_DEBUG, __VA_ARGS__)
 
 /* Parse "error", "warn", "info" or "debug"; returns 0 or -EINVAL. */

@@ -16,12 +16,12 @@ struct metric_family {
 	char *name;
 	char *help;
 	enum metric_type type;
-	struct metric *series;       /* first series */
-	struct metric_family *next;  /* next family in registration order */
+	struct metric *series;	    /* first series */
+	struct metric_family *next; /* next family in registration order */
 };
 
 struct metrics {
-	pthread_mutex_t lock;        /* orders registration against rendering */
+	pthread_mutex_t lock; /* orders registration against rendering */
 	struct metric_family *first;
 	struct metric_family *last;
 };
@@ -67,8 +67,7 @@ static int name_valid(const char *s)
 	return 1;
 }
 
-static struct metric_family *family_get(struct metrics *r, const char *name,
-					const char *help,
+static struct metric_family *family_get(struct metrics *r, const char *name, const char *help,
 					enum metric_type type)
 {
 	struct metric_family *f;
@@ -119,9 +118,8 @@ static struct metric *series_get(struct metric_family *f, const char *labels)
 	return m;
 }
 
-static struct metric *metrics_add(struct metrics *r, const char *name,
-				  const char *help, const char *labels,
-				  enum metric_type type)
+static struct metric *metrics_add(struct metrics *r, const char *name, const char *help,
+				  const char *labels, enum metric_type type)
 {
 	struct metric_family *f;
 	struct metric *m = NULL;
@@ -136,14 +134,14 @@ static struct metric *metrics_add(struct metrics *r, const char *name,
 	return m;
 }
 
-struct metric *metrics_counter(struct metrics *r, const char *name,
-			       const char *help, const char *labels)
+struct metric *metrics_counter(struct metrics *r, const char *name, const char *help,
+			       const char *labels)
 {
 	return metrics_add(r, name, help, labels, METRIC_COUNTER);
 }
 
-struct metric *metrics_gauge(struct metrics *r, const char *name,
-			     const char *help, const char *labels)
+struct metric *metrics_gauge(struct metrics *r, const char *name, const char *help,
+			     const char *labels)
 {
 	return metrics_add(r, name, help, labels, METRIC_GAUGE);
 }
@@ -166,9 +164,8 @@ void metric_gauge_add(struct metric *m, double delta)
 		memcpy(&v, &old, sizeof(v));
 		v += delta;
 		memcpy(&bits, &v, sizeof(bits));
-	} while (!atomic_compare_exchange_weak_explicit(
-		&m->bits, &old, bits, memory_order_relaxed,
-		memory_order_relaxed));
+	} while (!atomic_compare_exchange_weak_explicit(&m->bits, &old, bits, memory_order_relaxed,
+							memory_order_relaxed));
 }
 
 double metric_value(const struct metric *m)
@@ -199,8 +196,7 @@ static void put_value(FILE *out, const struct metric *m)
 {
 	if (m->type == METRIC_COUNTER)
 		fprintf(out, "%llu\n",
-			(unsigned long long)atomic_load_explicit(
-				&m->bits, memory_order_relaxed));
+			(unsigned long long)atomic_load_explicit(&m->bits, memory_order_relaxed));
 	else
 		fprintf(out, "%.17g\n", metric_value(m));
 }

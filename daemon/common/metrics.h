@@ -21,11 +21,11 @@ enum metric_type {
 };
 
 struct metric {
-	_Atomic uint64_t bits;  /* counter value, or the bits of a double */
+	_Atomic uint64_t bits; /* counter value, or the bits of a double */
 	enum metric_type type;
-	char *labels;           /* e.g. reason="oversized", or NULL */
+	char *labels; /* e.g. reason="oversized", or NULL */
 	struct metric_family *family;
-	struct metric *next;    /* next series in the family */
+	struct metric *next; /* next series in the family */
 };
 
 struct metrics;
@@ -39,10 +39,10 @@ void metrics_destroy(struct metrics *r);
  * and labels twice returns the existing series. Returns NULL on allocation
  * failure or a name that is not a valid metric name.
  */
-struct metric *metrics_counter(struct metrics *r, const char *name,
-			       const char *help, const char *labels);
-struct metric *metrics_gauge(struct metrics *r, const char *name,
-			     const char *help, const char *labels);
+struct metric *metrics_counter(struct metrics *r, const char *name, const char *help,
+			       const char *labels);
+struct metric *metrics_gauge(struct metrics *r, const char *name, const char *help,
+			     const char *labels);
 
 static inline void metric_add(struct metric *m, uint64_t n)
 {

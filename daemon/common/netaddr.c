@@ -10,8 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int netaddr_split(const char *s, char *host, size_t hostlen, char *port,
-		  size_t portlen)
+int netaddr_split(const char *s, char *host, size_t hostlen, char *port, size_t portlen)
 {
 	const char *colon, *hs = s, *he;
 
@@ -27,8 +26,8 @@ int netaddr_split(const char *s, char *host, size_t hostlen, char *port,
 			return -EINVAL;
 		he = colon;
 	}
-	if (he == hs || (size_t)(he - hs) >= hostlen ||
-	    strlen(colon + 1) == 0 || strlen(colon + 1) >= portlen)
+	if (he == hs || (size_t)(he - hs) >= hostlen || strlen(colon + 1) == 0 ||
+	    strlen(colon + 1) >= portlen)
 		return -EINVAL;
 	memcpy(host, hs, (size_t)(he - hs));
 	host[he - hs] = '\0';

@@ -15,8 +15,7 @@
 int netaddr_parse(const char *s, struct sockaddr_storage *ss);
 
 /* Split "host:port" or "[host]:port" into host and port strings. */
-int netaddr_split(const char *s, char *host, size_t hostlen, char *port,
-		  size_t portlen);
+int netaddr_split(const char *s, char *host, size_t hostlen, char *port, size_t portlen);
 
 /* Format a socket address as "ip:port" or "[ip]:port". */
 void netaddr_format(const struct sockaddr *sa, char *buf, size_t len);

@@ -14,8 +14,9 @@
 
 static const char *role_label(Cksm__Role role)
 {
-	return role == CKSM__ROLE__ROLE_AGENT ? "agent" :
-	       role == CKSM__ROLE__ROLE_COORD ? "coordinator" : "admin";
+	return role == CKSM__ROLE__ROLE_AGENT	? "agent"
+	       : role == CKSM__ROLE__ROLE_COORD ? "coordinator"
+						: "admin";
 }
 
 static int register_base_metrics(struct runtime *rt, Cksm__Role role)
@@ -24,12 +25,12 @@ static int register_base_metrics(struct runtime *rt, Cksm__Role role)
 	struct metric *build, *start;
 	struct timespec ts;
 
-	snprintf(labels, sizeof(labels), "version=\"%s\",role=\"%s\"",
-		 CKSM_VERSION, role_label(role));
-	build = metrics_gauge(rt->reg, "cksm_build_info",
-			      "Build of this daemon; always 1.", labels);
-	start = metrics_gauge(rt->reg, "cksm_start_time_seconds",
-			      "Unix time the daemon started.", NULL);
+	snprintf(labels, sizeof(labels), "version=\"%s\",role=\"%s\"", CKSM_VERSION,
+		 role_label(role));
+	build = metrics_gauge(rt->reg, "cksm_build_info", "Build of this daemon; always 1.",
+			      labels);
+	start = metrics_gauge(rt->reg, "cksm_start_time_seconds", "Unix time the daemon started.",
+			      NULL);
 	if (!build || !start)
 		return -ENOMEM;
 	metric_set(build, 1);
@@ -38,8 +39,8 @@ static int register_base_metrics(struct runtime *rt, Cksm__Role role)
 	return net_metrics_register(&rt->net.m, rt->reg);
 }
 
-int runtime_init(struct runtime *rt, const struct config *cfg,
-		 Cksm__Role role, const char *name, const char *metrics_addr)
+int runtime_init(struct runtime *rt, const struct config *cfg, Cksm__Role role, const char *name,
+		 const char *metrics_addr)
 {
 	char err[512];
 	int rc;

@@ -30,18 +30,18 @@ struct runtime {
 	struct net_ctx net;
 	uv_signal_t sigterm;
 	uv_signal_t sigint;
-	uint64_t start_ms;            /* loop time at start */
-	char name[80];                /* our name on the wire and in logs */
+	uint64_t start_ms;		  /* loop time at start */
+	char name[80];			  /* our name on the wire and in logs */
 	void (*stop)(struct runtime *rt); /* the role closes its handles */
-	void *role;                   /* the role's state */
+	void *role;			  /* the role's state */
 };
 
 /*
  * Load the key, create the registry with cksm_build_info and bind the
  * metrics address. Returns 0, or a negative errno after logging why.
  */
-int runtime_init(struct runtime *rt, const struct config *cfg,
-		 Cksm__Role role, const char *name, const char *metrics_addr);
+int runtime_init(struct runtime *rt, const struct config *cfg, Cksm__Role role, const char *name,
+		 const char *metrics_addr);
 
 /* Notify systemd, run until stopped; returns 0 after a clean stop. */
 int runtime_run(struct runtime *rt);

@@ -16,8 +16,7 @@
 #include "util.h"
 #include "wire.h"
 
-int sconn_connect(struct sconn *s, const char *addr, int timeout_ms,
-		  char *err, size_t errlen)
+int sconn_connect(struct sconn *s, const char *addr, int timeout_ms, char *err, size_t errlen)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res;
 	char host[256], port[8];
@@ -168,9 +167,8 @@ int sconn_wait_closed(struct sconn *s)
 	}
 }
 
-int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key,
-	       Cksm__Role role, const char *name, int timeout_ms, char *err,
-	       size_t errlen)
+int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Cksm__Role role,
+	       const char *name, int timeout_ms, char *err, size_t errlen)
 {
 	Cksm__Msg out = CKSM__MSG__INIT, *m;
 	Cksm__ClientHello ch = CKSM__CLIENT_HELLO__INIT;
@@ -220,8 +218,8 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key,
 	auth_server_mac(key, nonce, server_nonce, mac);
 	if (!m->auth_result->ok || auth_mac_check(mac, &m->auth_result->mac)) {
 		snprintf(err, errlen, "%s: authentication failed: %s", addr,
-			 m->auth_result->ok ? "the server did not prove the cluster key" :
-			 "the server refused our cluster key");
+			 m->auth_result->ok ? "the server did not prove the cluster key"
+					    : "the server refused our cluster key");
 		cksm__msg__free_unpacked(m, NULL);
 		rc = -EACCES;
 		goto fail;

@@ -15,9 +15,9 @@
 
 struct sconn {
 	int fd;
-	int timeout_ms;              /* per wait */
+	int timeout_ms; /* per wait */
 	struct frame_dec dec;
-	Cksm__Msg *queue[32];        /* decoded messages not yet returned */
+	Cksm__Msg *queue[32]; /* decoded messages not yet returned */
 	unsigned head, count;
 	char peer_name[AUTH_NAME_MAX + 1];
 };
@@ -28,13 +28,11 @@ struct sconn {
  * friends for the network, -EACCES when the key is refused or the server
  * does not prove it, -ETIMEDOUT, -EPROTO.
  */
-int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key,
-	       Cksm__Role role, const char *name, int timeout_ms, char *err,
-	       size_t errlen);
+int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Cksm__Role role,
+	       const char *name, int timeout_ms, char *err, size_t errlen);
 
 /* Plain TCP connect without the handshake (test peers). */
-int sconn_connect(struct sconn *s, const char *addr, int timeout_ms,
-		  char *err, size_t errlen);
+int sconn_connect(struct sconn *s, const char *addr, int timeout_ms, char *err, size_t errlen);
 
 int sconn_send(struct sconn *s, const Cksm__Msg *m);
 

@@ -38,7 +38,6 @@ const char *wire_body_name(const Cksm__Msg *m)
 {
 	const ProtobufCFieldDescriptor *f;
 
-	f = protobuf_c_message_descriptor_get_field(&cksm__msg__descriptor,
-						    (unsigned)m->body_case);
+	f = protobuf_c_message_descriptor_get_field(&cksm__msg__descriptor, (unsigned)m->body_case);
 	return f ? f->name : "none";
 }

@@ -24,12 +24,12 @@
 #include "wire.h"
 
 struct node {
-	uint32_t id;                 /* index + 1 */
+	uint32_t id; /* index + 1 */
 	char name[AUTH_NAME_MAX + 1];
 	char rack[65];
-	char address[272];           /* peer address of its connection */
-	struct conn *conn;           /* NULL while disconnected */
-	uint64_t last_seen_ms;       /* loop time of the last heartbeat */
+	char address[272];     /* peer address of its connection */
+	struct conn *conn;     /* NULL while disconnected */
+	uint64_t last_seen_ms; /* loop time of the last heartbeat */
 	uint64_t heartbeats;
 	uint64_t incarnation;
 	bool live;
@@ -40,8 +40,8 @@ struct coord {
 	unsigned shard;
 	const struct shard_conf *sc;
 	struct listener *listener;
-	uv_timer_t sweep;            /* liveness sweep */
-	struct node *nodes;          /* by id - 1 */
+	uv_timer_t sweep;   /* liveness sweep */
+	struct node *nodes; /* by id - 1 */
 	uint32_t nnodes;
 	uint32_t cap;
 	struct metric *m_live;
@@ -100,8 +100,7 @@ static struct coord *coord_of(struct conn *c)
 	return container_of(c->net, struct coord, rt.net);
 }
 
-static int handle_register(struct coord *co, struct conn *c,
-			   const Cksm__Register *r)
+static int handle_register(struct coord *co, struct conn *c, const Cksm__Register *r)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
 	Cksm__RegisterAck ack = CKSM__REGISTER_ACK__INIT;
@@ -111,10 +110,8 @@ static int handle_register(struct coord *co, struct conn *c,
 	if (c->peer_role != CKSM__ROLE__ROLE_AGENT)
 		return conn_fail(c, -EPERM, "only agents may register");
 	if (!r->node_name || strcmp(r->node_name, c->peer_name) != 0)
-		return conn_fail(c, -EPERM,
-				 "registers as '%s' but authenticated as '%s'",
-				 r->node_name ? r->node_name : "",
-				 c->peer_name);
+		return conn_fail(c, -EPERM, "registers as '%s' but authenticated as '%s'",
+				 r->node_name ? r->node_name : "", c->peer_name);
 	if (r->buckets != co->rt.cfg->buckets)
 		return conn_fail(c, -EINVAL,
 				 "agent's shard map has %u buckets, this shard's has %u",
@@ -134,12 +131,11 @@ static int handle_register(struct coord *co, struct conn *c,
 	}
 	n->conn = c;
 	c->data = n;
-	snprintf(n->rack, sizeof(n->rack), "%s",
-		 r->rack && r->rack[0] ? r->rack : "default");
+	snprintf(n->rack, sizeof(n->rack), "%s", r->rack && r->rack[0] ? r->rack : "default");
 	snprintf(n->address, sizeof(n->address), "%s", c->peer_addr);
 	if (!n->live || n->incarnation != r->incarnation)
-		log_info("node %s (id %u, rack %s) registered from %s",
-			 n->name, n->id, n->rack, c->peer_addr);
+		log_info("node %s (id %u, rack %s) registered from %s", n->name, n->id, n->rack,
+			 c->peer_addr);
 	n->incarnation = r->incarnation;
 	n->live = true;
 	n->last_seen_ms = uv_now(&co->rt.loop);
@@ -163,8 +159,7 @@ static int handle_register(struct coord *co, struct conn *c,
 	return conn_send(c, &out);
 }
 
-static int handle_heartbeat(struct coord *co, struct conn *c,
-			    const Cksm__Heartbeat *hb)
+static int handle_heartbeat(struct coord *co, struct conn *c, const Cksm__Heartbeat *hb)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
 	Cksm__HeartbeatAck ack = CKSM__HEARTBEAT_ACK__INIT;
@@ -186,8 +181,7 @@ static int handle_heartbeat(struct coord *co, struct conn *c,
 	return conn_send(c, &out);
 }
 
-static int handle_admin(struct coord *co, struct conn *c,
-			const Cksm__AdminRequest *req)
+static int handle_admin(struct coord *co, struct conn *c, const Cksm__AdminRequest *req)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
 	Cksm__AdminReply rep = CKSM__ADMIN_REPLY__INIT;
@@ -264,13 +258,12 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 	case CKSM__MSG__BODY_ADMIN_REQUEST:
 		return handle_admin(co, c, m->admin_request);
 	case CKSM__MSG__BODY_ERROR:
-		log_warn("%s %s reports an error: %s", c->peer_addr,
-			 c->peer_name, m->error->message);
+		log_warn("%s %s reports an error: %s", c->peer_addr, c->peer_name,
+			 m->error->message);
 		return 0;
 	default:
 		metric_inc(c->net->m.rej_unexpected);
-		return conn_fail(c, -EOPNOTSUPP,
-				 "message %s is not accepted by a coordinator",
+		return conn_fail(c, -EOPNOTSUPP, "message %s is not accepted by a coordinator",
 				 wire_body_name(m));
 	}
 }
@@ -281,8 +274,7 @@ static void on_close(struct conn *c)
 
 	if (n && n->conn == c) {
 		n->conn = NULL;
-		log_info("node %s disconnected; dead unless it is back within %llu ms",
-			 n->name,
+		log_info("node %s disconnected; dead unless it is back within %llu ms", n->name,
 			 (unsigned long long)coord_of(c)->rt.cfg->dead_after_ms);
 	}
 }
@@ -336,27 +328,20 @@ static int register_metrics(struct coord *co)
 	struct metrics *r = co->rt.reg;
 	static const char nodes_help[] = "Nodes this shard knows, by state.";
 
-	co->m_live = metrics_gauge(r, "cksm_coord_nodes", nodes_help,
-				   "state=\"live\"");
-	co->m_dead = metrics_gauge(r, "cksm_coord_nodes", nodes_help,
-				   "state=\"dead\"");
-	co->m_registrations = metrics_counter(
-		r, "cksm_coord_registrations_total",
-		"Node registrations accepted.", NULL);
+	co->m_live = metrics_gauge(r, "cksm_coord_nodes", nodes_help, "state=\"live\"");
+	co->m_dead = metrics_gauge(r, "cksm_coord_nodes", nodes_help, "state=\"dead\"");
+	co->m_registrations = metrics_counter(r, "cksm_coord_registrations_total",
+					      "Node registrations accepted.", NULL);
 	co->m_heartbeats = metrics_counter(r, "cksm_coord_heartbeats_total",
-					   "Heartbeats received from nodes.",
-					   NULL);
-	co->m_deaths = metrics_counter(
-		r, "cksm_coord_node_deaths_total",
-		"Times a node was declared dead for silence.", NULL);
+					   "Heartbeats received from nodes.", NULL);
+	co->m_deaths = metrics_counter(r, "cksm_coord_node_deaths_total",
+				       "Times a node was declared dead for silence.", NULL);
 	co->m_admin = metrics_counter(r, "cksm_coord_admin_requests_total",
 				      "Admin requests answered.", NULL);
-	co->m_buckets = metrics_gauge(r, "cksm_coord_buckets",
-				      "Content-id buckets this shard owns.",
-				      NULL);
-	if (!co->m_live || !co->m_dead || !co->m_registrations ||
-	    !co->m_heartbeats || !co->m_deaths || !co->m_admin ||
-	    !co->m_buckets)
+	co->m_buckets =
+		metrics_gauge(r, "cksm_coord_buckets", "Content-id buckets this shard owns.", NULL);
+	if (!co->m_live || !co->m_dead || !co->m_registrations || !co->m_heartbeats ||
+	    !co->m_deaths || !co->m_admin || !co->m_buckets)
 		return -ENOMEM;
 	return 0;
 }
@@ -374,8 +359,7 @@ int coord_main(const struct config *cfg, unsigned shard)
 	co->shard = shard;
 	co->sc = &cfg->shards[shard];
 	snprintf(name, sizeof(name), "shard-%u", shard);
-	if (runtime_init(&co->rt, cfg, CKSM__ROLE__ROLE_COORD, name,
-			 co->sc->metrics))
+	if (runtime_init(&co->rt, cfg, CKSM__ROLE__ROLE_COORD, name, co->sc->metrics))
 		goto out_fini;
 	co->rt.role = co;
 	co->rt.stop = coord_stop;
@@ -384,16 +368,14 @@ int coord_main(const struct config *cfg, unsigned shard)
 	for (unsigned i = 0; i < co->sc->nranges; i++)
 		owned += co->sc->ranges[i].last - co->sc->ranges[i].first + 1;
 	metric_set(co->m_buckets, (double)owned);
-	co->listener = listener_create(&co->rt.net, co->sc->listen,
-				       &coord_conn_ops, NULL);
+	co->listener = listener_create(&co->rt.net, co->sc->listen, &coord_conn_ops, NULL);
 	if (!co->listener)
 		goto out_fini;
-	log_info("shard %u listening on %s for %llu of %u buckets", shard,
-		 co->sc->listen, (unsigned long long)owned, cfg->buckets);
+	log_info("shard %u listening on %s for %llu of %u buckets", shard, co->sc->listen,
+		 (unsigned long long)owned, cfg->buckets);
 	uv_timer_init(&co->rt.loop, &co->sweep);
 	co->sweep.data = co;
-	uv_timer_start(&co->sweep, on_sweep, cfg->heartbeat_ms,
-		       cfg->heartbeat_ms);
+	uv_timer_start(&co->sweep, on_sweep, cfg->heartbeat_ms, cfg->heartbeat_ms);
 	rc = runtime_run(&co->rt) ? 1 : 0;
 out_fini:
 	runtime_fini(&co->rt);

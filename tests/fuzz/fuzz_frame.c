@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 1)
 		return 0;
-	step = data[0] % 17 + 1;  /* first byte picks the read size */
+	step = data[0] % 17 + 1; /* first byte picks the read size */
 	frame_dec_init(&d, 64 * 1024);
 	while (off < size) {
 		size_t n = size - off < step ? size - off : step;

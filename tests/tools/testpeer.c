@@ -54,8 +54,8 @@ static int open_admin(struct sconn *s)
 {
 	char err[512];
 
-	if (sconn_open(s, addr, &key, CKSM__ROLE__ROLE_ADMIN, "testpeer",
-		       TIMEOUT_MS, err, sizeof(err))) {
+	if (sconn_open(s, addr, &key, CKSM__ROLE__ROLE_ADMIN, "testpeer", TIMEOUT_MS, err,
+		       sizeof(err))) {
 		fprintf(stderr, "testpeer: %s\n", err);
 		return -1;
 	}
@@ -91,8 +91,8 @@ static int mode_wrong_key(void)
 	struct sconn s;
 	int rc;
 
-	rc = sconn_open(&s, addr, &key, CKSM__ROLE__ROLE_AGENT, "intruder",
-			TIMEOUT_MS, err, sizeof(err));
+	rc = sconn_open(&s, addr, &key, CKSM__ROLE__ROLE_AGENT, "intruder", TIMEOUT_MS, err,
+			sizeof(err));
 	if (rc == 0)
 		return fail("a wrong key was accepted");
 	if (rc != -EACCES)
@@ -150,8 +150,8 @@ static uint8_t *valid_hello(struct sconn *s, size_t *len)
 	if (!m || m->body_case != CKSM__MSG__BODY_SERVER_HELLO)
 		return NULL;
 	auth_nonce(nonce);
-	auth_client_mac(&key, m->server_hello->nonce.data, nonce,
-			CKSM__ROLE__ROLE_ADMIN, "testpeer", mac);
+	auth_client_mac(&key, m->server_hello->nonce.data, nonce, CKSM__ROLE__ROLE_ADMIN,
+			"testpeer", mac);
 	cksm__msg__free_unpacked(m, NULL);
 	ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
 	ch.role = CKSM__ROLE__ROLE_ADMIN;
@@ -236,7 +236,7 @@ int main(int argc, char **argv)
 		const char *name;
 		int (*fn)(void);
 	} modes[] = {
-		{ "status", mode_status },       { "wrong-key", mode_wrong_key },
+		{ "status", mode_status },	 { "wrong-key", mode_wrong_key },
 		{ "oversized", mode_oversized }, { "garbage", mode_garbage },
 		{ "malformed", mode_malformed }, { "replay", mode_replay },
 		{ "half-open", mode_half_open }, { "hold", mode_hold },

@@ -110,13 +110,12 @@ struct hello {
 	uint8_t mac[AUTH_MAC_BYTES];
 };
 
-static void make_hello(struct hello *h, const struct auth_key *k,
-		       const uint8_t *server_nonce, const char *name)
+static void make_hello(struct hello *h, const struct auth_key *k, const uint8_t *server_nonce,
+		       const char *name)
 {
 	cksm__client_hello__init(&h->ch);
 	auth_nonce(h->nonce);
-	auth_client_mac(k, server_nonce, h->nonce, CKSM__ROLE__ROLE_AGENT, name,
-			h->mac);
+	auth_client_mac(k, server_nonce, h->nonce, CKSM__ROLE__ROLE_AGENT, name, h->mac);
 	h->ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
 	h->ch.role = CKSM__ROLE__ROLE_AGENT;
 	h->ch.name = (char *)name;
@@ -191,12 +190,9 @@ static void server_proof(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(generated_key_loads),
-	cmocka_unit_test(readable_by_others_refused),
-	cmocka_unit_test(short_or_missing_refused),
-	cmocka_unit_test(same_bytes_same_key),
-	cmocka_unit_test(handshake_checks),
-	cmocka_unit_test(server_proof),
+	cmocka_unit_test(generated_key_loads),	    cmocka_unit_test(readable_by_others_refused),
+	cmocka_unit_test(short_or_missing_refused), cmocka_unit_test(same_bytes_same_key),
+	cmocka_unit_test(handshake_checks),	    cmocka_unit_test(server_proof),
 };
 
 UNIT_MAIN(tests)

@@ -50,14 +50,15 @@ static void good_file(void **state)
 	char path[64];
 
 	(void)state;
-	assert_int_equal(load(&c,
-			      "; comment\n"
-			      "[cluster]\nkey_file = /k\nbuckets = 1024\nheartbeat_ms = 200\n"
-			      "[agent]\nnode_name = n-1.rack_a\nrack = r1\n"
-			      "[shard.0]\naddress = 10.0.0.1:7470\nmetrics = 127.0.0.1:9471\nbuckets = 0-511\n"
-			      "[shard.1]\naddress = [::1]:7471\nmetrics = 127.0.0.1:9472\nbuckets = 512-1023\n",
-			      path),
-			 0);
+	assert_int_equal(
+		load(&c,
+		     "; comment\n"
+		     "[cluster]\nkey_file = /k\nbuckets = 1024\nheartbeat_ms = 200\n"
+		     "[agent]\nnode_name = n-1.rack_a\nrack = r1\n"
+		     "[shard.0]\naddress = 10.0.0.1:7470\nmetrics = 127.0.0.1:9471\nbuckets = 0-511\n"
+		     "[shard.1]\naddress = [::1]:7471\nmetrics = 127.0.0.1:9472\nbuckets = 512-1023\n",
+		     path),
+		0);
 	assert_string_equal(c.key_file, "/k");
 	assert_int_equal(c.buckets, 1024);
 	assert_int_equal(c.heartbeat_ms, 200);
@@ -76,13 +77,13 @@ static void every_bad_value_reported(void **state)
 	(void)state;
 	assert_int_equal(load(&c,
 			      "[cluster]\n"
-			      "buckets = 1000\n"          /* line 2: not a power of two */
-			      "heartbeat_ms = fast\n"     /* line 3 */
-			      "colour = blue\n"           /* line 4: unknown key */
-			      "[log]\nlevel = loud\n"     /* line 6 */
+			      "buckets = 1000\n"		 /* line 2: not a power of two */
+			      "heartbeat_ms = fast\n"		 /* line 3 */
+			      "colour = blue\n"			 /* line 4: unknown key */
+			      "[log]\nlevel = loud\n"		 /* line 6 */
 			      "[agent]\nnode_name = has space\n" /* line 8 */
-			      "metrics = localhost\n"     /* line 9 */
-			      "[bogus]\nx = 1\n",         /* line 11 */
+			      "metrics = localhost\n"		 /* line 9 */
+			      "[bogus]\nx = 1\n",		 /* line 11 */
 			      path),
 			 -EINVAL);
 	snprintf(want, sizeof(want), "%s:2: [cluster] buckets: expected a power of two", path);
@@ -123,26 +124,29 @@ static void shard_map_checked(void **state)
 
 	(void)state;
 	/* Overlap. */
-	assert_int_equal(load(&c,
-			      "[cluster]\nbuckets = 16\n"
-			      "[shard.0]\naddress = 127.0.0.1:1\nmetrics = 127.0.0.1:2\nbuckets = 0-9\n"
-			      "[shard.1]\naddress = 127.0.0.1:3\nmetrics = 127.0.0.1:4\nbuckets = 8-15\n",
-			      path),
-			 -EINVAL);
+	assert_int_equal(
+		load(&c,
+		     "[cluster]\nbuckets = 16\n"
+		     "[shard.0]\naddress = 127.0.0.1:1\nmetrics = 127.0.0.1:2\nbuckets = 0-9\n"
+		     "[shard.1]\naddress = 127.0.0.1:3\nmetrics = 127.0.0.1:4\nbuckets = 8-15\n",
+		     path),
+		-EINVAL);
 	assert_non_null(strstr(errbuf, "bucket 8 is given to both [shard.0] and [shard.1]"));
 	/* Gap. */
-	assert_int_equal(load(&c,
-			      "[cluster]\nbuckets = 16\n"
-			      "[shard.0]\naddress = 127.0.0.1:1\nmetrics = 127.0.0.1:2\nbuckets = 0-3,8-15\n",
-			      path),
-			 -EINVAL);
+	assert_int_equal(
+		load(&c,
+		     "[cluster]\nbuckets = 16\n"
+		     "[shard.0]\naddress = 127.0.0.1:1\nmetrics = 127.0.0.1:2\nbuckets = 0-3,8-15\n",
+		     path),
+		-EINVAL);
 	assert_non_null(strstr(errbuf, "buckets 4-7 are given to no shard"));
 	/* Beyond the bucket count, and a missing shard number. */
-	assert_int_equal(load(&c,
-			      "[cluster]\nbuckets = 16\n"
-			      "[shard.1]\naddress = 127.0.0.1:1\nmetrics = 127.0.0.1:2\nbuckets = 0-16\n",
-			      path),
-			 -EINVAL);
+	assert_int_equal(
+		load(&c,
+		     "[cluster]\nbuckets = 16\n"
+		     "[shard.1]\naddress = 127.0.0.1:1\nmetrics = 127.0.0.1:2\nbuckets = 0-16\n",
+		     path),
+		-EINVAL);
 	assert_non_null(strstr(errbuf, "[shard.0] is missing"));
 	assert_non_null(strstr(errbuf, "bucket 16 is beyond"));
 	/* Bad range syntax names the line. */

@@ -146,8 +146,7 @@ static void garbage(void **state)
 
 	(void)state;
 	frame_dec_init(&d, FRAME_MAX_PREAUTH);
-	assert_int_equal(frame_dec_feed(&d, http, sizeof(http) - 1, collect, &s),
-			 -EMSGSIZE);
+	assert_int_equal(frame_dec_feed(&d, http, sizeof(http) - 1, collect, &s), -EMSGSIZE);
 	assert_int_equal(s.frames, 0);
 	frame_dec_fini(&d);
 }
@@ -178,14 +177,10 @@ static void callback_stops(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(coalesced),
-	cmocka_unit_test(split_everywhere),
-	cmocka_unit_test(truncated),
-	cmocka_unit_test(oversized_not_buffered),
-	cmocka_unit_test(zero_length),
-	cmocka_unit_test(garbage),
-	cmocka_unit_test(limit_clamped),
-	cmocka_unit_test(callback_stops),
+	cmocka_unit_test(coalesced),	 cmocka_unit_test(split_everywhere),
+	cmocka_unit_test(truncated),	 cmocka_unit_test(oversized_not_buffered),
+	cmocka_unit_test(zero_length),	 cmocka_unit_test(garbage),
+	cmocka_unit_test(limit_clamped), cmocka_unit_test(callback_stops),
 };
 
 UNIT_MAIN(tests)

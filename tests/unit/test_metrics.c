@@ -25,14 +25,13 @@ static void renders_families(void **state)
 	out = metrics_render(r, &len);
 	assert_non_null(out);
 	assert_int_equal(strlen(out), len);
-	assert_string_equal(out,
-			    "# HELP cksm_x_total Things.\n"
-			    "# TYPE cksm_x_total counter\n"
-			    "cksm_x_total{reason=\"a\"} 5\n"
-			    "cksm_x_total{reason=\"b\"} 1\n"
-			    "# HELP cksm_y_bytes Size with \\\\ and\\nnewline.\n"
-			    "# TYPE cksm_y_bytes gauge\n"
-			    "cksm_y_bytes 1.25\n");
+	assert_string_equal(out, "# HELP cksm_x_total Things.\n"
+				 "# TYPE cksm_x_total counter\n"
+				 "cksm_x_total{reason=\"a\"} 5\n"
+				 "cksm_x_total{reason=\"b\"} 1\n"
+				 "# HELP cksm_y_bytes Size with \\\\ and\\nnewline.\n"
+				 "# TYPE cksm_y_bytes gauge\n"
+				 "cksm_y_bytes 1.25\n");
 	free(out);
 	metrics_destroy(r);
 }

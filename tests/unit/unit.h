@@ -15,18 +15,17 @@
 
 #include <cmocka.h>
 
-#define UNIT_MAIN(tests)                                                  \
-	int main(int argc, char **argv)                                   \
-	{                                                                 \
-		if (argc > 1 && strcmp(argv[1], "--list") == 0) {         \
-			for (size_t i = 0;                                \
-			     i < sizeof(tests) / sizeof(tests[0]); i++)   \
-				puts(tests[i].name);                      \
-			return 0;                                         \
-		}                                                         \
-		if (argc > 1)                                             \
-			cmocka_set_test_filter(argv[1]);                  \
-		return cmocka_run_group_tests(tests, NULL, NULL);         \
+#define UNIT_MAIN(tests)                                                              \
+	int main(int argc, char **argv)                                               \
+	{                                                                             \
+		if (argc > 1 && strcmp(argv[1], "--list") == 0) {                     \
+			for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) \
+				puts(tests[i].name);                                  \
+			return 0;                                                     \
+		}                                                                     \
+		if (argc > 1)                                                         \
+			cmocka_set_test_filter(argv[1]);                              \
+		return cmocka_run_group_tests(tests, NULL, NULL);                     \
 	}
 
 #endif

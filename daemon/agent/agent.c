@@ -29,8 +29,9 @@ struct agent_shard {
 	struct agent *a;
 	unsigned id;
 	struct dialer *dialer;
-	bool registered;  /* RegisterAck received on this conn */
-	uint32_t node_id; /* our id at this shard */
+	bool registered;    /* RegisterAck received on this conn */
+	bool was_connected; /* a connection was up before this one */
+	uint32_t node_id;   /* our id at this shard */
 	uint64_t hb_seq;
 	uint64_t last_ack_ms; /* loop time of the last ack */
 	struct metric *m_up;
@@ -72,8 +73,9 @@ static void on_ready(struct conn *c)
 
 	s->registered = false;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
-	if (dialer_failures(s->dialer) || s->hb_seq)
+	if (s->was_connected)
 		metric_inc(s->a->m_reconnects);
+	s->was_connected = true;
 	send_register(s, c);
 }
 

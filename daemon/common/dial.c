@@ -198,11 +198,6 @@ struct conn *dialer_conn(const struct dialer *d)
 	return d->ready ? d->conn : NULL;
 }
 
-unsigned dialer_failures(const struct dialer *d)
-{
-	return d->bo.attempt;
-}
-
 const char *dialer_address(const struct dialer *d)
 {
 	return d->addr;

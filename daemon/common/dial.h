@@ -32,9 +32,6 @@ void dialer_destroy(struct dialer *d);
 /* The authenticated connection, or NULL while there is none. */
 struct conn *dialer_conn(const struct dialer *d);
 
-/* Consecutive failures since the last successful handshake. */
-unsigned dialer_failures(const struct dialer *d);
-
 const char *dialer_address(const struct dialer *d);
 
 /* Called by conn. */

@@ -18,6 +18,14 @@ B ?= build
 PREFIX ?= /usr/local
 DESTDIR ?=
 FUZZ_SECONDS ?= 300
+# V=1 shows the full commands.
+ifeq ($(V),1)
+Q :=
+E := @true
+else
+Q := @
+E := @echo
+endif
 
 PKGS := libuv libprotobuf-c libsodium inih libmicrohttpd libsystemd
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
@@ -45,30 +53,38 @@ all: $(BINS) $(UNIT_BINS)
 
 $(PROTO_C) $(PROTO_H): proto/cksm.proto
 	@mkdir -p $(B)/proto
-	protoc-c --proto_path=proto --c_out=$(B)/proto $<
+	$(E) '  PROTOC  $<'
+	$(Q)protoc-c --proto_path=proto --c_out=$(B)/proto $<
 
 $(B)/proto/cksm.pb-c.o: $(PROTO_C)
-	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -Wno-missing-prototypes -c -o $@ $<
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -Wno-missing-prototypes -c -o $@ $<
 
 $(B)/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
 
 $(B)/libcksmcommon.a: $(COMMON_OBJ)
-	rm -f $@ && ar rcs $@ $^
+	$(E) '  AR      $@'
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(B)/cksmd: daemon/cksmd.c $(AGENT_SRC:%.c=$(B)/%.o) $(COORD_SRC:%.c=$(B)/%.o) $(B)/libcksmcommon.a
-	$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
 $(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
-	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags jansson smartcols)
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags jansson smartcols)
 
 $(B)/cksm-testpeer: tests/tools/testpeer.c $(B)/libcksmcommon.a
-	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
 $(B)/tests/%: tests/unit/%.c $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags cmocka)
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags cmocka)
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
 
@@ -91,7 +107,8 @@ FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(wildcard tests/fuzz/fuzz
 FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 $(B)/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROTO_C)
 	@mkdir -p $(dir $@)
-	clang $(CPPFLAGS_ALL) $(CFLAGS_ALL) -O1 -g $(FUZZ_FLAGS) -Wno-missing-prototypes -o $@ $< $(COMMON_SRC) $(PROTO_C) $(LIBS)
+	$(E) '  CC      $@'
+	$(Q)clang $(CPPFLAGS_ALL) $(CFLAGS_ALL) -O1 -g $(FUZZ_FLAGS) -Wno-missing-prototypes -o $@ $< $(COMMON_SRC) $(PROTO_C) $(LIBS)
 fuzz-build: $(FUZZ_TARGETS)
 fuzz: $(FUZZ_TARGETS)
 	for f in $(FUZZ_TARGETS); do mkdir -p $(B)/corpus/$$(basename $$f); \
@@ -100,7 +117,8 @@ fuzz: $(FUZZ_TARGETS)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 $(B)/bench/%: bench/%.c $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 bench: $(BENCH_BINS)
 	for b in $(BENCH_BINS); do $$b || exit 1; done
 

@@ -248,7 +248,7 @@ int main(int argc, char **argv)
 	struct opts o = { .config = CONFIG_DEFAULT_PATH, .timeout_ms = 3000 };
 	static struct config cfg;
 	struct auth_key key;
-	char err[512], *end;
+	char err[512] = "cannot initialise libsodium", *end;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "+c:o:t:h", lopts, NULL)) != -1) {

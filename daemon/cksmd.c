@@ -183,7 +183,7 @@ static int check_role(const struct args *a, const struct config *cfg)
 static int check_key(const struct config *cfg)
 {
 	struct auth_key key;
-	char err[512];
+	char err[512] = "cannot initialise libsodium";
 
 	if (auth_init() || auth_key_load(&key, cfg->key_file, err, sizeof(err))) {
 		fprintf(stderr, "cksmd: %s\n", err);
@@ -202,7 +202,7 @@ int main(int argc, char **argv)
 	if (rc)
 		return rc;
 	if (a.gen_key) {
-		char err[512];
+		char err[512] = "cannot initialise libsodium";
 
 		if (auth_init() || auth_key_generate(a.gen_key, err, sizeof(err))) {
 			fprintf(stderr, "cksmd: %s\n", err);

@@ -142,13 +142,16 @@ static void heartbeat_one(struct agent_shard *s, uint64_t now)
 	Cksm__Heartbeat hb = CKSM__HEARTBEAT__INIT;
 	Cksm__NodeCounters nc = CKSM__NODE_COUNTERS__INIT;
 
-	if (!c || !s->registered)
+	if (!c)
 		return;
+	/* Covers a shard that never answers Register as well. */
 	if (now - s->last_ack_ms > cfg->dead_after_ms) {
 		conn_fail(c, -ETIMEDOUT, "shard %u silent for %llu ms", s->id,
 			  (unsigned long long)(now - s->last_ack_ms));
 		return;
 	}
+	if (!s->registered)
+		return;
 	hb.seq = ++s->hb_seq;
 	hb.counters = &nc;
 	m.body_case = CKSM__MSG__BODY_HEARTBEAT;

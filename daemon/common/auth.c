@@ -153,6 +153,22 @@ void auth_client_mac(const struct auth_key *key, const uint8_t server_nonce[AUTH
 	crypto_auth_hmacsha256_final(&st, mac);
 }
 
+void auth_hello_make(struct auth_hello *h, const struct auth_key *key,
+		     const uint8_t server_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
+		     const char *name)
+{
+	cksm__client_hello__init(&h->msg);
+	auth_nonce(h->nonce);
+	auth_client_mac(key, server_nonce, h->nonce, role, name, h->mac);
+	h->msg.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
+	h->msg.role = role;
+	h->msg.name = (char *)name;
+	h->msg.nonce.data = h->nonce;
+	h->msg.nonce.len = sizeof(h->nonce);
+	h->msg.mac.data = h->mac;
+	h->msg.mac.len = sizeof(h->mac);
+}
+
 void auth_server_mac(const struct auth_key *key, const uint8_t client_nonce[AUTH_NONCE_BYTES],
 		     const uint8_t server_nonce[AUTH_NONCE_BYTES], uint8_t mac[AUTH_MAC_BYTES])
 {

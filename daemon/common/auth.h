@@ -46,6 +46,18 @@ void auth_client_mac(const struct auth_key *key, const uint8_t server_nonce[AUTH
 		     const uint8_t client_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
 		     const char *name, uint8_t mac[AUTH_MAC_BYTES]);
 
+/* A ClientHello ready to pack; its byte fields point into this struct. */
+struct auth_hello {
+	Cksm__ClientHello msg;
+	uint8_t nonce[AUTH_NONCE_BYTES];
+	uint8_t mac[AUTH_MAC_BYTES];
+};
+
+/* Build the hello answering server_nonce, with a fresh client nonce. */
+void auth_hello_make(struct auth_hello *h, const struct auth_key *key,
+		     const uint8_t server_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
+		     const char *name);
+
 /* MAC the server sends in AuthResult. */
 void auth_server_mac(const struct auth_key *key, const uint8_t client_nonce[AUTH_NONCE_BYTES],
 		     const uint8_t server_nonce[AUTH_NONCE_BYTES], uint8_t mac[AUTH_MAC_BYTES]);

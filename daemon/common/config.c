@@ -55,8 +55,8 @@ static const struct key keys[] = {
 	S("cluster", "key_file", K_STR, key_file, "a path"),
 	U("cluster", "buckets", buckets, 1, CONFIG_MAX_BUCKETS,
 	  "a power of two between 1 and 65536"),
-	U("cluster", "max_frame_bytes", max_frame_bytes, 65536, 16u << 20,
-	  "a size in bytes between 65536 and 16777216"),
+	U("cluster", "max_frame_bytes", max_frame_bytes, 262144, 16u << 20,
+	  "a size in bytes between 262144 and 16777216"),
 	U("cluster", "auth_timeout_ms", auth_timeout_ms, 100, 600000,
 	  "milliseconds between 100 and 600000"),
 	U("cluster", "heartbeat_ms", heartbeat_ms, 50, 60000, "milliseconds between 50 and 60000"),
@@ -236,10 +236,17 @@ static int set_shard(struct parse_ctx *p, const char *section, const char *name,
 	}
 	s = &c->shards[id];
 	if (!s->defined) {
-		/* The first [shard.N] replaces the built-in local shard. */
-		if (c->nshards == 1 && !c->shards[0].defined && id != 0)
+		/*
+		 * The built-in local shard 0 gives its values to a [shard.0]
+		 * (or --set shard.0.*) that does not name them; a map that
+		 * starts elsewhere replaces it.
+		 */
+		int builtin0 = c->nshards == 1 && !c->shards[0].defined && c->shards[0].address[0];
+
+		if (builtin0 && id != 0)
 			memset(&c->shards[0], 0, sizeof(c->shards[0]));
-		memset(s, 0, sizeof(*s));
+		if (!(builtin0 && id == 0))
+			memset(s, 0, sizeof(*s));
 		s->defined = 1;
 		if (id + 1 > c->nshards)
 			c->nshards = (unsigned)id + 1;
@@ -385,7 +392,7 @@ static int check_shards(struct config *c, FILE *err)
 	static int16_t owner[CONFIG_MAX_BUCKETS];
 	int errors = 0;
 
-	if (c->nshards == 1 && !c->shards[0].defined && c->shards[0].nranges == 0) {
+	if (c->nshards == 1 && c->shards[0].nranges == 0) { /* one shard: all buckets */
 		c->shards[0].ranges[0].first = 0;
 		c->shards[0].ranges[0].last = c->buckets - 1;
 		c->shards[0].nranges = 1;

@@ -336,9 +336,8 @@ static int server_got_hello(struct conn *c, const Cksm__Msg *m)
 static int client_got_server_hello(struct conn *c, const Cksm__Msg *m)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
-	Cksm__ClientHello ch = CKSM__CLIENT_HELLO__INIT;
 	const Cksm__ServerHello *sh = m->server_hello;
-	uint8_t mac[AUTH_MAC_BYTES];
+	struct auth_hello h;
 
 	if (m->body_case != CKSM__MSG__BODY_SERVER_HELLO)
 		return unexpected(c, m, "server_hello");
@@ -350,17 +349,10 @@ static int client_got_server_hello(struct conn *c, const Cksm__Msg *m)
 	memcpy(c->peer_nonce, sh->nonce.data, AUTH_NONCE_BYTES);
 	snprintf(c->peer_name, sizeof(c->peer_name), "%s", sh->name ? sh->name : "");
 	c->peer_role = sh->role;
-	auth_nonce(c->nonce);
-	auth_client_mac(c->net->key, c->peer_nonce, c->nonce, c->net->role, c->net->name, mac);
-	ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
-	ch.role = c->net->role;
-	ch.name = (char *)c->net->name;
-	ch.nonce.data = c->nonce;
-	ch.nonce.len = sizeof(c->nonce);
-	ch.mac.data = mac;
-	ch.mac.len = sizeof(mac);
+	auth_hello_make(&h, c->net->key, c->peer_nonce, c->net->role, c->net->name);
+	memcpy(c->nonce, h.nonce, sizeof(c->nonce));
 	out.body_case = CKSM__MSG__BODY_CLIENT_HELLO;
-	out.client_hello = &ch;
+	out.client_hello = &h.msg;
 	c->state = CONN_WAIT_AUTH_RESULT;
 	return conn_send(c, &out);
 }

@@ -33,6 +33,7 @@ struct dialer {
 	bool resolving;
 	bool ready;
 	bool destroying;
+	bool timer_closed; /* after dialer_destroy */
 };
 
 static void try_connect(uv_timer_t *t);
@@ -81,7 +82,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	d->resolving = false;
 	if (d->destroying) {
 		uv_freeaddrinfo(res);
-		free(d);
+		if (d->timer_closed)
+			free(d);
 		return;
 	}
 	if (status < 0) {
@@ -169,13 +171,14 @@ void dialer_conn_closed(struct dialer *d, struct conn *c)
 		schedule_retry(d);
 }
 
+/* A destroyed dialer is freed once its timer is closed and no resolve is pending. */
 static void on_timer_closed(uv_handle_t *h)
 {
 	struct dialer *d = h->data;
 
-	if (d->resolving)
-		return; /* on_resolved frees */
-	free(d);
+	d->timer_closed = true;
+	if (!d->resolving)
+		free(d);
 }
 
 void dialer_destroy(struct dialer *d)

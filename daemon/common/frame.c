@@ -61,6 +61,9 @@ static int stash(struct frame_dec *d, const uint8_t *p, size_t n)
 
 		while (cap < d->len + n)
 			cap *= 2;
+		/* Never more than one frame's worth. */
+		if (cap > FRAME_HDR + (size_t)d->limit)
+			cap = FRAME_HDR + (size_t)d->limit;
 		nb = realloc(d->buf, cap);
 		if (!nb)
 			return -ENOMEM;

@@ -171,9 +171,8 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Ck
 	       const char *name, int timeout_ms, char *err, size_t errlen)
 {
 	Cksm__Msg out = CKSM__MSG__INIT, *m;
-	Cksm__ClientHello ch = CKSM__CLIENT_HELLO__INIT;
-	uint8_t nonce[AUTH_NONCE_BYTES], mac[AUTH_MAC_BYTES];
-	uint8_t server_nonce[AUTH_NONCE_BYTES];
+	uint8_t server_nonce[AUTH_NONCE_BYTES], mac[AUTH_MAC_BYTES];
+	struct auth_hello h;
 	int rc;
 
 	rc = sconn_connect(s, addr, timeout_ms, err, errlen);
@@ -192,17 +191,9 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Ck
 		 m->server_hello->name ? m->server_hello->name : "");
 	cksm__msg__free_unpacked(m, NULL);
 
-	auth_nonce(nonce);
-	auth_client_mac(key, server_nonce, nonce, role, name, mac);
-	ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
-	ch.role = role;
-	ch.name = (char *)name;
-	ch.nonce.data = nonce;
-	ch.nonce.len = sizeof(nonce);
-	ch.mac.data = mac;
-	ch.mac.len = sizeof(mac);
+	auth_hello_make(&h, key, server_nonce, role, name);
 	out.body_case = CKSM__MSG__BODY_CLIENT_HELLO;
-	out.client_hello = &ch;
+	out.client_hello = &h.msg;
 	rc = sconn_send(s, &out);
 	if (rc) {
 		snprintf(err, errlen, "%s: %s", addr, strerror(-rc));
@@ -215,7 +206,7 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Ck
 		rc = rc ? rc : -EPROTO;
 		goto fail;
 	}
-	auth_server_mac(key, nonce, server_nonce, mac);
+	auth_server_mac(key, h.nonce, server_nonce, mac);
 	if (!m->auth_result->ok || auth_mac_check(mac, &m->auth_result->mac)) {
 		snprintf(err, errlen, "%s: authentication failed: %s", addr,
 			 m->auth_result->ok ? "the server did not prove the cluster key"

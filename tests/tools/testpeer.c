@@ -142,28 +142,21 @@ static int mode_malformed(void)
 static uint8_t *valid_hello(struct sconn *s, size_t *len)
 {
 	Cksm__Msg out = CKSM__MSG__INIT, *m;
-	Cksm__ClientHello ch = CKSM__CLIENT_HELLO__INIT;
-	uint8_t nonce[AUTH_NONCE_BYTES], mac[AUTH_MAC_BYTES], *buf;
+	struct auth_hello h;
 	int rc;
 
 	m = sconn_recv(s, &rc);
-	if (!m || m->body_case != CKSM__MSG__BODY_SERVER_HELLO)
+	if (!m || m->body_case != CKSM__MSG__BODY_SERVER_HELLO ||
+	    m->server_hello->nonce.len != AUTH_NONCE_BYTES) {
+		if (m)
+			cksm__msg__free_unpacked(m, NULL);
 		return NULL;
-	auth_nonce(nonce);
-	auth_client_mac(&key, m->server_hello->nonce.data, nonce, CKSM__ROLE__ROLE_ADMIN,
-			"testpeer", mac);
+	}
+	auth_hello_make(&h, &key, m->server_hello->nonce.data, CKSM__ROLE__ROLE_ADMIN, "testpeer");
 	cksm__msg__free_unpacked(m, NULL);
-	ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
-	ch.role = CKSM__ROLE__ROLE_ADMIN;
-	ch.name = (char *)"testpeer";
-	ch.nonce.data = nonce;
-	ch.nonce.len = sizeof(nonce);
-	ch.mac.data = mac;
-	ch.mac.len = sizeof(mac);
 	out.body_case = CKSM__MSG__BODY_CLIENT_HELLO;
-	out.client_hello = &ch;
-	buf = wire_pack(&out, len);
-	return buf;
+	out.client_hello = &h.msg;
+	return wire_pack(&out, len);
 }
 
 static int mode_replay(void)

@@ -104,32 +104,11 @@ static void same_bytes_same_key(void **state)
 	assert_memory_not_equal(a.k, b.k, sizeof(a.k));
 }
 
-struct hello {
-	Cksm__ClientHello ch;
-	uint8_t nonce[AUTH_NONCE_BYTES];
-	uint8_t mac[AUTH_MAC_BYTES];
-};
-
-static void make_hello(struct hello *h, const struct auth_key *k, const uint8_t *server_nonce,
-		       const char *name)
-{
-	cksm__client_hello__init(&h->ch);
-	auth_nonce(h->nonce);
-	auth_client_mac(k, server_nonce, h->nonce, CKSM__ROLE__ROLE_AGENT, name, h->mac);
-	h->ch.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
-	h->ch.role = CKSM__ROLE__ROLE_AGENT;
-	h->ch.name = (char *)name;
-	h->ch.nonce.data = h->nonce;
-	h->ch.nonce.len = sizeof(h->nonce);
-	h->ch.mac.data = h->mac;
-	h->ch.mac.len = sizeof(h->mac);
-}
-
 static void handshake_checks(void **state)
 {
 	struct auth_key k, wrong;
 	uint8_t sn[AUTH_NONCE_BYTES], sn2[AUTH_NONCE_BYTES];
-	struct hello h;
+	struct auth_hello h;
 	const char *why;
 
 	(void)state;
@@ -139,31 +118,31 @@ static void handshake_checks(void **state)
 	auth_nonce(sn);
 	auth_nonce(sn2);
 
-	make_hello(&h, &k, sn, "n1");
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), 0);
+	auth_hello_make(&h, &k, sn, CKSM__ROLE__ROLE_AGENT, "n1");
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), 0);
 	/* The same hello on a connection with another server nonce. */
-	assert_int_equal(auth_check_client_hello(&k, sn2, &h.ch, &why), -EACCES);
+	assert_int_equal(auth_check_client_hello(&k, sn2, &h.msg, &why), -EACCES);
 	/* A name changed after the MAC was made. */
-	h.ch.name = (char *)"n2";
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), -EACCES);
+	h.msg.name = (char *)"n2";
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), -EACCES);
 	/* Wrong key. */
-	make_hello(&h, &wrong, sn, "n1");
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), -EACCES);
+	auth_hello_make(&h, &wrong, sn, CKSM__ROLE__ROLE_AGENT, "n1");
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), -EACCES);
 	/* Shape errors. */
-	make_hello(&h, &k, sn, "n1");
-	h.ch.proto_version = 99;
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), -EPROTO);
-	make_hello(&h, &k, sn, "n1");
-	h.ch.nonce.len = 8;
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), -EPROTO);
-	make_hello(&h, &k, sn, "n1");
-	h.ch.mac.len = 31;
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), -EACCES);
-	make_hello(&h, &k, sn, "n1");
-	h.ch.role = CKSM__ROLE__ROLE_COORD;
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), -EPROTO);
-	make_hello(&h, &k, sn, "bad name with spaces");
-	assert_int_equal(auth_check_client_hello(&k, sn, &h.ch, &why), -EPROTO);
+	auth_hello_make(&h, &k, sn, CKSM__ROLE__ROLE_AGENT, "n1");
+	h.msg.proto_version = 99;
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), -EPROTO);
+	auth_hello_make(&h, &k, sn, CKSM__ROLE__ROLE_AGENT, "n1");
+	h.msg.nonce.len = 8;
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), -EPROTO);
+	auth_hello_make(&h, &k, sn, CKSM__ROLE__ROLE_AGENT, "n1");
+	h.msg.mac.len = 31;
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), -EACCES);
+	auth_hello_make(&h, &k, sn, CKSM__ROLE__ROLE_AGENT, "n1");
+	h.msg.role = CKSM__ROLE__ROLE_COORD;
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), -EPROTO);
+	auth_hello_make(&h, &k, sn, CKSM__ROLE__ROLE_AGENT, "bad name with spaces");
+	assert_int_equal(auth_check_client_hello(&k, sn, &h.msg, &why), -EPROTO);
 }
 
 static void server_proof(void **state)

@@ -189,6 +189,22 @@ static void overrides(void **state)
 	assert_non_null(strstr(errbuf, "--set: [agent] nope: unknown key"));
 }
 
+static void override_builtin_shard(void **state)
+{
+	static struct config c;
+	FILE *err = fmemopen(errbuf, sizeof(errbuf), "w");
+
+	(void)state;
+	/* --set on the built-in shard changes one value, keeps the rest. */
+	config_defaults(&c);
+	assert_int_equal(config_set(&c, "shard.0.metrics=127.0.0.1:9999", err), 0);
+	assert_int_equal(config_finish(&c, err), 0);
+	fclose(err);
+	assert_string_equal(c.shards[0].metrics, "127.0.0.1:9999");
+	assert_string_equal(c.shards[0].address, "127.0.0.1:7470");
+	assert_int_equal(config_bucket_shard(&c, 4095), 0);
+}
+
 static void missing_file(void **state)
 {
 	static struct config c;
@@ -209,6 +225,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(shard_map_checked),
 	cmocka_unit_test(timeouts_fit),
 	cmocka_unit_test(overrides),
+	cmocka_unit_test(override_builtin_shard),
 	cmocka_unit_test(missing_file),
 };
 

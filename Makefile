@@ -133,11 +133,14 @@ lint: $(PROTO_H)
 format:
 	clang-format -i $(LINT_SRC)
 
+UNITS := cksm-agent.service cksm-coord@.service
 install: all
 	install -D -m 0755 $(B)/cksmd $(DESTDIR)$(PREFIX)/sbin/cksmd
 	install -D -m 0755 $(B)/cksmctl $(DESTDIR)$(PREFIX)/bin/cksmctl
-	install -D -m 0644 deploy/cksm-agent.service $(DESTDIR)/etc/systemd/system/cksm-agent.service
-	install -D -m 0644 deploy/cksm-coord@.service $(DESTDIR)/etc/systemd/system/cksm-coord@.service
+	for u in $(UNITS); do \
+		sed 's|/usr/local|$(PREFIX)|g' deploy/$$u >$(B)/$$u && \
+		install -D -m 0644 $(B)/$$u $(DESTDIR)/etc/systemd/system/$$u || exit 1; done
+	for d in docs/*.md; do install -D -m 0644 $$d $(DESTDIR)$(PREFIX)/share/doc/cksm/$$(basename $$d) || exit 1; done
 	test -e $(DESTDIR)/etc/cksm/cksm.conf || install -D -m 0644 deploy/cksm.conf $(DESTDIR)/etc/cksm/cksm.conf
 
 clean:

@@ -34,6 +34,7 @@ struct shard_answer {
 
 struct opts {
 	const char *config;
+	int config_named; /* given with -c */
 	int json;
 	int timeout_ms;
 	int color;
@@ -51,7 +52,7 @@ static void usage(FILE *out)
 		"  -c, --config FILE   configuration with the shard map (default " CONFIG_DEFAULT_PATH
 		")\n"
 		"  -o, --output FMT    text (default) or json\n"
-		"  -t, --timeout MS    per-shard timeout (default 3000)\n"
+		"  -t, --timeout MS    timeout of each network wait (default 3000)\n"
 		"  -h, --help          this help\n"
 		"\n"
 		"exit status: 0 all up, 1 a shard or node is down, 2 usage or configuration error\n");
@@ -255,6 +256,7 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'c':
 			o.config = optarg;
+			o.config_named = 1;
 			break;
 		case 'o':
 			if (strcmp(optarg, "json") && strcmp(optarg, "text")) {
@@ -291,7 +293,8 @@ int main(int argc, char **argv)
 	}
 	o.color = isatty(STDOUT_FILENO) && !getenv("NO_COLOR");
 	config_defaults(&cfg);
-	if (config_load(&cfg, o.config, stderr) || config_finish(&cfg, stderr))
+	if (config_load_default(&cfg, o.config, o.config_named, stderr) ||
+	    config_finish(&cfg, stderr))
 		return EXIT_USAGE;
 	if (auth_init() || auth_key_load(&key, cfg.key_file, err, sizeof(err))) {
 		fprintf(stderr, "cksmctl: %s\n", err);

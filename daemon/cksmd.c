@@ -145,13 +145,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 
 static int load_config(const struct args *a, struct config *cfg)
 {
-	int rc;
-
 	config_defaults(cfg);
-	rc = config_load(cfg, a->config, stderr);
-	if (rc == -ENOENT && !a->config_given)
-		fprintf(stderr, "cksmd: %s does not exist; using built-in defaults\n", a->config);
-	else if (rc)
+	if (config_load_default(cfg, a->config, a->config_given, stderr))
 		return 2;
 	for (int i = 0; i < a->nsets; i++)
 		if (config_set(cfg, a->sets[i], stderr))

@@ -29,9 +29,10 @@ struct agent_shard {
 	struct agent *a;
 	unsigned id;
 	struct dialer *dialer;
-	bool registered;    /* RegisterAck received on this conn */
-	bool was_connected; /* a connection was up before this one */
-	uint32_t node_id;   /* our id at this shard */
+	bool registered;	/* RegisterAck received on this conn */
+	uint64_t dead_after_ms; /* the shard's, from RegisterAck */
+	bool was_connected;	/* a connection was up before this one */
+	uint32_t node_id;	/* our id at this shard */
 	uint64_t hb_seq;
 	uint64_t last_ack_ms; /* loop time of the last ack */
 	struct metric *m_up;
@@ -47,6 +48,7 @@ struct agent {
 	struct metric *m_hb_acked;
 	struct metric *m_registered;
 	struct metric *m_reconnects;
+	bool stopping; /* SIGTERM: closing everything */
 };
 
 static int send_register(struct agent_shard *s, struct conn *c)
@@ -79,6 +81,27 @@ static void on_ready(struct conn *c)
 	send_register(s, c);
 }
 
+/*
+ * The shard's heartbeat_ms and dead_after_ms are what it will judge this
+ * node by: follow them (heartbeat at least as often) and say so when the
+ * two configurations disagree.
+ */
+static void adopt_timing(struct agent_shard *s, const Cksm__RegisterAck *ack)
+{
+	const struct config *cfg = s->a->rt.cfg;
+	uint64_t repeat = uv_timer_get_repeat(&s->a->hb);
+
+	if (ack->heartbeat_ms != cfg->heartbeat_ms || ack->dead_after_ms != cfg->dead_after_ms)
+		log_warn(
+			"shard %u uses heartbeat_ms=%u dead_after_ms=%u, this node %llu/%llu; following the shard",
+			s->id, ack->heartbeat_ms, ack->dead_after_ms,
+			(unsigned long long)cfg->heartbeat_ms,
+			(unsigned long long)cfg->dead_after_ms);
+	s->dead_after_ms = ack->dead_after_ms >= 150 ? ack->dead_after_ms : cfg->dead_after_ms;
+	if (ack->heartbeat_ms >= 50 && ack->heartbeat_ms < repeat)
+		uv_timer_set_repeat(&s->a->hb, ack->heartbeat_ms);
+}
+
 static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm__RegisterAck *ack)
 {
 	if (ack->node_id == 0)
@@ -86,6 +109,7 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 	if (ack->shard_id != s->id)
 		return conn_fail(c, -EPROTO, "%s answers as shard %u, the shard map says shard %u",
 				 dialer_address(s->dialer), ack->shard_id, s->id);
+	adopt_timing(s, ack);
 	s->registered = true;
 	s->node_id = ack->node_id;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
@@ -125,7 +149,8 @@ static void on_close(struct conn *c)
 
 	s->registered = false;
 	metric_set(s->m_up, 0);
-	log_warn("lost shard %u at %s; reconnecting", s->id, dialer_address(s->dialer));
+	if (!s->a->stopping)
+		log_warn("lost shard %u at %s; reconnecting", s->id, dialer_address(s->dialer));
 }
 
 static const struct conn_ops agent_conn_ops = {
@@ -136,7 +161,6 @@ static const struct conn_ops agent_conn_ops = {
 
 static void heartbeat_one(struct agent_shard *s, uint64_t now)
 {
-	const struct config *cfg = s->a->rt.cfg;
 	struct conn *c = dialer_conn(s->dialer);
 	Cksm__Msg m = CKSM__MSG__INIT;
 	Cksm__Heartbeat hb = CKSM__HEARTBEAT__INIT;
@@ -145,7 +169,7 @@ static void heartbeat_one(struct agent_shard *s, uint64_t now)
 	if (!c)
 		return;
 	/* Covers a shard that never answers Register as well. */
-	if (now - s->last_ack_ms > cfg->dead_after_ms) {
+	if (now - s->last_ack_ms > s->dead_after_ms) {
 		conn_fail(c, -ETIMEDOUT, "shard %u silent for %llu ms", s->id,
 			  (unsigned long long)(now - s->last_ack_ms));
 		return;
@@ -173,6 +197,7 @@ static void agent_stop(struct runtime *rt)
 {
 	struct agent *a = rt->role;
 
+	a->stopping = true;
 	uv_close((uv_handle_t *)&a->hb, NULL);
 	for (unsigned i = 0; i < a->nshards; i++) {
 		dialer_destroy(a->shards[i].dialer);
@@ -229,6 +254,7 @@ int agent_main(const struct config *cfg)
 
 		s->a = a;
 		s->id = i;
+		s->dead_after_ms = cfg->dead_after_ms;
 		s->dialer = dialer_create(&a->rt.net, cfg->shards[i].address, &agent_conn_ops, s,
 					  cfg->reconnect_min_ms, cfg->reconnect_max_ms);
 		if (!s->dialer) {

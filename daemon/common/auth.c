@@ -7,6 +7,7 @@
  * bytes.
  */
 #include "auth.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -103,6 +104,22 @@ out_close:
 	return rc;
 }
 
+/* Create the key's directory (one level, as /etc/cksm) if it is missing. */
+static void make_parent(const char *path)
+{
+	char dir[4096];
+	char *slash;
+
+	if (strlen(path) >= sizeof(dir))
+		return;
+	strcpy(dir, path);
+	slash = strrchr(dir, '/');
+	if (!slash || slash == dir)
+		return;
+	*slash = '\0';
+	mkdir(dir, 0755);
+}
+
 int auth_key_generate(const char *path, char *err, size_t errlen)
 {
 	uint8_t raw[32];
@@ -110,6 +127,7 @@ int auth_key_generate(const char *path, char *err, size_t errlen)
 	int fd, rc = 0;
 	size_t len;
 
+	make_parent(path);
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rc = -errno;
@@ -136,13 +154,23 @@ void auth_nonce(uint8_t nonce[AUTH_NONCE_BYTES])
 	randombytes_buf(nonce, AUTH_NONCE_BYTES);
 }
 
+/* A role as 4 big-endian bytes, as the MACs cover it. */
+static void role_bytes(Cksm__Role role, uint8_t r[4])
+{
+	r[0] = (uint8_t)((uint32_t)role >> 24);
+	r[1] = (uint8_t)((uint32_t)role >> 16);
+	r[2] = (uint8_t)((uint32_t)role >> 8);
+	r[3] = (uint8_t)role;
+}
+
 void auth_client_mac(const struct auth_key *key, const uint8_t server_nonce[AUTH_NONCE_BYTES],
 		     const uint8_t client_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
 		     const char *name, uint8_t mac[AUTH_MAC_BYTES])
 {
 	crypto_auth_hmacsha256_state st;
-	uint8_t r[4] = { (uint8_t)((uint32_t)role >> 24), (uint8_t)((uint32_t)role >> 16),
-			 (uint8_t)((uint32_t)role >> 8), (uint8_t)role };
+	uint8_t r[4];
+
+	role_bytes(role, r);
 
 	crypto_auth_hmacsha256_init(&st, key->k, sizeof(key->k));
 	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_client, sizeof(label_client) - 1);
@@ -170,14 +198,19 @@ void auth_hello_make(struct auth_hello *h, const struct auth_key *key,
 }
 
 void auth_server_mac(const struct auth_key *key, const uint8_t client_nonce[AUTH_NONCE_BYTES],
-		     const uint8_t server_nonce[AUTH_NONCE_BYTES], uint8_t mac[AUTH_MAC_BYTES])
+		     const uint8_t server_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
+		     const char *name, uint8_t mac[AUTH_MAC_BYTES])
 {
 	crypto_auth_hmacsha256_state st;
+	uint8_t r[4];
 
+	role_bytes(role, r);
 	crypto_auth_hmacsha256_init(&st, key->k, sizeof(key->k));
 	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_server, sizeof(label_server) - 1);
 	crypto_auth_hmacsha256_update(&st, client_nonce, AUTH_NONCE_BYTES);
 	crypto_auth_hmacsha256_update(&st, server_nonce, AUTH_NONCE_BYTES);
+	crypto_auth_hmacsha256_update(&st, r, sizeof(r));
+	crypto_auth_hmacsha256_update(&st, (const uint8_t *)name, strlen(name));
 	crypto_auth_hmacsha256_final(&st, mac);
 }
 
@@ -188,17 +221,25 @@ int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES], const ProtobufCBinary
 	return crypto_verify_32(expected, got->data) == 0 ? 0 : -EACCES;
 }
 
-/* Names end up in logs and tables: keep them short and plain. */
-static int name_ok(const char *s)
+int auth_check_server_hello(const Cksm__ServerHello *sh, const char **why)
 {
-	size_t n = s ? strlen(s) : 0;
-
-	if (n == 0 || n > AUTH_NAME_MAX)
-		return 0;
-	for (; *s; s++)
-		if (!isalnum((unsigned char)*s) && !strchr("._-", *s))
-			return 0;
-	return 1;
+	if (sh->proto_version != CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT) {
+		*why = "server speaks another protocol version";
+		return -EPROTO;
+	}
+	if (sh->nonce.len != AUTH_NONCE_BYTES) {
+		*why = "server nonce is not 32 bytes";
+		return -EPROTO;
+	}
+	if (sh->role != CKSM__ROLE__ROLE_COORD) {
+		*why = "server is not a coordinator";
+		return -EPROTO;
+	}
+	if (!name_valid(sh->name)) {
+		*why = "server name is not 1 to 64 letters, digits, '.', '_' or '-'";
+		return -EPROTO;
+	}
+	return 0;
 }
 
 int auth_check_client_hello(const struct auth_key *key,
@@ -215,7 +256,7 @@ int auth_check_client_hello(const struct auth_key *key,
 		*why = "client nonce is not 32 bytes";
 		return -EPROTO;
 	}
-	if (!name_ok(ch->name)) {
+	if (!name_valid(ch->name)) {
 		*why = "peer name is not 1 to 64 letters, digits, '.', '_' or '-'";
 		return -EPROTO;
 	}

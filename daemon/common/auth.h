@@ -58,12 +58,23 @@ void auth_hello_make(struct auth_hello *h, const struct auth_key *key,
 		     const uint8_t server_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
 		     const char *name);
 
-/* MAC the server sends in AuthResult. */
+/*
+ * MAC the server sends in AuthResult; it also covers the role and name
+ * the server announced in ServerHello, so neither can be altered.
+ */
 void auth_server_mac(const struct auth_key *key, const uint8_t client_nonce[AUTH_NONCE_BYTES],
-		     const uint8_t server_nonce[AUTH_NONCE_BYTES], uint8_t mac[AUTH_MAC_BYTES]);
+		     const uint8_t server_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
+		     const char *name, uint8_t mac[AUTH_MAC_BYTES]);
 
 /* Constant-time compare of a received MAC; 0 when equal, -EACCES if not. */
 int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES], const ProtobufCBinaryData *got);
+
+/*
+ * Client side: check a ServerHello before answering it: our protocol
+ * version, a 32-byte nonce, a coordinator (the only role that accepts
+ * connections today) and a valid name. Returns 0 or -EPROTO with why.
+ */
+int auth_check_server_hello(const Cksm__ServerHello *sh, const char **why);
 
 /*
  * Server side: check a ClientHello against the nonce sent in ServerHello.

@@ -20,6 +20,7 @@
 #include <ini.h>
 
 #include "netaddr.h"
+#include "util.h"
 
 enum kind {
 	K_U32,
@@ -119,18 +120,6 @@ static int parse_u64(const char *v, uint64_t *out)
 	return 0;
 }
 
-static int name_ok(const char *v)
-{
-	size_t n = strlen(v);
-
-	if (n == 0 || n > 64)
-		return 0;
-	for (; *v; v++)
-		if (!isalnum((unsigned char)*v) && !strchr("._-", *v))
-			return 0;
-	return 1;
-}
-
 static int addr_ok(const char *v)
 {
 	struct sockaddr_storage ss;
@@ -175,7 +164,7 @@ static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 		return 0;
 	case K_NAME:
 	case K_ADDR:
-		if ((k->kind == K_NAME && !name_ok(v)) || (k->kind == K_ADDR && !addr_ok(v))) {
+		if ((k->kind == K_NAME && !name_valid(v)) || (k->kind == K_ADDR && !addr_ok(v))) {
 			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
 			return -EINVAL;
 		}
@@ -332,7 +321,7 @@ void config_defaults(struct config *c)
 	c->reconnect_min_ms = 100;
 	c->reconnect_max_ms = 30000;
 	c->log_level = LOG_LVL_INFO;
-	if (gethostname(c->node_name, sizeof(c->node_name) - 1) || !name_ok(c->node_name))
+	if (gethostname(c->node_name, sizeof(c->node_name) - 1) || !name_valid(c->node_name))
 		strcpy(c->node_name, "node");
 	strcpy(c->rack, "default");
 	strcpy(c->agent_metrics, "127.0.0.1:9470");
@@ -363,6 +352,15 @@ int config_load(struct config *c, const char *path, FILE *err)
 		return -ENOMEM;
 	}
 	return p.errors ? -EINVAL : 0;
+}
+
+int config_load_default(struct config *c, const char *path, int named, FILE *err)
+{
+	if (!named && access(path, F_OK) < 0 && errno == ENOENT) {
+		fprintf(err, "%s does not exist; using built-in defaults\n", path);
+		return 0;
+	}
+	return config_load(c, path, err);
 }
 
 int config_set(struct config *c, const char *assignment, FILE *err)

@@ -65,6 +65,13 @@ void config_defaults(struct config *c);
  */
 int config_load(struct config *c, const char *path, FILE *err);
 
+/*
+ * config_load for a file that may be absent when it was not named on the
+ * command line: then a note goes to err and the defaults stay. Returns 0
+ * or config_load's error.
+ */
+int config_load_default(struct config *c, const char *path, int named, FILE *err);
+
 /* Apply one "section.key=value" override; -EINVAL with the reason in err. */
 int config_set(struct config *c, const char *assignment, FILE *err);
 

@@ -84,9 +84,12 @@ int net_metrics_register(struct net_metrics *m, struct metrics *reg)
 	m->rej_oversized = metrics_counter(reg, rej, rej_help, "reason=\"oversized\"");
 	m->rej_malformed = metrics_counter(reg, rej, rej_help, "reason=\"malformed\"");
 	m->rej_unexpected = metrics_counter(reg, rej, rej_help, "reason=\"unexpected\"");
+	m->refused = metrics_counter(reg, "cksm_connections_refused_total",
+				     "Connections closed at once: too many peers in the handshake.",
+				     NULL);
 	if (!m->accepted || !m->active || !m->auth_ok || !m->auth_failed || !m->auth_timeouts ||
 	    !m->frames_in || !m->frames_out || !m->bytes_in || !m->bytes_out || !m->rej_oversized ||
-	    !m->rej_malformed || !m->rej_unexpected)
+	    !m->rej_malformed || !m->rej_unexpected || !m->refused)
 		return -ENOMEM;
 	return 0;
 }
@@ -132,6 +135,15 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 	close_handles(c);
 }
 
+/* A server-side conn leaves the handshake (done or closing). */
+static void leave_pending(struct conn *c)
+{
+	if (c->pending) {
+		c->pending = false;
+		c->net->pending--;
+	}
+}
+
 /* Enter CLOSING; with flush, queued frames are written before the close. */
 static void begin_close(struct conn *c, bool flush)
 {
@@ -141,6 +153,7 @@ static void begin_close(struct conn *c, bool flush)
 	if (c->state == CONN_CLOSING)
 		return;
 	c->state = CONN_CLOSING;
+	leave_pending(c);
 	uv_read_stop((uv_stream_t *)&c->tcp);
 	uv_timer_stop(&c->deadline);
 	if (was_ready && c->ops->on_close)
@@ -223,6 +236,9 @@ int conn_send(struct conn *c, const Cksm__Msg *m)
 
 	if (c->state == CONN_CLOSING)
 		return -EPIPE;
+	if (cksm__msg__get_packed_size(m) > c->net->max_frame)
+		return conn_fail(c, -EMSGSIZE, "%s message larger than max_frame_bytes (%u)",
+				 wire_body_name(m), c->net->max_frame);
 	w = malloc(sizeof(*w));
 	if (!w)
 		goto nomem;
@@ -257,6 +273,7 @@ size_t conn_queued(const struct conn *c)
 
 static void become_ready(struct conn *c)
 {
+	leave_pending(c);
 	uv_timer_stop(&c->deadline);
 	frame_dec_set_limit(&c->dec, c->net->max_frame);
 	c->state = CONN_READY;
@@ -326,7 +343,7 @@ static int server_got_hello(struct conn *c, const Cksm__Msg *m)
 	memcpy(c->peer_nonce, ch->nonce.data, AUTH_NONCE_BYTES);
 	snprintf(c->peer_name, sizeof(c->peer_name), "%s", ch->name);
 	c->peer_role = ch->role;
-	auth_server_mac(c->net->key, c->peer_nonce, c->nonce, mac);
+	auth_server_mac(c->net->key, c->peer_nonce, c->nonce, c->net->role, c->net->name, mac);
 	send_auth_result(c, mac, NULL);
 	become_ready(c);
 	return 0;
@@ -338,16 +355,17 @@ static int client_got_server_hello(struct conn *c, const Cksm__Msg *m)
 	Cksm__Msg out = CKSM__MSG__INIT;
 	const Cksm__ServerHello *sh = m->server_hello;
 	struct auth_hello h;
+	const char *why;
 
 	if (m->body_case != CKSM__MSG__BODY_SERVER_HELLO)
 		return unexpected(c, m, "server_hello");
-	if (sh->proto_version != CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT)
-		return conn_fail(c, -EPROTO, "server speaks protocol version %u, we speak %u",
+	if (auth_check_server_hello(sh, &why)) {
+		metric_inc(c->net->m.auth_failed);
+		return conn_fail(c, -EPROTO, "%s (its protocol version %u, ours %u)", why,
 				 sh->proto_version, CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT);
-	if (sh->nonce.len != AUTH_NONCE_BYTES)
-		return conn_fail(c, -EPROTO, "server nonce is not 32 bytes");
+	}
 	memcpy(c->peer_nonce, sh->nonce.data, AUTH_NONCE_BYTES);
-	snprintf(c->peer_name, sizeof(c->peer_name), "%s", sh->name ? sh->name : "");
+	snprintf(c->peer_name, sizeof(c->peer_name), "%s", sh->name);
 	c->peer_role = sh->role;
 	auth_hello_make(&h, c->net->key, c->peer_nonce, c->net->role, c->net->name);
 	memcpy(c->nonce, h.nonce, sizeof(c->nonce));
@@ -371,7 +389,7 @@ static int client_got_result(struct conn *c, const Cksm__Msg *m)
 				 "server refused authentication: %s (is the cluster key the same?)",
 				 ar->reason ? ar->reason : "");
 	}
-	auth_server_mac(c->net->key, c->nonce, c->peer_nonce, mac);
+	auth_server_mac(c->net->key, c->nonce, c->peer_nonce, c->peer_role, c->peer_name, mac);
 	if (auth_mac_check(mac, &ar->mac)) {
 		metric_inc(c->net->m.auth_failed);
 		return conn_fail(c, -EACCES, "server did not prove the cluster key");
@@ -542,6 +560,16 @@ static void on_connection(uv_stream_t *server, int status)
 		begin_close(c, false);
 		return;
 	}
+	if (l->net->pending >= NET_MAX_PENDING) {
+		/* Unauthenticated peers cost memory until their deadline: cap them. */
+		metric_inc(l->net->m.refused);
+		log_warn("refusing a connection: %u peers are already in the handshake",
+			 l->net->pending);
+		begin_close(c, false);
+		return;
+	}
+	l->net->pending++;
+	c->pending = true;
 	metric_inc(l->net->m.accepted);
 	conn_start(c);
 }

@@ -38,6 +38,7 @@ struct net_metrics {
 	struct metric *rej_malformed;  /* undecodable or empty frames */
 	struct metric *rej_unexpected; /* a message not allowed now */
 	struct metric *auth_timeouts;  /* peers that did not finish in time */
+	struct metric *refused;	       /* closed at once: too many pending */
 };
 
 /* What all connections of one daemon share. */
@@ -50,10 +51,14 @@ struct net_ctx {
 	uint64_t auth_timeout_ms; /* deadline for the handshake */
 	struct net_metrics m;
 	struct conn *conns; /* every open conn, for net_close_all */
+	unsigned pending;   /* accepted conns still in the handshake */
 };
 
 /* Register the net_metrics counters in reg; returns 0 or -ENOMEM. */
 int net_metrics_register(struct net_metrics *m, struct metrics *reg);
+
+/* At most this many accepted connections may be in the handshake at once. */
+#define NET_MAX_PENDING 256
 
 struct conn;
 
@@ -89,6 +94,7 @@ struct conn {
 	struct dialer *dialer; /* set for outgoing connections */
 	enum conn_state state;
 	bool client;		  /* we connected (dialer side) */
+	bool pending;		  /* counted in net->pending */
 	struct conn *next, *prev; /* in net->conns */
 	int handles_open;	  /* close callbacks still to come */
 	uint8_t nonce[AUTH_NONCE_BYTES];

@@ -62,8 +62,8 @@ static void on_connected(uv_connect_t *req, int status)
 	if (status == UV_ECANCELED || c->state == CONN_CLOSING || !d)
 		return;
 	if (status < 0) {
-		/* Say it once per outage, then every tenth try. */
-		if (d->bo.attempt % 10 == 0)
+		/* Say it at the first retry of an outage, then every tenth. */
+		if (d->bo.attempt <= 1 || d->bo.attempt % 10 == 0)
 			log_warn("cannot connect to %s: %s (try %u)", d->addr, uv_strerror(status),
 				 d->bo.attempt + 1);
 		else

@@ -134,6 +134,10 @@ Cksm__Msg *sconn_recv(struct sconn *s, int *rc)
 			*rc = 0;
 			return m;
 		}
+		if (s->error) {
+			*rc = s->error;
+			return NULL;
+		}
 		if (poll(&pfd, 1, s->timeout_ms) <= 0) {
 			*rc = -ETIMEDOUT;
 			return NULL;
@@ -146,8 +150,12 @@ Cksm__Msg *sconn_recv(struct sconn *s, int *rc)
 			return NULL;
 		}
 		*rc = frame_dec_feed(&s->dec, buf, (size_t)n, take_frame, s);
-		if (*rc < 0 && !s->count)
-			return NULL;
+		if (*rc < 0) {
+			/* The stream is unusable after a bad frame: read no more. */
+			s->error = *rc;
+			if (!s->count)
+				return NULL;
+		}
 	}
 }
 
@@ -172,23 +180,28 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Ck
 {
 	Cksm__Msg out = CKSM__MSG__INIT, *m;
 	uint8_t server_nonce[AUTH_NONCE_BYTES], mac[AUTH_MAC_BYTES];
+	Cksm__Role server_role;
 	struct auth_hello h;
+	const char *why = "unexpected message";
 	int rc;
 
 	rc = sconn_connect(s, addr, timeout_ms, err, errlen);
 	if (rc)
 		return rc;
+	frame_dec_set_limit(&s->dec, FRAME_MAX_PREAUTH);
 	m = sconn_recv(s, &rc);
 	if (!m || m->body_case != CKSM__MSG__BODY_SERVER_HELLO ||
-	    m->server_hello->nonce.len != AUTH_NONCE_BYTES) {
+	    auth_check_server_hello(m->server_hello, &why)) {
 		snprintf(err, errlen, "%s: no valid server hello (%s)", addr,
-			 rc ? strerror(-rc) : "unexpected message");
+			 rc ? strerror(-rc) : why);
+		if (m)
+			cksm__msg__free_unpacked(m, NULL);
 		rc = rc ? rc : -EPROTO;
 		goto fail;
 	}
 	memcpy(server_nonce, m->server_hello->nonce.data, AUTH_NONCE_BYTES);
-	snprintf(s->peer_name, sizeof(s->peer_name), "%s",
-		 m->server_hello->name ? m->server_hello->name : "");
+	snprintf(s->peer_name, sizeof(s->peer_name), "%s", m->server_hello->name);
+	server_role = m->server_hello->role;
 	cksm__msg__free_unpacked(m, NULL);
 
 	auth_hello_make(&h, key, server_nonce, role, name);
@@ -206,7 +219,7 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Ck
 		rc = rc ? rc : -EPROTO;
 		goto fail;
 	}
-	auth_server_mac(key, h.nonce, server_nonce, mac);
+	auth_server_mac(key, h.nonce, server_nonce, server_role, s->peer_name, mac);
 	if (!m->auth_result->ok || auth_mac_check(mac, &m->auth_result->mac)) {
 		snprintf(err, errlen, "%s: authentication failed: %s", addr,
 			 m->auth_result->ok ? "the server did not prove the cluster key"
@@ -216,6 +229,7 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Ck
 		goto fail;
 	}
 	cksm__msg__free_unpacked(m, NULL);
+	frame_dec_set_limit(&s->dec, FRAME_MAX_HARD);
 	return 0;
 fail:
 	sconn_close(s);

@@ -19,6 +19,7 @@ struct sconn {
 	struct frame_dec dec;
 	Cksm__Msg *queue[32]; /* decoded messages not yet returned */
 	unsigned head, count;
+	int error; /* a decode error ended the stream */
 	char peer_name[AUTH_NAME_MAX + 1];
 };
 

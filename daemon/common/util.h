@@ -10,4 +10,12 @@
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+#define NAME_MAX_LEN 64
+
+/*
+ * Node, rack and peer names: 1 to 64 letters, digits, '.', '_' or '-'.
+ * They end up in logs, tables and metrics, so nothing else is let in.
+ */
+int name_valid(const char *s);
+
 #endif

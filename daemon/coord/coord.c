@@ -116,8 +116,9 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 		return conn_fail(c, -EINVAL,
 				 "agent's shard map has %u buckets, this shard's has %u",
 				 r->buckets, co->rt.cfg->buckets);
-	if (r->rack && strlen(r->rack) > 64)
-		return conn_fail(c, -EINVAL, "rack label longer than 64 bytes");
+	if (r->rack && r->rack[0] && !name_valid(r->rack))
+		return conn_fail(c, -EINVAL,
+				 "rack label is not 1 to 64 letters, digits, '.', '_' or '-'");
 	n = c->data ? c->data : node_by_name(co, r->node_name);
 	if (!n)
 		n = node_add(co, r->node_name);

@@ -158,20 +158,55 @@ static void server_proof(void **state)
 	memset(wrong.k, 2, sizeof(wrong.k));
 	auth_nonce(cn);
 	auth_nonce(sn);
-	auth_server_mac(&k, cn, sn, expect);
-	auth_server_mac(&k, cn, sn, mac);
+	auth_server_mac(&k, cn, sn, CKSM__ROLE__ROLE_COORD, "shard-0", expect);
+	auth_server_mac(&k, cn, sn, CKSM__ROLE__ROLE_COORD, "shard-0", mac);
 	assert_int_equal(auth_mac_check(expect, &got), 0);
-	auth_server_mac(&wrong, cn, sn, mac);
+	auth_server_mac(&wrong, cn, sn, CKSM__ROLE__ROLE_COORD, "shard-0", mac);
+	assert_int_equal(auth_mac_check(expect, &got), -EACCES);
+	/* An altered name or role in ServerHello breaks the proof. */
+	auth_server_mac(&k, cn, sn, CKSM__ROLE__ROLE_COORD, "shard-1", mac);
+	assert_int_equal(auth_mac_check(expect, &got), -EACCES);
+	auth_server_mac(&k, cn, sn, CKSM__ROLE__ROLE_AGENT, "shard-0", mac);
 	assert_int_equal(auth_mac_check(expect, &got), -EACCES);
 	/* The client's MAC is not a valid server proof (labels differ). */
 	auth_client_mac(&k, sn, cn, CKSM__ROLE__ROLE_AGENT, "", mac);
 	assert_int_equal(auth_mac_check(expect, &got), -EACCES);
 }
 
+static void server_hello_checks(void **state)
+{
+	Cksm__ServerHello sh = CKSM__SERVER_HELLO__INIT;
+	uint8_t n[AUTH_NONCE_BYTES] = { 0 };
+	const char *why;
+
+	(void)state;
+	sh.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
+	sh.nonce.data = n;
+	sh.nonce.len = sizeof(n);
+	sh.role = CKSM__ROLE__ROLE_COORD;
+	sh.name = (char *)"shard-0";
+	assert_int_equal(auth_check_server_hello(&sh, &why), 0);
+	sh.role = CKSM__ROLE__ROLE_AGENT;
+	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+	sh.role = CKSM__ROLE__ROLE_COORD;
+	sh.name = (char *)"a\nb";
+	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+	sh.name = (char *)"shard-0";
+	sh.proto_version = 2;
+	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+	sh.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
+	sh.nonce.len = 31;
+	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+}
+
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(generated_key_loads),	    cmocka_unit_test(readable_by_others_refused),
-	cmocka_unit_test(short_or_missing_refused), cmocka_unit_test(same_bytes_same_key),
-	cmocka_unit_test(handshake_checks),	    cmocka_unit_test(server_proof),
+	cmocka_unit_test(server_hello_checks),
+	cmocka_unit_test(generated_key_loads),
+	cmocka_unit_test(readable_by_others_refused),
+	cmocka_unit_test(short_or_missing_refused),
+	cmocka_unit_test(same_bytes_same_key),
+	cmocka_unit_test(handshake_checks),
+	cmocka_unit_test(server_proof),
 };
 
 UNIT_MAIN(tests)

@@ -27,7 +27,7 @@ Q := @
 E := @echo
 endif
 
-PKGS := libuv libprotobuf-c libsodium inih libmicrohttpd libsystemd
+PKGS := libuv libprotobuf-c libsodium inih libmicrohttpd libsystemd libxxhash
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
 	-Wmissing-prototypes -Wvla -Wno-missing-field-initializers
 CFLAGS ?= -O2 -g

@@ -29,7 +29,13 @@ enum kind {
 	K_NAME, /* [A-Za-z0-9._-], 1..64 bytes */
 	K_ADDR, /* numeric host:port */
 	K_LEVEL,
+	K_BOOL,
+	K_PIDS,	   /* comma-separated positive integers */
+	K_CGROUPS, /* comma-separated absolute cgroup paths */
 };
+
+#define CGROUPS_WHAT "cgroup paths such as /machine.slice,/system.slice/app.service"
+#define PIDS_WHAT    "process ids such as 1234,5678"
 
 struct key {
 	const char *section;
@@ -72,6 +78,19 @@ static const struct key keys[] = {
 	  "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
 	S("agent", "rack", K_NAME, rack, "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
 	S("agent", "metrics", K_ADDR, agent_metrics, "a numeric host:port such as 127.0.0.1:9470"),
+	S("agent", "scan_mergeable", K_BOOL, scan_mergeable, "0 or 1"),
+	S("agent", "scan_thp", K_BOOL, scan_thp, "0 or 1"),
+	U("agent", "pages_to_scan", pages_to_scan, 1, 1u << 20,
+	  "a page count between 1 and 1048576"),
+	U("agent", "sleep_millisecs", sleep_millisecs, 0, 60000,
+	  "milliseconds between 0 and 60000"),
+	U("agent", "cpu_percent", cpu_percent, 1, 100,
+	  "a percentage of one core between 1 and 100"),
+	U("agent", "report_queue", report_queue, 1024, 1u << 24,
+	  "a digest count between 1024 and 16777216"),
+	S("agent", "cgroup_root", K_STR, cgroup_root, "a path"),
+	S("agent", "cgroups", K_CGROUPS, domains[0].cgroups, CGROUPS_WHAT),
+	S("agent", "pids", K_PIDS, domains[0].pids, PIDS_WHAT),
 };
 
 static const char shard_addr_what[] = "a numeric host:port such as 127.0.0.1:7470";
@@ -138,6 +157,29 @@ static int set_str(struct parse_ctx *p, const char *sec, const char *name, char 
 	return 0;
 }
 
+/* A comma-separated list of pids, or of absolute cgroup paths. */
+static int list_ok(enum kind kind, const char *v)
+{
+	char buf[CONFIG_LIST_MAX], *save, *tok;
+
+	if (strlen(v) >= sizeof(buf))
+		return 0;
+	strcpy(buf, v);
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ')
+			tok++;
+		if (kind == K_PIDS) {
+			uint64_t n;
+
+			if (parse_u64(tok, &n) || n == 0 || n > INT32_MAX)
+				return 0;
+		} else if (tok[0] != '/' || strstr(tok, "..") || strchr(tok, ' ')) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
 static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 {
 	char *field = (char *)p->c + k->off;
@@ -162,6 +204,20 @@ static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 			return -EINVAL;
 		}
 		return 0;
+	case K_BOOL:
+		if (strcmp(v, "0") && strcmp(v, "1") && strcmp(v, "true") && strcmp(v, "false")) {
+			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
+			return -EINVAL;
+		}
+		*(int *)(void *)field = !strcmp(v, "1") || !strcmp(v, "true");
+		return 0;
+	case K_PIDS:
+	case K_CGROUPS:
+		if (!list_ok(k->kind, v)) {
+			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
+			return -EINVAL;
+		}
+		return set_str(p, k->section, k->name, field, k->size, v);
 	case K_NAME:
 	case K_ADDR:
 		if ((k->kind == K_NAME && !name_valid(v)) || (k->kind == K_ADDR && !addr_ok(v))) {
@@ -263,12 +319,65 @@ static int set_shard(struct parse_ctx *p, const char *section, const char *name,
 	return -EINVAL;
 }
 
+static int set_domain(struct parse_ctx *p, const char *section, const char *name, const char *v)
+{
+	struct config *c = p->c;
+	const char *dname = section + 7;
+	struct domain_conf *d = NULL;
+	uint64_t n;
+
+	if (!name_valid(dname) || !strcmp(dname, "default")) {
+		report(p, NULL, NULL,
+		       "[%s]: expected [domain.NAME] with a name of 1 to 64 letters, digits, '.', '_' or '-' other than 'default'",
+		       section);
+		return -EINVAL;
+	}
+	for (unsigned i = 1; i < c->ndomains; i++)
+		if (!strcmp(c->domains[i].name, dname))
+			d = &c->domains[i];
+	if (!d) {
+		if (c->ndomains == CONFIG_MAX_DOMAINS) {
+			report(p, NULL, NULL, "[%s]: at most %d domains", section,
+			       CONFIG_MAX_DOMAINS);
+			return -EINVAL;
+		}
+		d = &c->domains[c->ndomains++];
+		memset(d, 0, sizeof(*d));
+		d->defined = 1;
+		strcpy(d->name, dname);
+	}
+	if (!strcmp(name, "id")) {
+		if (parse_u64(v, &n) || n < 1 || n > 255) {
+			report(p, section, name,
+			       "expected a domain number between 1 and 255, got '%s'", v);
+			return -EINVAL;
+		}
+		d->id = (uint8_t)n;
+		return 0;
+	}
+	if (!strcmp(name, "cgroups") || !strcmp(name, "pids")) {
+		enum kind k = name[0] == 'c' ? K_CGROUPS : K_PIDS;
+
+		if (!list_ok(k, v)) {
+			report(p, section, name, "expected %s, got '%s'",
+			       k == K_PIDS ? PIDS_WHAT : CGROUPS_WHAT, v);
+			return -EINVAL;
+		}
+		return set_str(p, section, name, k == K_PIDS ? d->pids : d->cgroups,
+			       sizeof(d->pids), v);
+	}
+	report(p, section, name, "unknown key (a domain has id, cgroups, pids)");
+	return -EINVAL;
+}
+
 static int apply(struct parse_ctx *p, const char *section, const char *name, const char *value)
 {
 	int known_section = 0;
 
 	if (strncmp(section, "shard.", 6) == 0)
 		return set_shard(p, section, name, value);
+	if (strncmp(section, "domain.", 7) == 0)
+		return set_domain(p, section, name, value);
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		if (strcmp(keys[i].section, section) != 0)
 			continue;
@@ -280,7 +389,8 @@ static int apply(struct parse_ctx *p, const char *section, const char *name, con
 		report(p, section, name, "unknown key");
 	else
 		report(p, NULL, NULL,
-		       "unknown section [%s] (expected cluster, log, agent or shard.N)", section);
+		       "unknown section [%s] (expected cluster, log, agent, shard.N or domain.NAME)",
+		       section);
 	return -EINVAL;
 }
 
@@ -325,6 +435,14 @@ void config_defaults(struct config *c)
 		strcpy(c->node_name, "node");
 	strcpy(c->rack, "default");
 	strcpy(c->agent_metrics, "127.0.0.1:9470");
+	c->scan_mergeable = 1;
+	c->pages_to_scan = 4096;
+	c->sleep_millisecs = 20;
+	c->cpu_percent = 10;
+	c->report_queue = 65536;
+	c->ndomains = 1;
+	c->domains[0].defined = 1;
+	strcpy(c->domains[0].name, "default");
 	c->nshards = 1;
 	strcpy(c->shards[0].address, "127.0.0.1:7470");
 	strcpy(c->shards[0].metrics, "127.0.0.1:9471");
@@ -463,6 +581,18 @@ int config_finish(struct config *c, FILE *err)
 			(unsigned long long)c->dead_after_ms, (unsigned long long)c->heartbeat_ms);
 		errors++;
 	}
+	for (unsigned i = 1; i < c->ndomains; i++) {
+		if (!c->domains[i].id) {
+			fprintf(err, "[domain.%s] has no id\n", c->domains[i].name);
+			errors++;
+		}
+		for (unsigned j = 1; j < i; j++)
+			if (c->domains[i].id && c->domains[i].id == c->domains[j].id) {
+				fprintf(err, "[domain.%s] and [domain.%s] have the same id %u\n",
+					c->domains[j].name, c->domains[i].name, c->domains[i].id);
+				errors++;
+			}
+	}
 	if (c->reconnect_max_ms < c->reconnect_min_ms) {
 		fprintf(err, "[cluster] reconnect_max_ms is below reconnect_min_ms\n");
 		errors++;
@@ -494,6 +624,26 @@ void config_dump(const struct config *c, FILE *out)
 	fprintf(out, "[log]\nlevel = %s\n\n", levels[c->log_level]);
 	fprintf(out, "[agent]\nnode_name = %s\nrack = %s\nmetrics = %s\n", c->node_name, c->rack,
 		c->agent_metrics);
+	fprintf(out,
+		"scan_mergeable = %d\nscan_thp = %d\npages_to_scan = %u\nsleep_millisecs = %u\n"
+		"cpu_percent = %u\nreport_queue = %u\n",
+		c->scan_mergeable, c->scan_thp, c->pages_to_scan, c->sleep_millisecs, c->cpu_percent,
+		c->report_queue);
+	if (c->cgroup_root[0])
+		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
+	if (c->domains[0].cgroups[0])
+		fprintf(out, "cgroups = %s\n", c->domains[0].cgroups);
+	if (c->domains[0].pids[0])
+		fprintf(out, "pids = %s\n", c->domains[0].pids);
+	for (unsigned i = 1; i < c->ndomains; i++) {
+		const struct domain_conf *d = &c->domains[i];
+
+		fprintf(out, "\n[domain.%s]\nid = %u\n", d->name, d->id);
+		if (d->cgroups[0])
+			fprintf(out, "cgroups = %s\n", d->cgroups);
+		if (d->pids[0])
+			fprintf(out, "pids = %s\n", d->pids);
+	}
 	for (unsigned i = 0; i < c->nshards; i++) {
 		const struct shard_conf *s = &c->shards[i];
 

@@ -19,6 +19,8 @@
 #define CONFIG_MAX_SHARDS   64
 #define CONFIG_MAX_BUCKETS  65536
 #define CONFIG_MAX_RANGES   16 /* bucket ranges per shard */
+#define CONFIG_MAX_DOMAINS  16
+#define CONFIG_LIST_MAX	    1024 /* bytes of a pids or cgroups list */
 
 struct bucket_range {
 	uint32_t first;
@@ -32,6 +34,18 @@ struct shard_conf {
 	char metrics[128]; /* its /metrics address */
 	struct bucket_range ranges[CONFIG_MAX_RANGES];
 	unsigned nranges;
+};
+
+/*
+ * A dedup domain: the targets whose pages may merge with each other.
+ * domains[0] is "default" (id 0) and takes [agent] cgroups and pids.
+ */
+struct domain_conf {
+	int defined;
+	char name[65];
+	uint8_t id;		       /* tag in content ids, unique */
+	char cgroups[CONFIG_LIST_MAX]; /* comma-separated cgroup v2 paths */
+	char pids[CONFIG_LIST_MAX];    /* comma-separated pids */
 };
 
 struct config {
@@ -50,6 +64,16 @@ struct config {
 	char node_name[65];
 	char rack[65];
 	char agent_metrics[128];
+	int scan_mergeable;	  /* scan VMAs with KSM's opt-in (mg) */
+	int scan_thp;		  /* scan THP-backed pages too */
+	uint32_t pages_to_scan;	  /* pages per batch before a sleep */
+	uint32_t sleep_millisecs; /* sleep between batches */
+	uint32_t cpu_percent;	  /* scanner CPU budget, % of one core */
+	uint32_t report_queue;	  /* digests held per shard while it is away */
+	char cgroup_root[256];	  /* cgroup v2 mount; "" = find it */
+	/* [domain.NAME] */
+	struct domain_conf domains[CONFIG_MAX_DOMAINS];
+	unsigned ndomains;
 	/* [shard.N] */
 	struct shard_conf shards[CONFIG_MAX_SHARDS];
 	unsigned nshards; /* highest N + 1 */

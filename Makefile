@@ -44,7 +44,7 @@ AGENT_SRC := $(wildcard daemon/agent/*.c)
 COORD_SRC := $(wildcard daemon/coord/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 
-BINS := $(B)/cksmd $(B)/cksmctl $(B)/cksm-testpeer
+BINS := $(B)/cksmd $(B)/cksmctl $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
@@ -76,6 +76,16 @@ $(B)/cksmd: daemon/cksmd.c $(AGENT_SRC:%.c=$(B)/%.o) $(COORD_SRC:%.c=$(B)/%.o) $
 $(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags jansson smartcols)
+
+AGENT_OBJ := $(AGENT_SRC:%.c=$(B)/%.o)
+
+$(B)/cksm-planter: tests/tools/planter.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
+
+$(B)/cksm-scan: tests/tools/scantool.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_OBJ)) $(B)/libcksmcommon.a
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
 $(B)/cksm-testpeer: tests/tools/testpeer.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'

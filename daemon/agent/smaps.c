@@ -34,7 +34,8 @@ static int parse_header(const char *line, struct vma_info *v)
 	unsigned long long start, end, inode;
 	int consumed = 0;
 
-	if (sscanf(line, "%llx-%llx %7s %*s %*s %llu %n", &start, &end, perms, &inode, &consumed) < 4)
+	if (sscanf(line, "%llx-%llx %7s %*s %*s %llu %n", &start, &end, perms, &inode, &consumed) <
+	    4)
 		return -EINVAL;
 	sscanf(line + consumed, "%255s", path);
 	v->start = start;
@@ -45,6 +46,9 @@ static int parse_header(const char *line, struct vma_info *v)
 		v->flags |= VMA_SHARED;
 	if (inode == 0 && (path[0] == '\0' || path[0] == '['))
 		v->flags |= VMA_ANON;
+	/* Shared anonymous memory lives on an unlinked shmem file. */
+	if (!strncmp(path, "/dev/zero", 9) || !strncmp(path, "/SYSV", 5))
+		v->flags |= VMA_ANON | VMA_SHARED;
 	if (!strcmp(path, "[vdso]") || !strcmp(path, "[vvar]") || !strcmp(path, "[vsyscall]") ||
 	    !strcmp(path, "[uprobes]"))
 		v->flags |= VMA_SPECIAL;

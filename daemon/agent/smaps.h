@@ -13,23 +13,23 @@
 #include <sys/types.h>
 
 enum vma_flag {
-	VMA_ANON = 1u << 0,      /* no backing file ([heap], [stack], anonymous) */
-	VMA_SHARED = 1u << 1,    /* MAP_SHARED (perms "s" or VmFlags "sh") */
+	VMA_ANON = 1u << 0,	 /* no backing file ([heap], [stack], anonymous) */
+	VMA_SHARED = 1u << 1,	 /* MAP_SHARED (perms "s" or VmFlags "sh") */
 	VMA_MERGEABLE = 1u << 2, /* KSM opt-in, VmFlags "mg" */
-	VMA_LOCKED = 1u << 3,    /* mlocked, VmFlags "lo" */
-	VMA_HUGETLB = 1u << 4,   /* hugetlbfs, VmFlags "ht" */
-	VMA_IO = 1u << 5,        /* VM_IO or VM_PFNMAP, VmFlags "io"/"pf" */
-	VMA_SPECIAL = 1u << 6,   /* [vdso], [vvar], [vsyscall] */
-	VMA_READABLE = 1u << 7,  /* perms "r" */
+	VMA_LOCKED = 1u << 3,	 /* mlocked, VmFlags "lo" */
+	VMA_HUGETLB = 1u << 4,	 /* hugetlbfs, VmFlags "ht" */
+	VMA_IO = 1u << 5,	 /* VM_IO or VM_PFNMAP, VmFlags "io"/"pf" */
+	VMA_SPECIAL = 1u << 6,	 /* [vdso], [vvar], [vsyscall] */
+	VMA_READABLE = 1u << 7,	 /* perms "r" */
 };
 
 struct vma_info {
-	uint64_t start;          /* first byte */
-	uint64_t end;            /* one past the last byte */
-	uint32_t flags;          /* enum vma_flag */
-	uint64_t rss_pages;      /* resident 4 KiB pages (Rss) */
-	uint64_t anon_huge_kb;   /* AnonHugePages: THP-backed part */
-	uint64_t hugetlb_kb;     /* Private_Hugetlb + Shared_Hugetlb */
+	uint64_t start;	       /* first byte */
+	uint64_t end;	       /* one past the last byte */
+	uint32_t flags;	       /* enum vma_flag */
+	uint64_t rss_pages;    /* resident 4 KiB pages (Rss) */
+	uint64_t anon_huge_kb; /* AnonHugePages: THP-backed part */
+	uint64_t hugetlb_kb;   /* Private_Hugetlb + Shared_Hugetlb */
 };
 
 /*

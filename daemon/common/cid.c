@@ -12,8 +12,7 @@
 
 #include "util.h"
 
-int cid_domain_init(struct cid_domain *d, const struct auth_key *key, uint8_t id,
-		    const char *name)
+int cid_domain_init(struct cid_domain *d, const struct auth_key *key, uint8_t id, const char *name)
 {
 	static const char label[] = "cksm-v1 domain ";
 	crypto_auth_hmacsha256_state st;
@@ -36,7 +35,8 @@ int cid_domain_init(struct cid_domain *d, const struct auth_key *key, uint8_t id
 
 struct cid cid_of(const struct cid_domain *d, const void *page)
 {
-	XXH128_hash_t h = XXH3_128bits_withSecret(page, CID_PAGE_SIZE, d->secret, sizeof(d->secret));
+	XXH128_hash_t h =
+		XXH3_128bits_withSecret(page, CID_PAGE_SIZE, d->secret, sizeof(d->secret));
 	struct cid id;
 
 	id.hi = (h.high64 & ~(0xffULL << 56)) | (uint64_t)d->id << 56;

@@ -19,7 +19,7 @@
 #include "auth.h"
 
 #define CID_SECRET_BYTES 192
-#define CID_PAGE_SIZE 4096u
+#define CID_PAGE_SIZE	 4096u
 
 struct cid {
 	uint64_t hi;
@@ -27,14 +27,13 @@ struct cid {
 };
 
 struct cid_domain {
-	uint8_t id;                                    /* tag in the top byte */
+	uint8_t id; /* tag in the top byte */
 	char name[65];
 	_Alignas(64) uint8_t secret[CID_SECRET_BYTES]; /* XXH3 secret */
 };
 
 /* Derive a domain's secret from the cluster key; returns 0 or -EINVAL. */
-int cid_domain_init(struct cid_domain *d, const struct auth_key *key, uint8_t id,
-		    const char *name);
+int cid_domain_init(struct cid_domain *d, const struct auth_key *key, uint8_t id, const char *name);
 
 /* The id of one 4 KiB page in domain d. */
 struct cid cid_of(const struct cid_domain *d, const void *page);

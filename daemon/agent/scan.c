@@ -1,0 +1,675 @@
+/*
+ * scan - the agent's scanner.
+ *
+ * Overview. A pass collects the targets (target.h), merges them with the
+ * per-process state kept from earlier passes, and for each target walks
+ * the VMAs that /proc/PID/smaps lists:
+ *
+ *  - VMAs that are not private anonymous memory are not ours: file
+ *    mappings, [vdso]/[vvar], and (for scan_mergeable targets) VMAs
+ *    without KSM's "mg" flag are passed over without a word;
+ *  - shared, mlocked, hugetlb and VM_IO/PFNMAP VMAs are skipped whole and
+ *    their resident pages counted by reason (from smaps, without a walk);
+ *  - the rest is walked in windows of WIN_PAGES: one pread of
+ *    /proc/PID/pagemap says which pages are present; a page that is not
+ *    exclusively mapped (or any page of a VMA holding THPs) is looked up
+ *    in /proc/kpageflags, which tells KSM pages, the kernel's zero page
+ *    and THPs, all skipped and counted; the remaining pages are read with
+ *    one process_vm_readv into a buffer small enough to stay in cache and
+ *    hashed there.
+ *
+ * Each page's 64-bit checksum is compared with the previous pass's: a page
+ * seen for the first time is fresh, a changed one volatile, an unchanged
+ * all-zero one zero, any other unchanged one stable. A stable page that
+ * was not reported yet gets its 128-bit content id (cid.h) and goes to the
+ * report callback; a later change clears the mark.
+ *
+ * State. Per page 10 bytes: the checksum and a 16-bit meta word, in chunks
+ * of CHUNK_PAGES that exist only while the pass finds present pages in
+ * them. A VMA that disappears, a process that exits or is replaced (its
+ * start time changes) takes its state with it at the next pass, so memory
+ * follows what is mapped now, not what ever was.
+ *
+ * Exits, execs and unmaps during a pass are normal: ESRCH ends the
+ * process's pass, EFAULT a window's.
+ */
+#include "scan.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "smaps.h"
+
+#define PAGE 4096u
+#define CHUNK_PAGES 512u /* pages of state per chunk (2 MiB of address space) */
+#define WIN_PAGES 128u   /* pages read per process_vm_readv (512 KiB) */
+
+/* /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
+#define PM_PFN_MASK ((1ULL << 55) - 1)
+#define PM_EXCLUSIVE (1ULL << 56)
+#define PM_SWAP (1ULL << 62)
+#define PM_PRESENT (1ULL << 63)
+
+/* /proc/kpageflags bits */
+#define KPF_KSM 21
+#define KPF_THP 22
+#define KPF_ZERO_PAGE 24
+
+/* meta word of a page */
+#define M_SEEN 0x1u     /* csum holds the previous pass's checksum */
+#define M_REPORTED 0x2u /* handed to the report callback */
+#define M_GEN_SHIFT 8   /* report generation it was handed out in */
+
+const char *const scan_skip_names[SKIP_MAX] = {
+	[SKIP_SWAPPED] = "swapped", [SKIP_SHARED] = "shared",   [SKIP_MLOCKED] = "mlocked",
+	[SKIP_HUGETLB] = "hugetlb", [SKIP_IO] = "io_pfnmap",    [SKIP_KSM] = "ksm",
+	[SKIP_THP] = "thp",         [SKIP_ZERO_PAGE] = "zero_page",
+};
+
+struct chunk {
+	uint32_t pass;               /* last pass that found a present page here */
+	uint16_t meta[CHUNK_PAGES];
+	uint64_t csum[CHUNK_PAGES];
+};
+
+struct vstate {
+	uint64_t start, end;
+	struct chunk **chunks;       /* one slot per CHUNK_PAGES of the VMA */
+	size_t nchunks;
+	struct scan_counts last;     /* what the last pass saw here */
+};
+
+struct proc {
+	pid_t pid;
+	unsigned long long starttime; /* from /proc/PID/stat: tells pid reuse */
+	uint8_t domain;
+	uint8_t scope;
+	int16_t group;
+	struct vstate *v;             /* sorted by start */
+	size_t nv;
+};
+
+struct scanner {
+	const struct config *cfg;
+	struct targets *targets;
+	const struct cid_domain *domains;
+	scan_report_fn report;
+	void *report_arg;
+	scan_sleep_fn sleep;
+	void *sleep_arg;
+	int kpf_fd;                  /* /proc/kpageflags */
+	struct proc *procs;          /* sorted by pid */
+	size_t nprocs;
+	uint32_t pass;
+	uint8_t gen;                 /* report generation */
+	uint8_t *buf;                /* WIN_PAGES pages */
+	uint64_t zero_csum;
+	size_t state_bytes;
+	uint64_t tracked_pages;
+	struct scan_counts groups[TARGET_MAX_GROUPS];
+	uint64_t batch;              /* work since the last sleep, in pages */
+	uint64_t win_wall_ns;        /* CPU budget window start */
+	uint64_t win_cpu_ns;
+	bool stopping;
+};
+
+static uint64_t clock_ns(clockid_t id)
+{
+	struct timespec ts;
+
+	clock_gettime(id, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- state ------------------------------------------------------------- */
+
+static void chunk_free(struct scanner *s, struct chunk **slot)
+{
+	struct chunk *ch = *slot;
+
+	if (!ch)
+		return;
+	for (size_t j = 0; j < CHUNK_PAGES; j++)
+		s->tracked_pages -= ch->meta[j] & M_SEEN;
+	s->state_bytes -= sizeof(*ch);
+	free(ch);
+	*slot = NULL;
+}
+
+static void vstate_free(struct scanner *s, struct vstate *vs)
+{
+	for (size_t i = 0; i < vs->nchunks; i++)
+		chunk_free(s, &vs->chunks[i]);
+	s->state_bytes -= vs->nchunks * sizeof(*vs->chunks);
+	free(vs->chunks);
+	vs->chunks = NULL;
+	vs->nchunks = 0;
+}
+
+static void proc_free(struct scanner *s, struct proc *p)
+{
+	for (size_t i = 0; i < p->nv; i++)
+		vstate_free(s, &p->v[i]);
+	s->state_bytes -= p->nv * sizeof(*p->v);
+	free(p->v);
+	p->v = NULL;
+	p->nv = 0;
+}
+
+/* Size vs's chunk table for [start, end), keeping chunks that still fit. */
+static int vstate_resize(struct scanner *s, struct vstate *vs, uint64_t end)
+{
+	size_t n = (size_t)((end - vs->start) / PAGE + CHUNK_PAGES - 1) / CHUNK_PAGES;
+	struct chunk **nc;
+
+	if (n == vs->nchunks) {
+		vs->end = end;
+		return 0;
+	}
+	for (size_t i = n; i < vs->nchunks; i++)
+		chunk_free(s, &vs->chunks[i]);
+	nc = realloc(vs->chunks, (n ? n : 1) * sizeof(*nc));
+	if (!nc)
+		return -ENOMEM;
+	for (size_t i = vs->nchunks; i < n; i++)
+		nc[i] = NULL;
+	s->state_bytes += (n - vs->nchunks) * sizeof(*nc);
+	vs->chunks = nc;
+	vs->nchunks = n;
+	vs->end = end;
+	return 0;
+}
+
+static unsigned long long read_starttime(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long st = 0;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* comm may hold spaces and parentheses: fields start after the last ')' */
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+			 &st) != 1)
+		return 0;
+	return st;
+}
+
+/* ---- throttling --------------------------------------------------------- */
+
+/* After pages_to_scan pages: sleep, longer if the CPU budget is spent. */
+static int throttle(struct scanner *s)
+{
+	uint64_t wall, cpu, need, ms;
+
+	if (!s->sleep || s->batch < s->cfg->pages_to_scan)
+		return 0;
+	s->batch = 0;
+	wall = clock_ns(CLOCK_MONOTONIC) - s->win_wall_ns;
+	cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - s->win_cpu_ns;
+	need = cpu * 100 / s->cfg->cpu_percent; /* wall time this CPU may take */
+	ms = s->cfg->sleep_millisecs;
+	if (need > wall && (need - wall) / 1000000 > ms)
+		ms = (need - wall) / 1000000;
+	if (s->sleep(s->sleep_arg, ms)) {
+		s->stopping = true;
+		return -EINTR;
+	}
+	/* Restart the budget window every few seconds, after the sleep. */
+	if (clock_ns(CLOCK_MONOTONIC) - s->win_wall_ns > 3000000000ULL) {
+		s->win_wall_ns = clock_ns(CLOCK_MONOTONIC);
+		s->win_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	}
+	return 0;
+}
+
+/* ---- one page ------------------------------------------------------------ */
+
+static bool all_zero(const void *p)
+{
+	const uint64_t *w = p;
+
+	for (size_t i = 0; i < PAGE / sizeof(*w); i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
+static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, size_t pi,
+			const uint8_t *bytes, struct scan_counts *c)
+{
+	struct chunk *ch = vs->chunks[pi / CHUNK_PAGES];
+	size_t j = pi % CHUNK_PAGES;
+	uint64_t csum = cid_checksum(bytes);
+	unsigned meta = ch->meta[j];
+	struct scan_page pg;
+
+	c->scanned++;
+	if (!(meta & M_SEEN)) {
+		c->fresh++;
+		s->tracked_pages++;
+		ch->meta[j] = M_SEEN;
+		ch->csum[j] = csum;
+		return;
+	}
+	if (csum != ch->csum[j]) {
+		c->volatile_++;
+		ch->meta[j] = M_SEEN; /* forget any report: the content is gone */
+		ch->csum[j] = csum;
+		return;
+	}
+	if (csum == s->zero_csum && all_zero(bytes)) {
+		c->zero++;
+		return; /* zero pages need no coordinator */
+	}
+	c->stable++;
+	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen)
+		return;
+	pg.pid = p->pid;
+	pg.addr = vs->start + (uint64_t)pi * PAGE;
+	pg.domain = p->domain;
+	pg.id = cid_of(&s->domains[p->domain], bytes);
+	pg.bytes = bytes;
+	if (s->report(s->report_arg, &pg) == 0) {
+		ch->meta[j] = (uint16_t)(M_SEEN | M_REPORTED | (unsigned)s->gen << M_GEN_SHIFT);
+		c->reported++;
+	}
+}
+
+/* ---- one VMA ------------------------------------------------------------- */
+
+static uint64_t kpageflags(struct scanner *s, uint64_t pfn)
+{
+	uint64_t f;
+
+	if (pfn == 0 || s->kpf_fd < 0)
+		return 0; /* no PFN without CAP_SYS_ADMIN: nothing known */
+	if (pread(s->kpf_fd, &f, sizeof(f), (off_t)(pfn * sizeof(f))) != sizeof(f))
+		return 0;
+	return f;
+}
+
+/* Is page entry e to be read? If not, count why. */
+static bool page_wanted(struct scanner *s, uint64_t e, bool thp_vma, struct scan_counts *c)
+{
+	uint64_t f;
+
+	if (!(e & PM_PRESENT)) {
+		if (e & PM_SWAP)
+			c->skipped[SKIP_SWAPPED]++;
+		return false;
+	}
+	if ((e & PM_EXCLUSIVE) && !thp_vma)
+		return true;
+	f = kpageflags(s, e & PM_PFN_MASK);
+	if (f & (1ULL << KPF_ZERO_PAGE)) {
+		c->skipped[SKIP_ZERO_PAGE]++;
+		return false;
+	}
+	if (f & (1ULL << KPF_KSM)) {
+		c->skipped[SKIP_KSM]++;
+		return false;
+	}
+	if ((f & (1ULL << KPF_THP)) && !s->cfg->scan_thp) {
+		c->skipped[SKIP_THP]++;
+		return false;
+	}
+	return true;
+}
+
+static int scan_window(struct scanner *s, struct proc *p, struct vstate *vs, int pm_fd,
+		       size_t first, size_t n, bool thp_vma, struct scan_counts *c)
+{
+	uint64_t pm[WIN_PAGES];
+	struct iovec remote[WIN_PAGES], local;
+	uint16_t idx[WIN_PAGES];
+	size_t nidx = 0, nrem = 0, got;
+	uint64_t base = vs->start + (uint64_t)first * PAGE;
+	ssize_t r;
+
+	r = pread(pm_fd, pm, n * sizeof(pm[0]), (off_t)(base / PAGE * sizeof(pm[0])));
+	if (r < 0)
+		return errno == ESRCH ? -ESRCH : 0;
+	n = (size_t)r / sizeof(pm[0]);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t addr = base + (uint64_t)i * PAGE;
+
+		if (!page_wanted(s, pm[i], thp_vma, c))
+			continue;
+		idx[nidx++] = (uint16_t)i;
+		if (nrem && (uint64_t)remote[nrem - 1].iov_base + remote[nrem - 1].iov_len == addr) {
+			remote[nrem - 1].iov_len += PAGE;
+		} else {
+			remote[nrem].iov_base = (void *)addr;
+			remote[nrem].iov_len = PAGE;
+			nrem++;
+		}
+	}
+	s->batch += n;
+	if (!nidx)
+		return 0;
+	{
+		struct chunk **slot = &vs->chunks[first / CHUNK_PAGES];
+
+		if (!*slot) {
+			*slot = calloc(1, sizeof(**slot));
+			if (!*slot)
+				return -ENOMEM;
+			s->state_bytes += sizeof(**slot);
+		}
+		(*slot)->pass = s->pass;
+	}
+	local.iov_base = s->buf;
+	local.iov_len = nidx * PAGE;
+	r = process_vm_readv(p->pid, &local, 1, remote, nrem, 0);
+	if (r < 0)
+		return errno == ESRCH ? -ESRCH : 0; /* EFAULT: unmapped under us */
+	got = (size_t)r / PAGE;
+	for (size_t k = 0; k < got; k++)
+		page_update(s, p, vs, first + idx[k], s->buf + k * PAGE, c);
+	return 0;
+}
+
+static int scan_vma(struct scanner *s, struct proc *p, struct vstate *vs, const struct vma_info *vi,
+		    int pm_fd)
+{
+	size_t npages = (size_t)((vs->end - vs->start) / PAGE);
+	bool thp_vma = vi->anon_huge_kb > 0;
+	int rc = 0;
+
+	for (size_t w = 0; w < npages && !rc; w += WIN_PAGES) {
+		/* Windows never straddle a chunk: WIN_PAGES divides CHUNK_PAGES. */
+		size_t n = npages - w < WIN_PAGES ? npages - w : WIN_PAGES;
+
+		rc = scan_window(s, p, vs, pm_fd, w, n, thp_vma, &vs->last);
+		if (!rc)
+			rc = throttle(s);
+	}
+	/* Chunks where this pass found nothing present go. */
+	for (size_t i = 0; i < vs->nchunks && !rc; i++)
+		if (vs->chunks[i] && vs->chunks[i]->pass != s->pass)
+			chunk_free(s, &vs->chunks[i]);
+	return rc;
+}
+
+/* ---- one process --------------------------------------------------------- */
+
+/* Does this VMA belong to the target at all? */
+static bool vma_in_scope(const struct proc *p, const struct vma_info *vi)
+{
+	if (!(vi->flags & VMA_ANON) || (vi->flags & VMA_SPECIAL))
+		return false;
+	return p->scope == TARGET_WHOLE || (vi->flags & VMA_MERGEABLE);
+}
+
+/* Whole-VMA skips, counted from smaps; false if the VMA is to be walked. */
+static bool vma_skipped(const struct vma_info *vi, struct scan_counts *c)
+{
+	if (vi->flags & VMA_SHARED)
+		c->skipped[SKIP_SHARED] += vi->rss_pages;
+	else if (vi->flags & VMA_HUGETLB)
+		c->skipped[SKIP_HUGETLB] += vi->hugetlb_kb / 4;
+	else if (vi->flags & VMA_IO)
+		c->skipped[SKIP_IO] += vi->rss_pages;
+	else if (vi->flags & VMA_LOCKED)
+		c->skipped[SKIP_MLOCKED] += vi->rss_pages;
+	else
+		return !(vi->flags & VMA_READABLE);
+	return true;
+}
+
+/* Line p's VMA states up with the mappings vi (both sorted by start). */
+static int proc_merge_vmas(struct scanner *s, struct proc *p, const struct vma_info *vi, size_t n)
+{
+	struct vstate *nv = calloc(n ? n : 1, sizeof(*nv));
+	size_t o = 0, k = 0;
+
+	if (!nv)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		if (!vma_in_scope(p, &vi[i]))
+			continue;
+		while (o < p->nv && p->v[o].start < vi[i].start)
+			vstate_free(s, &p->v[o++]);
+		if (o < p->nv && p->v[o].start == vi[i].start)
+			nv[k] = p->v[o++];
+		else
+			nv[k].start = vi[i].start;
+		memset(&nv[k].last, 0, sizeof(nv[k].last));
+		if (vstate_resize(s, &nv[k], vi[i].end)) {
+			vstate_free(s, &nv[k]);
+			nv[k].end = vi[i].end;
+		}
+		k++;
+	}
+	while (o < p->nv)
+		vstate_free(s, &p->v[o++]);
+	s->state_bytes -= p->nv * sizeof(*p->v);
+	s->state_bytes += k * sizeof(*nv);
+	free(p->v);
+	p->v = nv;
+	p->nv = k;
+	return 0;
+}
+
+static void add_counts(struct scan_counts *to, const struct scan_counts *c)
+{
+	to->scanned += c->scanned;
+	to->stable += c->stable;
+	to->volatile_ += c->volatile_;
+	to->fresh += c->fresh;
+	to->zero += c->zero;
+	to->reported += c->reported;
+	for (int i = 0; i < SKIP_MAX; i++)
+		to->skipped[i] += c->skipped[i];
+}
+
+static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
+{
+	struct vma_info *vi = NULL;
+	size_t n = 0, k = 0;
+	char path[64];
+	int pm_fd, rc;
+
+	rc = smaps_read(p->pid, &vi, &n);
+	if (rc)
+		return rc == -ESRCH ? -ESRCH : 0;
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)p->pid);
+	pm_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (pm_fd < 0) {
+		free(vi);
+		return -ESRCH;
+	}
+	rc = proc_merge_vmas(s, p, vi, n);
+	for (size_t i = 0; i < n && !rc; i++) {
+		struct vstate *vs;
+
+		if (!vma_in_scope(p, &vi[i]))
+			continue;
+		vs = &p->v[k++];
+		s->batch++; /* a VMA costs something even when empty */
+		if (!vma_skipped(&vi[i], &vs->last) && vs->chunks)
+			rc = scan_vma(s, p, vs, &vi[i], pm_fd);
+		add_counts(out, &vs->last);
+		if (p->group >= 0)
+			add_counts(&s->groups[p->group], &vs->last);
+	}
+	close(pm_fd);
+	free(vi);
+	return rc;
+}
+
+/* ---- a pass --------------------------------------------------------------- */
+
+/* Rebuild s->procs from the targets, keeping state of processes that stay. */
+static int merge_targets(struct scanner *s)
+{
+	const struct targets *t = s->targets;
+	struct proc *np = calloc(t->n ? t->n : 1, sizeof(*np));
+	size_t o = 0;
+
+	if (!np)
+		return -ENOMEM;
+	for (size_t i = 0; i < t->n; i++) {
+		const struct target *tg = &t->v[i];
+		struct proc *p = &np[i];
+
+		while (o < s->nprocs && s->procs[o].pid < tg->pid)
+			proc_free(s, &s->procs[o++]);
+		if (o < s->nprocs && s->procs[o].pid == tg->pid)
+			*p = s->procs[o++];
+		else
+			p->pid = tg->pid;
+		/* A new process behind the same pid, or another domain: start over. */
+		{
+			unsigned long long st = read_starttime(tg->pid);
+
+			if (p->starttime != st || p->domain != tg->domain || p->scope != tg->scope) {
+				proc_free(s, p);
+				p->starttime = st;
+			}
+		}
+		p->domain = tg->domain;
+		p->scope = tg->scope;
+		p->group = tg->group;
+	}
+	while (o < s->nprocs)
+		proc_free(s, &s->procs[o++]);
+	s->state_bytes -= s->nprocs * sizeof(*s->procs);
+	s->state_bytes += t->n * sizeof(*np);
+	free(s->procs);
+	s->procs = np;
+	s->nprocs = t->n;
+	return 0;
+}
+
+int scanner_pass(struct scanner *s, struct scan_counts *out)
+{
+	size_t w = 0;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	memset(s->groups, 0, sizeof(s->groups));
+	s->pass++;
+	s->stopping = false;
+	if (!s->win_wall_ns) {
+		s->win_wall_ns = clock_ns(CLOCK_MONOTONIC);
+		s->win_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	}
+	rc = targets_collect(s->targets);
+	if (!rc)
+		rc = merge_targets(s);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < s->nprocs; i++) {
+		struct proc *p = &s->procs[i];
+
+		rc = s->stopping ? -EINTR : scan_proc(s, p, out);
+		if (rc == -ESRCH) {
+			proc_free(s, p); /* exited: a normal event */
+			continue;
+		}
+		s->procs[w++] = *p;
+	}
+	s->nprocs = w;
+	return s->stopping ? -EINTR : 0;
+}
+
+/* ---- life ------------------------------------------------------------------ */
+
+struct scanner *scanner_create(const struct config *cfg, struct targets *targets,
+			       const struct cid_domain *domains, scan_report_fn report,
+			       void *report_arg, char *err, size_t errlen)
+{
+	struct scanner *s = calloc(1, sizeof(*s));
+	static const uint8_t zero[PAGE];
+
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	s->cfg = cfg;
+	s->targets = targets;
+	s->domains = domains;
+	s->report = report;
+	s->report_arg = report_arg;
+	s->zero_csum = cid_checksum(zero);
+	s->kpf_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+	if (s->kpf_fd < 0)
+		log_warn("cannot open /proc/kpageflags (%s): KSM pages, THPs and the zero page are not told apart",
+			 strerror(errno));
+	if (posix_memalign((void **)&s->buf, PAGE, WIN_PAGES * PAGE)) {
+		snprintf(err, errlen, "out of memory");
+		scanner_destroy(s);
+		return NULL;
+	}
+	return s;
+}
+
+void scanner_destroy(struct scanner *s)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->nprocs; i++)
+		proc_free(s, &s->procs[i]);
+	free(s->procs);
+	free(s->buf);
+	if (s->kpf_fd >= 0)
+		close(s->kpf_fd);
+	free(s);
+}
+
+void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg)
+{
+	s->sleep = sleep;
+	s->sleep_arg = arg;
+}
+
+void scanner_rereport(struct scanner *s)
+{
+	s->gen++;
+}
+
+size_t scanner_nprocs(const struct scanner *s)
+{
+	return s->nprocs;
+}
+
+size_t scanner_state_bytes(const struct scanner *s)
+{
+	return s->state_bytes + sizeof(*s) + WIN_PAGES * PAGE;
+}
+
+uint64_t scanner_tracked_pages(const struct scanner *s)
+{
+	return s->tracked_pages;
+}
+
+void scanner_foreach_vma(const struct scanner *s, scan_vma_fn fn, void *arg)
+{
+	for (size_t i = 0; i < s->nprocs; i++)
+		for (size_t j = 0; j < s->procs[i].nv; j++)
+			fn(arg, s->procs[i].pid, s->procs[i].v[j].start, s->procs[i].v[j].end,
+			   &s->procs[i].v[j].last);
+}
+
+const struct scan_counts *scanner_group_counts(const struct scanner *s, unsigned group)
+{
+	return group < TARGET_MAX_GROUPS ? &s->groups[group] : NULL;
+}

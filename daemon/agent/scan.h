@@ -1,0 +1,106 @@
+/*
+ * scan - the agent's scanner: KSM's ksmd, one level up.
+ *
+ * See scan.c for the algorithm. The scanner runs passes over the targets
+ * (target.h); each pass reads every present private anonymous page of
+ * them, hashes it, and hands every page that did not change since the
+ * previous pass (and was not handed out already) to a report callback
+ * with its 128-bit content id.
+ */
+#ifndef CKSM_SCAN_H
+#define CKSM_SCAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cid.h"
+#include "config.h"
+#include "target.h"
+
+enum scan_skip {
+	SKIP_SWAPPED,   /* not present: swapped out */
+	SKIP_SHARED,    /* MAP_SHARED mapping */
+	SKIP_MLOCKED,   /* mlocked VMA */
+	SKIP_HUGETLB,   /* hugetlbfs mapping */
+	SKIP_IO,        /* VM_IO / VM_PFNMAP */
+	SKIP_KSM,       /* already a KSM page */
+	SKIP_THP,       /* backed by a transparent huge page (scan_thp=0) */
+	SKIP_ZERO_PAGE, /* the kernel's shared zero page is mapped */
+	SKIP_MAX
+};
+
+extern const char *const scan_skip_names[SKIP_MAX];
+
+/* What one pass saw (or, summed, what several saw). */
+struct scan_counts {
+	uint64_t scanned;    /* pages read and hashed */
+	uint64_t stable;     /* unchanged since the previous pass, not zero */
+	uint64_t volatile_;  /* changed since the previous pass */
+	uint64_t fresh;      /* seen for the first time */
+	uint64_t zero;       /* content all zeroes */
+	uint64_t reported;   /* handed to the report callback */
+	uint64_t skipped[SKIP_MAX];
+};
+
+/* A stable page, as handed to the report callback. */
+struct scan_page {
+	pid_t pid;
+	uint64_t addr;
+	uint8_t domain;     /* index into cfg->domains */
+	struct cid id;
+	const void *bytes;  /* the 4 KiB read; valid during the callback */
+};
+
+/*
+ * Return 0 when the page was taken; anything else leaves it unreported,
+ * to be offered again at the next pass (for example while the queue to
+ * its shard is full).
+ */
+typedef int (*scan_report_fn)(void *arg, const struct scan_page *pg);
+
+/*
+ * Sleep for ms between batches; return true to abandon the pass (the
+ * daemon is stopping). NULL: never sleep, never stop.
+ */
+typedef bool (*scan_sleep_fn)(void *arg, uint64_t ms);
+
+struct scanner;
+
+/*
+ * A scanner over targets, with one cid_domain per cfg->domains entry
+ * (same order). Returns NULL on allocation failure or when /proc/kpageflags
+ * cannot be opened (err says why).
+ */
+struct scanner *scanner_create(const struct config *cfg, struct targets *targets,
+			       const struct cid_domain *domains, scan_report_fn report,
+			       void *report_arg, char *err, size_t errlen);
+void scanner_destroy(struct scanner *s);
+
+/* Throttle passes by pages_to_scan/sleep_millisecs/cpu_percent through sleep. */
+void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg);
+
+/*
+ * One full pass over the current targets. Fills *out with what it saw.
+ * Returns 0, or -EINTR when the sleep callback asked to stop.
+ */
+int scanner_pass(struct scanner *s, struct scan_counts *out);
+
+/* Offer every stable page again at the next pass (a shard lost its state). */
+void scanner_rereport(struct scanner *s);
+
+/* Processes and bytes of state the scanner holds now. */
+size_t scanner_nprocs(const struct scanner *s);
+size_t scanner_state_bytes(const struct scanner *s);
+uint64_t scanner_tracked_pages(const struct scanner *s);
+
+/* Visit each VMA state with what the last pass saw in it. */
+typedef void (*scan_vma_fn)(void *arg, pid_t pid, uint64_t start, uint64_t end,
+			    const struct scan_counts *c);
+void scanner_foreach_vma(const struct scanner *s, scan_vma_fn fn, void *arg);
+
+/* Counts of the last pass per configured cgroup (targets.groups order). */
+const struct scan_counts *scanner_group_counts(const struct scanner *s, unsigned group);
+
+#endif

@@ -91,7 +91,7 @@ $(B)/cksm-testpeer: tests/tools/testpeer.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
-$(B)/tests/%: tests/unit/%.c $(B)/libcksmcommon.a
+$(B)/tests/%: tests/unit/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags cmocka)

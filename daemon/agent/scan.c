@@ -47,43 +47,43 @@
 #include "log.h"
 #include "smaps.h"
 
-#define PAGE 4096u
+#define PAGE	    4096u
 #define CHUNK_PAGES 512u /* pages of state per chunk (2 MiB of address space) */
-#define WIN_PAGES 128u   /* pages read per process_vm_readv (512 KiB) */
+#define WIN_PAGES   128u /* pages read per process_vm_readv (512 KiB) */
 
 /* /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
-#define PM_PFN_MASK ((1ULL << 55) - 1)
+#define PM_PFN_MASK  ((1ULL << 55) - 1)
 #define PM_EXCLUSIVE (1ULL << 56)
-#define PM_SWAP (1ULL << 62)
-#define PM_PRESENT (1ULL << 63)
+#define PM_SWAP	     (1ULL << 62)
+#define PM_PRESENT   (1ULL << 63)
 
 /* /proc/kpageflags bits */
-#define KPF_KSM 21
-#define KPF_THP 22
+#define KPF_KSM	      21
+#define KPF_THP	      22
 #define KPF_ZERO_PAGE 24
 
 /* meta word of a page */
-#define M_SEEN 0x1u     /* csum holds the previous pass's checksum */
-#define M_REPORTED 0x2u /* handed to the report callback */
-#define M_GEN_SHIFT 8   /* report generation it was handed out in */
+#define M_SEEN	    0x1u /* csum holds the previous pass's checksum */
+#define M_REPORTED  0x2u /* handed to the report callback */
+#define M_GEN_SHIFT 8	 /* report generation it was handed out in */
 
 const char *const scan_skip_names[SKIP_MAX] = {
-	[SKIP_SWAPPED] = "swapped", [SKIP_SHARED] = "shared",   [SKIP_MLOCKED] = "mlocked",
-	[SKIP_HUGETLB] = "hugetlb", [SKIP_IO] = "io_pfnmap",    [SKIP_KSM] = "ksm",
-	[SKIP_THP] = "thp",         [SKIP_ZERO_PAGE] = "zero_page",
+	[SKIP_SWAPPED] = "swapped", [SKIP_SHARED] = "shared",	    [SKIP_MLOCKED] = "mlocked",
+	[SKIP_HUGETLB] = "hugetlb", [SKIP_IO] = "io_pfnmap",	    [SKIP_KSM] = "ksm",
+	[SKIP_THP] = "thp",	    [SKIP_ZERO_PAGE] = "zero_page",
 };
 
 struct chunk {
-	uint32_t pass;               /* last pass that found a present page here */
+	uint32_t pass; /* last pass that found a present page here */
 	uint16_t meta[CHUNK_PAGES];
 	uint64_t csum[CHUNK_PAGES];
 };
 
 struct vstate {
 	uint64_t start, end;
-	struct chunk **chunks;       /* one slot per CHUNK_PAGES of the VMA */
+	struct chunk **chunks; /* one slot per CHUNK_PAGES of the VMA */
 	size_t nchunks;
-	struct scan_counts last;     /* what the last pass saw here */
+	struct scan_counts last; /* what the last pass saw here */
 };
 
 struct proc {
@@ -92,7 +92,7 @@ struct proc {
 	uint8_t domain;
 	uint8_t scope;
 	int16_t group;
-	struct vstate *v;             /* sorted by start */
+	struct vstate *v; /* sorted by start */
 	size_t nv;
 };
 
@@ -104,18 +104,18 @@ struct scanner {
 	void *report_arg;
 	scan_sleep_fn sleep;
 	void *sleep_arg;
-	int kpf_fd;                  /* /proc/kpageflags */
-	struct proc *procs;          /* sorted by pid */
+	int kpf_fd;	    /* /proc/kpageflags */
+	struct proc *procs; /* sorted by pid */
 	size_t nprocs;
 	uint32_t pass;
-	uint8_t gen;                 /* report generation */
-	uint8_t *buf;                /* WIN_PAGES pages */
+	uint8_t gen;  /* report generation */
+	uint8_t *buf; /* WIN_PAGES pages */
 	uint64_t zero_csum;
 	size_t state_bytes;
 	uint64_t tracked_pages;
 	struct scan_counts groups[TARGET_MAX_GROUPS];
-	uint64_t batch;              /* work since the last sleep, in pages */
-	uint64_t win_wall_ns;        /* CPU budget window start */
+	uint64_t batch;	      /* work since the last sleep, in pages */
+	uint64_t win_wall_ns; /* CPU budget window start */
 	uint64_t win_cpu_ns;
 	bool stopping;
 };
@@ -205,8 +205,10 @@ static unsigned long long read_starttime(pid_t pid)
 	buf[n] = '\0';
 	/* comm may hold spaces and parentheses: fields start after the last ')' */
 	p = strrchr(buf, ')');
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-			 &st) != 1)
+	if (!p ||
+	    sscanf(p + 2,
+		   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+		   &st) != 1)
 		return 0;
 	return st;
 }
@@ -353,7 +355,8 @@ static int scan_window(struct scanner *s, struct proc *p, struct vstate *vs, int
 		if (!page_wanted(s, pm[i], thp_vma, c))
 			continue;
 		idx[nidx++] = (uint16_t)i;
-		if (nrem && (uint64_t)remote[nrem - 1].iov_base + remote[nrem - 1].iov_len == addr) {
+		if (nrem &&
+		    (uint64_t)remote[nrem - 1].iov_base + remote[nrem - 1].iov_len == addr) {
 			remote[nrem - 1].iov_len += PAGE;
 		} else {
 			remote[nrem].iov_base = (void *)addr;
@@ -540,7 +543,8 @@ static int merge_targets(struct scanner *s)
 		{
 			unsigned long long st = read_starttime(tg->pid);
 
-			if (p->starttime != st || p->domain != tg->domain || p->scope != tg->scope) {
+			if (p->starttime != st || p->domain != tg->domain ||
+			    p->scope != tg->scope) {
 				proc_free(s, p);
 				p->starttime = st;
 			}
@@ -612,8 +616,9 @@ struct scanner *scanner_create(const struct config *cfg, struct targets *targets
 	s->zero_csum = cid_checksum(zero);
 	s->kpf_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
 	if (s->kpf_fd < 0)
-		log_warn("cannot open /proc/kpageflags (%s): KSM pages, THPs and the zero page are not told apart",
-			 strerror(errno));
+		log_warn(
+			"cannot open /proc/kpageflags (%s): KSM pages, THPs and the zero page are not told apart",
+			strerror(errno));
 	if (posix_memalign((void **)&s->buf, PAGE, WIN_PAGES * PAGE)) {
 		snprintf(err, errlen, "out of memory");
 		scanner_destroy(s);

@@ -20,13 +20,13 @@
 #include "target.h"
 
 enum scan_skip {
-	SKIP_SWAPPED,   /* not present: swapped out */
-	SKIP_SHARED,    /* MAP_SHARED mapping */
-	SKIP_MLOCKED,   /* mlocked VMA */
-	SKIP_HUGETLB,   /* hugetlbfs mapping */
-	SKIP_IO,        /* VM_IO / VM_PFNMAP */
-	SKIP_KSM,       /* already a KSM page */
-	SKIP_THP,       /* backed by a transparent huge page (scan_thp=0) */
+	SKIP_SWAPPED,	/* not present: swapped out */
+	SKIP_SHARED,	/* MAP_SHARED mapping */
+	SKIP_MLOCKED,	/* mlocked VMA */
+	SKIP_HUGETLB,	/* hugetlbfs mapping */
+	SKIP_IO,	/* VM_IO / VM_PFNMAP */
+	SKIP_KSM,	/* already a KSM page */
+	SKIP_THP,	/* backed by a transparent huge page (scan_thp=0) */
 	SKIP_ZERO_PAGE, /* the kernel's shared zero page is mapped */
 	SKIP_MAX
 };
@@ -35,12 +35,12 @@ extern const char *const scan_skip_names[SKIP_MAX];
 
 /* What one pass saw (or, summed, what several saw). */
 struct scan_counts {
-	uint64_t scanned;    /* pages read and hashed */
-	uint64_t stable;     /* unchanged since the previous pass, not zero */
-	uint64_t volatile_;  /* changed since the previous pass */
-	uint64_t fresh;      /* seen for the first time */
-	uint64_t zero;       /* content all zeroes */
-	uint64_t reported;   /* handed to the report callback */
+	uint64_t scanned;   /* pages read and hashed */
+	uint64_t stable;    /* unchanged since the previous pass, not zero */
+	uint64_t volatile_; /* changed since the previous pass */
+	uint64_t fresh;	    /* seen for the first time */
+	uint64_t zero;	    /* content all zeroes */
+	uint64_t reported;  /* handed to the report callback */
 	uint64_t skipped[SKIP_MAX];
 };
 
@@ -48,9 +48,9 @@ struct scan_counts {
 struct scan_page {
 	pid_t pid;
 	uint64_t addr;
-	uint8_t domain;     /* index into cfg->domains */
+	uint8_t domain; /* index into cfg->domains */
 	struct cid id;
-	const void *bytes;  /* the 4 KiB read; valid during the callback */
+	const void *bytes; /* the 4 KiB read; valid during the callback */
 };
 
 /*

@@ -17,8 +17,8 @@
 
 #include "log.h"
 
-static int add(struct target **v, size_t *n, size_t *cap, pid_t pid, uint8_t domain,
-	       uint8_t scope, int16_t group)
+static int add(struct target **v, size_t *n, size_t *cap, pid_t pid, uint8_t domain, uint8_t scope,
+	       int16_t group)
 {
 	if (*n == *cap) {
 		size_t c = *cap ? *cap * 2 : 64;
@@ -62,7 +62,8 @@ static int add_groups(struct targets *t, const char *list, uint8_t domain)
 		while (*tok == ' ')
 			tok++;
 		if (t->ngroups == TARGET_MAX_GROUPS) {
-			log_warn("more than %d cgroups configured; %s is ignored", TARGET_MAX_GROUPS, tok);
+			log_warn("more than %d cgroups configured; %s is ignored",
+				 TARGET_MAX_GROUPS, tok);
 			continue;
 		}
 		snprintf(t->groups[t->ngroups].path, sizeof(t->groups[0].path), "%s", tok);
@@ -80,7 +81,8 @@ int targets_init(struct targets *t, const struct config *cfg)
 	for (unsigned d = 0; d < cfg->ndomains; d++)
 		add_groups(t, cfg->domains[d].cgroups, (uint8_t)d);
 	if (t->ngroups && !t->root[0])
-		log_warn("cgroups are configured but no cgroup v2 hierarchy was found; set [agent] cgroup_root");
+		log_warn(
+			"cgroups are configured but no cgroup v2 hierarchy was found; set [agent] cgroup_root");
 	return 0;
 }
 

@@ -29,24 +29,24 @@ enum target_scope {
 struct target {
 	pid_t pid;
 	uint8_t domain; /* index into cfg->domains */
-	uint8_t scope;  /* enum target_scope */
-	int16_t group;  /* index into targets.groups, -1 if none */
+	uint8_t scope;	/* enum target_scope */
+	int16_t group;	/* index into targets.groups, -1 if none */
 	uint32_t order; /* insertion order: earlier sources win */
 };
 
 struct target_group {
-	char path[256];  /* as configured, e.g. /machine.slice */
-	uint8_t domain;  /* index into cfg->domains */
+	char path[256]; /* as configured, e.g. /machine.slice */
+	uint8_t domain; /* index into cfg->domains */
 };
 
 struct targets {
 	const struct config *cfg;
-	char root[256];                 /* cgroup v2 mount point, "" if none */
+	char root[256]; /* cgroup v2 mount point, "" if none */
 	struct target_group groups[TARGET_MAX_GROUPS];
 	unsigned ngroups;
-	struct target *v;               /* the last collection, sorted by pid */
+	struct target *v; /* the last collection, sorted by pid */
 	size_t n, cap;
-	struct target *reg;             /* libcksm registrations */
+	struct target *reg; /* libcksm registrations */
 	size_t nreg, capreg;
 	pid_t self;
 };

@@ -39,7 +39,7 @@ struct region {
 };
 
 static struct region regions[] = {
-	{ "unique", 32, 0, NULL }, { "dup", 32, 0, NULL },    { "zero", 16, 0, NULL },
+	{ "unique", 32, 0, NULL },  { "dup", 32, 0, NULL },    { "zero", 16, 0, NULL },
 	{ "volatile", 8, 0, NULL }, { "mlocked", 8, 0, NULL }, { "shared", 8, 1, NULL },
 	{ "kzero", 8, 0, NULL },
 };
@@ -127,7 +127,8 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--lifetime-ms") && i + 1 < argc)
 			lifetime_ms = strtol(argv[++i], NULL, 10);
 		else {
-			fprintf(stderr, "usage: cksm-planter [--seed N] [--mergeable] [--lifetime-ms MS]\n");
+			fprintf(stderr,
+				"usage: cksm-planter [--seed N] [--mergeable] [--lifetime-ms MS]\n");
 			return 2;
 		}
 	}

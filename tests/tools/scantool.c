@@ -110,7 +110,8 @@ int main(int argc, char **argv)
 		} else if (argv[i][0] != '-') {
 			append(cfg.domains[0].pids, sizeof(cfg.domains[0].pids), argv[i]);
 		} else {
-			fprintf(stderr, "usage: cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable] [--domain NAME:ID:PID]... [PID...]\n");
+			fprintf(stderr,
+				"usage: cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable] [--domain NAME:ID:PID]... [PID...]\n");
 			return 2;
 		}
 	}
@@ -132,7 +133,8 @@ int main(int argc, char **argv)
 	}
 	for (int p = 0; p < passes; p++) {
 		if (p) {
-			struct timespec ts = { interval_ms / 1000, (interval_ms % 1000) * 1000000L };
+			struct timespec ts = { interval_ms / 1000,
+					       (interval_ms % 1000) * 1000000L };
 
 			nanosleep(&ts, NULL);
 		}

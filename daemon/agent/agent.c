@@ -7,6 +7,12 @@
  * that has not acknowledged a heartbeat for dead_after_ms is presumed
  * gone: the connection is closed and the dialer reconnects with backoff.
  * Nothing here ever blocks the loop on a shard.
+ *
+ * The scanner (scanrun.h) runs in its own thread and queues the digests
+ * of stable pages per shard; the loop drains each queue into DigestReport
+ * messages while that shard is registered and its socket keeps up (at
+ * most REPORT_BACKLOG bytes unsent). A shard that registers again gets
+ * every stable page offered anew, so its state catches up after a loss.
  */
 #include "agent.h"
 
@@ -18,6 +24,7 @@
 #include <sodium.h>
 
 #include "dial.h"
+#include "scanrun.h"
 #include "log.h"
 #include "runtime.h"
 #include "util.h"
@@ -49,6 +56,8 @@ struct agent {
 	struct metric *m_registered;
 	struct metric *m_reconnects;
 	bool stopping; /* SIGTERM: closing everything */
+	struct scanrun *scan;
+	struct metric *m_sent;
 };
 
 static int send_register(struct agent_shard *s, struct conn *c)
@@ -110,6 +119,7 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 		return conn_fail(c, -EPROTO, "%s answers as shard %u, the shard map says shard %u",
 				 dialer_address(s->dialer), ack->shard_id, s->id);
 	adopt_timing(s, ack);
+	scanrun_rereport(s->a->scan);
 	s->registered = true;
 	s->node_id = ack->node_id;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
@@ -184,6 +194,67 @@ static void heartbeat_one(struct agent_shard *s, uint64_t now)
 		metric_inc(s->a->m_hb_sent);
 }
 
+#define REPORT_BACKLOG (4u << 20) /* unsent bytes a shard's socket may hold */
+#define REPORT_DIGESTS 4096	  /* digests per DigestReport */
+
+static int by_id(const void *x, const void *y)
+{
+	const struct report_entry *a = x, *b = y;
+
+	if (a->hi != b->hi)
+		return a->hi < b->hi ? -1 : 1;
+	return a->lo < b->lo ? -1 : a->lo > b->lo;
+}
+
+/* Send one DigestReport from e[0..n), all of one domain; equal ids merge. */
+static int send_report(struct agent *a, struct conn *c, struct report_entry *e, size_t n)
+{
+	static Cksm__Digest d[REPORT_DIGESTS];
+	static Cksm__Digest *dp[REPORT_DIGESTS];
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__DigestReport rep = CKSM__DIGEST_REPORT__INIT;
+	size_t k = 0;
+
+	qsort(e, n, sizeof(*e), by_id);
+	for (size_t i = 0; i < n; i++) {
+		if (k && d[k - 1].id_hi == e[i].hi && d[k - 1].id_lo == e[i].lo) {
+			d[k - 1].pages++;
+			continue;
+		}
+		cksm__digest__init(&d[k]);
+		d[k].id_hi = e[i].hi;
+		d[k].id_lo = e[i].lo;
+		d[k].pages = 1;
+		dp[k] = &d[k];
+		k++;
+	}
+	rep.domain = e[0].domain;
+	rep.n_digests = k;
+	rep.digests = dp;
+	m.body_case = CKSM__MSG__BODY_DIGEST_REPORT;
+	m.digest_report = &rep;
+	metric_add(a->m_sent, n);
+	return conn_send(c, &m);
+}
+
+/* Drain the report queues into the shards that can take them now. */
+static void flush_reports(void *arg)
+{
+	static struct report_entry batch[REPORT_DIGESTS];
+	struct agent *a = arg;
+
+	for (unsigned i = 0; i < a->nshards; i++) {
+		struct agent_shard *s = &a->shards[i];
+		struct conn *c = dialer_conn(s->dialer);
+		size_t n;
+
+		while (c && s->registered && conn_queued(c) < REPORT_BACKLOG &&
+		       (n = scanrun_take(a->scan, i, batch, REPORT_DIGESTS)) > 0)
+			if (send_report(a, c, batch, n))
+				break;
+	}
+}
+
 static void on_heartbeat(uv_timer_t *t)
 {
 	struct agent *a = t->data;
@@ -191,6 +262,7 @@ static void on_heartbeat(uv_timer_t *t)
 
 	for (unsigned i = 0; i < a->nshards; i++)
 		heartbeat_one(&a->shards[i], now);
+	flush_reports(a);
 }
 
 static void agent_stop(struct runtime *rt)
@@ -199,6 +271,8 @@ static void agent_stop(struct runtime *rt)
 
 	a->stopping = true;
 	uv_close((uv_handle_t *)&a->hb, NULL);
+	scanrun_destroy(a->scan);
+	a->scan = NULL;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		dialer_destroy(a->shards[i].dialer);
 		a->shards[i].dialer = NULL;
@@ -218,7 +292,8 @@ static int register_metrics(struct agent *a)
 	a->m_reconnects =
 		metrics_counter(r, "cksm_agent_reconnects_total",
 				"Connections to shards re-established after a loss.", NULL);
-	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered || !a->m_reconnects)
+	a->m_sent = metrics_counter(r, "cksm_digests_sent_total", "Digests sent to shards.", NULL);
+	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered || !a->m_reconnects || !a->m_sent)
 		return -ENOMEM;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		char labels[32];
@@ -249,6 +324,11 @@ int agent_main(const struct config *cfg)
 	randombytes_buf(&a->incarnation, sizeof(a->incarnation));
 	if (register_metrics(a))
 		goto out_fini;
+	a->scan = scanrun_create(cfg, &a->rt.key, a->rt.reg, &a->rt.loop, flush_reports, a);
+	if (!a->scan)
+		goto out_fini;
+	uv_timer_init(&a->rt.loop, &a->hb);
+	a->hb.data = a;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		struct agent_shard *s = &a->shards[i];
 
@@ -264,15 +344,16 @@ int agent_main(const struct config *cfg)
 		}
 		dialer_start(s->dialer);
 	}
-	uv_timer_init(&a->rt.loop, &a->hb);
-	a->hb.data = a;
 	uv_timer_start(&a->hb, on_heartbeat, cfg->heartbeat_ms, cfg->heartbeat_ms);
+	if (scanrun_start(a->scan)) {
+		log_error("cannot start the scanner thread");
+		goto out_stop;
+	}
 	log_info("node %s (rack %s) serving %u shard(s)", cfg->node_name, cfg->rack, a->nshards);
 	rc = runtime_run(&a->rt) ? 1 : 0;
 	goto out_fini;
 out_stop:
-	for (unsigned i = 0; i < a->nshards; i++)
-		dialer_destroy(a->shards[i].dialer);
+	agent_stop(&a->rt);
 out_fini:
 	runtime_fini(&a->rt);
 	free(a);

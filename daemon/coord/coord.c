@@ -51,6 +51,11 @@ struct coord {
 	struct metric *m_deaths;
 	struct metric *m_admin;
 	struct metric *m_buckets;
+	struct metric *m_digests;      /* digests accepted */
+	struct metric *m_digest_pages; /* pages they stand for */
+	struct metric *m_reports;      /* reports accepted */
+	struct metric *m_rej_foreign;  /* reports refused: foreign bucket */
+	struct metric *m_rej_invalid;  /* reports refused: bad fields */
 };
 
 static struct node *node_by_name(struct coord *co, const char *name)
@@ -182,6 +187,65 @@ static int handle_heartbeat(struct coord *co, struct conn *c, const Cksm__Heartb
 	return conn_send(c, &out);
 }
 
+/*
+ * A report is taken whole or not at all: a digest of a bucket this shard
+ * does not own (the agent's shard map differs), a digest whose domain tag
+ * is not the report's, or a zero page count refuses the report with an
+ * Error to the agent, counted, and nothing is changed. The connection
+ * stays: the agent's other reports may be fine.
+ */
+static int handle_digest_report(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
+{
+	const char *why = NULL;
+	uint64_t pages = 0;
+	uint32_t bad_bucket = 0;
+	bool foreign = false;
+
+	if (!c->data)
+		return conn_fail(c, -EPROTO, "digest report before register");
+	if (r->domain > 255 || r->n_digests == 0 || r->n_digests > 4096)
+		why = "domain above 255 or not 1 to 4096 digests";
+	for (size_t i = 0; i < r->n_digests && !why; i++) {
+		const Cksm__Digest *d = r->digests[i];
+		uint32_t b = (uint32_t)(d->id_lo & (co->rt.cfg->buckets - 1));
+
+		if (d->pages == 0)
+			why = "a digest with zero pages";
+		else if ((d->id_hi >> 56) != r->domain)
+			why = "a digest tagged with another domain";
+		else if (config_bucket_shard(co->rt.cfg, b) != (int)co->shard) {
+			why = "a digest for a bucket this shard does not own";
+			bad_bucket = b;
+			foreign = true;
+		}
+		pages += d->pages;
+	}
+	if (why) {
+		char msg[160];
+		Cksm__Msg m = CKSM__MSG__INIT;
+		Cksm__Error e = CKSM__ERROR__INIT;
+
+		metric_inc(foreign ? co->m_rej_foreign : co->m_rej_invalid);
+		if (foreign)
+			snprintf(msg, sizeof(msg),
+				 "report refused: bucket %u belongs to shard %d, not %u",
+				 bad_bucket, config_bucket_shard(co->rt.cfg, bad_bucket),
+				 co->shard);
+		else
+			snprintf(msg, sizeof(msg), "report refused: %s", why);
+		log_warn("node %s: %s", c->peer_name, msg);
+		e.code = -EINVAL;
+		e.message = msg;
+		m.body_case = CKSM__MSG__BODY_ERROR;
+		m.error = &e;
+		return conn_send(c, &m);
+	}
+	metric_inc(co->m_reports);
+	metric_add(co->m_digests, r->n_digests);
+	metric_add(co->m_digest_pages, pages);
+	return 0;
+}
+
 static int handle_admin(struct coord *co, struct conn *c, const Cksm__AdminRequest *req)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
@@ -254,6 +318,8 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 	switch (m->body_case) {
 	case CKSM__MSG__BODY_REGISTER:
 		return handle_register(co, c, m->register_);
+	case CKSM__MSG__BODY_DIGEST_REPORT:
+		return handle_digest_report(co, c, m->digest_report);
 	case CKSM__MSG__BODY_HEARTBEAT:
 		return handle_heartbeat(co, c, m->heartbeat);
 	case CKSM__MSG__BODY_ADMIN_REQUEST:
@@ -341,8 +407,20 @@ static int register_metrics(struct coord *co)
 				      "Admin requests answered.", NULL);
 	co->m_buckets =
 		metrics_gauge(r, "cksm_coord_buckets", "Content-id buckets this shard owns.", NULL);
+	co->m_reports =
+		metrics_counter(r, "cksm_coord_reports_total", "Digest reports accepted.", NULL);
+	co->m_digests = metrics_counter(r, "cksm_coord_digests_total", "Digests accepted.", NULL);
+	co->m_digest_pages = metrics_counter(r, "cksm_coord_digest_pages_total",
+					     "Pages the accepted digests stand for.", NULL);
+	co->m_rej_foreign = metrics_counter(r, "cksm_coord_reports_refused_total",
+					    "Digest reports refused, nothing changed.",
+					    "reason=\"foreign_bucket\"");
+	co->m_rej_invalid =
+		metrics_counter(r, "cksm_coord_reports_refused_total",
+				"Digest reports refused, nothing changed.", "reason=\"invalid\"");
 	if (!co->m_live || !co->m_dead || !co->m_registrations || !co->m_heartbeats ||
-	    !co->m_deaths || !co->m_admin || !co->m_buckets)
+	    !co->m_deaths || !co->m_admin || !co->m_buckets || !co->m_reports || !co->m_digests ||
+	    !co->m_digest_pages || !co->m_rej_foreign || !co->m_rej_invalid)
 		return -ENOMEM;
 	return 0;
 }

@@ -1,0 +1,326 @@
+/*
+ * scanrun - see scanrun.h.
+ *
+ * Threads: the scanner thread owns the scanner and its targets; the loop
+ * thread owns the connections. They share only the queues, the rereport
+ * flag and the stop flag, all under lock, and the metrics (atomics). The
+ * scanner thread sleeps on cond between batches, so a stop is noticed
+ * within one batch.
+ */
+#include "scanrun.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cid.h"
+#include "log.h"
+#include "scan.h"
+#include "target.h"
+
+struct scanrun {
+	const struct config *cfg;
+	struct targets targets;
+	struct cid_domain domains[CONFIG_MAX_DOMAINS];
+	struct scanner *scanner;
+	uint8_t *owner;                 /* bucket -> shard */
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t lock;           /* protects the fields below */
+	pthread_cond_t cond;
+	bool stop;
+	bool rereport;
+	struct report_queue queues[CONFIG_MAX_SHARDS];
+	bool wake_pending;
+	uv_async_t async;               /* wakes the loop thread */
+	void (*wake)(void *arg);
+	void *wake_arg;
+	/* metrics, written by the scanner thread */
+	struct metric *m_scanned, *m_full_scans, *m_cpu, *m_reported, *m_deferred;
+	struct metric *m_stable, *m_volatile, *m_new, *m_zero, *m_rate, *m_cpu_ratio;
+	struct metric *m_targets, *m_state, *m_tracked, *m_queued;
+	struct metric *m_skipped[SKIP_MAX];
+	struct metric *m_group[TARGET_MAX_GROUPS][4];
+};
+
+static uint64_t now_ns(clockid_t id)
+{
+	struct timespec ts;
+
+	clock_gettime(id, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Scanner thread: queue a stable page's digest for its shard. */
+static int on_report(void *arg, const struct scan_page *pg)
+{
+	struct scanrun *r = arg;
+	struct report_entry e = { pg->id.hi, pg->id.lo, cid_domain_of(pg->id) };
+	unsigned shard = r->owner[cid_bucket(pg->id, r->cfg->buckets)];
+	bool ok;
+
+	pthread_mutex_lock(&r->lock);
+	ok = rq_push(&r->queues[shard], &e);
+	pthread_mutex_unlock(&r->lock);
+	if (!ok) {
+		metric_inc(r->m_deferred);
+		return -ENOBUFS;
+	}
+	metric_inc(r->m_reported);
+	return 0;
+}
+
+/* Scanner thread: wait ms, or less if stopped; true when stopping. */
+static bool on_sleep(void *arg, uint64_t ms)
+{
+	struct scanrun *r = arg;
+	struct timespec until;
+	bool stop;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += (time_t)(ms / 1000);
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&r->lock);
+	/* Let the loop drain what this batch queued. */
+	if (!r->wake_pending) {
+		r->wake_pending = true;
+		uv_async_send(&r->async);
+	}
+	while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &until) != ETIMEDOUT) {
+	}
+	stop = r->stop;
+	pthread_mutex_unlock(&r->lock);
+	return stop;
+}
+
+static void publish(struct scanrun *r, const struct scan_counts *c, uint64_t wall_ns,
+		    uint64_t cpu_ns)
+{
+	metric_add(r->m_scanned, c->scanned);
+	metric_inc(r->m_full_scans);
+	metric_set(r->m_cpu, metric_value(r->m_cpu) + cpu_ns / 1e9);
+	metric_set(r->m_stable, (double)c->stable);
+	metric_set(r->m_volatile, (double)c->volatile_);
+	metric_set(r->m_new, (double)c->fresh);
+	metric_set(r->m_zero, (double)c->zero);
+	for (int i = 0; i < SKIP_MAX; i++)
+		metric_set(r->m_skipped[i], (double)c->skipped[i]);
+	metric_set(r->m_rate, wall_ns ? c->scanned * 1e9 / (double)wall_ns : 0);
+	metric_set(r->m_cpu_ratio, wall_ns ? (double)cpu_ns / (double)wall_ns : 0);
+	metric_set(r->m_targets, (double)scanner_nprocs(r->scanner));
+	metric_set(r->m_state, (double)scanner_state_bytes(r->scanner));
+	metric_set(r->m_tracked, (double)scanner_tracked_pages(r->scanner));
+	for (unsigned g = 0; g < r->targets.ngroups; g++) {
+		const struct scan_counts *gc = scanner_group_counts(r->scanner, g);
+
+		metric_set(r->m_group[g][0], (double)gc->scanned);
+		metric_set(r->m_group[g][1], (double)gc->stable);
+		metric_set(r->m_group[g][2], (double)gc->volatile_);
+		metric_set(r->m_group[g][3], (double)gc->zero);
+	}
+}
+
+static void *scan_thread(void *arg)
+{
+	struct scanrun *r = arg;
+	struct scan_counts c;
+
+	for (;;) {
+		uint64_t wall0 = now_ns(CLOCK_MONOTONIC), cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+		bool rereport;
+		int rc;
+
+		pthread_mutex_lock(&r->lock);
+		rereport = r->rereport;
+		r->rereport = false;
+		pthread_mutex_unlock(&r->lock);
+		if (rereport)
+			scanner_rereport(r->scanner);
+		rc = scanner_pass(r->scanner, &c);
+		if (rc == -EINTR)
+			break;
+		if (rc)
+			log_warn("scan pass failed: %s", strerror(-rc));
+		else
+			publish(r, &c, now_ns(CLOCK_MONOTONIC) - wall0,
+				now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0);
+		if (on_sleep(r, r->cfg->sleep_millisecs))
+			break;
+	}
+	return NULL;
+}
+
+static void on_async(uv_async_t *h)
+{
+	struct scanrun *r = h->data;
+	size_t queued = 0;
+
+	pthread_mutex_lock(&r->lock);
+	r->wake_pending = false;
+	for (unsigned s = 0; s < r->cfg->nshards; s++)
+		queued += r->queues[s].n;
+	pthread_mutex_unlock(&r->lock);
+	metric_set(r->m_queued, (double)queued);
+	r->wake(r->wake_arg);
+}
+
+size_t scanrun_take(struct scanrun *r, unsigned shard, struct report_entry *out, size_t max)
+{
+	size_t n;
+
+	pthread_mutex_lock(&r->lock);
+	n = rq_pop(&r->queues[shard], out, max);
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
+void scanrun_rereport(struct scanrun *r)
+{
+	pthread_mutex_lock(&r->lock);
+	r->rereport = true;
+	pthread_mutex_unlock(&r->lock);
+}
+
+static int register_metrics(struct scanrun *r, struct metrics *reg)
+{
+	static const char skip_help[] = "Pages the last full scan passed over, by reason.";
+	static const char *const group_names[4] = { "scanned", "stable", "volatile", "zero" };
+
+	r->m_scanned = metrics_counter(reg, "cksm_pages_scanned_total", "Pages read and hashed.", NULL);
+	r->m_full_scans = metrics_counter(reg, "cksm_full_scans_total", "Full scans completed.", NULL);
+	r->m_cpu = metrics_gauge(reg, "cksm_scan_cpu_seconds", "CPU time the scanner thread used.", NULL);
+	r->m_reported = metrics_counter(reg, "cksm_digests_reported_total",
+					"Stable pages queued for their shard.", NULL);
+	r->m_deferred = metrics_counter(reg, "cksm_digests_deferred_total",
+					"Stable pages not queued (queue full); offered again next scan.", NULL);
+	r->m_stable = metrics_gauge(reg, "cksm_pages_stable",
+				    "Pages unchanged over the last scan interval (not zero).", NULL);
+	r->m_volatile = metrics_gauge(reg, "cksm_pages_volatile",
+				      "Pages that changed over the last scan interval.", NULL);
+	r->m_new = metrics_gauge(reg, "cksm_pages_new", "Pages the last full scan saw for the first time.", NULL);
+	r->m_zero = metrics_gauge(reg, "cksm_pages_zero", "Pages whose content is all zeroes.", NULL);
+	r->m_rate = metrics_gauge(reg, "cksm_scan_pages_per_second", "Scan rate of the last full scan.", NULL);
+	r->m_cpu_ratio = metrics_gauge(reg, "cksm_scan_cpu_ratio",
+				       "CPU used by the last full scan, as a fraction of one core.", NULL);
+	r->m_targets = metrics_gauge(reg, "cksm_scan_processes", "Processes the scanner visits.", NULL);
+	r->m_state = metrics_gauge(reg, "cksm_scan_state_bytes", "Memory held by scanner state.", NULL);
+	r->m_tracked = metrics_gauge(reg, "cksm_scan_tracked_pages", "Pages with scanner state.", NULL);
+	r->m_queued = metrics_gauge(reg, "cksm_report_queue_digests", "Digests waiting for their shard.", NULL);
+	if (!r->m_scanned || !r->m_full_scans || !r->m_cpu || !r->m_reported || !r->m_deferred ||
+	    !r->m_stable || !r->m_volatile || !r->m_new || !r->m_zero || !r->m_rate || !r->m_cpu_ratio ||
+	    !r->m_targets || !r->m_state || !r->m_tracked || !r->m_queued)
+		return -ENOMEM;
+	for (int i = 0; i < SKIP_MAX; i++) {
+		char labels[64];
+
+		snprintf(labels, sizeof(labels), "reason=\"%s\"", scan_skip_names[i]);
+		r->m_skipped[i] = metrics_gauge(reg, "cksm_pages_skipped", skip_help, labels);
+		if (!r->m_skipped[i])
+			return -ENOMEM;
+	}
+	for (unsigned g = 0; g < r->targets.ngroups; g++)
+		for (int k = 0; k < 4; k++) {
+			char name[64], labels[320];
+
+			snprintf(name, sizeof(name), "cksm_cgroup_pages_%s", group_names[k]);
+			snprintf(labels, sizeof(labels), "cgroup=\"%s\"", r->targets.groups[g].path);
+			r->m_group[g][k] = metrics_gauge(reg, name,
+							 "Pages of a configured cgroup in the last full scan.",
+							 labels);
+			if (!r->m_group[g][k])
+				return -ENOMEM;
+		}
+	return 0;
+}
+
+struct scanrun *scanrun_create(const struct config *cfg, const struct auth_key *key,
+			       struct metrics *reg, uv_loop_t *loop, void (*wake)(void *arg),
+			       void *arg)
+{
+	struct scanrun *r = calloc(1, sizeof(*r));
+	char err[256];
+
+	if (!r)
+		return NULL;
+	r->cfg = cfg;
+	r->wake = wake;
+	r->wake_arg = arg;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	targets_init(&r->targets, cfg);
+	for (unsigned d = 0; d < cfg->ndomains; d++)
+		if (cid_domain_init(&r->domains[d], key, cfg->domains[d].id, cfg->domains[d].name))
+			goto fail;
+	r->owner = calloc(cfg->buckets, 1);
+	if (!r->owner)
+		goto fail;
+	for (uint32_t b = 0; b < cfg->buckets; b++)
+		r->owner[b] = (uint8_t)config_bucket_shard(cfg, b);
+	for (unsigned s = 0; s < cfg->nshards; s++)
+		if (rq_init(&r->queues[s], cfg->report_queue))
+			goto fail;
+	r->scanner = scanner_create(cfg, &r->targets, r->domains, on_report, r, err, sizeof(err));
+	if (!r->scanner) {
+		log_error("cannot create the scanner: %s", err);
+		goto fail;
+	}
+	scanner_set_sleep(r->scanner, on_sleep, r);
+	if (register_metrics(r, reg))
+		goto fail;
+	uv_async_init(loop, &r->async, on_async);
+	r->async.data = r;
+	return r;
+fail:
+	log_error("cannot set up scanning");
+	scanner_destroy(r->scanner);
+	for (unsigned s = 0; s < cfg->nshards; s++)
+		rq_fini(&r->queues[s]);
+	free(r->owner);
+	targets_fini(&r->targets);
+	free(r);
+	return NULL;
+}
+
+int scanrun_start(struct scanrun *r)
+{
+	int rc = pthread_create(&r->thread, NULL, scan_thread, r);
+
+	if (rc)
+		return -rc;
+	r->started = true;
+	return 0;
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+	struct scanrun *r = h->data;
+
+	for (unsigned s = 0; s < r->cfg->nshards; s++)
+		rq_fini(&r->queues[s]);
+	free(r->owner);
+	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->cond);
+	free(r);
+}
+
+void scanrun_destroy(struct scanrun *r)
+{
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->stop = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (r->started)
+		pthread_join(r->thread, NULL);
+	scanner_destroy(r->scanner);
+	targets_fini(&r->targets);
+	uv_close((uv_handle_t *)&r->async, on_async_closed);
+}

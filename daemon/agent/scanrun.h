@@ -1,0 +1,41 @@
+/*
+ * scanrun - the scanner at work inside the agent: its own thread running
+ * passes within the CPU budget, the metrics they feed, and one bounded
+ * queue of digests per shard that the loop thread drains into
+ * DigestReport messages.
+ */
+#ifndef CKSM_SCANRUN_H
+#define CKSM_SCANRUN_H
+
+#include <stddef.h>
+
+#include <uv.h>
+
+#include "auth.h"
+#include "config.h"
+#include "metrics.h"
+#include "report.h"
+
+struct scanrun;
+
+/*
+ * Prepare the scanner for cfg. wake(arg) runs on loop's thread whenever
+ * digests were queued. Returns NULL with the reason logged.
+ */
+struct scanrun *scanrun_create(const struct config *cfg, const struct auth_key *key,
+			       struct metrics *reg, uv_loop_t *loop, void (*wake)(void *arg),
+			       void *arg);
+
+/* Start the scanner thread; 0 or a negative errno. */
+int scanrun_start(struct scanrun *r);
+
+/* Stop the thread (waits for it; it stops at its next sleep) and free. */
+void scanrun_destroy(struct scanrun *r);
+
+/* Loop thread: take up to max digests of one domain queued for shard. */
+size_t scanrun_take(struct scanrun *r, unsigned shard, struct report_entry *out, size_t max);
+
+/* Loop thread: a shard (re)registered; offer every stable page again. */
+void scanrun_rereport(struct scanrun *r);
+
+#endif

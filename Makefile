@@ -125,7 +125,7 @@ fuzz: $(FUZZ_TARGETS)
 		$$f -max_total_time=$(FUZZ_SECONDS) $(B)/corpus/$$(basename $$f) tests/fuzz/corpus/$$(basename $$f) || exit 1; done
 
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
-$(B)/bench/%: bench/%.c $(B)/libcksmcommon.a
+$(B)/bench/%: bench/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)

@@ -34,7 +34,8 @@ size_t rq_pop(struct report_queue *q, struct report_entry *out, size_t max)
 {
 	size_t k = 0;
 
-	while (k < max && q->n && q->v[q->head].domain == (k ? out[0].domain : q->v[q->head].domain)) {
+	while (k < max && q->n &&
+	       q->v[q->head].domain == (k ? out[0].domain : q->v[q->head].domain)) {
 		out[k++] = q->v[q->head];
 		q->head = (q->head + 1) % q->cap;
 		q->n--;

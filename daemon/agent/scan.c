@@ -114,9 +114,8 @@ struct scanner {
 	size_t state_bytes;
 	uint64_t tracked_pages;
 	struct scan_counts groups[TARGET_MAX_GROUPS];
-	uint64_t batch;	      /* work since the last sleep, in pages */
-	uint64_t win_wall_ns; /* CPU budget window start */
-	uint64_t win_cpu_ns;
+	uint64_t batch;	       /* work since the last sleep, in pages */
+	uint64_t batch_cpu_ns; /* thread CPU time at the last sleep's end */
 	bool stopping;
 };
 
@@ -215,29 +214,28 @@ static unsigned long long read_starttime(pid_t pid)
 
 /* ---- throttling --------------------------------------------------------- */
 
-/* After pages_to_scan pages: sleep, longer if the CPU budget is spent. */
+/*
+ * After pages_to_scan pages, sleep sleep_millisecs, or longer if the CPU
+ * the batch took needs it: a batch that used c of CPU is followed by at
+ * least c * (100 - cpu_percent) / cpu_percent of sleep, so the thread's
+ * share of one core stays within cpu_percent whatever the batch cost.
+ */
 static int throttle(struct scanner *s)
 {
-	uint64_t wall, cpu, need, ms;
+	uint64_t cpu, ms, need;
+	unsigned pct = s->cfg->cpu_percent;
 
 	if (!s->sleep || s->batch < s->cfg->pages_to_scan)
 		return 0;
 	s->batch = 0;
-	wall = clock_ns(CLOCK_MONOTONIC) - s->win_wall_ns;
-	cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - s->win_cpu_ns;
-	need = cpu * 100 / s->cfg->cpu_percent; /* wall time this CPU may take */
-	ms = s->cfg->sleep_millisecs;
-	if (need > wall && (need - wall) / 1000000 > ms)
-		ms = (need - wall) / 1000000;
+	cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - s->batch_cpu_ns;
+	need = pct < 100 ? (cpu * (100 - pct) / pct + 999999) / 1000000 : 0; /* round up */
+	ms = need > s->cfg->sleep_millisecs ? need : s->cfg->sleep_millisecs;
 	if (s->sleep(s->sleep_arg, ms)) {
 		s->stopping = true;
 		return -EINTR;
 	}
-	/* Restart the budget window every few seconds, after the sleep. */
-	if (clock_ns(CLOCK_MONOTONIC) - s->win_wall_ns > 3000000000ULL) {
-		s->win_wall_ns = clock_ns(CLOCK_MONOTONIC);
-		s->win_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-	}
+	s->batch_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	return 0;
 }
 
@@ -572,10 +570,6 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 	memset(s->groups, 0, sizeof(s->groups));
 	s->pass++;
 	s->stopping = false;
-	if (!s->win_wall_ns) {
-		s->win_wall_ns = clock_ns(CLOCK_MONOTONIC);
-		s->win_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-	}
 	rc = targets_collect(s->targets);
 	if (!rc)
 		rc = merge_targets(s);
@@ -644,6 +638,7 @@ void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg)
 {
 	s->sleep = sleep;
 	s->sleep_arg = arg;
+	s->batch_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 }
 
 void scanner_rereport(struct scanner *s)

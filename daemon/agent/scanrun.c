@@ -26,16 +26,16 @@ struct scanrun {
 	struct targets targets;
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 	struct scanner *scanner;
-	uint8_t *owner;                 /* bucket -> shard */
+	uint8_t *owner; /* bucket -> shard */
 	pthread_t thread;
 	bool started;
-	pthread_mutex_t lock;           /* protects the fields below */
+	pthread_mutex_t lock; /* protects the fields below */
 	pthread_cond_t cond;
 	bool stop;
 	bool rereport;
 	struct report_queue queues[CONFIG_MAX_SHARDS];
 	bool wake_pending;
-	uv_async_t async;               /* wakes the loop thread */
+	uv_async_t async; /* wakes the loop thread */
 	void (*wake)(void *arg);
 	void *wake_arg;
 	/* metrics, written by the scanner thread */
@@ -193,29 +193,42 @@ static int register_metrics(struct scanrun *r, struct metrics *reg)
 	static const char skip_help[] = "Pages the last full scan passed over, by reason.";
 	static const char *const group_names[4] = { "scanned", "stable", "volatile", "zero" };
 
-	r->m_scanned = metrics_counter(reg, "cksm_pages_scanned_total", "Pages read and hashed.", NULL);
-	r->m_full_scans = metrics_counter(reg, "cksm_full_scans_total", "Full scans completed.", NULL);
-	r->m_cpu = metrics_gauge(reg, "cksm_scan_cpu_seconds", "CPU time the scanner thread used.", NULL);
+	r->m_scanned =
+		metrics_counter(reg, "cksm_pages_scanned_total", "Pages read and hashed.", NULL);
+	r->m_full_scans =
+		metrics_counter(reg, "cksm_full_scans_total", "Full scans completed.", NULL);
+	r->m_cpu = metrics_gauge(reg, "cksm_scan_cpu_seconds", "CPU time the scanner thread used.",
+				 NULL);
 	r->m_reported = metrics_counter(reg, "cksm_digests_reported_total",
 					"Stable pages queued for their shard.", NULL);
-	r->m_deferred = metrics_counter(reg, "cksm_digests_deferred_total",
-					"Stable pages not queued (queue full); offered again next scan.", NULL);
-	r->m_stable = metrics_gauge(reg, "cksm_pages_stable",
-				    "Pages unchanged over the last scan interval (not zero).", NULL);
+	r->m_deferred = metrics_counter(
+		reg, "cksm_digests_deferred_total",
+		"Stable pages not queued (queue full); offered again next scan.", NULL);
+	r->m_stable =
+		metrics_gauge(reg, "cksm_pages_stable",
+			      "Pages unchanged over the last scan interval (not zero).", NULL);
 	r->m_volatile = metrics_gauge(reg, "cksm_pages_volatile",
 				      "Pages that changed over the last scan interval.", NULL);
-	r->m_new = metrics_gauge(reg, "cksm_pages_new", "Pages the last full scan saw for the first time.", NULL);
-	r->m_zero = metrics_gauge(reg, "cksm_pages_zero", "Pages whose content is all zeroes.", NULL);
-	r->m_rate = metrics_gauge(reg, "cksm_scan_pages_per_second", "Scan rate of the last full scan.", NULL);
-	r->m_cpu_ratio = metrics_gauge(reg, "cksm_scan_cpu_ratio",
-				       "CPU used by the last full scan, as a fraction of one core.", NULL);
-	r->m_targets = metrics_gauge(reg, "cksm_scan_processes", "Processes the scanner visits.", NULL);
-	r->m_state = metrics_gauge(reg, "cksm_scan_state_bytes", "Memory held by scanner state.", NULL);
-	r->m_tracked = metrics_gauge(reg, "cksm_scan_tracked_pages", "Pages with scanner state.", NULL);
-	r->m_queued = metrics_gauge(reg, "cksm_report_queue_digests", "Digests waiting for their shard.", NULL);
+	r->m_new = metrics_gauge(reg, "cksm_pages_new",
+				 "Pages the last full scan saw for the first time.", NULL);
+	r->m_zero =
+		metrics_gauge(reg, "cksm_pages_zero", "Pages whose content is all zeroes.", NULL);
+	r->m_rate = metrics_gauge(reg, "cksm_scan_pages_per_second",
+				  "Scan rate of the last full scan.", NULL);
+	r->m_cpu_ratio =
+		metrics_gauge(reg, "cksm_scan_cpu_ratio",
+			      "CPU used by the last full scan, as a fraction of one core.", NULL);
+	r->m_targets =
+		metrics_gauge(reg, "cksm_scan_processes", "Processes the scanner visits.", NULL);
+	r->m_state =
+		metrics_gauge(reg, "cksm_scan_state_bytes", "Memory held by scanner state.", NULL);
+	r->m_tracked =
+		metrics_gauge(reg, "cksm_scan_tracked_pages", "Pages with scanner state.", NULL);
+	r->m_queued = metrics_gauge(reg, "cksm_report_queue_digests",
+				    "Digests waiting for their shard.", NULL);
 	if (!r->m_scanned || !r->m_full_scans || !r->m_cpu || !r->m_reported || !r->m_deferred ||
-	    !r->m_stable || !r->m_volatile || !r->m_new || !r->m_zero || !r->m_rate || !r->m_cpu_ratio ||
-	    !r->m_targets || !r->m_state || !r->m_tracked || !r->m_queued)
+	    !r->m_stable || !r->m_volatile || !r->m_new || !r->m_zero || !r->m_rate ||
+	    !r->m_cpu_ratio || !r->m_targets || !r->m_state || !r->m_tracked || !r->m_queued)
 		return -ENOMEM;
 	for (int i = 0; i < SKIP_MAX; i++) {
 		char labels[64];
@@ -230,10 +243,11 @@ static int register_metrics(struct scanrun *r, struct metrics *reg)
 			char name[64], labels[320];
 
 			snprintf(name, sizeof(name), "cksm_cgroup_pages_%s", group_names[k]);
-			snprintf(labels, sizeof(labels), "cgroup=\"%s\"", r->targets.groups[g].path);
-			r->m_group[g][k] = metrics_gauge(reg, name,
-							 "Pages of a configured cgroup in the last full scan.",
-							 labels);
+			snprintf(labels, sizeof(labels), "cgroup=\"%s\"",
+				 r->targets.groups[g].path);
+			r->m_group[g][k] = metrics_gauge(
+				reg, name, "Pages of a configured cgroup in the last full scan.",
+				labels);
 			if (!r->m_group[g][k])
 				return -ENOMEM;
 		}

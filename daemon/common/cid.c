@@ -9,6 +9,7 @@
 #include <sodium.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
+#include <xxh_x86dispatch.h> /* libxxhash picks SSE2, AVX2 or AVX-512 at run time */
 
 #include "util.h"
 
@@ -46,5 +47,5 @@ struct cid cid_of(const struct cid_domain *d, const void *page)
 
 uint64_t cid_checksum(const void *page)
 {
-	return XXH3_64bits(page, CID_PAGE_SIZE);
+	return XXH3_64bits_dispatch(page, CID_PAGE_SIZE);
 }

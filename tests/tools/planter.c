@@ -1,7 +1,7 @@
 /*
  * cksm-planter - a process with planted memory, for scanner tests.
  *
- *   cksm-planter [--seed N] [--mergeable] [--lifetime-ms MS]
+ *   cksm-planter [--seed N] [--mergeable] [--lifetime-ms MS] [--extra-mib N]
  *
  * Maps one VMA per kind of page (each between two PROT_NONE guard pages,
  * so the kernel cannot merge it with a neighbour), fills it, prints one JSON line
@@ -14,6 +14,8 @@
  *   mlocked    8 different pages, mlock()ed
  *   shared     8 pages of a MAP_SHARED anonymous mapping
  *   kzero      8 pages only read, so they map the kernel's zero page
+ *
+ *   extra      N MiB of different pages (--extra-mib, default 0)
  *
  * With --mergeable the private regions get MADV_MERGEABLE (KSM's opt-in).
  */
@@ -41,7 +43,7 @@ struct region {
 static struct region regions[] = {
 	{ "unique", 32, 0, NULL },  { "dup", 32, 0, NULL },    { "zero", 16, 0, NULL },
 	{ "volatile", 8, 0, NULL }, { "mlocked", 8, 0, NULL }, { "shared", 8, 1, NULL },
-	{ "kzero", 8, 0, NULL },
+	{ "kzero", 8, 0, NULL },    { "extra", 0, 0, NULL },
 };
 
 static atomic_int stop;
@@ -126,6 +128,8 @@ int main(int argc, char **argv)
 			mergeable = 1;
 		else if (!strcmp(argv[i], "--lifetime-ms") && i + 1 < argc)
 			lifetime_ms = strtol(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--extra-mib") && i + 1 < argc)
+			find("extra")->pages = strtoul(argv[++i], NULL, 10) * 256;
 		else {
 			fprintf(stderr,
 				"usage: cksm-planter [--seed N] [--mergeable] [--lifetime-ms MS]\n");
@@ -163,6 +167,9 @@ int main(int argc, char **argv)
 	r = find("kzero");
 	for (size_t i = 0; i < r->pages; i++)
 		sink += r->p[i * PAGE];
+	r = find("extra");
+	for (size_t i = 0; i < r->pages; i++)
+		fill(r->p + i * PAGE, seed * 7919 + 1000000 + i);
 	r = find("volatile");
 	for (size_t i = 0; i < r->pages; i++)
 		fill(r->p + i * PAGE, seed * 7919 + 400000 + i);

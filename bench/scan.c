@@ -29,7 +29,7 @@
 #include "cid.h"
 #include "config.h"
 
-#define PAGE 4096UL
+#define PAGE   4096UL
 #define WINDOW (512UL << 10)
 
 static double now_s(void)
@@ -61,7 +61,8 @@ static pid_t spawn(size_t bytes)
 		exit(1);
 	pid = fork();
 	if (pid == 0) {
-		uint8_t *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		uint8_t *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+				  -1, 0);
 
 		if (p == MAP_FAILED)
 			_exit(1);
@@ -128,7 +129,8 @@ static long rss_kb(void)
 
 static double memcpy_rate(size_t bytes)
 {
-	uint8_t *src = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *src =
+		mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uint8_t *dst = aligned_alloc(PAGE, WINDOW);
 	double t0, best = 0;
 
@@ -193,7 +195,10 @@ int main(int argc, char **argv)
 		dt = now_s() - t0;
 		rate[pass] = c.scanned * PAGE / dt;
 		printf("pass %d (%s): %8.0f pages/s %7.0f MB/s  ratio to memcpy %.2f  (scanned %llu, reported %llu)\n",
-		       pass + 1, pass == 0 ? "first sight" : pass == 1 ? "stable, ids computed" : "steady",
+		       pass + 1,
+		       pass == 0   ? "first sight"
+		       : pass == 1 ? "stable, ids computed"
+				   : "steady",
 		       c.scanned / dt, rate[pass] / 1e6, rate[pass] / mc,
 		       (unsigned long long)c.scanned, (unsigned long long)c.reported);
 	}

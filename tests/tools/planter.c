@@ -16,6 +16,8 @@
  *   kzero      8 pages only read, so they map the kernel's zero page
  *
  *   extra      N MiB of different pages (--extra-mib, default 0)
+ *   thp        with --thp, 2 MiB aligned, MADV_HUGEPAGE, written: one THP
+ *              when the kernel can give one ("thp_backed" says whether)
  *
  * With --mergeable the private regions get MADV_MERGEABLE (KSM's opt-in).
  */
@@ -43,7 +45,7 @@ struct region {
 static struct region regions[] = {
 	{ "unique", 32, 0, NULL },  { "dup", 32, 0, NULL },    { "zero", 16, 0, NULL },
 	{ "volatile", 8, 0, NULL }, { "mlocked", 8, 0, NULL }, { "shared", 8, 1, NULL },
-	{ "kzero", 8, 0, NULL },    { "extra", 0, 0, NULL },
+	{ "kzero", 8, 0, NULL },    { "extra", 0, 0, NULL },   { "thp", 0, 0, NULL },
 };
 
 static atomic_int stop;
@@ -98,6 +100,47 @@ static void *rewrite(void *arg)
 	return NULL;
 }
 
+/* One 2 MiB aligned region between guards, asking for a THP. */
+static void map_thp(struct region *r)
+{
+	size_t huge = 2u << 20, len = 3 * huge;
+	uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *a;
+
+	if (p == MAP_FAILED) {
+		perror("mmap");
+		exit(1);
+	}
+	a = (uint8_t *)(((uintptr_t)p + huge) & ~(huge - 1));
+	mprotect(p, (size_t)(a - p), PROT_NONE);
+	mprotect(a + huge, (size_t)(p + len - (a + huge)), PROT_NONE);
+	madvise(a, huge, MADV_HUGEPAGE);
+	r->p = a;
+	r->pages = huge / PAGE;
+	for (size_t i = 0; i < r->pages; i++)
+		fill(r->p + i * PAGE, 500000 + i);
+}
+
+/* Does smaps show the region backed by a huge page? */
+static int thp_backed(const struct region *r)
+{
+	char line[256];
+	unsigned long start = 0, end = 0, kb = 0;
+	int in = 0;
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 &&
+		    strchr(line, '-') < strchr(line, ' '))
+			in = start == (uintptr_t)r->p;
+		else if (in && sscanf(line, "AnonHugePages: %lu kB", &kb) == 1)
+			break;
+	}
+	if (f)
+		fclose(f);
+	return kb >= 2048;
+}
+
 static struct region *find(const char *name)
 {
 	for (size_t i = 0; i < sizeof(regions) / sizeof(regions[0]); i++)
@@ -116,7 +159,7 @@ int main(int argc, char **argv)
 {
 	uint64_t seed = 1;
 	long lifetime_ms = -1;
-	int mergeable = 0;
+	int mergeable = 0, thp = 0;
 	pthread_t writer;
 	struct region *r;
 	volatile uint8_t sink = 0;
@@ -128,6 +171,8 @@ int main(int argc, char **argv)
 			mergeable = 1;
 		else if (!strcmp(argv[i], "--lifetime-ms") && i + 1 < argc)
 			lifetime_ms = strtol(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--thp"))
+			thp = 1;
 		else if (!strcmp(argv[i], "--extra-mib") && i + 1 < argc)
 			find("extra")->pages = strtoul(argv[++i], NULL, 10) * 256;
 		else {
@@ -167,6 +212,8 @@ int main(int argc, char **argv)
 	r = find("kzero");
 	for (size_t i = 0; i < r->pages; i++)
 		sink += r->p[i * PAGE];
+	if (thp)
+		map_thp(find("thp"));
 	r = find("extra");
 	for (size_t i = 0; i < r->pages; i++)
 		fill(r->p + i * PAGE, seed * 7919 + 1000000 + i);
@@ -182,7 +229,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < sizeof(regions) / sizeof(regions[0]); i++)
 		printf("%s\"%s\":{\"start\":%llu,\"pages\":%zu}", i ? "," : "", regions[i].name,
 		       (unsigned long long)(uintptr_t)regions[i].p, regions[i].pages);
-	printf("}}\n");
+	printf("},\"thp_backed\":%d}\n", thp && thp_backed(find("thp")));
 	fflush(stdout);
 
 	if (lifetime_ms >= 0) {

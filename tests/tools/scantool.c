@@ -4,12 +4,12 @@
  * digest reported in any pass. Integration tests compare this with what
  * cksm-planter planted.
  *
- *   cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable]
+ *   cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable] [--thp]
  *             [--domain NAME:ID:PID]... [PID...]
  *
  * PIDs are scanned whole, in the default domain unless --domain puts one
  * in another; --mergeable adds every process's VMAs that carry KSM's
- * opt-in.
+ * opt-in; --thp scans THP-backed pages too (scan_thp=1).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -93,6 +93,8 @@ int main(int argc, char **argv)
 			interval_ms = atoi(argv[++i]);
 		} else if (!strcmp(argv[i], "--mergeable")) {
 			cfg.scan_mergeable = 1;
+		} else if (!strcmp(argv[i], "--thp")) {
+			cfg.scan_thp = 1;
 		} else if (!strcmp(argv[i], "--domain") && i + 1 < argc) {
 			char name[65];
 			unsigned id;
@@ -111,7 +113,7 @@ int main(int argc, char **argv)
 			append(cfg.domains[0].pids, sizeof(cfg.domains[0].pids), argv[i]);
 		} else {
 			fprintf(stderr,
-				"usage: cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable] [--domain NAME:ID:PID]... [PID...]\n");
+				"usage: cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable] [--thp] [--domain NAME:ID:PID]... [PID...]\n");
 			return 2;
 		}
 	}

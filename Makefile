@@ -91,7 +91,8 @@ $(B)/cksm-testpeer: tests/tools/testpeer.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
-$(B)/tests/%: tests/unit/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(B)/libcksmcommon.a
+COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o))
+$(B)/tests/%: tests/unit/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(COORD_LIB_OBJ) $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags cmocka)

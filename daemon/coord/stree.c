@@ -1,0 +1,968 @@
+/*
+ * stree - a shard's stable tree.
+ *
+ * Layout. Entries live in one dense array (56 bytes each) found through an
+ * open-addressing index of 32-bit positions (linear probing, at most 3/4
+ * full, deletion by backward shift). An entry holds its first dup inline
+ * and further dups of its chain in a heap array; a dup holds up to two
+ * per-node reference counts inline and more in a heap array. The common
+ * content (one dup, referenced from one or two nodes) costs one entry and
+ * nothing else. Nodes are named by their wire id everywhere outside; in
+ * the tree they are 16-bit indices into the node table.
+ *
+ * Invariants (stree_check):
+ *  - one entry per content id, found through the index;
+ *  - no dup serves more than max_page_sharing references, and its total
+ *    is the sum of its per-node counts, none of them zero;
+ *  - every dup is on a live node;
+ *  - a content whose dups back pages of other nodes has dups on R
+ *    distinct nodes, or a create order outstanding, or no live node with
+ *    room left to take one; room that appears later (a node reports free
+ *    slots, a node comes back) is put to use at the next prune tick.
+ * A node may hold several dups of one content: more than max_page_sharing
+ * of its own pages hold it.
+ *
+ * Decisions for a report of content c by node n (pages = its copies):
+ *  1. c unknown: seen before (unstable filter) or pages >= 2 -> enter the
+ *     tree; then as below. Otherwise LEAVE.
+ *  2. n holds a dup of c with room -> BACK_LOCAL.
+ *  3. merge_across_nodes and c has dups with room on at least R distinct
+ *     live nodes -> BACK_REMOTE, replicas in n's rack first, then by
+ *     fewest references.
+ *  4. a create is outstanding -> LEAVE (wait for it).
+ *  5. n has pool room -> CREATE_DUP on n (n then has the local references).
+ *  6. otherwise, if c backs pages remotely or merging across nodes is on,
+ *     order a create on the placement node (fewest dups in its rack, then
+ *     most room, then lowest id) with c's dups as sources; LEAVE.
+ * Node deaths and the prune tick give orders through stree_ops.
+ */
+#include "stree.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unstable.h"
+
+#define INLINE_REFS 2
+
+struct sref {
+	uint16_t node; /* node index */
+	uint16_t count;
+};
+
+struct sdup {
+	uint32_t slot;
+	uint32_t gen;
+	uint16_t node;   /* holder's node index */
+	uint16_t total;  /* sum of counts */
+	uint8_t nrefs;
+	uint8_t idle;    /* prune ticks spent with total == 0 */
+	uint16_t refcap; /* > INLINE_REFS: refs are on the heap */
+	union {
+		struct sref in[INLINE_REFS];
+		struct sref *heap;
+	} r;
+};
+
+struct entry {
+	uint64_t hi, lo;
+	struct sdup d0;     /* the first dup, valid when ndups > 0 */
+	struct sdup *more;  /* dups 1..ndups-1 */
+	uint16_t pending;   /* node index + 1 ordered to create a dup, 0 none */
+	uint8_t ndups;
+	uint8_t morecap;
+};
+
+struct node {
+	uint32_t id;
+	uint32_t rack;
+	uint64_t room;  /* free pool slots it reported */
+	bool live;
+	bool used;
+};
+
+struct stree {
+	struct stree_params p;
+	const struct stree_ops *ops;
+	void *arg;
+	struct entry *e;    /* dense */
+	size_t n, cap;
+	uint32_t *idx;      /* position + 1, 0 empty */
+	size_t idx_size;    /* power of two */
+	struct node nodes[STREE_MAX_NODES];
+	unsigned nnodes;
+	struct unstable un;
+	size_t heap_bytes;  /* chains and ref arrays */
+	bool repair_due;    /* room appeared: the next prune restores R */
+};
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static struct sref *refs_of(struct sdup *d)
+{
+	return d->refcap > INLINE_REFS ? d->r.heap : d->r.in;
+}
+
+static const struct sref *crefs_of(const struct sdup *d)
+{
+	return d->refcap > INLINE_REFS ? d->r.heap : d->r.in;
+}
+
+static struct sdup *dup_at(struct entry *e, unsigned i)
+{
+	return i == 0 ? &e->d0 : &e->more[i - 1];
+}
+
+static const struct sdup *cdup_at(const struct entry *e, unsigned i)
+{
+	return i == 0 ? &e->d0 : &e->more[i - 1];
+}
+
+static int node_index(const struct stree *t, uint32_t id)
+{
+	for (unsigned i = 0; i < t->nnodes; i++)
+		if (t->nodes[i].used && t->nodes[i].id == id)
+			return (int)i;
+	return -1;
+}
+
+static struct stree_dupref dupref(const struct stree *t, const struct sdup *d)
+{
+	return (struct stree_dupref){ t->nodes[d->node].id, d->slot, d->gen };
+}
+
+static uint32_t count_of(const struct sdup *d, uint16_t node)
+{
+	const struct sref *r = crefs_of(d);
+
+	for (unsigned i = 0; i < d->nrefs; i++)
+		if (r[i].node == node)
+			return r[i].count;
+	return 0;
+}
+
+/* Set node's count on d (0 removes it). */
+static int set_count(struct stree *t, struct sdup *d, uint16_t node, uint32_t count)
+{
+	struct sref *r = refs_of(d);
+	unsigned i;
+
+	for (i = 0; i < d->nrefs && r[i].node != node; i++)
+		;
+	if (i < d->nrefs) {
+		d->total = (uint16_t)(d->total - r[i].count + count);
+		if (count) {
+			r[i].count = (uint16_t)count;
+		} else {
+			r[i] = r[--d->nrefs];
+		}
+		return 0;
+	}
+	if (!count)
+		return 0;
+	if (d->nrefs == INLINE_REFS && d->refcap <= INLINE_REFS) {
+		struct sref *h = malloc(8 * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		memcpy(h, d->r.in, sizeof(d->r.in));
+		d->r.heap = h;
+		d->refcap = 8;
+		t->heap_bytes += 8 * sizeof(*h);
+		r = h;
+	} else if (d->refcap > INLINE_REFS && d->nrefs == d->refcap) {
+		struct sref *h = realloc(d->r.heap, 2u * d->refcap * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		t->heap_bytes += d->refcap * sizeof(*h);
+		d->r.heap = h;
+		d->refcap = (uint16_t)(2 * d->refcap);
+		r = h;
+	}
+	r[d->nrefs].node = node;
+	r[d->nrefs].count = (uint16_t)count;
+	d->nrefs++;
+	d->total = (uint16_t)(d->total + count);
+	return 0;
+}
+
+static void dup_clear(struct stree *t, struct sdup *d)
+{
+	if (d->refcap > INLINE_REFS) {
+		t->heap_bytes -= d->refcap * sizeof(struct sref);
+		free(d->r.heap);
+	}
+	memset(d, 0, sizeof(*d));
+}
+
+/* Does any dup of e back pages of a node other than its holder? */
+static bool backs_remote(const struct entry *e)
+{
+	for (unsigned i = 0; i < e->ndups; i++) {
+		const struct sdup *d = cdup_at(e, i);
+		const struct sref *r = crefs_of(d);
+
+		for (unsigned k = 0; k < d->nrefs; k++)
+			if (r[k].node != d->node)
+				return true;
+	}
+	return false;
+}
+
+static int holds(const struct entry *e, uint16_t node)
+{
+	for (unsigned i = 0; i < e->ndups; i++)
+		if (cdup_at(e, i)->node == node)
+			return (int)i;
+	return -1;
+}
+
+/* A dup of e on node with room for one more reference, or -1. */
+static int local_room(const struct stree *t, const struct entry *e, uint16_t node)
+{
+	for (unsigned i = 0; i < e->ndups; i++) {
+		const struct sdup *d = cdup_at(e, i);
+
+		if (d->node == node && d->total < t->p.max_page_sharing)
+			return (int)i;
+	}
+	return -1;
+}
+
+/* Distinct live nodes holding a dup of e (with room, if room is set). */
+static unsigned holder_nodes(const struct stree *t, const struct entry *e, bool room)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < e->ndups; i++) {
+		const struct sdup *d = cdup_at(e, i);
+		bool first = true;
+
+		if (!t->nodes[d->node].live || (room && d->total >= t->p.max_page_sharing))
+			continue;
+		for (unsigned j = 0; j < i && first; j++) {
+			const struct sdup *o = cdup_at(e, j);
+
+			first = !(o->node == d->node &&
+				  (!room || o->total < t->p.max_page_sharing));
+		}
+		n += first;
+	}
+	return n;
+}
+
+/* ---- the index -------------------------------------------------------------- */
+
+static size_t slot_of(const struct stree *t, uint64_t lo)
+{
+	return (size_t)(lo * 0x9e3779b97f4a7c15ULL >> 20) & (t->idx_size - 1);
+}
+
+static struct entry *find(const struct stree *t, uint64_t hi, uint64_t lo)
+{
+	for (size_t s = slot_of(t, lo);; s = (s + 1) & (t->idx_size - 1)) {
+		uint32_t v = t->idx[s];
+
+		if (!v)
+			return NULL;
+		if (t->e[v - 1].lo == lo && t->e[v - 1].hi == hi)
+			return &t->e[v - 1];
+	}
+}
+
+static size_t idx_slot(const struct stree *t, size_t pos)
+{
+	size_t s = slot_of(t, t->e[pos].lo);
+
+	while (t->idx[s] != pos + 1)
+		s = (s + 1) & (t->idx_size - 1);
+	return s;
+}
+
+static void idx_put(struct stree *t, size_t pos)
+{
+	size_t s = slot_of(t, t->e[pos].lo);
+
+	while (t->idx[s])
+		s = (s + 1) & (t->idx_size - 1);
+	t->idx[s] = (uint32_t)(pos + 1);
+}
+
+static int grow(struct stree *t)
+{
+	if (t->n == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 1024;
+		struct entry *ne = realloc(t->e, cap * sizeof(*ne));
+
+		if (!ne)
+			return -ENOMEM;
+		t->e = ne;
+		t->cap = cap;
+	}
+	if ((t->n + 1) * 4 > t->idx_size * 3) {
+		size_t size = t->idx_size * 2;
+		uint32_t *ni = calloc(size, sizeof(*ni));
+
+		if (!ni)
+			return -ENOMEM;
+		free(t->idx);
+		t->idx = ni;
+		t->idx_size = size;
+		for (size_t i = 0; i < t->n; i++)
+			idx_put(t, i);
+	}
+	return 0;
+}
+
+static struct entry *insert(struct stree *t, uint64_t hi, uint64_t lo)
+{
+	struct entry *e;
+
+	if (grow(t))
+		return NULL;
+	e = &t->e[t->n];
+	memset(e, 0, sizeof(*e));
+	e->hi = hi;
+	e->lo = lo;
+	idx_put(t, t->n++);
+	return e;
+}
+
+/* Remove e: backward-shift its index slot, move the last entry into its place. */
+static void erase(struct stree *t, struct entry *e)
+{
+	size_t pos = (size_t)(e - t->e), last = t->n - 1;
+	size_t hole = idx_slot(t, pos), s = hole;
+
+	for (unsigned i = 0; i < e->ndups; i++)
+		dup_clear(t, dup_at(e, i));
+	if (e->more) {
+		t->heap_bytes -= e->morecap * sizeof(struct sdup);
+		free(e->more);
+	}
+	t->idx[hole] = 0;
+	for (;;) {
+		size_t home;
+
+		s = (s + 1) & (t->idx_size - 1);
+		if (!t->idx[s])
+			break;
+		home = slot_of(t, t->e[t->idx[s] - 1].lo);
+		/* Move it back if its home is not in (hole, s]. */
+		if (((s - home) & (t->idx_size - 1)) >= ((s - hole) & (t->idx_size - 1))) {
+			t->idx[hole] = t->idx[s];
+			t->idx[s] = 0;
+			hole = s;
+		}
+	}
+	if (pos != last) {
+		t->idx[idx_slot(t, last)] = (uint32_t)(pos + 1);
+		t->e[pos] = t->e[last];
+	}
+	t->n--;
+}
+
+/* ---- dups ------------------------------------------------------------------------ */
+
+static struct sdup *add_dup(struct stree *t, struct entry *e, uint16_t node, uint32_t slot,
+			    uint32_t gen)
+{
+	struct sdup *d;
+
+	if (e->ndups == 0) {
+		d = &e->d0;
+	} else {
+		if (e->ndups - 1u == e->morecap) {
+			unsigned cap = e->morecap ? 2u * e->morecap : 2;
+			struct sdup *m;
+
+			if (cap > 255)
+				return NULL;
+			m = realloc(e->more, cap * sizeof(*m));
+			if (!m)
+				return NULL;
+			t->heap_bytes += (cap - e->morecap) * sizeof(*m);
+			e->more = m;
+			e->morecap = (uint8_t)cap;
+		}
+		d = &e->more[e->ndups - 1];
+	}
+	memset(d, 0, sizeof(*d));
+	d->node = node;
+	d->slot = slot;
+	d->gen = gen;
+	e->ndups++;
+	return d;
+}
+
+static void remove_dup(struct stree *t, struct entry *e, unsigned i)
+{
+	struct sdup *last = dup_at(e, e->ndups - 1u);
+
+	dup_clear(t, dup_at(e, i));
+	if (dup_at(e, i) != last) {
+		*dup_at(e, i) = *last;
+		memset(last, 0, sizeof(*last));
+	}
+	e->ndups--;
+	if (e->ndups <= 1 && e->more) {
+		t->heap_bytes -= e->morecap * sizeof(struct sdup);
+		free(e->more);
+		e->more = NULL;
+		e->morecap = 0;
+	}
+}
+
+static struct sdup *find_dup(struct entry *e, int node, uint64_t slot, uint32_t gen)
+{
+	for (unsigned i = 0; i < e->ndups; i++) {
+		struct sdup *d = dup_at(e, i);
+
+		if (d->node == node && d->slot == slot && d->gen == gen)
+			return d;
+	}
+	return NULL;
+}
+
+/* ---- placement --------------------------------------------------------------------- */
+
+/* The node that should take the next dup of e, or -1. */
+static int placement(const struct stree *t, const struct entry *e)
+{
+	int best = -1;
+	unsigned best_rack_dups = 0;
+
+	for (unsigned i = 0; i < t->nnodes; i++) {
+		const struct node *nd = &t->nodes[i];
+		unsigned rack_dups = 0;
+
+		if (!nd->used || !nd->live || !nd->room || holds(e, (uint16_t)i) >= 0)
+			continue;
+		for (unsigned k = 0; k < e->ndups; k++)
+			rack_dups += t->nodes[cdup_at(e, k)->node].rack == nd->rack;
+		if (best < 0 || rack_dups < best_rack_dups ||
+		    (rack_dups == best_rack_dups && nd->room > t->nodes[best].room)) {
+			best = (int)i;
+			best_rack_dups = rack_dups;
+		}
+	}
+	return best;
+}
+
+/* Order a create of e on the placement node, from e's dups. */
+static void order_create(struct stree *t, struct entry *e)
+{
+	struct stree_dupref src[STREE_MAX_REPLICAS];
+	unsigned ns = 0;
+	int n;
+
+	if (e->pending || !t->ops || !t->ops->create)
+		return;
+	n = placement(t, e);
+	if (n < 0)
+		return;
+	for (unsigned i = 0; i < e->ndups && ns < STREE_MAX_REPLICAS; i++)
+		if (t->nodes[cdup_at(e, i)->node].live)
+			src[ns++] = dupref(t, cdup_at(e, i));
+	e->pending = (uint16_t)(n + 1);
+	t->nodes[n].room--;
+	t->ops->create(t->arg, t->nodes[n].id, e->hi, e->lo, src, ns);
+}
+
+/* Does e need more dups to back pages remotely with R replicas? */
+static bool needs_replica(const struct stree *t, const struct entry *e)
+{
+	return backs_remote(e) && holder_nodes(t, e, false) < t->p.replicas;
+}
+
+/* ---- decisions ---------------------------------------------------------------------- */
+
+static void back_remote(const struct stree *t, const struct entry *e, uint16_t n,
+			struct stree_decision *out)
+{
+	unsigned order[256], k = 0;
+
+	for (unsigned i = 0; i < e->ndups; i++) {
+		const struct sdup *d = cdup_at(e, i);
+
+		if (t->nodes[d->node].live && d->total < t->p.max_page_sharing)
+			order[k++] = i;
+	}
+	/* Same rack first, then fewest references, then lowest node id. */
+	for (unsigned a = 1; a < k; a++)
+		for (unsigned b = a; b > 0; b--) {
+			const struct sdup *x = cdup_at(e, order[b - 1]), *y = cdup_at(e, order[b]);
+			bool xr = t->nodes[x->node].rack == t->nodes[n].rack;
+			bool yr = t->nodes[y->node].rack == t->nodes[n].rack;
+
+			if (xr > yr || (xr == yr && (x->total < y->total ||
+						     (x->total == y->total &&
+						      t->nodes[x->node].id <= t->nodes[y->node].id))))
+				break;
+			unsigned tmp = order[b - 1];
+
+			order[b - 1] = order[b];
+			order[b] = tmp;
+		}
+	out->action = STREE_BACK_REMOTE;
+	out->ndups = 0;
+	for (unsigned i = 0; i < k && out->ndups < STREE_MAX_REPLICAS; i++)
+		out->dups[out->ndups++] = dupref(t, cdup_at(e, order[i]));
+}
+
+int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		 struct stree_decision *out)
+{
+	struct entry *e = find(t, hi, lo);
+	int n = node_index(t, node), h;
+
+	out->action = STREE_LEAVE;
+	out->ndups = 0;
+	if (n < 0)
+		return -ENOENT;
+	if (pages == 0)
+		return -EINVAL;
+	if (!e) {
+		if (!unstable_check_insert(&t->un, hi, lo) && pages < 2)
+			return 0;
+		e = insert(t, hi, lo);
+		if (!e)
+			return -ENOMEM;
+	}
+	h = local_room(t, e, (uint16_t)n);
+	if (h >= 0) {
+		out->action = STREE_BACK_LOCAL;
+		out->ndups = 1;
+		out->dups[0] = dupref(t, dup_at(e, (unsigned)h));
+		return 0;
+	}
+	if (t->p.merge_across_nodes && holder_nodes(t, e, true) >= t->p.replicas) {
+		back_remote(t, e, (uint16_t)n, out);
+		return 0;
+	}
+	if (e->pending)
+		return 0;
+	if (t->nodes[n].room && e->ndups < 255) {
+		out->action = STREE_CREATE_DUP;
+		e->pending = (uint16_t)(n + 1);
+		t->nodes[n].room--;
+		return 0;
+	}
+	if (t->p.merge_across_nodes)
+		order_create(t, e);
+	return 0;
+}
+
+int stree_dup_created(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint64_t slot,
+		      uint32_t gen)
+{
+	struct entry *e = find(t, hi, lo);
+	int n = node_index(t, node);
+
+	if (!e || n < 0)
+		return -ENOENT;
+	if (e->pending != n + 1)
+		return -EPERM;
+	if (slot > UINT32_MAX || find_dup(e, n, slot, gen))
+		return -EEXIST;
+	if (!add_dup(t, e, (uint16_t)n, (uint32_t)slot, gen))
+		return -ENOMEM;
+	e->pending = 0;
+	/* More replicas may be due (backing remote pages, fewer than R). */
+	if (needs_replica(t, e))
+		order_create(t, e);
+	return 0;
+}
+
+void stree_dup_failed(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo)
+{
+	struct entry *e = find(t, hi, lo);
+	int n = node_index(t, node);
+
+	if (e && n >= 0 && e->pending == n + 1) {
+		e->pending = 0;
+		t->repair_due = true; /* try again at the next prune tick */
+	}
+}
+
+int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+	      const struct stree_dupref *dr, int32_t delta)
+{
+	struct entry *e = find(t, hi, lo);
+	int n = node_index(t, node), holder = node_index(t, dr->node);
+	struct sdup *d;
+	int64_t now;
+	int rc;
+
+	if (!e || n < 0 || holder < 0)
+		return -ENOENT;
+	d = find_dup(e, holder, dr->slot, dr->gen);
+	if (!d)
+		return -ENOENT;
+	now = (int64_t)count_of(d, (uint16_t)n) + delta;
+	if (now < 0)
+		return -ERANGE;
+	if ((int64_t)d->total + delta > (int64_t)t->p.max_page_sharing)
+		return -E2BIG;
+	rc = set_count(t, d, (uint16_t)n, (uint32_t)now);
+	if (rc)
+		return rc;
+	if (d->total)
+		d->idle = 0;
+	if (needs_replica(t, e))
+		order_create(t, e);
+	return 0;
+}
+
+int stree_resync(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+		 const struct stree_dupref *dr, uint32_t refs, bool held_here)
+{
+	struct entry *e = find(t, hi, lo);
+	int n = node_index(t, node), holder = node_index(t, dr->node);
+	struct sdup *d;
+
+	if (n < 0 || holder < 0)
+		return -ENOENT;
+	if (held_here && holder != n)
+		return -EPERM;
+	if (dr->slot > UINT32_MAX || refs > t->p.max_page_sharing)
+		return -ERANGE;
+	if (!e && !(e = insert(t, hi, lo)))
+		return -ENOMEM;
+	d = find_dup(e, holder, dr->slot, dr->gen);
+	if (!d) {
+		d = add_dup(t, e, (uint16_t)holder, (uint32_t)dr->slot, dr->gen);
+		if (!d)
+			return -ENOMEM;
+	}
+	if ((int64_t)d->total - count_of(d, (uint16_t)n) + refs > t->p.max_page_sharing)
+		return -E2BIG;
+	t->repair_due = true; /* replicas are checked once resync settles */
+	return set_count(t, d, (uint16_t)n, refs);
+}
+
+/* ---- nodes -------------------------------------------------------------------------- */
+
+int stree_node_add(struct stree *t, uint32_t node, uint32_t rack)
+{
+	int i = node_index(t, node);
+
+	if (i < 0) {
+		if (t->nnodes == STREE_MAX_NODES)
+			return -ENOSPC;
+		i = (int)t->nnodes++;
+		t->nodes[i].used = true;
+		t->nodes[i].id = node;
+	}
+	t->nodes[i].rack = rack;
+	t->nodes[i].live = true;
+	return 0;
+}
+
+void stree_node_room(struct stree *t, uint32_t node, uint64_t free_slots)
+{
+	int i = node_index(t, node);
+
+	if (i < 0)
+		return;
+	if (free_slots > t->nodes[i].room)
+		t->repair_due = true;
+	t->nodes[i].room = free_slots;
+}
+
+void stree_node_live(struct stree *t, uint32_t node)
+{
+	int i = node_index(t, node);
+
+	if (i >= 0 && !t->nodes[i].live) {
+		t->nodes[i].live = true;
+		t->repair_due = true;
+	}
+}
+
+void stree_node_dead(struct stree *t, uint32_t node)
+{
+	int n = node_index(t, node);
+
+	if (n < 0)
+		return;
+	t->nodes[n].live = false;
+	t->nodes[n].room = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		struct entry *e = &t->e[i];
+
+		if (e->pending == n + 1)
+			e->pending = 0;
+		for (unsigned k = 0; k < e->ndups;) {
+			struct sdup *d = dup_at(e, k);
+
+			if (d->node == n) {
+				remove_dup(t, e, k);
+				continue;
+			}
+			set_count(t, d, (uint16_t)n, 0); /* its pages are gone too */
+			k++;
+		}
+	}
+	/* Restore R where pages are still backed remotely. */
+	for (size_t i = 0; i < t->n; i++)
+		if (needs_replica(t, &t->e[i]))
+			order_create(t, &t->e[i]);
+}
+
+/* ---- pruning ------------------------------------------------------------------------- */
+
+void stree_prune(struct stree *t)
+{
+	for (size_t i = 0; i < t->n;) {
+		struct entry *e = &t->e[i];
+
+		for (unsigned k = 0; k < e->ndups;) {
+			struct sdup *d = dup_at(e, k);
+
+			if (d->total || ++d->idle < t->p.prune_ticks) {
+				k++;
+				continue;
+			}
+			if (t->ops && t->ops->release) {
+				struct stree_dupref r = dupref(t, d);
+
+				t->ops->release(t->arg, e->hi, e->lo, &r);
+			}
+			remove_dup(t, e, k);
+		}
+		if (!e->ndups && !e->pending) {
+			erase(t, e); /* the last entry moved into i */
+			continue;
+		}
+		if (needs_replica(t, e))
+			order_create(t, e);
+		i++;
+	}
+	t->repair_due = false;
+}
+
+void stree_age(struct stree *t)
+{
+	unstable_age(&t->un);
+}
+
+/* ---- stats, dump, checks ------------------------------------------------------------- */
+
+void stree_stats(const struct stree *t, struct stree_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->contents = t->n;
+	s->pages_unshared = t->un.inserted;
+	for (size_t i = 0; i < t->n; i++) {
+		const struct entry *e = &t->e[i];
+
+		if (e->ndups > 1) {
+			s->stable_node_chains++;
+			s->stable_node_dups += e->ndups;
+		}
+		for (unsigned k = 0; k < e->ndups; k++) {
+			const struct sdup *d = cdup_at(e, k);
+
+			s->dups++;
+			s->refs += d->total;
+			if (d->total) {
+				s->pages_shared++;
+				s->pages_sharing += d->total - 1u;
+			}
+		}
+	}
+	s->bytes = t->cap * sizeof(*t->e) + t->idx_size * sizeof(*t->idx) + t->heap_bytes +
+		   unstable_bytes(&t->un);
+}
+
+void stree_node_stats(const struct stree *t, uint32_t node, uint64_t *held, uint64_t *refs)
+{
+	int n = node_index(t, node);
+
+	*held = *refs = 0;
+	for (size_t i = 0; n >= 0 && i < t->n; i++)
+		for (unsigned k = 0; k < t->e[i].ndups; k++) {
+			const struct sdup *d = cdup_at(&t->e[i], k);
+
+			*held += d->node == n;
+			*refs += count_of(d, (uint16_t)n);
+		}
+}
+
+size_t stree_matrix(const struct stree *t, uint32_t *ids, uint64_t *m, size_t max_nodes)
+{
+	size_t n = t->nnodes < max_nodes ? t->nnodes : max_nodes;
+
+	for (size_t i = 0; i < n; i++)
+		ids[i] = t->nodes[i].id;
+	memset(m, 0, n * n * sizeof(*m));
+	for (size_t i = 0; i < t->n; i++)
+		for (unsigned k = 0; k < t->e[i].ndups; k++) {
+			const struct sdup *d = cdup_at(&t->e[i], k);
+			const struct sref *r = crefs_of(d);
+
+			for (unsigned j = 0; j < d->nrefs; j++)
+				if (r[j].node < n && d->node < n)
+					m[r[j].node * n + d->node] += r[j].count;
+		}
+	return n;
+}
+
+static int by_id(const void *a, const void *b)
+{
+	const struct entry *x = *(const struct entry *const *)a, *y = *(const struct entry *const *)b;
+
+	if (x->hi != y->hi)
+		return x->hi < y->hi ? -1 : 1;
+	return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+void stree_dump(const struct stree *t, FILE *out)
+{
+	const struct entry **v = malloc((t->n ? t->n : 1) * sizeof(*v));
+
+	if (!v)
+		return;
+	for (size_t i = 0; i < t->n; i++)
+		v[i] = &t->e[i];
+	qsort(v, t->n, sizeof(*v), by_id);
+	for (size_t i = 0; i < t->n; i++) {
+		const struct entry *e = v[i];
+		char line[4096];
+		int len = 0;
+		unsigned ord[256]; /* dups by (node id, slot) */
+
+		if (!e->ndups)
+			continue; /* entries without dups are soft and not resynced */
+		len += snprintf(line + len, sizeof(line) - (size_t)len, "%016llx%016llx",
+				(unsigned long long)e->hi, (unsigned long long)e->lo);
+		for (unsigned k = 0; k < e->ndups; k++)
+			ord[k] = k;
+		for (unsigned a = 1; a < e->ndups; a++)
+			for (unsigned b = a; b > 0; b--) {
+				const struct sdup *x = cdup_at(e, ord[b - 1]), *y = cdup_at(e, ord[b]);
+				uint32_t xi = t->nodes[x->node].id, yi = t->nodes[y->node].id;
+
+				if (xi < yi || (xi == yi && x->slot <= y->slot))
+					break;
+				unsigned tmp = ord[b - 1];
+
+				ord[b - 1] = ord[b];
+				ord[b] = tmp;
+			}
+		for (unsigned k = 0; k < e->ndups; k++) {
+			const struct sdup *d = cdup_at(e, ord[k]);
+
+			len += snprintf(line + len, sizeof(line) - (size_t)len, " dup=%u/%u/%u refs=",
+					t->nodes[d->node].id, d->slot, d->gen);
+			/* references by ascending node id */
+			{
+				uint32_t last = 0;
+				bool any = false;
+
+				for (;;) {
+					uint32_t best = UINT32_MAX;
+					unsigned bj = 0;
+
+					for (unsigned j = 0; j < t->nnodes; j++) {
+						uint32_t nid = t->nodes[j].id;
+
+						if (count_of(d, (uint16_t)j) && (!any || nid > last) && nid < best) {
+							best = nid;
+							bj = j;
+						}
+					}
+					if (best == UINT32_MAX)
+						break;
+					len += snprintf(line + len, sizeof(line) - (size_t)len, "%s%u:%u",
+							any ? "," : "", best, count_of(d, (uint16_t)bj));
+					last = best;
+					any = true;
+				}
+			}
+		}
+		fprintf(out, "%s\n", line);
+	}
+	free(v);
+}
+
+int stree_check(const struct stree *t, char *why, size_t len)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		const struct entry *e = &t->e[i];
+
+		if (find(t, e->hi, e->lo) != e) {
+			snprintf(why, len, "entry %zu not found through the index", i);
+			return -EUCLEAN;
+		}
+		for (unsigned k = 0; k < e->ndups; k++) {
+			const struct sdup *d = cdup_at(e, k);
+			const struct sref *r = crefs_of(d);
+			uint32_t sum = 0;
+
+			for (unsigned j = 0; j < d->nrefs; j++) {
+				if (!r[j].count) {
+					snprintf(why, len, "a zero count kept on a dup");
+					return -EUCLEAN;
+				}
+				sum += r[j].count;
+			}
+			if (sum != d->total || d->total > t->p.max_page_sharing) {
+				snprintf(why, len, "dup total %u, sum %u, max %u", d->total, sum,
+					 t->p.max_page_sharing);
+				return -EUCLEAN;
+			}
+			if (!t->nodes[d->node].live) {
+				snprintf(why, len, "a dup on dead node %u", t->nodes[d->node].id);
+				return -EUCLEAN;
+			}
+		}
+		if (!t->repair_due && needs_replica(t, e) && !e->pending && placement(t, e) >= 0) {
+			snprintf(why, len, "a content backs pages remotely with %u < R dups and no order",
+				 e->ndups);
+			return -EUCLEAN;
+		}
+	}
+	return 0;
+}
+
+/* ---- life ------------------------------------------------------------------------------- */
+
+struct stree *stree_create(const struct stree_params *p, const struct stree_ops *ops, void *arg)
+{
+	struct stree *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return NULL;
+	t->p = *p;
+	if (t->p.replicas < 1)
+		t->p.replicas = 1;
+	if (t->p.replicas > STREE_MAX_REPLICAS)
+		t->p.replicas = STREE_MAX_REPLICAS;
+	if (t->p.max_page_sharing < 2 || t->p.max_page_sharing > UINT16_MAX)
+		t->p.max_page_sharing = 256;
+	t->ops = ops;
+	t->arg = arg;
+	t->idx_size = 1024;
+	t->idx = calloc(t->idx_size, sizeof(*t->idx));
+	if (!t->idx || unstable_init(&t->un, p->unstable_capacity ? p->unstable_capacity : 1u << 20)) {
+		stree_destroy(t);
+		return NULL;
+	}
+	return t;
+}
+
+void stree_destroy(struct stree *t)
+{
+	if (!t)
+		return;
+	while (t->n)
+		erase(t, &t->e[t->n - 1]);
+	free(t->e);
+	free(t->idx);
+	unstable_fini(&t->un);
+	free(t);
+}

@@ -1,0 +1,144 @@
+/*
+ * stree - a shard's stable tree: KSM's stable tree of chains and dups,
+ * across a cluster.
+ *
+ * A content (128-bit id) that was seen twice gets an entry. Its dups are
+ * copies in nodes' page pools, each named by (node, slot, generation);
+ * each dup carries, per node, how many of that node's pages it backs
+ * (agents keep their own page -> dup maps; the shard never stores pages).
+ * Several dups form a chain: replicas on distinct nodes, or more dups
+ * because every dup reached max_page_sharing.
+ *
+ * See stree.c for the decisions and the invariants the tree keeps.
+ */
+#ifndef CKSM_STREE_H
+#define CKSM_STREE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define STREE_MAX_NODES 4096
+#define STREE_MAX_REPLICAS 8
+
+struct stree_params {
+	uint32_t max_page_sharing;  /* references one dup may serve */
+	uint32_t replicas;          /* R: dups on distinct nodes for remote backing */
+	bool merge_across_nodes;    /* false: every node backs only from itself */
+	uint32_t prune_ticks;       /* ticks a dup may stay unreferenced */
+	uint64_t unstable_capacity; /* ids per unstable generation */
+};
+
+struct stree_dupref {
+	uint32_t node; /* node id (the wire's, not the index) */
+	uint64_t slot;
+	uint32_t gen;
+};
+
+enum stree_action {
+	STREE_LEAVE = 1,       /* keep the page resident (seen once, or waiting) */
+	STREE_BACK_LOCAL = 2,  /* back it by the dup in the reporter's pool */
+	STREE_BACK_REMOTE = 3, /* back it by these remote replicas, in order */
+	STREE_CREATE_DUP = 4,  /* copy the page into the reporter's pool */
+};
+
+struct stree_decision {
+	enum stree_action action;
+	unsigned ndups;
+	struct stree_dupref dups[STREE_MAX_REPLICAS];
+};
+
+/* Orders the tree gives to nodes other than a reporter. */
+struct stree_ops {
+	/* node must copy content id into its pool from one of sources. */
+	void (*create)(void *arg, uint32_t node, uint64_t hi, uint64_t lo,
+		       const struct stree_dupref *sources, unsigned nsources);
+	/* node must free this dup once nothing on it references it. */
+	void (*release)(void *arg, uint64_t hi, uint64_t lo, const struct stree_dupref *dup);
+};
+
+struct stree_stats {
+	uint64_t contents;           /* entries in the tree */
+	uint64_t pages_shared;       /* dups with at least one reference */
+	uint64_t pages_sharing;      /* references beyond one per such dup: pages saved */
+	uint64_t pages_unshared;     /* ids seen once in the current generation */
+	uint64_t stable_node_chains; /* contents with more than one dup */
+	uint64_t stable_node_dups;   /* dups in those chains */
+	uint64_t dups;               /* every dup */
+	uint64_t refs;               /* every reference */
+	uint64_t bytes;              /* memory the tree and filter hold */
+};
+
+struct stree;
+
+struct stree *stree_create(const struct stree_params *p, const struct stree_ops *ops, void *arg);
+void stree_destroy(struct stree *t);
+
+/*
+ * Nodes. A node must be added before anything names it; rack groups nodes
+ * into failure domains; room is the number of free pool slots it reported
+ * (a node without room is never asked to create a dup).
+ */
+int stree_node_add(struct stree *t, uint32_t node, uint32_t rack);
+void stree_node_room(struct stree *t, uint32_t node, uint64_t free_slots);
+/*
+ * The node is dead: its dups leave their chains (their references go
+ * with them), pending creates on it are forgotten, and every content that
+ * still backs pages remotely gets create orders until it has R dups on
+ * distinct live nodes again (as far as live nodes with room allow).
+ */
+void stree_node_dead(struct stree *t, uint32_t node);
+/* A dead node is back (it must resync what it holds). */
+void stree_node_live(struct stree *t, uint32_t node);
+
+/* A node reported a stable content it holds in `pages` pages. */
+int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		 struct stree_decision *out);
+
+/*
+ * The node made the dup it was asked for. Returns 0, -ENOENT (unknown
+ * content), -EPERM (no create was ordered from this node) or -EEXIST.
+ */
+int stree_dup_created(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint64_t slot,
+		      uint32_t gen);
+/* The node could not make it: forget the order. */
+void stree_dup_failed(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo);
+
+/*
+ * The node's references on a dup changed by delta. Returns 0, -ENOENT
+ * (no such content or dup: a forged reference), -ERANGE (the node's count
+ * would go negative) or -E2BIG (above max_page_sharing); nothing changes
+ * on error.
+ */
+int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+	      const struct stree_dupref *dup, int32_t delta);
+
+/*
+ * After a shard restart: the node says it holds (held_here) or references
+ * (refs) this dup. Idempotent; the order of nodes does not matter.
+ */
+int stree_resync(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+		 const struct stree_dupref *dup, uint32_t refs, bool held_here);
+
+/* One prune tick: release dups unreferenced for prune_ticks, drop empty contents. */
+void stree_prune(struct stree *t);
+
+/* Age the unstable filter (a scan interval passed). */
+void stree_age(struct stree *t);
+
+void stree_stats(const struct stree *t, struct stree_stats *s);
+
+/* Per-node figures: what node holds and what it references. */
+void stree_node_stats(const struct stree *t, uint32_t node, uint64_t *held, uint64_t *refs);
+
+/* m[i * n + j]: pages node i backs from dups on node j (node ids in ids[]). */
+size_t stree_matrix(const struct stree *t, uint32_t *ids, uint64_t *m, size_t max_nodes);
+
+/* Write the tree in a canonical text form (sorted), for comparisons. */
+void stree_dump(const struct stree *t, FILE *out);
+
+/* Check the invariants; returns 0 or -EUCLEAN with the first violation in why. */
+int stree_check(const struct stree *t, char *why, size_t len);
+
+#endif

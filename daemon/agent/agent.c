@@ -38,6 +38,7 @@ struct agent_shard {
 	struct dialer *dialer;
 	bool registered;	/* RegisterAck received on this conn */
 	uint64_t dead_after_ms; /* the shard's, from RegisterAck */
+	bool registered_before; /* a RegisterAck came on an earlier conn */
 	bool was_connected;	/* a connection was up before this one */
 	uint32_t node_id;	/* our id at this shard */
 	uint64_t hb_seq;
@@ -58,6 +59,7 @@ struct agent {
 	bool stopping; /* SIGTERM: closing everything */
 	struct scanrun *scan;
 	struct metric *m_sent;
+	struct metric *m_sent_pages;
 };
 
 static int send_register(struct agent_shard *s, struct conn *c)
@@ -119,7 +121,9 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 		return conn_fail(c, -EPROTO, "%s answers as shard %u, the shard map says shard %u",
 				 dialer_address(s->dialer), ack->shard_id, s->id);
 	adopt_timing(s, ack);
-	scanrun_rereport(s->a->scan);
+	if (s->registered_before)
+		scanrun_rereport(s->a->scan, s->id);
+	s->registered_before = true;
 	s->registered = true;
 	s->node_id = ack->node_id;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
@@ -233,8 +237,11 @@ static int send_report(struct agent *a, struct conn *c, struct report_entry *e, 
 	rep.digests = dp;
 	m.body_case = CKSM__MSG__BODY_DIGEST_REPORT;
 	m.digest_report = &rep;
-	metric_add(a->m_sent, n);
-	return conn_send(c, &m);
+	if (conn_send(c, &m))
+		return -EIO;
+	metric_add(a->m_sent, k);
+	metric_add(a->m_sent_pages, n);
+	return 0;
 }
 
 /* Drain the report queues into the shards that can take them now. */
@@ -253,6 +260,7 @@ static void flush_reports(void *arg)
 			if (send_report(a, c, batch, n))
 				break;
 	}
+	scanrun_queued(a->scan);
 }
 
 static void on_heartbeat(uv_timer_t *t)
@@ -292,8 +300,13 @@ static int register_metrics(struct agent *a)
 	a->m_reconnects =
 		metrics_counter(r, "cksm_agent_reconnects_total",
 				"Connections to shards re-established after a loss.", NULL);
-	a->m_sent = metrics_counter(r, "cksm_digests_sent_total", "Digests sent to shards.", NULL);
-	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered || !a->m_reconnects || !a->m_sent)
+	a->m_sent = metrics_counter(r, "cksm_digests_sent_total",
+				    "Digests sent to shards (identical ids of a batch count once).",
+				    NULL);
+	a->m_sent_pages = metrics_counter(r, "cksm_digest_pages_sent_total",
+					  "Pages the digests sent to shards stand for.", NULL);
+	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered || !a->m_reconnects || !a->m_sent ||
+	    !a->m_sent_pages)
 		return -ENOMEM;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		char labels[32];

@@ -220,22 +220,33 @@ static unsigned long long read_starttime(pid_t pid)
  * least c * (100 - cpu_percent) / cpu_percent of sleep, so the thread's
  * share of one core stays within cpu_percent whatever the batch cost.
  */
+uint64_t scanner_budget_ms(const struct scanner *s)
+{
+	uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - s->batch_cpu_ns;
+	unsigned pct = s->cfg->cpu_percent;
+
+	return pct < 100 ? (cpu * (100 - pct) / pct + 999999) / 1000000 : 0; /* round up */
+}
+
+void scanner_rested(struct scanner *s)
+{
+	s->batch = 0;
+	s->batch_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+}
+
 static int throttle(struct scanner *s)
 {
-	uint64_t cpu, ms, need;
-	unsigned pct = s->cfg->cpu_percent;
+	uint64_t need, ms;
 
 	if (!s->sleep || s->batch < s->cfg->pages_to_scan)
 		return 0;
-	s->batch = 0;
-	cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - s->batch_cpu_ns;
-	need = pct < 100 ? (cpu * (100 - pct) / pct + 999999) / 1000000 : 0; /* round up */
+	need = scanner_budget_ms(s);
 	ms = need > s->cfg->sleep_millisecs ? need : s->cfg->sleep_millisecs;
 	if (s->sleep(s->sleep_arg, ms)) {
 		s->stopping = true;
 		return -EINTR;
 	}
-	s->batch_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	scanner_rested(s);
 	return 0;
 }
 
@@ -435,6 +446,16 @@ static bool vma_skipped(const struct vma_info *vi, struct scan_counts *c)
 	return true;
 }
 
+/*
+ * A VMA with nothing resident (Rss counts neither the kernel's zero page
+ * nor swap) that is large enough to be a reservation is not walked: its
+ * pagemap would cost more than it could tell.
+ */
+static bool empty_and_large(const struct vma_info *vi)
+{
+	return vi->rss_pages == 0 && vi->end - vi->start > (256ULL << 20);
+}
+
 /* Line p's VMA states up with the mappings vi (both sorted by start). */
 static int proc_merge_vmas(struct scanner *s, struct proc *p, const struct vma_info *vi, size_t n)
 {
@@ -453,10 +474,10 @@ static int proc_merge_vmas(struct scanner *s, struct proc *p, const struct vma_i
 		else
 			nv[k].start = vi[i].start;
 		memset(&nv[k].last, 0, sizeof(nv[k].last));
-		if (vstate_resize(s, &nv[k], vi[i].end)) {
+		/* The chunk table is sized when the VMA is walked (scan_proc). */
+		if (nv[k].chunks && vstate_resize(s, &nv[k], vi[i].end))
 			vstate_free(s, &nv[k]);
-			nv[k].end = vi[i].end;
-		}
+		nv[k].end = vi[i].end;
 		k++;
 	}
 	while (o < p->nv)
@@ -505,8 +526,13 @@ static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
 			continue;
 		vs = &p->v[k++];
 		s->batch++; /* a VMA costs something even when empty */
-		if (!vma_skipped(&vi[i], &vs->last) && vs->chunks)
+		if (vma_skipped(&vi[i], &vs->last) || empty_and_large(&vi[i])) {
+			/* Not ours, or a large reservation with nothing resident:
+			 * no walk, and no state kept. */
+			vstate_free(s, vs);
+		} else if (vs->chunks || vstate_resize(s, vs, vs->end) == 0) {
 			rc = scan_vma(s, p, vs, &vi[i], pm_fd);
+		}
 		add_counts(out, &vs->last);
 		if (p->group >= 0)
 			add_counts(&s->groups[p->group], &vs->last);
@@ -579,6 +605,9 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 		struct proc *p = &s->procs[i];
 
 		rc = s->stopping ? -EINTR : scan_proc(s, p, out);
+		if (rc == -ENOMEM)
+			log_warn("out of memory scanning pid %d; its state is partial",
+				 (int)p->pid);
 		if (rc == -ESRCH) {
 			proc_free(s, p); /* exited: a normal event */
 			continue;

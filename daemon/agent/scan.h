@@ -87,6 +87,13 @@ void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg);
  */
 int scanner_pass(struct scanner *s, struct scan_counts *out);
 
+/*
+ * The sleep that the CPU used since the last sleep calls for under
+ * cpu_percent, and the reset after sleeping it (for rests between passes).
+ */
+uint64_t scanner_budget_ms(const struct scanner *s);
+void scanner_rested(struct scanner *s);
+
 /* Offer every stable page again at the next pass (a shard lost its state). */
 void scanner_rereport(struct scanner *s);
 

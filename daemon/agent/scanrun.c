@@ -80,7 +80,7 @@ static bool on_sleep(void *arg, uint64_t ms)
 	struct timespec until;
 	bool stop;
 
-	clock_gettime(CLOCK_REALTIME, &until);
+	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += (time_t)(ms / 1000);
 	until.tv_nsec += (long)(ms % 1000) * 1000000L;
 	if (until.tv_nsec >= 1000000000L) {
@@ -105,7 +105,7 @@ static void publish(struct scanrun *r, const struct scan_counts *c, uint64_t wal
 {
 	metric_add(r->m_scanned, c->scanned);
 	metric_inc(r->m_full_scans);
-	metric_set(r->m_cpu, metric_value(r->m_cpu) + cpu_ns / 1e9);
+	metric_gauge_add(r->m_cpu, cpu_ns / 1e9);
 	metric_set(r->m_stable, (double)c->stable);
 	metric_set(r->m_volatile, (double)c->volatile_);
 	metric_set(r->m_new, (double)c->fresh);
@@ -125,6 +125,23 @@ static void publish(struct scanrun *r, const struct scan_counts *c, uint64_t wal
 		metric_set(r->m_group[g][2], (double)gc->volatile_);
 		metric_set(r->m_group[g][3], (double)gc->zero);
 	}
+}
+
+/*
+ * Between passes: at least sleep_millisecs, at least what the CPU budget
+ * asks for, and at least the rest of pass_millisecs since the pass began,
+ * so a host with little to scan costs next to nothing.
+ */
+static uint64_t rest_ms(struct scanrun *r, uint64_t pass_start_ns)
+{
+	uint64_t ms = r->cfg->sleep_millisecs, b = scanner_budget_ms(r->scanner);
+	uint64_t took = (now_ns(CLOCK_MONOTONIC) - pass_start_ns) / 1000000;
+
+	if (b > ms)
+		ms = b;
+	if (r->cfg->pass_millisecs > took && r->cfg->pass_millisecs - took > ms)
+		ms = r->cfg->pass_millisecs - took;
+	return ms;
 }
 
 static void *scan_thread(void *arg)
@@ -151,8 +168,9 @@ static void *scan_thread(void *arg)
 		else
 			publish(r, &c, now_ns(CLOCK_MONOTONIC) - wall0,
 				now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0);
-		if (on_sleep(r, r->cfg->sleep_millisecs))
+		if (on_sleep(r, rest_ms(r, wall0)))
 			break;
+		scanner_rested(r->scanner);
 	}
 	return NULL;
 }
@@ -160,14 +178,10 @@ static void *scan_thread(void *arg)
 static void on_async(uv_async_t *h)
 {
 	struct scanrun *r = h->data;
-	size_t queued = 0;
 
 	pthread_mutex_lock(&r->lock);
 	r->wake_pending = false;
-	for (unsigned s = 0; s < r->cfg->nshards; s++)
-		queued += r->queues[s].n;
 	pthread_mutex_unlock(&r->lock);
-	metric_set(r->m_queued, (double)queued);
 	r->wake(r->wake_arg);
 }
 
@@ -181,11 +195,24 @@ size_t scanrun_take(struct scanrun *r, unsigned shard, struct report_entry *out,
 	return n;
 }
 
-void scanrun_rereport(struct scanrun *r)
+void scanrun_rereport(struct scanrun *r, unsigned shard)
 {
 	pthread_mutex_lock(&r->lock);
+	r->queues[shard].head = r->queues[shard].n = 0; /* stale: the shard starts over */
 	r->rereport = true;
 	pthread_mutex_unlock(&r->lock);
+}
+
+size_t scanrun_queued(struct scanrun *r)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (unsigned s = 0; s < r->cfg->nshards; s++)
+		n += r->queues[s].n;
+	pthread_mutex_unlock(&r->lock);
+	metric_set(r->m_queued, (double)n);
+	return n;
 }
 
 static int register_metrics(struct scanrun *r, struct metrics *reg)
@@ -197,8 +224,8 @@ static int register_metrics(struct scanrun *r, struct metrics *reg)
 		metrics_counter(reg, "cksm_pages_scanned_total", "Pages read and hashed.", NULL);
 	r->m_full_scans =
 		metrics_counter(reg, "cksm_full_scans_total", "Full scans completed.", NULL);
-	r->m_cpu = metrics_gauge(reg, "cksm_scan_cpu_seconds", "CPU time the scanner thread used.",
-				 NULL);
+	r->m_cpu = metrics_counter_f(reg, "cksm_scan_cpu_seconds_total",
+				     "CPU time the scanner thread used.", NULL);
 	r->m_reported = metrics_counter(reg, "cksm_digests_reported_total",
 					"Stable pages queued for their shard.", NULL);
 	r->m_deferred = metrics_counter(
@@ -243,8 +270,7 @@ static int register_metrics(struct scanrun *r, struct metrics *reg)
 			char name[64], labels[320];
 
 			snprintf(name, sizeof(name), "cksm_cgroup_pages_%s", group_names[k]);
-			snprintf(labels, sizeof(labels), "cgroup=\"%s\"",
-				 r->targets.groups[g].path);
+			metrics_label(labels, sizeof(labels), "cgroup", r->targets.groups[g].path);
 			r->m_group[g][k] = metrics_gauge(
 				reg, name, "Pages of a configured cgroup in the last full scan.",
 				labels);
@@ -267,7 +293,15 @@ struct scanrun *scanrun_create(const struct config *cfg, const struct auth_key *
 	r->wake = wake;
 	r->wake_arg = arg;
 	pthread_mutex_init(&r->lock, NULL);
-	pthread_cond_init(&r->cond, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* Monotonic: a step of the wall clock cannot stall the scanner. */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&r->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	targets_init(&r->targets, cfg);
 	for (unsigned d = 0; d < cfg->ndomains; d++)
 		if (cid_domain_init(&r->domains[d], key, cfg->domains[d].id, cfg->domains[d].name))

@@ -35,7 +35,13 @@ void scanrun_destroy(struct scanrun *r);
 /* Loop thread: take up to max digests of one domain queued for shard. */
 size_t scanrun_take(struct scanrun *r, unsigned shard, struct report_entry *out, size_t max);
 
-/* Loop thread: a shard (re)registered; offer every stable page again. */
-void scanrun_rereport(struct scanrun *r);
+/*
+ * Loop thread: a shard registered again after a loss; drop what was
+ * queued for it and offer every stable page again.
+ */
+void scanrun_rereport(struct scanrun *r, unsigned shard);
+
+/* Loop thread: digests waiting in all queues (also sets the gauge). */
+size_t scanrun_queued(struct scanrun *r);
 
 #endif

@@ -10,12 +10,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "log.h"
+
+static bool oom; /* an add failed during this collection */
 
 static int add(struct target **v, size_t *n, size_t *cap, pid_t pid, uint8_t domain, uint8_t scope,
 	       int16_t group)
@@ -24,8 +27,10 @@ static int add(struct target **v, size_t *n, size_t *cap, pid_t pid, uint8_t dom
 		size_t c = *cap ? *cap * 2 : 64;
 		struct target *nv = realloc(*v, c * sizeof(*nv));
 
-		if (!nv)
+		if (!nv) {
+			oom = true;
 			return -ENOMEM;
+		}
 		*v = nv;
 		*cap = c;
 	}
@@ -72,6 +77,14 @@ static int add_groups(struct targets *t, const char *list, uint8_t domain)
 	return 0;
 }
 
+static int deeper_first(const void *a, const void *b)
+{
+	size_t x = strlen(((const struct target_group *)a)->path);
+	size_t y = strlen(((const struct target_group *)b)->path);
+
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
 int targets_init(struct targets *t, const struct config *cfg)
 {
 	memset(t, 0, sizeof(*t));
@@ -80,6 +93,9 @@ int targets_init(struct targets *t, const struct config *cfg)
 	find_root(t);
 	for (unsigned d = 0; d < cfg->ndomains; d++)
 		add_groups(t, cfg->domains[d].cgroups, (uint8_t)d);
+	/* A process in nested configured cgroups belongs to the deepest one:
+	 * visit longer paths first (the first entry of a pid wins). */
+	qsort(t->groups, t->ngroups, sizeof(t->groups[0]), deeper_first);
 	if (t->ngroups && !t->root[0])
 		log_warn(
 			"cgroups are configured but no cgroup v2 hierarchy was found; set [agent] cgroup_root");
@@ -174,6 +190,7 @@ int targets_collect(struct targets *t)
 	size_t w = 0;
 
 	t->n = 0;
+	oom = false;
 	for (unsigned d = 0; d < t->cfg->ndomains; d++)
 		add_pid_list(t, t->cfg->domains[d].pids, (uint8_t)d);
 	for (size_t i = 0; i < t->nreg; i++)
@@ -198,7 +215,7 @@ int targets_collect(struct targets *t)
 		t->v[w++] = t->v[i];
 	}
 	t->n = w;
-	return 0;
+	return oom ? -ENOMEM : 0;
 }
 
 int targets_register(struct targets *t, pid_t pid, uint8_t domain)

@@ -84,6 +84,8 @@ static const struct key keys[] = {
 	  "a page count between 1 and 1048576"),
 	U("agent", "sleep_millisecs", sleep_millisecs, 0, 60000,
 	  "milliseconds between 0 and 60000"),
+	U("agent", "pass_millisecs", pass_millisecs, 0, 3600000,
+	  "milliseconds between 0 and 3600000"),
 	U("agent", "cpu_percent", cpu_percent, 1, 100,
 	  "a percentage of one core between 1 and 100"),
 	U("agent", "report_queue", report_queue, 1024, 1u << 24,
@@ -438,6 +440,7 @@ void config_defaults(struct config *c)
 	c->scan_mergeable = 1;
 	c->pages_to_scan = 4096;
 	c->sleep_millisecs = 20;
+	c->pass_millisecs = 2000;
 	c->cpu_percent = 10;
 	c->report_queue = 65536;
 	c->ndomains = 1;
@@ -626,9 +629,10 @@ void config_dump(const struct config *c, FILE *out)
 		c->agent_metrics);
 	fprintf(out,
 		"scan_mergeable = %d\nscan_thp = %d\npages_to_scan = %u\nsleep_millisecs = %u\n"
+		"pass_millisecs = %u\n"
 		"cpu_percent = %u\nreport_queue = %u\n",
 		c->scan_mergeable, c->scan_thp, c->pages_to_scan, c->sleep_millisecs,
-		c->cpu_percent, c->report_queue);
+		c->pass_millisecs, c->cpu_percent, c->report_queue);
 	if (c->cgroup_root[0])
 		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
 	if (c->domains[0].cgroups[0])

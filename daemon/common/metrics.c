@@ -140,6 +140,34 @@ struct metric *metrics_counter(struct metrics *r, const char *name, const char *
 	return metrics_add(r, name, help, labels, METRIC_COUNTER);
 }
 
+struct metric *metrics_counter_f(struct metrics *r, const char *name, const char *help,
+				 const char *labels)
+{
+	return metrics_add(r, name, help, labels, METRIC_COUNTER_F);
+}
+
+char *metrics_label(char *buf, size_t len, const char *name, const char *value)
+{
+	size_t n = (size_t)snprintf(buf, len, "%s=\"", name);
+
+	for (; *value && n + 3 < len; value++) {
+		if (*value == '\\' || *value == '"') {
+			buf[n++] = '\\';
+			buf[n++] = *value;
+		} else if (*value == '\n') {
+			buf[n++] = '\\';
+			buf[n++] = 'n';
+		} else {
+			buf[n++] = *value;
+		}
+	}
+	if (n + 2 <= len) {
+		buf[n++] = '"';
+		buf[n] = '\0';
+	}
+	return buf;
+}
+
 struct metric *metrics_gauge(struct metrics *r, const char *name, const char *help,
 			     const char *labels)
 {
@@ -217,7 +245,7 @@ char *metrics_render(struct metrics *r, size_t *len)
 		fprintf(out, "# HELP %s ", f->name);
 		put_help(out, f->help);
 		fprintf(out, "\n# TYPE %s %s\n", f->name,
-			f->type == METRIC_COUNTER ? "counter" : "gauge");
+			f->type == METRIC_GAUGE ? "gauge" : "counter");
 		for (m = f->series; m; m = m->next) {
 			if (m->labels)
 				fprintf(out, "%s{%s} ", f->name, m->labels);

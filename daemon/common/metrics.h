@@ -16,8 +16,9 @@
 #include <stdint.h>
 
 enum metric_type {
-	METRIC_COUNTER,
-	METRIC_GAUGE,
+	METRIC_COUNTER,	  /* integer, only grows */
+	METRIC_GAUGE,	  /* double */
+	METRIC_COUNTER_F, /* double that only grows (seconds), metric_gauge_add */
 };
 
 struct metric {
@@ -41,6 +42,8 @@ void metrics_destroy(struct metrics *r);
  */
 struct metric *metrics_counter(struct metrics *r, const char *name, const char *help,
 			       const char *labels);
+struct metric *metrics_counter_f(struct metrics *r, const char *name, const char *help,
+				 const char *labels);
 struct metric *metrics_gauge(struct metrics *r, const char *name, const char *help,
 			     const char *labels);
 
@@ -58,6 +61,12 @@ void metric_set(struct metric *m, double v);
 /* Add delta (may be negative) to a gauge. */
 void metric_gauge_add(struct metric *m, double delta);
 double metric_value(const struct metric *m);
+
+/*
+ * Write name="value" into buf with the value escaped as the text format
+ * requires (backslash, double quote, newline). Returns buf.
+ */
+char *metrics_label(char *buf, size_t len, const char *name, const char *value);
 
 /*
  * Render every family in text format 0.0.4 into a new NUL-terminated

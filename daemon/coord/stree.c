@@ -54,10 +54,10 @@ struct sref {
 struct sdup {
 	uint32_t slot;
 	uint32_t gen;
-	uint16_t node;   /* holder's node index */
-	uint16_t total;  /* sum of counts */
+	uint16_t node;	/* holder's node index */
+	uint16_t total; /* sum of counts */
 	uint8_t nrefs;
-	uint8_t idle;    /* prune ticks spent with total == 0 */
+	uint8_t idle;	 /* prune ticks spent with total == 0 */
 	uint16_t refcap; /* > INLINE_REFS: refs are on the heap */
 	union {
 		struct sref in[INLINE_REFS];
@@ -67,9 +67,9 @@ struct sdup {
 
 struct entry {
 	uint64_t hi, lo;
-	struct sdup d0;     /* the first dup, valid when ndups > 0 */
-	struct sdup *more;  /* dups 1..ndups-1 */
-	uint16_t pending;   /* node index + 1 ordered to create a dup, 0 none */
+	struct sdup d0;	   /* the first dup, valid when ndups > 0 */
+	struct sdup *more; /* dups 1..ndups-1 */
+	uint16_t pending;  /* node index + 1 ordered to create a dup, 0 none */
 	uint8_t ndups;
 	uint8_t morecap;
 };
@@ -77,7 +77,7 @@ struct entry {
 struct node {
 	uint32_t id;
 	uint32_t rack;
-	uint64_t room;  /* free pool slots it reported */
+	uint64_t room; /* free pool slots it reported */
 	bool live;
 	bool used;
 };
@@ -86,15 +86,15 @@ struct stree {
 	struct stree_params p;
 	const struct stree_ops *ops;
 	void *arg;
-	struct entry *e;    /* dense */
+	struct entry *e; /* dense */
 	size_t n, cap;
-	uint32_t *idx;      /* position + 1, 0 empty */
-	size_t idx_size;    /* power of two */
+	uint32_t *idx;	 /* position + 1, 0 empty */
+	size_t idx_size; /* power of two */
 	struct node nodes[STREE_MAX_NODES];
 	unsigned nnodes;
 	struct unstable un;
-	size_t heap_bytes;  /* chains and ref arrays */
-	bool repair_due;    /* room appeared: the next prune restores R */
+	size_t heap_bytes; /* chains and ref arrays */
+	bool repair_due;   /* room appeared: the next prune restores R */
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -497,9 +497,10 @@ static void back_remote(const struct stree *t, const struct entry *e, uint16_t n
 			bool xr = t->nodes[x->node].rack == t->nodes[n].rack;
 			bool yr = t->nodes[y->node].rack == t->nodes[n].rack;
 
-			if (xr > yr || (xr == yr && (x->total < y->total ||
-						     (x->total == y->total &&
-						      t->nodes[x->node].id <= t->nodes[y->node].id))))
+			if (xr > yr ||
+			    (xr == yr && (x->total < y->total ||
+					  (x->total == y->total &&
+					   t->nodes[x->node].id <= t->nodes[y->node].id))))
 				break;
 			unsigned tmp = order[b - 1];
 
@@ -813,7 +814,8 @@ size_t stree_matrix(const struct stree *t, uint32_t *ids, uint64_t *m, size_t ma
 
 static int by_id(const void *a, const void *b)
 {
-	const struct entry *x = *(const struct entry *const *)a, *y = *(const struct entry *const *)b;
+	const struct entry *x = *(const struct entry *const *)a,
+			   *y = *(const struct entry *const *)b;
 
 	if (x->hi != y->hi)
 		return x->hi < y->hi ? -1 : 1;
@@ -843,7 +845,8 @@ void stree_dump(const struct stree *t, FILE *out)
 			ord[k] = k;
 		for (unsigned a = 1; a < e->ndups; a++)
 			for (unsigned b = a; b > 0; b--) {
-				const struct sdup *x = cdup_at(e, ord[b - 1]), *y = cdup_at(e, ord[b]);
+				const struct sdup *x = cdup_at(e, ord[b - 1]),
+						  *y = cdup_at(e, ord[b]);
 				uint32_t xi = t->nodes[x->node].id, yi = t->nodes[y->node].id;
 
 				if (xi < yi || (xi == yi && x->slot <= y->slot))
@@ -856,8 +859,9 @@ void stree_dump(const struct stree *t, FILE *out)
 		for (unsigned k = 0; k < e->ndups; k++) {
 			const struct sdup *d = cdup_at(e, ord[k]);
 
-			len += snprintf(line + len, sizeof(line) - (size_t)len, " dup=%u/%u/%u refs=",
-					t->nodes[d->node].id, d->slot, d->gen);
+			len += snprintf(line + len, sizeof(line) - (size_t)len,
+					" dup=%u/%u/%u refs=", t->nodes[d->node].id, d->slot,
+					d->gen);
 			/* references by ascending node id */
 			{
 				uint32_t last = 0;
@@ -870,15 +874,17 @@ void stree_dump(const struct stree *t, FILE *out)
 					for (unsigned j = 0; j < t->nnodes; j++) {
 						uint32_t nid = t->nodes[j].id;
 
-						if (count_of(d, (uint16_t)j) && (!any || nid > last) && nid < best) {
+						if (count_of(d, (uint16_t)j) &&
+						    (!any || nid > last) && nid < best) {
 							best = nid;
 							bj = j;
 						}
 					}
 					if (best == UINT32_MAX)
 						break;
-					len += snprintf(line + len, sizeof(line) - (size_t)len, "%s%u:%u",
-							any ? "," : "", best, count_of(d, (uint16_t)bj));
+					len += snprintf(line + len, sizeof(line) - (size_t)len,
+							"%s%u:%u", any ? "," : "", best,
+							count_of(d, (uint16_t)bj));
 					last = best;
 					any = true;
 				}
@@ -921,7 +927,8 @@ int stree_check(const struct stree *t, char *why, size_t len)
 			}
 		}
 		if (!t->repair_due && needs_replica(t, e) && !e->pending && placement(t, e) >= 0) {
-			snprintf(why, len, "a content backs pages remotely with %u < R dups and no order",
+			snprintf(why, len,
+				 "a content backs pages remotely with %u < R dups and no order",
 				 e->ndups);
 			return -EUCLEAN;
 		}
@@ -948,7 +955,8 @@ struct stree *stree_create(const struct stree_params *p, const struct stree_ops 
 	t->arg = arg;
 	t->idx_size = 1024;
 	t->idx = calloc(t->idx_size, sizeof(*t->idx));
-	if (!t->idx || unstable_init(&t->un, p->unstable_capacity ? p->unstable_capacity : 1u << 20)) {
+	if (!t->idx ||
+	    unstable_init(&t->un, p->unstable_capacity ? p->unstable_capacity : 1u << 20)) {
 		stree_destroy(t);
 		return NULL;
 	}

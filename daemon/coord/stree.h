@@ -19,14 +19,14 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define STREE_MAX_NODES 4096
+#define STREE_MAX_NODES	   4096
 #define STREE_MAX_REPLICAS 8
 
 struct stree_params {
 	uint32_t max_page_sharing;  /* references one dup may serve */
-	uint32_t replicas;          /* R: dups on distinct nodes for remote backing */
+	uint32_t replicas;	    /* R: dups on distinct nodes for remote backing */
 	bool merge_across_nodes;    /* false: every node backs only from itself */
-	uint32_t prune_ticks;       /* ticks a dup may stay unreferenced */
+	uint32_t prune_ticks;	    /* ticks a dup may stay unreferenced */
 	uint64_t unstable_capacity; /* ids per unstable generation */
 };
 
@@ -59,15 +59,15 @@ struct stree_ops {
 };
 
 struct stree_stats {
-	uint64_t contents;           /* entries in the tree */
-	uint64_t pages_shared;       /* dups with at least one reference */
-	uint64_t pages_sharing;      /* references beyond one per such dup: pages saved */
+	uint64_t contents;	     /* entries in the tree */
+	uint64_t pages_shared;	     /* dups with at least one reference */
+	uint64_t pages_sharing;	     /* references beyond one per such dup: pages saved */
 	uint64_t pages_unshared;     /* ids seen once in the current generation */
 	uint64_t stable_node_chains; /* contents with more than one dup */
 	uint64_t stable_node_dups;   /* dups in those chains */
-	uint64_t dups;               /* every dup */
-	uint64_t refs;               /* every reference */
-	uint64_t bytes;              /* memory the tree and filter hold */
+	uint64_t dups;		     /* every dup */
+	uint64_t refs;		     /* every reference */
+	uint64_t bytes;		     /* memory the tree and filter hold */
 };
 
 struct stree;

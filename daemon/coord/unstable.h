@@ -19,12 +19,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define UNSTABLE_K 7
+#define UNSTABLE_K	     7
 #define UNSTABLE_BITS_PER_ID 10
 
 struct unstable {
-	uint64_t *cur;        /* current generation, nblocks * 8 words */
-	uint64_t *old;        /* previous generation */
+	uint64_t *cur; /* current generation, nblocks * 8 words */
+	uint64_t *old; /* previous generation */
 	size_t nblocks;
 	uint64_t capacity;    /* ids per generation before it ages */
 	uint64_t inserted;    /* ids in the current generation */

@@ -79,7 +79,28 @@ static void concurrent_adds(void **state)
 	metrics_destroy(r);
 }
 
+static void labels_and_float_counters(void **state)
+{
+	struct metrics *r = metrics_create();
+	struct metric *m;
+	char buf[64], *out;
+	size_t len;
+
+	(void)state;
+	assert_string_equal(metrics_label(buf, sizeof(buf), "cgroup", "/a\\x2d\"b\nc"),
+			    "cgroup=\"/a\\\\x2d\\\"b\\nc\"");
+	m = metrics_counter_f(r, "cksm_cpu_seconds_total", "CPU.", NULL);
+	metric_gauge_add(m, 0.25);
+	metric_gauge_add(m, 0.5);
+	out = metrics_render(r, &len);
+	assert_non_null(strstr(
+		out, "# TYPE cksm_cpu_seconds_total counter\ncksm_cpu_seconds_total 0.75\n"));
+	free(out);
+	metrics_destroy(r);
+}
+
 static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(labels_and_float_counters),
 	cmocka_unit_test(renders_families),
 	cmocka_unit_test(bad_names_refused),
 	cmocka_unit_test(concurrent_adds),

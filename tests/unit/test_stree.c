@@ -12,11 +12,11 @@
 #include "coord/stree.h"
 #include "unit.h"
 
-#define NN 6         /* nodes */
-#define NC 40        /* contents */
-#define MAXD 32
-#define MPS 4        /* max_page_sharing, small to make chains */
-#define R 2
+#define NN    6	 /* nodes */
+#define NC    40 /* contents */
+#define MAXD  32
+#define MPS   4 /* max_page_sharing, small to make chains */
+#define R     2
 #define PRUNE 3
 
 struct mdup {
@@ -214,10 +214,13 @@ static void m_report(unsigned node, unsigned ci, uint32_t pages, struct stree_de
 		for (unsigned a = 0; a < k; a++)
 			for (unsigned b = a + 1; b < k; b++) {
 				struct mdup *x = &c->d[ord[a]], *y = &c->d[ord[b]];
-				bool xr = M.rack[x->node] == M.rack[node], yr = M.rack[y->node] == M.rack[node];
-				bool y_first = (yr && !xr) ||
-					       (xr == yr && (total(y) < total(x) ||
-							     (total(y) == total(x) && NID(y->node) < NID(x->node))));
+				bool xr = M.rack[x->node] == M.rack[node],
+				     yr = M.rack[y->node] == M.rack[node];
+				bool y_first =
+					(yr && !xr) ||
+					(xr == yr &&
+					 (total(y) < total(x) ||
+					  (total(y) == total(x) && NID(y->node) < NID(x->node))));
 
 				if (y_first) {
 					unsigned t = ord[a];
@@ -229,7 +232,8 @@ static void m_report(unsigned node, unsigned ci, uint32_t pages, struct stree_de
 		out->action = STREE_BACK_REMOTE;
 		for (unsigned i = 0; i < k && i < STREE_MAX_REPLICAS; i++)
 			out->dups[out->ndups++] =
-				(struct stree_dupref){ NID(c->d[ord[i]].node), c->d[ord[i]].slot, c->d[ord[i]].gen };
+				(struct stree_dupref){ NID(c->d[ord[i]].node), c->d[ord[i]].slot,
+						       c->d[ord[i]].gen };
 		return;
 	}
 	if (c->pending)
@@ -251,7 +255,8 @@ static void m_dump(FILE *out)
 
 		if (!c->in_tree || !c->ndups)
 			continue;
-		fprintf(out, "%016llx%016llx", (unsigned long long)HI(ci), (unsigned long long)LO(ci));
+		fprintf(out, "%016llx%016llx", (unsigned long long)HI(ci),
+			(unsigned long long)LO(ci));
 		for (unsigned i = 0; i < c->ndups; i++)
 			ord[i] = i;
 		for (unsigned a = 0; a < c->ndups; a++)
@@ -340,8 +345,8 @@ static void compare(struct stree *t, unsigned step)
 		fail();
 	}
 	if (strcmp(a, b)) {
-		fprintf(stderr, "run %u step %u: tree and model differ\n--- tree\n%s--- model\n%s", cur_run,
-			step, a, b);
+		fprintf(stderr, "run %u step %u: tree and model differ\n--- tree\n%s--- model\n%s",
+			cur_run, step, a, b);
 		fail();
 	}
 	assert_int_equal(ngot, nwant);

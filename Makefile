@@ -78,6 +78,7 @@ $(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags jansson smartcols)
 
 AGENT_OBJ := $(AGENT_SRC:%.c=$(B)/%.o)
+COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o))
 
 $(B)/cksm-planter: tests/tools/planter.c
 	$(E) '  CC      $@'
@@ -91,7 +92,6 @@ $(B)/cksm-testpeer: tests/tools/testpeer.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
-COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o))
 $(B)/tests/%: tests/unit/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(COORD_LIB_OBJ) $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'
@@ -126,7 +126,7 @@ fuzz: $(FUZZ_TARGETS)
 		$$f -max_total_time=$(FUZZ_SECONDS) $(B)/corpus/$$(basename $$f) tests/fuzz/corpus/$$(basename $$f) || exit 1; done
 
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
-$(B)/bench/%: bench/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(B)/libcksmcommon.a
+$(B)/bench/%: bench/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(COORD_LIB_OBJ) $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)

@@ -88,8 +88,9 @@ int main(int argc, char **argv)
 	stree_stats(t, &s);
 	printf("ingest: %.2f M digests/s on one core (%.2f s)\n", n / dt / 1e6, dt);
 	printf("tree: %llu contents, %llu dups (%llu creates); filter %.1f MB for %llu ids per generation\n",
-	       (unsigned long long)s.contents, (unsigned long long)s.dups, (unsigned long long)creates,
-	       2.0 * (unique + shared) * 10 / 8 / 1e6, (unsigned long long)(unique + shared));
+	       (unsigned long long)s.contents, (unsigned long long)s.dups,
+	       (unsigned long long)creates, 2.0 * (unique + shared) * 10 / 8 / 1e6,
+	       (unsigned long long)(unique + shared));
 	printf("memory by the tree's accounting: %.1f bytes per shared content (filter excluded), %.2f bytes per unique id (filter, both generations)\n",
 	       (double)(s.bytes - 2 * ((unique + shared) * 10 / 8)) / (double)s.contents,
 	       2.0 * ((unique + shared) * 10 / 8) / (double)(unique + shared));

@@ -60,6 +60,8 @@ struct agent {
 	struct scanrun *scan;
 	struct metric *m_sent;
 	struct metric *m_sent_pages;
+	struct metric *m_decisions[6]; /* by action */
+	struct metric *m_orders;       /* DupCreate and DupRelease received */
 };
 
 static int send_register(struct agent_shard *s, struct conn *c)
@@ -134,6 +136,43 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 	return 0;
 }
 
+/*
+ * This node has no page pool yet (it advertises no free slots, so shards
+ * do not place dups here): a request to make one is answered as failed,
+ * which the shard takes as "try elsewhere".
+ */
+static int dup_not_made(struct conn *c, uint64_t hi, uint64_t lo, uint32_t domain)
+{
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__DupCreated d = CKSM__DUP_CREATED__INIT;
+
+	d.id_hi = hi;
+	d.id_lo = lo;
+	d.domain = domain;
+	d.ok = false;
+	d.reason = (char *)"no page pool on this node";
+	m.body_case = CKSM__MSG__BODY_DUP_CREATED;
+	m.dup_created = &d;
+	return conn_send(c, &m);
+}
+
+static int handle_decisions(struct agent_shard *s, struct conn *c, const Cksm__DecisionBatch *b)
+{
+	for (size_t i = 0; i < b->n_decisions; i++) {
+		const Cksm__Decision *d = b->decisions[i];
+		unsigned a = (unsigned)d->action;
+
+		if (a < 1 || a > 5 || d->n_dups > 8)
+			return conn_fail(c, -EPROTO, "decision with action %u and %zu dups", a,
+					 d->n_dups);
+		metric_inc(s->a->m_decisions[a]);
+		if (d->action == CKSM__ACTION__ACTION_CREATE_DUP &&
+		    dup_not_made(c, d->id_hi, d->id_lo, b->domain))
+			return -EIO;
+	}
+	return 0;
+}
+
 static int on_msg(struct conn *c, const Cksm__Msg *m)
 {
 	struct agent_shard *s = c->data;
@@ -150,6 +189,16 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 	case CKSM__MSG__BODY_ERROR:
 		log_warn("shard %u reports: %s", s->id, m->error->message);
 		return 0;
+	case CKSM__MSG__BODY_DECISIONS:
+		return handle_decisions(s, c, m->decisions);
+	case CKSM__MSG__BODY_DUP_CREATE:
+		/* A re-replication order: the copy comes from a source's pool. */
+		metric_inc(s->a->m_orders);
+		return dup_not_made(c, m->dup_create->id_hi, m->dup_create->id_lo,
+				    m->dup_create->domain);
+	case CKSM__MSG__BODY_DUP_RELEASE:
+		metric_inc(s->a->m_orders);
+		return 0; /* this node holds no dups: nothing to free */
 	default:
 		metric_inc(c->net->m.rej_unexpected);
 		return conn_fail(c, -EOPNOTSUPP, "message %s is not accepted by an agent",
@@ -303,6 +352,26 @@ static int register_metrics(struct agent *a)
 	a->m_sent = metrics_counter(r, "cksm_digests_sent_total",
 				    "Digests sent to shards (identical ids of a batch count once).",
 				    NULL);
+	{
+		static const char *const names[6] = { NULL,	     "leave",	   "back_local",
+						      "back_remote", "create_dup", "zero" };
+
+		for (int i = 1; i < 6; i++) {
+			char labels[32];
+
+			snprintf(labels, sizeof(labels), "action=\"%s\"", names[i]);
+			a->m_decisions[i] = metrics_counter(
+				r, "cksm_decisions_received_total",
+				"Decisions received from shards, by action.", labels);
+			if (!a->m_decisions[i])
+				return -ENOMEM;
+		}
+		a->m_orders = metrics_counter(r, "cksm_dup_orders_received_total",
+					      "Dup create and release orders received from shards.",
+					      NULL);
+		if (!a->m_orders)
+			return -ENOMEM;
+	}
 	a->m_sent_pages = metrics_counter(r, "cksm_digest_pages_sent_total",
 					  "Pages the digests sent to shards stand for.", NULL);
 	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered || !a->m_reconnects || !a->m_sent ||

@@ -222,7 +222,8 @@ static unsigned long long read_starttime(pid_t pid)
  */
 uint64_t scanner_budget_ms(const struct scanner *s)
 {
-	uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - s->batch_cpu_ns;
+	uint64_t now = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	uint64_t cpu = now > s->batch_cpu_ns ? now - s->batch_cpu_ns : 0;
 	unsigned pct = s->cfg->cpu_percent;
 
 	return pct < 100 ? (cpu * (100 - pct) / pct + 999999) / 1000000 : 0; /* round up */
@@ -596,6 +597,9 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 	memset(s->groups, 0, sizeof(s->groups));
 	s->pass++;
 	s->stopping = false;
+	/* Thread CPU clocks are per thread: start the budget on the one that scans. */
+	if (s->sleep && s->pass == 1)
+		scanner_rested(s);
 	rc = targets_collect(s->targets);
 	if (!rc)
 		rc = merge_targets(s);
@@ -667,7 +671,6 @@ void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg)
 {
 	s->sleep = sleep;
 	s->sleep_arg = arg;
-	s->batch_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 }
 
 void scanner_rereport(struct scanner *s)

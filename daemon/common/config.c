@@ -71,6 +71,18 @@ static const struct key keys[] = {
 	  "milliseconds between 150 and 3600000"),
 	U("cluster", "reconnect_min_ms", reconnect_min_ms, 10, 60000,
 	  "milliseconds between 10 and 60000"),
+	U("cluster", "max_page_sharing", max_page_sharing, 2, 65535,
+	  "a reference count between 2 and 65535"),
+	U("cluster", "replicas", replicas, 1, 8, "a replica count between 1 and 8"),
+	S("cluster", "merge_across_nodes", K_BOOL, merge_across_nodes, "0 or 1"),
+	U("cluster", "prune_millisecs", prune_millisecs, 100, 3600000,
+	  "milliseconds between 100 and 3600000"),
+	U("cluster", "dup_idle_millisecs", dup_idle_millisecs, 100, 86400000,
+	  "milliseconds between 100 and 86400000"),
+	U("cluster", "unstable_capacity", unstable_capacity, 1024, 1ULL << 34,
+	  "an id count between 1024 and 17179869184"),
+	U("cluster", "unstable_age_millisecs", unstable_age_millisecs, 100, 86400000,
+	  "milliseconds between 100 and 86400000"),
 	U("cluster", "reconnect_max_ms", reconnect_max_ms, 10, 3600000,
 	  "milliseconds between 10 and 3600000"),
 	S("log", "level", K_LEVEL, log_level, "one of error, warn, info, debug"),
@@ -432,6 +444,13 @@ void config_defaults(struct config *c)
 	c->dead_after_ms = 5000;
 	c->reconnect_min_ms = 100;
 	c->reconnect_max_ms = 30000;
+	c->max_page_sharing = 256;
+	c->replicas = 2;
+	c->merge_across_nodes = 1;
+	c->prune_millisecs = 2000;
+	c->dup_idle_millisecs = 30000;
+	c->unstable_capacity = 1ULL << 22;
+	c->unstable_age_millisecs = 60000;
 	c->log_level = LOG_LVL_INFO;
 	if (gethostname(c->node_name, sizeof(c->node_name) - 1) || !name_valid(c->node_name))
 		strcpy(c->node_name, "node");
@@ -620,10 +639,16 @@ void config_dump(const struct config *c, FILE *out)
 	fprintf(out,
 		"[cluster]\nkey_file = %s\nbuckets = %u\nmax_frame_bytes = %u\n"
 		"auth_timeout_ms = %llu\nheartbeat_ms = %llu\ndead_after_ms = %llu\n"
-		"reconnect_min_ms = %llu\nreconnect_max_ms = %llu\n\n",
+		"reconnect_min_ms = %llu\nreconnect_max_ms = %llu\n",
 		c->key_file, c->buckets, c->max_frame_bytes, (unsigned long long)c->auth_timeout_ms,
 		(unsigned long long)c->heartbeat_ms, (unsigned long long)c->dead_after_ms,
 		(unsigned long long)c->reconnect_min_ms, (unsigned long long)c->reconnect_max_ms);
+	fprintf(out,
+		"max_page_sharing = %u\nreplicas = %u\nmerge_across_nodes = %d\nprune_millisecs = %u\n"
+		"dup_idle_millisecs = %u\nunstable_capacity = %llu\nunstable_age_millisecs = %u\n\n",
+		c->max_page_sharing, c->replicas, c->merge_across_nodes, c->prune_millisecs,
+		c->dup_idle_millisecs, (unsigned long long)c->unstable_capacity,
+		c->unstable_age_millisecs);
 	fprintf(out, "[log]\nlevel = %s\n\n", levels[c->log_level]);
 	fprintf(out, "[agent]\nnode_name = %s\nrack = %s\nmetrics = %s\n", c->node_name, c->rack,
 		c->agent_metrics);

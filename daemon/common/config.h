@@ -58,6 +58,13 @@ struct config {
 	uint64_t dead_after_ms;
 	uint64_t reconnect_min_ms;
 	uint64_t reconnect_max_ms;
+	uint32_t max_page_sharing;	 /* references one dup may serve */
+	uint32_t replicas;		 /* R: dups on distinct nodes for remote backing */
+	int merge_across_nodes;		 /* back pages from other nodes' pools */
+	uint32_t prune_millisecs;	 /* stable tree prune tick */
+	uint32_t dup_idle_millisecs;	 /* an unreferenced dup is released after this */
+	uint64_t unstable_capacity;	 /* ids per unstable filter generation */
+	uint32_t unstable_age_millisecs; /* the unstable filter ages this often */
 	/* [log] */
 	enum log_level log_level;
 	/* [agent] */

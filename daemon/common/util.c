@@ -6,6 +6,16 @@
 #include <ctype.h>
 #include <string.h>
 
+uint32_t node_id_of(const char *name)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	for (; *name; name++)
+		h = (h ^ (uint8_t)*name) * 16777619u;
+	h &= 0x7fffffff;
+	return h ? h : 1;
+}
+
 int name_valid(const char *s)
 {
 	size_t n = s ? strlen(s) : 0;

@@ -5,6 +5,7 @@
 #define CKSM_UTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
@@ -17,5 +18,12 @@
  * They end up in logs, tables and metrics, so nothing else is let in.
  */
 int name_valid(const char *s);
+
+/*
+ * A node's id: a 31-bit hash of its name, the same on every shard and
+ * after every restart (so dup references stay valid); never 0. Two names
+ * with one id are refused at registration.
+ */
+uint32_t node_id_of(const char *name);
 
 #endif

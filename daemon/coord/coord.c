@@ -18,13 +18,14 @@
 #include <string.h>
 
 #include "conn.h"
+#include "stree.h"
 #include "log.h"
 #include "runtime.h"
 #include "util.h"
 #include "wire.h"
 
 struct node {
-	uint32_t id; /* index + 1 */
+	uint32_t id; /* node_id_of(name): the same on every shard */
 	char name[AUTH_NAME_MAX + 1];
 	char rack[65];
 	char address[272];     /* peer address of its connection */
@@ -51,12 +52,89 @@ struct coord {
 	struct metric *m_deaths;
 	struct metric *m_admin;
 	struct metric *m_buckets;
-	struct metric *m_digests;      /* digests accepted */
-	struct metric *m_digest_pages; /* pages they stand for */
-	struct metric *m_reports;      /* reports accepted */
-	struct metric *m_rej_foreign;  /* reports refused: foreign bucket */
-	struct metric *m_rej_invalid;  /* reports refused: bad fields */
+	struct metric *m_digests;			  /* digests accepted */
+	struct metric *m_digest_pages;			  /* pages they stand for */
+	struct metric *m_reports;			  /* reports accepted */
+	struct metric *m_rej_foreign;			  /* reports refused: foreign bucket */
+	struct metric *m_rej_invalid;			  /* reports refused: bad fields */
+	struct stree *tree;				  /* this shard's stable tree */
+	uv_timer_t prune;				  /* stable tree prune tick */
+	uv_timer_t age;					  /* unstable filter ageing */
+	struct metric *m_decisions[STREE_CREATE_DUP + 1]; /* by action */
+	struct metric *m_refused_dup;			  /* DupCreated refused */
+	struct metric *m_refused_ref;			  /* RefUpdate / Resync refused */
+	struct metric *m_orders_create, *m_orders_release;
+	struct metric *m_shared, *m_sharing, *m_unshared, *m_chains, *m_dups, *m_saved;
+	struct metric *m_contents, *m_tree_bytes;
 };
+
+static struct node *node_by_id(struct coord *co, uint32_t id)
+{
+	for (uint32_t i = 0; i < co->nnodes; i++)
+		if (co->nodes[i].id == id)
+			return &co->nodes[i];
+	return NULL;
+}
+
+static void fill_dupref(Cksm__DupRef *r, const struct stree_dupref *d)
+{
+	cksm__dup_ref__init(r);
+	r->node_id = d->node;
+	r->slot = d->slot;
+	r->generation = d->gen;
+}
+
+/* The tree orders a node to make a dup (re-replication, placement). */
+static void order_create(void *arg, uint32_t node, uint64_t hi, uint64_t lo,
+			 const struct stree_dupref *src, unsigned nsrc)
+{
+	struct coord *co = arg;
+	struct node *n = node_by_id(co, node);
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__DupCreate dc = CKSM__DUP_CREATE__INIT;
+	Cksm__DupRef r[STREE_MAX_REPLICAS], *rp[STREE_MAX_REPLICAS];
+
+	metric_inc(co->m_orders_create);
+	if (!n || !n->conn) {
+		stree_dup_failed(co->tree, node, hi, lo);
+		return;
+	}
+	for (unsigned i = 0; i < nsrc; i++) {
+		fill_dupref(&r[i], &src[i]);
+		rp[i] = &r[i];
+	}
+	dc.id_hi = hi;
+	dc.id_lo = lo;
+	dc.domain = (uint32_t)(hi >> 56);
+	dc.n_sources = nsrc;
+	dc.sources = rp;
+	m.body_case = CKSM__MSG__BODY_DUP_CREATE;
+	m.dup_create = &dc;
+	conn_send(n->conn, &m);
+}
+
+/* The tree releases an unreferenced dup: its holder may free the slot. */
+static void order_release(void *arg, uint64_t hi, uint64_t lo, const struct stree_dupref *d)
+{
+	struct coord *co = arg;
+	struct node *n = node_by_id(co, d->node);
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__DupRelease rel = CKSM__DUP_RELEASE__INIT;
+	Cksm__DupRef r;
+
+	(void)hi;
+	(void)lo;
+	metric_inc(co->m_orders_release);
+	if (!n || !n->conn)
+		return; /* it learns at resync that the dup is gone */
+	fill_dupref(&r, d);
+	rel.dup = &r;
+	m.body_case = CKSM__MSG__BODY_DUP_RELEASE;
+	m.dup_release = &rel;
+	conn_send(n->conn, &m);
+}
+
+static const struct stree_ops tree_ops = { order_create, order_release };
 
 static struct node *node_by_name(struct coord *co, const char *name)
 {
@@ -85,7 +163,7 @@ static struct node *node_add(struct coord *co, const char *name)
 	}
 	n = &co->nodes[co->nnodes++];
 	memset(n, 0, sizeof(*n));
-	n->id = co->nnodes;
+	n->id = node_id_of(name);
 	snprintf(n->name, sizeof(n->name), "%s", name);
 	return n;
 }
@@ -125,8 +203,16 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 		return conn_fail(c, -EINVAL,
 				 "rack label is not 1 to 64 letters, digits, '.', '_' or '-'");
 	n = c->data ? c->data : node_by_name(co, r->node_name);
-	if (!n)
+	if (!n) {
+		struct node *o = node_by_id(co, node_id_of(r->node_name));
+
+		if (o)
+			return conn_fail(
+				c, -EEXIST,
+				"node name '%s' has the same id (%u) as node '%s'; rename one",
+				r->node_name, o->id, o->name);
 		n = node_add(co, r->node_name);
+	}
 	if (!n)
 		return conn_fail(c, -ENOMEM, "out of memory adding a node");
 	if (n->conn && n->conn != c) {
@@ -145,6 +231,10 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	n->incarnation = r->incarnation;
 	n->live = true;
 	n->last_seen_ms = uv_now(&co->rt.loop);
+	stree_node_live(co->tree, n->id);
+	if (stree_node_add(co->tree, n->id, node_id_of(n->rack)))
+		return conn_fail(c, -ENOSPC, "this shard has no room for more nodes");
+	stree_node_room(co->tree, n->id, r->pool ? r->pool->slots_free : 0);
 	metric_inc(co->m_registrations);
 	update_gauges(co);
 
@@ -175,6 +265,8 @@ static int handle_heartbeat(struct coord *co, struct conn *c, const Cksm__Heartb
 		return conn_fail(c, -EPROTO, "heartbeat before register");
 	n->last_seen_ms = uv_now(&co->rt.loop);
 	n->heartbeats++;
+	if (hb->pool)
+		stree_node_room(co->tree, n->id, hb->pool->slots_free);
 	if (!n->live) {
 		log_info("node %s is live again", n->name);
 		n->live = true;
@@ -185,6 +277,185 @@ static int handle_heartbeat(struct coord *co, struct conn *c, const Cksm__Heartb
 	out.body_case = CKSM__MSG__BODY_HEARTBEAT_ACK;
 	out.heartbeat_ack = &ack;
 	return conn_send(c, &out);
+}
+
+/* Answer a report with the decisions that ask the node to act. */
+static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
+{
+	static Cksm__Decision dec[4096];
+	static Cksm__Decision *decp[4096];
+	static Cksm__DupRef refs[4096][STREE_MAX_REPLICAS];
+	static Cksm__DupRef *refp[4096][STREE_MAX_REPLICAS];
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__DecisionBatch b = CKSM__DECISION_BATCH__INIT;
+	const struct node *n = c->data;
+	size_t k = 0;
+
+	for (size_t i = 0; i < r->n_digests; i++) {
+		const Cksm__Digest *d = r->digests[i];
+		struct stree_decision sd;
+
+		if (stree_report(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd))
+			continue;
+		metric_inc(co->m_decisions[sd.action]);
+		if (sd.action == STREE_LEAVE)
+			continue; /* silence: keep the page */
+		cksm__decision__init(&dec[k]);
+		dec[k].id_hi = d->id_hi;
+		dec[k].id_lo = d->id_lo;
+		dec[k].action = (Cksm__Action)sd.action;
+		for (unsigned j = 0; j < sd.ndups; j++) {
+			fill_dupref(&refs[k][j], &sd.dups[j]);
+			refp[k][j] = &refs[k][j];
+		}
+		dec[k].n_dups = sd.ndups;
+		dec[k].dups = refp[k];
+		decp[k] = &dec[k];
+		k++;
+	}
+	if (!k)
+		return 0;
+	b.domain = r->domain;
+	b.n_decisions = k;
+	b.decisions = decp;
+	m.body_case = CKSM__MSG__BODY_DECISIONS;
+	m.decisions = &b;
+	return conn_send(c, &m);
+}
+
+/* An input the tree refused: tell the node, count it, keep the connection. */
+static int refuse(struct coord *co, struct conn *c, struct metric *counter, int rc,
+		  const char *what)
+{
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__Error e = CKSM__ERROR__INIT;
+	char msg[160];
+
+	metric_inc(counter);
+	snprintf(msg, sizeof(msg), "%s refused: %s", what,
+		 rc == -ENOENT	 ? "no such content or dup"
+		 : rc == -EPERM	 ? "not ordered from this node"
+		 : rc == -EEXIST ? "that dup exists already"
+		 : rc == -ERANGE ? "a count would go negative or is out of range"
+		 : rc == -E2BIG	 ? "above max_page_sharing"
+				 : strerror(-rc));
+	log_warn("node %s: %s", c->peer_name, msg);
+	(void)co;
+	e.code = rc;
+	e.message = msg;
+	m.body_case = CKSM__MSG__BODY_ERROR;
+	m.error = &e;
+	return conn_send(c, &m);
+}
+
+static int handle_dup_created(struct coord *co, struct conn *c, const Cksm__DupCreated *d)
+{
+	const struct node *n = c->data;
+	int rc;
+
+	if (!n)
+		return conn_fail(c, -EPROTO, "dup report before register");
+	if (!d->ok) {
+		log_info("node %s could not make a dup: %s", n->name, d->reason ? d->reason : "");
+		stree_dup_failed(co->tree, n->id, d->id_hi, d->id_lo);
+		return 0;
+	}
+	if (!d->dup || d->dup->node_id != n->id)
+		return refuse(co, c, co->m_refused_dup, -EPERM, "a dup held by another node");
+	rc = stree_dup_created(co->tree, n->id, d->id_hi, d->id_lo, d->dup->slot,
+			       d->dup->generation);
+	return rc ? refuse(co, c, co->m_refused_dup, rc, "dup") : 0;
+}
+
+static int handle_ref_update(struct coord *co, struct conn *c, const Cksm__RefUpdate *u)
+{
+	const struct node *n = c->data;
+	struct stree_dupref r;
+	int rc;
+
+	if (!n)
+		return conn_fail(c, -EPROTO, "reference update before register");
+	if (!u->dup)
+		return refuse(co, c, co->m_refused_ref, -EINVAL, "reference update without a dup");
+	r = (struct stree_dupref){ u->dup->node_id, u->dup->slot, u->dup->generation };
+	rc = stree_ref(co->tree, n->id, u->id_hi, u->id_lo, &r, u->delta);
+	return rc ? refuse(co, c, co->m_refused_ref, rc, "reference update") : 0;
+}
+
+static int handle_resync(struct coord *co, struct conn *c, const Cksm__Resync *rs)
+{
+	const struct node *n = c->data;
+
+	if (!n)
+		return conn_fail(c, -EPROTO, "resync before register");
+	for (size_t i = 0; i < rs->n_entries; i++) {
+		const Cksm__ResyncEntry *e = rs->entries[i];
+		struct stree_dupref r;
+		int rc;
+
+		if (!e->dup)
+			return refuse(co, c, co->m_refused_ref, -EINVAL,
+				      "resync entry without a dup");
+		r = (struct stree_dupref){ e->dup->node_id, e->dup->slot, e->dup->generation };
+		rc = stree_resync(co->tree, n->id, e->id_hi, e->id_lo, &r, e->refs, e->held_here);
+		if (rc)
+			return refuse(co, c, co->m_refused_ref, rc, "resync entry");
+	}
+	if (rs->last)
+		log_info("node %s resynced", n->name);
+	return 0;
+}
+
+static int handle_stats(struct coord *co, struct conn *c, const Cksm__StatsRequest *q)
+{
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__StatsReply rep = CKSM__STATS_REPLY__INIT;
+	Cksm__NodeCounters cl = CKSM__NODE_COUNTERS__INIT;
+	Cksm__NodeStats *ns = NULL, **nsp = NULL;
+	Cksm__NodeCounters *nc = NULL;
+	struct stree_stats s;
+	int rc;
+
+	stree_stats(co->tree, &s);
+	cl.pages_shared = s.pages_shared;
+	cl.pages_sharing = s.pages_sharing;
+	cl.pages_unshared = s.pages_unshared;
+	rep.cluster = &cl;
+	rep.stable_node_chains = s.stable_node_chains;
+	rep.stable_node_dups = s.stable_node_dups;
+	if (q->per_node && co->nnodes) {
+		ns = calloc(co->nnodes, sizeof(*ns));
+		nsp = calloc(co->nnodes, sizeof(*nsp));
+		nc = calloc(co->nnodes, sizeof(*nc));
+		if (!ns || !nsp || !nc) {
+			free(ns);
+			free(nsp);
+			free(nc);
+			return conn_fail(c, -ENOMEM, "out of memory answering stats");
+		}
+		for (uint32_t i = 0; i < co->nnodes; i++) {
+			uint64_t held, refs;
+
+			stree_node_stats(co->tree, co->nodes[i].id, &held, &refs);
+			cksm__node_stats__init(&ns[i]);
+			cksm__node_counters__init(&nc[i]);
+			nc[i].pages_shared = held;
+			nc[i].pages_sharing = refs;
+			ns[i].node_id = co->nodes[i].id;
+			ns[i].node_name = co->nodes[i].name;
+			ns[i].counters = &nc[i];
+			nsp[i] = &ns[i];
+		}
+		rep.n_nodes = co->nnodes;
+		rep.nodes = nsp;
+	}
+	m.body_case = CKSM__MSG__BODY_STATS_REPLY;
+	m.stats_reply = &rep;
+	rc = conn_send(c, &m);
+	free(ns);
+	free(nsp);
+	free(nc);
+	return rc;
 }
 
 /*
@@ -243,7 +514,7 @@ static int handle_digest_report(struct coord *co, struct conn *c, const Cksm__Di
 	metric_inc(co->m_reports);
 	metric_add(co->m_digests, r->n_digests);
 	metric_add(co->m_digest_pages, pages);
-	return 0;
+	return decide(co, c, r);
 }
 
 static int handle_admin(struct coord *co, struct conn *c, const Cksm__AdminRequest *req)
@@ -320,6 +591,14 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 		return handle_register(co, c, m->register_);
 	case CKSM__MSG__BODY_DIGEST_REPORT:
 		return handle_digest_report(co, c, m->digest_report);
+	case CKSM__MSG__BODY_DUP_CREATED:
+		return handle_dup_created(co, c, m->dup_created);
+	case CKSM__MSG__BODY_REF_UPDATE:
+		return handle_ref_update(co, c, m->ref_update);
+	case CKSM__MSG__BODY_RESYNC:
+		return handle_resync(co, c, m->resync);
+	case CKSM__MSG__BODY_STATS_REQUEST:
+		return handle_stats(co, c, m->stats_request);
 	case CKSM__MSG__BODY_HEARTBEAT:
 		return handle_heartbeat(co, c, m->heartbeat);
 	case CKSM__MSG__BODY_ADMIN_REQUEST:
@@ -362,6 +641,7 @@ static void on_sweep(uv_timer_t *t)
 		if (!n->live || now - n->last_seen_ms <= co->rt.cfg->dead_after_ms)
 			continue;
 		n->live = false;
+		stree_node_dead(co->tree, n->id);
 		metric_inc(co->m_deaths);
 		log_warn("node %s is dead: no heartbeat for %llu ms", n->name,
 			 (unsigned long long)(now - n->last_seen_ms));
@@ -381,6 +661,8 @@ static void coord_stop(struct runtime *rt)
 	listener_destroy(co->listener);
 	co->listener = NULL;
 	uv_close((uv_handle_t *)&co->sweep, NULL);
+	uv_close((uv_handle_t *)&co->prune, NULL);
+	uv_close((uv_handle_t *)&co->age, NULL);
 	for (uint32_t i = 0; i < co->nnodes; i++) {
 		if (co->nodes[i].conn) {
 			co->nodes[i].conn->data = NULL;
@@ -388,6 +670,90 @@ static void coord_stop(struct runtime *rt)
 			co->nodes[i].conn = NULL;
 		}
 	}
+}
+
+static void publish_tree(struct coord *co)
+{
+	struct stree_stats s;
+
+	stree_stats(co->tree, &s);
+	metric_set(co->m_shared, (double)s.pages_shared);
+	metric_set(co->m_sharing, (double)s.pages_sharing);
+	metric_set(co->m_unshared, (double)s.pages_unshared);
+	metric_set(co->m_chains, (double)s.stable_node_chains);
+	metric_set(co->m_dups, (double)s.stable_node_dups);
+	metric_set(co->m_contents, (double)s.contents);
+	metric_set(co->m_tree_bytes, (double)s.bytes);
+	/* Every reference beyond the dups' own pages is a page not kept. */
+	metric_set(co->m_saved,
+		   s.refs > s.pages_shared ? (double)(s.refs - s.pages_shared) * 4096 : 0);
+}
+
+static void on_prune(uv_timer_t *t)
+{
+	struct coord *co = t->data;
+
+	stree_prune(co->tree);
+	publish_tree(co);
+}
+
+static void on_age(uv_timer_t *t)
+{
+	struct coord *co = t->data;
+
+	stree_age(co->tree);
+}
+
+static int register_tree_metrics(struct coord *co)
+{
+	struct metrics *r = co->rt.reg;
+	static const char *const actions[] = { NULL, "leave", "back_local", "back_remote",
+					       "create_dup" };
+	static const char dec_help[] = "Decisions taken on reported contents, by action.";
+
+	for (int a = STREE_LEAVE; a <= STREE_CREATE_DUP; a++) {
+		char labels[32];
+
+		snprintf(labels, sizeof(labels), "action=\"%s\"", actions[a]);
+		co->m_decisions[a] =
+			metrics_counter(r, "cksm_coord_decisions_total", dec_help, labels);
+		if (!co->m_decisions[a])
+			return -ENOMEM;
+	}
+	co->m_refused_dup = metrics_counter(r, "cksm_coord_refused_total",
+					    "Dup and reference messages refused, nothing changed.",
+					    "what=\"dup\"");
+	co->m_refused_ref = metrics_counter(r, "cksm_coord_refused_total",
+					    "Dup and reference messages refused, nothing changed.",
+					    "what=\"reference\"");
+	co->m_orders_create =
+		metrics_counter(r, "cksm_coord_dup_create_orders_total",
+				"Orders to nodes to make a dup (placement, re-replication).", NULL);
+	co->m_orders_release =
+		metrics_counter(r, "cksm_coord_dup_release_orders_total",
+				"Orders to nodes to free an unreferenced dup.", NULL);
+	co->m_shared =
+		metrics_gauge(r, "cksm_pages_shared", "Dups that back at least one page.", NULL);
+	co->m_sharing = metrics_gauge(r, "cksm_pages_sharing",
+				      "References beyond one per dup in use: pages saved.", NULL);
+	co->m_unshared =
+		metrics_gauge(r, "cksm_pages_unshared",
+			      "Contents seen once in the current unstable generation.", NULL);
+	co->m_chains = metrics_gauge(r, "cksm_stable_node_chains",
+				     "Contents with more than one dup.", NULL);
+	co->m_dups = metrics_gauge(r, "cksm_stable_node_dups", "Dups in chains.", NULL);
+	co->m_saved =
+		metrics_gauge(r, "cksm_saved_bytes", "Memory the references save, in bytes.", NULL);
+	co->m_contents = metrics_gauge(r, "cksm_coord_contents",
+				       "Contents in this shard's stable tree.", NULL);
+	co->m_tree_bytes =
+		metrics_gauge(r, "cksm_coord_tree_bytes",
+			      "Memory held by the stable tree and the unstable filter.", NULL);
+	if (!co->m_refused_dup || !co->m_refused_ref || !co->m_orders_create ||
+	    !co->m_orders_release || !co->m_shared || !co->m_sharing || !co->m_unshared ||
+	    !co->m_chains || !co->m_dups || !co->m_saved || !co->m_contents || !co->m_tree_bytes)
+		return -ENOMEM;
+	return 0;
 }
 
 static int register_metrics(struct coord *co)
@@ -442,8 +808,25 @@ int coord_main(const struct config *cfg, unsigned shard)
 		goto out_fini;
 	co->rt.role = co;
 	co->rt.stop = coord_stop;
-	if (register_metrics(co))
+	if (register_metrics(co) || register_tree_metrics(co))
 		goto out_fini;
+	{
+		struct stree_params p = {
+			.max_page_sharing = cfg->max_page_sharing,
+			.replicas = cfg->replicas,
+			.merge_across_nodes = cfg->merge_across_nodes,
+			.prune_ticks = (cfg->dup_idle_millisecs + cfg->prune_millisecs - 1) /
+				       cfg->prune_millisecs,
+			.unstable_capacity = cfg->unstable_capacity,
+		};
+
+		co->tree = stree_create(&p, &tree_ops, co);
+		if (!co->tree) {
+			log_error("out of memory creating the stable tree (unstable_capacity %llu)",
+				  (unsigned long long)cfg->unstable_capacity);
+			goto out_fini;
+		}
+	}
 	for (unsigned i = 0; i < co->sc->nranges; i++)
 		owned += co->sc->ranges[i].last - co->sc->ranges[i].first + 1;
 	metric_set(co->m_buckets, (double)owned);
@@ -455,9 +838,16 @@ int coord_main(const struct config *cfg, unsigned shard)
 	uv_timer_init(&co->rt.loop, &co->sweep);
 	co->sweep.data = co;
 	uv_timer_start(&co->sweep, on_sweep, cfg->heartbeat_ms, cfg->heartbeat_ms);
+	uv_timer_init(&co->rt.loop, &co->prune);
+	co->prune.data = co;
+	uv_timer_start(&co->prune, on_prune, cfg->prune_millisecs, cfg->prune_millisecs);
+	uv_timer_init(&co->rt.loop, &co->age);
+	co->age.data = co;
+	uv_timer_start(&co->age, on_age, cfg->unstable_age_millisecs, cfg->unstable_age_millisecs);
 	rc = runtime_run(&co->rt) ? 1 : 0;
 out_fini:
 	runtime_fini(&co->rt);
+	stree_destroy(co->tree);
 	free(co->nodes);
 	free(co);
 	return rc;

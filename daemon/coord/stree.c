@@ -72,6 +72,7 @@ struct entry {
 	uint16_t pending;  /* node index + 1 ordered to create a dup, 0 none */
 	uint8_t ndups;
 	uint8_t morecap;
+	uint8_t idle; /* prune ticks without dups, order or report */
 };
 
 struct node {
@@ -532,6 +533,7 @@ int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint3
 		if (!e)
 			return -ENOMEM;
 	}
+	e->idle = 0;
 	h = local_room(t, e, (uint16_t)n);
 	if (h >= 0) {
 		out->action = STREE_BACK_LOCAL;
@@ -734,7 +736,9 @@ void stree_prune(struct stree *t)
 			}
 			remove_dup(t, e, k);
 		}
-		if (!e->ndups && !e->pending) {
+		/* A content without dups waits prune_ticks for a node with room,
+		 * then goes (its nodes report it again in a later generation). */
+		if (!e->ndups && !e->pending && ++e->idle >= t->p.prune_ticks) {
 			erase(t, e); /* the last entry moved into i */
 			continue;
 		}

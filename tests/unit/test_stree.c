@@ -27,7 +27,8 @@ struct mcontent {
 	bool in_tree;
 	unsigned ndups;
 	struct mdup d[MAXD];
-	int pending; /* node + 1 */
+	int pending;   /* node + 1 */
+	unsigned idle; /* prune ticks without dups, order or report */
 };
 
 struct model {
@@ -196,6 +197,7 @@ static void m_report(unsigned node, unsigned ci, uint32_t pages, struct stree_de
 			return;
 		c->in_tree = true;
 	}
+	c->idle = 0;
 	h = m_local_room(c, node);
 	if (h >= 0) {
 		out->action = STREE_BACK_LOCAL;
@@ -386,6 +388,7 @@ static struct stree *restart(struct stree *t)
 	for (unsigned ci = 0; ci < NC; ci++) {
 		M.c[ci].pending = 0;
 		M.c[ci].in_tree = M.c[ci].ndups > 0;
+		M.c[ci].idle = 0;
 		for (unsigned i = 0; i < M.c[ci].ndups; i++)
 			M.c[ci].d[i].idle = 0;
 	}
@@ -541,7 +544,7 @@ static void step_random(struct stree *t, unsigned step, unsigned *seed)
 				}
 				x->d[i] = x->d[--x->ndups];
 			}
-			if (x->in_tree && !x->ndups && !x->pending)
+			if (x->in_tree && !x->ndups && !x->pending && ++x->idle >= PRUNE)
 				x->in_tree = false;
 		}
 		adopt_bulk_orders();
@@ -676,6 +679,11 @@ static void chains_and_collapse(void **state)
 	stree_prune(t);
 	stree_stats(t, &s);
 	assert_int_equal(s.dups, 0);
+	/* Without dups the content waits prune_ticks for room, then goes. */
+	assert_int_equal(s.contents, 1);
+	stree_prune(t);
+	stree_prune(t);
+	stree_stats(t, &s);
 	assert_int_equal(s.contents, 0);
 	stree_destroy(t);
 }

@@ -71,11 +71,15 @@ int main(int argc, char **argv)
 	printf("feeding %llu digests: %llu unique ids, %llu shared contents seen by two nodes\n",
 	       (unsigned long long)n, (unsigned long long)unique, (unsigned long long)shared);
 	t0 = now_s();
-	for (uint64_t i = 0; i < unique; i++)
+	/* As a shard does for each report: prefetch a few ids ahead. */
+	for (uint64_t i = 0; i < unique; i++) {
+		stree_prefetch(t, 0, mix(i + 8 + n));
 		stree_report(t, 1, mix(i) & ~(0xffULL << 56), mix(i + n), 1, &d);
+	}
 	for (uint64_t i = 0; i < shared; i++) {
 		uint64_t hi = mix(2 * n + i) & ~(0xffULL << 56), lo = mix(3 * n + i);
 
+		stree_prefetch(t, 0, mix(3 * n + i + 8));
 		stree_report(t, 1, hi, lo, 1, &d);
 		stree_report(t, 2, hi, lo, 1, &d);
 		if (d.action == STREE_CREATE_DUP) {

@@ -295,6 +295,10 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 		const Cksm__Digest *d = r->digests[i];
 		struct stree_decision sd;
 
+		if (i + 8 < r->n_digests)
+			stree_prefetch(co->tree, r->digests[i + 8]->id_hi,
+				       r->digests[i + 8]->id_lo);
+
 		if (stree_report(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd))
 			continue;
 		metric_inc(co->m_decisions[sd.action]);

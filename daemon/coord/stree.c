@@ -41,6 +41,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "unstable.h"
 
@@ -261,15 +262,34 @@ static size_t slot_of(const struct stree *t, uint64_t lo)
 	return (size_t)(lo * 0x9e3779b97f4a7c15ULL >> 20) & (t->idx_size - 1);
 }
 
+/*
+ * An index slot holds position + 1 in its low POS_BITS and 5 bits of the
+ * id above them, so a probe past other ids rarely touches their entries.
+ */
+#define POS_BITS    27
+#define POS_MASK    ((1u << POS_BITS) - 1)
+#define MAX_ENTRIES (POS_MASK - 1)
+
+static uint32_t tag_of(uint64_t lo)
+{
+	return (uint32_t)(lo >> (64 - (32 - POS_BITS))) << POS_BITS;
+}
+
 static struct entry *find(const struct stree *t, uint64_t hi, uint64_t lo)
 {
+	uint32_t tag = tag_of(lo);
+
 	for (size_t s = slot_of(t, lo);; s = (s + 1) & (t->idx_size - 1)) {
 		uint32_t v = t->idx[s];
+		struct entry *e;
 
 		if (!v)
 			return NULL;
-		if (t->e[v - 1].lo == lo && t->e[v - 1].hi == hi)
-			return &t->e[v - 1];
+		if ((v & ~POS_MASK) != tag)
+			continue;
+		e = &t->e[(v & POS_MASK) - 1];
+		if (e->lo == lo && e->hi == hi)
+			return e;
 	}
 }
 
@@ -277,7 +297,7 @@ static size_t idx_slot(const struct stree *t, size_t pos)
 {
 	size_t s = slot_of(t, t->e[pos].lo);
 
-	while (t->idx[s] != pos + 1)
+	while ((t->idx[s] & POS_MASK) != pos + 1)
 		s = (s + 1) & (t->idx_size - 1);
 	return s;
 }
@@ -288,11 +308,23 @@ static void idx_put(struct stree *t, size_t pos)
 
 	while (t->idx[s])
 		s = (s + 1) & (t->idx_size - 1);
-	t->idx[s] = (uint32_t)(pos + 1);
+	t->idx[s] = (uint32_t)(pos + 1) | tag_of(t->e[pos].lo);
+}
+
+/* Lookups are random: large arrays get huge pages where the kernel allows. */
+static void advise_huge(void *p, size_t bytes)
+{
+	uintptr_t huge = 2u << 20, a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+	uintptr_t e = ((uintptr_t)p + bytes) & ~(huge - 1);
+
+	if (e > a)
+		madvise((void *)a, e - a, MADV_HUGEPAGE);
 }
 
 static int grow(struct stree *t)
 {
+	if (t->n >= MAX_ENTRIES)
+		return -ENOSPC; /* 134M contents per shard: add shards */
 	if (t->n == t->cap) {
 		size_t cap = t->cap ? t->cap * 2 : 1024;
 		struct entry *ne = realloc(t->e, cap * sizeof(*ne));
@@ -301,6 +333,7 @@ static int grow(struct stree *t)
 			return -ENOMEM;
 		t->e = ne;
 		t->cap = cap;
+		advise_huge(ne, cap * sizeof(*ne));
 	}
 	if ((t->n + 1) * 4 > t->idx_size * 3) {
 		size_t size = t->idx_size * 2;
@@ -311,6 +344,7 @@ static int grow(struct stree *t)
 		free(t->idx);
 		t->idx = ni;
 		t->idx_size = size;
+		advise_huge(ni, size * sizeof(*ni));
 		for (size_t i = 0; i < t->n; i++)
 			idx_put(t, i);
 	}
@@ -350,7 +384,7 @@ static void erase(struct stree *t, struct entry *e)
 		s = (s + 1) & (t->idx_size - 1);
 		if (!t->idx[s])
 			break;
-		home = slot_of(t, t->e[t->idx[s] - 1].lo);
+		home = slot_of(t, t->e[(t->idx[s] & POS_MASK) - 1].lo);
 		/* Move it back if its home is not in (hole, s]. */
 		if (((s - home) & (t->idx_size - 1)) >= ((s - hole) & (t->idx_size - 1))) {
 			t->idx[hole] = t->idx[s];
@@ -359,7 +393,7 @@ static void erase(struct stree *t, struct entry *e)
 		}
 	}
 	if (pos != last) {
-		t->idx[idx_slot(t, last)] = (uint32_t)(pos + 1);
+		t->idx[idx_slot(t, last)] = (uint32_t)(pos + 1) | tag_of(t->e[last].lo);
 		t->e[pos] = t->e[last];
 	}
 	t->n--;
@@ -512,6 +546,13 @@ static void back_remote(const struct stree *t, const struct entry *e, uint16_t n
 	out->ndups = 0;
 	for (unsigned i = 0; i < k && out->ndups < STREE_MAX_REPLICAS; i++)
 		out->dups[out->ndups++] = dupref(t, cdup_at(e, order[i]));
+}
+
+void stree_prefetch(const struct stree *t, uint64_t hi, uint64_t lo)
+{
+	(void)hi;
+	__builtin_prefetch(&t->idx[slot_of(t, lo)]);
+	unstable_prefetch(&t->un, lo);
 }
 
 int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,

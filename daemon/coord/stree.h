@@ -92,6 +92,13 @@ void stree_node_dead(struct stree *t, uint32_t node);
 /* A dead node is back (it must resync what it holds). */
 void stree_node_live(struct stree *t, uint32_t node);
 
+/*
+ * Start loading what a report of this id will touch (index slot, filter
+ * block). Reports come in batches: prefetching a few ids ahead hides the
+ * memory latency that dominates a large tree.
+ */
+void stree_prefetch(const struct stree *t, uint64_t hi, uint64_t lo);
+
 /* A node reported a stable content it holds in `pages` pages. */
 int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
 		 struct stree_decision *out);

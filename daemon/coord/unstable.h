@@ -23,8 +23,8 @@
 #define UNSTABLE_BITS_PER_ID 10
 
 struct unstable {
-	uint64_t *cur; /* current generation, nblocks * 8 words */
-	uint64_t *old; /* previous generation */
+	uint64_t *blocks; /* nblocks pairs of 512-bit blocks, both generations */
+	unsigned cur;	  /* which of a pair is the current generation */
 	size_t nblocks;
 	uint64_t capacity;    /* ids per generation before it ages */
 	uint64_t inserted;    /* ids in the current generation */
@@ -40,6 +40,9 @@ void unstable_fini(struct unstable *u);
  * remembered and false is returned.
  */
 bool unstable_check_insert(struct unstable *u, uint64_t hi, uint64_t lo);
+
+/* Start loading the block pair of an id. */
+void unstable_prefetch(const struct unstable *u, uint64_t lo);
 
 /* Start a new generation; the current one becomes the old one. */
 void unstable_age(struct unstable *u);

@@ -410,6 +410,60 @@ static int handle_resync(struct coord *co, struct conn *c, const Cksm__Resync *r
 	return 0;
 }
 
+/* The node x node sharing matrix, non-zero cells only; freed by free_matrix. */
+static int add_matrix(struct coord *co, Cksm__StatsReply *rep)
+{
+	size_t n = co->nnodes < STREE_MAX_NODES ? co->nnodes : STREE_MAX_NODES, k = 0;
+	uint32_t *ids = calloc(n ? n : 1, sizeof(*ids));
+	uint64_t *m = calloc(n ? n * n : 1, sizeof(*m));
+	Cksm__MatrixCell *cells = NULL, **cp = NULL;
+
+	if (!ids || !m)
+		goto nomem;
+	n = stree_matrix(co->tree, ids, m, n);
+	for (size_t i = 0; i < n * n; i++)
+		k += m[i] != 0;
+	cells = calloc(k ? k : 1, sizeof(*cells));
+	cp = calloc(k ? k : 1, sizeof(*cp));
+	if (!cells || !cp)
+		goto nomem;
+	k = 0;
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < n; j++) {
+			if (!m[i * n + j])
+				continue;
+			cksm__matrix_cell__init(&cells[k]);
+			cells[k].from = ids[i];
+			cells[k].to = ids[j];
+			cells[k].pages = m[i * n + j];
+			cp[k] = &cells[k];
+			k++;
+		}
+	if (k) {
+		rep->n_matrix = k;
+		rep->matrix = cp; /* cp[0] is cells: free_matrix frees both */
+	} else {
+		free(cells);
+		free(cp);
+	}
+	free(ids);
+	free(m);
+	return 0;
+nomem:
+	free(ids);
+	free(m);
+	free(cells);
+	free(cp);
+	return -ENOMEM;
+}
+
+static void free_matrix(Cksm__StatsReply *rep)
+{
+	if (rep->n_matrix)
+		free(rep->matrix[0]);
+	free(rep->matrix);
+}
+
 static int handle_stats(struct coord *co, struct conn *c, const Cksm__StatsRequest *q)
 {
 	Cksm__Msg m = CKSM__MSG__INIT;
@@ -452,10 +506,18 @@ static int handle_stats(struct coord *co, struct conn *c, const Cksm__StatsReque
 		}
 		rep.n_nodes = co->nnodes;
 		rep.nodes = nsp;
+		rc = add_matrix(co, &rep);
+		if (rc) {
+			free(ns);
+			free(nsp);
+			free(nc);
+			return conn_fail(c, rc, "out of memory answering stats");
+		}
 	}
 	m.body_case = CKSM__MSG__BODY_STATS_REPLY;
 	m.stats_reply = &rep;
 	rc = conn_send(c, &m);
+	free_matrix(&rep);
 	free(ns);
 	free(nsp);
 	free(nc);

@@ -51,6 +51,14 @@ total=$(( $(contents "$S0") + $(contents "$S1") ))
 (( $(contents "$S0") < total && $(contents "$S1") < total )) || fail "one shard took every content"
 echo "contents: shard 0 $(contents "$S0"), shard 1 $(contents "$S1")"
 
+# Forged dup references, negative counts and unordered dups are refused
+# with an Error; the connection, and everything else, carries on.
+C0=$(conf_get "$T/cksm.conf" shard.0 address)
+"$PEER" "$C0" "$T/cluster.key" forged || fail "forged inputs"
+[[ $(metric "$S0" 'cksm_coord_refused_total{what="reference"}') -ge 2 ]] || fail "refused references not counted"
+[[ $(metric "$S0" 'cksm_coord_refused_total{what="dup"}') -ge 1 ]] || fail "refused dup not counted"
+"$PEER" "$C0" "$T/cluster.key" stats | grep -q "nodes 3" || fail "per-node stats: $("$PEER" "$C0" "$T/cluster.key" stats)"
+
 # A stopped node is dead at both shards.
 stop node-b
 for c in c0 c1; do

@@ -17,8 +17,15 @@
  *   half-open   send half a frame and wait: disconnected by the deadline
  *   hold        connect and say nothing for 30 s (a slow-loris peer that
  *               other tests run beside a good client)
+ *   forged      register as agent node "intruder", then send a reference
+ *               update on a dup that does not exist, a negative count, a
+ *               dup report that was never ordered: each must be refused
+ *               with an Error while the connection keeps serving
+ *   stats       ask for per-node stats, print the cluster counters and
+ *               the number of matrix cells
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,6 +218,119 @@ static int mode_half_open(void)
 	return expect_closed(&s, "half-open peer");
 }
 
+/* The next message that is not a heartbeat ack; NULL on timeout or close. */
+static Cksm__Msg *next_msg(struct sconn *s)
+{
+	Cksm__Msg *m;
+	int rc;
+
+	while ((m = sconn_recv(s, &rc)) && m->body_case == CKSM__MSG__BODY_HEARTBEAT_ACK)
+		cksm__msg__free_unpacked(m, NULL);
+	return m;
+}
+
+static int expect_error(struct sconn *s, const char *what, const char *want)
+{
+	Cksm__Msg *m = next_msg(s);
+	int ok = m && m->body_case == CKSM__MSG__BODY_ERROR && strstr(m->error->message, want);
+
+	if (ok)
+		printf("testpeer: %s refused: %s\n", what, m->error->message);
+	if (m)
+		cksm__msg__free_unpacked(m, NULL);
+	return ok ? 0 : fail(what);
+}
+
+static int mode_forged(void)
+{
+	Cksm__Msg out = CKSM__MSG__INIT, *m;
+	Cksm__Register reg = CKSM__REGISTER__INIT;
+	Cksm__RefUpdate ru = CKSM__REF_UPDATE__INIT;
+	Cksm__DupCreated dc = CKSM__DUP_CREATED__INIT;
+	Cksm__Heartbeat hb = CKSM__HEARTBEAT__INIT;
+	Cksm__DupRef dr = CKSM__DUP_REF__INIT;
+	char err[512];
+	struct sconn s;
+	int rc;
+
+	if (sconn_open(&s, addr, &key, CKSM__ROLE__ROLE_AGENT, "intruder", TIMEOUT_MS, err,
+		       sizeof(err)))
+		return fail(err);
+	reg.node_name = (char *)"intruder";
+	reg.buckets = 4096;
+	out.body_case = CKSM__MSG__BODY_REGISTER;
+	out.register_ = &reg;
+	if (sconn_send(&s, &out))
+		return fail("register");
+	m = sconn_recv(&s, &rc);
+	if (!m || m->body_case != CKSM__MSG__BODY_REGISTER_ACK)
+		return fail("no register ack");
+	dr.node_id = m->register_ack->node_id;
+	cksm__msg__free_unpacked(m, NULL);
+
+	dr.slot = 77;
+	dr.generation = 1;
+	ru.id_hi = 0x00ab;
+	ru.id_lo = 0xcd;
+	ru.dup = &dr;
+	ru.delta = 1;
+	out.body_case = CKSM__MSG__BODY_REF_UPDATE;
+	out.ref_update = &ru;
+	if (sconn_send(&s, &out) || expect_error(&s, "a forged dup reference", "no such content"))
+		return 1;
+	ru.delta = -5;
+	if (sconn_send(&s, &out) || expect_error(&s, "a negative count", "no such content"))
+		return 1;
+	dc.id_hi = 0x00ab;
+	dc.id_lo = 0xcd;
+	dc.ok = true;
+	dc.dup = &dr;
+	out.body_case = CKSM__MSG__BODY_DUP_CREATED;
+	out.dup_created = &dc;
+	if (sconn_send(&s, &out) || expect_error(&s, "an unordered dup", "dup refused"))
+		return 1;
+	/* Still served: a heartbeat is answered. */
+	hb.seq = 1;
+	out.body_case = CKSM__MSG__BODY_HEARTBEAT;
+	out.heartbeat = &hb;
+	if (sconn_send(&s, &out))
+		return fail("heartbeat");
+	m = sconn_recv(&s, &rc);
+	if (!m || m->body_case != CKSM__MSG__BODY_HEARTBEAT_ACK)
+		return fail("the connection did not survive the refusals");
+	cksm__msg__free_unpacked(m, NULL);
+	printf("testpeer: connection kept after the refusals\n");
+	sconn_close(&s);
+	return 0;
+}
+
+static int mode_stats(void)
+{
+	Cksm__Msg out = CKSM__MSG__INIT, *m;
+	Cksm__StatsRequest q = CKSM__STATS_REQUEST__INIT;
+	struct sconn s;
+	int rc;
+
+	if (open_admin(&s))
+		return fail("could not authenticate");
+	q.per_node = true;
+	out.body_case = CKSM__MSG__BODY_STATS_REQUEST;
+	out.stats_request = &q;
+	if (sconn_send(&s, &out))
+		return fail("send");
+	m = sconn_recv(&s, &rc);
+	if (!m || m->body_case != CKSM__MSG__BODY_STATS_REPLY || !m->stats_reply->cluster)
+		return fail("no stats reply");
+	printf("pages_shared %llu pages_sharing %llu pages_unshared %llu nodes %zu matrix %zu\n",
+	       (unsigned long long)m->stats_reply->cluster->pages_shared,
+	       (unsigned long long)m->stats_reply->cluster->pages_sharing,
+	       (unsigned long long)m->stats_reply->cluster->pages_unshared, m->stats_reply->n_nodes,
+	       m->stats_reply->n_matrix);
+	cksm__msg__free_unpacked(m, NULL);
+	sconn_close(&s);
+	return 0;
+}
+
 static int mode_hold(void)
 {
 	char err[256];
@@ -233,6 +353,7 @@ int main(int argc, char **argv)
 		{ "oversized", mode_oversized }, { "garbage", mode_garbage },
 		{ "malformed", mode_malformed }, { "replay", mode_replay },
 		{ "half-open", mode_half_open }, { "hold", mode_hold },
+		{ "forged", mode_forged },	 { "stats", mode_stats },
 	};
 	char err[512];
 

@@ -688,7 +688,46 @@ static void chains_and_collapse(void **state)
 	stree_destroy(t);
 }
 
+static void matrix_and_node_stats(void **state)
+{
+	struct stree_params p = { 16, 1, true, 3, 1024 };
+	struct stree *t = stree_create(&p, &ops, NULL);
+	struct stree_dupref r = { 10, 5, 1 };
+	struct stree_decision d;
+	uint32_t ids[4];
+	uint64_t m[16], held, refs;
+	size_t n;
+
+	(void)state;
+	stree_node_add(t, 10, 0);
+	stree_node_add(t, 20, 1);
+	stree_node_room(t, 10, 4);
+	assert_int_equal(stree_report(t, 10, 1, 1, 2, &d), 0);
+	assert_int_equal(d.action, STREE_CREATE_DUP);
+	assert_int_equal(stree_dup_created(t, 10, 1, 1, 5, 1), 0);
+	assert_int_equal(stree_ref(t, 10, 1, 1, &r, 2), 0);
+	assert_int_equal(stree_ref(t, 20, 1, 1, &r, 3), 0);
+	/* With R = 1 the one dup serves node 20 remotely. */
+	assert_int_equal(stree_report(t, 20, 1, 1, 1, &d), 0);
+	assert_int_equal(d.action, STREE_BACK_REMOTE);
+	assert_int_equal(d.dups[0].node, 10);
+	n = stree_matrix(t, ids, m, 4);
+	assert_int_equal(n, 2);
+	assert_int_equal(ids[0], 10);
+	assert_int_equal(m[0 * n + 0], 2); /* node 10 from itself */
+	assert_int_equal(m[1 * n + 0], 3); /* node 20 from node 10 */
+	assert_int_equal(m[0 * n + 1] + m[1 * n + 1], 0);
+	stree_node_stats(t, 20, &held, &refs);
+	assert_int_equal(held, 0);
+	assert_int_equal(refs, 3);
+	stree_node_stats(t, 10, &held, &refs);
+	assert_int_equal(held, 1);
+	assert_int_equal(refs, 2);
+	stree_destroy(t);
+}
+
 static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(matrix_and_node_stats),
 	cmocka_unit_test(random_sequences),
 	cmocka_unit_test(hostile),
 	cmocka_unit_test(chains_and_collapse),

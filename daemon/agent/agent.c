@@ -115,6 +115,22 @@ static void adopt_timing(struct agent_shard *s, const Cksm__RegisterAck *ack)
 		uv_timer_set_repeat(&s->a->hb, ack->heartbeat_ms);
 }
 
+/*
+ * The shard rebuilds its tree from what nodes hold and reference. This
+ * node has no page pool yet, so it holds and references no dups: its
+ * resync is the closing part alone.
+ */
+static int send_resync(struct conn *c)
+{
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__Resync rs = CKSM__RESYNC__INIT;
+
+	rs.last = true;
+	m.body_case = CKSM__MSG__BODY_RESYNC;
+	m.resync = &rs;
+	return conn_send(c, &m);
+}
+
 static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm__RegisterAck *ack)
 {
 	if (ack->node_id == 0)
@@ -128,6 +144,8 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 	s->registered_before = true;
 	s->registered = true;
 	s->node_id = ack->node_id;
+	if (ack->resync_wanted && send_resync(c))
+		return -EIO;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
 	metric_inc(s->a->m_registered);
 	metric_set(s->m_up, 1);

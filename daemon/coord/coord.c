@@ -189,6 +189,7 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	Cksm__RegisterAck ack = CKSM__REGISTER_ACK__INIT;
 	Cksm__BucketRange br[CONFIG_MAX_RANGES], *brp[CONFIG_MAX_RANGES];
 	struct node *n;
+	bool fresh = false; /* first registration with this shard process */
 
 	if (c->peer_role != CKSM__ROLE__ROLE_AGENT)
 		return conn_fail(c, -EPERM, "only agents may register");
@@ -212,6 +213,7 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 				"node name '%s' has the same id (%u) as node '%s'; rename one",
 				r->node_name, o->id, o->name);
 		n = node_add(co, r->node_name);
+		fresh = true;
 	}
 	if (!n)
 		return conn_fail(c, -ENOMEM, "out of memory adding a node");
@@ -242,6 +244,9 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	ack.shard_id = co->shard;
 	ack.heartbeat_ms = (uint32_t)co->rt.cfg->heartbeat_ms;
 	ack.dead_after_ms = (uint32_t)co->rt.cfg->dead_after_ms;
+	/* A shard that never saw this node (it started after the node did, or
+	 * restarted) rebuilds its soft state from what the node holds. */
+	ack.resync_wanted = fresh;
 	for (unsigned i = 0; i < co->sc->nranges; i++) {
 		cksm__bucket_range__init(&br[i]);
 		br[i].first = co->sc->ranges[i].first;

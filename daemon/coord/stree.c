@@ -31,9 +31,10 @@
  *     fewest references.
  *  4. a create is outstanding -> LEAVE (wait for it).
  *  5. n has pool room -> CREATE_DUP on n (n then has the local references).
- *  6. otherwise, if c backs pages remotely or merging across nodes is on,
- *     order a create on the placement node (fewest dups in its rack, then
- *     most room, then lowest id) with c's dups as sources; LEAVE.
+ *  6. otherwise, if merging across nodes is on, order a create on the
+ *     placement node (fewest dups of c in its rack, then most references
+ *     to c, then most room, then the first added) with c's dups as
+ *     sources; LEAVE.
  * Node deaths and the prune tick give orders through stree_ops.
  */
 #include "stree.h"
@@ -464,23 +465,44 @@ static struct sdup *find_dup(struct entry *e, int node, uint64_t slot, uint32_t 
 /* ---- placement --------------------------------------------------------------------- */
 
 /* The node that should take the next dup of e, or -1. */
+/* References node holds on any dup of e: pages it would back locally. */
+static uint32_t local_refs(const struct entry *e, uint16_t node)
+{
+	uint32_t n = 0;
+
+	for (unsigned k = 0; k < e->ndups; k++)
+		n += count_of(cdup_at(e, k), node);
+	return n;
+}
+
+/*
+ * The node that should take the next dup of e, or -1: among live nodes
+ * with room that hold none yet, the one in a rack with fewest dups of e
+ * (replicas in distinct failure domains), then with the most references
+ * to e (its pages become local), then with the most room, then the first.
+ */
 static int placement(const struct stree *t, const struct entry *e)
 {
 	int best = -1;
 	unsigned best_rack_dups = 0;
+	uint32_t best_refs = 0;
 
 	for (unsigned i = 0; i < t->nnodes; i++) {
 		const struct node *nd = &t->nodes[i];
 		unsigned rack_dups = 0;
+		uint32_t refs;
 
 		if (!nd->used || !nd->live || !nd->room || holds(e, (uint16_t)i) >= 0)
 			continue;
 		for (unsigned k = 0; k < e->ndups; k++)
 			rack_dups += t->nodes[cdup_at(e, k)->node].rack == nd->rack;
+		refs = local_refs(e, (uint16_t)i);
 		if (best < 0 || rack_dups < best_rack_dups ||
-		    (rack_dups == best_rack_dups && nd->room > t->nodes[best].room)) {
+		    (rack_dups == best_rack_dups &&
+		     (refs > best_refs || (refs == best_refs && nd->room > t->nodes[best].room)))) {
 			best = (int)i;
 			best_rack_dups = rack_dups;
+			best_refs = refs;
 		}
 	}
 	return best;

@@ -69,5 +69,6 @@ done
 stop c0
 start c0 -c "$T/cksm.conf" --role coord --shard 0
 wait_for "node-a back at shard 0" 15 log_has c0 "node node-a"
+wait_for "node-a resynced with shard 0" 10 log_has c0 "node node-a resynced"
 wait_for "shard 0 hears again" 20 bash -c "[[ \$(curl -sf http://$S0/metrics | awk '\$1==\"cksm_coord_digest_pages_total\"{print \$2}') -ge 16 ]]"
 echo "ok"

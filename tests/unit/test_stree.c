@@ -147,16 +147,24 @@ static int m_placement(const struct mcontent *c)
 	int best = -1;
 	unsigned best_rd = 0;
 
+	uint32_t best_refs = 0;
+
 	for (unsigned n = 0; n < NN; n++) {
 		unsigned rd = 0;
+		uint32_t refs = 0;
 
 		if (!M.live[n] || !M.room[n] || m_holds(c, n) >= 0)
 			continue;
-		for (unsigned i = 0; i < c->ndups; i++)
+		for (unsigned i = 0; i < c->ndups; i++) {
 			rd += M.rack[c->d[i].node] == M.rack[n];
-		if (best < 0 || rd < best_rd || (rd == best_rd && M.room[n] > M.room[best])) {
+			refs += c->d[i].refs[n];
+		}
+		if (best < 0 || rd < best_rd ||
+		    (rd == best_rd &&
+		     (refs > best_refs || (refs == best_refs && M.room[n] > M.room[best])))) {
 			best = (int)n;
 			best_rd = rd;
+			best_refs = refs;
 		}
 	}
 	return best;

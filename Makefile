@@ -47,9 +47,10 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
 .PHONY: all deps test demo fuzz fuzz-build bench lint format install clean
-all: $(BINS) $(UNIT_BINS)
+all: $(BINS) $(UNIT_BINS) $(BENCH_BINS)
 
 $(PROTO_C) $(PROTO_H): proto/cksm.proto
 	@mkdir -p $(B)/proto
@@ -125,7 +126,6 @@ fuzz: $(FUZZ_TARGETS)
 	for f in $(FUZZ_TARGETS); do mkdir -p $(B)/corpus/$$(basename $$f); \
 		$$f -max_total_time=$(FUZZ_SECONDS) $(B)/corpus/$$(basename $$f) tests/fuzz/corpus/$$(basename $$f) || exit 1; done
 
-BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 $(B)/bench/%: bench/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$(B)/%.o)) $(COORD_LIB_OBJ) $(B)/libcksmcommon.a
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'

@@ -118,7 +118,7 @@ int main(void)
 	t0 = now_s();
 	for (int i = 0; i < n; i++) {
 		auth_client_mac(&key, sn, cn, CKSM__ROLE__ROLE_AGENT, "node-1", mac);
-		auth_server_mac(&key, cn, sn, mac);
+		auth_server_mac(&key, cn, sn, CKSM__ROLE__ROLE_COORD, "shard-0", mac);
 		sn[0] = mac[0];
 	}
 	t1 = now_s();

@@ -116,6 +116,7 @@ struct scanner {
 	struct scan_counts groups[TARGET_MAX_GROUPS];
 	uint64_t batch;	       /* work since the last sleep, in pages */
 	uint64_t batch_cpu_ns; /* thread CPU time at the last sleep's end */
+	bool budget_started;   /* batch_cpu_ns is from the scanning thread */
 	bool stopping;
 };
 
@@ -597,9 +598,12 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 	memset(s->groups, 0, sizeof(s->groups));
 	s->pass++;
 	s->stopping = false;
-	/* Thread CPU clocks are per thread: start the budget on the one that scans. */
-	if (s->sleep && s->pass == 1)
+	/* Thread CPU clocks are per thread: start the budget on the one that
+	 * scans, at its first throttled pass. */
+	if (s->sleep && !s->budget_started) {
 		scanner_rested(s);
+		s->budget_started = true;
+	}
 	rc = targets_collect(s->targets);
 	if (!rc)
 		rc = merge_targets(s);
@@ -671,6 +675,7 @@ void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg)
 {
 	s->sleep = sleep;
 	s->sleep_arg = arg;
+	s->budget_started = false;
 }
 
 void scanner_rereport(struct scanner *s)

@@ -148,6 +148,7 @@ static void *scan_thread(void *arg)
 {
 	struct scanrun *r = arg;
 	struct scan_counts c;
+	uint64_t last_rereport = now_ns(CLOCK_MONOTONIC);
 
 	for (;;) {
 		uint64_t wall0 = now_ns(CLOCK_MONOTONIC), cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
@@ -158,6 +159,13 @@ static void *scan_thread(void *arg)
 		rereport = r->rereport;
 		r->rereport = false;
 		pthread_mutex_unlock(&r->lock);
+		/* Shards forget first sightings as their unstable filters age:
+		 * offer stable pages again every rereport_millisecs, as ksmd
+		 * refills its unstable tree on every scan. */
+		if (wall0 - last_rereport >= (uint64_t)r->cfg->rereport_millisecs * 1000000) {
+			rereport = true;
+			last_rereport = wall0;
+		}
 		if (rereport)
 			scanner_rereport(r->scanner);
 		rc = scanner_pass(r->scanner, &c);

@@ -96,6 +96,8 @@ static const struct key keys[] = {
 	  "a page count between 1 and 1048576"),
 	U("agent", "sleep_millisecs", sleep_millisecs, 0, 60000,
 	  "milliseconds between 0 and 60000"),
+	U("agent", "rereport_millisecs", rereport_millisecs, 1000, 86400000,
+	  "milliseconds between 1000 and 86400000"),
 	U("agent", "pass_millisecs", pass_millisecs, 0, 3600000,
 	  "milliseconds between 0 and 3600000"),
 	U("agent", "cpu_percent", cpu_percent, 1, 100,
@@ -460,6 +462,7 @@ void config_defaults(struct config *c)
 	c->pages_to_scan = 4096;
 	c->sleep_millisecs = 20;
 	c->pass_millisecs = 2000;
+	c->rereport_millisecs = 60000;
 	c->cpu_percent = 10;
 	c->report_queue = 65536;
 	c->ndomains = 1;
@@ -615,6 +618,18 @@ int config_finish(struct config *c, FILE *err)
 				errors++;
 			}
 	}
+	if (c->dup_idle_millisecs / c->prune_millisecs > 250) {
+		fprintf(err,
+			"[cluster] dup_idle_millisecs (%u) is more than 250 prune ticks of %u ms; raise prune_millisecs\n",
+			c->dup_idle_millisecs, c->prune_millisecs);
+		errors++;
+	}
+	if (c->rereport_millisecs > c->unstable_age_millisecs) {
+		fprintf(err,
+			"[agent] rereport_millisecs (%u) exceeds [cluster] unstable_age_millisecs (%u): shards would forget first sightings before they are repeated\n",
+			c->rereport_millisecs, c->unstable_age_millisecs);
+		errors++;
+	}
 	if (c->reconnect_max_ms < c->reconnect_min_ms) {
 		fprintf(err, "[cluster] reconnect_max_ms is below reconnect_min_ms\n");
 		errors++;
@@ -654,10 +669,10 @@ void config_dump(const struct config *c, FILE *out)
 		c->agent_metrics);
 	fprintf(out,
 		"scan_mergeable = %d\nscan_thp = %d\npages_to_scan = %u\nsleep_millisecs = %u\n"
-		"pass_millisecs = %u\n"
+		"pass_millisecs = %u\nrereport_millisecs = %u\n"
 		"cpu_percent = %u\nreport_queue = %u\n",
 		c->scan_mergeable, c->scan_thp, c->pages_to_scan, c->sleep_millisecs,
-		c->pass_millisecs, c->cpu_percent, c->report_queue);
+		c->pass_millisecs, c->rereport_millisecs, c->cpu_percent, c->report_queue);
 	if (c->cgroup_root[0])
 		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
 	if (c->domains[0].cgroups[0])

@@ -2,11 +2,14 @@
  * coord - a coordinator shard.
  *
  * Agents connect, authenticate and Register under the name they
- * authenticated with; the shard gives each node a small id that is stable
- * for the life of the shard process. Every Heartbeat refreshes the node's
- * last_seen; a liveness sweep marks a node dead when it has been silent
- * longer than dead_after_ms, and a node that registers again is live
- * again. Admin connections (cksmctl) may only ask questions.
+ * authenticated with; a node's id is a hash of that name (node_id_of), the
+ * same at every shard and after restarts, so dup references stay valid.
+ * Every Heartbeat refreshes the node's last_seen; a liveness sweep marks a
+ * node dead when it has been silent longer than dead_after_ms, and a node
+ * that registers again is live again and asked to resync. Digest reports
+ * feed the stable tree (stree.h), whose decisions go back to the
+ * reporter and whose orders go to the nodes they name. Admin connections
+ * (cksmctl) may only ask questions.
  *
  * All state is touched only from the loop thread.
  */
@@ -227,6 +230,8 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	c->data = n;
 	snprintf(n->rack, sizeof(n->rack), "%s", r->rack && r->rack[0] ? r->rack : "default");
 	snprintf(n->address, sizeof(n->address), "%s", c->peer_addr);
+	if (!n->live)
+		fresh = true; /* it was dead: the tree dropped what it held */
 	if (!n->live || n->incarnation != r->incarnation)
 		log_info("node %s (id %u, rack %s) registered from %s", n->name, n->id, n->rack,
 			 c->peer_addr);
@@ -284,6 +289,8 @@ static int handle_heartbeat(struct coord *co, struct conn *c, const Cksm__Heartb
 	return conn_send(c, &out);
 }
 
+#define DECISIONS_PER_BATCH 512
+
 /* Answer a report with the decisions that ask the node to act. */
 static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 {
@@ -322,14 +329,21 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 		decp[k] = &dec[k];
 		k++;
 	}
-	if (!k)
-		return 0;
+	/* At most DECISIONS_PER_BATCH per message, so a batch stays far below
+	 * the smallest max_frame_bytes whatever the replica lists hold. */
 	b.domain = r->domain;
-	b.n_decisions = k;
-	b.decisions = decp;
 	m.body_case = CKSM__MSG__BODY_DECISIONS;
 	m.decisions = &b;
-	return conn_send(c, &m);
+	for (size_t i = 0; i < k; i += DECISIONS_PER_BATCH) {
+		int rc;
+
+		b.n_decisions = k - i < DECISIONS_PER_BATCH ? k - i : DECISIONS_PER_BATCH;
+		b.decisions = &decp[i];
+		rc = conn_send(c, &m);
+		if (rc)
+			return rc;
+	}
+	return 0;
 }
 
 /* An input the tree refused: tell the node, count it, keep the connection. */
@@ -669,6 +683,8 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 	case CKSM__MSG__BODY_RESYNC:
 		return handle_resync(co, c, m->resync);
 	case CKSM__MSG__BODY_STATS_REQUEST:
+		if (c->peer_role != CKSM__ROLE__ROLE_ADMIN)
+			return conn_fail(c, -EPERM, "stats request from a non-admin peer");
 		return handle_stats(co, c, m->stats_request);
 	case CKSM__MSG__BODY_HEARTBEAT:
 		return handle_heartbeat(co, c, m->heartbeat);
@@ -791,12 +807,14 @@ static int register_tree_metrics(struct coord *co)
 		if (!co->m_decisions[a])
 			return -ENOMEM;
 	}
-	co->m_refused_dup = metrics_counter(r, "cksm_coord_refused_total",
-					    "Dup and reference messages refused, nothing changed.",
-					    "what=\"dup\"");
-	co->m_refused_ref = metrics_counter(r, "cksm_coord_refused_total",
-					    "Dup and reference messages refused, nothing changed.",
-					    "what=\"reference\"");
+	co->m_refused_dup = metrics_counter(
+		r, "cksm_coord_refused_total",
+		"Dup, reference and resync messages refused (a resync from the refused entry on).",
+		"what=\"dup\"");
+	co->m_refused_ref = metrics_counter(
+		r, "cksm_coord_refused_total",
+		"Dup, reference and resync messages refused (a resync from the refused entry on).",
+		"what=\"reference\"");
 	co->m_orders_create =
 		metrics_counter(r, "cksm_coord_dup_create_orders_total",
 				"Orders to nodes to make a dup (placement, re-replication).", NULL);

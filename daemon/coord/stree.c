@@ -47,6 +47,9 @@
 #include "unstable.h"
 
 #define INLINE_REFS 2
+#define MAX_DUPS    129 /* dup 0 inline + 128 in the chain array */
+#define MAX_NREFS   255 /* nodes referencing one dup (8-bit count) */
+#define MAX_TICKS   250 /* 8-bit idle counters */
 
 struct sref {
 	uint16_t node; /* node index */
@@ -74,7 +77,8 @@ struct entry {
 	uint16_t pending;  /* node index + 1 ordered to create a dup, 0 none */
 	uint8_t ndups;
 	uint8_t morecap;
-	uint8_t idle; /* prune ticks without dups, order or report */
+	uint8_t idle;	/* prune ticks without dups, order or report */
+	uint8_t waited; /* prune ticks the outstanding create has waited */
 };
 
 struct node {
@@ -164,6 +168,8 @@ static int set_count(struct stree *t, struct sdup *d, uint16_t node, uint32_t co
 	}
 	if (!count)
 		return 0;
+	if (d->nrefs == MAX_NREFS)
+		return -E2BIG;
 	if (d->nrefs == INLINE_REFS && d->refcap <= INLINE_REFS) {
 		struct sref *h = malloc(8 * sizeof(*h));
 
@@ -464,7 +470,6 @@ static struct sdup *find_dup(struct entry *e, int node, uint64_t slot, uint32_t 
 
 /* ---- placement --------------------------------------------------------------------- */
 
-/* The node that should take the next dup of e, or -1. */
 /* References node holds on any dup of e: pages it would back locally. */
 static uint32_t local_refs(const struct entry *e, uint16_t node)
 {
@@ -524,6 +529,7 @@ static void order_create(struct stree *t, struct entry *e)
 		if (t->nodes[cdup_at(e, i)->node].live)
 			src[ns++] = dupref(t, cdup_at(e, i));
 	e->pending = (uint16_t)(n + 1);
+	e->waited = 0;
 	t->nodes[n].room--;
 	t->ops->create(t->arg, t->nodes[n].id, e->hi, e->lo, src, ns);
 }
@@ -610,9 +616,10 @@ int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint3
 	}
 	if (e->pending)
 		return 0;
-	if (t->nodes[n].room && e->ndups < 255) {
+	if (t->nodes[n].room && e->ndups < MAX_DUPS) {
 		out->action = STREE_CREATE_DUP;
 		e->pending = (uint16_t)(n + 1);
+		e->waited = 0;
 		t->nodes[n].room--;
 		return 0;
 	}
@@ -631,10 +638,14 @@ int stree_dup_created(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, 
 		return -ENOENT;
 	if (e->pending != n + 1)
 		return -EPERM;
-	if (slot > UINT32_MAX || find_dup(e, n, slot, gen))
+	if (slot > UINT32_MAX)
+		return -ERANGE;
+	if (find_dup(e, n, slot, gen))
 		return -EEXIST;
-	if (!add_dup(t, e, (uint16_t)n, (uint32_t)slot, gen))
+	if (!add_dup(t, e, (uint16_t)n, (uint32_t)slot, gen)) {
+		e->pending = 0; /* the order cannot complete: forget it */
 		return -ENOMEM;
+	}
 	e->pending = 0;
 	/* More replicas may be due (backing remote pages, fewer than R). */
 	if (needs_replica(t, e))
@@ -799,6 +810,10 @@ void stree_prune(struct stree *t)
 			}
 			remove_dup(t, e, k);
 		}
+		/* A create order not answered within prune_ticks is forgotten;
+		 * the repair below may place it elsewhere. */
+		if (e->pending && ++e->waited >= t->p.prune_ticks)
+			e->pending = 0;
 		/* A content without dups waits prune_ticks for a node with room,
 		 * then goes (its nodes report it again in a later generation). */
 		if (!e->ndups && !e->pending && ++e->idle >= t->p.prune_ticks) {
@@ -1018,6 +1033,10 @@ struct stree *stree_create(const struct stree_params *p, const struct stree_ops 
 		t->p.replicas = STREE_MAX_REPLICAS;
 	if (t->p.max_page_sharing < 2 || t->p.max_page_sharing > UINT16_MAX)
 		t->p.max_page_sharing = 256;
+	if (t->p.prune_ticks < 1)
+		t->p.prune_ticks = 1;
+	if (t->p.prune_ticks > MAX_TICKS)
+		t->p.prune_ticks = MAX_TICKS;
 	t->ops = ops;
 	t->arg = arg;
 	t->idx_size = 1024;

@@ -27,8 +27,9 @@ struct mcontent {
 	bool in_tree;
 	unsigned ndups;
 	struct mdup d[MAXD];
-	int pending;   /* node + 1 */
-	unsigned idle; /* prune ticks without dups, order or report */
+	int pending;	 /* node + 1 */
+	unsigned idle;	 /* prune ticks without dups, order or report */
+	unsigned waited; /* prune ticks the outstanding create has waited */
 };
 
 struct model {
@@ -184,6 +185,7 @@ static void m_order(unsigned ci)
 	for (unsigned i = 0; i < c->ndups; i++)
 		ns += M.live[c->d[i].node];
 	c->pending = n + 1;
+	c->waited = 0;
 	M.room[n]--;
 	want[nwant++] = (struct order){ NID((unsigned)n), LO(ci), ns };
 }
@@ -251,6 +253,7 @@ static void m_report(unsigned node, unsigned ci, uint32_t pages, struct stree_de
 	if (M.room[node]) {
 		out->action = STREE_CREATE_DUP;
 		c->pending = (int)node + 1;
+		c->waited = 0;
 		M.room[node]--;
 		return;
 	}
@@ -440,6 +443,7 @@ static void adopt_bulk_orders(void)
 		assert_true(M.live[n] && M.room[n] > 0);
 		assert_int_equal(m_holds(&M.c[ci], n), -1);
 		M.c[ci].pending = (int)n + 1;
+		M.c[ci].waited = 0;
 		M.room[n]--;
 	}
 	ngot = nwant = 0;
@@ -552,6 +556,8 @@ static void step_random(struct stree *t, unsigned step, unsigned *seed)
 				}
 				x->d[i] = x->d[--x->ndups];
 			}
+			if (x->pending && ++x->waited >= PRUNE)
+				x->pending = 0;
 			if (x->in_tree && !x->ndups && !x->pending && ++x->idle >= PRUNE)
 				x->in_tree = false;
 		}

@@ -55,14 +55,15 @@ struct coord {
 	struct metric *m_deaths;
 	struct metric *m_admin;
 	struct metric *m_buckets;
-	struct metric *m_digests;			  /* digests accepted */
-	struct metric *m_digest_pages;			  /* pages they stand for */
-	struct metric *m_reports;			  /* reports accepted */
-	struct metric *m_rej_foreign;			  /* reports refused: foreign bucket */
-	struct metric *m_rej_invalid;			  /* reports refused: bad fields */
-	struct stree *tree;				  /* this shard's stable tree */
-	uv_timer_t prune;				  /* stable tree prune tick */
-	uv_timer_t age;					  /* unstable filter ageing */
+	struct metric *m_digests;      /* digests accepted */
+	struct metric *m_digest_pages; /* pages they stand for */
+	struct metric *m_reports;      /* reports accepted */
+	struct metric *m_rej_foreign;  /* reports refused: foreign bucket */
+	struct metric *m_rej_invalid;  /* reports refused: bad fields */
+	struct stree *tree;	       /* this shard's stable tree */
+	uv_timer_t prune;	       /* stable tree prune slices */
+	uint64_t round_started_ms;     /* loop time the current prune round began */
+	uv_timer_t age;		       /* unstable filter ageing */
 	struct metric *m_decisions[STREE_CREATE_DUP + 1]; /* by action */
 	struct metric *m_refused_dup;			  /* DupCreated refused */
 	struct metric *m_refused_ref;			  /* RefUpdate / Resync refused */
@@ -485,6 +486,8 @@ static void free_matrix(Cksm__StatsReply *rep)
 
 static int handle_stats(struct coord *co, struct conn *c, const Cksm__StatsRequest *q)
 {
+	static uint32_t tids[STREE_MAX_NODES];
+	static uint64_t theld[STREE_MAX_NODES], trefs[STREE_MAX_NODES];
 	Cksm__Msg m = CKSM__MSG__INIT;
 	Cksm__StatsReply rep = CKSM__STATS_REPLY__INIT;
 	Cksm__NodeCounters cl = CKSM__NODE_COUNTERS__INIT;
@@ -510,10 +513,16 @@ static int handle_stats(struct coord *co, struct conn *c, const Cksm__StatsReque
 			free(nc);
 			return conn_fail(c, -ENOMEM, "out of memory answering stats");
 		}
-		for (uint32_t i = 0; i < co->nnodes; i++) {
-			uint64_t held, refs;
+		size_t tn = stree_nodes_stats(co->tree, tids, theld, trefs, STREE_MAX_NODES);
 
-			stree_node_stats(co->tree, co->nodes[i].id, &held, &refs);
+		for (uint32_t i = 0; i < co->nnodes; i++) {
+			uint64_t held = 0, refs = 0;
+
+			for (size_t j = 0; j < tn; j++)
+				if (tids[j] == co->nodes[i].id) {
+					held = theld[j];
+					refs = trefs[j];
+				}
 			cksm__node_stats__init(&ns[i]);
 			cksm__node_counters__init(&nc[i]);
 			nc[i].pages_shared = held;
@@ -763,7 +772,7 @@ static void publish_tree(struct coord *co)
 {
 	struct stree_stats s;
 
-	stree_stats(co->tree, &s);
+	stree_round_stats(co->tree, &s);
 	metric_set(co->m_shared, (double)s.pages_shared);
 	metric_set(co->m_sharing, (double)s.pages_sharing);
 	metric_set(co->m_unshared, (double)s.pages_unshared);
@@ -776,12 +785,25 @@ static void publish_tree(struct coord *co)
 		   s.refs > s.pages_shared ? (double)(s.refs - s.pages_shared) * 4096 : 0);
 }
 
+#define PRUNE_SLICE_MS	    20	  /* a round advances this often ... */
+#define PRUNE_SLICE_ENTRIES 65536 /* ... by this many entries */
+
+/*
+ * The prune round runs in slices so the loop never stalls on a big tree;
+ * a new round starts prune_millisecs after the previous one started.
+ */
 static void on_prune(uv_timer_t *t)
 {
 	struct coord *co = t->data;
+	uint64_t now = uv_now(&co->rt.loop);
 
-	stree_prune(co->tree);
-	publish_tree(co);
+	if (stree_prune_idle(co->tree)) {
+		if (now - co->round_started_ms < co->rt.cfg->prune_millisecs)
+			return;
+		co->round_started_ms = now;
+	}
+	if (stree_prune_step(co->tree, PRUNE_SLICE_ENTRIES))
+		publish_tree(co);
 }
 
 static void on_age(uv_timer_t *t)
@@ -929,7 +951,7 @@ int coord_main(const struct config *cfg, unsigned shard)
 	uv_timer_start(&co->sweep, on_sweep, cfg->heartbeat_ms, cfg->heartbeat_ms);
 	uv_timer_init(&co->rt.loop, &co->prune);
 	co->prune.data = co;
-	uv_timer_start(&co->prune, on_prune, cfg->prune_millisecs, cfg->prune_millisecs);
+	uv_timer_start(&co->prune, on_prune, PRUNE_SLICE_MS, PRUNE_SLICE_MS);
 	uv_timer_init(&co->rt.loop, &co->age);
 	co->age.data = co;
 	uv_timer_start(&co->age, on_age, cfg->unstable_age_millisecs, cfg->unstable_age_millisecs);

@@ -46,10 +46,11 @@
 
 #include "unstable.h"
 
-#define INLINE_REFS 2
-#define MAX_DUPS    129 /* dup 0 inline + 128 in the chain array */
-#define MAX_NREFS   255 /* nodes referencing one dup (8-bit count) */
-#define MAX_TICKS   250 /* 8-bit idle counters */
+#define INLINE_REFS    2
+#define NODE_HASH_SIZE (2 * STREE_MAX_NODES)
+#define MAX_DUPS       129 /* dup 0 inline + 128 in the chain array */
+#define MAX_NREFS      255 /* nodes referencing one dup (8-bit count) */
+#define MAX_TICKS      250 /* 8-bit idle counters */
 
 struct sref {
 	uint16_t node; /* node index */
@@ -98,6 +99,9 @@ struct stree {
 	uint32_t *idx;	 /* position + 1, 0 empty */
 	size_t idx_size; /* power of two */
 	struct node nodes[STREE_MAX_NODES];
+	uint16_t node_hash[NODE_HASH_SIZE]; /* index + 1 by id, 0 empty */
+	size_t cursor;			    /* next entry of the prune round, 0 between rounds */
+	struct stree_stats acc, last;	    /* stats of the round in progress, of the last one */
 	unsigned nnodes;
 	struct unstable un;
 	size_t heap_bytes; /* chains and ref arrays */
@@ -126,12 +130,24 @@ static const struct sdup *cdup_at(const struct entry *e, unsigned i)
 	return i == 0 ? &e->d0 : &e->more[i - 1];
 }
 
+/* Node id -> index through a small open-addressing table (every digest asks). */
+#define NODE_HASH NODE_HASH_SIZE
+
+static unsigned node_slot(uint32_t id)
+{
+	return (id * 2654435761u) % NODE_HASH;
+}
+
 static int node_index(const struct stree *t, uint32_t id)
 {
-	for (unsigned i = 0; i < t->nnodes; i++)
-		if (t->nodes[i].used && t->nodes[i].id == id)
-			return (int)i;
-	return -1;
+	for (unsigned s = node_slot(id);; s = (s + 1) % NODE_HASH) {
+		uint16_t v = t->node_hash[s];
+
+		if (!v)
+			return -1;
+		if (t->nodes[v - 1].id == id)
+			return v - 1;
+	}
 }
 
 static struct stree_dupref dupref(const struct stree *t, const struct sdup *d)
@@ -729,9 +745,14 @@ int stree_node_add(struct stree *t, uint32_t node, uint32_t rack)
 	if (i < 0) {
 		if (t->nnodes == STREE_MAX_NODES)
 			return -ENOSPC;
+		unsigned s = node_slot(node);
+
 		i = (int)t->nnodes++;
 		t->nodes[i].used = true;
 		t->nodes[i].id = node;
+		while (t->node_hash[s])
+			s = (s + 1) % NODE_HASH;
+		t->node_hash[s] = (uint16_t)(i + 1);
 	}
 	t->nodes[i].rack = rack;
 	t->nodes[i].live = true;
@@ -791,9 +812,35 @@ void stree_node_dead(struct stree *t, uint32_t node)
 
 /* ---- pruning ------------------------------------------------------------------------- */
 
-void stree_prune(struct stree *t)
+/* Add one entry to a stats accumulator. */
+static void account(struct stree_stats *s, const struct entry *e)
 {
-	for (size_t i = 0; i < t->n;) {
+	s->contents++;
+	if (e->ndups > 1) {
+		s->stable_node_chains++;
+		s->stable_node_dups += e->ndups;
+	}
+	for (unsigned k = 0; k < e->ndups; k++) {
+		const struct sdup *d = cdup_at(e, k);
+
+		s->dups++;
+		s->refs += d->total;
+		if (d->total) {
+			s->pages_shared++;
+			s->pages_sharing += d->total - 1u;
+		}
+	}
+}
+
+bool stree_prune_step(struct stree *t, size_t max)
+{
+	size_t i = t->cursor, done = 0;
+
+	if (i == 0) {
+		memset(&t->acc, 0, sizeof(t->acc));
+		t->repair_due = false; /* this round repairs what it visits */
+	}
+	while (i < t->n && done++ < max) {
 		struct entry *e = &t->e[i];
 
 		for (unsigned k = 0; k < e->ndups;) {
@@ -817,14 +864,41 @@ void stree_prune(struct stree *t)
 		/* A content without dups waits prune_ticks for a node with room,
 		 * then goes (its nodes report it again in a later generation). */
 		if (!e->ndups && !e->pending && ++e->idle >= t->p.prune_ticks) {
-			erase(t, e); /* the last entry moved into i */
+			erase(t, e); /* the last entry, not yet visited, moved into i */
 			continue;
 		}
 		if (needs_replica(t, e))
 			order_create(t, e);
+		account(&t->acc, e);
 		i++;
 	}
-	t->repair_due = false;
+	if (i < t->n) {
+		t->cursor = i;
+		return false;
+	}
+	t->cursor = 0;
+	t->acc.pages_unshared = t->un.inserted;
+	t->acc.bytes = t->cap * sizeof(*t->e) + t->idx_size * sizeof(*t->idx) + t->heap_bytes +
+		       unstable_bytes(&t->un);
+	t->last = t->acc;
+	return true;
+}
+
+void stree_prune(struct stree *t)
+{
+	t->cursor = 0;
+	while (!stree_prune_step(t, SIZE_MAX)) {
+	}
+}
+
+bool stree_prune_idle(const struct stree *t)
+{
+	return t->cursor == 0;
+}
+
+void stree_round_stats(const struct stree *t, struct stree_stats *s)
+{
+	*s = t->last;
 }
 
 void stree_age(struct stree *t)
@@ -837,26 +911,9 @@ void stree_age(struct stree *t)
 void stree_stats(const struct stree *t, struct stree_stats *s)
 {
 	memset(s, 0, sizeof(*s));
-	s->contents = t->n;
+	for (size_t i = 0; i < t->n; i++)
+		account(s, &t->e[i]);
 	s->pages_unshared = t->un.inserted;
-	for (size_t i = 0; i < t->n; i++) {
-		const struct entry *e = &t->e[i];
-
-		if (e->ndups > 1) {
-			s->stable_node_chains++;
-			s->stable_node_dups += e->ndups;
-		}
-		for (unsigned k = 0; k < e->ndups; k++) {
-			const struct sdup *d = cdup_at(e, k);
-
-			s->dups++;
-			s->refs += d->total;
-			if (d->total) {
-				s->pages_shared++;
-				s->pages_sharing += d->total - 1u;
-			}
-		}
-	}
 	s->bytes = t->cap * sizeof(*t->e) + t->idx_size * sizeof(*t->idx) + t->heap_bytes +
 		   unstable_bytes(&t->un);
 }
@@ -873,6 +930,29 @@ void stree_node_stats(const struct stree *t, uint32_t node, uint64_t *held, uint
 			*held += d->node == n;
 			*refs += count_of(d, (uint16_t)n);
 		}
+}
+
+size_t stree_nodes_stats(const struct stree *t, uint32_t *ids, uint64_t *held, uint64_t *refs,
+			 size_t max)
+{
+	size_t n = t->nnodes < max ? t->nnodes : max;
+
+	for (size_t i = 0; i < n; i++) {
+		ids[i] = t->nodes[i].id;
+		held[i] = refs[i] = 0;
+	}
+	for (size_t i = 0; i < t->n; i++)
+		for (unsigned k = 0; k < t->e[i].ndups; k++) {
+			const struct sdup *d = cdup_at(&t->e[i], k);
+			const struct sref *r = crefs_of(d);
+
+			if (d->node < n)
+				held[d->node]++;
+			for (unsigned j = 0; j < d->nrefs; j++)
+				if (r[j].node < n)
+					refs[r[j].node] += r[j].count;
+		}
+	return n;
 }
 
 size_t stree_matrix(const struct stree *t, uint32_t *ids, uint64_t *m, size_t max_nodes)

@@ -128,8 +128,20 @@ int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 int stree_resync(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 		 const struct stree_dupref *dup, uint32_t refs, bool held_here);
 
-/* One prune tick: release dups unreferenced for prune_ticks, drop empty contents. */
+/*
+ * Pruning walks the tree in rounds: each entry visited counts one tick
+ * toward releasing its unreferenced dups and dropping it when it has none,
+ * gets re-replication orders if it lacks replicas, and is added to the
+ * round's statistics. stree_prune_step visits at most max entries and
+ * returns true when it completed a round; stree_prune runs a whole round.
+ * The shard steps in small slices so its loop never stalls on a big tree.
+ */
+bool stree_prune_step(struct stree *t, size_t max);
 void stree_prune(struct stree *t);
+/* No round in progress. */
+bool stree_prune_idle(const struct stree *t);
+/* The statistics of the last completed round (cheap). */
+void stree_round_stats(const struct stree *t, struct stree_stats *s);
 
 /* Age the unstable filter (a scan interval passed). */
 void stree_age(struct stree *t);
@@ -138,6 +150,13 @@ void stree_stats(const struct stree *t, struct stree_stats *s);
 
 /* Per-node figures: what node holds and what it references. */
 void stree_node_stats(const struct stree *t, uint32_t node, uint64_t *held, uint64_t *refs);
+
+/*
+ * The same for every node in one walk: ids[i], held[i], refs[i] for up to
+ * max nodes; returns how many.
+ */
+size_t stree_nodes_stats(const struct stree *t, uint32_t *ids, uint64_t *held, uint64_t *refs,
+			 size_t max);
 
 /* m[i * n + j]: pages node i backs from dups on node j (node ids in ids[]). */
 size_t stree_matrix(const struct stree *t, uint32_t *ids, uint64_t *m, size_t max_nodes);

@@ -737,6 +737,29 @@ static void matrix_and_node_stats(void **state)
 	stree_node_stats(t, 10, &held, &refs);
 	assert_int_equal(held, 1);
 	assert_int_equal(refs, 2);
+	{
+		uint64_t h[4], r2[4];
+
+		assert_int_equal(stree_nodes_stats(t, ids, h, r2, 4), 2);
+		assert_int_equal(h[0], 1);
+		assert_int_equal(r2[0], 2);
+		assert_int_equal(h[1], 0);
+		assert_int_equal(r2[1], 3);
+	}
+	/* Round statistics appear when a prune round completes, in slices. */
+	{
+		struct stree_stats rs;
+
+		stree_round_stats(t, &rs);
+		assert_int_equal(rs.contents, 0);
+		assert_true(stree_prune_idle(t));
+		assert_true(stree_prune_step(t, 1)); /* one entry: one slice is the round */
+		stree_round_stats(t, &rs);
+		assert_int_equal(rs.contents, 1);
+		assert_int_equal(rs.refs, 5);
+		assert_int_equal(rs.pages_shared, 1);
+		assert_int_equal(rs.pages_sharing, 4);
+	}
 	stree_destroy(t);
 }
 

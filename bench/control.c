@@ -9,17 +9,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
+
 #include "auth.h"
 #include "frame.h"
 #include "wire.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static unsigned long frames;
 

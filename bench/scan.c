@@ -21,6 +21,8 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
+
+#include "bench.h"
 #include <unistd.h>
 
 #include "agent/scan.h"
@@ -31,14 +33,6 @@
 
 #define PAGE   4096UL
 #define WINDOW (512UL << 10)
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void fill(uint8_t *p, size_t pages, uint64_t salt)
 {
@@ -111,20 +105,6 @@ static double cpu_seconds(void)
 	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
 		exit(1);
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static long rss_kb(void)
-{
-	char line[256];
-	long kb = 0;
-	FILE *f = fopen("/proc/self/status", "r");
-
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return kb;
 }
 
 static double memcpy_rate(size_t bytes)

@@ -228,42 +228,34 @@ static int register_metrics(struct scanrun *r, struct metrics *reg)
 	static const char skip_help[] = "Pages the last full scan passed over, by reason.";
 	static const char *const group_names[4] = { "scanned", "stable", "volatile", "zero" };
 
-	r->m_scanned =
-		metrics_counter(reg, "cksm_pages_scanned_total", "Pages read and hashed.", NULL);
-	r->m_full_scans =
-		metrics_counter(reg, "cksm_full_scans_total", "Full scans completed.", NULL);
-	r->m_cpu = metrics_counter_f(reg, "cksm_scan_cpu_seconds_total",
-				     "CPU time the scanner thread used.", NULL);
-	r->m_reported = metrics_counter(reg, "cksm_digests_reported_total",
-					"Stable pages queued for their shard.", NULL);
-	r->m_deferred = metrics_counter(
-		reg, "cksm_digests_deferred_total",
-		"Stable pages not queued (queue full); offered again next scan.", NULL);
-	r->m_stable =
-		metrics_gauge(reg, "cksm_pages_stable",
-			      "Pages unchanged over the last scan interval (not zero).", NULL);
-	r->m_volatile = metrics_gauge(reg, "cksm_pages_volatile",
-				      "Pages that changed over the last scan interval.", NULL);
-	r->m_new = metrics_gauge(reg, "cksm_pages_new",
-				 "Pages the last full scan saw for the first time.", NULL);
-	r->m_zero =
-		metrics_gauge(reg, "cksm_pages_zero", "Pages whose content is all zeroes.", NULL);
-	r->m_rate = metrics_gauge(reg, "cksm_scan_pages_per_second",
-				  "Scan rate of the last full scan.", NULL);
-	r->m_cpu_ratio =
-		metrics_gauge(reg, "cksm_scan_cpu_ratio",
-			      "CPU used by the last full scan, as a fraction of one core.", NULL);
-	r->m_targets =
-		metrics_gauge(reg, "cksm_scan_processes", "Processes the scanner visits.", NULL);
-	r->m_state =
-		metrics_gauge(reg, "cksm_scan_state_bytes", "Memory held by scanner state.", NULL);
-	r->m_tracked =
-		metrics_gauge(reg, "cksm_scan_tracked_pages", "Pages with scanner state.", NULL);
-	r->m_queued = metrics_gauge(reg, "cksm_report_queue_digests",
-				    "Digests waiting for their shard.", NULL);
-	if (!r->m_scanned || !r->m_full_scans || !r->m_cpu || !r->m_reported || !r->m_deferred ||
-	    !r->m_stable || !r->m_volatile || !r->m_new || !r->m_zero || !r->m_rate ||
-	    !r->m_cpu_ratio || !r->m_targets || !r->m_state || !r->m_tracked || !r->m_queued)
+	const struct metric_def defs[] = {
+		METRIC_C(r->m_scanned, "cksm_pages_scanned_total", "Pages read and hashed."),
+		METRIC_C(r->m_full_scans, "cksm_full_scans_total", "Full scans completed."),
+		{ &r->m_cpu, METRIC_COUNTER_F, "cksm_scan_cpu_seconds_total",
+		  "CPU time the scanner thread used.", NULL },
+		METRIC_C(r->m_reported, "cksm_digests_reported_total",
+			 "Stable pages queued for their shard."),
+		METRIC_C(r->m_deferred, "cksm_digests_deferred_total",
+			 "Stable pages not queued (queue full); offered again next scan."),
+		METRIC_G(r->m_stable, "cksm_pages_stable",
+			 "Pages unchanged over the last scan interval (not zero)."),
+		METRIC_G(r->m_volatile, "cksm_pages_volatile",
+			 "Pages that changed over the last scan interval."),
+		METRIC_G(r->m_new, "cksm_pages_new",
+			 "Pages the last full scan saw for the first time."),
+		METRIC_G(r->m_zero, "cksm_pages_zero", "Pages whose content is all zeroes."),
+		METRIC_G(r->m_rate, "cksm_scan_pages_per_second",
+			 "Scan rate of the last full scan."),
+		METRIC_G(r->m_cpu_ratio, "cksm_scan_cpu_ratio",
+			 "CPU used by the last full scan, as a fraction of one core."),
+		METRIC_G(r->m_targets, "cksm_scan_processes", "Processes the scanner visits."),
+		METRIC_G(r->m_state, "cksm_scan_state_bytes", "Memory held by scanner state."),
+		METRIC_G(r->m_tracked, "cksm_scan_tracked_pages", "Pages with scanner state."),
+		METRIC_G(r->m_queued, "cksm_report_queue_digests",
+			 "Digests waiting for their shard."),
+	};
+
+	if (metrics_register(reg, defs, sizeof(defs) / sizeof(defs[0])))
 		return -ENOMEM;
 	for (int i = 0; i < SKIP_MAX; i++) {
 		char labels[64];

@@ -58,40 +58,33 @@ static const char *role_name(Cksm__Role r)
 
 int net_metrics_register(struct net_metrics *m, struct metrics *reg)
 {
-	static const char rej[] = "cksm_frames_rejected_total";
-	static const char rej_help[] =
-		"Frames refused by a protocol check; the connection was closed.";
+#define REJ	 "cksm_frames_rejected_total"
+#define REJ_HELP "Frames refused by a protocol check; the connection was closed."
+	const struct metric_def defs[] = {
+		METRIC_C(m->accepted, "cksm_connections_accepted_total",
+			 "Control connections accepted."),
+		METRIC_G(m->active, "cksm_connections", "Control connections open now."),
+		METRIC_C(m->auth_ok, "cksm_auth_succeeded_total",
+			 "Handshakes that proved the cluster key."),
+		METRIC_C(m->auth_failed, "cksm_auth_failures_total",
+			 "Handshakes refused (wrong key, replay, bad hello)."),
+		METRIC_C(m->auth_timeouts, "cksm_auth_timeouts_total",
+			 "Peers closed for not finishing the handshake in time."),
+		METRIC_C(m->frames_in, "cksm_frames_received_total", "Control frames received."),
+		METRIC_C(m->frames_out, "cksm_frames_sent_total", "Control frames sent."),
+		METRIC_C(m->bytes_in, "cksm_control_received_bytes_total",
+			 "Control bytes received."),
+		METRIC_C(m->bytes_out, "cksm_control_sent_bytes_total", "Control bytes sent."),
+		METRIC_CL(m->rej_oversized, REJ, REJ_HELP, "reason=\"oversized\""),
+		METRIC_CL(m->rej_malformed, REJ, REJ_HELP, "reason=\"malformed\""),
+		METRIC_CL(m->rej_unexpected, REJ, REJ_HELP, "reason=\"unexpected\""),
+		METRIC_C(m->refused, "cksm_connections_refused_total",
+			 "Connections closed at once: too many peers in the handshake."),
+	};
+#undef REJ
+#undef REJ_HELP
 
-	m->accepted = metrics_counter(reg, "cksm_connections_accepted_total",
-				      "Control connections accepted.", NULL);
-	m->active = metrics_gauge(reg, "cksm_connections", "Control connections open now.", NULL);
-	m->auth_ok = metrics_counter(reg, "cksm_auth_succeeded_total",
-				     "Handshakes that proved the cluster key.", NULL);
-	m->auth_failed =
-		metrics_counter(reg, "cksm_auth_failures_total",
-				"Handshakes refused (wrong key, replay, bad hello).", NULL);
-	m->auth_timeouts =
-		metrics_counter(reg, "cksm_auth_timeouts_total",
-				"Peers closed for not finishing the handshake in time.", NULL);
-	m->frames_in = metrics_counter(reg, "cksm_frames_received_total",
-				       "Control frames received.", NULL);
-	m->frames_out =
-		metrics_counter(reg, "cksm_frames_sent_total", "Control frames sent.", NULL);
-	m->bytes_in = metrics_counter(reg, "cksm_control_received_bytes_total",
-				      "Control bytes received.", NULL);
-	m->bytes_out =
-		metrics_counter(reg, "cksm_control_sent_bytes_total", "Control bytes sent.", NULL);
-	m->rej_oversized = metrics_counter(reg, rej, rej_help, "reason=\"oversized\"");
-	m->rej_malformed = metrics_counter(reg, rej, rej_help, "reason=\"malformed\"");
-	m->rej_unexpected = metrics_counter(reg, rej, rej_help, "reason=\"unexpected\"");
-	m->refused = metrics_counter(reg, "cksm_connections_refused_total",
-				     "Connections closed at once: too many peers in the handshake.",
-				     NULL);
-	if (!m->accepted || !m->active || !m->auth_ok || !m->auth_failed || !m->auth_timeouts ||
-	    !m->frames_in || !m->frames_out || !m->bytes_in || !m->bytes_out || !m->rej_oversized ||
-	    !m->rej_malformed || !m->rej_unexpected || !m->refused)
-		return -ENOMEM;
-	return 0;
+	return metrics_register(reg, defs, sizeof(defs) / sizeof(defs[0]));
 }
 
 /* ---- closing ------------------------------------------------------------ */

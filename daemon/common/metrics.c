@@ -7,6 +7,7 @@
 #include "metrics.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +145,17 @@ struct metric *metrics_counter_f(struct metrics *r, const char *name, const char
 				 const char *labels)
 {
 	return metrics_add(r, name, help, labels, METRIC_COUNTER_F);
+}
+
+int metrics_register(struct metrics *r, const struct metric_def *defs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		*defs[i].out =
+			metrics_add(r, defs[i].name, defs[i].help, defs[i].labels, defs[i].type);
+		if (!*defs[i].out)
+			return -ENOMEM;
+	}
+	return 0;
 }
 
 char *metrics_label(char *buf, size_t len, const char *name, const char *value)

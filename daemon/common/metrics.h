@@ -62,6 +62,31 @@ void metric_set(struct metric *m, double v);
 void metric_gauge_add(struct metric *m, double delta);
 double metric_value(const struct metric *m);
 
+/* One series to register: where to store it, and what it is. */
+struct metric_def {
+	struct metric **out;
+	enum metric_type type;
+	const char *name;
+	const char *help;
+	const char *labels; /* NULL for none */
+};
+
+#define METRIC_C(out, name, help)                        \
+	{                                                \
+		&(out), METRIC_COUNTER, name, help, NULL \
+	}
+#define METRIC_CL(out, name, help, labels)                 \
+	{                                                  \
+		&(out), METRIC_COUNTER, name, help, labels \
+	}
+#define METRIC_G(out, name, help)                      \
+	{                                              \
+		&(out), METRIC_GAUGE, name, help, NULL \
+	}
+
+/* Register every def in turn; 0, or -ENOMEM at the first that fails. */
+int metrics_register(struct metrics *r, const struct metric_def *defs, size_t n);
+
 /*
  * Write name="value" into buf with the value escaped as the text format
  * requires (backslash, double quote, newline). Returns buf.

@@ -813,93 +813,71 @@ static void on_age(uv_timer_t *t)
 	stree_age(co->tree);
 }
 
-static int register_tree_metrics(struct coord *co)
-{
-	struct metrics *r = co->rt.reg;
-	static const char *const actions[] = { NULL, "leave", "back_local", "back_remote",
-					       "create_dup" };
-	static const char dec_help[] = "Decisions taken on reported contents, by action.";
-
-	for (int a = STREE_LEAVE; a <= STREE_CREATE_DUP; a++) {
-		char labels[32];
-
-		snprintf(labels, sizeof(labels), "action=\"%s\"", actions[a]);
-		co->m_decisions[a] =
-			metrics_counter(r, "cksm_coord_decisions_total", dec_help, labels);
-		if (!co->m_decisions[a])
-			return -ENOMEM;
-	}
-	co->m_refused_dup = metrics_counter(
-		r, "cksm_coord_refused_total",
-		"Dup, reference and resync messages refused (a resync from the refused entry on).",
-		"what=\"dup\"");
-	co->m_refused_ref = metrics_counter(
-		r, "cksm_coord_refused_total",
-		"Dup, reference and resync messages refused (a resync from the refused entry on).",
-		"what=\"reference\"");
-	co->m_orders_create =
-		metrics_counter(r, "cksm_coord_dup_create_orders_total",
-				"Orders to nodes to make a dup (placement, re-replication).", NULL);
-	co->m_orders_release =
-		metrics_counter(r, "cksm_coord_dup_release_orders_total",
-				"Orders to nodes to free an unreferenced dup.", NULL);
-	co->m_shared =
-		metrics_gauge(r, "cksm_pages_shared", "Dups that back at least one page.", NULL);
-	co->m_sharing = metrics_gauge(r, "cksm_pages_sharing",
-				      "References beyond one per dup in use: pages saved.", NULL);
-	co->m_unshared =
-		metrics_gauge(r, "cksm_pages_unshared",
-			      "Contents seen once in the current unstable generation.", NULL);
-	co->m_chains = metrics_gauge(r, "cksm_stable_node_chains",
-				     "Contents with more than one dup.", NULL);
-	co->m_dups = metrics_gauge(r, "cksm_stable_node_dups", "Dups in chains.", NULL);
-	co->m_saved =
-		metrics_gauge(r, "cksm_saved_bytes", "Memory the references save, in bytes.", NULL);
-	co->m_contents = metrics_gauge(r, "cksm_coord_contents",
-				       "Contents in this shard's stable tree.", NULL);
-	co->m_tree_bytes =
-		metrics_gauge(r, "cksm_coord_tree_bytes",
-			      "Memory held by the stable tree and the unstable filter.", NULL);
-	if (!co->m_refused_dup || !co->m_refused_ref || !co->m_orders_create ||
-	    !co->m_orders_release || !co->m_shared || !co->m_sharing || !co->m_unshared ||
-	    !co->m_chains || !co->m_dups || !co->m_saved || !co->m_contents || !co->m_tree_bytes)
-		return -ENOMEM;
-	return 0;
-}
-
 static int register_metrics(struct coord *co)
 {
-	struct metrics *r = co->rt.reg;
-	static const char nodes_help[] = "Nodes this shard knows, by state.";
+#define NODES_HELP   "Nodes this shard knows, by state."
+#define REFUSED	     "cksm_coord_reports_refused_total"
+#define REFUSED_HELP "Digest reports refused, nothing changed."
+#define MREFUSED     "cksm_coord_refused_total"
+#define MREFUSED_HELP \
+	"Dup, reference and resync messages refused (a resync from the refused entry on)."
+#define DEC	 "cksm_coord_decisions_total"
+#define DEC_HELP "Decisions taken on reported contents, by action."
+	const struct metric_def defs[] = {
+		{ &co->m_live, METRIC_GAUGE, "cksm_coord_nodes", NODES_HELP, "state=\"live\"" },
+		{ &co->m_dead, METRIC_GAUGE, "cksm_coord_nodes", NODES_HELP, "state=\"dead\"" },
+		METRIC_C(co->m_registrations, "cksm_coord_registrations_total",
+			 "Node registrations accepted."),
+		METRIC_C(co->m_heartbeats, "cksm_coord_heartbeats_total",
+			 "Heartbeats received from nodes."),
+		METRIC_C(co->m_deaths, "cksm_coord_node_deaths_total",
+			 "Times a node was declared dead for silence."),
+		METRIC_C(co->m_admin, "cksm_coord_admin_requests_total",
+			 "Admin requests answered."),
+		METRIC_G(co->m_buckets, "cksm_coord_buckets",
+			 "Content-id buckets this shard owns."),
+		METRIC_C(co->m_reports, "cksm_coord_reports_total", "Digest reports accepted."),
+		METRIC_C(co->m_digests, "cksm_coord_digests_total", "Digests accepted."),
+		METRIC_C(co->m_digest_pages, "cksm_coord_digest_pages_total",
+			 "Pages the accepted digests stand for."),
+		METRIC_CL(co->m_rej_foreign, REFUSED, REFUSED_HELP, "reason=\"foreign_bucket\""),
+		METRIC_CL(co->m_rej_invalid, REFUSED, REFUSED_HELP, "reason=\"invalid\""),
+		METRIC_CL(co->m_decisions[STREE_LEAVE], DEC, DEC_HELP, "action=\"leave\""),
+		METRIC_CL(co->m_decisions[STREE_BACK_LOCAL], DEC, DEC_HELP,
+			  "action=\"back_local\""),
+		METRIC_CL(co->m_decisions[STREE_BACK_REMOTE], DEC, DEC_HELP,
+			  "action=\"back_remote\""),
+		METRIC_CL(co->m_decisions[STREE_CREATE_DUP], DEC, DEC_HELP,
+			  "action=\"create_dup\""),
+		METRIC_CL(co->m_refused_dup, MREFUSED, MREFUSED_HELP, "what=\"dup\""),
+		METRIC_CL(co->m_refused_ref, MREFUSED, MREFUSED_HELP, "what=\"reference\""),
+		METRIC_C(co->m_orders_create, "cksm_coord_dup_create_orders_total",
+			 "Orders to nodes to make a dup (placement, re-replication)."),
+		METRIC_C(co->m_orders_release, "cksm_coord_dup_release_orders_total",
+			 "Orders to nodes to free an unreferenced dup."),
+		METRIC_G(co->m_shared, "cksm_pages_shared", "Dups that back at least one page."),
+		METRIC_G(co->m_sharing, "cksm_pages_sharing",
+			 "References beyond one per dup in use: pages saved."),
+		METRIC_G(co->m_unshared, "cksm_pages_unshared",
+			 "Contents seen once in the current unstable generation."),
+		METRIC_G(co->m_chains, "cksm_stable_node_chains",
+			 "Contents with more than one dup."),
+		METRIC_G(co->m_dups, "cksm_stable_node_dups", "Dups in chains."),
+		METRIC_G(co->m_saved, "cksm_saved_bytes", "Memory the references save, in bytes."),
+		METRIC_G(co->m_contents, "cksm_coord_contents",
+			 "Contents in this shard's stable tree."),
+		METRIC_G(co->m_tree_bytes, "cksm_coord_tree_bytes",
+			 "Memory held by the stable tree and the unstable filter."),
+	};
 
-	co->m_live = metrics_gauge(r, "cksm_coord_nodes", nodes_help, "state=\"live\"");
-	co->m_dead = metrics_gauge(r, "cksm_coord_nodes", nodes_help, "state=\"dead\"");
-	co->m_registrations = metrics_counter(r, "cksm_coord_registrations_total",
-					      "Node registrations accepted.", NULL);
-	co->m_heartbeats = metrics_counter(r, "cksm_coord_heartbeats_total",
-					   "Heartbeats received from nodes.", NULL);
-	co->m_deaths = metrics_counter(r, "cksm_coord_node_deaths_total",
-				       "Times a node was declared dead for silence.", NULL);
-	co->m_admin = metrics_counter(r, "cksm_coord_admin_requests_total",
-				      "Admin requests answered.", NULL);
-	co->m_buckets =
-		metrics_gauge(r, "cksm_coord_buckets", "Content-id buckets this shard owns.", NULL);
-	co->m_reports =
-		metrics_counter(r, "cksm_coord_reports_total", "Digest reports accepted.", NULL);
-	co->m_digests = metrics_counter(r, "cksm_coord_digests_total", "Digests accepted.", NULL);
-	co->m_digest_pages = metrics_counter(r, "cksm_coord_digest_pages_total",
-					     "Pages the accepted digests stand for.", NULL);
-	co->m_rej_foreign = metrics_counter(r, "cksm_coord_reports_refused_total",
-					    "Digest reports refused, nothing changed.",
-					    "reason=\"foreign_bucket\"");
-	co->m_rej_invalid =
-		metrics_counter(r, "cksm_coord_reports_refused_total",
-				"Digest reports refused, nothing changed.", "reason=\"invalid\"");
-	if (!co->m_live || !co->m_dead || !co->m_registrations || !co->m_heartbeats ||
-	    !co->m_deaths || !co->m_admin || !co->m_buckets || !co->m_reports || !co->m_digests ||
-	    !co->m_digest_pages || !co->m_rej_foreign || !co->m_rej_invalid)
-		return -ENOMEM;
-	return 0;
+	return metrics_register(co->rt.reg, defs, sizeof(defs) / sizeof(defs[0]));
+#undef NODES_HELP
+#undef REFUSED
+#undef REFUSED_HELP
+#undef MREFUSED
+#undef MREFUSED_HELP
+#undef DEC
+#undef DEC_HELP
 }
 
 int coord_main(const struct config *cfg, unsigned shard)
@@ -919,7 +897,7 @@ int coord_main(const struct config *cfg, unsigned shard)
 		goto out_fini;
 	co->rt.role = co;
 	co->rt.stop = coord_stop;
-	if (register_metrics(co) || register_tree_metrics(co))
+	if (register_metrics(co))
 		goto out_fini;
 	{
 		struct stree_params p = {

@@ -420,6 +420,11 @@ static int handle_resync(struct coord *co, struct conn *c, const Cksm__Resync *r
 		if (!e->dup)
 			return refuse(co, c, co->m_refused_ref, -EINVAL,
 				      "resync entry without a dup");
+		if (config_bucket_shard(co->rt.cfg, (uint32_t)(e->id_lo & (co->rt.cfg->buckets -
+									   1))) != (int)co->shard ||
+		    (e->id_hi >> 56) != e->domain)
+			return refuse(co, c, co->m_refused_ref, -EINVAL,
+				      "resync entry of another shard's bucket or domain");
 		r = (struct stree_dupref){ e->dup->node_id, e->dup->slot, e->dup->generation };
 		rc = stree_resync(co->tree, n->id, e->id_hi, e->id_lo, &r, e->refs, e->held_here);
 		if (rc)

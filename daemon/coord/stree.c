@@ -720,6 +720,9 @@ int stree_resync(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 		return -ENOENT;
 	if (held_here && holder != n)
 		return -EPERM;
+	/* A dup only a referencing node vouches for must be on a live node. */
+	if (!t->nodes[holder].live || !t->nodes[n].live)
+		return -ENOENT;
 	if (dr->slot > UINT32_MAX || refs > t->p.max_page_sharing)
 		return -ERANGE;
 	if (!e && !(e = insert(t, hi, lo)))

@@ -642,6 +642,15 @@ static void hostile(void **state)
 	assert_int_equal(stree_ref(t, 2, 1, 1, &r, 3), -E2BIG);
 	assert_int_equal(stree_resync(t, 2, 1, 1, &r, 1, true), -EPERM);
 	assert_int_equal(stree_resync(t, 2, 1, 1, &r, 100, false), -ERANGE);
+	/* A dup on a dead node cannot be vouched for by another node. */
+	{
+		struct stree_dupref dead = { 3, 9, 1 };
+
+		stree_node_add(t, 3, 2);
+		stree_node_dead(t, 3);
+		assert_int_equal(stree_resync(t, 2, 1, 1, &dead, 1, false), -ENOENT);
+		assert_int_equal(stree_resync(t, 3, 1, 1, &dead, 0, true), -ENOENT);
+	}
 	after = dump_tree(t);
 	assert_string_equal(before, after);
 	free(before);

@@ -148,6 +148,7 @@ UNITS := cksm-agent.service cksm-coord@.service
 install: all
 	install -D -m 0755 $(B)/cksmd $(DESTDIR)$(PREFIX)/sbin/cksmd
 	install -D -m 0755 $(B)/cksmctl $(DESTDIR)$(PREFIX)/bin/cksmctl
+	install -D -m 0644 deploy/cksmctl.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/cksmctl
 	for u in $(UNITS); do \
 		sed 's|/usr/local|$(PREFIX)|g' deploy/$$u >$(B)/$$u && \
 		install -D -m 0644 $(B)/$$u $(DESTDIR)/etc/systemd/system/$$u || exit 1; done

@@ -1,14 +1,17 @@
 /*
  * cksmctl - the cksm admin CLI.
  *
- *   cksmctl [-c FILE] [-o text|json] [-t MS] status
+ *   cksmctl [-c FILE] [-o text|json] [-t MS] COMMAND [--help]
  *
+ * Commands: status, nodes, stats, matrix (docs/cli.md has the JSON schema
+ * of each).
  * Speaks the authenticated admin protocol to every shard of the shard map
  * in the configuration. Exit codes: 0 everything answered and every node
  * is live; 1 a shard is unreachable or a node is dead (the output names
  * which); 2 bad usage or configuration.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,10 +29,11 @@
 #define EXIT_USAGE 2
 
 struct shard_answer {
-	int rc;		       /* 0 or the negative errno of the failure */
-	char err[512];	       /* what failed, when rc != 0 */
-	Cksm__AdminReply *rep; /* the answer, when rc == 0 */
-	Cksm__Msg *msg;	       /* owns rep */
+	int rc;			 /* 0 or the negative errno of the failure */
+	char err[512];		 /* what failed, when rc != 0 */
+	Cksm__AdminReply *rep;	 /* the status answer, when rc == 0 */
+	Cksm__StatsReply *stats; /* the stats answer, when rc == 0 */
+	Cksm__Msg *msg;		 /* owns rep or stats */
 };
 
 struct opts {
@@ -38,15 +42,19 @@ struct opts {
 	int json;
 	int timeout_ms;
 	int color;
+	int nodes_only; /* status: print the nodes alone */
 };
 
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: cksmctl [options] COMMAND\n"
+		"usage: cksmctl [options] COMMAND [--help]\n"
 		"\n"
 		"commands:\n"
 		"  status    shards and nodes, and whether each is up\n"
+		"  nodes     the nodes the shards know, live or dead\n"
+		"  stats     KSM's counters, cluster-wide and per node, and the memory saved\n"
+		"  matrix    pages each node backs from dups on each node\n"
 		"\n"
 		"options:\n"
 		"  -c, --config FILE   configuration with the shard map (default " CONFIG_DEFAULT_PATH
@@ -58,11 +66,11 @@ static void usage(FILE *out)
 		"exit status: 0 all up, 1 a shard or node is down, 2 usage or configuration error\n");
 }
 
-static void ask_shard(const struct config *cfg, const struct auth_key *key, unsigned shard,
-		      int timeout_ms, struct shard_answer *a)
+/* Send one request to a shard and keep its answer (of body `want`) in a. */
+static void ask(const struct config *cfg, const struct auth_key *key, unsigned shard,
+		int timeout_ms, const Cksm__Msg *out, Cksm__Msg__BodyCase want,
+		struct shard_answer *a)
 {
-	Cksm__Msg out = CKSM__MSG__INIT;
-	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
 	struct sconn s;
 	int rc;
 
@@ -72,24 +80,47 @@ static void ask_shard(const struct config *cfg, const struct auth_key *key, unsi
 		a->rc = rc;
 		return;
 	}
-	req.command = CKSM__ADMIN_COMMAND__ADMIN_STATUS;
-	out.body_case = CKSM__MSG__BODY_ADMIN_REQUEST;
-	out.admin_request = &req;
-	rc = sconn_send(&s, &out);
+	rc = sconn_send(&s, out);
 	if (!rc)
 		a->msg = sconn_recv(&s, &rc);
-	if (!a->msg || a->msg->body_case != CKSM__MSG__BODY_ADMIN_REPLY) {
+	if (!a->msg || a->msg->body_case != want) {
 		a->rc = rc ? rc : -EPROTO;
-		snprintf(a->err, sizeof(a->err), "%s: no status answer (%s)",
-			 cfg->shards[shard].address, rc ? strerror(-rc) : "unexpected message");
-	} else if (a->msg->admin_reply->status) {
+		snprintf(a->err, sizeof(a->err), "%s: no answer (%s)", cfg->shards[shard].address,
+			 rc ? strerror(-rc) : "unexpected message");
+	} else if (want == CKSM__MSG__BODY_ADMIN_REPLY && a->msg->admin_reply->status) {
 		a->rc = a->msg->admin_reply->status;
 		snprintf(a->err, sizeof(a->err), "%s: %s", cfg->shards[shard].address,
 			 a->msg->admin_reply->error);
-	} else {
+	} else if (want == CKSM__MSG__BODY_ADMIN_REPLY) {
 		a->rep = a->msg->admin_reply;
+	} else {
+		a->stats = a->msg->stats_reply;
 	}
 	sconn_close(&s);
+}
+
+static void ask_shard(const struct config *cfg, const struct auth_key *key, unsigned shard,
+		      int timeout_ms, struct shard_answer *a)
+{
+	Cksm__Msg out = CKSM__MSG__INIT;
+	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
+
+	req.command = CKSM__ADMIN_COMMAND__ADMIN_STATUS;
+	out.body_case = CKSM__MSG__BODY_ADMIN_REQUEST;
+	out.admin_request = &req;
+	ask(cfg, key, shard, timeout_ms, &out, CKSM__MSG__BODY_ADMIN_REPLY, a);
+}
+
+static void ask_stats(const struct config *cfg, const struct auth_key *key, unsigned shard,
+		      int timeout_ms, struct shard_answer *a)
+{
+	Cksm__Msg out = CKSM__MSG__INIT;
+	Cksm__StatsRequest req = CKSM__STATS_REQUEST__INIT;
+
+	req.per_node = true;
+	out.body_case = CKSM__MSG__BODY_STATS_REQUEST;
+	out.stats_request = &req;
+	ask(cfg, key, shard, timeout_ms, &out, CKSM__MSG__BODY_STATS_REPLY, a);
 }
 
 static json_t *status_json(const struct config *cfg, const struct shard_answer *ans)
@@ -142,7 +173,28 @@ static void cell(struct libscols_line *ln, int col, const char *text, const char
 		scols_cell_set_color(scols_line_get_cell(ln, (size_t)col), color);
 }
 
-static void print_text(const struct config *cfg, const struct shard_answer *ans, int use_color)
+/* nodes -o json: every node as each shard sees it, flat. */
+static json_t *nodes_json(const struct config *cfg, const struct shard_answer *ans)
+{
+	json_t *root = json_object(), *nodes = json_array();
+
+	for (unsigned i = 0; i < cfg->nshards; i++)
+		for (size_t n = 0; ans[i].rep && n < ans[i].rep->n_nodes; n++) {
+			const Cksm__NodeStatus *ns = ans[i].rep->nodes[n];
+
+			json_array_append_new(
+				nodes, json_pack("{s:I,s:I,s:s,s:s,s:b,s:s,s:I}", "shard",
+						 (json_int_t)i, "node_id", (json_int_t)ns->node_id,
+						 "name", ns->name, "rack", ns->rack, "live",
+						 ns->live, "address", ns->address, "last_seen_ms",
+						 (json_int_t)ns->last_seen_ms));
+		}
+	json_object_set_new(root, "nodes", nodes);
+	return root;
+}
+
+static void print_text(const struct config *cfg, const struct shard_answer *ans, int use_color,
+		       int nodes_only)
 {
 	struct libscols_table *t = scols_new_table();
 	struct libscols_table *nt = scols_new_table();
@@ -194,9 +246,11 @@ static void print_text(const struct config *cfg, const struct shard_answer *ans,
 			cell(nl, 5, buf, NULL, 0);
 		}
 	}
-	scols_print_table(t);
+	if (!nodes_only)
+		scols_print_table(t);
 	if (scols_table_get_nlines(nt)) {
-		putchar('\n');
+		if (!nodes_only)
+			putchar('\n');
 		scols_print_table(nt);
 	} else {
 		printf("\nno nodes registered\n");
@@ -219,14 +273,20 @@ static int cmd_status(const struct config *cfg, const struct auth_key *key, cons
 			if (!ans[i].rep->nodes[n]->live)
 				rc = EXIT_DOWN;
 	}
-	if (o->json) {
+	if (o->json && o->nodes_only) {
+		json_t *j = nodes_json(cfg, ans);
+
+		json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+		putchar('\n');
+		json_decref(j);
+	} else if (o->json) {
 		json_t *j = status_json(cfg, ans);
 
 		json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
 		putchar('\n');
 		json_decref(j);
 	} else {
-		print_text(cfg, ans, o->color);
+		print_text(cfg, ans, o->color, o->nodes_only);
 	}
 	for (unsigned i = 0; i < cfg->nshards; i++) {
 		if (ans[i].rc && !o->json)
@@ -236,6 +296,269 @@ static int cmd_status(const struct config *cfg, const struct auth_key *key, cons
 	}
 	return rc;
 }
+
+/* ---- stats, nodes and matrix ----------------------------------------------- */
+
+/* 1536 -> "1.5 KiB": IEC units, as ls -h and free -h print them. */
+static const char *iec(uint64_t bytes, char *buf, size_t len)
+{
+	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+	double v = (double)bytes;
+	int u = 0;
+
+	while (v >= 1024 && u < 5) {
+		v /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+	else
+		snprintf(buf, len, "%.1f %s", v, unit[u]);
+	return buf;
+}
+
+/* Per-node figures summed over shards. */
+struct node_sum {
+	uint32_t id;
+	const char *name;
+	uint64_t held; /* dups in its pool */
+	uint64_t refs; /* its pages backed by dups */
+};
+
+static struct node_sum *node_of(struct node_sum *v, size_t *n, uint32_t id, const char *name)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (v[i].id == id)
+			return &v[i];
+	v[*n] = (struct node_sum){ id, name, 0, 0 };
+	return &v[(*n)++];
+}
+
+/* Ask every shard for stats; returns EXIT_DOWN if one did not answer. */
+static int gather_stats(const struct config *cfg, const struct auth_key *key, const struct opts *o,
+			struct shard_answer *ans)
+{
+	int rc = 0;
+
+	memset(ans, 0, CONFIG_MAX_SHARDS * sizeof(*ans));
+	for (unsigned i = 0; i < cfg->nshards; i++) {
+		ask_stats(cfg, key, i, o->timeout_ms, &ans[i]);
+		if (ans[i].rc) {
+			rc = EXIT_DOWN;
+			fprintf(stderr, "cksmctl: shard %u unreachable: %s\n", i, ans[i].err);
+		}
+	}
+	return rc;
+}
+
+static void free_answers(const struct config *cfg, struct shard_answer *ans)
+{
+	for (unsigned i = 0; i < cfg->nshards; i++)
+		if (ans[i].msg)
+			cksm__msg__free_unpacked(ans[i].msg, NULL);
+}
+
+static json_t *shards_json(const struct config *cfg, const struct shard_answer *ans)
+{
+	json_t *a = json_array();
+
+	for (unsigned i = 0; i < cfg->nshards; i++)
+		json_array_append_new(
+			a, json_pack("{s:I,s:s,s:b,s:o}", "id", (json_int_t)i, "address",
+				     cfg->shards[i].address, "up", ans[i].rc == 0, "error",
+				     ans[i].rc ? json_string(ans[i].err) : json_null()));
+	return a;
+}
+
+static int cmd_stats(const struct config *cfg, const struct auth_key *key, const struct opts *o)
+{
+	struct shard_answer ans[CONFIG_MAX_SHARDS];
+	static struct node_sum nodes[8192];
+	uint64_t shared = 0, sharing = 0, unshared = 0, chains = 0, dups = 0;
+	size_t nn = 0;
+	int rc = gather_stats(cfg, key, o, ans);
+	char b1[32];
+
+	for (unsigned i = 0; i < cfg->nshards; i++) {
+		const Cksm__StatsReply *st = ans[i].stats;
+
+		if (!st)
+			continue;
+		if (st->cluster) {
+			shared += st->cluster->pages_shared;
+			sharing += st->cluster->pages_sharing;
+			unshared += st->cluster->pages_unshared;
+		}
+		chains += st->stable_node_chains;
+		dups += st->stable_node_dups;
+		for (size_t k = 0; k < st->n_nodes && nn < 8192; k++) {
+			struct node_sum *ns =
+				node_of(nodes, &nn, st->nodes[k]->node_id, st->nodes[k]->node_name);
+
+			if (st->nodes[k]->counters) {
+				ns->held += st->nodes[k]->counters->pages_shared;
+				ns->refs += st->nodes[k]->counters->pages_sharing;
+			}
+		}
+	}
+	if (o->json) {
+		json_t *root = json_object(), *jn = json_array();
+
+		json_object_set_new(root, "shards", shards_json(cfg, ans));
+		json_object_set_new(
+			root, "cluster",
+			json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "pages_shared", (json_int_t)shared,
+				  "pages_sharing", (json_int_t)sharing, "pages_unshared",
+				  (json_int_t)unshared, "stable_node_chains", (json_int_t)chains,
+				  "stable_node_dups", (json_int_t)dups, "saved_bytes",
+				  (json_int_t)(sharing * 4096)));
+		for (size_t k = 0; k < nn; k++)
+			json_array_append_new(
+				jn, json_pack("{s:I,s:s,s:I,s:I}", "node_id",
+					      (json_int_t)nodes[k].id, "name", nodes[k].name,
+					      "dups_held", (json_int_t)nodes[k].held,
+					      "pages_backed", (json_int_t)nodes[k].refs));
+		json_object_set_new(root, "nodes", jn);
+		json_dumpf(root, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+		putchar('\n');
+		json_decref(root);
+	} else {
+		struct libscols_table *t = scols_new_table();
+
+		printf("pages_shared        %llu\npages_sharing       %llu\npages_unshared      %llu\n"
+		       "stable_node_chains  %llu\nstable_node_dups    %llu\nsaved               %s\n\n",
+		       (unsigned long long)shared, (unsigned long long)sharing,
+		       (unsigned long long)unshared, (unsigned long long)chains,
+		       (unsigned long long)dups, iec(sharing * 4096, b1, sizeof(b1)));
+		scols_table_new_column(t, "NODE", 0, 0);
+		scols_table_new_column(t, "ID", 0, SCOLS_FL_RIGHT);
+		scols_table_new_column(t, "DUPS HELD", 0, SCOLS_FL_RIGHT);
+		scols_table_new_column(t, "PAGES BACKED", 0, SCOLS_FL_RIGHT);
+		for (size_t k = 0; k < nn; k++) {
+			struct libscols_line *ln = scols_table_new_line(t, NULL);
+			char b[32];
+
+			scols_line_set_data(ln, 0, nodes[k].name);
+			snprintf(b, sizeof(b), "%u", nodes[k].id);
+			scols_line_set_data(ln, 1, b);
+			snprintf(b, sizeof(b), "%llu", (unsigned long long)nodes[k].held);
+			scols_line_set_data(ln, 2, b);
+			snprintf(b, sizeof(b), "%llu", (unsigned long long)nodes[k].refs);
+			scols_line_set_data(ln, 3, b);
+		}
+		if (nn)
+			scols_print_table(t);
+		else
+			printf("no nodes registered\n");
+		scols_unref_table(t);
+	}
+	free_answers(cfg, ans);
+	return rc;
+}
+
+static int cmd_matrix(const struct config *cfg, const struct auth_key *key, const struct opts *o)
+{
+	struct shard_answer ans[CONFIG_MAX_SHARDS];
+	static struct node_sum nodes[8192];
+	static struct {
+		uint32_t from, to;
+		uint64_t pages;
+	} cells[65536];
+	size_t nn = 0, nc = 0;
+	int rc = gather_stats(cfg, key, o, ans);
+
+	for (unsigned i = 0; i < cfg->nshards; i++) {
+		const Cksm__StatsReply *st = ans[i].stats;
+
+		for (size_t k = 0; st && k < st->n_nodes && nn < 8192; k++)
+			node_of(nodes, &nn, st->nodes[k]->node_id, st->nodes[k]->node_name);
+		for (size_t k = 0; st && k < st->n_matrix; k++) {
+			const Cksm__MatrixCell *m = st->matrix[k];
+			size_t j;
+
+			for (j = 0; j < nc; j++)
+				if (cells[j].from == m->from && cells[j].to == m->to)
+					break;
+			if (j == nc && nc < 65536)
+				cells[nc++] = (typeof(cells[0])){ m->from, m->to, 0 };
+			if (j < nc)
+				cells[j].pages += m->pages;
+		}
+	}
+	if (o->json) {
+		json_t *root = json_object(), *jn = json_array(), *jc = json_array();
+
+		for (size_t k = 0; k < nn; k++)
+			json_array_append_new(jn, json_pack("{s:I,s:s}", "node_id",
+							    (json_int_t)nodes[k].id, "name",
+							    nodes[k].name));
+		for (size_t k = 0; k < nc; k++)
+			json_array_append_new(jc, json_pack("{s:I,s:I,s:I,s:I}", "from",
+							    (json_int_t)cells[k].from, "to",
+							    (json_int_t)cells[k].to, "pages",
+							    (json_int_t)cells[k].pages, "bytes",
+							    (json_int_t)(cells[k].pages * 4096)));
+		json_object_set_new(root, "shards", shards_json(cfg, ans));
+		json_object_set_new(root, "nodes", jn);
+		json_object_set_new(root, "cells", jc);
+		json_dumpf(root, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+		putchar('\n');
+		json_decref(root);
+	} else {
+		struct libscols_table *t = scols_new_table();
+
+		scols_table_new_column(t, "NODE", 0, 0);
+		scols_table_new_column(t, "BACKED FROM", 0, 0);
+		scols_table_new_column(t, "PAGES", 0, SCOLS_FL_RIGHT);
+		scols_table_new_column(t, "SIZE", 0, SCOLS_FL_RIGHT);
+		for (size_t k = 0; k < nc; k++) {
+			struct libscols_line *ln = scols_table_new_line(t, NULL);
+			char b[32];
+
+			scols_line_set_data(ln, 0, node_of(nodes, &nn, cells[k].from, "?")->name);
+			scols_line_set_data(ln, 1, node_of(nodes, &nn, cells[k].to, "?")->name);
+			snprintf(b, sizeof(b), "%llu", (unsigned long long)cells[k].pages);
+			scols_line_set_data(ln, 2, b);
+			scols_line_set_data(ln, 3, iec(cells[k].pages * 4096, b, sizeof(b)));
+		}
+		if (nc)
+			scols_print_table(t);
+		else
+			printf("no node backs pages from another's dups\n");
+		scols_unref_table(t);
+	}
+	free_answers(cfg, ans);
+	return rc;
+}
+
+/* status, nodes only: the nodes table, or {"nodes":[...]} */
+static int cmd_nodes(const struct config *cfg, const struct auth_key *key, const struct opts *o)
+{
+	struct opts no = *o;
+
+	no.nodes_only = 1;
+	return cmd_status(cfg, key, &no);
+}
+
+static const struct command {
+	const char *name;
+	int (*fn)(const struct config *cfg, const struct auth_key *key, const struct opts *o);
+	const char *help;
+} commands[] = {
+	{ "status", cmd_status,
+	  "usage: cksmctl [options] status\n\nShards and the nodes each knows: up or down, live or dead.\n"
+	  "Exit status 1 when a shard is unreachable or a node is dead.\n" },
+	{ "nodes", cmd_nodes,
+	  "usage: cksmctl [options] nodes\n\nThe nodes the shards know: name, shard, rack, state, address,\n"
+	  "time since the last heartbeat. Exit status 1 when a shard is unreachable or a node is dead.\n" },
+	{ "stats", cmd_stats,
+	  "usage: cksmctl [options] stats\n\nKSM's counters summed over the shards (pages_shared, pages_sharing,\n"
+	  "pages_unshared, stable_node_chains, stable_node_dups), the memory saved, and per node\n"
+	  "the dups it holds and its pages backed by dups. Exit status 1 when a shard is unreachable.\n" },
+	{ "matrix", cmd_matrix,
+	  "usage: cksmctl [options] matrix\n\nFor each pair of nodes, the pages the first backs from dups held by\n"
+	  "the second. Exit status 1 when a shard is unreachable.\n" },
+};
 
 int main(int argc, char **argv)
 {
@@ -250,6 +573,7 @@ int main(int argc, char **argv)
 	static struct config cfg;
 	struct auth_key key;
 	char err[512] = "cannot initialise libsodium", *end;
+	const struct command *cmd = NULL;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "+c:o:t:h", lopts, NULL)) != -1) {
@@ -282,13 +606,25 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	if (optind != argc - 1) {
+	if (optind >= argc) {
 		usage(stderr);
 		return EXIT_USAGE;
 	}
-	if (strcmp(argv[optind], "status") != 0) {
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(argv[optind], commands[i].name))
+			cmd = &commands[i];
+	if (!cmd) {
 		fprintf(stderr, "cksmctl: unknown command '%s'\n", argv[optind]);
 		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (optind + 1 < argc) {
+		if (!strcmp(argv[optind + 1], "--help") || !strcmp(argv[optind + 1], "-h")) {
+			fputs(cmd->help, stdout);
+			return 0;
+		}
+		fprintf(stderr, "cksmctl: %s: unexpected argument '%s'\n%s", cmd->name,
+			argv[optind + 1], cmd->help);
 		return EXIT_USAGE;
 	}
 	o.color = isatty(STDOUT_FILENO) && !getenv("NO_COLOR");
@@ -300,5 +636,5 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cksmctl: %s\n", err);
 		return EXIT_USAGE;
 	}
-	return cmd_status(&cfg, &key, &o);
+	return cmd->fn(&cfg, &key, &o);
 }

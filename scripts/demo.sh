@@ -1,10 +1,15 @@
 #!/bin/bash
-# The local demo: one coordinator shard and one node agent on this machine,
-# with a fresh cluster key, then their status every few seconds until
-# Ctrl-C (or DEMO_SECONDS). Everything lives in build/demo/.
+# The local demo: two coordinator shards and three node agents on this
+# machine (distinct loopback ports), each node running a workload with
+# planted pages: nodes 1 and 2 hold the same contents, node 3 its own, and
+# every workload holds 32 copies of one page. After a few scan passes it
+# shows the cluster's status, what each node's scanner found, and what the
+# shards' stable trees hold, every few seconds until Ctrl-C (or
+# DEMO_SECONDS). Everything lives in build/demo/ and stops with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CKSM_BIN:-build}
+PLANTER=build/cksm-planter
 D=$PWD/build/demo
 rm -rf "$D"
 mkdir -p "$D"
@@ -20,16 +25,19 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
-pick() {
-	local p=$1
-	while ! port_free "$p"; do p=$((p + 1)); done
-	echo "$p"
+next_port=17470
+port() { # VAR: the next free port (no subshell, so the counter advances)
+	while ! port_free "$next_port"; do next_port=$((next_port + 1)); done
+	printf -v "$1" '%s' "$next_port"
+	next_port=$((next_port + 1))
 }
-CTRL=$(pick 17470)
-SMET=$(pick 19471)
-AMET=$(pick $((SMET + 1)))
+metric() { curl -sf "http://$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'; }
 
 "$BIN/cksmd" --gen-key "$D/cluster.key"
+port S0
+port S0M
+port S1
+port S1M
 cat >"$D/cksm.conf" <<CONF
 [cluster]
 key_file = $D/cluster.key
@@ -37,37 +45,65 @@ heartbeat_ms = 500
 dead_after_ms = 2000
 
 [agent]
-node_name = demo-node-1
-rack = rack-a
-metrics = 127.0.0.1:$AMET
+scan_mergeable = 0
+pass_millisecs = 500
 
 [shard.0]
-address = 127.0.0.1:$CTRL
-metrics = 127.0.0.1:$SMET
-buckets = 0-4095
+address = 127.0.0.1:$S0
+metrics = 127.0.0.1:$S0M
+buckets = 0-2047
+
+[shard.1]
+address = 127.0.0.1:$S1
+metrics = 127.0.0.1:$S1M
+buckets = 2048-4095
 CONF
 "$BIN/cksmd" -c "$D/cksm.conf" --check-config
 
-"$BIN/cksmd" -c "$D/cksm.conf" --role coord --shard 0 2>"$D/coord.log" &
-pids+=($!)
-"$BIN/cksmd" -c "$D/cksm.conf" --role agent 2>"$D/agent.log" &
-pids+=($!)
-
-for _ in $(seq 100); do
-	grep -q "registered with shard 0" "$D/agent.log" && break
-	sleep 0.1
+for s in 0 1; do
+	"$BIN/cksmd" -c "$D/cksm.conf" --role coord --shard "$s" 2>"$D/shard-$s.log" &
+	pids+=($!)
 done
-echo "cksm demo: coordinator shard 0 on 127.0.0.1:$CTRL, agent demo-node-1"
-echo "  metrics: http://127.0.0.1:$SMET/metrics (shard)  http://127.0.0.1:$AMET/metrics (agent)"
-echo "  logs:    $D/coord.log $D/agent.log"
-echo "  try:     $BIN/cksmctl -c $D/cksm.conf status"
-echo
+declare -A AMET
+for n in 1 2 3; do
+	seed=$((n == 3 ? 2 : 1))
+	"$PLANTER" --seed "$seed" >"$D/workload-$n.json" &
+	pids+=($!)
+	for _ in $(seq 50); do [[ -s $D/workload-$n.json ]] && break; sleep 0.1; done
+	port p
+	AMET[$n]=127.0.0.1:$p
+	"$BIN/cksmd" -c "$D/cksm.conf" --role agent --set agent.node_name=node-$n \
+		--set agent.rack=rack-$((n == 3 ? 2 : 1)) --set agent.metrics="${AMET[$n]}" \
+		--set agent.pids="$(jq .pid "$D/workload-$n.json")" 2>"$D/node-$n.log" &
+	pids+=($!)
+done
+for n in 1 2 3; do
+	for _ in $(seq 100); do
+		grep -q "registered with shard 1" "$D/node-$n.log" && break
+		sleep 0.1
+	done
+done
+echo "cksm demo: shards on 127.0.0.1:$S0 and :$S1, nodes node-1..3; logs in $D/"
+echo "  try: $BIN/cksmctl -c $D/cksm.conf stats"
+sleep 2
 
 end=$((SECONDS + ${DEMO_SECONDS:-1000000000}))
-while ((SECONDS < end)); do
+while :; do
 	"$BIN/cksmctl" -c "$D/cksm.conf" status || true
-	hb=$(curl -sf "http://127.0.0.1:$SMET/metrics" | awk '$1 == "cksm_coord_heartbeats_total" { print $2 }')
-	echo "heartbeats received by the shard: ${hb:-?}   (Ctrl-C stops the demo)"
 	echo
+	printf '%-8s %10s %10s %10s %10s %12s\n' NODE SCANNED STABLE ZERO VOLATILE REPORTED
+	for n in 1 2 3; do
+		printf '%-8s %10s %10s %10s %10s %12s\n' "node-$n" \
+			"$(metric "${AMET[$n]}" cksm_pages_scanned_total)" \
+			"$(metric "${AMET[$n]}" cksm_pages_stable)" "$(metric "${AMET[$n]}" cksm_pages_zero)" \
+			"$(metric "${AMET[$n]}" cksm_pages_volatile)" \
+			"$(metric "${AMET[$n]}" cksm_digest_pages_sent_total)"
+	done
+	c0=$(metric "127.0.0.1:$S0M" cksm_coord_contents)
+	c1=$(metric "127.0.0.1:$S1M" cksm_coord_contents)
+	echo "contents seen on two nodes or twice on one (stable trees): shard 0 ${c0:-0}, shard 1 ${c1:-0}"
+	echo "(Ctrl-C stops the demo)"
+	echo
+	((SECONDS < end)) || break
 	sleep "$(((end - SECONDS) < 5 ? (end - SECONDS > 0 ? end - SECONDS : 0) : 5))"
 done

@@ -1,9 +1,21 @@
-# The README's first command works: the demo starts a coordinator and an
-# agent, shows the node live in cksmctl status, and stops everything.
+# The README's first command works: the demo starts two shards and three
+# nodes with workloads, shows every node live and stable pages on each,
+# the shards' trees fill with the contents the nodes share, and it stops
+# everything it started.
 source "$(dirname "$0")/lib.sh"
 
-CKSM_BIN=$BIN DEMO_SECONDS=3 "$ROOT/scripts/demo.sh" >"$T/demo.log" 2>&1 || fail "demo failed"
-grep -q "demo-node-1 .*live" "$T/demo.log" || fail "demo did not show the node live: $(cat "$T/demo.log")"
+CKSM_BIN=$BIN DEMO_SECONDS=6 "$ROOT/scripts/demo.sh" >"$T/demo.log" 2>&1 || fail "demo failed: $(tail -20 "$T/demo.log")"
+for n in 1 2 3; do
+	grep -q "node-$n .*live" "$T/demo.log" || fail "demo did not show node-$n live: $(cat "$T/demo.log")"
+done
+# The last table: every node found at least its 64 planted stable pages.
+awk '/^NODE +SCANNED/ { t = 3; n = 0; bad = 0; next }
+     t > 0 { t--; n++; if ($3 + 0 < 64) bad = 1 }
+     END { exit !(n == 3 && !bad) }' "$T/demo.log" ||
+	fail "a node shows fewer stable pages than planted: $(tail -n 12 "$T/demo.log")"
+grep "contents seen on two nodes" "$T/demo.log" | tail -1 | awk '{ split($0, a, "shard 0 "); split(a[2], b, ","); split($0, c, "shard 1 "); exit !(b[1] + c[2] > 0) }' ||
+	fail "the shards' trees stayed empty: $(grep 'contents seen' "$T/demo.log" | tail -1)"
 grep -q "stopping the demo cluster" "$T/demo.log" || fail "demo did not stop"
 pgrep -f "build/demo/cksm.conf" && fail "demo left daemons running"
+pgrep -f "cksm-planter --seed" >/dev/null && sleep 1
 echo "ok"

@@ -34,7 +34,7 @@ CFLAGS ?= -O2 -g
 CPPFLAGS_ALL := -D_GNU_SOURCE -DCKSM_VERSION='"$(VERSION)"' \
 	-I$(B)/proto -Idaemon/common $(shell pkg-config --cflags $(PKGS))
 CFLAGS_ALL := -std=gnu11 $(WARN) -fno-strict-aliasing -pthread $(CFLAGS)
-LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
+LIBS := $(shell pkg-config --libs $(PKGS)) -pthread -lm
 
 PROTO_C := $(B)/proto/cksm.pb-c.c
 PROTO_H := $(B)/proto/cksm.pb-c.h

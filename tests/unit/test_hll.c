@@ -1,0 +1,56 @@
+/* HyperLogLog: estimates within the error it claims, merge is the union. */
+#include <stdlib.h>
+
+#include "hll.h"
+#include "unit.h"
+
+static uint64_t mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	return x ^ (x >> 33);
+}
+
+static void estimates(void **state)
+{
+	static struct hll h;
+	static const unsigned sizes[] = { 0, 1, 100, 1000, 10000, 100000, 1000000 };
+
+	(void)state;
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		double e;
+
+		hll_clear(&h);
+		for (unsigned i = 0; i < sizes[k]; i++) {
+			hll_add(&h, mix(i));
+			hll_add(&h, mix(i)); /* repeats do not count */
+		}
+		e = hll_estimate(&h);
+		/* The census states 5% (plus one) as its tolerance. */
+		assert_true(e >= sizes[k] * 0.95 - 1 && e <= sizes[k] * 1.05 + 1);
+	}
+}
+
+static void merge_is_union(void **state)
+{
+	static struct hll a, b;
+
+	(void)state;
+	hll_clear(&a);
+	hll_clear(&b);
+	for (unsigned i = 0; i < 3000; i++)
+		hll_add(&a, mix(i));
+	for (unsigned i = 2000; i < 5000; i++)
+		hll_add(&b, mix(i));
+	hll_merge(&a, &b);
+	assert_true(hll_estimate(&a) > 4750 && hll_estimate(&a) < 5250);
+}
+
+static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(estimates),
+	cmocka_unit_test(merge_is_union),
+};
+
+UNIT_MAIN(tests)

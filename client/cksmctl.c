@@ -370,6 +370,32 @@ static json_t *shards_json(const struct config *cfg, const struct shard_answer *
 	return a;
 }
 
+/* The census as JSON (sizes in bytes), or null before the first one. */
+static json_t *census_json(const Cksm__Census *c)
+{
+	json_t *j, *nodes;
+
+	if (!c)
+		return json_null();
+	nodes = json_array();
+	for (size_t i = 0; i < c->n_nodes; i++)
+		json_array_append_new(
+			nodes,
+			json_pack("{s:I,s:I,s:I,s:I}", "node_id", (json_int_t)c->nodes[i]->node_id,
+				  "stable_bytes", (json_int_t)(c->nodes[i]->stable_pages * 4096),
+				  "zero_bytes", (json_int_t)(c->nodes[i]->zero_pages * 4096),
+				  "local_saveable_bytes",
+				  (json_int_t)(c->nodes[i]->local_saveable_pages * 4096)));
+	j = json_pack("{s:I,s:I,s:I,s:I,s:I,s:o}", "stable_bytes",
+		      (json_int_t)(c->stable_pages * 4096), "zero_bytes",
+		      (json_int_t)(c->zero_pages * 4096), "local_saveable_bytes",
+		      (json_int_t)(c->local_saveable_pages * 4096), "cluster_saveable_bytes",
+		      (json_int_t)(c->cluster_saveable_pages * 4096), "cluster_adds_bytes",
+		      (json_int_t)((c->cluster_saveable_pages - c->local_saveable_pages) * 4096),
+		      "nodes", nodes);
+	return j;
+}
+
 static int cmd_stats(const struct config *cfg, const struct auth_key *key, const struct opts *o)
 {
 	struct shard_answer ans[CONFIG_MAX_SHARDS];
@@ -377,7 +403,8 @@ static int cmd_stats(const struct config *cfg, const struct auth_key *key, const
 	uint64_t shared = 0, sharing = 0, unshared = 0, chains = 0, dups = 0;
 	size_t nn = 0;
 	int rc = gather_stats(cfg, key, o, ans);
-	char b1[32];
+	const Cksm__Census *cen = NULL;
+	char b1[32], b2[32], b3[32], b4[32];
 
 	for (unsigned i = 0; i < cfg->nshards; i++) {
 		const Cksm__StatsReply *st = ans[i].stats;
@@ -391,6 +418,8 @@ static int cmd_stats(const struct config *cfg, const struct auth_key *key, const
 		}
 		chains += st->stable_node_chains;
 		dups += st->stable_node_dups;
+		if (st->census)
+			cen = st->census; /* shard 0 adds the census up */
 		for (size_t k = 0; k < st->n_nodes && nn < 8192; k++) {
 			struct node_sum *ns =
 				node_of(nodes, &nn, st->nodes[k]->node_id, st->nodes[k]->node_name);
@@ -419,11 +448,24 @@ static int cmd_stats(const struct config *cfg, const struct auth_key *key, const
 					      "dups_held", (json_int_t)nodes[k].held,
 					      "pages_backed", (json_int_t)nodes[k].refs));
 		json_object_set_new(root, "nodes", jn);
+		json_object_set_new(root, "census", census_json(cen));
 		json_dumpf(root, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
 		putchar('\n');
 		json_decref(root);
 	} else {
 		struct libscols_table *t = scols_new_table();
+
+		if (cen)
+			printf("census: %s in stable pages and %s in zero pages; node-local merging (KSM) "
+			       "could save %s, merging across the cluster %s (%s more)\n\n",
+			       iec(cen->stable_pages * 4096, b1, sizeof(b1)),
+			       iec(cen->zero_pages * 4096, b2, sizeof(b2)),
+			       iec(cen->local_saveable_pages * 4096, b3, sizeof(b3)),
+			       iec(cen->cluster_saveable_pages * 4096, b4, sizeof(b4)),
+			       iec((cen->cluster_saveable_pages - cen->local_saveable_pages) * 4096,
+				   b1, sizeof(b1)));
+		else
+			printf("census: none yet (nodes send one after each full scan)\n\n");
 
 		printf("pages_shared        %llu\npages_sharing       %llu\npages_unshared      %llu\n"
 		       "stable_node_chains  %llu\nstable_node_dups    %llu\nsaved               %s\n\n",

@@ -114,6 +114,11 @@ struct scanner {
 	size_t state_bytes;
 	uint64_t tracked_pages;
 	struct scan_counts groups[TARGET_MAX_GROUPS];
+	struct census {
+		struct hll h;
+		uint64_t stable, zero;
+	} census_cur[CONFIG_MAX_DOMAINS], census_last[CONFIG_MAX_DOMAINS];
+	bool census_valid;     /* census_last holds a complete pass */
 	uint64_t batch;	       /* work since the last sleep, in pages */
 	uint64_t batch_cpu_ns; /* thread CPU time at the last sleep's end */
 	bool budget_started;   /* batch_cpu_ns is from the scanning thread */
@@ -289,9 +294,12 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	}
 	if (csum == s->zero_csum && all_zero(bytes)) {
 		c->zero++;
+		s->census_cur[p->domain].zero++;
 		return; /* zero pages need no coordinator */
 	}
 	c->stable++;
+	s->census_cur[p->domain].stable++;
+	hll_add(&s->census_cur[p->domain].h, csum);
 	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen)
 		return;
 	pg.pid = p->pid;
@@ -609,6 +617,10 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 		rc = merge_targets(s);
 	if (rc)
 		return rc;
+	for (unsigned d = 0; d < s->cfg->ndomains; d++) {
+		hll_clear(&s->census_cur[d].h);
+		s->census_cur[d].stable = s->census_cur[d].zero = 0;
+	}
 	for (size_t i = 0; i < s->nprocs; i++) {
 		struct proc *p = &s->procs[i];
 
@@ -623,7 +635,21 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 		s->procs[w++] = *p;
 	}
 	s->nprocs = w;
-	return s->stopping ? -EINTR : 0;
+	if (s->stopping)
+		return -EINTR;
+	memcpy(s->census_last, s->census_cur, s->cfg->ndomains * sizeof(s->census_cur[0]));
+	s->census_valid = true;
+	return 0;
+}
+
+const struct hll *scanner_census(const struct scanner *s, unsigned d, uint64_t *stable,
+				 uint64_t *zero)
+{
+	if (!s->census_valid || d >= s->cfg->ndomains)
+		return NULL;
+	*stable = s->census_last[d].stable;
+	*zero = s->census_last[d].zero;
+	return &s->census_last[d].h;
 }
 
 /* ---- life ------------------------------------------------------------------ */

@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include "cid.h"
+#include "hll.h"
 #include "config.h"
 #include "target.h"
 
@@ -106,6 +107,14 @@ uint64_t scanner_tracked_pages(const struct scanner *s);
 typedef void (*scan_vma_fn)(void *arg, pid_t pid, uint64_t start, uint64_t end,
 			    const struct scan_counts *c);
 void scanner_foreach_vma(const struct scanner *s, scan_vma_fn fn, void *arg);
+
+/*
+ * The census of the last full pass for domain index d: a sketch of the
+ * checksums of its stable pages, how many stable pages and zero pages.
+ * NULL before the first full pass.
+ */
+const struct hll *scanner_census(const struct scanner *s, unsigned d, uint64_t *stable,
+				 uint64_t *zero);
 
 /* Counts of the last pass per configured cgroup (targets.groups order). */
 const struct scan_counts *scanner_group_counts(const struct scanner *s, unsigned group);

@@ -35,7 +35,9 @@ struct scanrun {
 	bool rereport;
 	struct report_queue queues[CONFIG_MAX_SHARDS];
 	bool wake_pending;
-	uv_async_t async; /* wakes the loop thread */
+	struct scanrun_census census[CONFIG_MAX_DOMAINS]; /* last full scan */
+	bool census_new;				  /* not taken yet */
+	uv_async_t async;				  /* wakes the loop thread */
 	void (*wake)(void *arg);
 	void *wake_arg;
 	/* metrics, written by the scanner thread */
@@ -144,6 +146,36 @@ static uint64_t rest_ms(struct scanrun *r, uint64_t pass_start_ns)
 	return ms;
 }
 
+/* Scanner thread: hand the pass's census to the loop thread. */
+static void keep_census(struct scanrun *r)
+{
+	pthread_mutex_lock(&r->lock);
+	for (unsigned d = 0; d < r->cfg->ndomains; d++) {
+		const struct hll *h =
+			scanner_census(r->scanner, d, &r->census[d].stable, &r->census[d].zero);
+
+		r->census[d].domain = r->cfg->domains[d].id;
+		if (h)
+			r->census[d].h = *h;
+	}
+	r->census_new = true;
+	pthread_mutex_unlock(&r->lock);
+}
+
+size_t scanrun_take_census(struct scanrun *r, struct scanrun_census *out)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->census_new) {
+		n = r->cfg->ndomains;
+		memcpy(out, r->census, n * sizeof(*out));
+		r->census_new = false;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
 static void *scan_thread(void *arg)
 {
 	struct scanrun *r = arg;
@@ -173,9 +205,11 @@ static void *scan_thread(void *arg)
 			break;
 		if (rc)
 			log_warn("scan pass failed: %s", strerror(-rc));
-		else
+		else {
 			publish(r, &c, now_ns(CLOCK_MONOTONIC) - wall0,
 				now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0);
+			keep_census(r);
+		}
 		if (on_sleep(r, rest_ms(r, wall0)))
 			break;
 		scanner_rested(r->scanner);

@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "config.h"
 #include "metrics.h"
+#include "hll.h"
 #include "report.h"
 
 struct scanrun;
@@ -40,6 +41,20 @@ size_t scanrun_take(struct scanrun *r, unsigned shard, struct report_entry *out,
  * queued for it and offer every stable page again.
  */
 void scanrun_rereport(struct scanrun *r, unsigned shard);
+
+/* One domain's census of the last full scan. */
+struct scanrun_census {
+	uint8_t domain; /* the domain's id */
+	uint64_t stable;
+	uint64_t zero;
+	struct hll h;
+};
+
+/*
+ * Loop thread: the census of a full scan not taken yet, one per domain
+ * into out (room for CONFIG_MAX_DOMAINS); returns how many, 0 if none new.
+ */
+size_t scanrun_take_census(struct scanrun *r, struct scanrun_census *out);
 
 /* Loop thread: digests waiting in all queues (also sets the gauge). */
 size_t scanrun_queued(struct scanrun *r);

@@ -109,13 +109,19 @@ void targets_fini(struct targets *t)
 	t->v = t->reg = NULL;
 }
 
+/* Named processes are scanned whole, unless mergeable_only says otherwise. */
+static uint8_t whole_scope(const struct targets *t)
+{
+	return t->cfg->mergeable_only ? TARGET_MERGEABLE : TARGET_WHOLE;
+}
+
 static void add_pid_list(struct targets *t, const char *list, uint8_t domain)
 {
 	char buf[CONFIG_LIST_MAX], *save, *tok;
 
 	snprintf(buf, sizeof(buf), "%s", list);
 	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-		add(&t->v, &t->n, &t->cap, (pid_t)atoi(tok), domain, TARGET_WHOLE, -1);
+		add(&t->v, &t->n, &t->cap, (pid_t)atoi(tok), domain, whole_scope(t), -1);
 }
 
 /* cgroup.procs of one directory. */
@@ -129,7 +135,7 @@ static void add_procs(struct targets *t, const char *dir, unsigned g)
 	if (!f)
 		return;
 	while (fgets(line, sizeof(line), f))
-		add(&t->v, &t->n, &t->cap, (pid_t)atoi(line), t->groups[g].domain, TARGET_WHOLE,
+		add(&t->v, &t->n, &t->cap, (pid_t)atoi(line), t->groups[g].domain, whole_scope(t),
 		    (int16_t)g);
 	fclose(f);
 }

@@ -92,6 +92,7 @@ static const struct key keys[] = {
 	S("agent", "metrics", K_ADDR, agent_metrics, "a numeric host:port such as 127.0.0.1:9470"),
 	S("agent", "scan_mergeable", K_BOOL, scan_mergeable, "0 or 1"),
 	S("agent", "scan_thp", K_BOOL, scan_thp, "0 or 1"),
+	S("agent", "mergeable_only", K_BOOL, mergeable_only, "0 or 1"),
 	U("agent", "pages_to_scan", pages_to_scan, 1, 1u << 20,
 	  "a page count between 1 and 1048576"),
 	U("agent", "sleep_millisecs", sleep_millisecs, 0, 60000,

@@ -73,6 +73,7 @@ struct config {
 	char agent_metrics[128];
 	int scan_mergeable;	     /* scan VMAs with KSM's opt-in (mg) */
 	int scan_thp;		     /* scan THP-backed pages too */
+	int mergeable_only;	     /* pids and cgroups: only their VMAs with KSM's opt-in */
 	uint32_t pages_to_scan;	     /* pages per batch before a sleep */
 	uint32_t sleep_millisecs;    /* sleep between batches */
 	uint32_t pass_millisecs;     /* least time from one full pass to the next */

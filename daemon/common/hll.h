@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define HLL_BITS 14
+#define HLL_BITS      14
 #define HLL_REGISTERS (1u << HLL_BITS)
 
 struct hll {

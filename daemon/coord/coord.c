@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "hll.h"
 #include "stree.h"
 #include "log.h"
 #include "runtime.h"
@@ -37,6 +38,16 @@ struct node {
 	uint64_t heartbeats;
 	uint64_t incarnation;
 	bool live;
+	struct node_census *census; /* its latest census, one per domain */
+	unsigned ncensus;
+};
+
+/* A node's latest census of one domain (shard 0 receives them). */
+struct node_census {
+	uint8_t domain;
+	uint64_t stable;
+	uint64_t zero;
+	struct hll h;
 };
 
 struct coord {
@@ -489,6 +500,94 @@ static void free_matrix(Cksm__StatsReply *rep)
 	free(rep->matrix);
 }
 
+static int handle_census_report(struct coord *co, struct conn *c, const Cksm__CensusReport *r)
+{
+	struct node *n = c->data;
+	struct node_census *nc = NULL;
+
+	if (!n)
+		return conn_fail(c, -EPROTO, "census report before register");
+	if (r->registers.len != HLL_REGISTERS || r->domain > 255)
+		return refuse(co, c, co->m_refused_ref, -EINVAL, "census report");
+	for (unsigned i = 0; i < n->ncensus; i++)
+		if (n->census[i].domain == r->domain)
+			nc = &n->census[i];
+	if (!nc) {
+		struct node_census *v;
+
+		if (n->ncensus == 256)
+			return refuse(co, c, co->m_refused_ref, -ENOSPC, "census report");
+		v = realloc(n->census, (n->ncensus + 1) * sizeof(*v));
+		if (!v)
+			return conn_fail(c, -ENOMEM, "out of memory keeping a census");
+		n->census = v;
+		nc = &n->census[n->ncensus++];
+		nc->domain = (uint8_t)r->domain;
+	}
+	nc->stable = r->stable_pages;
+	nc->zero = r->zero_pages;
+	memcpy(nc->h.r, r->registers.data, HLL_REGISTERS);
+	return 0;
+}
+
+/*
+ * What merging could save, from the nodes' latest censuses (live nodes):
+ * node-local merging keeps one page per distinct content and one zero
+ * page per node; merging across the cluster keeps one page per distinct
+ * content of each domain and no zero page at all.
+ */
+static Cksm__Census *census_of(struct coord *co, Cksm__NodeCensus **nodes)
+{
+	static Cksm__Census cen;
+	static struct hll u;
+	uint64_t distinct_cluster = 0;
+
+	cksm__census__init(&cen);
+	for (unsigned d = 0; d < 256; d++) {
+		bool any = false;
+
+		hll_clear(&u);
+		for (uint32_t i = 0; i < co->nnodes; i++)
+			for (unsigned k = 0; co->nodes[i].live && k < co->nodes[i].ncensus; k++)
+				if (co->nodes[i].census[k].domain == d) {
+					hll_merge(&u, &co->nodes[i].census[k].h);
+					any = true;
+				}
+		if (any)
+			distinct_cluster += (uint64_t)(hll_estimate(&u) + 0.5);
+	}
+	for (uint32_t i = 0; i < co->nnodes; i++) {
+		const struct node *n = &co->nodes[i];
+		uint64_t stable = 0, zero = 0, local = 0;
+
+		for (unsigned k = 0; n->live && k < n->ncensus; k++) {
+			uint64_t distinct = (uint64_t)(hll_estimate(&n->census[k].h) + 0.5);
+
+			stable += n->census[k].stable;
+			zero += n->census[k].zero;
+			local += (n->census[k].stable > distinct ? n->census[k].stable - distinct
+								 : 0) +
+				 (n->census[k].zero ? n->census[k].zero - 1 : 0);
+		}
+		cksm__node_census__init(nodes[i]);
+		nodes[i]->node_id = n->id;
+		nodes[i]->stable_pages = stable;
+		nodes[i]->zero_pages = zero;
+		nodes[i]->local_saveable_pages = local;
+		cen.stable_pages += stable;
+		cen.zero_pages += zero;
+		cen.local_saveable_pages += local;
+	}
+	cen.cluster_saveable_pages =
+		(cen.stable_pages > distinct_cluster ? cen.stable_pages - distinct_cluster : 0) +
+		cen.zero_pages;
+	if (cen.cluster_saveable_pages < cen.local_saveable_pages)
+		cen.cluster_saveable_pages = cen.local_saveable_pages; /* estimates may cross */
+	cen.n_nodes = co->nnodes;
+	cen.nodes = nodes;
+	return &cen;
+}
+
 static int handle_stats(struct coord *co, struct conn *c, const Cksm__StatsRequest *q)
 {
 	static uint32_t tids[STREE_MAX_NODES];
@@ -546,6 +645,17 @@ static int handle_stats(struct coord *co, struct conn *c, const Cksm__StatsReque
 			free(nc);
 			return conn_fail(c, rc, "out of memory answering stats");
 		}
+	}
+	{
+		static Cksm__NodeCensus ncs[STREE_MAX_NODES], *ncp[STREE_MAX_NODES];
+		bool any = false;
+
+		for (uint32_t i = 0; i < co->nnodes && i < STREE_MAX_NODES; i++) {
+			ncp[i] = &ncs[i];
+			any = any || co->nodes[i].ncensus;
+		}
+		if (any && co->nnodes <= STREE_MAX_NODES)
+			rep.census = census_of(co, ncp);
 	}
 	m.body_case = CKSM__MSG__BODY_STATS_REPLY;
 	m.stats_reply = &rep;
@@ -696,6 +806,8 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 		return handle_ref_update(co, c, m->ref_update);
 	case CKSM__MSG__BODY_RESYNC:
 		return handle_resync(co, c, m->resync);
+	case CKSM__MSG__BODY_CENSUS_REPORT:
+		return handle_census_report(co, c, m->census_report);
 	case CKSM__MSG__BODY_STATS_REQUEST:
 		if (c->peer_role != CKSM__ROLE__ROLE_ADMIN)
 			return conn_fail(c, -EPERM, "stats request from a non-admin peer");
@@ -942,6 +1054,8 @@ int coord_main(const struct config *cfg, unsigned shard)
 out_fini:
 	runtime_fini(&co->rt);
 	stree_destroy(co->tree);
+	for (uint32_t i = 0; i < co->nnodes; i++)
+		free(co->nodes[i].census);
 	free(co->nodes);
 	free(co);
 	return rc;

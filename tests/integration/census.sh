@@ -1,0 +1,60 @@
+# The census equals the planted truth: three nodes (real agents), each
+# scanning one planted process's mergeable regions; nodes 1 and 2 hold the
+# same contents, node 3 its own. Each node: 32 unique pages, 32 copies of
+# one page, 16 zero pages (stable), 8 rewritten pages (never stable).
+# Tolerance: 5% plus 2 pages (the distinct counts are HyperLogLog
+# estimates). When a node stops, it shows down and the numbers adjust.
+source "$(dirname "$0")/lib.sh"
+
+PLANTER=$ROOT/build/cksm-planter
+cluster_conf "$T/cksm.conf" 2
+start c0 -c "$T/cksm.conf" --role coord --shard 0
+start c1 -c "$T/cksm.conf" --role coord --shard 1
+for n in 1 2 3; do
+	"$PLANTER" --seed $((n == 3 ? 2 : 1)) --mergeable >"$T/p$n.json" &
+	PIDS+=($!)
+	wait_for "planter $n" 5 test -s "$T/p$n.json"
+	start "node$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
+		--set agent.metrics=127.0.0.1:"$(free_port)" --set agent.scan_mergeable=0 \
+		--set agent.mergeable_only=1 --set agent.pids="$(jq .pid "$T/p$n.json")" \
+		--set agent.pass_millisecs=300
+done
+
+near() { # GOT WANT: within 5% + 2 pages
+	awk -v g="$1" -v w="$2" 'BEGIN { d = g - w; if (d < 0) d = -d; exit !(d <= w * 0.05 + 2) }'
+}
+census() { "$CKSMCTL" -c "$T/cksm.conf" -o json stats >"$T/stats.json" 2>/dev/null || true; }
+pages() { jq "$1 / 4096" "$T/stats.json"; }
+
+# Wait until every node's census counts its 64 stable pages.
+ready() {
+	census
+	jq -e '.census != null and (.census.nodes | length == 3) and
+		all(.census.nodes[]; .stable_bytes == 64 * 4096)' "$T/stats.json" >/dev/null
+}
+wait_for "the census of three nodes" 30 ready
+
+# Per node: 64 stable (33 distinct), 16 zero: KSM alone saves 31 + 15.
+for i in 0 1 2; do
+	near "$(pages ".census.nodes[$i].local_saveable_bytes")" 46 ||
+		fail "node $i local saveable: $(pages ".census.nodes[$i].local_saveable_bytes") pages, planted 46"
+	[[ $(pages ".census.nodes[$i].zero_bytes") == 16 ]] || fail "node $i zero pages"
+done
+# Cluster: 192 stable of 66 distinct contents, 48 zero pages.
+[[ $(pages .census.stable_bytes) == 192 ]] || fail "stable: $(pages .census.stable_bytes)"
+near "$(pages .census.local_saveable_bytes)" 138 || fail "local: $(pages .census.local_saveable_bytes)"
+near "$(pages .census.cluster_saveable_bytes)" 174 || fail "cluster: $(pages .census.cluster_saveable_bytes)"
+near "$(pages .census.cluster_adds_bytes)" 36 || fail "adds: $(pages .census.cluster_adds_bytes)"
+"$CKSMCTL" -c "$T/cksm.conf" stats | grep -q "node-local merging (KSM) could save" || fail "stats text"
+echo "census: local $(pages .census.local_saveable_bytes) pages, cluster $(pages .census.cluster_saveable_bytes), adds $(pages .census.cluster_adds_bytes)"
+
+# Node 2 stops: shown down, and the census loses its pages.
+stop node2
+wait_for "node-2 dead" 10 log_has c0 "node node-2 is dead"
+"$CKSMCTL" -c "$T/cksm.conf" status >"$T/status.txt" 2>&1 && fail "status exit 0 with a dead node"
+grep -q "node-2 .*dead" "$T/status.txt" || fail "status does not show node-2 dead"
+census
+[[ $(pages .census.stable_bytes) == 128 ]] || fail "stable after the loss: $(pages .census.stable_bytes)"
+near "$(pages .census.cluster_saveable_bytes)" 94 || fail "cluster after the loss: $(pages .census.cluster_saveable_bytes)"
+near "$(pages .census.local_saveable_bytes)" 92 || fail "local after the loss"
+echo "ok"

@@ -2,10 +2,12 @@
 # The local demo: two coordinator shards and three node agents on this
 # machine (distinct loopback ports), each node running a workload with
 # planted pages: nodes 1 and 2 hold the same contents, node 3 its own, and
-# every workload holds 32 copies of one page. After a few scan passes it
-# shows the cluster's status, what each node's scanner found, and what the
-# shards' stable trees hold, every few seconds until Ctrl-C (or
-# DEMO_SECONDS). Everything lives in build/demo/ and stops with it.
+# every workload holds 32 copies of one page (the nodes scan the
+# workloads' mergeable regions). After a few scan passes it shows the
+# cluster's status, what each node's scanner found, what the shards'
+# stable trees hold, and the census: what node-local merging (KSM) could
+# save and what merging across the cluster adds; every few seconds until
+# Ctrl-C (or DEMO_SECONDS). Everything lives in build/demo/ and stops with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CKSM_BIN:-build}
@@ -46,6 +48,7 @@ dead_after_ms = 2000
 
 [agent]
 scan_mergeable = 0
+mergeable_only = 1
 pass_millisecs = 500
 
 [shard.0]
@@ -67,7 +70,7 @@ done
 declare -A AMET
 for n in 1 2 3; do
 	seed=$((n == 3 ? 2 : 1))
-	"$PLANTER" --seed "$seed" >"$D/workload-$n.json" &
+	"$PLANTER" --seed "$seed" --mergeable >"$D/workload-$n.json" &
 	pids+=($!)
 	for _ in $(seq 50); do [[ -s $D/workload-$n.json ]] && break; sleep 0.1; done
 	port p
@@ -102,6 +105,7 @@ while :; do
 	c0=$(metric "127.0.0.1:$S0M" cksm_coord_contents)
 	c1=$(metric "127.0.0.1:$S1M" cksm_coord_contents)
 	echo "contents seen on two nodes or twice on one (stable trees): shard 0 ${c0:-0}, shard 1 ${c1:-0}"
+	"$BIN/cksmctl" -c "$D/cksm.conf" stats 2>/dev/null | head -n 1 || true
 	echo "(Ctrl-C stops the demo)"
 	echo
 	((SECONDS < end)) || break

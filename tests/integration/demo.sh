@@ -15,6 +15,10 @@ awk '/^NODE +SCANNED/ { t = 3; n = 0; bad = 0; next }
 	fail "a node shows fewer stable pages than planted: $(tail -n 12 "$T/demo.log")"
 grep "contents seen on two nodes" "$T/demo.log" | tail -1 | awk '{ split($0, a, "shard 0 "); split(a[2], b, ","); split($0, c, "shard 1 "); exit !(b[1] + c[2] > 0) }' ||
 	fail "the shards' trees stayed empty: $(grep 'contents seen' "$T/demo.log" | tail -1)"
+# The census: 3 nodes x 64 stable pages; KSM alone saves 3 x 46 pages
+# (552 KiB), the cluster 36 more (nodes 1 and 2 hold the same pages).
+grep "^census:" "$T/demo.log" | tail -1 | grep -q "node-local merging (KSM) could save 552.0 KiB" ||
+	fail "census: $(grep '^census:' "$T/demo.log" | tail -1)"
 grep -q "stopping the demo cluster" "$T/demo.log" || fail "demo did not stop"
 pgrep -f "build/demo/cksm.conf" && fail "demo left daemons running"
 pgrep -f "cksm-planter --seed" >/dev/null && sleep 1

@@ -42,7 +42,8 @@ struct opts {
 	int json;
 	int timeout_ms;
 	int color;
-	int nodes_only; /* status: print the nodes alone */
+	int nodes_only;	 /* status: print the nodes alone */
+	const char *arg; /* the command's argument, if it takes one */
 };
 
 static void usage(FILE *out)
@@ -55,6 +56,7 @@ static void usage(FILE *out)
 		"  nodes     the nodes the shards know, live or dead\n"
 		"  stats     KSM's counters, cluster-wide and per node, and the memory saved\n"
 		"  matrix    pages each node backs from dups on each node\n"
+		"  tree ID   one content: its shard's entry, dups and references\n"
 		"\n"
 		"options:\n"
 		"  -c, --config FILE   configuration with the shard map (default " CONFIG_DEFAULT_PATH
@@ -582,10 +584,100 @@ static int cmd_nodes(const struct config *cfg, const struct auth_key *key, const
 	return cmd_status(cfg, key, &no);
 }
 
+static int cmd_tree(const struct config *cfg, const struct auth_key *key, const struct opts *o)
+{
+	struct shard_answer a, st;
+	Cksm__Msg out = CKSM__MSG__INIT;
+	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
+	unsigned long long hi, lo;
+	const Cksm__ContentTree *t;
+	char *args[1] = { (char *)o->arg };
+	int n = 0, shard;
+
+	if (strlen(o->arg) != 32 || sscanf(o->arg, "%16llx%16llx%n", &hi, &lo, &n) != 2 ||
+	    n != 32) {
+		fprintf(stderr, "cksmctl: tree: a content id is 32 hex digits, got '%s'\n", o->arg);
+		return EXIT_USAGE;
+	}
+	shard = config_bucket_shard(cfg, (uint32_t)(lo & (cfg->buckets - 1)));
+	memset(&a, 0, sizeof(a));
+	memset(&st, 0, sizeof(st));
+	req.command = CKSM__ADMIN_COMMAND__ADMIN_TREE;
+	req.n_args = 1;
+	req.args = args;
+	out.body_case = CKSM__MSG__BODY_ADMIN_REQUEST;
+	out.admin_request = &req;
+	ask(cfg, key, (unsigned)shard, o->timeout_ms, &out, CKSM__MSG__BODY_ADMIN_REPLY, &a);
+	if (a.rc) {
+		fprintf(stderr, "cksmctl: shard %d: %s\n", shard, a.err);
+		if (a.msg)
+			cksm__msg__free_unpacked(a.msg, NULL);
+		return EXIT_DOWN;
+	}
+	ask_shard(cfg, key, (unsigned)shard, o->timeout_ms, &st); /* node names */
+	t = a.rep->tree;
+	if (o->json) {
+		json_t *dups = json_array(), *j;
+
+		for (size_t i = 0; t && i < t->n_dups; i++) {
+			json_t *refs = json_array();
+
+			for (size_t k = 0; k < t->dups[i]->n_refs; k++)
+				json_array_append_new(
+					refs,
+					json_pack("{s:I,s:I}", "node_id",
+						  (json_int_t)t->dups[i]->refs[k]->node_id, "pages",
+						  (json_int_t)t->dups[i]->refs[k]->pages));
+			json_array_append_new(
+				dups, json_pack("{s:I,s:I,s:I,s:I,s:o}", "node_id",
+						(json_int_t)t->dups[i]->dup->node_id, "slot",
+						(json_int_t)t->dups[i]->dup->slot, "generation",
+						(json_int_t)t->dups[i]->dup->generation, "total",
+						(json_int_t)t->dups[i]->total, "refs", refs));
+		}
+		j = json_pack("{s:s,s:I,s:b,s:b,s:o,s:o}", "id", o->arg, "shard", (json_int_t)shard,
+			      "in_tree", t && t->in_tree, "seen", t && t->seen, "pending_node",
+			      t && t->pending_node ? json_integer(t->pending_node) : json_null(),
+			      "dups", dups);
+		json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+		putchar('\n');
+		json_decref(j);
+	} else {
+		printf("content %s (shard %d): %s\n", o->arg, shard,
+		       !t	    ? "no answer"
+		       : t->in_tree ? "in the stable tree"
+		       : t->seen    ? "seen once (in the unstable filter)"
+				    : "not known to its shard");
+		if (t && t->pending_node)
+			printf("  a dup is ordered from node %u\n", t->pending_node);
+		for (size_t i = 0; t && i < t->n_dups; i++) {
+			const Cksm__TreeDup *d = t->dups[i];
+
+			printf("  dup on node %u, slot %llu, generation %u: %u reference%s\n",
+			       d->dup->node_id, (unsigned long long)d->dup->slot,
+			       d->dup->generation, d->total, d->total == 1 ? "" : "s");
+			for (size_t k = 0; k < d->n_refs; k++) {
+				const char *name = "?";
+
+				for (size_t m = 0; st.rep && m < st.rep->n_nodes; m++)
+					if (st.rep->nodes[m]->node_id == d->refs[k]->node_id)
+						name = st.rep->nodes[m]->name;
+				printf("    %s (%u): %u page%s\n", name, d->refs[k]->node_id,
+				       d->refs[k]->pages, d->refs[k]->pages == 1 ? "" : "s");
+			}
+		}
+	}
+	cksm__msg__free_unpacked(a.msg, NULL);
+	if (st.msg)
+		cksm__msg__free_unpacked(st.msg, NULL);
+	return 0;
+}
+
 static const struct command {
 	const char *name;
 	int (*fn)(const struct config *cfg, const struct auth_key *key, const struct opts *o);
 	const char *help;
+	int nargs;
 } commands[] = {
 	{ "status", cmd_status,
 	  "usage: cksmctl [options] status\n\nShards and the nodes each knows: up or down, live or dead.\n"
@@ -600,6 +692,12 @@ static const struct command {
 	{ "matrix", cmd_matrix,
 	  "usage: cksmctl [options] matrix\n\nFor each pair of nodes, the pages the first backs from dups held by\n"
 	  "the second. Exit status 1 when a shard is unreachable.\n" },
+	{ "tree", cmd_tree,
+	  "usage: cksmctl [options] tree CONTENT_ID\n\nOne content, asked of the shard that owns its bucket: whether it is in\n"
+	  "the stable tree or seen once, the dup ordered, and each dup of its chain with\n"
+	  "every node's references. CONTENT_ID is 32 hex digits. Exit status 1 when\n"
+	  "the shard is unreachable, 2 for a malformed id.\n",
+	  1 },
 };
 
 int main(int argc, char **argv)
@@ -660,15 +758,17 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return EXIT_USAGE;
 	}
-	if (optind + 1 < argc) {
-		if (!strcmp(argv[optind + 1], "--help") || !strcmp(argv[optind + 1], "-h")) {
-			fputs(cmd->help, stdout);
-			return 0;
-		}
-		fprintf(stderr, "cksmctl: %s: unexpected argument '%s'\n%s", cmd->name,
-			argv[optind + 1], cmd->help);
+	if (optind + 1 < argc &&
+	    (!strcmp(argv[optind + 1], "--help") || !strcmp(argv[optind + 1], "-h"))) {
+		fputs(cmd->help, stdout);
+		return 0;
+	}
+	if (argc - optind - 1 != cmd->nargs) {
+		fprintf(stderr, "cksmctl: %s takes %d argument%s\n%s", cmd->name, cmd->nargs,
+			cmd->nargs == 1 ? "" : "s", cmd->help);
 		return EXIT_USAGE;
 	}
+	o.arg = cmd->nargs ? argv[optind + 1] : NULL;
 	o.color = isatty(STDOUT_FILENO) && !getenv("NO_COLOR");
 	config_defaults(&cfg);
 	if (config_load_default(&cfg, o.config, o.config_named, stderr) ||

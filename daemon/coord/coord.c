@@ -726,6 +726,118 @@ static int handle_digest_report(struct coord *co, struct conn *c, const Cksm__Di
 	return decide(co, c, r);
 }
 
+/* Collects a content's chain for ADMIN_TREE (see stree_visit). */
+#define STREE_MAX_DUPS_SHOWN 256
+
+struct tree_view {
+	Cksm__ContentTree t;
+	Cksm__TreeDup *dups[STREE_MAX_DUPS_SHOWN];
+	size_t ndups;
+	bool oom;
+};
+
+static void view_dup(void *arg, const struct stree_dupref *d, uint32_t total)
+{
+	struct tree_view *v = arg;
+	Cksm__TreeDup *td;
+
+	if (v->ndups == STREE_MAX_DUPS_SHOWN ||
+	    !(td = calloc(1, sizeof(*td) + sizeof(Cksm__DupRef)))) {
+		v->oom = true;
+		return;
+	}
+	cksm__tree_dup__init(td);
+	td->dup = (Cksm__DupRef *)(td + 1);
+	fill_dupref(td->dup, d);
+	td->total = total;
+	v->dups[v->ndups++] = td;
+}
+
+static void view_ref(void *arg, uint32_t node, uint32_t pages)
+{
+	struct tree_view *v = arg;
+	Cksm__TreeDup *td;
+	Cksm__NodeRef **nr, *r;
+
+	if (!v->ndups || v->oom)
+		return;
+	td = v->dups[v->ndups - 1];
+	nr = realloc(td->refs, (td->n_refs + 1) * sizeof(*nr));
+	r = malloc(sizeof(*r));
+	if (!nr || !r) {
+		free(r);
+		if (nr)
+			td->refs = nr;
+		v->oom = true;
+		return;
+	}
+	td->refs = nr;
+	cksm__node_ref__init(r);
+	r->node_id = node;
+	r->pages = pages;
+	td->refs[td->n_refs++] = r;
+}
+
+static void free_tree(Cksm__AdminReply *rep)
+{
+	if (!rep->tree)
+		return;
+	for (size_t i = 0; i < rep->tree->n_dups; i++) {
+		for (size_t j = 0; j < rep->tree->dups[i]->n_refs; j++)
+			free(rep->tree->dups[i]->refs[j]);
+		free(rep->tree->dups[i]->refs);
+		free(rep->tree->dups[i]);
+	}
+}
+
+/* ADMIN_TREE: one content of this shard's buckets. */
+static int answer_tree(struct coord *co, const Cksm__AdminRequest *req, Cksm__AdminReply *rep,
+		       Cksm__Msg *out)
+{
+	static struct tree_view v;
+	static char err[96];
+	unsigned long long hi, lo;
+	uint32_t bucket;
+	int owner, n = 0;
+
+	memset(&v, 0, sizeof(v));
+	out->body_case = CKSM__MSG__BODY_ADMIN_REPLY;
+	out->admin_reply = rep;
+	if (req->n_args != 1 || strlen(req->args[0]) != 32 ||
+	    sscanf(req->args[0], "%16llx%16llx%n", &hi, &lo, &n) != 2 || n != 32) {
+		rep->status = -EINVAL;
+		rep->error = (char *)"a content id is 32 hex digits";
+		return 0;
+	}
+	bucket = (uint32_t)(lo & (co->rt.cfg->buckets - 1));
+	owner = config_bucket_shard(co->rt.cfg, bucket);
+	if (owner != (int)co->shard) {
+		snprintf(err, sizeof(err), "bucket %u of this id belongs to shard %d", bucket,
+			 owner);
+		rep->status = -EXDEV;
+		rep->error = err;
+		return 0;
+	}
+	cksm__content_tree__init(&v.t);
+	v.t.id_hi = hi;
+	v.t.id_lo = lo;
+	{
+		bool seen;
+
+		v.t.in_tree = stree_visit(co->tree, hi, lo, &seen, &v.t.pending_node, view_dup,
+					  view_ref, &v) == 1;
+		v.t.seen = seen;
+	}
+	v.t.n_dups = v.ndups;
+	v.t.dups = v.dups;
+	rep->tree = &v.t;
+	if (v.oom) {
+		rep->status = -ENOMEM;
+		rep->error = (char *)"out of memory listing the chain";
+	}
+	return 0;
+}
+
 static int handle_admin(struct coord *co, struct conn *c, const Cksm__AdminRequest *req)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
@@ -744,6 +856,12 @@ static int handle_admin(struct coord *co, struct conn *c, const Cksm__AdminReque
 	rep.shard_name = shard_name;
 	rep.version = (char *)CKSM_VERSION;
 	rep.uptime_ms = runtime_uptime_ms(&co->rt);
+	if (req->command == CKSM__ADMIN_COMMAND__ADMIN_TREE) {
+		answer_tree(co, req, &rep, &out);
+		rc = conn_send(c, &out);
+		free_tree(&rep);
+		return rc;
+	}
 	if (req->command != CKSM__ADMIN_COMMAND__ADMIN_STATUS) {
 		rep.status = -EOPNOTSUPP;
 		rep.error = (char *)"unknown admin command";

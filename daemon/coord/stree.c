@@ -987,6 +987,28 @@ static int by_id(const void *a, const void *b)
 	return x->lo < y->lo ? -1 : x->lo > y->lo;
 }
 
+int stree_visit(const struct stree *t, uint64_t hi, uint64_t lo, bool *seen, uint32_t *pending,
+		void (*dup_cb)(void *arg, const struct stree_dupref *d, uint32_t total),
+		void (*ref_cb)(void *arg, uint32_t node, uint32_t pages), void *arg)
+{
+	const struct entry *e = find(t, hi, lo);
+
+	*seen = unstable_has(&t->un, hi, lo);
+	*pending = e && e->pending ? t->nodes[e->pending - 1].id : 0;
+	if (!e)
+		return 0;
+	for (unsigned k = 0; k < e->ndups; k++) {
+		const struct sdup *d = cdup_at(e, k);
+		const struct sref *r = crefs_of(d);
+		struct stree_dupref dr = dupref(t, d);
+
+		dup_cb(arg, &dr, d->total);
+		for (unsigned j = 0; j < d->nrefs; j++)
+			ref_cb(arg, t->nodes[r[j].node].id, r[j].count);
+	}
+	return 1;
+}
+
 void stree_dump(const struct stree *t, FILE *out)
 {
 	const struct entry **v = malloc((t->n ? t->n : 1) * sizeof(*v));

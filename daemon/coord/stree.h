@@ -161,6 +161,16 @@ size_t stree_nodes_stats(const struct stree *t, uint32_t *ids, uint64_t *held, u
 /* m[i * n + j]: pages node i backs from dups on node j (node ids in ids[]). */
 size_t stree_matrix(const struct stree *t, uint32_t *ids, uint64_t *m, size_t max_nodes);
 
+/*
+ * One content, for operators: whether it is in the tree or the filter
+ * remembers it, the node ordered to make a dup, and each dup with every
+ * node's references (dup_cb once per dup, then ref_cb per node on it).
+ * Returns 1 if the content is in the tree, 0 if not.
+ */
+int stree_visit(const struct stree *t, uint64_t hi, uint64_t lo, bool *seen, uint32_t *pending,
+		void (*dup_cb)(void *arg, const struct stree_dupref *d, uint32_t total),
+		void (*ref_cb)(void *arg, uint32_t node, uint32_t pages), void *arg);
+
 /* Write the tree in a canonical text form (sorted), for comparisons. */
 void stree_dump(const struct stree *t, FILE *out);
 

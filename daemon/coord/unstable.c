@@ -61,17 +61,31 @@ static bool has(const uint64_t *b, const unsigned *bit)
 	return true;
 }
 
+static void bits_of(uint64_t hi, uint64_t lo, unsigned *bit)
+{
+	/* Six positions from hi's low 54 bits (its top byte is the domain
+	 * tag), the seventh from lo's low bits (the block comes from lo >> 16). */
+	for (int i = 0; i < UNSTABLE_K - 1; i++)
+		bit[i] = (unsigned)(hi >> (9 * i)) & 511;
+	bit[UNSTABLE_K - 1] = (unsigned)lo & 511;
+}
+
+bool unstable_has(const struct unstable *u, uint64_t hi, uint64_t lo)
+{
+	size_t blk = (size_t)((lo >> 16) % u->nblocks);
+	unsigned bit[UNSTABLE_K];
+
+	bits_of(hi, lo, bit);
+	return has(block(u, blk, u->cur), bit) || has(block(u, blk, !u->cur), bit);
+}
+
 bool unstable_check_insert(struct unstable *u, uint64_t hi, uint64_t lo)
 {
 	size_t blk = (size_t)((lo >> 16) % u->nblocks);
 	uint64_t *cur = block(u, blk, u->cur), *old = block(u, blk, !u->cur);
 	unsigned bit[UNSTABLE_K];
 
-	/* Six positions from hi's low 54 bits (its top byte is the domain
-	 * tag), the seventh from lo's low bits (the block comes from lo >> 16). */
-	for (int i = 0; i < UNSTABLE_K - 1; i++)
-		bit[i] = (unsigned)(hi >> (9 * i)) & 511;
-	bit[UNSTABLE_K - 1] = (unsigned)lo & 511;
+	bits_of(hi, lo, bit);
 	if (has(cur, bit) || has(old, bit))
 		return true;
 	for (int i = 0; i < UNSTABLE_K; i++)

@@ -41,6 +41,9 @@ void unstable_fini(struct unstable *u);
  */
 bool unstable_check_insert(struct unstable *u, uint64_t hi, uint64_t lo);
 
+/* Whether either generation has the id (nothing is inserted). */
+bool unstable_has(const struct unstable *u, uint64_t hi, uint64_t lo);
+
 /* Start loading the block pair of an id. */
 void unstable_prefetch(const struct unstable *u, uint64_t lo);
 

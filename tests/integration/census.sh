@@ -49,6 +49,21 @@ near "$(pages .census.cluster_adds_bytes)" 36 || fail "adds: $(pages .census.clu
 	fail "stats text: $("$CKSMCTL" -c "$T/cksm.conf" stats | head -1)"
 echo "census: local $(pages .census.local_saveable_bytes) pages, cluster $(pages .census.cluster_saveable_bytes), adds $(pages .census.cluster_adds_bytes)"
 
+# One content up close: the 32 identical pages of node 1's workload.
+"$BIN/cksm-scan" -k "$T/cluster.key" --passes 2 --interval-ms 50 --mergeable >"$T/scan.json"
+P1=$(jq .pid "$T/p1.json")
+DST=$(jq .regions.dup.start "$T/p1.json")
+ID=$(jq -r --argjson p "$P1" --argjson st "$DST" '[.digests[] | select(.pid == $p and .addr == $st)][0].id' "$T/scan.json")
+[[ ${#ID} == 32 ]] || fail "no id for the dup page: '$ID'"
+"$CKSMCTL" -c "$T/cksm.conf" -o json tree "$ID" >"$T/tree.json" || fail "cksmctl tree"
+jq -e --arg id "$ID" '.id == $id and .in_tree == true and (.dups | type == "array") and (.shard | type == "number")' \
+	"$T/tree.json" >/dev/null || fail "tree: $(cat "$T/tree.json")"
+"$CKSMCTL" -c "$T/cksm.conf" tree "$ID" | grep -q "in the stable tree" || fail "tree text"
+"$CKSMCTL" -c "$T/cksm.conf" -o json tree 0000000000000000000000000000abcd | jq -e '.in_tree == false' >/dev/null ||
+	fail "an unknown content shown in the tree"
+rc=0; "$CKSMCTL" -c "$T/cksm.conf" tree xyz 2>/dev/null || rc=$?
+[[ $rc -eq 2 ]] || fail "malformed id: exit $rc"
+
 # Node 2 stops: shown down, and the census loses its pages.
 stop node2
 wait_for "node-2 dead" 10 log_has c0 "node node-2 is dead"

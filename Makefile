@@ -3,7 +3,7 @@
 #   make            build everything into build/ (gcc; CC=clang works too)
 #   make deps       install the Debian build and test dependencies (root)
 #   make test       build, then run every test; ends with "N passed, N failed"
-#   make demo       start a local coordinator and agent and show their status
+#   make demo       start a local cluster (2 shards, 3 nodes) and show it
 #   make fuzz       run the libFuzzer targets longer (FUZZ_SECONDS each)
 #   make bench      build and run the benchmarks
 #   make lint       cppcheck and the clang-format check

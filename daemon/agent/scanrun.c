@@ -2,8 +2,9 @@
  * scanrun - see scanrun.h.
  *
  * Threads: the scanner thread owns the scanner and its targets; the loop
- * thread owns the connections. They share only the queues, the rereport
- * flag and the stop flag, all under lock, and the metrics (atomics). The
+ * thread owns the connections. They share only the queues, the census of
+ * the last full scan, the rereport and stop flags, all under lock, and the
+ * metrics (atomics). The
  * scanner thread sleeps on cond between batches, so a stop is noticed
  * within one batch.
  */

@@ -669,11 +669,12 @@ void config_dump(const struct config *c, FILE *out)
 	fprintf(out, "[agent]\nnode_name = %s\nrack = %s\nmetrics = %s\n", c->node_name, c->rack,
 		c->agent_metrics);
 	fprintf(out,
-		"scan_mergeable = %d\nscan_thp = %d\npages_to_scan = %u\nsleep_millisecs = %u\n"
+		"scan_mergeable = %d\nscan_thp = %d\nmergeable_only = %d\npages_to_scan = %u\nsleep_millisecs = %u\n"
 		"pass_millisecs = %u\nrereport_millisecs = %u\n"
 		"cpu_percent = %u\nreport_queue = %u\n",
-		c->scan_mergeable, c->scan_thp, c->pages_to_scan, c->sleep_millisecs,
-		c->pass_millisecs, c->rereport_millisecs, c->cpu_percent, c->report_queue);
+		c->scan_mergeable, c->scan_thp, c->mergeable_only, c->pages_to_scan,
+		c->sleep_millisecs, c->pass_millisecs, c->rereport_millisecs, c->cpu_percent,
+		c->report_queue);
 	if (c->cgroup_root[0])
 		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
 	if (c->domains[0].cgroups[0])

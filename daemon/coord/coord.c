@@ -78,6 +78,7 @@ struct coord {
 	struct metric *m_decisions[STREE_CREATE_DUP + 1]; /* by action */
 	struct metric *m_refused_dup;			  /* DupCreated refused */
 	struct metric *m_refused_ref;			  /* RefUpdate / Resync refused */
+	struct metric *m_refused_census;		  /* CensusReport refused */
 	struct metric *m_orders_create, *m_orders_release;
 	struct metric *m_shared, *m_sharing, *m_unshared, *m_chains, *m_dups, *m_saved;
 	struct metric *m_contents, *m_tree_bytes;
@@ -508,7 +509,7 @@ static int handle_census_report(struct coord *co, struct conn *c, const Cksm__Ce
 	if (!n)
 		return conn_fail(c, -EPROTO, "census report before register");
 	if (r->registers.len != HLL_REGISTERS || r->domain > 255)
-		return refuse(co, c, co->m_refused_ref, -EINVAL, "census report");
+		return refuse(co, c, co->m_refused_census, -EINVAL, "census report");
 	for (unsigned i = 0; i < n->ncensus; i++)
 		if (n->census[i].domain == r->domain)
 			nc = &n->census[i];
@@ -516,7 +517,7 @@ static int handle_census_report(struct coord *co, struct conn *c, const Cksm__Ce
 		struct node_census *v;
 
 		if (n->ncensus == 256)
-			return refuse(co, c, co->m_refused_ref, -ENOSPC, "census report");
+			return refuse(co, c, co->m_refused_census, -ENOSPC, "census report");
 		v = realloc(n->census, (n->ncensus + 1) * sizeof(*v));
 		if (!v)
 			return conn_fail(c, -ENOMEM, "out of memory keeping a census");
@@ -544,7 +545,14 @@ static Cksm__Census *census_of(struct coord *co, Cksm__NodeCensus **nodes)
 
 	cksm__census__init(&cen);
 	for (unsigned d = 0; d < 256; d++) {
-		bool any = false;
+		bool any = false, used = false;
+
+		/* Only the domains some node reported (clearing a sketch is 16 KiB). */
+		for (uint32_t i = 0; i < co->nnodes && !used; i++)
+			for (unsigned k = 0; k < co->nodes[i].ncensus; k++)
+				used = used || co->nodes[i].census[k].domain == d;
+		if (!used)
+			continue;
 
 		hll_clear(&u);
 		for (uint32_t i = 0; i < co->nnodes; i++)
@@ -1086,6 +1094,7 @@ static int register_metrics(struct coord *co)
 			  "action=\"create_dup\""),
 		METRIC_CL(co->m_refused_dup, MREFUSED, MREFUSED_HELP, "what=\"dup\""),
 		METRIC_CL(co->m_refused_ref, MREFUSED, MREFUSED_HELP, "what=\"reference\""),
+		METRIC_CL(co->m_refused_census, MREFUSED, MREFUSED_HELP, "what=\"census\""),
 		METRIC_C(co->m_orders_create, "cksm_coord_dup_create_orders_total",
 			 "Orders to nodes to make a dup (placement, re-replication)."),
 		METRIC_C(co->m_orders_release, "cksm_coord_dup_release_orders_total",

@@ -406,7 +406,7 @@ static int cmd_stats(const struct config *cfg, const struct auth_key *key, const
 	size_t nn = 0;
 	int rc = gather_stats(cfg, key, o, ans);
 	const Cksm__Census *cen = NULL;
-	char b1[32], b2[32], b3[32], b4[32];
+	char b1[32], b2[32], b3[32], b4[32], b5[32];
 
 	for (unsigned i = 0; i < cfg->nshards; i++) {
 		const Cksm__StatsReply *st = ans[i].stats;
@@ -465,7 +465,7 @@ static int cmd_stats(const struct config *cfg, const struct auth_key *key, const
 			       iec(cen->local_saveable_pages * 4096, b3, sizeof(b3)),
 			       iec(cen->cluster_saveable_pages * 4096, b4, sizeof(b4)),
 			       iec((cen->cluster_saveable_pages - cen->local_saveable_pages) * 4096,
-				   b1, sizeof(b1)));
+				   b5, sizeof(b5)));
 		else
 			printf("census: none yet (nodes send one after each full scan)\n\n");
 

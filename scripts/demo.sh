@@ -17,14 +17,49 @@ rm -rf "$D"
 mkdir -p "$D"
 pids=()
 
+# Nodes live in network namespaces, each joined to this host by a veth
+# pair (a /30 of 192.0.2.0/24, TEST-NET-1: host 192.0.2.4n+1, node
+# 192.0.2.4n+2), when this runs as root and the kernel allows; otherwise
+# every daemon shares the loopback, on distinct ports.
+host_ip() { echo "192.0.2.$((4 * $1 + 1))"; }
+node_ip() { echo "192.0.2.$((4 * $1 + 2))"; }
+teardown_netns() {
+	for n in 1 2 3; do
+		ip netns del "cksmdemo-n$n" 2>/dev/null || true
+		ip link del "cksmd$n" 2>/dev/null || true
+	done
+}
+setup_netns() {
+	[[ $(id -u) == 0 ]] && command -v ip >/dev/null || return 1
+	teardown_netns
+	for n in 1 2 3; do
+		ip netns add "cksmdemo-n$n" 2>/dev/null &&
+			ip link add "cksmd$n" type veth peer name eth0 netns "cksmdemo-n$n" &&
+			ip addr add "$(host_ip $n)/30" dev "cksmd$n" &&
+			ip link set "cksmd$n" up &&
+			ip -n "cksmdemo-n$n" addr add "$(node_ip $n)/30" dev eth0 &&
+			ip -n "cksmdemo-n$n" link set eth0 up &&
+			ip -n "cksmdemo-n$n" link set lo up || return 1
+	done
+}
+
 stop_all() {
 	trap - INT TERM EXIT
 	echo
 	echo "stopping the demo cluster"
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	((NETNS)) && teardown_netns
+	return 0
 }
+NETNS=0
 trap stop_all INT TERM EXIT
+if setup_netns; then
+	NETNS=1
+else
+	teardown_netns 2>/dev/null || true
+fi
+HOST=127.0.0.1
 
 port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
 next_port=17470
@@ -52,13 +87,15 @@ mergeable_only = 1
 pass_millisecs = 500
 
 [shard.0]
-address = 127.0.0.1:$S0
-metrics = 127.0.0.1:$S0M
+address = $HOST:$S0
+listen = 0.0.0.0:$S0
+metrics = $HOST:$S0M
 buckets = 0-2047
 
 [shard.1]
-address = 127.0.0.1:$S1
-metrics = 127.0.0.1:$S1M
+address = $HOST:$S1
+listen = 0.0.0.0:$S1
+metrics = $HOST:$S1M
 buckets = 2048-4095
 CONF
 "$BIN/cksmd" -c "$D/cksm.conf" --check-config
@@ -73,9 +110,18 @@ for n in 1 2 3; do
 	"$PLANTER" --seed "$seed" --mergeable >"$D/workload-$n.json" &
 	pids+=($!)
 	for _ in $(seq 50); do [[ -s $D/workload-$n.json ]] && break; sleep 0.1; done
-	port p
-	AMET[$n]=127.0.0.1:$p
-	"$BIN/cksmd" -c "$D/cksm.conf" --role agent --set agent.node_name=node-$n \
+	if ((NETNS)); then
+		# Its own network namespace: it reaches the shards through its veth.
+		AMET[$n]=$(node_ip $n):9470
+		in_node=(ip netns exec "cksmdemo-n$n")
+		via=(--set "shard.0.address=$(host_ip $n):$S0" --set "shard.1.address=$(host_ip $n):$S1")
+	else
+		port p
+		AMET[$n]=127.0.0.1:$p
+		in_node=()
+		via=()
+	fi
+	"${in_node[@]}" "$BIN/cksmd" -c "$D/cksm.conf" --role agent "${via[@]}" --set agent.node_name=node-$n \
 		--set agent.rack=rack-$((n == 3 ? 2 : 1)) --set agent.metrics="${AMET[$n]}" \
 		--set agent.pids="$(jq .pid "$D/workload-$n.json")" 2>"$D/node-$n.log" &
 	pids+=($!)
@@ -86,7 +132,11 @@ for n in 1 2 3; do
 		sleep 0.1
 	done
 done
-echo "cksm demo: shards on 127.0.0.1:$S0 and :$S1, nodes node-1..3; logs in $D/"
+if ((NETNS)); then
+	echo "cksm demo: shards on ports $S0 and $S1, nodes node-1..3 in network namespaces cksmdemo-n1..3 ($(node_ip 1), $(node_ip 2), $(node_ip 3)); logs in $D/"
+else
+	echo "cksm demo: shards on $HOST:$S0 and :$S1, nodes node-1..3 on the loopback; logs in $D/"
+fi
 echo "  try: $BIN/cksmctl -c $D/cksm.conf stats"
 sleep 2
 
@@ -102,8 +152,8 @@ while :; do
 			"$(metric "${AMET[$n]}" cksm_pages_volatile)" \
 			"$(metric "${AMET[$n]}" cksm_digest_pages_sent_total)"
 	done
-	c0=$(metric "127.0.0.1:$S0M" cksm_coord_contents)
-	c1=$(metric "127.0.0.1:$S1M" cksm_coord_contents)
+	c0=$(metric "$HOST:$S0M" cksm_coord_contents)
+	c1=$(metric "$HOST:$S1M" cksm_coord_contents)
 	echo "contents seen on two nodes or twice on one (stable trees): shard 0 ${c0:-0}, shard 1 ${c1:-0}"
 	"$BIN/cksmctl" -c "$D/cksm.conf" stats 2>/dev/null | head -n 1 || true
 	echo "(Ctrl-C stops the demo)"

@@ -18,9 +18,16 @@ grep "contents seen on two nodes" "$T/demo.log" | tail -1 | awk '{ split($0, a, 
 # The census: 3 nodes x 64 stable pages; KSM alone saves 3 x 46 pages
 # (552 KiB), the cluster 36 more (nodes 1 and 2 hold the same pages).
 grep "^census:" "$T/demo.log" | tail -1 |
-	grep -q "node-local merging (KSM) could save 552.0 KiB, merging across the cluster 696.0 KiB (144.0 KiB more)" ||
+	grep -q "^census: 768.0 KiB in stable pages and 192.0 KiB in zero pages; node-local merging (KSM) could save 552.0 KiB, merging across the cluster 696.0 KiB (144.0 KiB more)" ||
 	fail "census: $(grep '^census:' "$T/demo.log" | tail -1)"
+# As root the nodes are network namespaces joined by veth; the shards see
+# them at their own addresses.
+if [[ $(id -u) == 0 ]]; then
+	grep -q "in network namespaces cksmdemo-n1..3" "$T/demo.log" || fail "the demo did not use network namespaces"
+	grep -q "node-1 .*live  192.0.2.6:" "$T/demo.log" || fail "node-1 not seen from its namespace's address"
+fi
 grep -q "stopping the demo cluster" "$T/demo.log" || fail "demo did not stop"
+ip netns list 2>/dev/null | grep -q cksmdemo && fail "demo left network namespaces behind"
 pgrep -f "build/demo/cksm.conf" && fail "demo left daemons running"
 pgrep -f "cksm-planter --seed" >/dev/null && sleep 1
 echo "ok"

@@ -19,15 +19,7 @@
 #include "bench.h"
 
 #include "coord/stree.h"
-
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	return x ^ (x >> 33);
-}
+#include "util.h"
 
 int main(int argc, char **argv)
 {
@@ -53,13 +45,13 @@ int main(int argc, char **argv)
 	t0 = now_s();
 	/* As a shard does for each report: prefetch a few ids ahead. */
 	for (uint64_t i = 0; i < unique; i++) {
-		stree_prefetch(t, 0, mix(i + 8 + n));
-		stree_report(t, 1, mix(i) & ~(0xffULL << 56), mix(i + n), 1, &d);
+		stree_prefetch(t, 0, mix64(i + 8 + n));
+		stree_report(t, 1, mix64(i) & ~(0xffULL << 56), mix64(i + n), 1, &d);
 	}
 	for (uint64_t i = 0; i < shared; i++) {
-		uint64_t hi = mix(2 * n + i) & ~(0xffULL << 56), lo = mix(3 * n + i);
+		uint64_t hi = mix64(2 * n + i) & ~(0xffULL << 56), lo = mix64(3 * n + i);
 
-		stree_prefetch(t, 0, mix(3 * n + i + 8));
+		stree_prefetch(t, 0, mix64(3 * n + i + 8));
 		stree_report(t, 1, hi, lo, 1, &d);
 		stree_report(t, 2, hi, lo, 1, &d);
 		if (d.action == STREE_CREATE_DUP) {

@@ -387,44 +387,34 @@ static void agent_stop(struct runtime *rt)
 
 static int register_metrics(struct agent *a)
 {
+#define DEC	 "cksm_decisions_received_total"
+#define DEC_HELP "Decisions received from shards, by action."
+	const struct metric_def defs[] = {
+		METRIC_C(a->m_hb_sent, "cksm_agent_heartbeats_sent_total",
+			 "Heartbeats sent to shards."),
+		METRIC_C(a->m_hb_acked, "cksm_agent_heartbeats_acked_total",
+			 "Heartbeats acknowledged by shards."),
+		METRIC_C(a->m_registered, "cksm_agent_registrations_total",
+			 "Registrations accepted by shards."),
+		METRIC_C(a->m_reconnects, "cksm_agent_reconnects_total",
+			 "Connections to shards re-established after a loss."),
+		METRIC_C(a->m_sent, "cksm_digests_sent_total",
+			 "Digests sent to shards (identical ids of a batch count once)."),
+		METRIC_CL(a->m_decisions[1], DEC, DEC_HELP, "action=\"leave\""),
+		METRIC_CL(a->m_decisions[2], DEC, DEC_HELP, "action=\"back_local\""),
+		METRIC_CL(a->m_decisions[3], DEC, DEC_HELP, "action=\"back_remote\""),
+		METRIC_CL(a->m_decisions[4], DEC, DEC_HELP, "action=\"create_dup\""),
+		METRIC_CL(a->m_decisions[5], DEC, DEC_HELP, "action=\"zero\""),
+		METRIC_C(a->m_orders, "cksm_dup_orders_received_total",
+			 "Dup create and release orders received from shards."),
+		METRIC_C(a->m_sent_pages, "cksm_digest_pages_sent_total",
+			 "Pages the digests sent to shards stand for."),
+	};
+#undef DEC
+#undef DEC_HELP
 	struct metrics *r = a->rt.reg;
 
-	a->m_hb_sent = metrics_counter(r, "cksm_agent_heartbeats_sent_total",
-				       "Heartbeats sent to shards.", NULL);
-	a->m_hb_acked = metrics_counter(r, "cksm_agent_heartbeats_acked_total",
-					"Heartbeats acknowledged by shards.", NULL);
-	a->m_registered = metrics_counter(r, "cksm_agent_registrations_total",
-					  "Registrations accepted by shards.", NULL);
-	a->m_reconnects =
-		metrics_counter(r, "cksm_agent_reconnects_total",
-				"Connections to shards re-established after a loss.", NULL);
-	a->m_sent = metrics_counter(r, "cksm_digests_sent_total",
-				    "Digests sent to shards (identical ids of a batch count once).",
-				    NULL);
-	{
-		static const char *const names[6] = { NULL,	     "leave",	   "back_local",
-						      "back_remote", "create_dup", "zero" };
-
-		for (int i = 1; i < 6; i++) {
-			char labels[32];
-
-			snprintf(labels, sizeof(labels), "action=\"%s\"", names[i]);
-			a->m_decisions[i] = metrics_counter(
-				r, "cksm_decisions_received_total",
-				"Decisions received from shards, by action.", labels);
-			if (!a->m_decisions[i])
-				return -ENOMEM;
-		}
-		a->m_orders = metrics_counter(r, "cksm_dup_orders_received_total",
-					      "Dup create and release orders received from shards.",
-					      NULL);
-		if (!a->m_orders)
-			return -ENOMEM;
-	}
-	a->m_sent_pages = metrics_counter(r, "cksm_digest_pages_sent_total",
-					  "Pages the digests sent to shards stand for.", NULL);
-	if (!a->m_hb_sent || !a->m_hb_acked || !a->m_registered || !a->m_reconnects || !a->m_sent ||
-	    !a->m_sent_pages)
+	if (metrics_register(r, defs, sizeof(defs) / sizeof(defs[0])))
 		return -ENOMEM;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		char labels[32];

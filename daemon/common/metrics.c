@@ -141,12 +141,6 @@ struct metric *metrics_counter(struct metrics *r, const char *name, const char *
 	return metrics_add(r, name, help, labels, METRIC_COUNTER);
 }
 
-struct metric *metrics_counter_f(struct metrics *r, const char *name, const char *help,
-				 const char *labels)
-{
-	return metrics_add(r, name, help, labels, METRIC_COUNTER_F);
-}
-
 int metrics_register(struct metrics *r, const struct metric_def *defs, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {

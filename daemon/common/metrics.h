@@ -42,8 +42,6 @@ void metrics_destroy(struct metrics *r);
  */
 struct metric *metrics_counter(struct metrics *r, const char *name, const char *help,
 			       const char *labels);
-struct metric *metrics_counter_f(struct metrics *r, const char *name, const char *help,
-				 const char *labels);
 struct metric *metrics_gauge(struct metrics *r, const char *name, const char *help,
 			     const char *labels);
 

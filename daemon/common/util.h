@@ -26,4 +26,14 @@ int name_valid(const char *s);
  */
 uint32_t node_id_of(const char *name);
 
+/* A 64-bit mixer (MurmurHash3's finaliser): spreads a counter into a hash. */
+static inline uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	return x ^ (x >> 33);
+}
+
 #endif

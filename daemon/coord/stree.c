@@ -921,20 +921,6 @@ void stree_stats(const struct stree *t, struct stree_stats *s)
 		   unstable_bytes(&t->un);
 }
 
-void stree_node_stats(const struct stree *t, uint32_t node, uint64_t *held, uint64_t *refs)
-{
-	int n = node_index(t, node);
-
-	*held = *refs = 0;
-	for (size_t i = 0; n >= 0 && i < t->n; i++)
-		for (unsigned k = 0; k < t->e[i].ndups; k++) {
-			const struct sdup *d = cdup_at(&t->e[i], k);
-
-			*held += d->node == n;
-			*refs += count_of(d, (uint16_t)n);
-		}
-}
-
 size_t stree_nodes_stats(const struct stree *t, uint32_t *ids, uint64_t *held, uint64_t *refs,
 			 size_t max)
 {

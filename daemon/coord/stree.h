@@ -148,12 +148,9 @@ void stree_age(struct stree *t);
 
 void stree_stats(const struct stree *t, struct stree_stats *s);
 
-/* Per-node figures: what node holds and what it references. */
-void stree_node_stats(const struct stree *t, uint32_t node, uint64_t *held, uint64_t *refs);
-
 /*
- * The same for every node in one walk: ids[i], held[i], refs[i] for up to
- * max nodes; returns how many.
+ * Per-node figures in one walk: ids[i], the dups node i holds (held[i])
+ * and its pages they back (refs[i]), for up to max nodes; returns how many.
  */
 size_t stree_nodes_stats(const struct stree *t, uint32_t *ids, uint64_t *held, uint64_t *refs,
 			 size_t max);

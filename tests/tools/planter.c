@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define PAGE 4096
 
 struct region {
@@ -50,21 +52,12 @@ static struct region regions[] = {
 
 static atomic_int stop;
 
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	return x ^ (x >> 33);
-}
-
 static void fill(uint8_t *page, uint64_t seed)
 {
 	uint64_t *w = (uint64_t *)page;
 
 	for (size_t i = 0; i < PAGE / 8; i++)
-		w[i] = mix(seed * 1000003 + i + 1);
+		w[i] = mix64(seed * 1000003 + i + 1);
 }
 
 static uint8_t *map_region(size_t pages, int shared)

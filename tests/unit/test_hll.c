@@ -2,16 +2,8 @@
 #include <stdlib.h>
 
 #include "hll.h"
+#include "util.h"
 #include "unit.h"
-
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	return x ^ (x >> 33);
-}
 
 static void estimates(void **state)
 {
@@ -24,8 +16,8 @@ static void estimates(void **state)
 
 		hll_clear(&h);
 		for (unsigned i = 0; i < sizes[k]; i++) {
-			hll_add(&h, mix(i));
-			hll_add(&h, mix(i)); /* repeats do not count */
+			hll_add(&h, mix64(i));
+			hll_add(&h, mix64(i)); /* repeats do not count */
 		}
 		e = hll_estimate(&h);
 		/* The census states 5% (plus one) as its tolerance. */
@@ -41,9 +33,9 @@ static void merge_is_union(void **state)
 	hll_clear(&a);
 	hll_clear(&b);
 	for (unsigned i = 0; i < 3000; i++)
-		hll_add(&a, mix(i));
+		hll_add(&a, mix64(i));
 	for (unsigned i = 2000; i < 5000; i++)
-		hll_add(&b, mix(i));
+		hll_add(&b, mix64(i));
 	hll_merge(&a, &b);
 	assert_true(hll_estimate(&a) > 4750 && hll_estimate(&a) < 5250);
 }

@@ -89,7 +89,12 @@ static void labels_and_float_counters(void **state)
 	(void)state;
 	assert_string_equal(metrics_label(buf, sizeof(buf), "cgroup", "/a\\x2d\"b\nc"),
 			    "cgroup=\"/a\\\\x2d\\\"b\\nc\"");
-	m = metrics_counter_f(r, "cksm_cpu_seconds_total", "CPU.", NULL);
+	{
+		const struct metric_def def = { &m, METRIC_COUNTER_F, "cksm_cpu_seconds_total",
+						"CPU.", NULL };
+
+		assert_int_equal(metrics_register(r, &def, 1), 0);
+	}
 	metric_gauge_add(m, 0.25);
 	metric_gauge_add(m, 0.5);
 	out = metrics_render(r, &len);

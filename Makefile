@@ -52,7 +52,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 .PHONY: all deps test demo fuzz fuzz-build bench lint format install clean
 all: $(BINS) $(UNIT_BINS) $(BENCH_BINS)
 
-$(PROTO_C) $(PROTO_H): proto/cksm.proto
+$(PROTO_C) $(PROTO_H) &: proto/cksm.proto
 	@mkdir -p $(B)/proto
 	$(E) '  PROTOC  $<'
 	$(Q)protoc-c --proto_path=proto --c_out=$(B)/proto $<

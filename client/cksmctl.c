@@ -3,8 +3,8 @@
  *
  *   cksmctl [-c FILE] [-o text|json] [-t MS] COMMAND [--help]
  *
- * Commands: status, nodes, stats, matrix (docs/cli.md has the JSON schema
- * of each).
+ * Commands: status, nodes, stats, matrix, top, tree (docs/cli.md has the
+ * JSON schema of each).
  * Speaks the authenticated admin protocol to every shard of the shard map
  * in the configuration. Exit codes: 0 everything answered and every node
  * is live; 1 a shard is unreachable or a node is dead (the output names
@@ -56,6 +56,7 @@ static void usage(FILE *out)
 		"  nodes     the nodes the shards know, live or dead\n"
 		"  stats     KSM's counters, cluster-wide and per node, and the memory saved\n"
 		"  matrix    pages each node backs from dups on each node\n"
+		"  top       processes and cgroups by shareable memory\n"
 		"  tree ID   one content: its shard's entry, dups and references\n"
 		"\n"
 		"options:\n"
@@ -673,6 +674,160 @@ static int cmd_tree(const struct config *cfg, const struct auth_key *key, const 
 	return 0;
 }
 
+#define TOP_TEXT_ROWS 20 /* rows of each table in text; JSON lists every one */
+
+static uint64_t proc_shareable(const Cksm__ProcessUsage *p)
+{
+	return p->zero_pages + p->shared_pages;
+}
+
+static uint64_t group_shareable(const Cksm__CgroupUsage *g)
+{
+	return g->zero_pages + g->shared_pages;
+}
+
+static int proc_order(const void *x, const void *y)
+{
+	const Cksm__ProcessUsage *a = *(Cksm__ProcessUsage *const *)x,
+				 *b = *(Cksm__ProcessUsage *const *)y;
+
+	if (proc_shareable(a) != proc_shareable(b))
+		return proc_shareable(a) > proc_shareable(b) ? -1 : 1;
+	if (a->node_id != b->node_id)
+		return a->node_id < b->node_id ? -1 : 1;
+	return a->pid < b->pid ? -1 : a->pid > b->pid;
+}
+
+static int group_order(const void *x, const void *y)
+{
+	const Cksm__CgroupUsage *a = *(Cksm__CgroupUsage *const *)x,
+				*b = *(Cksm__CgroupUsage *const *)y;
+
+	if (group_shareable(a) != group_shareable(b))
+		return group_shareable(a) > group_shareable(b) ? -1 : 1;
+	if (a->node_id != b->node_id)
+		return a->node_id < b->node_id ? -1 : 1;
+	return strcmp(a->cgroup, b->cgroup);
+}
+
+static json_t *usage_json(const char *cgroup, uint64_t stable, uint64_t zero, uint64_t shared,
+			  uint32_t node_id, const char *node)
+{
+	return json_pack("{s:s,s:I,s:s,s:I,s:I,s:I,s:I}", "cgroup", cgroup, "node_id",
+			 (json_int_t)node_id, "node", node, "stable_bytes",
+			 (json_int_t)(stable * 4096), "zero_bytes", (json_int_t)(zero * 4096),
+			 "shared_bytes", (json_int_t)(shared * 4096), "shareable_bytes",
+			 (json_int_t)((zero + shared) * 4096));
+}
+
+static void size_cell(struct libscols_line *ln, int col, uint64_t pages)
+{
+	char b[32];
+
+	scols_line_set_data(ln, col, iec(pages * 4096, b, sizeof(b)));
+}
+
+/* top: processes and cgroups by shareable memory, from shard 0. */
+static int cmd_top(const struct config *cfg, const struct auth_key *key, const struct opts *o)
+{
+	struct shard_answer a;
+	Cksm__Msg out = CKSM__MSG__INIT;
+	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
+	const Cksm__AdminReply *r;
+
+	memset(&a, 0, sizeof(a));
+	req.command = CKSM__ADMIN_COMMAND__ADMIN_TOP;
+	out.body_case = CKSM__MSG__BODY_ADMIN_REQUEST;
+	out.admin_request = &req;
+	ask(cfg, key, 0, o->timeout_ms, &out, CKSM__MSG__BODY_ADMIN_REPLY, &a);
+	if (a.rc) {
+		fprintf(stderr, "cksmctl: shard 0 unreachable: %s\n", a.err);
+		if (a.msg)
+			cksm__msg__free_unpacked(a.msg, NULL);
+		return EXIT_DOWN;
+	}
+	r = a.rep;
+	qsort(r->processes, r->n_processes, sizeof(*r->processes), proc_order);
+	qsort(r->cgroups, r->n_cgroups, sizeof(*r->cgroups), group_order);
+	if (o->json) {
+		json_t *root = json_object(), *jp = json_array(), *jg = json_array();
+
+		for (size_t i = 0; i < r->n_processes; i++) {
+			const Cksm__ProcessUsage *p = r->processes[i];
+			json_t *j = usage_json(p->cgroup, p->stable_pages, p->zero_pages,
+					       p->shared_pages, p->node_id, p->node_name);
+
+			json_object_set_new(j, "pid", json_integer(p->pid));
+			json_object_set_new(j, "comm", json_string(p->comm));
+			json_array_append_new(jp, j);
+		}
+		for (size_t i = 0; i < r->n_cgroups; i++) {
+			const Cksm__CgroupUsage *g = r->cgroups[i];
+			json_t *j = usage_json(g->cgroup, g->stable_pages, g->zero_pages,
+					       g->shared_pages, g->node_id, g->node_name);
+
+			json_object_set_new(j, "processes", json_integer(g->processes));
+			json_array_append_new(jg, j);
+		}
+		json_object_set_new(root, "processes", jp);
+		json_object_set_new(root, "cgroups", jg);
+		json_dumpf(root, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+		putchar('\n');
+		json_decref(root);
+	} else if (!r->n_processes) {
+		printf("no node has reported a full scan to shard 0 yet\n");
+	} else {
+		static const char *const pcols[] = { "NODE",   "PID",  "COMMAND", "SHAREABLE",
+						     "SHARED", "ZERO", "STABLE",  "CGROUP" };
+		static const char *const gcols[] = { "NODE",   "CGROUP", "PROCS", "SHAREABLE",
+						     "SHARED", "ZERO",	 "STABLE" };
+		struct libscols_table *t = scols_new_table();
+
+		for (size_t c = 0; c < 8; c++)
+			scols_table_new_column(t, pcols[c], 0,
+					       c == 1 || (c >= 3 && c <= 6) ? SCOLS_FL_RIGHT : 0);
+		for (size_t i = 0; i < r->n_processes && i < TOP_TEXT_ROWS; i++) {
+			const Cksm__ProcessUsage *p = r->processes[i];
+			struct libscols_line *ln = scols_table_new_line(t, NULL);
+			char b[16];
+
+			scols_line_set_data(ln, 0, p->node_name);
+			snprintf(b, sizeof(b), "%u", p->pid);
+			scols_line_set_data(ln, 1, b);
+			scols_line_set_data(ln, 2, p->comm);
+			size_cell(ln, 3, proc_shareable(p));
+			size_cell(ln, 4, p->shared_pages);
+			size_cell(ln, 5, p->zero_pages);
+			size_cell(ln, 6, p->stable_pages);
+			scols_line_set_data(ln, 7, p->cgroup);
+		}
+		scols_print_table(t);
+		scols_unref_table(t);
+		putchar('\n');
+		t = scols_new_table();
+		for (size_t c = 0; c < 7; c++)
+			scols_table_new_column(t, gcols[c], 0, c >= 2 ? SCOLS_FL_RIGHT : 0);
+		for (size_t i = 0; i < r->n_cgroups && i < TOP_TEXT_ROWS; i++) {
+			const Cksm__CgroupUsage *g = r->cgroups[i];
+			struct libscols_line *ln = scols_table_new_line(t, NULL);
+			char b[16];
+
+			scols_line_set_data(ln, 0, g->node_name);
+			scols_line_set_data(ln, 1, g->cgroup[0] ? g->cgroup : "-");
+			snprintf(b, sizeof(b), "%u", g->processes);
+			scols_line_set_data(ln, 2, b);
+			size_cell(ln, 3, group_shareable(g));
+			size_cell(ln, 4, g->shared_pages);
+			size_cell(ln, 5, g->zero_pages);
+			size_cell(ln, 6, g->stable_pages);
+		}
+		scols_print_table(t);
+		scols_unref_table(t);
+	}
+	cksm__msg__free_unpacked(a.msg, NULL);
+	return 0;
+}
+
 static const struct command {
 	const char *name;
 	int (*fn)(const struct config *cfg, const struct auth_key *key, const struct opts *o);
@@ -694,6 +849,12 @@ static const struct command {
 	{ "matrix", cmd_matrix,
 	  "usage: cksmctl [options] matrix\n\nFor each pair of nodes, the pages the first backs from dups held by\n"
 	  "the second. Exit status 1 when a shard is unreachable.\n" },
+	{ "top", cmd_top,
+	  "usage: cksmctl [options] top\n\nThe processes and cgroups with the most shareable memory, from every\n"
+	  "live node's last full scan (as reported to shard 0, up to 64 of each per node):\n"
+	  "SHAREABLE = SHARED (stable pages whose content has another copy in the cluster)\n"
+	  "+ ZERO (pages of zeroes); STABLE counts every page unchanged over a scan.\n"
+	  "Text shows the first 20 rows of each table. Exit status 1 when shard 0 is unreachable.\n" },
 	{ "tree", cmd_tree,
 	  "usage: cksmctl [options] tree CONTENT_ID\n\nOne content, asked of the shard that owns its bucket: whether it is in\n"
 	  "the stable tree or seen once, the dup ordered, and each dup of its chain with\n"

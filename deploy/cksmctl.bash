@@ -4,7 +4,7 @@ _cksmctl()
 	local cur prev cmds opts
 	cur=${COMP_WORDS[COMP_CWORD]}
 	prev=${COMP_WORDS[COMP_CWORD-1]}
-	cmds="status nodes stats matrix tree"
+	cmds="status nodes stats matrix top tree"
 	opts="-c --config -o --output -t --timeout -h --help"
 	case $prev in
 	-c|--config)

@@ -85,6 +85,7 @@ dead_after_ms = 2000
 scan_mergeable = 0
 mergeable_only = 1
 pass_millisecs = 500
+rereport_millisecs = 3000
 
 [shard.0]
 address = $HOST:$S0
@@ -156,6 +157,8 @@ while :; do
 	c1=$(metric "$HOST:$S1M" cksm_coord_contents)
 	echo "contents seen on two nodes or twice on one (stable trees): shard 0 ${c0:-0}, shard 1 ${c1:-0}"
 	"$BIN/cksmctl" -c "$D/cksm.conf" stats 2>/dev/null | head -n 1 || true
+	echo
+	"$BIN/cksmctl" -c "$D/cksm.conf" top 2>/dev/null || true
 	echo "(Ctrl-C stops the demo)"
 	echo
 	((SECONDS < end)) || break

@@ -32,6 +32,17 @@
 
 struct agent;
 
+/* A report sent and not answered yet: its entries, sorted by id. */
+struct inflight {
+	uint64_t seq;
+	struct report_entry *e;
+	size_t n;
+};
+
+#define REPORT_INFLIGHT 4	   /* reports sent to a shard and not answered yet */
+#define REPORT_BACKLOG	(4u << 20) /* unsent bytes a shard's socket may hold */
+#define REPORT_DIGESTS	4096	   /* digests per DigestReport */
+
 struct agent_shard {
 	struct agent *a;
 	unsigned id;
@@ -42,7 +53,10 @@ struct agent_shard {
 	bool was_connected;	/* a connection was up before this one */
 	uint32_t node_id;	/* our id at this shard */
 	uint64_t hb_seq;
-	uint64_t last_ack_ms; /* loop time of the last ack */
+	uint64_t last_ack_ms;		     /* loop time of the last ack */
+	uint64_t report_seq;		     /* of the last report sent */
+	struct inflight fl[REPORT_INFLIGHT]; /* oldest at fl_head */
+	unsigned fl_head, fl_n;
 	struct metric *m_up;
 };
 
@@ -62,7 +76,25 @@ struct agent {
 	struct metric *m_sent_pages;
 	struct metric *m_decisions[6]; /* by action */
 	struct metric *m_orders;       /* DupCreate and DupRelease received */
+	struct metric *m_unanswered;   /* reports whose answer never came */
 };
+
+static void inflight_drop_oldest(struct agent_shard *s)
+{
+	struct inflight *f = &s->fl[s->fl_head];
+
+	free(f->e);
+	f->e = NULL;
+	s->fl_head = (s->fl_head + 1) % REPORT_INFLIGHT;
+	s->fl_n--;
+}
+
+/* The connection is gone: its answers will not come. */
+static void inflight_clear(struct agent_shard *s)
+{
+	while (s->fl_n)
+		inflight_drop_oldest(s);
+}
 
 static int send_register(struct agent_shard *s, struct conn *c)
 {
@@ -87,6 +119,7 @@ static void on_ready(struct conn *c)
 	struct agent_shard *s = c->data;
 
 	s->registered = false;
+	inflight_clear(s);
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
 	if (s->was_connected)
 		metric_inc(s->a->m_reconnects);
@@ -174,6 +207,46 @@ static int dup_not_made(struct conn *c, uint64_t hi, uint64_t lo, uint32_t domai
 	return conn_send(c, &m);
 }
 
+/*
+ * The last batch of an answer says which digests of report report_seq
+ * have another copy in the cluster: each page that digest stands for
+ * learns it. Reports older than the answered one were refused (a shard
+ * answers in order) and are forgotten.
+ */
+static int handle_answer(struct agent_shard *s, struct conn *c, const Cksm__DecisionBatch *b)
+{
+	static struct scan_answer ans[REPORT_DIGESTS];
+	const struct inflight *f;
+	size_t k = 0, n = 0;
+
+	while (s->fl_n && s->fl[s->fl_head].seq < b->report_seq) {
+		metric_inc(s->a->m_unanswered);
+		inflight_drop_oldest(s);
+	}
+	if (!s->fl_n || s->fl[s->fl_head].seq != b->report_seq)
+		return conn_fail(c, -EPROTO, "answer to report %llu, which is not outstanding",
+				 (unsigned long long)b->report_seq);
+	f = &s->fl[s->fl_head];
+	for (size_t i = 0; i < f->n; i++) {
+		if (i && (f->e[i].hi != f->e[i - 1].hi || f->e[i].lo != f->e[i - 1].lo))
+			k++; /* the next digest */
+		if (k / 8 >= b->shared.len) {
+			inflight_drop_oldest(s);
+			return conn_fail(
+				c, -EPROTO,
+				"answer with %zu bytes of shared bits for %zu digests or more",
+				b->shared.len, k + 1);
+		}
+		ans[n].pid = f->e[i].pid;
+		ans[n].addr = f->e[i].addr;
+		ans[n].shared = (b->shared.data[k / 8] >> (k % 8)) & 1;
+		n++;
+	}
+	scanrun_answer(s->a->scan, ans, n);
+	inflight_drop_oldest(s);
+	return 0;
+}
+
 static int handle_decisions(struct agent_shard *s, struct conn *c, const Cksm__DecisionBatch *b)
 {
 	for (size_t i = 0; i < b->n_decisions; i++) {
@@ -188,7 +261,7 @@ static int handle_decisions(struct agent_shard *s, struct conn *c, const Cksm__D
 		    dup_not_made(c, d->id_hi, d->id_lo, b->domain))
 			return -EIO;
 	}
-	return 0;
+	return b->last ? handle_answer(s, c, b) : 0;
 }
 
 static int on_msg(struct conn *c, const Cksm__Msg *m)
@@ -208,6 +281,8 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 		log_warn("shard %u reports: %s", s->id, m->error->message);
 		return 0;
 	case CKSM__MSG__BODY_DECISIONS:
+		if (!s->registered)
+			return conn_fail(c, -EPROTO, "decisions before register ack");
 		return handle_decisions(s, c, m->decisions);
 	case CKSM__MSG__BODY_DUP_CREATE:
 		/* A re-replication order: the copy comes from a source's pool. */
@@ -229,6 +304,7 @@ static void on_close(struct conn *c)
 	struct agent_shard *s = c->data;
 
 	s->registered = false;
+	inflight_clear(s);
 	metric_set(s->m_up, 0);
 	if (!s->a->stopping)
 		log_warn("lost shard %u at %s; reconnecting", s->id, dialer_address(s->dialer));
@@ -265,9 +341,6 @@ static void heartbeat_one(struct agent_shard *s, uint64_t now)
 		metric_inc(s->a->m_hb_sent);
 }
 
-#define REPORT_BACKLOG (4u << 20) /* unsent bytes a shard's socket may hold */
-#define REPORT_DIGESTS 4096	  /* digests per DigestReport */
-
 static int by_id(const void *x, const void *y)
 {
 	const struct report_entry *a = x, *b = y;
@@ -277,9 +350,14 @@ static int by_id(const void *x, const void *y)
 	return a->lo < b->lo ? -1 : a->lo > b->lo;
 }
 
-/* Send one DigestReport from e[0..n), all of one domain; equal ids merge. */
-static int send_report(struct agent *a, struct conn *c, struct report_entry *e, size_t n)
+/*
+ * Send one DigestReport from e[0..n), all of one domain; equal ids merge.
+ * The entries are kept until the shard's answer says which are shared.
+ */
+static int send_report(struct agent_shard *s, struct conn *c, struct report_entry *e, size_t n)
 {
+	struct agent *a = s->a;
+	struct inflight *f = &s->fl[(s->fl_head + s->fl_n) % REPORT_INFLIGHT];
 	static Cksm__Digest d[REPORT_DIGESTS];
 	static Cksm__Digest *dp[REPORT_DIGESTS];
 	Cksm__Msg m = CKSM__MSG__INIT;
@@ -302,10 +380,21 @@ static int send_report(struct agent *a, struct conn *c, struct report_entry *e, 
 	rep.domain = e[0].domain;
 	rep.n_digests = k;
 	rep.digests = dp;
+	rep.seq = ++s->report_seq;
 	m.body_case = CKSM__MSG__BODY_DIGEST_REPORT;
 	m.digest_report = &rep;
-	if (conn_send(c, &m))
+	f->e = malloc(n * sizeof(*e));
+	if (!f->e)
+		return -ENOMEM;
+	if (conn_send(c, &m)) {
+		free(f->e);
+		f->e = NULL;
 		return -EIO;
+	}
+	memcpy(f->e, e, n * sizeof(*e));
+	f->n = n;
+	f->seq = rep.seq;
+	s->fl_n++;
 	metric_add(a->m_sent, k);
 	metric_add(a->m_sent_pages, n);
 	return 0;
@@ -341,6 +430,47 @@ static void send_census(struct agent *a)
 	}
 }
 
+/* After each full scan, the processes and cgroups with most to share. */
+static void send_usage(struct agent *a)
+{
+	static struct usage u;
+	static Cksm__ProcessUsage p[USAGE_TOP], *pp[USAGE_TOP];
+	static Cksm__CgroupUsage g[USAGE_TOP], *gp[USAGE_TOP];
+	struct conn *conn = dialer_conn(a->shards[0].dialer);
+	Cksm__Msg m = CKSM__MSG__INIT;
+	Cksm__UsageReport ur = CKSM__USAGE_REPORT__INIT;
+
+	if (!conn || !a->shards[0].registered || !scanrun_take_usage(a->scan, &u))
+		return;
+	for (size_t i = 0; i < u.nprocs; i++) {
+		cksm__process_usage__init(&p[i]);
+		p[i].pid = (uint32_t)u.procs[i].pid;
+		p[i].comm = u.procs[i].comm;
+		p[i].cgroup = u.procs[i].cgroup;
+		p[i].stable_pages = u.procs[i].stable;
+		p[i].zero_pages = u.procs[i].zero;
+		p[i].shared_pages = u.procs[i].shared;
+		pp[i] = &p[i];
+	}
+	for (size_t i = 0; i < u.ngroups; i++) {
+		cksm__cgroup_usage__init(&g[i]);
+		g[i].cgroup = u.groups[i].cgroup;
+		g[i].processes = u.groups[i].processes;
+		g[i].stable_pages = u.groups[i].stable;
+		g[i].zero_pages = u.groups[i].zero;
+		g[i].shared_pages = u.groups[i].shared;
+		gp[i] = &g[i];
+	}
+	ur.n_processes = u.nprocs;
+	ur.processes = pp;
+	ur.n_cgroups = u.ngroups;
+	ur.cgroups = gp;
+	m.body_case = CKSM__MSG__BODY_USAGE_REPORT;
+	m.usage_report = &ur;
+	conn_send(conn, &m);
+	usage_clear(&u);
+}
+
 /* Drain the report queues into the shards that can take them now. */
 static void flush_reports(void *arg)
 {
@@ -353,12 +483,14 @@ static void flush_reports(void *arg)
 		size_t n;
 
 		while (c && s->registered && conn_queued(c) < REPORT_BACKLOG &&
+		       s->fl_n < REPORT_INFLIGHT &&
 		       (n = scanrun_take(a->scan, i, batch, REPORT_DIGESTS)) > 0)
-			if (send_report(a, c, batch, n))
+			if (send_report(s, c, batch, n))
 				break;
 	}
 	scanrun_queued(a->scan);
 	send_census(a);
+	send_usage(a);
 }
 
 static void on_heartbeat(uv_timer_t *t)
@@ -382,6 +514,7 @@ static void agent_stop(struct runtime *rt)
 	for (unsigned i = 0; i < a->nshards; i++) {
 		dialer_destroy(a->shards[i].dialer);
 		a->shards[i].dialer = NULL;
+		inflight_clear(&a->shards[i]);
 	}
 }
 
@@ -409,6 +542,8 @@ static int register_metrics(struct agent *a)
 			 "Dup create and release orders received from shards."),
 		METRIC_C(a->m_sent_pages, "cksm_digest_pages_sent_total",
 			 "Pages the digests sent to shards stand for."),
+		METRIC_C(a->m_unanswered, "cksm_reports_unanswered_total",
+			 "Reports a shard did not answer (it refused them)."),
 	};
 #undef DEC
 #undef DEC_HELP

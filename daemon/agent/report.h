@@ -17,6 +17,8 @@
 struct report_entry {
 	uint64_t hi;
 	uint64_t lo;
+	uint64_t addr;	/* the page that holds it */
+	int32_t pid;	/* in this process */
 	uint8_t domain; /* the domain's id (the tag in hi) */
 };
 

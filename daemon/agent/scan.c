@@ -65,6 +65,7 @@
 /* meta word of a page */
 #define M_SEEN	    0x1u /* csum holds the previous pass's checksum */
 #define M_REPORTED  0x2u /* handed to the report callback */
+#define M_SHARED    0x4u /* its shard says another copy exists */
 #define M_GEN_SHIFT 8	 /* report generation it was handed out in */
 
 const char *const scan_skip_names[SKIP_MAX] = {
@@ -94,6 +95,7 @@ struct proc {
 	int16_t group;
 	struct vstate *v; /* sorted by start */
 	size_t nv;
+	struct scan_counts total; /* what the last pass saw in it */
 };
 
 struct scanner {
@@ -298,6 +300,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 		return; /* zero pages need no coordinator */
 	}
 	c->stable++;
+	c->shared += (meta & M_SHARED) != 0;
 	s->census_cur[p->domain].stable++;
 	hll_add(&s->census_cur[p->domain].h, csum);
 	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen)
@@ -308,7 +311,9 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	pg.id = cid_of(&s->domains[p->domain], bytes);
 	pg.bytes = bytes;
 	if (s->report(s->report_arg, &pg) == 0) {
-		ch->meta[j] = (uint16_t)(M_SEEN | M_REPORTED | (unsigned)s->gen << M_GEN_SHIFT);
+		/* A report again keeps what the last answer said until the next. */
+		ch->meta[j] = (uint16_t)(M_SEEN | M_REPORTED | (meta & M_SHARED) |
+					 (unsigned)s->gen << M_GEN_SHIFT);
 		c->reported++;
 	}
 }
@@ -508,6 +513,7 @@ static void add_counts(struct scan_counts *to, const struct scan_counts *c)
 	to->fresh += c->fresh;
 	to->zero += c->zero;
 	to->reported += c->reported;
+	to->shared += c->shared;
 	for (int i = 0; i < SKIP_MAX; i++)
 		to->skipped[i] += c->skipped[i];
 }
@@ -529,6 +535,7 @@ static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
 		return -ESRCH;
 	}
 	rc = proc_merge_vmas(s, p, vi, n);
+	memset(&p->total, 0, sizeof(p->total));
 	for (size_t i = 0; i < n && !rc; i++) {
 		struct vstate *vs;
 
@@ -544,6 +551,7 @@ static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
 			rc = scan_vma(s, p, vs, &vi[i], pm_fd);
 		}
 		add_counts(out, &vs->last);
+		add_counts(&p->total, &vs->last);
 		if (p->group >= 0)
 			add_counts(&s->groups[p->group], &vs->last);
 	}
@@ -730,6 +738,60 @@ void scanner_foreach_vma(const struct scanner *s, scan_vma_fn fn, void *arg)
 		for (size_t j = 0; j < s->procs[i].nv; j++)
 			fn(arg, s->procs[i].pid, s->procs[i].v[j].start, s->procs[i].v[j].end,
 			   &s->procs[i].v[j].last);
+}
+
+void scanner_foreach_proc(const struct scanner *s, scan_proc_fn fn, void *arg)
+{
+	for (size_t i = 0; i < s->nprocs; i++)
+		fn(arg, s->procs[i].pid, s->procs[i].group, &s->procs[i].total);
+}
+
+static int pid_cmp(const void *key, const void *elem)
+{
+	pid_t pid = *(const pid_t *)key, other = ((const struct proc *)elem)->pid;
+
+	return pid < other ? -1 : pid > other;
+}
+
+/* The state of the page at addr in pid, or NULL. */
+static uint16_t *page_meta(struct scanner *s, pid_t pid, uint64_t addr)
+{
+	struct proc *p = bsearch(&pid, s->procs, s->nprocs, sizeof(*s->procs), pid_cmp);
+	size_t lo = 0, hi;
+
+	if (!p)
+		return NULL;
+	for (hi = p->nv; lo < hi;) { /* the VMA with the last start <= addr */
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (p->v[mid].start <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0 || addr >= p->v[lo - 1].end) {
+		return NULL;
+	} else {
+		struct vstate *vs = &p->v[lo - 1];
+		size_t pi = (size_t)((addr - vs->start) / PAGE);
+		struct chunk *ch =
+			pi / CHUNK_PAGES < vs->nchunks ? vs->chunks[pi / CHUNK_PAGES] : NULL;
+
+		return ch ? &ch->meta[pi % CHUNK_PAGES] : NULL;
+	}
+}
+
+void scanner_mark_shared(struct scanner *s, pid_t pid, uint64_t addr, bool shared)
+{
+	uint16_t *meta = page_meta(s, pid, addr);
+
+	/* Only while the page still holds what was reported. */
+	if (!meta || !(*meta & M_REPORTED))
+		return;
+	if (shared)
+		*meta |= M_SHARED;
+	else
+		*meta &= (uint16_t)~M_SHARED;
 }
 
 const struct scan_counts *scanner_group_counts(const struct scanner *s, unsigned group)

@@ -42,6 +42,7 @@ struct scan_counts {
 	uint64_t fresh;	    /* seen for the first time */
 	uint64_t zero;	    /* content all zeroes */
 	uint64_t reported;  /* handed to the report callback */
+	uint64_t shared;    /* stable pages whose shard says another copy exists */
 	uint64_t skipped[SKIP_MAX];
 };
 
@@ -115,6 +116,17 @@ void scanner_foreach_vma(const struct scanner *s, scan_vma_fn fn, void *arg);
  */
 const struct hll *scanner_census(const struct scanner *s, unsigned d, uint64_t *stable,
 				 uint64_t *zero);
+
+/* Visit each process with what the last pass saw in it (group: -1 or
+ * its index in targets.groups). */
+typedef void (*scan_proc_fn)(void *arg, pid_t pid, int group, const struct scan_counts *c);
+void scanner_foreach_proc(const struct scanner *s, scan_proc_fn fn, void *arg);
+
+/*
+ * The shard's answer for a reported page: whether its content has another
+ * copy in the cluster. Ignored when the page changed since the report.
+ */
+void scanner_mark_shared(struct scanner *s, pid_t pid, uint64_t addr, bool shared);
 
 /* Counts of the last pass per configured cgroup (targets.groups order). */
 const struct scan_counts *scanner_group_counts(const struct scanner *s, unsigned group);

@@ -21,6 +21,9 @@
 #include "log.h"
 #include "scan.h"
 #include "target.h"
+#include "usage.h"
+
+#define ANSWERS_MAX (1u << 18) /* answered pages waiting for the scanner */
 
 struct scanrun {
 	const struct config *cfg;
@@ -38,13 +41,20 @@ struct scanrun {
 	bool wake_pending;
 	struct scanrun_census census[CONFIG_MAX_DOMAINS]; /* last full scan */
 	bool census_new;				  /* not taken yet */
-	uv_async_t async;				  /* wakes the loop thread */
+	struct scan_answer *answers;			  /* for the scanner thread */
+	size_t nanswers, answers_cap;
+	struct scan_answer *applying; /* the scanner thread's own, outside the lock */
+	size_t applying_cap;
+	struct usage usage; /* last full scan */
+	bool usage_new;	    /* not taken yet */
+	uv_async_t async;   /* wakes the loop thread */
 	void (*wake)(void *arg);
 	void *wake_arg;
 	/* metrics, written by the scanner thread */
 	struct metric *m_scanned, *m_full_scans, *m_cpu, *m_reported, *m_deferred;
 	struct metric *m_stable, *m_volatile, *m_new, *m_zero, *m_rate, *m_cpu_ratio;
-	struct metric *m_targets, *m_state, *m_tracked, *m_queued;
+	struct metric *m_targets, *m_state, *m_tracked, *m_queued, *m_shared;
+	struct metric *m_answers_dropped;
 	struct metric *m_skipped[SKIP_MAX];
 	struct metric *m_group[TARGET_MAX_GROUPS][4];
 };
@@ -61,7 +71,7 @@ static uint64_t now_ns(clockid_t id)
 static int on_report(void *arg, const struct scan_page *pg)
 {
 	struct scanrun *r = arg;
-	struct report_entry e = { pg->id.hi, pg->id.lo, cid_domain_of(pg->id) };
+	struct report_entry e = { pg->id.hi, pg->id.lo, pg->addr, pg->pid, cid_domain_of(pg->id) };
 	unsigned shard = r->owner[cid_bucket(pg->id, r->cfg->buckets)];
 	bool ok;
 
@@ -76,6 +86,63 @@ static int on_report(void *arg, const struct scan_page *pg)
 	return 0;
 }
 
+void scanrun_answer(struct scanrun *r, const struct scan_answer *a, size_t n)
+{
+	size_t dropped = 0;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->nanswers + n > r->answers_cap && r->answers_cap < ANSWERS_MAX) {
+		size_t cap = r->answers_cap ? r->answers_cap : 4096;
+		struct scan_answer *v;
+
+		while (cap < r->nanswers + n && cap < ANSWERS_MAX)
+			cap *= 2;
+		v = realloc(r->answers, cap * sizeof(*v));
+		if (v) {
+			r->answers = v;
+			r->answers_cap = cap;
+		}
+	}
+	if (r->nanswers + n > r->answers_cap) {
+		dropped = r->nanswers + n - r->answers_cap;
+		n = r->answers_cap - r->nanswers;
+	}
+	if (n)
+		memcpy(r->answers + r->nanswers, a, n * sizeof(*a));
+	r->nanswers += n;
+	pthread_mutex_unlock(&r->lock);
+	metric_add(r->m_answers_dropped, dropped);
+}
+
+/* Scanner thread: mark the pages the shards answered for. */
+static void apply_answers(struct scanrun *r)
+{
+	struct scan_answer *mine;
+	size_t n;
+
+	pthread_mutex_lock(&r->lock);
+	n = r->nanswers;
+	if (n > r->applying_cap) {
+		struct scan_answer *v = realloc(r->applying, n * sizeof(*v));
+
+		if (v) {
+			r->applying = v;
+			r->applying_cap = n;
+		} else {
+			n = r->applying_cap; /* the rest waits */
+		}
+	}
+	mine = r->applying;
+	if (n) {
+		memcpy(mine, r->answers, n * sizeof(*mine));
+		memmove(r->answers, r->answers + n, (r->nanswers - n) * sizeof(*mine));
+		r->nanswers -= n;
+	}
+	pthread_mutex_unlock(&r->lock);
+	for (size_t i = 0; i < n; i++)
+		scanner_mark_shared(r->scanner, mine[i].pid, mine[i].addr, mine[i].shared);
+}
+
 /* Scanner thread: wait ms, or less if stopped; true when stopping. */
 static bool on_sleep(void *arg, uint64_t ms)
 {
@@ -83,6 +150,7 @@ static bool on_sleep(void *arg, uint64_t ms)
 	struct timespec until;
 	bool stop;
 
+	apply_answers(r);
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += (time_t)(ms / 1000);
 	until.tv_nsec += (long)(ms % 1000) * 1000000L;
@@ -120,6 +188,7 @@ static void publish(struct scanrun *r, const struct scan_counts *c, uint64_t wal
 	metric_set(r->m_targets, (double)scanner_nprocs(r->scanner));
 	metric_set(r->m_state, (double)scanner_state_bytes(r->scanner));
 	metric_set(r->m_tracked, (double)scanner_tracked_pages(r->scanner));
+	metric_set(r->m_shared, (double)c->shared);
 	for (unsigned g = 0; g < r->targets.ngroups; g++) {
 		const struct scan_counts *gc = scanner_group_counts(r->scanner, g);
 
@@ -161,6 +230,34 @@ static void keep_census(struct scanrun *r)
 	}
 	r->census_new = true;
 	pthread_mutex_unlock(&r->lock);
+}
+
+/* Scanner thread: the pass's usage for the loop thread. */
+static void keep_usage(struct scanrun *r)
+{
+	static struct usage u;
+
+	if (usage_collect(&u, r->scanner)) {
+		log_warn("out of memory collecting per-process usage");
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	usage_move(&r->usage, &u);
+	r->usage_new = true;
+	pthread_mutex_unlock(&r->lock);
+}
+
+bool scanrun_take_usage(struct scanrun *r, struct usage *out)
+{
+	bool got;
+
+	pthread_mutex_lock(&r->lock);
+	got = r->usage_new;
+	if (got)
+		usage_move(out, &r->usage);
+	r->usage_new = false;
+	pthread_mutex_unlock(&r->lock);
+	return got;
 }
 
 size_t scanrun_take_census(struct scanrun *r, struct scanrun_census *out)
@@ -210,6 +307,8 @@ static void *scan_thread(void *arg)
 			publish(r, &c, now_ns(CLOCK_MONOTONIC) - wall0,
 				now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0);
 			keep_census(r);
+			apply_answers(r);
+			keep_usage(r);
 		}
 		if (on_sleep(r, rest_ms(r, wall0)))
 			break;
@@ -288,6 +387,11 @@ static int register_metrics(struct scanrun *r, struct metrics *reg)
 		METRIC_G(r->m_tracked, "cksm_scan_tracked_pages", "Pages with scanner state."),
 		METRIC_G(r->m_queued, "cksm_report_queue_digests",
 			 "Digests waiting for their shard."),
+		METRIC_G(
+			r->m_shared, "cksm_pages_shared_elsewhere",
+			"Stable pages whose content has another copy in the cluster (last full scan)."),
+		METRIC_C(r->m_answers_dropped, "cksm_answers_dropped_total",
+			 "Shard answers about pages dropped because the scanner was behind."),
 	};
 
 	if (metrics_register(reg, defs, sizeof(defs) / sizeof(defs[0])))
@@ -388,6 +492,9 @@ static void on_async_closed(uv_handle_t *h)
 	for (unsigned s = 0; s < r->cfg->nshards; s++)
 		rq_fini(&r->queues[s]);
 	free(r->owner);
+	free(r->answers);
+	free(r->applying);
+	usage_clear(&r->usage);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->cond);
 	free(r);

@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "hll.h"
 #include "report.h"
+#include "usage.h"
 
 struct scanrun;
 
@@ -55,6 +56,19 @@ struct scanrun_census {
  * into out (room for CONFIG_MAX_DOMAINS); returns how many, 0 if none new.
  */
 size_t scanrun_take_census(struct scanrun *r, struct scanrun_census *out);
+
+/* A shard's answer for one reported page. */
+struct scan_answer {
+	int32_t pid;
+	bool shared; /* its content has another copy in the cluster */
+	uint64_t addr;
+};
+
+/* Loop thread: hand answers to the scanner thread (applied between batches). */
+void scanrun_answer(struct scanrun *r, const struct scan_answer *a, size_t n);
+
+/* Loop thread: the usage of a full scan not taken yet into out; false if none. */
+bool scanrun_take_usage(struct scanrun *r, struct usage *out);
 
 /* Loop thread: digests waiting in all queues (also sets the gauge). */
 size_t scanrun_queued(struct scanrun *r);

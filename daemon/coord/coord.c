@@ -40,6 +40,8 @@ struct node {
 	bool live;
 	struct node_census *census; /* its latest census, one per domain */
 	unsigned ncensus;
+	uint8_t *usage; /* its latest UsageReport, packed, as checked */
+	size_t usage_len;
 };
 
 /* A node's latest census of one domain (shard 0 receives them). */
@@ -79,6 +81,7 @@ struct coord {
 	struct metric *m_refused_dup;			  /* DupCreated refused */
 	struct metric *m_refused_ref;			  /* RefUpdate / Resync refused */
 	struct metric *m_refused_census;		  /* CensusReport refused */
+	struct metric *m_refused_usage;			  /* UsageReport refused */
 	struct metric *m_orders_create, *m_orders_release;
 	struct metric *m_shared, *m_sharing, *m_unshared, *m_chains, *m_dups, *m_saved;
 	struct metric *m_contents, *m_tree_bytes;
@@ -304,19 +307,24 @@ static int handle_heartbeat(struct coord *co, struct conn *c, const Cksm__Heartb
 
 #define DECISIONS_PER_BATCH 512
 
-/* Answer a report with the decisions that ask the node to act. */
+/*
+ * Answer a report: the decisions that ask the node to act, in batches,
+ * the last one carrying which digests have another copy in the cluster.
+ */
 static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 {
 	static Cksm__Decision dec[4096];
 	static Cksm__Decision *decp[4096];
 	static Cksm__DupRef refs[4096][STREE_MAX_REPLICAS];
 	static Cksm__DupRef *refp[4096][STREE_MAX_REPLICAS];
+	static uint8_t shared[4096 / 8];
 	Cksm__Msg m = CKSM__MSG__INIT;
 	Cksm__DecisionBatch b = CKSM__DECISION_BATCH__INIT;
 	const struct node *n = c->data;
-	size_t k = 0;
+	size_t k = 0, i = 0;
 
-	for (size_t i = 0; i < r->n_digests; i++) {
+	memset(shared, 0, (r->n_digests + 7) / 8);
+	for (i = 0; i < r->n_digests; i++) {
 		const Cksm__Digest *d = r->digests[i];
 		struct stree_decision sd;
 
@@ -327,6 +335,8 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 		if (stree_report(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd))
 			continue;
 		metric_inc(co->m_decisions[sd.action]);
+		if (sd.shared)
+			shared[i / 8] |= (uint8_t)(1u << (i % 8));
 		if (sd.action == STREE_LEAVE)
 			continue; /* silence: keep the page */
 		cksm__decision__init(&dec[k]);
@@ -345,17 +355,25 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 	/* At most DECISIONS_PER_BATCH per message, so a batch stays far below
 	 * the smallest max_frame_bytes whatever the replica lists hold. */
 	b.domain = r->domain;
+	b.report_seq = r->seq;
 	m.body_case = CKSM__MSG__BODY_DECISIONS;
 	m.decisions = &b;
-	for (size_t i = 0; i < k; i += DECISIONS_PER_BATCH) {
+	i = 0;
+	do {
 		int rc;
 
 		b.n_decisions = k - i < DECISIONS_PER_BATCH ? k - i : DECISIONS_PER_BATCH;
 		b.decisions = &decp[i];
+		i += b.n_decisions;
+		if (i == k) {
+			b.last = true;
+			b.shared.data = shared;
+			b.shared.len = (r->n_digests + 7) / 8;
+		}
 		rc = conn_send(c, &m);
 		if (rc)
 			return rc;
-	}
+	} while (i < k);
 	return 0;
 }
 
@@ -528,6 +546,72 @@ static int handle_census_report(struct coord *co, struct conn *c, const Cksm__Ce
 	nc->stable = r->stable_pages;
 	nc->zero = r->zero_pages;
 	memcpy(nc->h.r, r->registers.data, HLL_REGISTERS);
+	return 0;
+}
+
+#define USAGE_MAX  64	/* processes, and cgroups, per UsageReport */
+#define COMM_MAX   15	/* TASK_COMM_LEN - 1 */
+#define CGROUP_MAX 4096 /* PATH_MAX */
+
+/* A name from a node: printable ASCII (the agent escapes the rest). */
+static bool name_printable(const char *s, size_t max)
+{
+	size_t i;
+
+	for (i = 0; i <= max && s[i]; i++)
+		if (s[i] < 0x20 || s[i] > 0x7e)
+			return false;
+	return i <= max;
+}
+
+static const char *usage_invalid(const Cksm__UsageReport *u)
+{
+	if (u->n_processes > USAGE_MAX || u->n_cgroups > USAGE_MAX)
+		return "more than 64 processes or cgroups";
+	for (size_t i = 0; i < u->n_processes; i++) {
+		const Cksm__ProcessUsage *p = u->processes[i];
+
+		if (!name_printable(p->comm, COMM_MAX) || !name_printable(p->cgroup, CGROUP_MAX))
+			return "a process name or cgroup path that is too long or not printable";
+		if (p->shared_pages > p->stable_pages)
+			return "more shared pages than stable ones";
+	}
+	for (size_t i = 0; i < u->n_cgroups; i++) {
+		const Cksm__CgroupUsage *g = u->cgroups[i];
+
+		if (!name_printable(g->cgroup, CGROUP_MAX))
+			return "a cgroup path that is too long or not printable";
+		if (g->shared_pages > g->stable_pages)
+			return "more shared pages than stable ones";
+	}
+	return NULL;
+}
+
+/* Shard 0 keeps each node's latest usage as it came, once checked. */
+static int handle_usage_report(struct coord *co, struct conn *c, const Cksm__UsageReport *u)
+{
+	struct node *n = c->data;
+	const char *why;
+	uint8_t *v;
+	size_t len;
+
+	if (!n)
+		return conn_fail(c, -EPROTO, "usage report before register");
+	why = usage_invalid(u);
+	if (why) {
+		char what[128];
+
+		snprintf(what, sizeof(what), "usage report (%s)", why);
+		return refuse(co, c, co->m_refused_usage, -EINVAL, what);
+	}
+	len = cksm__usage_report__get_packed_size(u);
+	v = malloc(len ? len : 1);
+	if (!v)
+		return conn_fail(c, -ENOMEM, "out of memory keeping a usage report");
+	cksm__usage_report__pack(u, v);
+	free(n->usage);
+	n->usage = v;
+	n->usage_len = len;
 	return 0;
 }
 
@@ -846,6 +930,73 @@ static int answer_tree(struct coord *co, const Cksm__AdminRequest *req, Cksm__Ad
 	return 0;
 }
 
+/*
+ * ADMIN_TOP: every live node's latest usage, named. Shard 0 alone receives
+ * usage reports; other shards answer with empty lists.
+ */
+static int answer_top(struct coord *co, struct conn *c, Cksm__AdminReply *rep, Cksm__Msg *out)
+{
+	Cksm__UsageReport **u = calloc(co->nnodes ? co->nnodes : 1, sizeof(*u));
+	Cksm__ProcessUsage **p = NULL;
+	Cksm__CgroupUsage **g = NULL;
+	char **pname = NULL, **gname = NULL; /* the names as unpacked */
+	size_t np = 0, ng = 0, most = (size_t)co->nnodes * USAGE_MAX + 1;
+	int rc;
+
+	p = calloc(most, sizeof(*p));
+	g = calloc(most, sizeof(*g));
+	pname = calloc(most, sizeof(*pname));
+	gname = calloc(most, sizeof(*gname));
+	if (!u || !p || !g || !pname || !gname) {
+		rep->status = -ENOMEM;
+		rep->error = (char *)"out of memory";
+		goto send;
+	}
+	for (uint32_t i = 0; i < co->nnodes; i++) {
+		struct node *n = &co->nodes[i];
+
+		if (!n->live || !n->usage)
+			continue;
+		u[i] = cksm__usage_report__unpack(NULL, n->usage_len, n->usage);
+		if (!u[i])
+			continue;
+		for (size_t k = 0; k < u[i]->n_processes && k < USAGE_MAX; k++) {
+			pname[np] = u[i]->processes[k]->node_name;
+			u[i]->processes[k]->node_id = n->id;
+			u[i]->processes[k]->node_name = n->name;
+			p[np++] = u[i]->processes[k];
+		}
+		for (size_t k = 0; k < u[i]->n_cgroups && k < USAGE_MAX; k++) {
+			gname[ng] = u[i]->cgroups[k]->node_name;
+			u[i]->cgroups[k]->node_id = n->id;
+			u[i]->cgroups[k]->node_name = n->name;
+			g[ng++] = u[i]->cgroups[k];
+		}
+	}
+	rep->n_processes = np;
+	rep->processes = p;
+	rep->n_cgroups = ng;
+	rep->cgroups = g;
+send:
+	out->body_case = CKSM__MSG__BODY_ADMIN_REPLY;
+	out->admin_reply = rep;
+	rc = conn_send(c, out);
+	/* The names point into the node table: give back the unpacked ones. */
+	for (size_t k = 0; k < np; k++)
+		p[k]->node_name = pname[k];
+	for (size_t k = 0; k < ng; k++)
+		g[k]->node_name = gname[k];
+	for (uint32_t i = 0; u && i < co->nnodes; i++)
+		if (u[i])
+			cksm__usage_report__free_unpacked(u[i], NULL);
+	free(u);
+	free(p);
+	free(g);
+	free(pname);
+	free(gname);
+	return rc;
+}
+
 static int handle_admin(struct coord *co, struct conn *c, const Cksm__AdminRequest *req)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
@@ -870,6 +1021,8 @@ static int handle_admin(struct coord *co, struct conn *c, const Cksm__AdminReque
 		free_tree(&rep);
 		return rc;
 	}
+	if (req->command == CKSM__ADMIN_COMMAND__ADMIN_TOP)
+		return answer_top(co, c, &rep, &out);
 	if (req->command != CKSM__ADMIN_COMMAND__ADMIN_STATUS) {
 		rep.status = -EOPNOTSUPP;
 		rep.error = (char *)"unknown admin command";
@@ -934,6 +1087,8 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 		return handle_resync(co, c, m->resync);
 	case CKSM__MSG__BODY_CENSUS_REPORT:
 		return handle_census_report(co, c, m->census_report);
+	case CKSM__MSG__BODY_USAGE_REPORT:
+		return handle_usage_report(co, c, m->usage_report);
 	case CKSM__MSG__BODY_STATS_REQUEST:
 		if (c->peer_role != CKSM__ROLE__ROLE_ADMIN)
 			return conn_fail(c, -EPERM, "stats request from a non-admin peer");
@@ -1095,6 +1250,7 @@ static int register_metrics(struct coord *co)
 		METRIC_CL(co->m_refused_dup, MREFUSED, MREFUSED_HELP, "what=\"dup\""),
 		METRIC_CL(co->m_refused_ref, MREFUSED, MREFUSED_HELP, "what=\"reference\""),
 		METRIC_CL(co->m_refused_census, MREFUSED, MREFUSED_HELP, "what=\"census\""),
+		METRIC_CL(co->m_refused_usage, MREFUSED, MREFUSED_HELP, "what=\"usage\""),
 		METRIC_C(co->m_orders_create, "cksm_coord_dup_create_orders_total",
 			 "Orders to nodes to make a dup (placement, re-replication)."),
 		METRIC_C(co->m_orders_release, "cksm_coord_dup_release_orders_total",
@@ -1181,8 +1337,10 @@ int coord_main(const struct config *cfg, unsigned shard)
 out_fini:
 	runtime_fini(&co->rt);
 	stree_destroy(co->tree);
-	for (uint32_t i = 0; i < co->nnodes; i++)
+	for (uint32_t i = 0; i < co->nnodes; i++) {
 		free(co->nodes[i].census);
+		free(co->nodes[i].usage);
+	}
 	free(co->nodes);
 	free(co);
 	return rc;

@@ -606,6 +606,7 @@ int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint3
 	int n = node_index(t, node), h;
 
 	out->action = STREE_LEAVE;
+	out->shared = false;
 	out->ndups = 0;
 	if (n < 0)
 		return -ENOENT;
@@ -619,6 +620,7 @@ int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint3
 			return -ENOMEM;
 	}
 	e->idle = 0;
+	out->shared = true;
 	h = local_room(t, e, (uint16_t)n);
 	if (h >= 0) {
 		out->action = STREE_BACK_LOCAL;

@@ -45,6 +45,7 @@ enum stree_action {
 
 struct stree_decision {
 	enum stree_action action;
+	bool shared; /* the content is in the tree: another copy exists */
 	unsigned ndups;
 	struct stree_dupref dups[STREE_MAX_REPLICAS];
 };

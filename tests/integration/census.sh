@@ -17,7 +17,7 @@ for n in 1 2 3; do
 	start "node$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
 		--set agent.metrics=127.0.0.1:"$(free_port)" --set agent.scan_mergeable=0 \
 		--set agent.mergeable_only=1 --set agent.pids="$(jq .pid "$T/p$n.json")" \
-		--set agent.pass_millisecs=300
+		--set agent.pass_millisecs=300 --set agent.rereport_millisecs=1000
 done
 
 near() { # GOT WANT: within 5% + 2 pages
@@ -48,6 +48,32 @@ near "$(pages .census.cluster_adds_bytes)" 36 || fail "adds: $(pages .census.clu
 "$CKSMCTL" -c "$T/cksm.conf" stats | grep -q "^census: 768.0 KiB in stable pages and 192.0 KiB in zero pages; node-local merging (KSM) could save 552.0 KiB, merging across the cluster 696.0 KiB (144.0 KiB more)" ||
 	fail "stats text: $("$CKSMCTL" -c "$T/cksm.conf" stats | head -1)"
 echo "census: local $(pages .census.local_saveable_bytes) pages, cluster $(pages .census.cluster_saveable_bytes), adds $(pages .census.cluster_adds_bytes)"
+
+# cksmctl top: exact per process, from the shards' answers. Nodes 1 and 2:
+# 64 stable pages, all shared (the 32 unique ones with each other, the 32
+# copies among themselves), 16 zero; node 3: only its 32 copies shared.
+top_json() { "$CKSMCTL" -c "$T/cksm.conf" -o json top >"$T/top.json" 2>/dev/null || true; }
+shared_of() { jq --arg n "$1" '[.processes[] | select(.node == $n) | .shared_bytes / 4096] | add // 0' "$T/top.json"; }
+top_ready() {
+	top_json
+	[[ $(shared_of node-1) == 64 && $(shared_of node-2) == 64 && $(shared_of node-3) == 32 ]]
+}
+wait_for "top to show the shared pages" 30 top_ready
+jq -e --argjson p1 "$(jq .pid "$T/p1.json")" --argjson p3 "$(jq .pid "$T/p3.json")" '
+	(.processes | length == 3) and
+	all(.processes[]; keys == ["cgroup","comm","node","node_id","pid","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"] and
+		.stable_bytes == 64 * 4096 and .zero_bytes == 16 * 4096 and
+		.shareable_bytes == .shared_bytes + .zero_bytes and .comm == "cksm-planter") and
+	(.processes[0].shareable_bytes == 80 * 4096) and (.processes[2].shareable_bytes == 48 * 4096) and
+	(.processes[2].node == "node-3" and .processes[2].pid == $p3) and
+	any(.processes[]; .node == "node-1" and .pid == $p1) and
+	(.cgroups | length == 3) and
+	all(.cgroups[]; keys == ["cgroup","node","node_id","processes","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"] and
+		.processes == 1 and .stable_bytes == 64 * 4096)
+' "$T/top.json" >/dev/null || fail "top JSON: $(cat "$T/top.json")"
+"$CKSMCTL" -c "$T/cksm.conf" top >"$T/top.txt" || fail "cksmctl top: exit $?"
+head -2 "$T/top.txt" | grep -q "node-[12] .* cksm-planter .*320.0 KiB" || fail "top text: $(cat "$T/top.txt")"
+echo "top: $(jq -c '[.processes[] | {node, shareable: (.shareable_bytes / 4096)}]' "$T/top.json")"
 
 # One content up close: the 32 identical pages of node 1's workload.
 "$BIN/cksm-scan" -k "$T/cluster.key" --passes 2 --interval-ms 50 --mergeable >"$T/scan.json"

@@ -13,7 +13,7 @@ start agent -c "$T/cksm.conf" --role agent --set agent.node_name=cli-node --set 
 wait_for "registration" 10 bash -c "grep -q 'registered with shard 0' '$T/agent.log' && grep -q 'registered with shard 1' '$T/agent.log'"
 ctl() { "$CKSMCTL" -c "$T/cksm.conf" "$@"; }
 
-for cmd in status nodes stats matrix; do
+for cmd in status nodes stats matrix top; do
 	ctl "$cmd" >"$T/$cmd.txt" || fail "cksmctl $cmd: exit $?: $(cat "$T/$cmd.txt")"
 	ctl -o json "$cmd" >"$T/$cmd.json" || fail "cksmctl -o json $cmd"
 	jq -e . "$T/$cmd.json" >/dev/null || fail "$cmd -o json is not JSON"
@@ -50,6 +50,18 @@ jq -e '
 jq -e '(.cells | type == "array") and (.nodes | type == "array") and
 	all(.cells[]; keys == ["bytes","from","pages","to"] and .bytes == .pages * 4096)' \
 	"$T/matrix.json" >/dev/null || fail "matrix JSON: $(cat "$T/matrix.json")"
+# top: the planter's row once the agent's first full scan reached shard 0.
+wait_for "a top row" 20 bash -c "\"$CKSMCTL\" -c '$T/cksm.conf' -o json top | jq -e '.processes | length > 0' >/dev/null"
+ctl -o json top >"$T/top.json"
+jq -e --argjson pid "$(jq .pid "$T/p.json")" '
+	(keys == ["cgroups","processes"]) and
+	all(.processes[]; keys == ["cgroup","comm","node","node_id","pid","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"] and
+		all(.stable_bytes, .zero_bytes, .shared_bytes, .shareable_bytes; type == "number" and . == floor and . % 4096 == 0) and
+		.shareable_bytes == .shared_bytes + .zero_bytes and .node == "cli-node") and
+	any(.processes[]; .pid == $pid and .comm == "cksm-planter") and
+	all(.cgroups[]; keys == ["cgroup","node","node_id","processes","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"])
+' "$T/top.json" >/dev/null || fail "top JSON does not match its schema: $(cat "$T/top.json")"
+ctl top | grep -q "cksm-planter" || fail "top text: $(ctl top)"
 grep -q "pages_unshared" "$T/stats.txt" || fail "stats text"
 grep -q "cli-node" "$T/nodes.txt" || fail "nodes text"
 

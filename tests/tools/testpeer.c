@@ -19,7 +19,8 @@
  *               other tests run beside a good client)
  *   forged      register as agent node "intruder", then send a reference
  *               update on a dup that does not exist, a negative count, a
- *               dup report that was never ordered: each must be refused
+ *               dup report that was never ordered, usage reports with
+ *               terminal escapes or impossible counts: each must be refused
  *               with an Error while the connection keeps serving
  *   stats       ask for per-node stats, print the cluster counters and
  *               the number of matrix cells
@@ -289,6 +290,26 @@ static int mode_forged(void)
 	out.dup_created = &dc;
 	if (sconn_send(&s, &out) || expect_error(&s, "an unordered dup", "dup refused"))
 		return 1;
+	{
+		Cksm__UsageReport ur = CKSM__USAGE_REPORT__INIT;
+		Cksm__ProcessUsage pu = CKSM__PROCESS_USAGE__INIT, *pp = &pu;
+
+		pu.pid = 1;
+		pu.comm = (char *)"evil\033[31m";
+		ur.n_processes = 1;
+		ur.processes = &pp;
+		out.body_case = CKSM__MSG__BODY_USAGE_REPORT;
+		out.usage_report = &ur;
+		if (sconn_send(&s, &out) ||
+		    expect_error(&s, "a usage report with escapes", "not printable"))
+			return 1;
+		pu.comm = (char *)"fine";
+		pu.stable_pages = 1;
+		pu.shared_pages = 2;
+		if (sconn_send(&s, &out) ||
+		    expect_error(&s, "a usage report with more shared than stable", "more shared"))
+			return 1;
+	}
 	/* Still served: a heartbeat is answered. */
 	hb.seq = 1;
 	out.body_case = CKSM__MSG__BODY_HEARTBEAT;

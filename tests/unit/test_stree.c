@@ -197,6 +197,7 @@ static void m_report(unsigned node, unsigned ci, uint32_t pages, struct stree_de
 	int h;
 
 	out->action = STREE_LEAVE;
+	out->shared = false;
 	out->ndups = 0;
 	if (!c->in_tree) {
 		bool seen = M.seen_cur[ci] || M.seen_old[ci];
@@ -207,6 +208,7 @@ static void m_report(unsigned node, unsigned ci, uint32_t pages, struct stree_de
 			return;
 		c->in_tree = true;
 	}
+	out->shared = true;
 	c->idle = 0;
 	h = m_local_room(c, node);
 	if (h >= 0) {
@@ -465,6 +467,7 @@ static void step_random(struct stree *t, unsigned step, unsigned *seed)
 		assert_int_equal(stree_report(t, NID(n), HI(ci), LO(ci), pages, &a), 0);
 		m_report(n, ci, pages, &b);
 		assert_int_equal(a.action, b.action);
+		assert_int_equal(a.shared, b.shared);
 		assert_int_equal(a.ndups, b.ndups);
 		for (unsigned i = 0; i < a.ndups; i++) {
 			assert_int_equal(a.dups[i].node, b.dups[i].node);

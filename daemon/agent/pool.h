@@ -1,0 +1,76 @@
+/*
+ * pool - this node's page pool: the dups it holds for the cluster.
+ *
+ * One memfd (hugetlb pages when the system has them reserved, shared
+ * memory with transparent huge pages advised otherwise) cut into 4 KiB
+ * slots. A slot holds one content; it is named by (slot, generation), and
+ * the generation changes every time the slot is freed, so a stale name is
+ * always refused. A slot lives while its dup is held (the coordinator
+ * knows it) or while pages of this node reference it; it is freed only
+ * when both have ended, so a slot with references is never reused.
+ *
+ * The fd is what a restarted agent gets back from systemd's fd store and
+ * what the data transports read from. Thread-safe: one lock around the
+ * slot table; page bytes are written once, before the slot is named.
+ */
+#ifndef CKSM_POOL_H
+#define CKSM_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cid.h"
+
+#define POOL_SLOT 4096u
+
+struct pool;
+
+struct pool_ref {
+	uint32_t slot;
+	uint32_t gen; /* never 0 for a live slot */
+};
+
+/*
+ * A pool of nslots slots. err gets the reason on failure (NULL returned).
+ * *huge tells whether hugetlb pages back it.
+ */
+struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen);
+void pool_destroy(struct pool *p);
+
+/*
+ * Copy one page of content id into a free slot, held, with no references.
+ * Returns 0, or -ENOSPC when every slot is in use.
+ */
+int pool_add(struct pool *p, const struct cid *id, const void *bytes, struct pool_ref *out);
+
+/*
+ * The slot's bytes and id if ref names a live slot (NULL otherwise). The
+ * bytes stay valid while the caller holds a reference on the slot.
+ */
+const void *pool_page(struct pool *p, struct pool_ref ref, struct cid *id);
+
+/*
+ * Local references: delta pages of this node now use (or stopped using)
+ * the slot. Returns 0, -ESTALE (no such live slot) or -ERANGE (the count
+ * would go below zero). A slot released by the coordinator is freed when
+ * its last reference goes.
+ */
+int pool_ref(struct pool *p, struct pool_ref ref, int32_t delta);
+
+/*
+ * The coordinator released the dup (or its creation failed): the slot is
+ * freed once no local reference is left. Returns 0 or -ESTALE.
+ */
+int pool_release(struct pool *p, struct pool_ref ref);
+
+/* Visit every live slot (for resync): held, references, id. */
+typedef void (*pool_visit_fn)(void *arg, struct pool_ref ref, const struct cid *id, bool held,
+			      uint32_t refs);
+void pool_foreach(struct pool *p, pool_visit_fn fn, void *arg);
+
+size_t pool_slots(const struct pool *p);
+size_t pool_free_slots(struct pool *p);
+int pool_fd(const struct pool *p);
+
+#endif

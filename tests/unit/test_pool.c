@@ -1,0 +1,151 @@
+/* The page pool: generations, references, no reuse of a referenced slot. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "agent/pool.h"
+#include "unit.h"
+
+static void fill(uint8_t *page, uint64_t seed)
+{
+	for (size_t i = 0; i < POOL_SLOT; i += 8)
+		memcpy(page + i, &(uint64_t){ seed * 0x9e3779b97f4a7c15ULL + i }, 8);
+}
+
+static struct pool *make(size_t n)
+{
+	char err[128];
+	bool huge;
+	struct pool *p = pool_create(n, &huge, err, sizeof(err));
+
+	assert_non_null(p);
+	return p;
+}
+
+static void lifecycle(void **state)
+{
+	struct pool *p = make(2);
+	uint8_t a[POOL_SLOT], b[POOL_SLOT];
+	struct cid ia = { 1, 2 }, ib = { 3, 4 }, got;
+	struct pool_ref ra, rb, rc2;
+	const uint8_t *bytes;
+
+	(void)state;
+	fill(a, 1);
+	fill(b, 2);
+	assert_int_equal(pool_add(p, &ia, a, &ra), 0);
+	assert_int_equal(pool_add(p, &ib, b, &rb), 0);
+	assert_int_not_equal(ra.gen, 0);
+	assert_int_equal(pool_free_slots(p), 0);
+	assert_int_equal(pool_add(p, &ia, a, &rc2), -ENOSPC);
+	bytes = pool_page(p, ra, &got);
+	assert_non_null(bytes);
+	assert_memory_equal(bytes, a, POOL_SLOT);
+	assert_true(got.hi == 1 && got.lo == 2);
+
+	/* Three pages reference a; the coordinator releases it: it stays. */
+	assert_int_equal(pool_ref(p, ra, 3), 0);
+	assert_int_equal(pool_release(p, ra), 0);
+	assert_int_equal(pool_release(p, ra), -ESTALE); /* released already */
+	assert_int_equal(pool_free_slots(p), 0);
+	assert_int_equal(pool_add(p, &ib, b, &rc2), -ENOSPC);
+	assert_int_equal(pool_ref(p, ra, -4), -ERANGE);
+	assert_int_equal(pool_ref(p, ra, -2), 0);
+	assert_non_null(pool_page(p, ra, NULL));
+	assert_memory_equal(pool_page(p, ra, NULL), a, POOL_SLOT);
+	/* The last reference goes: freed, and its name is stale from now on. */
+	assert_int_equal(pool_ref(p, ra, -1), 0);
+	assert_int_equal(pool_free_slots(p), 1);
+	assert_null(pool_page(p, ra, NULL));
+	assert_int_equal(pool_ref(p, ra, 1), -ESTALE);
+	/* Reused with a new generation. */
+	assert_int_equal(pool_add(p, &ib, b, &rc2), 0);
+	assert_int_equal(rc2.slot, ra.slot);
+	assert_int_not_equal(rc2.gen, ra.gen);
+	assert_null(pool_page(p, ra, NULL));
+	/* Forged names. */
+	assert_null(pool_page(p, (struct pool_ref){ 7, 1 }, NULL));
+	assert_int_equal(pool_ref(p, (struct pool_ref){ 99, 1 }, 1), -ESTALE);
+	assert_int_equal(pool_release(p, (struct pool_ref){ rb.slot, rb.gen + 1 }), -ESTALE);
+	/* Released with no reference: freed at once. */
+	assert_int_equal(pool_release(p, rb), 0);
+	assert_int_equal(pool_free_slots(p), 1);
+	assert_true(pool_fd(p) >= 0);
+	pool_destroy(p);
+}
+
+/*
+ * Threads add, reference, release and check their slots at once: a slot
+ * a thread references always holds the bytes it put there (never reused
+ * under it), and every slot comes back in the end.
+ */
+#define THREADS 4
+#define ROUNDS	20000
+#define SLOTS	64
+
+static struct pool *shared_pool;
+
+static void *churn(void *arg)
+{
+	unsigned seed = (unsigned)(uintptr_t)arg;
+	struct {
+		struct pool_ref r;
+		uint64_t v;
+		bool used;
+	} mine[8] = { 0 };
+	uint8_t page[POOL_SLOT];
+	long bad = 0;
+
+	for (int i = 0; i < ROUNDS; i++) {
+		unsigned k = (unsigned)rand_r(&seed) % 8;
+
+		if (!mine[k].used) {
+			struct cid id = { seed, (uint64_t)i };
+
+			mine[k].v = ((uint64_t)seed << 32) | (uint64_t)i;
+			fill(page, mine[k].v);
+			if (pool_add(shared_pool, &id, page, &mine[k].r) == 0) {
+				pool_ref(shared_pool, mine[k].r, 1);
+				pool_release(shared_pool, mine[k].r); /* only the ref keeps it */
+				mine[k].used = true;
+			}
+		} else {
+			const uint8_t *b = pool_page(shared_pool, mine[k].r, NULL);
+
+			fill(page, mine[k].v);
+			if (!b || memcmp(b, page, POOL_SLOT))
+				bad++;
+			if (pool_ref(shared_pool, mine[k].r, -1))
+				bad++;
+			mine[k].used = false;
+		}
+	}
+	for (unsigned k = 0; k < 8; k++)
+		if (mine[k].used && pool_ref(shared_pool, mine[k].r, -1))
+			bad++;
+	return (void *)bad;
+}
+
+static void concurrent(void **state)
+{
+	pthread_t t[THREADS];
+
+	(void)state;
+	shared_pool = make(SLOTS);
+	for (uintptr_t i = 0; i < THREADS; i++)
+		pthread_create(&t[i], NULL, churn, (void *)(i + 1));
+	for (int i = 0; i < THREADS; i++) {
+		void *bad;
+
+		pthread_join(t[i], &bad);
+		assert_int_equal((long)bad, 0);
+	}
+	assert_int_equal(pool_free_slots(shared_pool), SLOTS);
+	pool_destroy(shared_pool);
+}
+
+static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(lifecycle),
+	cmocka_unit_test(concurrent),
+};
+UNIT_MAIN(tests)

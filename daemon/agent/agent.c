@@ -210,8 +210,9 @@ static int dup_not_made(struct conn *c, uint64_t hi, uint64_t lo, uint32_t domai
 /*
  * The last batch of an answer says which digests of report report_seq
  * have another copy in the cluster: each page that digest stands for
- * learns it. Reports older than the answered one were refused (a shard
- * answers in order) and are forgotten.
+ * learns it. A refused report is answered without that bitmap. Reports
+ * older than the answered one got no answer (a shard answers in order)
+ * and are forgotten.
  */
 static int handle_answer(struct agent_shard *s, struct conn *c, const Cksm__DecisionBatch *b)
 {
@@ -227,6 +228,11 @@ static int handle_answer(struct agent_shard *s, struct conn *c, const Cksm__Deci
 		return conn_fail(c, -EPROTO, "answer to report %llu, which is not outstanding",
 				 (unsigned long long)b->report_seq);
 	f = &s->fl[s->fl_head];
+	if (!b->shared.len) { /* refused: the Error before it said why */
+		metric_inc(s->a->m_unanswered);
+		inflight_drop_oldest(s);
+		return 0;
+	}
 	for (size_t i = 0; i < f->n; i++) {
 		if (i && (f->e[i].hi != f->e[i - 1].hi || f->e[i].lo != f->e[i - 1].lo))
 			k++; /* the next digest */
@@ -368,12 +374,14 @@ static int send_report(struct agent_shard *s, struct conn *c, struct report_entr
 	for (size_t i = 0; i < n; i++) {
 		if (k && d[k - 1].id_hi == e[i].hi && d[k - 1].id_lo == e[i].lo) {
 			d[k - 1].pages++;
+			d[k - 1].again = d[k - 1].again && e[i].again;
 			continue;
 		}
 		cksm__digest__init(&d[k]);
 		d[k].id_hi = e[i].hi;
 		d[k].id_lo = e[i].lo;
 		d[k].pages = 1;
+		d[k].again = e[i].again;
 		dp[k] = &d[k];
 		k++;
 	}
@@ -543,7 +551,7 @@ static int register_metrics(struct agent *a)
 		METRIC_C(a->m_sent_pages, "cksm_digest_pages_sent_total",
 			 "Pages the digests sent to shards stand for."),
 		METRIC_C(a->m_unanswered, "cksm_reports_unanswered_total",
-			 "Reports a shard did not answer (it refused them)."),
+			 "Reports a shard refused or did not answer."),
 	};
 #undef DEC
 #undef DEC_HELP

@@ -20,6 +20,7 @@ struct report_entry {
 	uint64_t addr;	/* the page that holds it */
 	int32_t pid;	/* in this process */
 	uint8_t domain; /* the domain's id (the tag in hi) */
+	bool again;	/* see scan_page.again */
 };
 
 struct report_queue {

@@ -111,6 +111,7 @@ struct scanner {
 	size_t nprocs;
 	uint32_t pass;
 	uint8_t gen;  /* report generation */
+	bool again;   /* this generation refreshes what the shards were told */
 	uint8_t *buf; /* WIN_PAGES pages */
 	uint64_t zero_csum;
 	size_t state_bytes;
@@ -308,6 +309,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	pg.pid = p->pid;
 	pg.addr = vs->start + (uint64_t)pi * PAGE;
 	pg.domain = p->domain;
+	pg.again = (meta & M_REPORTED) && s->again;
 	pg.id = cid_of(&s->domains[p->domain], bytes);
 	pg.bytes = bytes;
 	if (s->report(s->report_arg, &pg) == 0) {
@@ -712,9 +714,10 @@ void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg)
 	s->budget_started = false;
 }
 
-void scanner_rereport(struct scanner *s)
+void scanner_rereport(struct scanner *s, bool fresh)
 {
 	s->gen++;
+	s->again = !fresh;
 }
 
 size_t scanner_nprocs(const struct scanner *s)

@@ -51,6 +51,7 @@ struct scan_page {
 	pid_t pid;
 	uint64_t addr;
 	uint8_t domain; /* index into cfg->domains */
+	bool again;	/* reported before, unchanged since, to a shard that kept it */
 	struct cid id;
 	const void *bytes; /* the 4 KiB read; valid during the callback */
 };
@@ -96,8 +97,12 @@ int scanner_pass(struct scanner *s, struct scan_counts *out);
 uint64_t scanner_budget_ms(const struct scanner *s);
 void scanner_rested(struct scanner *s);
 
-/* Offer every stable page again at the next pass (a shard lost its state). */
-void scanner_rereport(struct scanner *s);
+/*
+ * Offer every stable page again from the next pass: fresh when a shard
+ * lost its state (the pages are news to it), otherwise as a refresh of
+ * what the shards were told (scan_page.again).
+ */
+void scanner_rereport(struct scanner *s, bool fresh);
 
 /* Processes and bytes of state the scanner holds now. */
 size_t scanner_nprocs(const struct scanner *s);

@@ -71,7 +71,8 @@ static uint64_t now_ns(clockid_t id)
 static int on_report(void *arg, const struct scan_page *pg)
 {
 	struct scanrun *r = arg;
-	struct report_entry e = { pg->id.hi, pg->id.lo, pg->addr, pg->pid, cid_domain_of(pg->id) };
+	struct report_entry e = { pg->id.hi, pg->id.lo, pg->addr, pg->pid, cid_domain_of(pg->id),
+				  pg->again };
 	unsigned shard = r->owner[cid_bucket(pg->id, r->cfg->buckets)];
 	bool ok;
 
@@ -282,22 +283,22 @@ static void *scan_thread(void *arg)
 
 	for (;;) {
 		uint64_t wall0 = now_ns(CLOCK_MONOTONIC), cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
-		bool rereport;
+		bool fresh, periodic = false;
 		int rc;
 
 		pthread_mutex_lock(&r->lock);
-		rereport = r->rereport;
+		fresh = r->rereport;
 		r->rereport = false;
 		pthread_mutex_unlock(&r->lock);
 		/* Shards forget first sightings as their unstable filters age:
 		 * offer stable pages again every rereport_millisecs, as ksmd
 		 * refills its unstable tree on every scan. */
 		if (wall0 - last_rereport >= (uint64_t)r->cfg->rereport_millisecs * 1000000) {
-			rereport = true;
+			periodic = true;
 			last_rereport = wall0;
 		}
-		if (rereport)
-			scanner_rereport(r->scanner);
+		if (fresh || periodic)
+			scanner_rereport(r->scanner, fresh);
 		rc = scanner_pass(r->scanner, &c);
 		if (rc == -EINTR)
 			break;

@@ -332,7 +332,9 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 			stree_prefetch(co->tree, r->digests[i + 8]->id_hi,
 				       r->digests[i + 8]->id_lo);
 
-		if (stree_report(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd))
+		if (d->again
+			    ? stree_report_again(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd)
+			    : stree_report(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd))
 			continue;
 		metric_inc(co->m_decisions[sd.action]);
 		if (sd.shared)
@@ -810,7 +812,19 @@ static int handle_digest_report(struct coord *co, struct conn *c, const Cksm__Di
 		e.message = msg;
 		m.body_case = CKSM__MSG__BODY_ERROR;
 		m.error = &e;
-		return conn_send(c, &m);
+		if (conn_send(c, &m))
+			return -EIO;
+		/* The answer all the same, empty, so the node stops waiting. */
+		{
+			Cksm__DecisionBatch b = CKSM__DECISION_BATCH__INIT;
+
+			b.domain = r->domain;
+			b.report_seq = r->seq;
+			b.last = true;
+			m.body_case = CKSM__MSG__BODY_DECISIONS;
+			m.decisions = &b;
+			return conn_send(c, &m);
+		}
 	}
 	metric_inc(co->m_reports);
 	metric_add(co->m_digests, r->n_digests);
@@ -930,6 +944,24 @@ static int answer_tree(struct coord *co, const Cksm__AdminRequest *req, Cksm__Ad
 	return 0;
 }
 
+static int proc_by_shareable(const void *x, const void *y)
+{
+	const Cksm__ProcessUsage *a = *(Cksm__ProcessUsage *const *)x,
+				 *b = *(Cksm__ProcessUsage *const *)y;
+	uint64_t sa = a->zero_pages + a->shared_pages, sb = b->zero_pages + b->shared_pages;
+
+	return sa != sb ? (sa > sb ? -1 : 1) : 0;
+}
+
+static int group_by_shareable(const void *x, const void *y)
+{
+	const Cksm__CgroupUsage *a = *(Cksm__CgroupUsage *const *)x,
+				*b = *(Cksm__CgroupUsage *const *)y;
+	uint64_t sa = a->zero_pages + a->shared_pages, sb = b->zero_pages + b->shared_pages;
+
+	return sa != sb ? (sa > sb ? -1 : 1) : 0;
+}
+
 /*
  * ADMIN_TOP: every live node's latest usage, named. Shard 0 alone receives
  * usage reports; other shards answer with empty lists.
@@ -973,9 +1005,26 @@ static int answer_top(struct coord *co, struct conn *c, Cksm__AdminReply *rep, C
 			g[ng++] = u[i]->cgroups[k];
 		}
 	}
-	rep->n_processes = np;
+	/* The most shareable first, as many as fit in half a frame each. */
+	qsort(p, np, sizeof(*p), proc_by_shareable);
+	qsort(g, ng, sizeof(*g), group_by_shareable);
+	{
+		size_t room = co->rt.cfg->max_frame_bytes / 2 - 1024, used = 0, k;
+
+		for (k = 0; k < np; k++) {
+			used += cksm__process_usage__get_packed_size(p[k]) + 8;
+			if (used > room)
+				break;
+		}
+		rep->n_processes = k;
+		for (k = 0, used = 0; k < ng; k++) {
+			used += cksm__cgroup_usage__get_packed_size(g[k]) + 8;
+			if (used > room)
+				break;
+		}
+		rep->n_cgroups = k;
+	}
 	rep->processes = p;
-	rep->n_cgroups = ng;
 	rep->cgroups = g;
 send:
 	out->body_case = CKSM__MSG__BODY_ADMIN_REPLY;

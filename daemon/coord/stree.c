@@ -599,8 +599,8 @@ void stree_prefetch(const struct stree *t, uint64_t hi, uint64_t lo)
 	unstable_prefetch(&t->un, lo);
 }
 
-int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
-		 struct stree_decision *out)
+static int report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		  bool again, struct stree_decision *out)
 {
 	struct entry *e = find(t, hi, lo);
 	int n = node_index(t, node), h;
@@ -613,7 +613,10 @@ int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint3
 	if (pages == 0)
 		return -EINVAL;
 	if (!e) {
-		if (!unstable_check_insert(&t->un, hi, lo) && pages < 2)
+		bool seen = unstable_check_insert(&t->un, hi, lo);
+
+		/* A node's own earlier report is not a second sighting. */
+		if ((!seen || again) && pages < 2)
 			return 0;
 		e = insert(t, hi, lo);
 		if (!e)
@@ -644,6 +647,18 @@ int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint3
 	if (t->p.merge_across_nodes)
 		order_create(t, e);
 	return 0;
+}
+
+int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		 struct stree_decision *out)
+{
+	return report(t, node, hi, lo, pages, false, out);
+}
+
+int stree_report_again(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		       struct stree_decision *out)
+{
+	return report(t, node, hi, lo, pages, true, out);
 }
 
 int stree_dup_created(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint64_t slot,

@@ -105,6 +105,14 @@ int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint3
 		 struct stree_decision *out);
 
 /*
+ * The node offers again a content it reported before (unchanged since):
+ * the unstable filter remembers it anew, but it is not a second sighting
+ * on its own; otherwise as stree_report.
+ */
+int stree_report_again(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		       struct stree_decision *out);
+
+/*
  * The node made the dup it was asked for. Returns 0, -ENOENT (unknown
  * content), -EPERM (no create was ordered from this node) or -EEXIST.
  */

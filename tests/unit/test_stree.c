@@ -611,6 +611,40 @@ static void random_sequences(void **state)
 	}
 }
 
+/*
+ * A node offering its own content again is not a second sighting: only
+ * another report (another node, or a fresh one) puts it in the tree.
+ */
+static void again_is_not_twice(void **state)
+{
+	struct stree_params p = { 4, 2, true, 3, 1024 };
+	struct stree *t = stree_create(&p, &ops, NULL);
+	struct stree_decision d;
+
+	(void)state;
+	stree_node_add(t, 1, 0);
+	stree_node_add(t, 2, 1);
+	assert_int_equal(stree_report(t, 1, 0x11, 0x22, 1, &d), 0);
+	assert_false(d.shared);
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(stree_report_again(t, 1, 0x11, 0x22, 1, &d), 0);
+		assert_false(d.shared);
+	}
+	/* Filter aged (the first sighting forgotten), refreshed by "again". */
+	stree_age(t);
+	assert_int_equal(stree_report_again(t, 1, 0x11, 0x22, 1, &d), 0);
+	assert_false(d.shared);
+	/* Node 2 holds it too. */
+	assert_int_equal(stree_report(t, 2, 0x11, 0x22, 1, &d), 0);
+	assert_true(d.shared);
+	assert_int_equal(stree_report_again(t, 1, 0x11, 0x22, 1, &d), 0);
+	assert_true(d.shared);
+	/* Two pages of one node in one report: shared at once, again or not. */
+	assert_int_equal(stree_report_again(t, 1, 0x33, 0x44, 2, &d), 0);
+	assert_true(d.shared);
+	stree_destroy(t);
+}
+
 static void hostile(void **state)
 {
 	struct stree_params p = { 4, 2, true, 3, 1024 };
@@ -778,9 +812,8 @@ static void matrix_and_node_stats(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(matrix_and_node_stats),
-	cmocka_unit_test(random_sequences),
-	cmocka_unit_test(hostile),
+	cmocka_unit_test(matrix_and_node_stats), cmocka_unit_test(random_sequences),
+	cmocka_unit_test(again_is_not_twice),	 cmocka_unit_test(hostile),
 	cmocka_unit_test(chains_and_collapse),
 };
 

@@ -44,7 +44,7 @@ AGENT_SRC := $(wildcard daemon/agent/*.c)
 COORD_SRC := $(wildcard daemon/coord/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 
-BINS := $(B)/cksmd $(B)/cksmctl $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan
+BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -77,6 +77,13 @@ $(B)/cksmd: daemon/cksmd.c $(AGENT_SRC:%.c=$(B)/%.o) $(COORD_SRC:%.c=$(B)/%.o) $
 $(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(shell pkg-config --libs --cflags jansson smartcols)
+
+# libcksm goes into programs that are not built with sanitizers: never
+# instrumented, whatever CFLAGS says.
+$(B)/libcksm.so: client/libcksm.c daemon/common/local.h
+	$(E) '  CC      $@'
+	$(Q)$(CC) -D_GNU_SOURCE -Idaemon/common -std=gnu11 $(WARN) -O2 -g -fPIC -shared \
+		-fvisibility=hidden -pthread -Wl,-z,defs -o $@ $< -ldl
 
 AGENT_OBJ := $(AGENT_SRC:%.c=$(B)/%.o)
 COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o))
@@ -148,6 +155,7 @@ UNITS := cksm-agent.service cksm-coord@.service
 install: all
 	install -D -m 0755 $(B)/cksmd $(DESTDIR)$(PREFIX)/sbin/cksmd
 	install -D -m 0755 $(B)/cksmctl $(DESTDIR)$(PREFIX)/bin/cksmctl
+	install -D -m 0755 $(B)/libcksm.so $(DESTDIR)$(PREFIX)/lib/libcksm.so
 	install -D -m 0644 deploy/cksmctl.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/cksmctl
 	for u in $(UNITS); do \
 		sed 's|/usr/local|$(PREFIX)|g' deploy/$$u >$(B)/$$u && \

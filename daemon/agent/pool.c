@@ -58,7 +58,7 @@ static int map_pool(struct pool *p, bool hugetlb)
 	if (!hugetlb)
 		madvise(p->base, bytes, MADV_HUGEPAGE); /* where shmem THP is enabled */
 	return 0;
-fail: {
+fail : {
 	int e = -errno;
 
 	close(p->fd);

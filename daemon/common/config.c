@@ -106,6 +106,14 @@ static const struct key keys[] = {
 	U("agent", "report_queue", report_queue, 1024, 1u << 24,
 	  "a digest count between 1024 and 16777216"),
 	S("agent", "cgroup_root", K_STR, cgroup_root, "a path"),
+	S("agent", "socket", K_STR, socket_path, "a path of at most 107 bytes"),
+	U("agent", "pool_pages", pool_pages, 16, 1u << 28, "a slot count between 16 and 268435456"),
+	S("agent", "evict", K_BOOL, evict, "0 or 1"),
+	U("agent", "evict_age", evict_age, 1, 31, "a scan count between 1 and 31"),
+	U("agent", "evict_rate", evict_rate, 1, 1u << 24,
+	  "pages per second between 1 and 16777216"),
+	U("agent", "evict_cooldown_millisecs", evict_cooldown_millisecs, 0, 86400000,
+	  "milliseconds between 0 and 86400000"),
 	S("agent", "cgroups", K_CGROUPS, domains[0].cgroups, CGROUPS_WHAT),
 	S("agent", "pids", K_PIDS, domains[0].pids, PIDS_WHAT),
 };
@@ -466,6 +474,12 @@ void config_defaults(struct config *c)
 	c->rereport_millisecs = 60000;
 	c->cpu_percent = 10;
 	c->report_queue = 65536;
+	strcpy(c->socket_path, "/run/cksm/agent.sock");
+	c->pool_pages = 65536;
+	c->evict = 1;
+	c->evict_age = 3;
+	c->evict_rate = 20000;
+	c->evict_cooldown_millisecs = 60000;
 	c->ndomains = 1;
 	c->domains[0].defined = 1;
 	strcpy(c->domains[0].name, "default");
@@ -675,6 +689,11 @@ void config_dump(const struct config *c, FILE *out)
 		c->scan_mergeable, c->scan_thp, c->mergeable_only, c->pages_to_scan,
 		c->sleep_millisecs, c->pass_millisecs, c->rereport_millisecs, c->cpu_percent,
 		c->report_queue);
+	fprintf(out,
+		"socket = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
+		"evict_cooldown_millisecs = %u\n",
+		c->socket_path, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
+		c->evict_cooldown_millisecs);
 	if (c->cgroup_root[0])
 		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
 	if (c->domains[0].cgroups[0])

@@ -71,16 +71,22 @@ struct config {
 	char node_name[65];
 	char rack[65];
 	char agent_metrics[128];
-	int scan_mergeable;	     /* scan VMAs with KSM's opt-in (mg) */
-	int scan_thp;		     /* scan THP-backed pages too */
-	int mergeable_only;	     /* pids and cgroups: only their VMAs with KSM's opt-in */
-	uint32_t pages_to_scan;	     /* pages per batch before a sleep */
-	uint32_t sleep_millisecs;    /* sleep between batches */
-	uint32_t pass_millisecs;     /* least time from one full pass to the next */
-	uint32_t rereport_millisecs; /* stable pages are offered again this often */
-	uint32_t cpu_percent;	     /* scanner CPU budget, % of one core */
-	uint32_t report_queue;	     /* digests held per shard while it is away */
-	char cgroup_root[256];	     /* cgroup v2 mount; "" = find it */
+	int scan_mergeable;		   /* scan VMAs with KSM's opt-in (mg) */
+	int scan_thp;			   /* scan THP-backed pages too */
+	int mergeable_only;		   /* pids and cgroups: only their VMAs with KSM's opt-in */
+	uint32_t pages_to_scan;		   /* pages per batch before a sleep */
+	uint32_t sleep_millisecs;	   /* sleep between batches */
+	uint32_t pass_millisecs;	   /* least time from one full pass to the next */
+	uint32_t rereport_millisecs;	   /* stable pages are offered again this often */
+	uint32_t cpu_percent;		   /* scanner CPU budget, % of one core */
+	uint32_t report_queue;		   /* digests held per shard while it is away */
+	char cgroup_root[256];		   /* cgroup v2 mount; "" = find it */
+	char socket_path[108];		   /* where libcksm attaches (sun_path) */
+	uint32_t pool_pages;		   /* page pool slots */
+	int evict;			   /* drop backed pages from attached processes */
+	uint32_t evict_age;		   /* scans a page stays unchanged before it goes */
+	uint32_t evict_rate;		   /* most pages evicted per second */
+	uint32_t evict_cooldown_millisecs; /* a page faulted back stays this long */
 	/* [domain.NAME] */
 	struct domain_conf domains[CONFIG_MAX_DOMAINS];
 	unsigned ndomains;

@@ -17,8 +17,9 @@ struct metric_family {
 	char *name;
 	char *help;
 	enum metric_type type;
-	struct metric *series;	    /* first series */
-	struct metric_family *next; /* next family in registration order */
+	struct metric *series;	       /* first series */
+	struct metric_histogram *hist; /* METRIC_HISTOGRAM */
+	struct metric_family *next;    /* next family in registration order */
 };
 
 struct metrics {
@@ -50,6 +51,7 @@ void metrics_destroy(struct metrics *r)
 			free(m->labels);
 			free(m);
 		}
+		free(f->hist);
 		free(f->name);
 		free(f->help);
 		free(f);
@@ -82,6 +84,7 @@ static struct metric_family *family_get(struct metrics *r, const char *name, con
 	f->name = strdup(name);
 	f->help = strdup(help);
 	if (!f->name || !f->help) {
+		free(f->hist);
 		free(f->name);
 		free(f->help);
 		free(f);
@@ -139,6 +142,66 @@ struct metric *metrics_counter(struct metrics *r, const char *name, const char *
 			       const char *labels)
 {
 	return metrics_add(r, name, help, labels, METRIC_COUNTER);
+}
+
+struct metric_histogram *metrics_histogram(struct metrics *r, const char *name, const char *help,
+					   const double *le, size_t n)
+{
+	struct metric_histogram *h = NULL;
+	struct metric_family *f;
+
+	if (!name_valid(name) || n == 0 || n > METRIC_HIST_MAX)
+		return NULL;
+	pthread_mutex_lock(&r->lock);
+	f = family_get(r, name, help, METRIC_HISTOGRAM);
+	if (f && !f->hist) {
+		f->hist = calloc(1, sizeof(*f->hist));
+		if (f->hist) {
+			f->hist->n = n;
+			memcpy(f->hist->le, le, n * sizeof(*le));
+		}
+	}
+	if (f)
+		h = f->hist;
+	pthread_mutex_unlock(&r->lock);
+	return h;
+}
+
+void metric_observe(struct metric_histogram *h, double v)
+{
+	size_t i = 0;
+	uint64_t old, bits;
+	double sum;
+
+	while (i < h->n && v > h->le[i])
+		i++;
+	atomic_fetch_add_explicit(&h->counts[i], 1, memory_order_relaxed);
+	old = atomic_load_explicit(&h->sum_bits, memory_order_relaxed);
+	do {
+		memcpy(&sum, &old, sizeof(sum));
+		sum += v;
+		memcpy(&bits, &sum, sizeof(bits));
+	} while (!atomic_compare_exchange_weak_explicit(
+		&h->sum_bits, &old, bits, memory_order_relaxed, memory_order_relaxed));
+}
+
+static void put_histogram(FILE *out, const char *name, struct metric_histogram *h)
+{
+	uint64_t cum = 0;
+	double sum;
+	uint64_t bits = atomic_load_explicit(&h->sum_bits, memory_order_relaxed);
+
+	for (size_t i = 0; i <= h->n; i++) {
+		cum += atomic_load_explicit(&h->counts[i], memory_order_relaxed);
+		if (i < h->n)
+			fprintf(out, "%s_bucket{le=\"%g\"} %llu\n", name, h->le[i],
+				(unsigned long long)cum);
+		else
+			fprintf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name,
+				(unsigned long long)cum);
+	}
+	memcpy(&sum, &bits, sizeof(sum));
+	fprintf(out, "%s_sum %.17g\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
 }
 
 int metrics_register(struct metrics *r, const struct metric_def *defs, size_t n)
@@ -251,7 +314,11 @@ char *metrics_render(struct metrics *r, size_t *len)
 		fprintf(out, "# HELP %s ", f->name);
 		put_help(out, f->help);
 		fprintf(out, "\n# TYPE %s %s\n", f->name,
-			f->type == METRIC_GAUGE ? "gauge" : "counter");
+			f->type == METRIC_GAUGE	      ? "gauge"
+			: f->type == METRIC_HISTOGRAM ? "histogram"
+						      : "counter");
+		if (f->hist)
+			put_histogram(out, f->name, f->hist);
 		for (m = f->series; m; m = m->next) {
 			if (m->labels)
 				fprintf(out, "%s{%s} ", f->name, m->labels);

@@ -19,6 +19,7 @@ enum metric_type {
 	METRIC_COUNTER,	  /* integer, only grows */
 	METRIC_GAUGE,	  /* double */
 	METRIC_COUNTER_F, /* double that only grows (seconds), metric_gauge_add */
+	METRIC_HISTOGRAM, /* see metrics_histogram */
 };
 
 struct metric {
@@ -59,6 +60,21 @@ void metric_set(struct metric *m, double v);
 /* Add delta (may be negative) to a gauge. */
 void metric_gauge_add(struct metric *m, double delta);
 double metric_value(const struct metric *m);
+
+#define METRIC_HIST_MAX 16
+
+/* A histogram: counts of observations at or below each bound. */
+struct metric_histogram {
+	size_t n;
+	double le[METRIC_HIST_MAX];
+	_Atomic uint64_t counts[METRIC_HIST_MAX + 1]; /* per bucket, not cumulative */
+	_Atomic uint64_t sum_bits;		      /* a double */
+};
+
+/* Register a histogram family with n (at most 16) increasing bounds. */
+struct metric_histogram *metrics_histogram(struct metrics *r, const char *name, const char *help,
+					   const double *le, size_t n);
+void metric_observe(struct metric_histogram *h, double v);
 
 /* One series to register: where to store it, and what it is. */
 struct metric_def {

@@ -1,0 +1,273 @@
+/*
+ * libcksm - lets an unmodified process be served by the node's cksm agent.
+ *
+ * Loaded with LD_PRELOAD (or linked), it attaches at start: it connects to
+ * the agent's socket (CKSM_SOCKET, default /run/cksm/agent.sock), gets an
+ * open /dev/userfaultfd from the agent, makes this process's userfaultfd
+ * from it and hands that back. The agent does the UFFDIO_API handshake
+ * (with the fork, remap, remove and unmap events, which need privileges
+ * the process may not have) and from then on registers, write-protects
+ * and fills this process's mergeable ranges from outside. What stays here
+ * is what only the process itself can do: drop pages the agent has
+ * compared and backed (ZAP: madvise(MADV_DONTNEED)) and mark ranges for
+ * the kernel's own KSM (madvise(MADV_MERGEABLE)), on one service thread
+ * that blocks every signal.
+ *
+ * Mergeable ranges: what the program passes to madvise(MADV_MERGEABLE)
+ * (passed on to the kernel as well), or with CKSM_MERGE_ALL=1 every
+ * private anonymous mapping of at least CKSM_MERGE_MIN bytes (default
+ * 1 MiB), found by the agent.
+ *
+ * Without an agent, or with CKSM_DISABLE=1, it does nothing at all. In a
+ * forked child the inherited connection is the parent's: the child closes
+ * its copy; its pages are served through the userfaultfd the fork event
+ * gave the agent.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <linux/userfaultfd.h>
+
+#include "local.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static int sock = -1;
+static pid_t attached_pid;
+static int (*real_madvise)(void *, size_t, int);
+
+static int send_local(int fd, const struct cksm_local *m, int pass_fd)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { (void *)m, sizeof(*m) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+
+	if (pass_fd >= 0) {
+		struct cmsghdr *c;
+
+		memset(&u, 0, sizeof(u));
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof(u.buf);
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+	}
+	do
+		n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n == (ssize_t)sizeof(*m) ? 0 : -1;
+}
+
+/* One message; *got_fd gets a passed descriptor or -1. */
+static int recv_local(int fd, struct cksm_local *m, int *got_fd)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { m, sizeof(*m) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *c;
+	ssize_t n;
+
+	memset(m, 0, sizeof(*m));
+	*got_fd = -1;
+	mh.msg_control = u.buf;
+	mh.msg_controllen = sizeof(u.buf);
+	do
+		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	for (c = CMSG_FIRSTHDR(&mh); n > 0 && c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(got_fd, CMSG_DATA(c), sizeof(int));
+	if (n != (ssize_t)sizeof(*m) || m->magic != CKSM_LOCAL_MAGIC ||
+	    m->version != CKSM_LOCAL_VERSION || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+		if (*got_fd >= 0)
+			close(*got_fd);
+		*got_fd = -1;
+		return -1;
+	}
+	return 0;
+}
+
+static struct cksm_local msg(uint16_t type)
+{
+	struct cksm_local m;
+
+	memset(&m, 0, sizeof(m));
+	m.magic = CKSM_LOCAL_MAGIC;
+	m.version = CKSM_LOCAL_VERSION;
+	m.type = type;
+	return m;
+}
+
+/* The service thread: the agent's requests, until it goes away. */
+static void *serve(void *arg)
+{
+	int fd = (int)(intptr_t)arg;
+	struct cksm_local m = msg(0);
+	int extra;
+
+	while (recv_local(fd, &m, &extra) == 0) {
+		if (extra >= 0)
+			close(extra);
+		if (m.type == CKSM_LOCAL_ZAP) {
+			struct cksm_local r = msg(CKSM_LOCAL_ZAPPED);
+
+			r.token = m.token;
+			r.status = real_madvise((void *)(uintptr_t)m.a, (size_t)m.b, MADV_DONTNEED)
+					   ? -errno
+					   : 0;
+			if (send_local(fd, &r, -1))
+				break;
+		} else if (m.type == CKSM_LOCAL_KSM) {
+			real_madvise((void *)(uintptr_t)m.a, (size_t)m.b, MADV_MERGEABLE);
+		}
+	}
+	return NULL;
+}
+
+static void detach_child(void)
+{
+	/* The connection belongs to the parent; so do its service thread and
+	 * the agent's view of it. */
+	if (sock >= 0 && getpid() != attached_pid) {
+		close(sock);
+		sock = -1;
+	}
+}
+
+static size_t env_size(const char *name, size_t dflt)
+{
+	const char *v = getenv(name);
+	char *end;
+	unsigned long long x;
+
+	if (!v || !*v)
+		return dflt;
+	x = strtoull(v, &end, 10);
+	return *end ? dflt : (size_t)x;
+}
+
+static void attach(void)
+{
+	const char *path = getenv("CKSM_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct timeval tv = { 2, 0 };
+	struct cksm_local m = msg(CKSM_LOCAL_HELLO);
+	sigset_t all, old;
+	pthread_attr_t at;
+	pthread_t t;
+	int fd, devfd = -1, uffd = -1, extra;
+
+	if (!path || !*path)
+		path = CKSM_LOCAL_SOCKET;
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (getenv("CKSM_MERGE_ALL") && !strcmp(getenv("CKSM_MERGE_ALL"), "1"))
+		m.a = CKSM_LOCAL_MERGE_ALL;
+	m.b = env_size("CKSM_MERGE_MIN", 1u << 20);
+	if (send_local(fd, &m, -1) || recv_local(fd, &m, &devfd) ||
+	    m.type != CKSM_LOCAL_DEVFD || m.status || devfd < 0)
+		goto fail;
+	uffd = ioctl(devfd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	close(devfd);
+	devfd = -1;
+	if (uffd < 0)
+		goto fail;
+	m = msg(CKSM_LOCAL_UFFD);
+	if (send_local(fd, &m, uffd))
+		goto fail;
+	close(uffd); /* the agent holds it now */
+	uffd = -1;
+	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status) {
+		if (extra >= 0)
+			close(extra);
+		goto fail;
+	}
+	tv.tv_sec = 0;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* The service thread takes no signal of the program's. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&at, 64 << 10);
+	if (pthread_create(&t, &at, serve, (void *)(intptr_t)fd)) {
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		pthread_attr_destroy(&at);
+		goto fail;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&at);
+	attached_pid = getpid();
+	sock = fd;
+	pthread_atfork(NULL, NULL, detach_child);
+	return;
+fail:
+	if (uffd >= 0)
+		close(uffd);
+	close(fd);
+}
+
+__attribute__((constructor)) static void cksm_init(void)
+{
+	real_madvise = (int (*)(void *, size_t, int))dlsym(RTLD_NEXT, "madvise");
+	if (!real_madvise)
+		return;
+	if (getenv("CKSM_DISABLE") && !strcmp(getenv("CKSM_DISABLE"), "1"))
+		return;
+	attach();
+}
+
+/* madvise(MADV_MERGEABLE) goes to the kernel and names the range to the agent. */
+EXPORT int madvise(void *addr, size_t len, int advice)
+{
+	int rc;
+
+	if (!real_madvise) {
+		real_madvise = (int (*)(void *, size_t, int))dlsym(RTLD_NEXT, "madvise");
+		if (!real_madvise) {
+			errno = ENOSYS;
+			return -1;
+		}
+	}
+	rc = real_madvise(addr, len, advice);
+	if (rc == 0 && advice == MADV_MERGEABLE && sock >= 0 && getpid() == attached_pid) {
+		struct cksm_local m = msg(CKSM_LOCAL_RANGE);
+		int e = errno;
+
+		m.a = (uint64_t)(uintptr_t)addr;
+		m.b = len;
+		send_local(sock, &m, -1);
+		errno = e;
+	}
+	return rc;
+}

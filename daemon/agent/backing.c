@@ -1,0 +1,1446 @@
+/*
+ * backing - see backing.h.
+ *
+ * Threads and what they own:
+ *   loop    the socket: accepts, handshakes, RANGE messages, ZAPPED
+ *           answers, and the end of a connection (the process exited or
+ *           exec'd: its mm is forgotten and its references released);
+ *   fault   every mm's userfaultfd: faults and events;
+ *   evict   the offer queue: write-protect, compare, zap.
+ * An mm is reference-counted; its table, its eviction in progress and its
+ * zap answer are under its own lock. The list of mms is under b->lock.
+ */
+#include "backing.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/userfaultfd.h>
+
+#include "local.h"
+#include "log.h"
+
+#define PAGE	      4096u
+#define OFFER_MAX     65536u /* pages waiting for the evictor */
+#define ZAP_WAIT_MS   2000   /* a process that does not answer a zap by then */
+#define COOLDOWN_SETS 4096u  /* recently faulted pages remembered */
+
+enum { B_ZERO = 1, B_POOL = 2 };
+
+struct bentry {
+	uint64_t page; /* address >> 12, 0 = empty */
+	struct pool_ref ref;
+	struct cid id;
+	uint8_t kind;
+};
+
+struct mm {
+	struct backing *b;
+	atomic_int refs;
+	int sock; /* -1: a fork child's, with no libcksm connection */
+	int uffd;
+	pid_t pid; /* 0 for a fork child */
+	bool merge_all;
+	uint64_t merge_min;
+	bool handshaken;
+	bool gone; /* off the list */
+	uv_poll_t poll;
+	bool polling;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct bentry *tab; /* open addressing, linear probing */
+	size_t cap, n;
+	uint64_t evicting;   /* address under eviction, 0 if none */
+	unsigned evict_hits; /* removals of that page seen meanwhile */
+	uint64_t zap_token;
+	int zap_status;
+	bool zap_done;
+	struct mm *next;
+};
+
+struct offer {
+	pid_t pid;
+	uint8_t kind;
+	uint64_t addr;
+	struct pool_ref ref;
+	struct cid id;
+};
+
+struct backing {
+	const struct config *cfg;
+	uv_loop_t *loop;
+	struct pool *pool;
+	const struct cid_domain *domains;
+	int listen_fd;
+	uv_poll_t lpoll;
+	int devfd; /* /dev/userfaultfd */
+	void (*attached)(void *arg, pid_t pid, bool merge_all);
+	void (*detached)(void *arg, pid_t pid);
+	void *hook_arg;
+	uv_timer_t ranges; /* merge_all: register new mappings */
+
+	pthread_mutex_t lock; /* the list, the offers, stop */
+	struct mm *mms;
+	int wake_fd; /* eventfd: the fault thread rebuilds its poll set */
+	bool stop;
+	atomic_bool stopping; /* stop, for waits that do not hold b->lock */
+	pthread_t fault_thread, evict_thread;
+	bool threads;
+	pthread_cond_t offer_cond;
+	struct offer *offers;
+	size_t noffers;
+	uint64_t next_token;
+	struct {
+		uint64_t key; /* pid << 32 ^ page, 0 = empty */
+		uint64_t until_ms;
+	} cool[COOLDOWN_SETS];
+
+	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
+	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
+	struct metric *m_zap_failed, *m_offers_dropped, *m_saved;
+	struct metric_histogram *m_lat;
+};
+
+static const double lat_bounds[12] = { 5e-6,   10e-6,  20e-6,  50e-6, 100e-6, 200e-6,
+				       500e-6, 1e-3,   2e-3,   5e-3,  10e-3,  100e-3 };
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- the backed table --------------------------------------------------- */
+
+static size_t slot_of(const struct mm *m, uint64_t page)
+{
+	return (size_t)((page * 0x9e3779b97f4a7c15ULL) >> 20) & (m->cap - 1);
+}
+
+static struct bentry *tab_find(struct mm *m, uint64_t addr)
+{
+	uint64_t page = addr >> 12;
+
+	if (!m->cap)
+		return NULL;
+	for (size_t i = slot_of(m, page);; i = (i + 1) & (m->cap - 1)) {
+		if (m->tab[i].page == page)
+			return &m->tab[i];
+		if (!m->tab[i].page)
+			return NULL;
+	}
+}
+
+static int tab_grow(struct mm *m)
+{
+	size_t ocap = m->cap, cap = ocap ? 2 * ocap : 1024;
+	struct bentry *old = m->tab, *t = calloc(cap, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	m->tab = t;
+	m->cap = cap;
+	for (size_t i = 0; i < ocap; i++)
+		if (old[i].page) {
+			size_t j = slot_of(m, old[i].page);
+
+			while (t[j].page)
+				j = (j + 1) & (cap - 1);
+			t[j] = old[i];
+		}
+	free(old);
+	return 0;
+}
+
+static int tab_put(struct mm *m, const struct bentry *e)
+{
+	size_t i;
+
+	if ((m->n + 1) * 4 > m->cap * 3 && tab_grow(m))
+		return -ENOMEM;
+	for (i = slot_of(m, e->page); m->tab[i].page && m->tab[i].page != e->page;
+	     i = (i + 1) & (m->cap - 1)) {
+	}
+	if (!m->tab[i].page)
+		m->n++;
+	m->tab[i] = *e;
+	return 0;
+}
+
+/* Remove e (a slot of m->tab), shifting back what follows it. */
+static void tab_del(struct mm *m, struct bentry *e)
+{
+	size_t i = (size_t)(e - m->tab), j = i;
+
+	m->tab[i].page = 0;
+	m->n--;
+	for (;;) {
+		size_t k;
+
+		j = (j + 1) & (m->cap - 1);
+		if (!m->tab[j].page)
+			return;
+		k = slot_of(m, m->tab[j].page);
+		/* j's entry may move to i if its home is not in (i, j] */
+		if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
+			m->tab[i] = m->tab[j];
+			m->tab[j].page = 0;
+			i = j;
+		}
+	}
+}
+
+/* Drop an entry and what it holds. Lock held. */
+static void entry_release(struct mm *m, struct bentry *e)
+{
+	struct backing *b = m->b;
+
+	if (e->kind == B_POOL) {
+		pool_ref(b->pool, e->ref, -1);
+		metric_gauge_add(b->m_backed_local, -1);
+	} else {
+		metric_gauge_add(b->m_backed_zero, -1);
+	}
+	metric_gauge_add(b->m_saved, -(double)PAGE);
+	tab_del(m, e);
+}
+
+/* Drop every entry in [start, end). Lock held. */
+static void drop_range(struct mm *m, uint64_t start, uint64_t end)
+{
+	if (!m->n)
+		return;
+	if ((end - start) / PAGE < m->cap) {
+		for (uint64_t a = start; a < end; a += PAGE) {
+			struct bentry *e = tab_find(m, a);
+
+			if (e)
+				entry_release(m, e);
+		}
+		return;
+	}
+	for (size_t i = 0; i < m->cap;) {
+		uint64_t a = m->tab[i].page << 12;
+
+		if (m->tab[i].page && a >= start && a < end)
+			entry_release(m, &m->tab[i]); /* i may hold a shifted entry now */
+		else
+			i++;
+	}
+}
+
+/* ---- mm lifetime ------------------------------------------------------------ */
+
+static struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid)
+{
+	struct mm *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	m->b = b;
+	atomic_init(&m->refs, 1); /* the list's */
+	m->sock = sock;
+	m->uffd = uffd;
+	m->pid = pid;
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
+	return m;
+}
+
+static void mm_put(struct mm *m)
+{
+	if (atomic_fetch_sub(&m->refs, 1) != 1)
+		return;
+	pthread_mutex_lock(&m->lock);
+	drop_range(m, 0, UINT64_MAX);
+	pthread_mutex_unlock(&m->lock);
+	free(m->tab);
+	if (m->uffd >= 0)
+		close(m->uffd);
+	if (m->sock >= 0)
+		close(m->sock);
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->cond);
+	free(m);
+}
+
+static void wake_faults(struct backing *b)
+{
+	uint64_t one = 1;
+
+	if (write(b->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("cannot wake the fault thread: %s", strerror(errno));
+}
+
+static void list_add(struct backing *b, struct mm *m)
+{
+	pthread_mutex_lock(&b->lock);
+	m->next = b->mms;
+	b->mms = m;
+	pthread_mutex_unlock(&b->lock);
+	metric_gauge_add(b->m_attached, 1);
+	wake_faults(b);
+}
+
+/* Take m off the list and drop the list's reference. */
+static void list_del(struct backing *b, struct mm *m)
+{
+	pthread_mutex_lock(&b->lock);
+	for (struct mm **p = &b->mms; *p; p = &(*p)->next)
+		if (*p == m) {
+			*p = m->next;
+			m->gone = true;
+			break;
+		}
+	pthread_mutex_unlock(&b->lock);
+	metric_gauge_add(b->m_attached, -1);
+	pthread_mutex_lock(&m->lock);
+	m->zap_done = true; /* an evictor waiting on it gives up */
+	m->zap_status = -ESRCH;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	wake_faults(b);
+	mm_put(m);
+}
+
+/* The attached mm of pid, with a reference, or NULL. */
+static struct mm *mm_get(struct backing *b, pid_t pid)
+{
+	struct mm *m;
+
+	pthread_mutex_lock(&b->lock);
+	for (m = b->mms; m; m = m->next)
+		if (m->pid == pid && m->sock >= 0 && m->handshaken)
+			break;
+	if (m)
+		atomic_fetch_add(&m->refs, 1);
+	pthread_mutex_unlock(&b->lock);
+	return m;
+}
+
+bool backing_attached(struct backing *b, pid_t pid)
+{
+	struct mm *m = mm_get(b, pid);
+
+	if (m)
+		mm_put(m);
+	return m != NULL;
+}
+
+/* ---- the socket ------------------------------------------------------------ */
+
+static struct cksm_local local_msg(uint16_t type)
+{
+	struct cksm_local m;
+
+	memset(&m, 0, sizeof(m));
+	m.magic = CKSM_LOCAL_MAGIC;
+	m.version = CKSM_LOCAL_VERSION;
+	m.type = type;
+	return m;
+}
+
+static int local_send(int fd, const struct cksm_local *m, int pass_fd)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { (void *)m, sizeof(*m) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (pass_fd >= 0) {
+		struct cmsghdr *c;
+
+		memset(&u, 0, sizeof(u));
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof(u.buf);
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+	}
+	return sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof(*m) ? 0 : -errno;
+}
+
+/* One message; 0, -EAGAIN, or another error (the connection is done). */
+static int local_recv(int fd, struct cksm_local *m, int *got_fd, const char **why)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * 4)];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { m, sizeof(*m) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+
+	memset(m, 0, sizeof(*m));
+	*got_fd = -1;
+	*why = NULL;
+	mh.msg_control = u.buf;
+	mh.msg_controllen = sizeof(u.buf);
+	n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n < 0)
+		return -errno;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+			for (size_t i = 0; i < k; i++) {
+				int f;
+
+				memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+				if (*got_fd < 0 && i == 0)
+					*got_fd = f;
+				else
+					close(f); /* one descriptor per message at most */
+			}
+		}
+	if (n == 0)
+		return -ECONNRESET;
+	if (n != (ssize_t)sizeof(*m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+		*why = "a message of the wrong size";
+	else if (m->magic != CKSM_LOCAL_MAGIC || m->version != CKSM_LOCAL_VERSION)
+		*why = "a bad magic or version";
+	if (*why) {
+		if (*got_fd >= 0)
+			close(*got_fd);
+		*got_fd = -1;
+		return -EPROTO;
+	}
+	return 0;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+	struct mm *m = h->data;
+
+	/* The socket closes with the last reference: an evictor may hold one. */
+	if (m->handshaken)
+		list_del(m->b, m);
+	else
+		mm_put(m);
+}
+
+/* The process is gone (exit, exec) or misbehaved: forget it. */
+static void mm_end(struct mm *m, const char *why)
+{
+	struct backing *b = m->b;
+
+	if (why)
+		log_warn("process %d: %s; detached", (int)m->pid, why);
+	else
+		log_info("process %d detached", (int)m->pid);
+	if (m->handshaken && b->detached)
+		b->detached(b->hook_arg, m->pid);
+	uv_poll_stop(&m->poll);
+	uv_close((uv_handle_t *)&m->poll, on_closed);
+}
+
+/* The userfaultfd the process made: handshake with every feature. */
+static const char *take_uffd(struct mm *m, int uffd)
+{
+	struct uffdio_api api = {
+		.api = UFFD_API,
+		.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+			    UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
+			    UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID,
+	};
+	int fl;
+
+	if (ioctl(uffd, UFFDIO_API, &api) < 0)
+		return "the descriptor is not a fresh userfaultfd";
+	fl = fcntl(uffd, F_GETFL);
+	if (fl < 0 || fcntl(uffd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return "cannot make the userfaultfd non-blocking";
+	m->uffd = uffd;
+	return NULL;
+}
+
+/* Register [start, end) of m for MISSING and WP faults. */
+static int register_range(struct mm *m, uint64_t start, uint64_t end)
+{
+	struct uffdio_register r = {
+		.range = { .start = start, .len = end - start },
+		.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+	};
+
+	return ioctl(m->uffd, UFFDIO_REGISTER, &r) < 0 ? -errno : 0;
+}
+
+/*
+ * Register the private anonymous writable mappings of m that intersect
+ * [lo, hi) and are at least min bytes (from /proc/PID/maps).
+ */
+static void register_mappings(struct mm *m, uint64_t lo, uint64_t hi, uint64_t min)
+{
+	char path[64], line[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)m->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long s, e, off;
+		char perms[8];
+		unsigned long ino;
+		int name = 0;
+
+		if (sscanf(line, "%llx-%llx %7s %llx %*x:%*x %lu %n", &s, &e, perms, &off, &ino,
+			   &name) < 5)
+			continue;
+		/* private, writable, anonymous, unnamed or the heap */
+		if (perms[1] != 'w' || perms[3] != 'p' || ino != 0)
+			continue;
+		if (name && line[name] && line[name] != '\n' && strncmp(line + name, "[heap]", 6))
+			continue;
+		if (s < lo)
+			s = lo;
+		if (e > hi)
+			e = hi;
+		if (s >= e || e - s < min)
+			continue;
+		register_range(m, s, e);
+	}
+	fclose(f);
+}
+
+static void handle_range(struct mm *m, const struct cksm_local *msg)
+{
+	uint64_t start = msg->a, len = msg->b;
+
+	if (start % PAGE || len == 0 || len % PAGE || start + len < start) {
+		log_warn("process %d: a mergeable range %#llx+%#llx that is not whole pages",
+			 (int)m->pid, (unsigned long long)start, (unsigned long long)len);
+		return;
+	}
+	register_mappings(m, start, start + len, 0);
+}
+
+static void on_sock(uv_poll_t *h, int status, int events)
+{
+	struct mm *m = h->data;
+	struct backing *b = m->b;
+	struct cksm_local msg = local_msg(0);
+	const char *why;
+	int fd, rc;
+
+	(void)events;
+	if (status < 0) {
+		mm_end(m, "socket error");
+		return;
+	}
+	while ((rc = local_recv(m->sock, &msg, &fd, &why)) == 0) {
+		if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0) {
+			struct cksm_local r = local_msg(CKSM_LOCAL_READY);
+
+			why = fd < 0 ? "UFFD without a descriptor" : take_uffd(m, fd);
+			if (why) {
+				if (fd >= 0)
+					close(fd);
+				r.status = -EINVAL;
+				local_send(m->sock, &r, -1);
+				mm_end(m, why);
+				return;
+			}
+			m->handshaken = true;
+			local_send(m->sock, &r, -1);
+			log_info("process %d attached%s", (int)m->pid,
+				 m->merge_all ? " (every private anonymous mapping)" : "");
+			list_add(b, m);
+			if (m->merge_all)
+				register_mappings(m, 0, UINT64_MAX, m->merge_min);
+			if (b->attached)
+				b->attached(b->hook_arg, m->pid, m->merge_all);
+			continue;
+		}
+		if (fd >= 0)
+			close(fd);
+		if (!m->handshaken) {
+			mm_end(m, "a message before the handshake ended");
+			return;
+		}
+		switch (msg.type) {
+		case CKSM_LOCAL_RANGE:
+			handle_range(m, &msg);
+			break;
+		case CKSM_LOCAL_ZAPPED:
+			pthread_mutex_lock(&m->lock);
+			if (msg.token == m->zap_token && !m->zap_done) {
+				m->zap_status = msg.status;
+				m->zap_done = true;
+				pthread_cond_broadcast(&m->cond);
+			}
+			pthread_mutex_unlock(&m->lock);
+			break;
+		default:
+			mm_end(m, "an unexpected message");
+			return;
+		}
+	}
+	if (rc != -EAGAIN)
+		mm_end(m, rc == -ECONNRESET ? NULL : why ? why : strerror(-rc));
+}
+
+static void on_accept(uv_poll_t *h, int status, int events)
+{
+	struct backing *b = h->data;
+	struct cksm_local hello = local_msg(0), r = local_msg(CKSM_LOCAL_DEVFD);
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	const char *why;
+	struct mm *m;
+	int fd, extra = -1;
+
+	(void)status;
+	(void)events;
+	fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0)
+		return;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.pid <= 0) {
+		close(fd);
+		return;
+	}
+	/* The hello comes right after connect; a peer that is slower is not
+	 * worth waiting for on the loop. */
+	{
+		struct pollfd p = { fd, POLLIN, 0 };
+
+		if (poll(&p, 1, 1000) != 1 || local_recv(fd, &hello, &extra, &why) ||
+		    hello.type != CKSM_LOCAL_HELLO) {
+			log_warn("process %d: no valid hello; not attached", (int)cred.pid);
+			if (extra >= 0)
+				close(extra);
+			close(fd);
+			return;
+		}
+		if (extra >= 0)
+			close(extra);
+	}
+	m = mm_new(b, fd, -1, cred.pid);
+	if (!m) {
+		close(fd);
+		return;
+	}
+	m->merge_all = (hello.a & CKSM_LOCAL_MERGE_ALL) != 0;
+	m->merge_min = hello.b < PAGE ? PAGE : hello.b;
+	uv_poll_init(b->loop, &m->poll, fd);
+	m->poll.data = m;
+	if (local_send(fd, &r, b->devfd) < 0) {
+		uv_close((uv_handle_t *)&m->poll, on_closed);
+		return;
+	}
+	uv_poll_start(&m->poll, UV_READABLE | UV_DISCONNECT, on_sock);
+}
+
+/* merge_all processes: map new mappings as they appear. */
+static void on_ranges(uv_timer_t *t)
+{
+	struct backing *b = t->data;
+	struct mm *v[256];
+	size_t n = 0;
+
+	pthread_mutex_lock(&b->lock);
+	for (struct mm *m = b->mms; m && n < 256; m = m->next)
+		if (m->merge_all && m->sock >= 0) {
+			atomic_fetch_add(&m->refs, 1);
+			v[n++] = m;
+		}
+	pthread_mutex_unlock(&b->lock);
+	for (size_t i = 0; i < n; i++) {
+		register_mappings(v[i], 0, UINT64_MAX, v[i]->merge_min);
+		mm_put(v[i]);
+	}
+}
+
+/* ---- faults ------------------------------------------------------------------ */
+
+static const uint8_t zeroes[PAGE] __attribute__((aligned(PAGE)));
+
+static int uffd_copy(int uffd, uint64_t addr, const void *src)
+{
+	struct uffdio_copy c = { .dst = addr, .src = (uint64_t)(uintptr_t)src, .len = PAGE };
+
+	if (ioctl(uffd, UFFDIO_COPY, &c) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static int uffd_zeropage(int uffd, uint64_t addr)
+{
+	struct uffdio_zeropage z = { .range = { .start = addr, .len = PAGE } };
+
+	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* Set (wp) or clear write-protection of one page; clearing wakes waiters. */
+static int uffd_protect(int uffd, uint64_t addr, bool wp)
+{
+	struct uffdio_writeprotect w = {
+		.range = { .start = addr, .len = PAGE },
+		.mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+}
+
+static void uffd_wake(int uffd, uint64_t addr)
+{
+	struct uffdio_range r = { .start = addr, .len = PAGE };
+
+	ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+static void observe(struct backing *b, uint64_t ns)
+{
+	metric_observe(b->m_lat, (double)ns / 1e9);
+}
+
+static uint64_t cool_key(pid_t pid, uint64_t addr)
+{
+	return ((uint64_t)(uint32_t)pid << 32 ^ (addr >> 12)) | 1;
+}
+
+static void cool_note(struct backing *b, pid_t pid, uint64_t addr)
+{
+	uint64_t k = cool_key(pid, addr);
+	size_t i = (size_t)((k * 0x9e3779b97f4a7c15ULL) >> 52) % COOLDOWN_SETS;
+
+	pthread_mutex_lock(&b->lock);
+	b->cool[i].key = k;
+	b->cool[i].until_ms = now_ms() + b->cfg->evict_cooldown_millisecs;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Lock held. */
+static bool cool_active(struct backing *b, pid_t pid, uint64_t addr)
+{
+	uint64_t k = cool_key(pid, addr);
+	size_t i = (size_t)((k * 0x9e3779b97f4a7c15ULL) >> 52) % COOLDOWN_SETS;
+
+	return b->cool[i].key == k && b->cool[i].until_ms > now_ms();
+}
+
+static int domain_index(const struct backing *b, uint8_t domain_id)
+{
+	for (unsigned i = 0; i < b->cfg->ndomains; i++)
+		if (b->cfg->domains[i].id == domain_id)
+			return (int)i;
+	return -1;
+}
+
+/* A backed page nobody can give back: the thread that needs it gets SIGBUS. */
+static void lost_page(struct mm *m, const struct uffd_msg *msg, uint64_t addr, const char *why)
+{
+	pid_t tid = (pid_t)msg->arg.pagefault.feat.ptid;
+
+	metric_inc(m->b->m_sigbus);
+	log_error("process %d thread %d: page %#llx cannot be brought back (%s): SIGBUS",
+		  (int)m->pid, (int)tid, (unsigned long long)addr, why);
+	syscall(SYS_tkill, tid, SIGBUS);
+	uffd_wake(m->uffd, addr);
+}
+
+static void on_pagefault(struct mm *m, const struct uffd_msg *msg)
+{
+	struct backing *b = m->b;
+	uint64_t t0 = now_ns(), addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	struct bentry *e;
+	int rc;
+
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+		bool busy;
+
+		/* The evictor releases writers of the page it works on. */
+		pthread_mutex_lock(&m->lock);
+		busy = m->evicting == addr;
+		pthread_mutex_unlock(&m->lock);
+		if (!busy)
+			uffd_protect(m->uffd, addr, false);
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+	e = tab_find(m, addr);
+	if (!e) {
+		/* Never backed: what the kernel itself would have given. */
+		rc = write ? uffd_copy(m->uffd, addr, zeroes) : uffd_zeropage(m->uffd, addr);
+		pthread_mutex_unlock(&m->lock);
+		metric_inc(b->m_faults_fresh);
+		if (rc && rc != -ENOENT && rc != -ESRCH)
+			log_warn("process %d: cannot fill page %#llx: %s", (int)m->pid,
+				 (unsigned long long)addr, strerror(-rc));
+		return;
+	}
+	if (e->kind == B_ZERO) {
+		rc = write ? uffd_copy(m->uffd, addr, zeroes) : uffd_zeropage(m->uffd, addr);
+		if (!rc) {
+			metric_inc(b->m_faults_zero);
+			entry_release(m, e);
+		}
+	} else {
+		struct cid got = { 0, 0 };
+		const uint8_t *bytes = pool_page(b->pool, e->ref, NULL);
+		int d = domain_index(b, cid_domain_of(e->id));
+
+		if (bytes && d >= 0)
+			got = cid_of(&b->domains[d], bytes);
+		if (!bytes || d < 0 || got.hi != e->id.hi || got.lo != e->id.lo) {
+			pthread_mutex_unlock(&m->lock);
+			lost_page(m, msg, addr, bytes ? "its copy does not match its id" : "its slot is gone");
+			return;
+		}
+		rc = uffd_copy(m->uffd, addr, bytes);
+		if (!rc) {
+			metric_inc(b->m_faults_local);
+			entry_release(m, e);
+		}
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (rc) {
+		if (rc != -ESRCH)
+			log_warn("process %d: cannot bring back page %#llx: %s", (int)m->pid,
+				 (unsigned long long)addr, strerror(-rc));
+		return;
+	}
+	if (m->pid)
+		cool_note(b, m->pid, addr);
+	observe(b, now_ns() - t0);
+}
+
+/* fork: the child's userfaultfd, and a copy of the table for it. */
+static void on_fork(struct mm *m, int ufd)
+{
+	struct backing *b = m->b;
+	struct mm *c = mm_new(b, -1, ufd, 0);
+	int fl = fcntl(ufd, F_GETFL);
+
+	if (!c || fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		/* Without it the child's backed pages read as zeroes: never. */
+		log_error("process %d forked and the child's table cannot be kept", (int)m->pid);
+		free(c);
+		close(ufd);
+		return;
+	}
+	c->handshaken = true;
+	pthread_mutex_lock(&m->lock);
+	for (size_t i = 0; i < m->cap; i++) {
+		struct bentry *e = &m->tab[i];
+
+		if (!e->page)
+			continue;
+		if (e->kind == B_POOL && pool_ref(b->pool, e->ref, 1))
+			continue;
+		if (tab_put(c, e)) {
+			if (e->kind == B_POOL)
+				pool_ref(b->pool, e->ref, -1);
+			continue;
+		}
+		metric_gauge_add(e->kind == B_POOL ? b->m_backed_local : b->m_backed_zero, 1);
+		metric_gauge_add(b->m_saved, PAGE);
+	}
+	pthread_mutex_unlock(&m->lock);
+	metric_inc(b->m_forks);
+	list_add(b, c);
+}
+
+static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct bentry *moved = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_mutex_lock(&m->lock);
+	for (uint64_t a = from; m->n && a < from + len; a += PAGE) {
+		struct bentry *e = tab_find(m, a);
+
+		if (!e)
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? 2 * cap : 64;
+			struct bentry *v = realloc(moved, nc * sizeof(*v));
+
+			if (!v) {
+				entry_release(m, e); /* cannot follow it: the page is lost */
+				log_error("process %d: out of memory following an mremap",
+					  (int)m->pid);
+				continue;
+			}
+			moved = v;
+			cap = nc;
+		}
+		moved[n] = *e;
+		moved[n].page = (to + (a - from)) >> 12;
+		n++;
+		tab_del(m, e);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (tab_put(m, &moved[i])) {
+			log_error("process %d: out of memory following an mremap", (int)m->pid);
+			if (moved[i].kind == B_POOL)
+				pool_ref(m->b->pool, moved[i].ref, -1);
+		}
+	if (m->evicting >= from && m->evicting < from + len) {
+		m->evict_hits += 2; /* moved away: the evictor gives up */
+		pthread_cond_broadcast(&m->cond);
+	}
+	pthread_mutex_unlock(&m->lock);
+	free(moved);
+}
+
+static void on_remove(struct mm *m, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&m->lock);
+	if (m->evicting >= start && m->evicting < end) {
+		/* The evictor's own zap is one such event; it decides. */
+		m->evict_hits++;
+		pthread_cond_broadcast(&m->cond);
+		if (start < m->evicting)
+			drop_range(m, start, m->evicting);
+		if (m->evicting + PAGE < end)
+			drop_range(m, m->evicting + PAGE, end);
+	} else {
+		drop_range(m, start, end);
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Read what the mm's userfaultfd has; false when it is finished. */
+static bool drain_uffd(struct mm *m)
+{
+	struct uffd_msg msgs[16];
+
+	for (;;) {
+		ssize_t n = read(m->uffd, msgs, sizeof(msgs));
+
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR;
+		if (n == 0 || n % (ssize_t)sizeof(msgs[0]))
+			return false;
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
+			const struct uffd_msg *msg = &msgs[i];
+
+			switch (msg->event) {
+			case UFFD_EVENT_PAGEFAULT:
+				on_pagefault(m, msg);
+				break;
+			case UFFD_EVENT_FORK:
+				on_fork(m, (int)msg->arg.fork.ufd);
+				break;
+			case UFFD_EVENT_REMAP:
+				on_remap(m, msg->arg.remap.from, msg->arg.remap.to,
+					 msg->arg.remap.len);
+				break;
+			case UFFD_EVENT_REMOVE:
+			case UFFD_EVENT_UNMAP:
+				on_remove(m, msg->arg.remove.start, msg->arg.remove.end);
+				break;
+			default:
+				break;
+			}
+		}
+	}
+}
+
+static void *fault_main(void *arg)
+{
+	struct backing *b = arg;
+	struct pollfd *pf = NULL;
+	struct mm **mv = NULL;
+	size_t cap = 0;
+
+	for (;;) {
+		size_t n = 0;
+
+		pthread_mutex_lock(&b->lock);
+		if (b->stop) {
+			pthread_mutex_unlock(&b->lock);
+			break;
+		}
+		{
+			size_t want = 1;
+
+			for (struct mm *m = b->mms; m; m = m->next)
+				want++;
+			if (want > cap) {
+				struct pollfd *np = realloc(pf, want * sizeof(*np));
+				struct mm **nm = np ? realloc(mv, want * sizeof(*nm)) : NULL;
+
+				if (np)
+					pf = np;
+				if (nm)
+					mv = nm;
+				if (np && nm)
+					cap = want;
+			}
+		}
+		pf[n++] = (struct pollfd){ b->wake_fd, POLLIN, 0 };
+		for (struct mm *m = b->mms; m && n < cap; m = m->next) {
+			atomic_fetch_add(&m->refs, 1);
+			mv[n] = m;
+			pf[n++] = (struct pollfd){ m->uffd, POLLIN, 0 };
+		}
+		pthread_mutex_unlock(&b->lock);
+		if (poll(pf, n, -1) < 0 && errno != EINTR)
+			log_warn("fault thread poll: %s", strerror(errno));
+		if (pf[0].revents & POLLIN) {
+			uint64_t v;
+
+			if (read(b->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				log_warn("fault thread wake: %s", strerror(errno));
+		}
+		for (size_t i = 1; i < n; i++) {
+			if (pf[i].revents && !drain_uffd(mv[i]) && mv[i]->sock < 0 && !mv[i]->gone) {
+				/* A fork child's userfaultfd ended: the child is gone. */
+				list_del(b, mv[i]);
+			}
+			mm_put(mv[i]);
+		}
+	}
+	free(pf);
+	free(mv);
+	return NULL;
+}
+
+/* ---- eviction ------------------------------------------------------------------- */
+
+void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind kind,
+		   struct pool_ref ref, const struct cid *id)
+{
+	bool dropped = false;
+
+	if (!b->cfg->evict || addr % PAGE)
+		return;
+	pthread_mutex_lock(&b->lock);
+	if (cool_active(b, pid, addr)) {
+		pthread_mutex_unlock(&b->lock);
+		return;
+	}
+	if (b->noffers < OFFER_MAX) {
+		struct offer *o = &b->offers[b->noffers++];
+
+		o->pid = pid;
+		o->addr = addr;
+		o->kind = (uint8_t)kind;
+		o->ref = ref;
+		if (id)
+			o->id = *id;
+		else
+			memset(&o->id, 0, sizeof(o->id));
+		pthread_cond_signal(&b->offer_cond);
+	} else {
+		dropped = true;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (dropped)
+		metric_inc(b->m_offers_dropped);
+}
+
+static bool all_zero(const uint8_t *p)
+{
+	static const uint64_t z[PAGE / 8];
+
+	return memcmp(p, z, PAGE) == 0;
+}
+
+/* Wait on m->cond until cond_fn holds or ms pass; lock held. */
+static bool wait_for(struct mm *m, bool (*cond_fn)(const struct mm *), unsigned ms)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	while (!cond_fn(m))
+		if (pthread_cond_timedwait(&m->cond, &m->lock, &until) == ETIMEDOUT)
+			return cond_fn(m);
+	return true;
+}
+
+static bool zap_answered(const struct mm *m)
+{
+	return m->zap_done;
+}
+
+static bool removal_seen(const struct mm *m)
+{
+	return m->evict_hits > 0;
+}
+
+/*
+ * One page: write-protect, read, compare, enter, zap, release. Any doubt
+ * before the zap leaves the page where it is; after it, the table says
+ * what the page holds.
+ */
+static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf)
+{
+	struct mm *m = mm_get(b, o->pid);
+	struct bentry e = { .page = o->addr >> 12, .ref = o->ref, .id = o->id, .kind = o->kind };
+	struct iovec local = { buf, PAGE }, remote = { (void *)(uintptr_t)o->addr, PAGE };
+	struct cksm_local zap = local_msg(CKSM_LOCAL_ZAP);
+	const void *dup = NULL;
+	const char *why = NULL;
+	bool zapped = false, ok;
+
+	if (!m)
+		return;
+	if (o->kind == EVICT_POOL) {
+		dup = pool_page(b->pool, o->ref, NULL);
+		if (!dup || pool_ref(b->pool, o->ref, 1)) {
+			mm_put(m);
+			return; /* the dup went meanwhile */
+		}
+	}
+	pthread_mutex_lock(&m->lock);
+	ok = !m->evicting && !tab_find(m, o->addr);
+	if (ok) {
+		m->evicting = o->addr;
+		m->evict_hits = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (!ok)
+		goto out_ref;
+	if (uffd_protect(m->uffd, o->addr, true)) {
+		why = "not registered";
+		goto out_idle;
+	}
+	if (process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != PAGE) {
+		why = "unreadable";
+		goto out_unprotect;
+	}
+	if (o->kind == EVICT_ZERO ? !all_zero(buf) : memcmp(buf, dup, PAGE) != 0) {
+		why = "changed";
+		goto out_unprotect;
+	}
+	pthread_mutex_lock(&m->lock);
+	ok = !m->evict_hits && tab_put(m, &e) == 0;
+	if (ok) {
+		m->zap_token = ++b->next_token;
+		m->zap_done = false;
+		zap.token = m->zap_token;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (!ok) {
+		why = "moved, or out of memory";
+		goto out_unprotect;
+	}
+	zap.a = o->addr;
+	zap.b = PAGE;
+	pthread_mutex_lock(&m->lock);
+	if (local_send(m->sock, &zap, -1) == 0) {
+		/* Until the process answers (or is gone): the page stays
+		 * write-protected meanwhile, so nothing written can be lost. */
+		while (!wait_for(m, zap_answered, 200) && !atomic_load(&b->stopping)) {
+		}
+		if (m->zap_done && m->zap_status == 0) {
+			/* Our zap is one removal; more means the program dropped
+			 * or moved the page too, and it must read as it left it. */
+			wait_for(m, removal_seen, ZAP_WAIT_MS);
+			zapped = m->evict_hits <= 1;
+		}
+	}
+	if (!zapped) {
+		struct bentry *x = tab_find(m, o->addr);
+
+		if (x)
+			tab_del(m, x); /* never counted: nothing to release */
+		why = !m->zap_done	    ? "the agent is stopping"
+		      : m->zap_status	    ? "the zap failed"
+		      : m->evict_hits > 1 ? "the program removed the page"
+					    : "the process is gone";
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (zapped) {
+		metric_inc(b->m_evicted);
+		metric_gauge_add(o->kind == EVICT_POOL ? b->m_backed_local : b->m_backed_zero, 1);
+		metric_gauge_add(b->m_saved, PAGE);
+		pthread_mutex_lock(&m->lock);
+		m->evicting = 0;
+		pthread_mutex_unlock(&m->lock);
+		uffd_wake(m->uffd, o->addr); /* writers that raced fault it back */
+		mm_put(m);
+		return; /* our reference on the slot is the entry's now */
+	}
+out_unprotect:
+	uffd_protect(m->uffd, o->addr, false);
+out_idle:
+	pthread_mutex_lock(&m->lock);
+	m->evicting = 0;
+	pthread_mutex_unlock(&m->lock);
+	uffd_wake(m->uffd, o->addr);
+	metric_inc(b->m_aborted);
+	log_debug("process %d page %#llx stays: %s", (int)m->pid, (unsigned long long)o->addr,
+		  why);
+out_ref:
+	if (o->kind == EVICT_POOL)
+		pool_ref(b->pool, o->ref, -1);
+	mm_put(m);
+}
+
+static void *evict_main(void *arg)
+{
+	struct backing *b = arg;
+	uint8_t *buf = aligned_alloc(PAGE, PAGE);
+	double tokens = 0, rate = b->cfg->evict_rate;
+	uint64_t last = now_ns();
+	struct offer o;
+
+	if (!buf)
+		return NULL;
+	for (;;) {
+		pthread_mutex_lock(&b->lock);
+		while (!b->stop && !b->noffers)
+			pthread_cond_wait(&b->offer_cond, &b->lock);
+		if (b->stop) {
+			pthread_mutex_unlock(&b->lock);
+			break;
+		}
+		o = b->offers[0];
+		memmove(b->offers, b->offers + 1, --b->noffers * sizeof(*b->offers));
+		pthread_mutex_unlock(&b->lock);
+		/* At most evict_rate pages per second, in bursts of up to one
+		 * tenth of a second's worth. */
+		{
+			uint64_t now = now_ns();
+
+			tokens += (double)(now - last) / 1e9 * rate;
+			last = now;
+			if (tokens > rate / 10 + 1)
+				tokens = rate / 10 + 1;
+			if (tokens < 1) {
+				uint64_t ns = (uint64_t)((1 - tokens) / rate * 1e9);
+				struct timespec ts = { (time_t)(ns / 1000000000ULL),
+						       (long)(ns % 1000000000ULL) };
+
+				nanosleep(&ts, NULL);
+				tokens = 1;
+				last = now_ns();
+			}
+			tokens -= 1;
+		}
+		evict_one(b, &o, buf);
+	}
+	free(buf);
+	return NULL;
+}
+
+/* ---- set-up ---------------------------------------------------------------------- */
+
+static int listen_on(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0666) < 0 ||
+	    listen(fd, 64) < 0) {
+		int e = -errno;
+
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+static int register_metrics(struct backing *b, struct metrics *reg)
+{
+	static const char lat_help[] = "Time to bring back one backed page, in seconds.";
+#define FAULTS	    "cksm_faults_total"
+#define FAULTS_HELP "Pages brought back on touch, by source (fresh: never backed)."
+#define BACKED	    "cksm_pages_backed"
+#define BACKED_HELP "Pages of attached processes dropped and backed, by what backs them."
+	const struct metric_def defs[] = {
+		METRIC_G(b->m_attached, "cksm_attached_processes",
+			 "Address spaces served (libcksm processes and their fork children)."),
+		{ &b->m_backed_zero, METRIC_GAUGE, BACKED, BACKED_HELP, "source=\"zero\"" },
+		{ &b->m_backed_local, METRIC_GAUGE, BACKED, BACKED_HELP, "source=\"local\"" },
+		METRIC_G(b->m_saved, "cksm_saved_bytes", "Memory the backed pages no longer use."),
+		METRIC_C(b->m_evicted, "cksm_evictions_total", "Pages dropped from processes."),
+		METRIC_C(b->m_aborted, "cksm_evictions_aborted_total",
+			 "Evictions abandoned (the page changed, moved, or the process went)."),
+		METRIC_CL(b->m_faults_zero, FAULTS, FAULTS_HELP, "source=\"zero\""),
+		METRIC_CL(b->m_faults_local, FAULTS, FAULTS_HELP, "source=\"local\""),
+		METRIC_CL(b->m_faults_fresh, FAULTS, FAULTS_HELP, "source=\"fresh\""),
+		METRIC_C(b->m_sigbus, "cksm_sigbus_total",
+			 "Backed pages that could not be brought back: the thread got SIGBUS. Alarm if not 0."),
+		METRIC_C(b->m_forks, "cksm_forks_total", "Forks of attached processes followed."),
+		METRIC_C(b->m_offers_dropped, "cksm_eviction_offers_dropped_total",
+			 "Pages offered for eviction while the queue was full."),
+	};
+#undef FAULTS
+#undef FAULTS_HELP
+#undef BACKED
+#undef BACKED_HELP
+
+	if (metrics_register(reg, defs, sizeof(defs) / sizeof(defs[0])))
+		return -ENOMEM;
+	b->m_lat = metrics_histogram(reg, "cksm_fault_seconds", lat_help, lat_bounds, 12);
+	return b->m_lat ? 0 : -ENOMEM;
+}
+
+struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct metrics *reg,
+			       struct pool *pool, const struct cid_domain *domains)
+{
+	struct backing *b = calloc(1, sizeof(*b));
+	int rc;
+
+	if (!b)
+		return NULL;
+	b->cfg = cfg;
+	b->loop = loop;
+	b->pool = pool;
+	b->domains = domains;
+	b->listen_fd = b->devfd = b->wake_fd = -1;
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->offer_cond, NULL);
+	b->offers = calloc(OFFER_MAX, sizeof(*b->offers));
+	if (!b->offers || register_metrics(b, reg))
+		goto fail;
+	b->devfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (b->devfd < 0) {
+		log_error("cannot open /dev/userfaultfd: %s (processes cannot attach)",
+			  strerror(errno));
+		goto fail;
+	}
+	b->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (b->wake_fd < 0)
+		goto fail;
+	rc = listen_on(cfg->socket_path);
+	if (rc < 0) {
+		log_error("cannot listen on %s: %s", cfg->socket_path, strerror(-rc));
+		goto fail;
+	}
+	b->listen_fd = rc;
+	uv_poll_init(loop, &b->lpoll, b->listen_fd);
+	b->lpoll.data = b;
+	uv_poll_start(&b->lpoll, UV_READABLE, on_accept);
+	uv_timer_init(loop, &b->ranges);
+	b->ranges.data = b;
+	uv_timer_start(&b->ranges, on_ranges, 1000, 1000);
+	if (pthread_create(&b->fault_thread, NULL, fault_main, b) == 0) {
+		if (pthread_create(&b->evict_thread, NULL, evict_main, b) == 0) {
+			b->threads = true;
+		} else {
+			pthread_mutex_lock(&b->lock);
+			b->stop = true;
+			pthread_mutex_unlock(&b->lock);
+			wake_faults(b);
+			pthread_join(b->fault_thread, NULL);
+		}
+	}
+	if (!b->threads) {
+		log_error("cannot start the fault and eviction threads");
+		uv_close((uv_handle_t *)&b->lpoll, NULL);
+		uv_close((uv_handle_t *)&b->ranges, NULL);
+		goto fail;
+	}
+	log_info("processes attach at %s (page pool of %zu slots)", cfg->socket_path,
+		 pool_slots(pool));
+	return b;
+fail:
+	if (b->listen_fd >= 0)
+		close(b->listen_fd);
+	if (b->devfd >= 0)
+		close(b->devfd);
+	if (b->wake_fd >= 0)
+		close(b->wake_fd);
+	free(b->offers);
+	free(b);
+	return NULL;
+}
+
+void backing_set_hooks(struct backing *b, void (*attached)(void *arg, pid_t pid, bool merge_all),
+		       void (*detached)(void *arg, pid_t pid), void *arg)
+{
+	b->attached = attached;
+	b->detached = detached;
+	b->hook_arg = arg;
+}
+
+static void on_backing_closed(uv_handle_t *h)
+{
+	struct backing *b = h->data;
+
+	free(b->offers);
+	close(b->wake_fd);
+	close(b->devfd);
+	pthread_mutex_destroy(&b->lock);
+	pthread_cond_destroy(&b->offer_cond);
+	free(b);
+}
+
+/*
+ * Stop: the threads end, every mm is dropped. The processes' userfaultfds
+ * close with this daemon; until the fd store keeps them across restarts,
+ * a stop with pages backed leaves those pages to read as zeroes, so the
+ * agent refuses to... (see agent_stop).
+ */
+void backing_destroy(struct backing *b)
+{
+	struct mm *m;
+
+	if (!b)
+		return;
+	atomic_store(&b->stopping, true);
+	pthread_mutex_lock(&b->lock);
+	b->stop = true;
+	pthread_cond_broadcast(&b->offer_cond);
+	pthread_mutex_unlock(&b->lock);
+	wake_faults(b);
+	pthread_join(b->fault_thread, NULL);
+	pthread_join(b->evict_thread, NULL);
+	uv_poll_stop(&b->lpoll);
+	close(b->listen_fd);
+	unlink(b->cfg->socket_path);
+	uv_timer_stop(&b->ranges);
+	uv_close((uv_handle_t *)&b->ranges, NULL);
+	while ((m = b->mms)) {
+		b->mms = m->next;
+		if (m->sock >= 0) {
+			uv_poll_stop(&m->poll);
+			m->handshaken = false; /* off the list already */
+			uv_close((uv_handle_t *)&m->poll, on_closed);
+		} else {
+			mm_put(m);
+		}
+	}
+	uv_close((uv_handle_t *)&b->lpoll, on_backing_closed);
+}

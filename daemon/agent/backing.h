@@ -1,0 +1,72 @@
+/*
+ * backing - dropping duplicate pages from processes and bringing them back.
+ *
+ * Processes attach through libcksm (local.h): the agent hands each an open
+ * /dev/userfaultfd, gets back the process's userfaultfd, and does the
+ * UFFDIO_API handshake with the fork, remap, remove and unmap events and
+ * write-protect faults. Their mergeable ranges are then registered for
+ * MISSING and WP faults from here.
+ *
+ * Eviction (KSM write-protects before it compares; so does this):
+ *   write-protect the page, read it, compare it byte for byte with what
+ *   will back it (a pool slot, or nothing for a zero page), enter it in
+ *   the mm's backed table, have the process drop it (ZAP), release the
+ *   write-protection. A write that races waits on the write-protect fault
+ *   until the eviction is finished or abandoned, and then continues on the
+ *   right data: the page itself, or the copy the fault brings back.
+ *
+ * Faults: one fault thread (not the loop) reads every attached mm's
+ * userfaultfd. A MISSING fault on a backed page is filled from its pool
+ * slot after checking the 128-bit id of the bytes (UFFDIO_COPY), or with
+ * the zero page; on a page never backed with what the kernel would have
+ * given (zeroes). A backed page whose bytes cannot be had is never
+ * filled with zeroes: the faulting thread gets SIGBUS, logged and counted.
+ * Events keep the tables right: fork copies the table to the child's
+ * userfaultfd, mremap moves entries, remove and unmap drop them.
+ */
+#ifndef CKSM_BACKING_H
+#define CKSM_BACKING_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <uv.h>
+
+#include "cid.h"
+#include "config.h"
+#include "metrics.h"
+#include "pool.h"
+
+struct backing;
+
+/*
+ * Listen on cfg->socket_path and start the fault and eviction threads.
+ * Returns NULL with the reason logged.
+ */
+struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct metrics *reg,
+			       struct pool *pool, const struct cid_domain *domains);
+void backing_destroy(struct backing *b);
+
+/* Called when a process attaches or detaches (loop thread). */
+void backing_set_hooks(struct backing *b, void (*attached)(void *arg, pid_t pid, bool merge_all),
+		       void (*detached)(void *arg, pid_t pid), void *arg);
+
+enum evict_kind {
+	EVICT_ZERO = 1, /* an all-zero page: no dup needed */
+	EVICT_POOL = 2, /* backed by a slot of this node's pool */
+};
+
+/*
+ * Offer a page for eviction (any thread). For EVICT_POOL, ref names the
+ * slot and id its content; the eviction takes its own reference. Pages of
+ * processes that are not attached, pages faulted back within the
+ * cool-down and offers beyond the queue are passed over.
+ */
+void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind kind,
+		   struct pool_ref ref, const struct cid *id);
+
+/* Is pid attached (any thread)? */
+bool backing_attached(struct backing *b, pid_t pid);
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * local - the protocol between a node's agent and the processes that load
+ * libcksm, over the agent's Unix socket (SOCK_SEQPACKET, one message per
+ * packet, every message a struct cksm_local; file descriptors travel as
+ * SCM_RIGHTS). docs/protocol.md describes it. Both sides check every
+ * field: magic, version, type, and the ranges against the process's own.
+ *
+ *   process -> agent  HELLO    a: the process's flags (CKSM_LOCAL_MERGE_ALL),
+ *                              b: the smallest mapping to treat as mergeable
+ *   agent -> process  DEVFD    with an open /dev/userfaultfd (status < 0:
+ *                              refused, with the errno)
+ *   process -> agent  UFFD     with the userfaultfd made from it
+ *   agent -> process  READY    status 0, or why the agent gives up on it
+ *   process -> agent  RANGE    a, b: [start, start + len) was made mergeable
+ *   agent -> process  ZAP      token, a, b: drop [a, a + b) (MADV_DONTNEED)
+ *   process -> agent  ZAPPED   token, status: 0 or -errno of the madvise
+ *   agent -> process  KSM      a, b: madvise(MADV_MERGEABLE) the range
+ */
+#ifndef CKSM_LOCAL_H
+#define CKSM_LOCAL_H
+
+#include <stdint.h>
+
+#define CKSM_LOCAL_SOCKET  "/run/cksm/agent.sock"
+#define CKSM_LOCAL_MAGIC   0x636b736du /* "cksm" */
+#define CKSM_LOCAL_VERSION 1
+
+enum cksm_local_type {
+	CKSM_LOCAL_HELLO = 1,
+	CKSM_LOCAL_DEVFD = 2,
+	CKSM_LOCAL_UFFD = 3,
+	CKSM_LOCAL_READY = 4,
+	CKSM_LOCAL_RANGE = 5,
+	CKSM_LOCAL_ZAP = 6,
+	CKSM_LOCAL_ZAPPED = 7,
+	CKSM_LOCAL_KSM = 8,
+};
+
+#define CKSM_LOCAL_MERGE_ALL 0x1u /* every private anonymous mapping >= b */
+
+struct cksm_local {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;
+	int32_t status;
+	uint32_t pad;
+	uint64_t token;
+	uint64_t a;
+	uint64_t b;
+};
+
+#endif

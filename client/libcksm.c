@@ -194,8 +194,8 @@ static void attach(void)
 	if (getenv("CKSM_MERGE_ALL") && !strcmp(getenv("CKSM_MERGE_ALL"), "1"))
 		m.a = CKSM_LOCAL_MERGE_ALL;
 	m.b = env_size("CKSM_MERGE_MIN", 1u << 20);
-	if (send_local(fd, &m, -1) || recv_local(fd, &m, &devfd) ||
-	    m.type != CKSM_LOCAL_DEVFD || m.status || devfd < 0)
+	if (send_local(fd, &m, -1) || recv_local(fd, &m, &devfd) || m.type != CKSM_LOCAL_DEVFD ||
+	    m.status || devfd < 0)
 		goto fail;
 	uffd = ioctl(devfd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
 	close(devfd);

@@ -20,10 +20,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include <sodium.h>
 
+#include "backing.h"
 #include "dial.h"
+#include "pool.h"
 #include "scanrun.h"
 #include "log.h"
 #include "runtime.h"
@@ -77,7 +80,22 @@ struct agent {
 	struct metric *m_decisions[6]; /* by action */
 	struct metric *m_orders;       /* DupCreate and DupRelease received */
 	struct metric *m_unanswered;   /* reports whose answer never came */
+	struct metric *m_dups, *m_pool_free, *m_refs_sent;
+	struct pool *pool;	 /* NULL: no pool on this node */
+	struct backing *backing; /* NULL: processes cannot attach */
+	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 };
+
+static void fill_pool_info(const struct agent *a, Cksm__PoolInfo *pi)
+{
+	pi->slot_bytes = POOL_SLOT;
+	if (a->pool) {
+		pi->slots_total = pool_slots(a->pool);
+		pi->slots_free = pool_free_slots(a->pool);
+		metric_set(a->m_pool_free, (double)pi->slots_free);
+		metric_set(a->m_dups, (double)(pi->slots_total - pi->slots_free));
+	}
+}
 
 static void inflight_drop_oldest(struct agent_shard *s)
 {
@@ -107,7 +125,7 @@ static int send_register(struct agent_shard *s, struct conn *c)
 	r.rack = (char *)cfg->rack;
 	r.incarnation = s->a->incarnation;
 	r.buckets = cfg->buckets;
-	pool.slot_bytes = 4096;
+	fill_pool_info(s->a, &pool);
 	r.pool = &pool;
 	m.body_case = CKSM__MSG__BODY_REGISTER;
 	m.register_ = &r;
@@ -148,20 +166,73 @@ static void adopt_timing(struct agent_shard *s, const Cksm__RegisterAck *ack)
 		uv_timer_set_repeat(&s->a->hb, ack->heartbeat_ms);
 }
 
-/*
- * The shard rebuilds its tree from what nodes hold and reference. This
- * node has no page pool yet, so it holds and references no dups: its
- * resync is the closing part alone.
- */
-static int send_resync(struct conn *c)
+#define RESYNC_PART 1024 /* entries per Resync message */
+
+struct resync_ctx {
+	struct agent_shard *s;
+	struct conn *c;
+	Cksm__ResyncEntry e[RESYNC_PART], *ep[RESYNC_PART];
+	Cksm__DupRef r[RESYNC_PART];
+	size_t n;
+	int rc;
+};
+
+static void resync_flush(struct resync_ctx *x, bool last)
 {
 	Cksm__Msg m = CKSM__MSG__INIT;
 	Cksm__Resync rs = CKSM__RESYNC__INIT;
 
-	rs.last = true;
+	rs.n_entries = x->n;
+	rs.entries = x->ep;
+	rs.last = last;
 	m.body_case = CKSM__MSG__BODY_RESYNC;
 	m.resync = &rs;
-	return conn_send(c, &m);
+	if (!x->rc)
+		x->rc = conn_send(x->c, &m);
+	x->n = 0;
+}
+
+static void resync_slot(void *arg, struct pool_ref ref, const struct cid *id, bool held,
+			uint32_t refs)
+{
+	struct resync_ctx *x = arg;
+	const struct config *cfg = x->s->a->rt.cfg;
+
+	if (!held || config_bucket_shard(cfg, cid_bucket(*id, cfg->buckets)) != (int)x->s->id)
+		return;
+	cksm__resync_entry__init(&x->e[x->n]);
+	cksm__dup_ref__init(&x->r[x->n]);
+	x->r[x->n].node_id = x->s->node_id;
+	x->r[x->n].slot = ref.slot;
+	x->r[x->n].generation = ref.gen;
+	x->e[x->n].id_hi = id->hi;
+	x->e[x->n].id_lo = id->lo;
+	x->e[x->n].domain = cid_domain_of(*id);
+	x->e[x->n].dup = &x->r[x->n];
+	x->e[x->n].refs = refs;
+	x->e[x->n].held_here = true;
+	x->ep[x->n] = &x->e[x->n];
+	if (++x->n == RESYNC_PART)
+		resync_flush(x, false);
+}
+
+/*
+ * The shard rebuilds its tree from what nodes hold and reference: every
+ * dup of this node's pool in the shard's buckets, with this node's
+ * references on it, in parts.
+ */
+static int send_resync(struct agent_shard *s, struct conn *c)
+{
+	static struct resync_ctx x;
+
+	x.s = s;
+	x.c = c;
+	x.n = 0;
+	x.rc = 0;
+	if (s->a->pool)
+		pool_foreach(s->a->pool, resync_slot, &x);
+	resync_flush(&x, true);
+	return x.rc;
 }
 
 static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm__RegisterAck *ack)
@@ -177,7 +248,7 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 	s->registered_before = true;
 	s->registered = true;
 	s->node_id = ack->node_id;
-	if (ack->resync_wanted && send_resync(c))
+	if (ack->resync_wanted && send_resync(s, c))
 		return -EIO;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
 	metric_inc(s->a->m_registered);
@@ -187,12 +258,8 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 	return 0;
 }
 
-/*
- * This node has no page pool yet (it advertises no free slots, so shards
- * do not place dups here): a request to make one is answered as failed,
- * which the shard takes as "try elsewhere".
- */
-static int dup_not_made(struct conn *c, uint64_t hi, uint64_t lo, uint32_t domain)
+static int dup_answer(struct conn *c, uint64_t hi, uint64_t lo, uint32_t domain,
+		      const Cksm__DupRef *dup, const char *reason)
 {
 	Cksm__Msg m = CKSM__MSG__INIT;
 	Cksm__DupCreated d = CKSM__DUP_CREATED__INIT;
@@ -200,11 +267,70 @@ static int dup_not_made(struct conn *c, uint64_t hi, uint64_t lo, uint32_t domai
 	d.id_hi = hi;
 	d.id_lo = lo;
 	d.domain = domain;
-	d.ok = false;
-	d.reason = (char *)"no page pool on this node";
+	d.ok = dup != NULL;
+	d.dup = (Cksm__DupRef *)dup;
+	d.reason = (char *)(reason ? reason : "");
 	m.body_case = CKSM__MSG__BODY_DUP_CREATED;
 	m.dup_created = &d;
 	return conn_send(c, &m);
+}
+
+static int by_id_key(const void *key, const void *elem)
+{
+	const struct report_entry *a = key, *b = elem;
+
+	if (a->hi != b->hi)
+		return a->hi < b->hi ? -1 : 1;
+	return a->lo < b->lo ? -1 : a->lo > b->lo;
+}
+
+/*
+ * CREATE_DUP: copy one of the reported pages holding the content into the
+ * pool, checking that it still holds it (the id of the bytes copied).
+ */
+static int make_dup(struct agent_shard *s, struct conn *c, const Cksm__Decision *d, uint32_t domain)
+{
+	struct agent *a = s->a;
+	const struct inflight *f = s->fl_n ? &s->fl[s->fl_head] : NULL;
+	struct report_entry key = { .hi = d->id_hi, .lo = d->id_lo };
+	const struct report_entry *e = NULL;
+	static uint8_t page[POOL_SLOT] __attribute__((aligned(POOL_SLOT)));
+	struct cid id = { d->id_hi, d->id_lo };
+	const char *why = "no page pool on this node";
+	Cksm__DupRef ref = CKSM__DUP_REF__INIT;
+	struct pool_ref pr;
+	int di = -1;
+
+	for (unsigned i = 0; i < a->rt.cfg->ndomains; i++)
+		if (a->rt.cfg->domains[i].id == cid_domain_of(id))
+			di = (int)i;
+	if (a->pool && f && di >= 0) {
+		e = bsearch(&key, f->e, f->n, sizeof(*f->e), by_id_key);
+		while (e && e > f->e && e[-1].hi == key.hi && e[-1].lo == key.lo)
+			e--;
+		why = "the pages changed";
+	}
+	for (; e && e < f->e + f->n && e->hi == key.hi && e->lo == key.lo; e++) {
+		struct iovec l = { page, POOL_SLOT }, r = { (void *)(uintptr_t)e->addr, POOL_SLOT };
+		struct cid got;
+		int rc;
+
+		if (process_vm_readv(e->pid, &l, 1, &r, 1, 0) != POOL_SLOT)
+			continue;
+		got = cid_of(&a->domains[di], page);
+		if (got.hi != id.hi || got.lo != id.lo)
+			continue;
+		rc = pool_add(a->pool, &id, page, &pr);
+		if (rc) {
+			why = "the page pool is full";
+			break;
+		}
+		ref.node_id = s->node_id;
+		ref.slot = pr.slot;
+		ref.generation = pr.gen;
+		return dup_answer(c, d->id_hi, d->id_lo, domain, &ref, NULL);
+	}
+	return dup_answer(c, d->id_hi, d->id_lo, domain, NULL, why);
 }
 
 /*
@@ -263,11 +389,25 @@ static int handle_decisions(struct agent_shard *s, struct conn *c, const Cksm__D
 			return conn_fail(c, -EPROTO, "decision with action %u and %zu dups", a,
 					 d->n_dups);
 		metric_inc(s->a->m_decisions[a]);
-		if (d->action == CKSM__ACTION__ACTION_CREATE_DUP &&
-		    dup_not_made(c, d->id_hi, d->id_lo, b->domain))
+		if (d->action == CKSM__ACTION__ACTION_CREATE_DUP && make_dup(s, c, d, b->domain))
 			return -EIO;
 	}
 	return b->last ? handle_answer(s, c, b) : 0;
+}
+
+/* The shard lets go of a dup here: freed once no page of ours uses it. */
+static int release_dup(struct agent_shard *s, struct conn *c, const Cksm__DupRelease *r)
+{
+	struct pool_ref pr;
+
+	if (!r->dup || r->dup->node_id != s->node_id || r->dup->slot > UINT32_MAX)
+		return conn_fail(c, -EPROTO, "release of a dup that is not this node's");
+	pr.slot = (uint32_t)r->dup->slot;
+	pr.gen = r->dup->generation;
+	if (!s->a->pool || pool_release(s->a->pool, pr))
+		log_info("shard %u released dup %u/%u, which this node does not hold", s->id,
+			 pr.slot, pr.gen);
+	return 0;
 }
 
 static int on_msg(struct conn *c, const Cksm__Msg *m)
@@ -291,13 +431,14 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 			return conn_fail(c, -EPROTO, "decisions before register ack");
 		return handle_decisions(s, c, m->decisions);
 	case CKSM__MSG__BODY_DUP_CREATE:
-		/* A re-replication order: the copy comes from a source's pool. */
+		/* A re-replication order: the copy comes from a source's pool
+		 * over a data transport, which this node does not have yet. */
 		metric_inc(s->a->m_orders);
-		return dup_not_made(c, m->dup_create->id_hi, m->dup_create->id_lo,
-				    m->dup_create->domain);
+		return dup_answer(c, m->dup_create->id_hi, m->dup_create->id_lo,
+				  m->dup_create->domain, NULL, "no data transport on this node");
 	case CKSM__MSG__BODY_DUP_RELEASE:
 		metric_inc(s->a->m_orders);
-		return 0; /* this node holds no dups: nothing to free */
+		return release_dup(s, c, m->dup_release);
 	default:
 		metric_inc(c->net->m.rej_unexpected);
 		return conn_fail(c, -EOPNOTSUPP, "message %s is not accepted by an agent",
@@ -328,6 +469,7 @@ static void heartbeat_one(struct agent_shard *s, uint64_t now)
 	Cksm__Msg m = CKSM__MSG__INIT;
 	Cksm__Heartbeat hb = CKSM__HEARTBEAT__INIT;
 	Cksm__NodeCounters nc = CKSM__NODE_COUNTERS__INIT;
+	Cksm__PoolInfo pi = CKSM__POOL_INFO__INIT;
 
 	if (!c)
 		return;
@@ -341,6 +483,8 @@ static void heartbeat_one(struct agent_shard *s, uint64_t now)
 		return;
 	hb.seq = ++s->hb_seq;
 	hb.counters = &nc;
+	fill_pool_info(s->a, &pi);
+	hb.pool = &pi;
 	m.body_case = CKSM__MSG__BODY_HEARTBEAT;
 	m.heartbeat = &hb;
 	if (conn_send(c, &m) == 0)
@@ -479,6 +623,44 @@ static void send_usage(struct agent *a)
 	usage_clear(&u);
 }
 
+/*
+ * The references this node's pages took or dropped on its dups, to the
+ * shards that own them (lost if the shard is away: its resync after
+ * coming back carries the counts).
+ */
+static void send_refs(struct agent *a)
+{
+	static struct backing_ref r[1024];
+	size_t n;
+
+	if (!a->backing)
+		return;
+	while ((n = backing_take_refs(a->backing, r, 1024)) > 0)
+		for (size_t i = 0; i < n; i++) {
+			const struct config *cfg = a->rt.cfg;
+			struct agent_shard *s = &a->shards[config_bucket_shard(
+				cfg, cid_bucket(r[i].id, cfg->buckets))];
+			struct conn *c = dialer_conn(s->dialer);
+			Cksm__Msg m = CKSM__MSG__INIT;
+			Cksm__RefUpdate ru = CKSM__REF_UPDATE__INIT;
+			Cksm__DupRef dr = CKSM__DUP_REF__INIT;
+
+			if (!c || !s->registered)
+				continue;
+			dr.node_id = s->node_id;
+			dr.slot = r[i].ref.slot;
+			dr.generation = r[i].ref.gen;
+			ru.id_hi = r[i].id.hi;
+			ru.id_lo = r[i].id.lo;
+			ru.dup = &dr;
+			ru.delta = r[i].delta;
+			m.body_case = CKSM__MSG__BODY_REF_UPDATE;
+			m.ref_update = &ru;
+			if (conn_send(c, &m) == 0)
+				metric_inc(a->m_refs_sent);
+		}
+}
+
 /* Drain the report queues into the shards that can take them now. */
 static void flush_reports(void *arg)
 {
@@ -499,6 +681,7 @@ static void flush_reports(void *arg)
 	scanrun_queued(a->scan);
 	send_census(a);
 	send_usage(a);
+	send_refs(a);
 }
 
 static void on_heartbeat(uv_timer_t *t)
@@ -519,6 +702,8 @@ static void agent_stop(struct runtime *rt)
 	uv_close((uv_handle_t *)&a->hb, NULL);
 	scanrun_destroy(a->scan);
 	a->scan = NULL;
+	backing_destroy(a->backing);
+	a->backing = NULL;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		dialer_destroy(a->shards[i].dialer);
 		a->shards[i].dialer = NULL;
@@ -552,6 +737,10 @@ static int register_metrics(struct agent *a)
 			 "Pages the digests sent to shards stand for."),
 		METRIC_C(a->m_unanswered, "cksm_reports_unanswered_total",
 			 "Reports a shard refused or did not answer."),
+		METRIC_G(a->m_dups, "cksm_pool_dups", "Dups this node's page pool holds."),
+		METRIC_G(a->m_pool_free, "cksm_pool_free_slots", "Free slots of the page pool."),
+		METRIC_C(a->m_refs_sent, "cksm_ref_updates_sent_total",
+			 "Reference changes on this node's dups sent to shards."),
 	};
 #undef DEC
 #undef DEC_HELP
@@ -569,6 +758,50 @@ static int register_metrics(struct agent *a)
 		if (!a->shards[i].m_up)
 			return -ENOMEM;
 	}
+	return 0;
+}
+
+static void on_attached(void *arg, pid_t pid, bool merge_all)
+{
+	struct agent *a = arg;
+
+	scanrun_attach(a->scan, pid, merge_all ? TARGET_WHOLE : TARGET_MERGEABLE);
+}
+
+static void on_detached(void *arg, pid_t pid)
+{
+	struct agent *a = arg;
+
+	scanrun_attach(a->scan, pid, -1);
+}
+
+/*
+ * The page pool, and the socket processes attach to. Without a pool the
+ * node still scans and reports; without /dev/userfaultfd or the socket,
+ * no process can attach and nothing is evicted.
+ */
+static int start_backing(struct agent *a)
+{
+	const struct config *cfg = a->rt.cfg;
+	char err[256];
+	bool huge;
+
+	for (unsigned d = 0; d < cfg->ndomains; d++)
+		if (cid_domain_init(&a->domains[d], &a->rt.key, cfg->domains[d].id,
+				    cfg->domains[d].name))
+			return -EINVAL;
+	a->pool = pool_create(cfg->pool_pages, &huge, err, sizeof(err));
+	if (!a->pool) {
+		log_error("no page pool: %s", err);
+		return 0;
+	}
+	log_info("page pool of %u slots (%s)", cfg->pool_pages,
+		 huge ? "hugetlb pages" : "shared memory");
+	a->backing = backing_create(cfg, &a->rt.loop, a->rt.reg, a->pool, a->domains);
+	if (!a->backing)
+		return 0;
+	backing_set_hooks(a->backing, on_attached, on_detached, a);
+	scanrun_set_backing(a->scan, a->backing, a->pool);
 	return 0;
 }
 
@@ -590,6 +823,8 @@ int agent_main(const struct config *cfg)
 		goto out_fini;
 	a->scan = scanrun_create(cfg, &a->rt.key, a->rt.reg, &a->rt.loop, flush_reports, a);
 	if (!a->scan)
+		goto out_fini;
+	if (start_backing(a))
 		goto out_fini;
 	uv_timer_init(&a->rt.loop, &a->hb);
 	a->hb.data = a;
@@ -620,6 +855,7 @@ out_stop:
 	agent_stop(&a->rt);
 out_fini:
 	runtime_fini(&a->rt);
+	pool_destroy(a->pool);
 	free(a);
 	return rc;
 }

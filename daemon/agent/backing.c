@@ -65,6 +65,8 @@ struct mm {
 	pthread_cond_t cond;
 	struct bentry *tab; /* open addressing, linear probing */
 	size_t cap, n;
+	struct uffd_msg *retry; /* faults to serve again (fault thread's) */
+	size_t nretry, capretry;
 	uint64_t evicting;   /* address under eviction, 0 if none */
 	unsigned evict_hits; /* removals of that page seen meanwhile */
 	uint64_t zap_token;
@@ -110,14 +112,19 @@ struct backing {
 		uint64_t until_ms;
 	} cool[COOLDOWN_SETS];
 
+	pthread_mutex_t refs_lock; /* the reference changes not taken yet */
+	struct backing_ref *refs;
+	size_t nrefs;
+	int32_t *ref_pos; /* per pool slot: index in refs + 1, 0 if none */
+
 	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
 	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved;
 	struct metric_histogram *m_lat;
 };
 
-static const double lat_bounds[12] = { 5e-6,   10e-6,  20e-6,  50e-6, 100e-6, 200e-6,
-				       500e-6, 1e-3,   2e-3,   5e-3,  10e-3,  100e-3 };
+static const double lat_bounds[12] = { 5e-6,   10e-6, 20e-6, 50e-6, 100e-6, 200e-6,
+				       500e-6, 1e-3,  2e-3,  5e-3,  10e-3,  100e-3 };
 
 static uint64_t now_ms(void)
 {
@@ -133,6 +140,45 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- reference changes for the coordinator --------------------------------- */
+
+static void ref_changed(struct backing *b, struct pool_ref ref, const struct cid *id, int32_t d)
+{
+	int32_t pos;
+
+	if (ref.slot >= pool_slots(b->pool))
+		return;
+	pthread_mutex_lock(&b->refs_lock);
+	pos = b->ref_pos[ref.slot];
+	if (pos && b->refs[pos - 1].ref.gen != ref.gen)
+		pos = 0; /* an older generation's change: keep both */
+	if (!pos && b->nrefs < pool_slots(b->pool)) {
+		b->refs[b->nrefs] = (struct backing_ref){ ref, *id, 0 };
+		pos = (int32_t)++b->nrefs;
+		b->ref_pos[ref.slot] = pos;
+	}
+	if (pos)
+		b->refs[pos - 1].delta += d;
+	pthread_mutex_unlock(&b->refs_lock);
+}
+
+size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&b->refs_lock);
+	while (b->nrefs && n < max) {
+		struct backing_ref *r = &b->refs[--b->nrefs];
+
+		if (b->ref_pos[r->ref.slot] == (int32_t)b->nrefs + 1)
+			b->ref_pos[r->ref.slot] = 0;
+		if (r->delta)
+			out[n++] = *r;
+	}
+	pthread_mutex_unlock(&b->refs_lock);
+	return n;
 }
 
 /* ---- the backed table --------------------------------------------------- */
@@ -222,6 +268,7 @@ static void entry_release(struct mm *m, struct bentry *e)
 
 	if (e->kind == B_POOL) {
 		pool_ref(b->pool, e->ref, -1);
+		ref_changed(b, e->ref, &e->id, -1);
 		metric_gauge_add(b->m_backed_local, -1);
 	} else {
 		metric_gauge_add(b->m_backed_zero, -1);
@@ -280,6 +327,7 @@ static void mm_put(struct mm *m)
 	drop_range(m, 0, UINT64_MAX);
 	pthread_mutex_unlock(&m->lock);
 	free(m->tab);
+	free(m->retry);
 	if (m->uffd >= 0)
 		close(m->uffd);
 	if (m->sock >= 0)
@@ -536,6 +584,8 @@ static void handle_range(struct mm *m, const struct cksm_local *msg)
 {
 	uint64_t start = msg->a, len = msg->b;
 
+	if (len == 0)
+		return; /* madvise of nothing */
 	if (start % PAGE || len == 0 || len % PAGE || start + len < start) {
 		log_warn("process %d: a mergeable range %#llx+%#llx that is not whole pages",
 			 (int)m->pid, (unsigned long long)start, (unsigned long long)len);
@@ -770,7 +820,8 @@ static void lost_page(struct mm *m, const struct uffd_msg *msg, uint64_t addr, c
 	uffd_wake(m->uffd, addr);
 }
 
-static void on_pagefault(struct mm *m, const struct uffd_msg *msg)
+/* false: the mm is changing (an event is in flight); try again shortly. */
+static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 {
 	struct backing *b = m->b;
 	uint64_t t0 = now_ns(), addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
@@ -787,7 +838,7 @@ static void on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		pthread_mutex_unlock(&m->lock);
 		if (!busy)
 			uffd_protect(m->uffd, addr, false);
-		return;
+		return true;
 	}
 	pthread_mutex_lock(&m->lock);
 	e = tab_find(m, addr);
@@ -795,11 +846,13 @@ static void on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		/* Never backed: what the kernel itself would have given. */
 		rc = write ? uffd_copy(m->uffd, addr, zeroes) : uffd_zeropage(m->uffd, addr);
 		pthread_mutex_unlock(&m->lock);
+		if (rc == -EAGAIN)
+			return false;
 		metric_inc(b->m_faults_fresh);
 		if (rc && rc != -ENOENT && rc != -ESRCH)
 			log_warn("process %d: cannot fill page %#llx: %s", (int)m->pid,
 				 (unsigned long long)addr, strerror(-rc));
-		return;
+		return true;
 	}
 	if (e->kind == B_ZERO) {
 		rc = write ? uffd_copy(m->uffd, addr, zeroes) : uffd_zeropage(m->uffd, addr);
@@ -816,8 +869,9 @@ static void on_pagefault(struct mm *m, const struct uffd_msg *msg)
 			got = cid_of(&b->domains[d], bytes);
 		if (!bytes || d < 0 || got.hi != e->id.hi || got.lo != e->id.lo) {
 			pthread_mutex_unlock(&m->lock);
-			lost_page(m, msg, addr, bytes ? "its copy does not match its id" : "its slot is gone");
-			return;
+			lost_page(m, msg, addr,
+				  bytes ? "its copy does not match its id" : "its slot is gone");
+			return true;
 		}
 		rc = uffd_copy(m->uffd, addr, bytes);
 		if (!rc) {
@@ -826,15 +880,18 @@ static void on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		}
 	}
 	pthread_mutex_unlock(&m->lock);
+	if (rc == -EAGAIN)
+		return false;
 	if (rc) {
 		if (rc != -ESRCH)
 			log_warn("process %d: cannot bring back page %#llx: %s", (int)m->pid,
 				 (unsigned long long)addr, strerror(-rc));
-		return;
+		return true;
 	}
 	if (m->pid)
 		cool_note(b, m->pid, addr);
 	observe(b, now_ns() - t0);
+	return true;
 }
 
 /* fork: the child's userfaultfd, and a copy of the table for it. */
@@ -860,9 +917,13 @@ static void on_fork(struct mm *m, int ufd)
 			continue;
 		if (e->kind == B_POOL && pool_ref(b->pool, e->ref, 1))
 			continue;
+		if (e->kind == B_POOL)
+			ref_changed(b, e->ref, &e->id, 1);
 		if (tab_put(c, e)) {
-			if (e->kind == B_POOL)
+			if (e->kind == B_POOL) {
 				pool_ref(b->pool, e->ref, -1);
+				ref_changed(b, e->ref, &e->id, -1);
+			}
 			continue;
 		}
 		metric_gauge_add(e->kind == B_POOL ? b->m_backed_local : b->m_backed_zero, 1);
@@ -933,6 +994,35 @@ static void on_remove(struct mm *m, uint64_t start, uint64_t end)
 	pthread_mutex_unlock(&m->lock);
 }
 
+static void keep_retry(struct mm *m, const struct uffd_msg *msg)
+{
+	if (m->nretry == m->capretry) {
+		size_t cap = m->capretry ? 2 * m->capretry : 16;
+		struct uffd_msg *v = realloc(m->retry, cap * sizeof(*v));
+
+		if (!v) {
+			log_error("process %d: out of memory keeping a fault to retry",
+				  (int)m->pid);
+			return;
+		}
+		m->retry = v;
+		m->capretry = cap;
+	}
+	m->retry[m->nretry++] = *msg;
+}
+
+/* Faults that met a changing mm, once more; those still refused stay. */
+static void retry_faults(struct mm *m)
+{
+	size_t n = m->nretry, k = 0;
+
+	m->nretry = 0;
+	for (size_t i = 0; i < n; i++)
+		if (!on_pagefault(m, &m->retry[i]))
+			m->retry[k++] = m->retry[i];
+	m->nretry = k;
+}
+
 /* Read what the mm's userfaultfd has; false when it is finished. */
 static bool drain_uffd(struct mm *m)
 {
@@ -950,7 +1040,8 @@ static bool drain_uffd(struct mm *m)
 
 			switch (msg->event) {
 			case UFFD_EVENT_PAGEFAULT:
-				on_pagefault(m, msg);
+				if (!on_pagefault(m, msg))
+					keep_retry(m, msg);
 				break;
 			case UFFD_EVENT_FORK:
 				on_fork(m, (int)msg->arg.fork.ufd);
@@ -1009,8 +1100,14 @@ static void *fault_main(void *arg)
 			pf[n++] = (struct pollfd){ m->uffd, POLLIN, 0 };
 		}
 		pthread_mutex_unlock(&b->lock);
-		if (poll(pf, n, -1) < 0 && errno != EINTR)
-			log_warn("fault thread poll: %s", strerror(errno));
+		{
+			bool retrying = false;
+
+			for (size_t i = 1; i < n; i++)
+				retrying = retrying || mv[i]->nretry;
+			if (poll(pf, n, retrying ? 1 : -1) < 0 && errno != EINTR)
+				log_warn("fault thread poll: %s", strerror(errno));
+		}
 		if (pf[0].revents & POLLIN) {
 			uint64_t v;
 
@@ -1018,7 +1115,10 @@ static void *fault_main(void *arg)
 				log_warn("fault thread wake: %s", strerror(errno));
 		}
 		for (size_t i = 1; i < n; i++) {
-			if (pf[i].revents && !drain_uffd(mv[i]) && mv[i]->sock < 0 && !mv[i]->gone) {
+			if (mv[i]->nretry)
+				retry_faults(mv[i]);
+			if (pf[i].revents && !drain_uffd(mv[i]) && mv[i]->sock < 0 &&
+			    !mv[i]->gone) {
 				/* A fork child's userfaultfd ended: the child is gone. */
 				list_del(b, mv[i]);
 			}
@@ -1117,10 +1217,12 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf)
 	if (!m)
 		return;
 	if (o->kind == EVICT_POOL) {
+		/* At most max_page_sharing pages on one dup, as with KSM. */
 		dup = pool_page(b->pool, o->ref, NULL);
-		if (!dup || pool_ref(b->pool, o->ref, 1)) {
+		if (!dup || pool_refs(b->pool, o->ref) >= b->cfg->max_page_sharing ||
+		    pool_ref(b->pool, o->ref, 1)) {
 			mm_put(m);
-			return; /* the dup went meanwhile */
+			return; /* the dup went meanwhile, or is full */
 		}
 	}
 	pthread_mutex_lock(&m->lock);
@@ -1176,13 +1278,15 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf)
 
 		if (x)
 			tab_del(m, x); /* never counted: nothing to release */
-		why = !m->zap_done	    ? "the agent is stopping"
-		      : m->zap_status	    ? "the zap failed"
+		why = !m->zap_done	  ? "the agent is stopping"
+		      : m->zap_status	  ? "the zap failed"
 		      : m->evict_hits > 1 ? "the program removed the page"
-					    : "the process is gone";
+					  : "the process is gone";
 	}
 	pthread_mutex_unlock(&m->lock);
 	if (zapped) {
+		if (o->kind == EVICT_POOL)
+			ref_changed(b, o->ref, &o->id, 1);
 		metric_inc(b->m_evicted);
 		metric_gauge_add(o->kind == EVICT_POOL ? b->m_backed_local : b->m_backed_zero, 1);
 		metric_gauge_add(b->m_saved, PAGE);
@@ -1201,8 +1305,7 @@ out_idle:
 	pthread_mutex_unlock(&m->lock);
 	uffd_wake(m->uffd, o->addr);
 	metric_inc(b->m_aborted);
-	log_debug("process %d page %#llx stays: %s", (int)m->pid, (unsigned long long)o->addr,
-		  why);
+	log_debug("process %d page %#llx stays: %s", (int)m->pid, (unsigned long long)o->addr, why);
 out_ref:
 	if (o->kind == EVICT_POOL)
 		pool_ref(b->pool, o->ref, -1);
@@ -1269,6 +1372,15 @@ static int listen_on(const char *path)
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
+	/* Another agent serving there keeps its socket. */
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN) {
+		close(fd);
+		return -EADDRINUSE;
+	}
+	close(fd);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
 	unlink(path);
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0666) < 0 ||
 	    listen(fd, 64) < 0) {
@@ -1299,8 +1411,9 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_CL(b->m_faults_zero, FAULTS, FAULTS_HELP, "source=\"zero\""),
 		METRIC_CL(b->m_faults_local, FAULTS, FAULTS_HELP, "source=\"local\""),
 		METRIC_CL(b->m_faults_fresh, FAULTS, FAULTS_HELP, "source=\"fresh\""),
-		METRIC_C(b->m_sigbus, "cksm_sigbus_total",
-			 "Backed pages that could not be brought back: the thread got SIGBUS. Alarm if not 0."),
+		METRIC_C(
+			b->m_sigbus, "cksm_sigbus_total",
+			"Backed pages that could not be brought back: the thread got SIGBUS. Alarm if not 0."),
 		METRIC_C(b->m_forks, "cksm_forks_total", "Forks of attached processes followed."),
 		METRIC_C(b->m_offers_dropped, "cksm_eviction_offers_dropped_total",
 			 "Pages offered for eviction while the queue was full."),
@@ -1330,9 +1443,12 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	b->domains = domains;
 	b->listen_fd = b->devfd = b->wake_fd = -1;
 	pthread_mutex_init(&b->lock, NULL);
+	pthread_mutex_init(&b->refs_lock, NULL);
 	pthread_cond_init(&b->offer_cond, NULL);
 	b->offers = calloc(OFFER_MAX, sizeof(*b->offers));
-	if (!b->offers || register_metrics(b, reg))
+	b->refs = calloc(pool_slots(pool), sizeof(*b->refs));
+	b->ref_pos = calloc(pool_slots(pool), sizeof(*b->ref_pos));
+	if (!b->offers || !b->refs || !b->ref_pos || register_metrics(b, reg))
 		goto fail;
 	b->devfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
 	if (b->devfd < 0) {
@@ -1383,6 +1499,8 @@ fail:
 	if (b->wake_fd >= 0)
 		close(b->wake_fd);
 	free(b->offers);
+	free(b->refs);
+	free(b->ref_pos);
 	free(b);
 	return NULL;
 }
@@ -1400,19 +1518,47 @@ static void on_backing_closed(uv_handle_t *h)
 	struct backing *b = h->data;
 
 	free(b->offers);
+	free(b->refs);
+	free(b->ref_pos);
 	close(b->wake_fd);
 	close(b->devfd);
 	pthread_mutex_destroy(&b->lock);
+	pthread_mutex_destroy(&b->refs_lock);
 	pthread_cond_destroy(&b->offer_cond);
 	free(b);
 }
 
 /*
- * Stop: the threads end, every mm is dropped. The processes' userfaultfds
- * close with this daemon; until the fd store keeps them across restarts,
- * a stop with pages backed leaves those pages to read as zeroes, so the
- * agent refuses to... (see agent_stop).
+ * Put every backed page back before the userfaultfds close: without the
+ * agent a missing page would read as zeroes.
  */
+static void restore_all(struct backing *b)
+{
+	size_t done = 0, failed = 0;
+
+	for (struct mm *m = b->mms; m; m = m->next) {
+		pthread_mutex_lock(&m->lock);
+		for (size_t i = 0; i < m->cap; i++) {
+			const struct bentry *e = &m->tab[i];
+			const void *bytes =
+				e->kind == B_POOL ? pool_page(b->pool, e->ref, NULL) : zeroes;
+			int rc;
+
+			if (!e->page)
+				continue;
+			rc = bytes ? uffd_copy(m->uffd, e->page << 12, bytes) : -ESTALE;
+			if (rc && rc != -ESRCH && rc != -ENOENT)
+				failed++;
+			else
+				done++;
+		}
+		pthread_mutex_unlock(&m->lock);
+	}
+	if (done || failed)
+		log_info("brought back %zu backed pages before stopping (%zu failed)", done,
+			 failed);
+}
+
 void backing_destroy(struct backing *b)
 {
 	struct mm *m;
@@ -1427,6 +1573,7 @@ void backing_destroy(struct backing *b)
 	wake_faults(b);
 	pthread_join(b->fault_thread, NULL);
 	pthread_join(b->evict_thread, NULL);
+	restore_all(b);
 	uv_poll_stop(&b->lpoll);
 	close(b->listen_fd);
 	unlink(b->cfg->socket_path);

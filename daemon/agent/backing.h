@@ -66,6 +66,16 @@ enum evict_kind {
 void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind kind,
 		   struct pool_ref ref, const struct cid *id);
 
+/* This node's references on one of its pool's dups changed by delta. */
+struct backing_ref {
+	struct pool_ref ref;
+	struct cid id;
+	int32_t delta;
+};
+
+/* Take up to max accumulated changes (for RefUpdate messages). */
+size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max);
+
 /* Is pid attached (any thread)? */
 bool backing_attached(struct backing *b, pid_t pid);
 

@@ -34,7 +34,65 @@ struct pool {
 	struct slot *slots;
 	uint32_t *free; /* stack of free slot numbers */
 	size_t nfree;
+	uint32_t *index; /* id -> slot + 1; 0 empty, IDX_GONE deleted */
+	size_t icap, igone;
 };
+
+#define IDX_GONE UINT32_MAX
+
+static size_t idx_home(const struct pool *p, const struct cid *id)
+{
+	return (size_t)((id->lo ^ id->hi) * 0x9e3779b97f4a7c15ULL >> 17) & (p->icap - 1);
+}
+
+/* The slot holding id in the index, or -1. Lock held. */
+static long idx_find(const struct pool *p, const struct cid *id)
+{
+	for (size_t i = idx_home(p, id);; i = (i + 1) & (p->icap - 1)) {
+		uint32_t v = p->index[i];
+
+		if (!v)
+			return -1;
+		if (v != IDX_GONE && p->slots[v - 1].id.hi == id->hi &&
+		    p->slots[v - 1].id.lo == id->lo)
+			return (long)i;
+	}
+}
+
+static void idx_put(struct pool *p, uint32_t slot)
+{
+	size_t i = idx_home(p, &p->slots[slot].id);
+
+	if (idx_find(p, &p->slots[slot].id) >= 0)
+		return; /* one slot per id is enough to find */
+	while (p->index[i] && p->index[i] != IDX_GONE)
+		i = (i + 1) & (p->icap - 1);
+	if (p->index[i] == IDX_GONE)
+		p->igone--;
+	p->index[i] = slot + 1;
+}
+
+static void idx_rebuild(struct pool *p)
+{
+	memset(p->index, 0, p->icap * sizeof(*p->index));
+	p->igone = 0;
+	for (size_t k = 0; k < p->nslots; k++)
+		if (p->slots[k].live)
+			idx_put(p, (uint32_t)k);
+}
+
+static void idx_del(struct pool *p, uint32_t slot)
+{
+	long i = idx_find(p, &p->slots[slot].id);
+
+	if (i < 0 || p->index[i] != slot + 1)
+		return;
+	p->index[i] = IDX_GONE;
+	if (++p->igone > p->icap / 4)
+		idx_rebuild(p);
+	else
+		return;
+}
 
 static int map_pool(struct pool *p, bool hugetlb)
 {
@@ -88,7 +146,10 @@ struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen)
 	}
 	p->slots = calloc(nslots, sizeof(*p->slots));
 	p->free = malloc(nslots * sizeof(*p->free));
-	if (!p->slots || !p->free) {
+	for (p->icap = 16; p->icap < 2 * nslots; p->icap *= 2) {
+	}
+	p->index = calloc(p->icap, sizeof(*p->index));
+	if (!p->slots || !p->free || !p->index) {
 		snprintf(err, errlen, "slot table of %zu slots: out of memory", nslots);
 		pool_destroy(p);
 		return NULL;
@@ -110,6 +171,7 @@ void pool_destroy(struct pool *p)
 		close(p->fd);
 	free(p->slots);
 	free(p->free);
+	free(p->index);
 	pthread_mutex_destroy(&p->lock);
 	free(p);
 }
@@ -127,6 +189,7 @@ static struct slot *lookup(struct pool *p, struct pool_ref ref)
 
 static void slot_free(struct pool *p, struct slot *s)
 {
+	idx_del(p, (uint32_t)(s - p->slots));
 	s->live = false;
 	s->held = false;
 	p->free[p->nfree++] = (uint32_t)(s - p->slots);
@@ -150,6 +213,7 @@ int pool_add(struct pool *p, const struct cid *id, const void *bytes, struct poo
 	s->held = true;
 	memcpy(p->base + (size_t)n * POOL_SLOT, bytes, POOL_SLOT);
 	s->live = true; /* named only once its bytes are in */
+	idx_put(p, n);
 	out->slot = n;
 	out->gen = s->gen;
 	pthread_mutex_unlock(&p->lock);
@@ -172,6 +236,20 @@ const void *pool_page(struct pool *p, struct pool_ref ref, struct cid *id)
 	return bytes;
 }
 
+int pool_find(struct pool *p, const struct cid *id, struct pool_ref *out)
+{
+	long i;
+
+	pthread_mutex_lock(&p->lock);
+	i = idx_find(p, id);
+	if (i >= 0) {
+		out->slot = p->index[i] - 1;
+		out->gen = p->slots[out->slot].gen;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return i >= 0 ? 0 : -ENOENT;
+}
+
 int pool_ref(struct pool *p, struct pool_ref ref, int32_t delta)
 {
 	struct slot *s;
@@ -190,6 +268,19 @@ int pool_ref(struct pool *p, struct pool_ref ref, int32_t delta)
 	}
 	pthread_mutex_unlock(&p->lock);
 	return rc;
+}
+
+uint32_t pool_refs(struct pool *p, struct pool_ref ref)
+{
+	struct slot *s;
+	uint32_t n = 0;
+
+	pthread_mutex_lock(&p->lock);
+	s = lookup(p, ref);
+	if (s)
+		n = s->refs;
+	pthread_mutex_unlock(&p->lock);
+	return n;
 }
 
 int pool_release(struct pool *p, struct pool_ref ref)

@@ -50,6 +50,9 @@ int pool_add(struct pool *p, const struct cid *id, const void *bytes, struct poo
  */
 const void *pool_page(struct pool *p, struct pool_ref ref, struct cid *id);
 
+/* A live slot holding content id (any one of them): 0 or -ENOENT. */
+int pool_find(struct pool *p, const struct cid *id, struct pool_ref *out);
+
 /*
  * Local references: delta pages of this node now use (or stopped using)
  * the slot. Returns 0, -ESTALE (no such live slot) or -ERANGE (the count
@@ -57,6 +60,9 @@ const void *pool_page(struct pool *p, struct pool_ref ref, struct cid *id);
  * its last reference goes.
  */
 int pool_ref(struct pool *p, struct pool_ref ref, int32_t delta);
+
+/* The slot's local references (0 for a stale name). */
+uint32_t pool_refs(struct pool *p, struct pool_ref ref);
 
 /*
  * The coordinator released the dup (or its creation failed): the slot is

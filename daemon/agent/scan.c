@@ -66,7 +66,10 @@
 #define M_SEEN	    0x1u /* csum holds the previous pass's checksum */
 #define M_REPORTED  0x2u /* handed to the report callback */
 #define M_SHARED    0x4u /* its shard says another copy exists */
-#define M_GEN_SHIFT 8	 /* report generation it was handed out in */
+#define M_AGE_SHIFT 3	 /* passes unchanged, up to M_AGE_MAX */
+#define M_AGE_MASK  (0x1fu << M_AGE_SHIFT)
+#define M_AGE_MAX   31u
+#define M_GEN_SHIFT 8 /* report generation it was handed out in */
 
 const char *const scan_skip_names[SKIP_MAX] = {
 	[SKIP_SWAPPED] = "swapped", [SKIP_SHARED] = "shared",	    [SKIP_MLOCKED] = "mlocked",
@@ -93,6 +96,7 @@ struct proc {
 	uint8_t domain;
 	uint8_t scope;
 	int16_t group;
+	uint8_t attached; /* a libcksm process: its pages may be evicted */
 	struct vstate *v; /* sorted by start */
 	size_t nv;
 	struct scan_counts total; /* what the last pass saw in it */
@@ -104,6 +108,8 @@ struct scanner {
 	const struct cid_domain *domains;
 	scan_report_fn report;
 	void *report_arg;
+	scan_evict_fn evict;
+	void *evict_arg;
 	scan_sleep_fn sleep;
 	void *sleep_arg;
 	int kpf_fd;	    /* /proc/kpageflags */
@@ -278,8 +284,9 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	struct chunk *ch = vs->chunks[pi / CHUNK_PAGES];
 	size_t j = pi % CHUNK_PAGES;
 	uint64_t csum = cid_checksum(bytes);
-	unsigned meta = ch->meta[j];
+	unsigned meta = ch->meta[j], age;
 	struct scan_page pg;
+	bool zero;
 
 	c->scanned++;
 	if (!(meta & M_SEEN)) {
@@ -295,29 +302,49 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 		ch->csum[j] = csum;
 		return;
 	}
-	if (csum == s->zero_csum && all_zero(bytes)) {
+	age = (meta & M_AGE_MASK) >> M_AGE_SHIFT;
+	if (age < M_AGE_MAX) {
+		meta = (meta & ~M_AGE_MASK) | (age + 1) << M_AGE_SHIFT;
+		ch->meta[j] = (uint16_t)meta;
+	}
+	age++;
+	pg.pid = p->pid;
+	pg.addr = vs->start + (uint64_t)pi * PAGE;
+	pg.domain = p->domain;
+	pg.bytes = bytes;
+	zero = csum == s->zero_csum && all_zero(bytes);
+	if (zero) {
 		c->zero++;
 		s->census_cur[p->domain].zero++;
+		if (p->attached && s->evict && age >= s->cfg->evict_age) {
+			pg.again = false;
+			memset(&pg.id, 0, sizeof(pg.id));
+			s->evict(s->evict_arg, &pg, true);
+		}
 		return; /* zero pages need no coordinator */
 	}
 	c->stable++;
 	c->shared += (meta & M_SHARED) != 0;
 	s->census_cur[p->domain].stable++;
 	hll_add(&s->census_cur[p->domain].h, csum);
-	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen)
+	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen) {
+		if (p->attached && s->evict && age >= s->cfg->evict_age) {
+			pg.again = true;
+			pg.id = cid_of(&s->domains[p->domain], bytes);
+			s->evict(s->evict_arg, &pg, false);
+		}
 		return;
-	pg.pid = p->pid;
-	pg.addr = vs->start + (uint64_t)pi * PAGE;
-	pg.domain = p->domain;
+	}
 	pg.again = (meta & M_REPORTED) && s->again;
 	pg.id = cid_of(&s->domains[p->domain], bytes);
-	pg.bytes = bytes;
 	if (s->report(s->report_arg, &pg) == 0) {
 		/* A report again keeps what the last answer said until the next. */
-		ch->meta[j] = (uint16_t)(M_SEEN | M_REPORTED | (meta & M_SHARED) |
+		ch->meta[j] = (uint16_t)(M_SEEN | M_REPORTED | (meta & (M_SHARED | M_AGE_MASK)) |
 					 (unsigned)s->gen << M_GEN_SHIFT);
 		c->reported++;
 	}
+	if (p->attached && s->evict && age >= s->cfg->evict_age)
+		s->evict(s->evict_arg, &pg, false);
 }
 
 /* ---- one VMA ------------------------------------------------------------- */
@@ -596,6 +623,7 @@ static int merge_targets(struct scanner *s)
 		p->domain = tg->domain;
 		p->scope = tg->scope;
 		p->group = tg->group;
+		p->attached = tg->attached;
 	}
 	while (o < s->nprocs)
 		proc_free(s, &s->procs[o++]);
@@ -705,6 +733,12 @@ void scanner_destroy(struct scanner *s)
 	if (s->kpf_fd >= 0)
 		close(s->kpf_fd);
 	free(s);
+}
+
+void scanner_set_evict(struct scanner *s, scan_evict_fn fn, void *arg)
+{
+	s->evict = fn;
+	s->evict_arg = arg;
 }
 
 void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg)

@@ -64,6 +64,12 @@ struct scan_page {
 typedef int (*scan_report_fn)(void *arg, const struct scan_page *pg);
 
 /*
+ * A page of a libcksm process unchanged for evict_age passes, each pass
+ * while it stays: all zero (zero), or with its content id.
+ */
+typedef void (*scan_evict_fn)(void *arg, const struct scan_page *pg, bool zero);
+
+/*
  * Sleep for ms between batches; return true to abandon the pass (the
  * daemon is stopping). NULL: never sleep, never stop.
  */
@@ -80,6 +86,9 @@ struct scanner *scanner_create(const struct config *cfg, struct targets *targets
 			       const struct cid_domain *domains, scan_report_fn report,
 			       void *report_arg, char *err, size_t errlen);
 void scanner_destroy(struct scanner *s);
+
+/* Hand eviction candidates to fn. */
+void scanner_set_evict(struct scanner *s, scan_evict_fn fn, void *arg);
 
 /* Throttle passes by pages_to_scan/sleep_millisecs/cpu_percent through sleep. */
 void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg);

@@ -22,6 +22,7 @@
 #include "scan.h"
 #include "target.h"
 #include "usage.h"
+#include "backing.h"
 
 #define ANSWERS_MAX (1u << 18) /* answered pages waiting for the scanner */
 
@@ -47,7 +48,14 @@ struct scanrun {
 	size_t applying_cap;
 	struct usage usage; /* last full scan */
 	bool usage_new;	    /* not taken yet */
-	uv_async_t async;   /* wakes the loop thread */
+	struct attach_change {
+		pid_t pid;
+		int8_t scope; /* enum target_scope, or -1 to leave */
+	} * changes;	      /* for the scanner thread's targets */
+	size_t nchanges, changes_cap;
+	struct backing *backing; /* set before the thread starts */
+	struct pool *pool;
+	uv_async_t async; /* wakes the loop thread */
 	void (*wake)(void *arg);
 	void *wake_arg;
 	/* metrics, written by the scanner thread */
@@ -142,6 +150,60 @@ static void apply_answers(struct scanrun *r)
 	pthread_mutex_unlock(&r->lock);
 	for (size_t i = 0; i < n; i++)
 		scanner_mark_shared(r->scanner, mine[i].pid, mine[i].addr, mine[i].shared);
+}
+
+void scanrun_attach(struct scanrun *r, pid_t pid, int scope)
+{
+	pthread_mutex_lock(&r->lock);
+	if (r->nchanges == r->changes_cap) {
+		size_t cap = r->changes_cap ? 2 * r->changes_cap : 16;
+		struct attach_change *v = realloc(r->changes, cap * sizeof(*v));
+
+		if (!v) {
+			pthread_mutex_unlock(&r->lock);
+			log_warn("out of memory: process %d not added to the targets", (int)pid);
+			return;
+		}
+		r->changes = v;
+		r->changes_cap = cap;
+	}
+	r->changes[r->nchanges++] = (struct attach_change){ pid, (int8_t)scope };
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Scanner thread: processes that attached or left since the last pass. */
+static void apply_changes(struct scanrun *r)
+{
+	pthread_mutex_lock(&r->lock);
+	for (size_t i = 0; i < r->nchanges; i++) {
+		if (r->changes[i].scope < 0)
+			targets_unregister(&r->targets, r->changes[i].pid);
+		else if (targets_register(&r->targets, r->changes[i].pid, 0,
+					  (uint8_t)r->changes[i].scope))
+			log_warn("out of memory: process %d not added to the targets",
+				 (int)r->changes[i].pid);
+	}
+	r->nchanges = 0;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Scanner thread: a page of a libcksm process that could go. */
+static void on_evict(void *arg, const struct scan_page *pg, bool zero)
+{
+	struct scanrun *r = arg;
+	struct pool_ref ref = { 0, 0 };
+
+	if (zero)
+		backing_offer(r->backing, pg->pid, pg->addr, EVICT_ZERO, ref, NULL);
+	else if (pool_find(r->pool, &pg->id, &ref) == 0)
+		backing_offer(r->backing, pg->pid, pg->addr, EVICT_POOL, ref, &pg->id);
+}
+
+void scanrun_set_backing(struct scanrun *r, struct backing *b, struct pool *pool)
+{
+	r->backing = b;
+	r->pool = pool;
+	scanner_set_evict(r->scanner, b ? on_evict : NULL, r);
 }
 
 /* Scanner thread: wait ms, or less if stopped; true when stopping. */
@@ -299,6 +361,7 @@ static void *scan_thread(void *arg)
 		}
 		if (fresh || periodic)
 			scanner_rereport(r->scanner, fresh);
+		apply_changes(r);
 		rc = scanner_pass(r->scanner, &c);
 		if (rc == -EINTR)
 			break;
@@ -495,6 +558,7 @@ static void on_async_closed(uv_handle_t *h)
 	free(r->owner);
 	free(r->answers);
 	free(r->applying);
+	free(r->changes);
 	usage_clear(&r->usage);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->cond);

@@ -70,6 +70,19 @@ void scanrun_answer(struct scanrun *r, const struct scan_answer *a, size_t n);
 /* Loop thread: the usage of a full scan not taken yet into out; false if none. */
 bool scanrun_take_usage(struct scanrun *r, struct usage *out);
 
+struct backing;
+struct pool;
+
+/*
+ * Before the thread starts: offer eviction candidates of libcksm processes
+ * to b (zero pages, and pages whose content pool holds).
+ */
+void scanrun_set_backing(struct scanrun *r, struct backing *b, struct pool *pool);
+
+/* Any thread: pid attached through libcksm (scope: enum target_scope), or
+ * left (scope -1); the scanner follows from its next pass. */
+void scanrun_attach(struct scanrun *r, pid_t pid, int scope);
+
 /* Loop thread: digests waiting in all queues (also sets the gauge). */
 size_t scanrun_queued(struct scanrun *r);
 

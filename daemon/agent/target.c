@@ -191,6 +191,13 @@ static int by_pid(const void *a, const void *b)
 	return x->order < y->order ? -1 : x->order > y->order;
 }
 
+static int by_pid_only(const void *a, const void *b)
+{
+	const struct target *x = a, *y = b;
+
+	return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
 int targets_collect(struct targets *t)
 {
 	size_t w = 0;
@@ -200,7 +207,7 @@ int targets_collect(struct targets *t)
 	for (unsigned d = 0; d < t->cfg->ndomains; d++)
 		add_pid_list(t, t->cfg->domains[d].pids, (uint8_t)d);
 	for (size_t i = 0; i < t->nreg; i++)
-		add(&t->v, &t->n, &t->cap, t->reg[i].pid, t->reg[i].domain, TARGET_WHOLE, -1);
+		add(&t->v, &t->n, &t->cap, t->reg[i].pid, t->reg[i].domain, t->reg[i].scope, -1);
 	if (t->root[0])
 		for (unsigned g = 0; g < t->ngroups; g++) {
 			char dir[600];
@@ -221,13 +228,21 @@ int targets_collect(struct targets *t)
 		t->v[w++] = t->v[i];
 	}
 	t->n = w;
+	/* Whatever source named it first, a libcksm process can be served. */
+	for (size_t i = 0; i < t->nreg; i++) {
+		struct target key = { .pid = t->reg[i].pid }, *x;
+
+		x = bsearch(&key, t->v, t->n, sizeof(*t->v), by_pid_only);
+		if (x)
+			x->attached = 1;
+	}
 	return oom ? -ENOMEM : 0;
 }
 
-int targets_register(struct targets *t, pid_t pid, uint8_t domain)
+int targets_register(struct targets *t, pid_t pid, uint8_t domain, uint8_t scope)
 {
 	targets_unregister(t, pid);
-	return add(&t->reg, &t->nreg, &t->capreg, pid, domain, TARGET_WHOLE, -1);
+	return add(&t->reg, &t->nreg, &t->capreg, pid, domain, scope, -1);
 }
 
 void targets_unregister(struct targets *t, pid_t pid)

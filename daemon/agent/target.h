@@ -28,10 +28,11 @@ enum target_scope {
 
 struct target {
 	pid_t pid;
-	uint8_t domain; /* index into cfg->domains */
-	uint8_t scope;	/* enum target_scope */
-	int16_t group;	/* index into targets.groups, -1 if none */
-	uint32_t order; /* insertion order: earlier sources win */
+	uint8_t domain;	  /* index into cfg->domains */
+	uint8_t scope;	  /* enum target_scope */
+	int16_t group;	  /* index into targets.groups, -1 if none */
+	uint32_t order;	  /* insertion order: earlier sources win */
+	uint8_t attached; /* registered through libcksm: its pages may be evicted */
 };
 
 struct target_group {
@@ -58,8 +59,11 @@ void targets_fini(struct targets *t);
 /* Rebuild t->v from the sources above. Returns 0 or -ENOMEM. */
 int targets_collect(struct targets *t);
 
-/* A process registered through libcksm joins (or leaves) the targets. */
-int targets_register(struct targets *t, pid_t pid, uint8_t domain);
+/*
+ * A process registered through libcksm joins (or leaves) the targets,
+ * whole or only its mergeable VMAs (scope).
+ */
+int targets_register(struct targets *t, pid_t pid, uint8_t domain, uint8_t scope);
 void targets_unregister(struct targets *t, pid_t pid);
 
 #endif

@@ -55,7 +55,7 @@ cluster_conf() {
 		printf '[cluster]\nkey_file = %s\nheartbeat_ms = 100\ndead_after_ms = 600\n' "$T/cluster.key"
 		printf 'auth_timeout_ms = 1000\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n'
 		printf '[log]\nlevel = info\n'
-		printf '[agent]\nmetrics = 127.0.0.1:%s\n' "$(free_port)"
+		printf '[agent]\nmetrics = 127.0.0.1:%s\nsocket = %s\n' "$(free_port)" "$T/agent.sock"
 		for ((i = 0; i < n; i++)); do
 			printf '[shard.%d]\naddress = 127.0.0.1:%s\nmetrics = 127.0.0.1:%s\nbuckets = %d-%d\n' \
 				"$i" "$(free_port)" "$(free_port)" $((i * per)) $(((i + 1) * per - 1))

@@ -42,6 +42,9 @@ static void lifecycle(void **state)
 	assert_non_null(bytes);
 	assert_memory_equal(bytes, a, POOL_SLOT);
 	assert_true(got.hi == 1 && got.lo == 2);
+	assert_int_equal(pool_find(p, &ib, &rc2), 0);
+	assert_true(rc2.slot == rb.slot && rc2.gen == rb.gen);
+	assert_int_equal(pool_find(p, &(struct cid){ 9, 9 }, &rc2), -ENOENT);
 
 	/* Three pages reference a; the coordinator releases it: it stays. */
 	assert_int_equal(pool_ref(p, ra, 3), 0);
@@ -58,6 +61,7 @@ static void lifecycle(void **state)
 	assert_int_equal(pool_free_slots(p), 1);
 	assert_null(pool_page(p, ra, NULL));
 	assert_int_equal(pool_ref(p, ra, 1), -ESTALE);
+	assert_int_equal(pool_find(p, &ia, &rc2), -ENOENT);
 	/* Reused with a new generation. */
 	assert_int_equal(pool_add(p, &ib, b, &rc2), 0);
 	assert_int_equal(rc2.slot, ra.slot);

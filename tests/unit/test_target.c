@@ -30,8 +30,8 @@ static void precedence(void **state)
 	strcpy(c.domains[1].pids, "100,150");
 	strcpy(c.cgroup_root, "/nonexistent");
 	assert_int_equal(targets_init(&t, &c), 0);
-	assert_int_equal(targets_register(&t, 300, 1), 0);
-	assert_int_equal(targets_register(&t, 150, 0), 0);
+	assert_int_equal(targets_register(&t, 300, 1, TARGET_WHOLE), 0);
+	assert_int_equal(targets_register(&t, 150, 0, TARGET_WHOLE), 0);
 	assert_int_equal(targets_collect(&t), 0);
 	assert_int_equal(t.n, 4);
 	for (size_t i = 1; i < t.n; i++)
@@ -41,6 +41,10 @@ static void precedence(void **state)
 	assert_int_equal(x->scope, TARGET_WHOLE);
 	assert_int_equal(find(&t, 150)->domain, 1); /* admin pids beat registrations */
 	assert_int_equal(find(&t, 300)->domain, 1);
+	/* ... but a registered process is served whichever source won. */
+	assert_int_equal(find(&t, 150)->attached, 1);
+	assert_int_equal(find(&t, 300)->attached, 1);
+	assert_int_equal(find(&t, 100)->attached, 0);
 	targets_unregister(&t, 300);
 	assert_int_equal(targets_collect(&t), 0);
 	assert_null(find(&t, 300));

@@ -45,7 +45,7 @@ COORD_SRC := $(wildcard daemon/coord/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
-	$(B)/cksm-churner
+	$(B)/cksm-churner $(B)/cksm-evictee
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -88,6 +88,10 @@ $(B)/libcksm.so: client/libcksm.c daemon/common/local.h
 
 AGENT_OBJ := $(AGENT_SRC:%.c=$(B)/%.o)
 COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o))
+
+$(B)/cksm-evictee: tests/tools/evictee.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
 
 $(B)/cksm-churner: tests/tools/churner.c
 	$(E) '  CC      $@'

@@ -358,14 +358,19 @@ static void list_add(struct backing *b, struct mm *m)
 /* Take m off the list and drop the list's reference. */
 static void list_del(struct backing *b, struct mm *m)
 {
+	bool found = false;
+
 	pthread_mutex_lock(&b->lock);
 	for (struct mm **p = &b->mms; *p; p = &(*p)->next)
 		if (*p == m) {
 			*p = m->next;
 			m->gone = true;
+			found = true;
 			break;
 		}
 	pthread_mutex_unlock(&b->lock);
+	if (!found)
+		return; /* another thread took it off first */
 	metric_gauge_add(b->m_attached, -1);
 	pthread_mutex_lock(&m->lock);
 	m->zap_done = true; /* an evictor waiting on it gives up */
@@ -710,7 +715,22 @@ static void on_accept(uv_poll_t *h, int status, int events)
 	uv_poll_start(&m->poll, UV_READABLE | UV_DISCONNECT, on_sock);
 }
 
-/* merge_all processes: map new mappings as they appear. */
+/*
+ * Is the mm behind a fork child's userfaultfd gone? Nothing tells when a
+ * process without a libcksm connection exits; a write-protect request
+ * does: the kernel refuses it with ESRCH once the mm has no users.
+ */
+static bool mm_exited(const struct mm *m)
+{
+	struct uffdio_writeprotect w = { .range = { .start = 1u << 20, .len = PAGE } };
+
+	return ioctl(m->uffd, UFFDIO_WRITEPROTECT, &w) < 0 && errno == ESRCH;
+}
+
+/*
+ * Every second: merge_all processes get their new mappings registered;
+ * fork children that exited are forgotten (their references released).
+ */
 static void on_ranges(uv_timer_t *t)
 {
 	struct backing *b = t->data;
@@ -719,13 +739,16 @@ static void on_ranges(uv_timer_t *t)
 
 	pthread_mutex_lock(&b->lock);
 	for (struct mm *m = b->mms; m && n < 256; m = m->next)
-		if (m->merge_all && m->sock >= 0) {
+		if ((m->merge_all && m->sock >= 0) || m->sock < 0) {
 			atomic_fetch_add(&m->refs, 1);
 			v[n++] = m;
 		}
 	pthread_mutex_unlock(&b->lock);
 	for (size_t i = 0; i < n; i++) {
-		register_mappings(v[i], 0, UINT64_MAX, v[i]->merge_min);
+		if (v[i]->sock >= 0)
+			register_mappings(v[i], 0, UINT64_MAX, v[i]->merge_min);
+		else if (!v[i]->gone && mm_exited(v[i]))
+			list_del(b, v[i]);
 		mm_put(v[i]);
 	}
 }

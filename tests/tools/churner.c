@@ -144,8 +144,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "churner: 1 to 64 threads, at least one page each\n");
 		return 2;
 	}
-	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		      -1, 0);
+	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		      0);
 	shadow = calloc(npages, 1);
 	expect = malloc(npages * PAGE);
 	if (region == MAP_FAILED || !shadow || !expect)

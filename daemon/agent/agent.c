@@ -209,7 +209,7 @@ static void resync_slot(void *arg, struct pool_ref ref, const struct cid *id, bo
 	x->e[x->n].id_lo = id->lo;
 	x->e[x->n].domain = cid_domain_of(*id);
 	x->e[x->n].dup = &x->r[x->n];
-	x->e[x->n].refs = refs;
+	x->e[x->n].refs = refs < cfg->max_page_sharing ? refs : cfg->max_page_sharing;
 	x->e[x->n].held_here = true;
 	x->ep[x->n] = &x->e[x->n];
 	if (++x->n == RESYNC_PART)
@@ -328,6 +328,11 @@ static int make_dup(struct agent_shard *s, struct conn *c, const Cksm__Decision 
 		ref.node_id = s->node_id;
 		ref.slot = pr.slot;
 		ref.generation = pr.gen;
+		/* Pages stable for one scan may go: every reported copy, now. */
+		for (const struct report_entry *x = f->e;
+		     a->backing && a->rt.cfg->evict_age <= 1 && x < f->e + f->n; x++)
+			if (x->hi == key.hi && x->lo == key.lo)
+				backing_offer(a->backing, x->pid, x->addr, EVICT_POOL, pr, &id);
 		return dup_answer(c, d->id_hi, d->id_lo, domain, &ref, NULL);
 	}
 	return dup_answer(c, d->id_hi, d->id_lo, domain, NULL, why);
@@ -624,7 +629,7 @@ static void send_usage(struct agent *a)
 }
 
 /*
- * The references this node's pages took or dropped on its dups, to the
+ * This node's references on its dups that changed, as counts, to the
  * shards that own them (lost if the shard is away: its resync after
  * coming back carries the counts).
  */
@@ -645,15 +650,16 @@ static void send_refs(struct agent *a)
 			Cksm__RefUpdate ru = CKSM__REF_UPDATE__INIT;
 			Cksm__DupRef dr = CKSM__DUP_REF__INIT;
 
-			if (!c || !s->registered)
-				continue;
+			if (!c || !s->registered || !pool_page(a->pool, r[i].ref, NULL))
+				continue; /* the slot is gone: so is the shard's dup */
 			dr.node_id = s->node_id;
 			dr.slot = r[i].ref.slot;
 			dr.generation = r[i].ref.gen;
 			ru.id_hi = r[i].id.hi;
 			ru.id_lo = r[i].id.lo;
 			ru.dup = &dr;
-			ru.delta = r[i].delta;
+			ru.set = true;
+			ru.refs = pool_refs(a->pool, r[i].ref);
 			m.body_case = CKSM__MSG__BODY_REF_UPDATE;
 			m.ref_update = &ru;
 			if (conn_send(c, &m) == 0)

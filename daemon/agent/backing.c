@@ -174,8 +174,7 @@ size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max)
 
 		if (b->ref_pos[r->ref.slot] == (int32_t)b->nrefs + 1)
 			b->ref_pos[r->ref.slot] = 0;
-		if (r->delta)
-			out[n++] = *r;
+		out[n++] = *r; /* changed, even if back where it was */
 	}
 	pthread_mutex_unlock(&b->refs_lock);
 	return n;
@@ -591,12 +590,14 @@ static void handle_range(struct mm *m, const struct cksm_local *msg)
 
 	if (len == 0)
 		return; /* madvise of nothing */
-	if (start % PAGE || len == 0 || len % PAGE || start + len < start) {
+	if (start % PAGE || len % PAGE || start + len < start) {
 		log_warn("process %d: a mergeable range %#llx+%#llx that is not whole pages",
 			 (int)m->pid, (unsigned long long)start, (unsigned long long)len);
 		return;
 	}
 	register_mappings(m, start, start + len, 0);
+	if (m->b->attached) /* the scanner looks at the new range at once */
+		m->b->attached(m->b->hook_arg, m->pid, m->merge_all);
 }
 
 static void on_sock(uv_poll_t *h, int status, int events)
@@ -823,14 +824,6 @@ static bool cool_active(struct backing *b, pid_t pid, uint64_t addr)
 	return b->cool[i].key == k && b->cool[i].until_ms > now_ms();
 }
 
-static int domain_index(const struct backing *b, uint8_t domain_id)
-{
-	for (unsigned i = 0; i < b->cfg->ndomains; i++)
-		if (b->cfg->domains[i].id == domain_id)
-			return (int)i;
-	return -1;
-}
-
 /* A backed page nobody can give back: the thread that needs it gets SIGBUS. */
 static void lost_page(struct mm *m, const struct uffd_msg *msg, uint64_t addr, const char *why)
 {
@@ -884,16 +877,16 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 			entry_release(m, e);
 		}
 	} else {
+		/* The slot's generation and id must be the entry's; its bytes were
+		 * checked against the id when the dup was made, and a slot with
+		 * references never changes. */
 		struct cid got = { 0, 0 };
-		const uint8_t *bytes = pool_page(b->pool, e->ref, NULL);
-		int d = domain_index(b, cid_domain_of(e->id));
+		const uint8_t *bytes = pool_page(b->pool, e->ref, &got);
 
-		if (bytes && d >= 0)
-			got = cid_of(&b->domains[d], bytes);
-		if (!bytes || d < 0 || got.hi != e->id.hi || got.lo != e->id.lo) {
+		if (!bytes || got.hi != e->id.hi || got.lo != e->id.lo) {
 			pthread_mutex_unlock(&m->lock);
 			lost_page(m, msg, addr,
-				  bytes ? "its copy does not match its id" : "its slot is gone");
+				  bytes ? "its slot holds another content" : "its slot is gone");
 			return true;
 		}
 		rc = uffd_copy(m->uffd, addr, bytes);

@@ -168,6 +168,7 @@ void scanrun_attach(struct scanrun *r, pid_t pid, int scope)
 		r->changes_cap = cap;
 	}
 	r->changes[r->nchanges++] = (struct attach_change){ pid, (int8_t)scope };
+	pthread_cond_broadcast(&r->cond); /* a rest between passes ends for it */
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -206,10 +207,13 @@ void scanrun_set_backing(struct scanrun *r, struct backing *b, struct pool *pool
 	scanner_set_evict(r->scanner, b ? on_evict : NULL, r);
 }
 
-/* Scanner thread: wait ms, or less if stopped; true when stopping. */
-static bool on_sleep(void *arg, uint64_t ms)
+/*
+ * Scanner thread: wait ms, or less if stopped; true when stopping. With
+ * early, a process that attached ends the wait too (between passes only:
+ * the CPU budget's sleeps are not cut short).
+ */
+static bool wait_ms(struct scanrun *r, uint64_t ms, bool early)
 {
-	struct scanrun *r = arg;
 	struct timespec until;
 	bool stop;
 
@@ -227,11 +231,17 @@ static bool on_sleep(void *arg, uint64_t ms)
 		r->wake_pending = true;
 		uv_async_send(&r->async);
 	}
-	while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &until) != ETIMEDOUT) {
+	while (!r->stop && !(early && r->nchanges) &&
+	       pthread_cond_timedwait(&r->cond, &r->lock, &until) != ETIMEDOUT) {
 	}
 	stop = r->stop;
 	pthread_mutex_unlock(&r->lock);
 	return stop;
+}
+
+static bool on_sleep(void *arg, uint64_t ms)
+{
+	return wait_ms(arg, ms, false);
 }
 
 static void publish(struct scanrun *r, const struct scan_counts *c, uint64_t wall_ns,
@@ -374,7 +384,7 @@ static void *scan_thread(void *arg)
 			apply_answers(r);
 			keep_usage(r);
 		}
-		if (on_sleep(r, rest_ms(r, wall0)))
+		if (wait_ms(r, rest_ms(r, wall0), true))
 			break;
 		scanner_rested(r->scanner);
 	}

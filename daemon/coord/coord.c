@@ -434,7 +434,8 @@ static int handle_ref_update(struct coord *co, struct conn *c, const Cksm__RefUp
 	if (!u->dup)
 		return refuse(co, c, co->m_refused_ref, -EINVAL, "reference update without a dup");
 	r = (struct stree_dupref){ u->dup->node_id, u->dup->slot, u->dup->generation };
-	rc = stree_ref(co->tree, n->id, u->id_hi, u->id_lo, &r, u->delta);
+	rc = u->set ? stree_ref_set(co->tree, n->id, u->id_hi, u->id_lo, &r, u->refs)
+		    : stree_ref(co->tree, n->id, u->id_hi, u->id_lo, &r, u->delta);
 	return rc ? refuse(co, c, co->m_refused_ref, rc, "reference update") : 0;
 }
 

@@ -726,6 +726,34 @@ int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 	return 0;
 }
 
+int stree_ref_set(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+		  const struct stree_dupref *dr, uint32_t refs)
+{
+	struct entry *e = find(t, hi, lo);
+	int n = node_index(t, node), holder = node_index(t, dr->node);
+	struct sdup *d;
+	uint32_t others;
+	int rc;
+
+	if (!e || n < 0 || holder < 0)
+		return -ENOENT;
+	d = find_dup(e, holder, dr->slot, dr->gen);
+	if (!d)
+		return -ENOENT;
+	/* The node knows best; the dup's total stays within max_page_sharing. */
+	others = d->total - count_of(d, (uint16_t)n);
+	if (refs > t->p.max_page_sharing - others)
+		refs = t->p.max_page_sharing - others;
+	rc = set_count(t, d, (uint16_t)n, refs);
+	if (rc)
+		return rc;
+	if (d->total)
+		d->idle = 0;
+	if (needs_replica(t, e))
+		order_create(t, e);
+	return 0;
+}
+
 int stree_resync(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 		 const struct stree_dupref *dr, uint32_t refs, bool held_here)
 {

@@ -131,6 +131,13 @@ int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 	      const struct stree_dupref *dup, int32_t delta);
 
 /*
+ * The node's references on a dup are now refs (capped so that the dup's
+ * total stays within max_page_sharing). Returns 0 or -ENOENT.
+ */
+int stree_ref_set(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+		  const struct stree_dupref *dr, uint32_t refs);
+
+/*
  * After a shard restart: the node says it holds (held_here) or references
  * (refs) this dup. Idempotent; the order of nodes does not matter.
  */

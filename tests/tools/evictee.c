@@ -139,9 +139,10 @@ int main(int argc, char **argv)
 			bad++;
 		bad += check(r, 0, npages, false);
 	} else if (!strcmp(sc, "mremap")) {
-		uint8_t *to = mmap(NULL, npages * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		uint8_t *m = mremap(r, npages * PAGE, npages * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED,
-				    to);
+		uint8_t *to =
+			mmap(NULL, npages * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		uint8_t *m =
+			mremap(r, npages * PAGE, npages * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 
 		if (m == MAP_FAILED) {
 			perror("evictee: mremap");
@@ -157,7 +158,8 @@ int main(int argc, char **argv)
 		bad = check(r, 0, npages / 4, true) + check(r, npages / 4, npages, false);
 	} else if (!strcmp(sc, "hold")) {
 		signal(SIGTERM, on_term);
-		printf("{\"scenario\":\"hold\",\"pid\":%d,\"evicted\":%zu}\n", (int)getpid(), evicted);
+		printf("{\"scenario\":\"hold\",\"pid\":%d,\"evicted\":%zu}\n", (int)getpid(),
+		       evicted);
 		fflush(stdout);
 		while (!stop)
 			pause();

@@ -677,6 +677,11 @@ static void hostile(void **state)
 	assert_int_equal(stree_ref(t, 2, 1, 1, &r, -1), -ERANGE);
 	assert_int_equal(stree_ref(t, 1, 1, 1, &r, -3), -ERANGE);
 	assert_int_equal(stree_ref(t, 2, 1, 1, &r, 3), -E2BIG);
+	/* Counts set outright: capped at max_page_sharing, forged dups refused. */
+	assert_int_equal(stree_ref_set(t, 2, 1, 1, &r, 100), 0); /* 2 + 1 = 3 at most */
+	assert_int_equal(stree_ref(t, 2, 1, 1, &r, 1), -E2BIG);
+	assert_int_equal(stree_ref_set(t, 2, 1, 1, &r, 0), 0);
+	assert_int_equal(stree_ref_set(t, 1, 1, 1, &forged, 1), -ENOENT);
 	assert_int_equal(stree_resync(t, 2, 1, 1, &r, 1, true), -EPERM);
 	assert_int_equal(stree_resync(t, 2, 1, 1, &r, 100, false), -ERANGE);
 	/* A dup on a dead node cannot be vouched for by another node. */

@@ -1,0 +1,364 @@
+/*
+ * bench/fault - what a fault on an evicted page costs, beside its floor
+ * measured in the same run, and how much of the planted saving cksm
+ * reaches after 1, 2 and 3 scan intervals.
+ *
+ *   build/bench/fault [PAGES]      (root: /dev/userfaultfd, the agent)
+ *
+ * Floor: a bare userfaultfd round trip in this process, a handler thread
+ * that sleeps in poll(2), reads the fault and does UFFDIO_COPY from a
+ * ready buffer (what cksm's fault thread does at the least).
+ *
+ * Then a real shard and agent (build/cksmd) and a workload under
+ * LD_PRELOAD=build/libcksm.so: PAGES pages, half of them copies of 32
+ * contents, a quarter zero pages, a quarter unique. The workload samples
+ * its resident pages (mincore) every scan interval, waits until the agent
+ * evicted what it can, then touches every page, timing each fault by
+ * what backed it (a local pool dup, or the zero page).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+#define PAGE	 4096u
+#define PASS_MS	 500
+#define CONTENTS 32u /* copies per content stay below max_page_sharing */
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, size_t n, double p)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n ? v[(size_t)(p * (double)(n - 1))] : 0;
+}
+
+/* ---- the floor ------------------------------------------------------------ */
+
+static int floor_uffd;
+static uint8_t floor_src[PAGE] __attribute__((aligned(PAGE)));
+
+static void *floor_handler(void *arg)
+{
+	size_t n = (size_t)(uintptr_t)arg;
+
+	for (size_t i = 0; i < n;) {
+		struct pollfd p = { floor_uffd, POLLIN, 0 };
+		struct uffd_msg msg;
+
+		if (poll(&p, 1, -1) < 0 || read(floor_uffd, &msg, sizeof(msg)) != sizeof(msg))
+			continue;
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		{
+			struct uffdio_copy c = {
+				.dst = msg.arg.pagefault.address & ~(uint64_t)(PAGE - 1),
+				.src = (uint64_t)(uintptr_t)floor_src,
+				.len = PAGE,
+			};
+
+			ioctl(floor_uffd, UFFDIO_COPY, &c);
+		}
+		i++;
+	}
+	return NULL;
+}
+
+static void bare_floor(size_t n, double *p50, double *p99)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	double *lat = malloc(n * sizeof(*lat));
+	uint8_t *r = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
+	struct uffdio_register reg = { .range = { (uint64_t)(uintptr_t)r, n * PAGE },
+				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+	pthread_t t;
+	volatile uint8_t sink;
+
+	floor_uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (floor_uffd < 0 || ioctl(floor_uffd, UFFDIO_API, &api) ||
+	    ioctl(floor_uffd, UFFDIO_REGISTER, &reg)) {
+		fprintf(stderr, "fault: userfaultfd: %s\n", strerror(errno));
+		exit(1);
+	}
+	memset(floor_src, 0x5a, PAGE);
+	pthread_create(&t, NULL, floor_handler, (void *)(uintptr_t)n);
+	for (size_t i = 0; i < n; i++) {
+		double t0 = now_s();
+
+		sink = r[i * PAGE];
+		lat[i] = now_s() - t0;
+	}
+	(void)sink;
+	pthread_join(t, NULL);
+	*p50 = pct(lat, n, 0.50) * 1e6;
+	*p99 = pct(lat, n, 0.99) * 1e6;
+	close(floor_uffd);
+	munmap(r, n * PAGE);
+	free(lat);
+}
+
+/* ---- the workload (run under LD_PRELOAD) ------------------------------------ */
+
+static unsigned kind_of(size_t pg, size_t n)
+{
+	if (pg < n / 2)
+		return 1 + (unsigned)(pg % CONTENTS); /* copies */
+	if (pg < n / 2 + n / 4)
+		return 0; /* zero */
+	return 100; /* unique */
+}
+
+static void fill(uint8_t *p, size_t pg, unsigned k)
+{
+	if (!k) {
+		memset(p, 0, PAGE);
+		return;
+	}
+	for (size_t i = 0; i < PAGE; i += 8) {
+		uint64_t v = (uint64_t)(k == 100 ? 1000 + pg : k) * 0x9e3779b97f4a7c15ULL ^ i;
+
+		memcpy(p + i, &v, 8);
+	}
+}
+
+static size_t resident(const uint8_t *r, size_t n, unsigned char *v)
+{
+	size_t k = 0;
+
+	if (mincore((void *)r, n * PAGE, v))
+		return n;
+	for (size_t i = 0; i < n; i++)
+		k += v[i] & 1;
+	return k;
+}
+
+static int workload(size_t n)
+{
+	uint8_t *r = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
+	unsigned char *v = malloc(n);
+	double *lat_dup = malloc(n * sizeof(double)), *lat_zero = malloc(n * sizeof(double));
+	size_t ideal = n / 2 - CONTENTS + n / 4, nd = 0, nz = 0, bad = 0, res[4];
+	double f50, f99;
+	uint8_t want[PAGE];
+	volatile uint8_t sink;
+
+	for (size_t pg = 0; pg < n; pg++)
+		fill(r + pg * PAGE, pg, kind_of(pg, n));
+	madvise(r, n * PAGE, MADV_MERGEABLE);
+	res[0] = resident(r, n, v);
+	for (int k = 1; k <= 3; k++) {
+		usleep(PASS_MS * 1000);
+		res[k] = resident(r, n, v);
+	}
+	/* Until the agent has done what it can (or 60 s). */
+	for (int i = 0; i < 600 && n - resident(r, n, v) < ideal + CONTENTS; i++)
+		usleep(100000);
+	resident(r, n, v);
+	/* The floor now, in this process, beside the agent as it is now. */
+	bare_floor(n / 4, &f50, &f99);
+	for (size_t pg = 0; pg < n; pg++) {
+		unsigned k = kind_of(pg, n);
+		double t0;
+
+		if (v[pg] & 1 || k == 100)
+			continue;
+		t0 = now_s();
+		sink = r[pg * PAGE];
+		if (k)
+			lat_dup[nd++] = now_s() - t0;
+		else
+			lat_zero[nz++] = now_s() - t0;
+	}
+	(void)sink;
+	for (size_t pg = 0; pg < n; pg++) {
+		fill(want, pg, kind_of(pg, n));
+		bad += memcmp(want, r + pg * PAGE, PAGE) != 0;
+	}
+	printf("%zu %zu %zu %zu %zu %zu %.2f %.2f %zu %.2f %.2f %zu %.2f %.2f\n", ideal, res[0],
+	       res[1], res[2], res[3], nd, pct(lat_dup, nd, 0.5) * 1e6,
+	       pct(lat_dup, nd, 0.99) * 1e6, nz, pct(lat_zero, nz, 0.5) * 1e6,
+	       pct(lat_zero, nz, 0.99) * 1e6, bad, f50, f99);
+	return bad ? 1 : 0;
+}
+
+/* ---- the cluster ------------------------------------------------------------------ */
+
+static pid_t spawn(char *const argv[], const char *log, char *const env[])
+{
+	pid_t p = fork();
+
+	if (p == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+		if (fd >= 0) {
+			dup2(fd, 2);
+			if (!env)
+				dup2(fd, 1);
+		}
+		if (env)
+			execve(argv[0], argv, env);
+		else
+			execv(argv[0], argv);
+		_exit(127);
+	}
+	return p;
+}
+
+int main(int argc, char **argv)
+{
+	size_t n = argc > 1 ? (size_t)atol(argv[1]) : 8192;
+	char dir[] = "/tmp/cksm-bench-fault.XXXXXX", conf[128], key[128], sock[128], bin[512],
+	     lib[600], *slash;
+	double f50, f99;
+	pid_t coord, agent, w;
+	int pipefd[2], st;
+	FILE *f;
+
+	if (argc > 2 && !strcmp(argv[2], "--workload"))
+		return workload(n);
+	if (n < 64 || n % 4) {
+		fprintf(stderr, "usage: fault [PAGES], a multiple of 4 from 64\n");
+		return 2;
+	}
+	bare_floor(n, &f50, &f99);
+	printf("floor alone (bare userfaultfd round trip, handler sleeping in poll, idle machine), %zu faults: p50 %.2f us, p99 %.2f us\n",
+	       n, f50, f99);
+
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(bin, sizeof(bin), "%s", argv[0]);
+	slash = strrchr(bin, '/');
+	if (!slash)
+		return 1;
+	*slash = '\0';
+	slash = strrchr(bin, '/'); /* build/bench -> build */
+	if (!slash)
+		return 1;
+	*slash = '\0';
+	snprintf(conf, sizeof(conf), "%s/cksm.conf", dir);
+	snprintf(key, sizeof(key), "%s/cluster.key", dir);
+	snprintf(sock, sizeof(sock), "%s/agent.sock", dir);
+	snprintf(lib, sizeof(lib), "%s/libcksm.so", bin);
+	{
+		char cmd[1024];
+
+		snprintf(cmd, sizeof(cmd), "%s/cksmd --gen-key %s", bin, key);
+		if (system(cmd))
+			return 1;
+	}
+	f = fopen(conf, "w");
+	if (!f)
+		return 1;
+	fprintf(f,
+		"[cluster]\nkey_file = %s\nheartbeat_ms = 200\ndead_after_ms = 2000\n"
+		"[log]\nlevel = warn\n"
+		"[agent]\nmetrics = 127.0.0.1:19570\nsocket = %s\npass_millisecs = %d\n"
+		"sleep_millisecs = 0\npages_to_scan = 65536\nevict_age = 1\n"
+		"[shard.0]\naddress = 127.0.0.1:19571\nmetrics = 127.0.0.1:19572\n",
+		key, sock, PASS_MS);
+	fclose(f);
+	{
+		char c[640], *ca[] = { c, (char *)"-c", conf, (char *)"--role", (char *)"coord",
+				       (char *)"--shard", (char *)"0", NULL };
+		char a[640], *aa[] = { a, (char *)"-c", conf, (char *)"--role", (char *)"agent",
+				       NULL };
+		char l1[200], l2[200];
+
+		snprintf(c, sizeof(c), "%s/cksmd", bin);
+		snprintf(a, sizeof(a), "%s/cksmd", bin);
+		snprintf(l1, sizeof(l1), "%s/coord.log", dir);
+		snprintf(l2, sizeof(l2), "%s/agent.log", dir);
+		coord = spawn(ca, l1, NULL);
+		agent = spawn(aa, l2, NULL);
+	}
+	for (int i = 0; i < 100 && access(sock, F_OK); i++)
+		usleep(50000);
+	sleep(1); /* registered */
+	if (pipe(pipefd))
+		return 1;
+	w = fork();
+	if (w == 0) {
+		char np[32], e1[700], e2[200], *wa[] = { argv[0], np, (char *)"--workload", NULL };
+		char *env[] = { e1, e2, NULL };
+
+		snprintf(np, sizeof(np), "%zu", n);
+		snprintf(e1, sizeof(e1), "LD_PRELOAD=%s", lib);
+		snprintf(e2, sizeof(e2), "CKSM_SOCKET=%s", sock);
+		dup2(pipefd[1], 1);
+		execve(argv[0], wa, env);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	{
+		char line[512] = "";
+		ssize_t k = read(pipefd[0], line, sizeof(line) - 1);
+		size_t ideal, r0, r1, r2, r3, nd, nz, bad;
+		double d50, d99, z50, z99, w50, w99;
+
+		waitpid(w, &st, 0);
+		if (k <= 0 ||
+		    sscanf(line, "%zu %zu %zu %zu %zu %zu %lf %lf %zu %lf %lf %zu %lf %lf", &ideal,
+			   &r0, &r1, &r2, &r3, &nd, &d50, &d99, &nz, &z50, &z99, &bad, &w50,
+			   &w99) != 14) {
+			fprintf(stderr, "fault: the workload failed (logs in %s)\n", dir);
+			return 1;
+		}
+		printf("workload: %zu pages, planted saving (ideal) %zu pages; scan interval %d ms\n",
+		       n, ideal, PASS_MS);
+		for (int i = 1; i <= 3; i++) {
+			size_t r = i == 1 ? r1 : i == 2 ? r2 : r3;
+			size_t saved = r0 > r ? r0 - r : 0;
+
+			printf("  after %d scan interval%s: %zu pages dropped, %.1f%% of the ideal\n", i,
+			       i > 1 ? "s" : "", saved, ideal ? 100.0 * (double)saved / (double)ideal : 0);
+		}
+		{
+			FILE *m = popen("curl -sf http://127.0.0.1:19570/metrics", "r");
+			char ml[256];
+			double dups = -1;
+
+			while (m && fgets(ml, sizeof(ml), m))
+				if (sscanf(ml, "cksm_pool_dups %lf", &dups) == 1)
+					break;
+			if (m)
+				pclose(m);
+			if (dups >= 0)
+				printf("  the pool holds %.0f dups: net saving after 3 intervals %.0f pages, %.1f%% of the ideal\n",
+				       dups, (double)(r0 - r3) - dups,
+				       100.0 * ((double)(r0 - r3) - dups) / (double)ideal);
+		}
+		printf("floor in the workload, just before its faults, %zu faults: p50 %.2f us, p99 %.2f us\n",
+		       n / 4, w50, w99);
+		printf("faults from the local pool, %zu: p50 %.2f us (%.2fx floor), p99 %.2f us (%.2fx floor)\n",
+		       nd, d50, d50 / w50, d99, d99 / w99);
+		printf("faults on zero pages, %zu: p50 %.2f us (%.2fx floor), p99 %.2f us (%.2fx floor)\n",
+		       nz, z50, z50 / w50, z99, z99 / w99);
+		printf("pages read back wrong: %zu\n", bad);
+	}
+	kill(agent, SIGTERM);
+	kill(coord, SIGTERM);
+	waitpid(agent, &st, 0);
+	waitpid(coord, &st, 0);
+	return 0;
+}

@@ -87,8 +87,8 @@ static void bare_floor(size_t n, double *p50, double *p99)
 {
 	struct uffdio_api api = { .api = UFFD_API };
 	double *lat = malloc(n * sizeof(*lat));
-	uint8_t *r = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-			  0);
+	uint8_t *r =
+		mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct uffdio_register reg = { .range = { (uint64_t)(uintptr_t)r, n * PAGE },
 				       .mode = UFFDIO_REGISTER_MODE_MISSING };
 	pthread_t t;
@@ -125,7 +125,7 @@ static unsigned kind_of(size_t pg, size_t n)
 		return 1 + (unsigned)(pg % CONTENTS); /* copies */
 	if (pg < n / 2 + n / 4)
 		return 0; /* zero */
-	return 100; /* unique */
+	return 100;	  /* unique */
 }
 
 static void fill(uint8_t *p, size_t pg, unsigned k)
@@ -154,8 +154,8 @@ static size_t resident(const uint8_t *r, size_t n, unsigned char *v)
 
 static int workload(size_t n)
 {
-	uint8_t *r = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-			  0);
+	uint8_t *r =
+		mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	unsigned char *v = malloc(n);
 	double *lat_dup = malloc(n * sizeof(double)), *lat_zero = malloc(n * sizeof(double));
 	size_t ideal = n / 2 - CONTENTS + n / 4, nd = 0, nz = 0, bad = 0, res[4];
@@ -279,10 +279,16 @@ int main(int argc, char **argv)
 		key, sock, PASS_MS);
 	fclose(f);
 	{
-		char c[640], *ca[] = { c, (char *)"-c", conf, (char *)"--role", (char *)"coord",
-				       (char *)"--shard", (char *)"0", NULL };
-		char a[640], *aa[] = { a, (char *)"-c", conf, (char *)"--role", (char *)"agent",
+		char c[640], *ca[] = { c,
+				       (char *)"-c",
+				       conf,
+				       (char *)"--role",
+				       (char *)"coord",
+				       (char *)"--shard",
+				       (char *)"0",
 				       NULL };
+		char a[640],
+			*aa[] = { a, (char *)"-c", conf, (char *)"--role", (char *)"agent", NULL };
 		char l1[200], l2[200];
 
 		snprintf(c, sizeof(c), "%s/cksmd", bin);
@@ -330,8 +336,9 @@ int main(int argc, char **argv)
 			size_t r = i == 1 ? r1 : i == 2 ? r2 : r3;
 			size_t saved = r0 > r ? r0 - r : 0;
 
-			printf("  after %d scan interval%s: %zu pages dropped, %.1f%% of the ideal\n", i,
-			       i > 1 ? "s" : "", saved, ideal ? 100.0 * (double)saved / (double)ideal : 0);
+			printf("  after %d scan interval%s: %zu pages dropped, %.1f%% of the ideal\n",
+			       i, i > 1 ? "s" : "", saved,
+			       ideal ? 100.0 * (double)saved / (double)ideal : 0);
 		}
 		{
 			FILE *m = popen("curl -sf http://127.0.0.1:19570/metrics", "r");

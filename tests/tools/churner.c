@@ -3,9 +3,10 @@
  * it and brings it back.
  *
  *   cksm-churner [--threads N] [--pages N] [--seconds S] [--quiet-ms MS]
+ *                [--burst-pages N] [--report-ms MS] [--contents N] [--check-pages N]
  *
  * One mergeable region (madvise(MADV_MERGEABLE)) of N pages, each page
- * holding one of 8 contents (content 0 is all zeroes), so that duplicates
+ * holding one of N contents (8 by default; content 0 is all zeroes), so that duplicates
  * and zero pages abound. Each thread owns every Nth page and keeps, per
  * page, which content it wrote last. Rounds alternate: a burst of random
  * rewrites (racing the agent's write-protect, compare and zap), then a
@@ -13,7 +14,11 @@
  * check of every owned page against what was written (touching evicted
  * pages brings them back). At the end the main thread digests the whole
  * region and compares it with the digest of what was written. Prints one
- * JSON line; exit 0 when every check matched.
+ * JSON line; exit 0 when every check matched. With --burst-pages a burst
+ * rewrites that many pages per thread instead of rewriting for 200 ms;
+ * with --check-pages a check looks at that many of a thread's pages, at
+ * random, instead of all; with --report-ms a JSON line of progress (with
+ * VmRSS) every MS.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -28,10 +33,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE	 4096u
-#define CONTENTS 8u
+#define PAGE 4096u
 
-static unsigned nthreads = 4, seconds = 10, quiet_ms = 1500;
+static unsigned nthreads = 4, seconds = 10, quiet_ms = 1500, burst_pages, report_ms;
+static unsigned contents = 8; /* content 0 is the zero page */
+static unsigned check_pages;  /* per round and thread; 0: every owned page */
 static size_t npages = 2048;
 static uint8_t *region;
 static uint8_t *shadow; /* content written last, per page */
@@ -73,12 +79,13 @@ static void *worker(void *arg)
 
 	while (!atomic_load(&done)) {
 		uint64_t until = now_ms() + 200;
+		unsigned left = burst_pages;
 
 		/* burst */
-		while (now_ms() < until) {
+		while (burst_pages ? left-- > 0 : now_ms() < until) {
 			size_t pg = id + (size_t)((unsigned)rand_r(&seed) % (npages / nthreads)) *
 						 nthreads;
-			unsigned k = (unsigned)rand_r(&seed) % CONTENTS;
+			unsigned k = (unsigned)rand_r(&seed) % contents;
 
 			if (pg >= npages)
 				continue;
@@ -88,8 +95,13 @@ static void *worker(void *arg)
 		}
 		/* quiet: the agent scans, finds stable pages, evicts */
 		usleep(quiet_ms * 1000u);
-		/* check every owned page */
-		for (size_t pg = id; pg < npages; pg += nthreads) {
+		/* check every owned page, or check_pages of them at random */
+		for (size_t i = 0, pg = id; pg < npages && (!check_pages || i < check_pages); i++,
+			    pg = check_pages ? id + (size_t)((unsigned)rand_r(&seed) %
+							     (npages / nthreads)) * nthreads
+					     : pg + nthreads) {
+			if (pg >= npages)
+				continue;
 			if (!holds(region + pg * PAGE, shadow[pg])) {
 				atomic_fetch_add(&mismatches, 1);
 				fprintf(stderr, "churner: page %zu does not hold content %u\n", pg,
@@ -99,6 +111,20 @@ static void *worker(void *arg)
 		}
 	}
 	return NULL;
+}
+
+static long rss_kb(void)
+{
+	char line[256];
+	long kb = 0;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
 }
 
 static uint64_t digest(const uint8_t *p, size_t len)
@@ -121,6 +147,10 @@ int main(int argc, char **argv)
 		{ "pages", required_argument, NULL, 'p' },
 		{ "seconds", required_argument, NULL, 's' },
 		{ "quiet-ms", required_argument, NULL, 'q' },
+		{ "burst-pages", required_argument, NULL, 'b' },
+		{ "report-ms", required_argument, NULL, 'r' },
+		{ "contents", required_argument, NULL, 'c' },
+		{ "check-pages", required_argument, NULL, 'k' },
 		{ NULL, 0, NULL, 0 },
 	};
 	pthread_t t[64];
@@ -137,11 +167,20 @@ int main(int argc, char **argv)
 			seconds = (unsigned)atoi(optarg);
 		else if (c == 'q')
 			quiet_ms = (unsigned)atoi(optarg);
+		else if (c == 'b')
+			burst_pages = (unsigned)atoi(optarg);
+		else if (c == 'r')
+			report_ms = (unsigned)atoi(optarg);
+		else if (c == 'c')
+			contents = (unsigned)atoi(optarg);
+		else if (c == 'k')
+			check_pages = (unsigned)atoi(optarg);
 		else
 			return 2;
 	}
-	if (nthreads < 1 || nthreads > 64 || npages < nthreads) {
-		fprintf(stderr, "churner: 1 to 64 threads, at least one page each\n");
+	if (nthreads < 1 || nthreads > 64 || npages < nthreads || contents < 2 || contents > 255) {
+		fprintf(stderr,
+			"churner: 1 to 64 threads, at least one page each, 2 to 255 contents\n");
 		return 2;
 	}
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
@@ -153,12 +192,26 @@ int main(int argc, char **argv)
 	if (madvise(region, npages * PAGE, MADV_MERGEABLE))
 		perror("churner: madvise(MADV_MERGEABLE)");
 	for (size_t pg = 0; pg < npages; pg++) {
-		shadow[pg] = (uint8_t)(pg % CONTENTS);
+		shadow[pg] = (uint8_t)(pg % contents);
 		fill(region + pg * PAGE, shadow[pg]);
 	}
+	if (report_ms)
+		printf("{\"pid\":%d,\"writes\":0,\"checks\":0,\"mismatches\":0,\"rss_kb\":%ld}\n",
+		       (int)getpid(), rss_kb());
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_create(&t[i], NULL, worker, (void *)(uintptr_t)i);
-	sleep(seconds);
+	if (report_ms) {
+		setvbuf(stdout, NULL, _IOLBF, 0);
+		for (uint64_t end = now_ms() + seconds * 1000ULL; now_ms() < end;) {
+			usleep(report_ms * 1000u);
+			printf("{\"pid\":%d,\"writes\":%lu,\"checks\":%lu,\"mismatches\":%lu,"
+			       "\"rss_kb\":%ld}\n",
+			       (int)getpid(), atomic_load(&writes), atomic_load(&checks),
+			       atomic_load(&mismatches), rss_kb());
+		}
+	} else {
+		sleep(seconds);
+	}
 	atomic_store(&done, true);
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_join(t[i], NULL);

@@ -83,6 +83,7 @@ struct agent {
 	struct metric *m_dups, *m_pool_free, *m_refs_sent;
 	struct pool *pool;	 /* NULL: no pool on this node */
 	struct backing *backing; /* NULL: processes cannot attach */
+	struct listener *data;	 /* serves the pool to other nodes */
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 };
 
@@ -125,6 +126,7 @@ static int send_register(struct agent_shard *s, struct conn *c)
 	r.rack = (char *)cfg->rack;
 	r.incarnation = s->a->incarnation;
 	r.buckets = cfg->buckets;
+	r.data_address = (char *)cfg->data_address;
 	fill_pool_info(s->a, &pool);
 	r.pool = &pool;
 	m.body_case = CKSM__MSG__BODY_REGISTER;
@@ -384,6 +386,40 @@ static int handle_answer(struct agent_shard *s, struct conn *c, const Cksm__Deci
 	return 0;
 }
 
+/*
+ * BACK_REMOTE: the content's dups on other nodes. Remembered for the
+ * scanner's offers; with evict_age 1 the reported pages go at once.
+ */
+static void back_remote(struct agent_shard *s, const Cksm__Decision *d)
+{
+	struct agent *a = s->a;
+	const struct inflight *f = s->fl_n ? &s->fl[s->fl_head] : NULL;
+	struct dup_loc loc[8];
+	struct cid id = { d->id_hi, d->id_lo };
+	unsigned n = 0;
+
+	if (!a->backing)
+		return;
+	for (size_t i = 0; i < d->n_dups && n < 8; i++) {
+		const Cksm__DupRef *r = d->dups[i];
+
+		if (!r || r->slot > UINT32_MAX || !r->address || !r->address[0] ||
+		    strlen(r->address) >= DUP_ADDR_MAX || r->node_id == s->node_id)
+			continue;
+		loc[n].node = r->node_id;
+		loc[n].slot = (uint32_t)r->slot;
+		loc[n].gen = r->generation;
+		snprintf(loc[n].addr, sizeof(loc[n].addr), "%s", r->address);
+		n++;
+	}
+	if (!n)
+		return;
+	backing_remote_learn(a->backing, &id, loc, n);
+	for (size_t i = 0; f && a->rt.cfg->evict_age <= 1 && i < f->n; i++)
+		if (f->e[i].hi == id.hi && f->e[i].lo == id.lo)
+			backing_offer_remote(a->backing, f->e[i].pid, f->e[i].addr, &id);
+}
+
 static int handle_decisions(struct agent_shard *s, struct conn *c, const Cksm__DecisionBatch *b)
 {
 	for (size_t i = 0; i < b->n_decisions; i++) {
@@ -396,6 +432,8 @@ static int handle_decisions(struct agent_shard *s, struct conn *c, const Cksm__D
 		metric_inc(s->a->m_decisions[a]);
 		if (d->action == CKSM__ACTION__ACTION_CREATE_DUP && make_dup(s, c, d, b->domain))
 			return -EIO;
+		if (d->action == CKSM__ACTION__ACTION_BACK_REMOTE)
+			back_remote(s, d);
 	}
 	return b->last ? handle_answer(s, c, b) : 0;
 }
@@ -650,16 +688,17 @@ static void send_refs(struct agent *a)
 			Cksm__RefUpdate ru = CKSM__REF_UPDATE__INIT;
 			Cksm__DupRef dr = CKSM__DUP_REF__INIT;
 
-			if (!c || !s->registered || !pool_page(a->pool, r[i].ref, NULL))
+			if (!c || !s->registered ||
+			    (!r[i].node && !pool_page(a->pool, r[i].ref, NULL)))
 				continue; /* the slot is gone: so is the shard's dup */
-			dr.node_id = s->node_id;
+			dr.node_id = r[i].node ? r[i].node : s->node_id;
 			dr.slot = r[i].ref.slot;
 			dr.generation = r[i].ref.gen;
 			ru.id_hi = r[i].id.hi;
 			ru.id_lo = r[i].id.lo;
 			ru.dup = &dr;
 			ru.set = true;
-			ru.refs = pool_refs(a->pool, r[i].ref);
+			ru.refs = r[i].node ? r[i].count : pool_refs(a->pool, r[i].ref);
 			m.body_case = CKSM__MSG__BODY_REF_UPDATE;
 			m.ref_update = &ru;
 			if (conn_send(c, &m) == 0)
@@ -710,6 +749,8 @@ static void agent_stop(struct runtime *rt)
 	a->scan = NULL;
 	backing_destroy(a->backing);
 	a->backing = NULL;
+	listener_destroy(a->data);
+	a->data = NULL;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		dialer_destroy(a->shards[i].dialer);
 		a->shards[i].dialer = NULL;
@@ -803,7 +844,16 @@ static int start_backing(struct agent *a)
 	}
 	log_info("page pool of %u slots (%s)", cfg->pool_pages,
 		 huge ? "hugetlb pages" : "shared memory");
-	a->backing = backing_create(cfg, &a->rt.loop, a->rt.reg, a->pool, a->domains);
+	if (cfg->data_listen[0]) {
+		a->data = tcp_transport_serve(&a->rt.net, cfg->data_listen, a->pool);
+		if (!a->data)
+			return -EADDRINUSE; /* logged */
+		if (!cfg->data_address[0])
+			log_warn(
+				"data_listen without data_address: other nodes are not told where to read this node's pool");
+	}
+	a->backing = backing_create(cfg, &a->rt.loop, a->rt.reg, a->pool, a->domains, &a->rt.key,
+				    cfg->node_name);
 	if (!a->backing)
 		return 0;
 	backing_set_hooks(a->backing, on_attached, on_detached, a);

@@ -40,13 +40,24 @@
 #define ZAP_WAIT_MS   2000   /* a process that does not answer a zap by then */
 #define COOLDOWN_SETS 4096u  /* recently faulted pages remembered */
 
-enum { B_ZERO = 1, B_POOL = 2 };
+enum { B_ZERO = 1, B_POOL = 2, B_REMOTE = 3 };
+
+#define REMOTE_MAX  3	   /* replicas an entry remembers */
+#define REMOTE_IDS  16384u /* contents whose remote dups are remembered */
+#define NODES_KNOWN 256	   /* holders whose data addresses are remembered */
+
+/* A dup on another node (its address is in the backing's node map). */
+struct rdup {
+	uint32_t node, slot, gen;
+};
 
 struct bentry {
 	uint64_t page; /* address >> 12, 0 = empty */
 	struct pool_ref ref;
 	struct cid id;
 	uint8_t kind;
+	uint8_t nrem;
+	struct rdup rem[REMOTE_MAX]; /* B_REMOTE: replicas in order; rem[0] counted */
 };
 
 struct mm {
@@ -78,9 +89,11 @@ struct mm {
 struct offer {
 	pid_t pid;
 	uint8_t kind;
+	uint8_t nrem;
 	uint64_t addr;
 	struct pool_ref ref;
 	struct cid id;
+	struct rdup rem[REMOTE_MAX];
 };
 
 struct backing {
@@ -112,6 +125,27 @@ struct backing {
 		uint64_t until_ms;
 	} cool[COOLDOWN_SETS];
 
+	const struct auth_key *key;
+	char name[AUTH_NAME_MAX + 1];
+	struct transport *fault_tr, *evict_tr; /* one per thread */
+	struct {
+		uint32_t node;
+		char addr[DUP_ADDR_MAX];
+	} addrs[NODES_KNOWN]; /* under lock */
+	unsigned naddrs;
+	struct remote_id {
+		struct cid id;
+		uint8_t n;
+		struct rdup rem[REMOTE_MAX];
+	} * remote; /* REMOTE_IDS, by id; under lock */
+	struct rref {
+		struct rdup d;
+		struct cid id;
+		int32_t count;
+		bool dirty;
+	} * rrefs; /* our references on other nodes' dups; under refs_lock */
+	size_t nrrefs, caprrefs;
+
 	pthread_mutex_t refs_lock; /* the reference changes not taken yet */
 	struct backing_ref *refs;
 	size_t nrefs;
@@ -119,6 +153,7 @@ struct backing {
 
 	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
 	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
+	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved;
 	struct metric_histogram *m_lat;
 };
@@ -164,11 +199,56 @@ static void ref_changed(struct backing *b, struct pool_ref ref, const struct cid
 	pthread_mutex_unlock(&b->refs_lock);
 }
 
+/* Our references on another node's dup changed by d. */
+static void rref_changed(struct backing *b, const struct rdup *r, const struct cid *id, int32_t d)
+{
+	size_t i;
+
+	pthread_mutex_lock(&b->refs_lock);
+	for (i = 0; i < b->nrrefs; i++)
+		if (b->rrefs[i].d.node == r->node && b->rrefs[i].d.slot == r->slot &&
+		    b->rrefs[i].d.gen == r->gen)
+			break;
+	if (i == b->nrrefs) {
+		if (b->nrrefs == b->caprrefs) {
+			size_t cap = b->caprrefs ? 2 * b->caprrefs : 64;
+			struct rref *v = realloc(b->rrefs, cap * sizeof(*v));
+
+			if (!v) {
+				pthread_mutex_unlock(&b->refs_lock);
+				return; /* the shard's count is off until the next change */
+			}
+			b->rrefs = v;
+			b->caprrefs = cap;
+		}
+		b->rrefs[b->nrrefs++] = (struct rref){ *r, *id, 0, false };
+	}
+	b->rrefs[i].count += d;
+	b->rrefs[i].dirty = true;
+	pthread_mutex_unlock(&b->refs_lock);
+}
+
 size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max)
 {
 	size_t n = 0;
 
 	pthread_mutex_lock(&b->refs_lock);
+	for (size_t i = 0; i < b->nrrefs && n < max;) {
+		struct rref *r = &b->rrefs[i];
+
+		if (r->dirty) {
+			out[n++] = (struct backing_ref){ { r->d.slot, r->d.gen },
+							 r->id,
+							 0,
+							 r->d.node,
+							 (uint32_t)(r->count > 0 ? r->count : 0) };
+			r->dirty = false;
+		}
+		if (r->count <= 0 && !r->dirty)
+			*r = b->rrefs[--b->nrrefs]; /* told the shard: forget it */
+		else
+			i++;
+	}
 	while (b->nrefs && n < max) {
 		struct backing_ref *r = &b->refs[--b->nrefs];
 
@@ -269,6 +349,9 @@ static void entry_release(struct mm *m, struct bentry *e)
 		pool_ref(b->pool, e->ref, -1);
 		ref_changed(b, e->ref, &e->id, -1);
 		metric_gauge_add(b->m_backed_local, -1);
+	} else if (e->kind == B_REMOTE) {
+		rref_changed(b, &e->rem[0], &e->id, -1);
+		metric_gauge_add(b->m_backed_remote, -1);
 	} else {
 		metric_gauge_add(b->m_backed_zero, -1);
 	}
@@ -824,6 +907,94 @@ static bool cool_active(struct backing *b, pid_t pid, uint64_t addr)
 	return b->cool[i].key == k && b->cool[i].until_ms > now_ms();
 }
 
+/* ---- remote dups ----------------------------------------------------------- */
+
+static size_t remote_slot(const struct cid *id)
+{
+	return (size_t)((id->lo ^ id->hi) * 0x9e3779b97f4a7c15ULL >> 40) % REMOTE_IDS;
+}
+
+void backing_remote_learn(struct backing *b, const struct cid *id, const struct dup_loc *d,
+			  unsigned n)
+{
+	struct remote_id *r;
+
+	if (n > REMOTE_MAX)
+		n = REMOTE_MAX;
+	pthread_mutex_lock(&b->lock);
+	r = &b->remote[remote_slot(id)];
+	r->id = *id;
+	r->n = (uint8_t)n;
+	for (unsigned i = 0; i < n; i++) {
+		unsigned k;
+
+		r->rem[i] = (struct rdup){ d[i].node, d[i].slot, d[i].gen };
+		for (k = 0; k < b->naddrs && b->addrs[k].node != d[i].node; k++) {
+		}
+		if (k == b->naddrs && b->naddrs < NODES_KNOWN)
+			b->naddrs++;
+		if (k == NODES_KNOWN)
+			k = d[i].node % NODES_KNOWN; /* many holders: the oldest may go */
+		b->addrs[k].node = d[i].node;
+		snprintf(b->addrs[k].addr, sizeof(b->addrs[k].addr), "%s", d[i].addr);
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Where node serves reads, into loc; false if unknown. */
+static bool locate(struct backing *b, const struct rdup *r, struct dup_loc *loc)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&b->lock);
+	for (unsigned k = 0; k < b->naddrs; k++)
+		if (b->addrs[k].node == r->node && b->addrs[k].addr[0]) {
+			memcpy(loc->addr, b->addrs[k].addr, sizeof(loc->addr));
+			found = true;
+			break;
+		}
+	pthread_mutex_unlock(&b->lock);
+	loc->node = r->node;
+	loc->slot = r->slot;
+	loc->gen = r->gen;
+	return found;
+}
+
+static int domain_index(const struct backing *b, uint8_t domain_id)
+{
+	for (unsigned i = 0; i < b->cfg->ndomains; i++)
+		if (b->cfg->domains[i].id == domain_id)
+			return (int)i;
+	return -1;
+}
+
+/*
+ * The bytes of a remote dup, checked against the content id: the first
+ * replica that answers with the right bytes. Returns its index, or -1.
+ */
+static int fetch(struct backing *b, struct transport *tr, const struct rdup *rem, unsigned n,
+		 const struct cid *id, uint8_t *buf)
+{
+	int d = domain_index(b, cid_domain_of(*id));
+
+	for (unsigned i = 0; tr && d >= 0 && i < n; i++) {
+		struct dup_loc loc;
+		struct cid got;
+
+		if (!locate(b, &rem[i], &loc) || tr->ops->read(tr, &loc, buf)) {
+			metric_inc(b->m_remote_errors);
+			continue;
+		}
+		got = cid_of(&b->domains[d], buf);
+		if (got.hi == id->hi && got.lo == id->lo)
+			return (int)i;
+		metric_inc(b->m_remote_errors);
+		log_warn("node %u slot %u/%u: bytes that are not the content they should hold",
+			 rem[i].node, rem[i].slot, rem[i].gen);
+	}
+	return -1;
+}
+
 /* A backed page nobody can give back: the thread that needs it gets SIGBUS. */
 static void lost_page(struct mm *m, const struct uffd_msg *msg, uint64_t addr, const char *why)
 {
@@ -874,6 +1045,19 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		rc = write ? uffd_copy(m->uffd, addr, zeroes) : uffd_zeropage(m->uffd, addr);
 		if (!rc) {
 			metric_inc(b->m_faults_zero);
+			entry_release(m, e);
+		}
+	} else if (e->kind == B_REMOTE) {
+		static uint8_t page[PAGE] __attribute__((aligned(PAGE))); /* fault thread's */
+
+		if (fetch(b, b->fault_tr, e->rem, e->nrem, &e->id, page) < 0) {
+			pthread_mutex_unlock(&m->lock);
+			lost_page(m, msg, addr, "no replica could be read");
+			return true;
+		}
+		rc = uffd_copy(m->uffd, addr, page);
+		if (!rc) {
+			metric_inc(b->m_faults_remote);
 			entry_release(m, e);
 		}
 	} else {
@@ -935,14 +1119,21 @@ static void on_fork(struct mm *m, int ufd)
 			continue;
 		if (e->kind == B_POOL)
 			ref_changed(b, e->ref, &e->id, 1);
+		else if (e->kind == B_REMOTE)
+			rref_changed(b, &e->rem[0], &e->id, 1);
 		if (tab_put(c, e)) {
 			if (e->kind == B_POOL) {
 				pool_ref(b->pool, e->ref, -1);
 				ref_changed(b, e->ref, &e->id, -1);
+			} else if (e->kind == B_REMOTE) {
+				rref_changed(b, &e->rem[0], &e->id, -1);
 			}
 			continue;
 		}
-		metric_gauge_add(e->kind == B_POOL ? b->m_backed_local : b->m_backed_zero, 1);
+		metric_gauge_add(e->kind == B_POOL     ? b->m_backed_local
+				 : e->kind == B_REMOTE ? b->m_backed_remote
+						       : b->m_backed_zero,
+				 1);
 		metric_gauge_add(b->m_saved, PAGE);
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -1180,6 +1371,32 @@ void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind 
 		metric_inc(b->m_offers_dropped);
 }
 
+bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const struct cid *id)
+{
+	struct remote_id r = { .n = 0 };
+
+	if (!b->cfg->evict || addr % PAGE)
+		return false;
+	pthread_mutex_lock(&b->lock);
+	{
+		const struct remote_id *x = &b->remote[remote_slot(id)];
+
+		if (x->n && x->id.hi == id->hi && x->id.lo == id->lo)
+			r = *x;
+	}
+	if (!r.n || cool_active(b, pid, addr) || b->noffers >= OFFER_MAX) {
+		pthread_mutex_unlock(&b->lock);
+		return false;
+	}
+	b->offers[b->noffers++] = (struct offer){
+		.pid = pid, .kind = EVICT_REMOTE, .nrem = r.n, .addr = addr, .id = *id
+	};
+	memcpy(b->offers[b->noffers - 1].rem, r.rem, sizeof(r.rem));
+	pthread_cond_signal(&b->offer_cond);
+	pthread_mutex_unlock(&b->lock);
+	return true;
+}
+
 static bool all_zero(const uint8_t *p)
 {
 	static const uint64_t z[PAGE / 8];
@@ -1220,10 +1437,11 @@ static bool removal_seen(const struct mm *m)
  * before the zap leaves the page where it is; after it, the table says
  * what the page holds.
  */
-static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf)
+static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, uint8_t *rbuf)
 {
 	struct mm *m = mm_get(b, o->pid);
 	struct bentry e = { .page = o->addr >> 12, .ref = o->ref, .id = o->id, .kind = o->kind };
+	int first;
 	struct iovec local = { buf, PAGE }, remote = { (void *)(uintptr_t)o->addr, PAGE };
 	struct cksm_local zap = local_msg(CKSM_LOCAL_ZAP);
 	const void *dup = NULL;
@@ -1240,6 +1458,18 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf)
 			mm_put(m);
 			return; /* the dup went meanwhile, or is full */
 		}
+	} else if (o->kind == EVICT_REMOTE) {
+		/* The replica the page will come back from, read and checked now;
+		 * it is compared with the page once that is write-protected. */
+		first = fetch(b, b->evict_tr, o->rem, o->nrem, &o->id, rbuf);
+		if (first < 0) {
+			mm_put(m);
+			return;
+		}
+		e.nrem = 0;
+		for (unsigned i = (unsigned)first; i < o->nrem; i++)
+			e.rem[e.nrem++] = o->rem[i];
+		dup = rbuf;
 	}
 	pthread_mutex_lock(&m->lock);
 	ok = !m->evicting && !tab_find(m, o->addr);
@@ -1303,8 +1533,13 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf)
 	if (zapped) {
 		if (o->kind == EVICT_POOL)
 			ref_changed(b, o->ref, &o->id, 1);
+		else if (o->kind == EVICT_REMOTE)
+			rref_changed(b, &e.rem[0], &o->id, 1);
 		metric_inc(b->m_evicted);
-		metric_gauge_add(o->kind == EVICT_POOL ? b->m_backed_local : b->m_backed_zero, 1);
+		metric_gauge_add(o->kind == EVICT_POOL	   ? b->m_backed_local
+				 : o->kind == EVICT_REMOTE ? b->m_backed_remote
+							   : b->m_backed_zero,
+				 1);
 		metric_gauge_add(b->m_saved, PAGE);
 		pthread_mutex_lock(&m->lock);
 		m->evicting = 0;
@@ -1331,7 +1566,7 @@ out_ref:
 static void *evict_main(void *arg)
 {
 	struct backing *b = arg;
-	uint8_t *buf = aligned_alloc(PAGE, PAGE);
+	uint8_t *buf = aligned_alloc(PAGE, 2 * PAGE);
 	double tokens = 0, rate = b->cfg->evict_rate;
 	uint64_t last = now_ns();
 	struct offer o;
@@ -1369,7 +1604,7 @@ static void *evict_main(void *arg)
 			}
 			tokens -= 1;
 		}
-		evict_one(b, &o, buf);
+		evict_one(b, &o, buf, buf + PAGE);
 	}
 	free(buf);
 	return NULL;
@@ -1427,6 +1662,11 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_CL(b->m_faults_zero, FAULTS, FAULTS_HELP, "source=\"zero\""),
 		METRIC_CL(b->m_faults_local, FAULTS, FAULTS_HELP, "source=\"local\""),
 		METRIC_CL(b->m_faults_fresh, FAULTS, FAULTS_HELP, "source=\"fresh\""),
+		METRIC_CL(b->m_faults_remote, FAULTS, FAULTS_HELP, "source=\"remote\""),
+		{ &b->m_backed_remote, METRIC_GAUGE, BACKED, BACKED_HELP, "source=\"remote\"" },
+		METRIC_C(
+			b->m_remote_errors, "cksm_remote_read_errors_total",
+			"Reads of remote dups that failed or brought other bytes than the content's."),
 		METRIC_C(
 			b->m_sigbus, "cksm_sigbus_total",
 			"Backed pages that could not be brought back: the thread got SIGBUS. Alarm if not 0."),
@@ -1446,7 +1686,8 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 }
 
 struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct metrics *reg,
-			       struct pool *pool, const struct cid_domain *domains)
+			       struct pool *pool, const struct cid_domain *domains,
+			       const struct auth_key *key, const char *name)
 {
 	struct backing *b = calloc(1, sizeof(*b));
 	int rc;
@@ -1457,6 +1698,8 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	b->loop = loop;
 	b->pool = pool;
 	b->domains = domains;
+	b->key = key;
+	snprintf(b->name, sizeof(b->name), "%s", name);
 	b->listen_fd = b->devfd = b->wake_fd = -1;
 	pthread_mutex_init(&b->lock, NULL);
 	pthread_mutex_init(&b->refs_lock, NULL);
@@ -1464,7 +1707,11 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	b->offers = calloc(OFFER_MAX, sizeof(*b->offers));
 	b->refs = calloc(pool_slots(pool), sizeof(*b->refs));
 	b->ref_pos = calloc(pool_slots(pool), sizeof(*b->ref_pos));
-	if (!b->offers || !b->refs || !b->ref_pos || register_metrics(b, reg))
+	b->remote = calloc(REMOTE_IDS, sizeof(*b->remote));
+	b->fault_tr = tcp_transport_create(key, name, 2000);
+	b->evict_tr = tcp_transport_create(key, name, 2000);
+	if (!b->offers || !b->refs || !b->ref_pos || !b->remote || !b->fault_tr || !b->evict_tr ||
+	    register_metrics(b, reg))
 		goto fail;
 	b->devfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
 	if (b->devfd < 0) {
@@ -1517,6 +1764,11 @@ fail:
 	free(b->offers);
 	free(b->refs);
 	free(b->ref_pos);
+	free(b->remote);
+	if (b->fault_tr)
+		b->fault_tr->ops->destroy(b->fault_tr);
+	if (b->evict_tr)
+		b->evict_tr->ops->destroy(b->evict_tr);
 	free(b);
 	return NULL;
 }
@@ -1536,6 +1788,8 @@ static void on_backing_closed(uv_handle_t *h)
 	free(b->offers);
 	free(b->refs);
 	free(b->ref_pos);
+	free(b->remote);
+	free(b->rrefs);
 	close(b->wake_fd);
 	close(b->devfd);
 	pthread_mutex_destroy(&b->lock);
@@ -1555,6 +1809,7 @@ static void restore_all(struct backing *b)
 	for (struct mm *m = b->mms; m; m = m->next) {
 		pthread_mutex_lock(&m->lock);
 		for (size_t i = 0; i < m->cap; i++) {
+			static uint8_t page[PAGE] __attribute__((aligned(PAGE)));
 			const struct bentry *e = &m->tab[i];
 			const void *bytes =
 				e->kind == B_POOL ? pool_page(b->pool, e->ref, NULL) : zeroes;
@@ -1562,6 +1817,10 @@ static void restore_all(struct backing *b)
 
 			if (!e->page)
 				continue;
+			if (e->kind == B_REMOTE)
+				bytes = fetch(b, b->fault_tr, e->rem, e->nrem, &e->id, page) >= 0
+						? page
+						: NULL;
 			rc = bytes ? uffd_copy(m->uffd, e->page << 12, bytes) : -ESTALE;
 			if (rc && rc != -ESRCH && rc != -ENOENT)
 				failed++;
@@ -1590,6 +1849,8 @@ void backing_destroy(struct backing *b)
 	pthread_join(b->fault_thread, NULL);
 	pthread_join(b->evict_thread, NULL);
 	restore_all(b);
+	b->fault_tr->ops->destroy(b->fault_tr);
+	b->evict_tr->ops->destroy(b->evict_tr);
 	uv_poll_stop(&b->lpoll);
 	close(b->listen_fd);
 	unlink(b->cfg->socket_path);

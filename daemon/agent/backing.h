@@ -37,6 +37,7 @@
 #include "config.h"
 #include "metrics.h"
 #include "pool.h"
+#include "transport.h"
 
 struct backing;
 
@@ -45,7 +46,8 @@ struct backing;
  * Returns NULL with the reason logged.
  */
 struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct metrics *reg,
-			       struct pool *pool, const struct cid_domain *domains);
+			       struct pool *pool, const struct cid_domain *domains,
+			       const struct auth_key *key, const char *name);
 void backing_destroy(struct backing *b);
 
 /* Called when a process attaches or detaches (loop thread). */
@@ -53,8 +55,9 @@ void backing_set_hooks(struct backing *b, void (*attached)(void *arg, pid_t pid,
 		       void (*detached)(void *arg, pid_t pid), void *arg);
 
 enum evict_kind {
-	EVICT_ZERO = 1, /* an all-zero page: no dup needed */
-	EVICT_POOL = 2, /* backed by a slot of this node's pool */
+	EVICT_ZERO = 1,	  /* an all-zero page: no dup needed */
+	EVICT_POOL = 2,	  /* backed by a slot of this node's pool */
+	EVICT_REMOTE = 3, /* backed by dups on other nodes (read over a transport) */
 };
 
 /*
@@ -66,15 +69,31 @@ enum evict_kind {
 void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind kind,
 		   struct pool_ref ref, const struct cid *id);
 
-/* This node's references on one of its pool's dups changed by delta. */
+/*
+ * This node's references on a dup changed: node 0 means one of its own
+ * pool's (the count is then the slot's), otherwise another node's dup,
+ * with this node's count of references on it.
+ */
 struct backing_ref {
 	struct pool_ref ref;
 	struct cid id;
 	int32_t delta;
+	uint32_t node;
+	uint32_t count;
 };
 
-/* Take up to max accumulated changes (for RefUpdate messages). */
+/* Take up to max changes not taken yet (for RefUpdate messages). */
 size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max);
+
+/*
+ * A shard said content id is backed by these dups on other nodes (its
+ * BACK_REMOTE decision): remember them, and where their holders serve.
+ */
+void backing_remote_learn(struct backing *b, const struct cid *id, const struct dup_loc *d,
+			  unsigned n);
+
+/* Offer a page for eviction backed by the remote dups known for id. */
+bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const struct cid *id);
 
 /* Is pid attached (any thread)? */
 bool backing_attached(struct backing *b, pid_t pid);

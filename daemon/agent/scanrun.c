@@ -198,6 +198,8 @@ static void on_evict(void *arg, const struct scan_page *pg, bool zero)
 		backing_offer(r->backing, pg->pid, pg->addr, EVICT_ZERO, ref, NULL);
 	else if (pool_find(r->pool, &pg->id, &ref) == 0)
 		backing_offer(r->backing, pg->pid, pg->addr, EVICT_POOL, ref, &pg->id);
+	else
+		backing_offer_remote(r->backing, pg->pid, pg->addr, &pg->id);
 }
 
 void scanrun_set_backing(struct scanrun *r, struct backing *b, struct pool *pool)

@@ -221,7 +221,7 @@ int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES], const ProtobufCBinary
 	return crypto_verify_32(expected, got->data) == 0 ? 0 : -EACCES;
 }
 
-int auth_check_server_hello(const Cksm__ServerHello *sh, const char **why)
+int auth_check_server_hello(const Cksm__ServerHello *sh, Cksm__Role expect, const char **why)
 {
 	if (sh->proto_version != CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT) {
 		*why = "server speaks another protocol version";
@@ -231,8 +231,9 @@ int auth_check_server_hello(const Cksm__ServerHello *sh, const char **why)
 		*why = "server nonce is not 32 bytes";
 		return -EPROTO;
 	}
-	if (sh->role != CKSM__ROLE__ROLE_COORD) {
-		*why = "server is not a coordinator";
+	if (sh->role != expect) {
+		*why = expect == CKSM__ROLE__ROLE_COORD ? "server is not a coordinator"
+							: "server is not an agent";
 		return -EPROTO;
 	}
 	if (!name_valid(sh->name)) {

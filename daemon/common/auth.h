@@ -71,10 +71,10 @@ int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES], const ProtobufCBinary
 
 /*
  * Client side: check a ServerHello before answering it: our protocol
- * version, a 32-byte nonce, a coordinator (the only role that accepts
- * connections today) and a valid name. Returns 0 or -EPROTO with why.
+ * version, a 32-byte nonce, the role we dialled (a coordinator, or an
+ * agent's data port) and a valid name. Returns 0 or -EPROTO with why.
  */
-int auth_check_server_hello(const Cksm__ServerHello *sh, const char **why);
+int auth_check_server_hello(const Cksm__ServerHello *sh, Cksm__Role expect, const char **why);
 
 /*
  * Server side: check a ClientHello against the nonce sent in ServerHello.

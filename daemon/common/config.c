@@ -107,6 +107,9 @@ static const struct key keys[] = {
 	  "a digest count between 1024 and 16777216"),
 	S("agent", "cgroup_root", K_STR, cgroup_root, "a path"),
 	S("agent", "socket", K_STR, socket_path, "a path of at most 107 bytes"),
+	S("agent", "data_listen", K_ADDR, data_listen, "a numeric host:port such as 0.0.0.0:9472"),
+	S("agent", "data_address", K_ADDR, data_address,
+	  "a numeric host:port such as 192.0.2.6:9472"),
 	U("agent", "pool_pages", pool_pages, 16, 1u << 28, "a slot count between 16 and 268435456"),
 	S("agent", "evict", K_BOOL, evict, "0 or 1"),
 	U("agent", "evict_age", evict_age, 1, 31, "a scan count between 1 and 31"),
@@ -689,6 +692,10 @@ void config_dump(const struct config *c, FILE *out)
 		c->scan_mergeable, c->scan_thp, c->mergeable_only, c->pages_to_scan,
 		c->sleep_millisecs, c->pass_millisecs, c->rereport_millisecs, c->cpu_percent,
 		c->report_queue);
+	if (c->data_listen[0])
+		fprintf(out, "data_listen = %s\n", c->data_listen);
+	if (c->data_address[0])
+		fprintf(out, "data_address = %s\n", c->data_address);
 	fprintf(out,
 		"socket = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
 		"evict_cooldown_millisecs = %u\n",

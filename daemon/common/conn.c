@@ -352,7 +352,7 @@ static int client_got_server_hello(struct conn *c, const Cksm__Msg *m)
 
 	if (m->body_case != CKSM__MSG__BODY_SERVER_HELLO)
 		return unexpected(c, m, "server_hello");
-	if (auth_check_server_hello(sh, &why)) {
+	if (auth_check_server_hello(sh, CKSM__ROLE__ROLE_COORD, &why)) {
 		metric_inc(c->net->m.auth_failed);
 		return conn_fail(c, -EPROTO, "%s (its protocol version %u, ours %u)", why,
 				 sh->proto_version, CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT);

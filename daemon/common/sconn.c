@@ -178,6 +178,13 @@ int sconn_wait_closed(struct sconn *s)
 int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Cksm__Role role,
 	       const char *name, int timeout_ms, char *err, size_t errlen)
 {
+	return sconn_open_to(s, addr, key, role, name, CKSM__ROLE__ROLE_COORD, timeout_ms, err,
+			     errlen);
+}
+
+int sconn_open_to(struct sconn *s, const char *addr, const struct auth_key *key, Cksm__Role role,
+		  const char *name, Cksm__Role server, int timeout_ms, char *err, size_t errlen)
+{
 	Cksm__Msg out = CKSM__MSG__INIT, *m;
 	uint8_t server_nonce[AUTH_NONCE_BYTES], mac[AUTH_MAC_BYTES];
 	Cksm__Role server_role;
@@ -191,7 +198,7 @@ int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Ck
 	frame_dec_set_limit(&s->dec, FRAME_MAX_PREAUTH);
 	m = sconn_recv(s, &rc);
 	if (!m || m->body_case != CKSM__MSG__BODY_SERVER_HELLO ||
-	    auth_check_server_hello(m->server_hello, &why)) {
+	    auth_check_server_hello(m->server_hello, server, &why)) {
 		snprintf(err, errlen, "%s: no valid server hello (%s)", addr,
 			 rc ? strerror(-rc) : why);
 		if (m)

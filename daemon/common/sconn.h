@@ -32,6 +32,10 @@ struct sconn {
 int sconn_open(struct sconn *s, const char *addr, const struct auth_key *key, Cksm__Role role,
 	       const char *name, int timeout_ms, char *err, size_t errlen);
 
+/* The same, to a server of role `server` (an agent's data port). */
+int sconn_open_to(struct sconn *s, const char *addr, const struct auth_key *key, Cksm__Role role,
+		  const char *name, Cksm__Role server, int timeout_ms, char *err, size_t errlen);
+
 /* Plain TCP connect without the handshake (test peers). */
 int sconn_connect(struct sconn *s, const char *addr, int timeout_ms, char *err, size_t errlen);
 

@@ -24,6 +24,7 @@
 #include "hll.h"
 #include "stree.h"
 #include "log.h"
+#include "netaddr.h"
 #include "runtime.h"
 #include "util.h"
 #include "wire.h"
@@ -32,9 +33,10 @@ struct node {
 	uint32_t id; /* node_id_of(name): the same on every shard */
 	char name[AUTH_NAME_MAX + 1];
 	char rack[65];
-	char address[272];     /* peer address of its connection */
-	struct conn *conn;     /* NULL while disconnected */
-	uint64_t last_seen_ms; /* loop time of the last heartbeat */
+	char address[272];	/* peer address of its connection */
+	char data_address[128]; /* where peers read its pool, "" if nowhere */
+	struct conn *conn;	/* NULL while disconnected */
+	uint64_t last_seen_ms;	/* loop time of the last heartbeat */
 	uint64_t heartbeats;
 	uint64_t incarnation;
 	bool live;
@@ -95,12 +97,26 @@ static struct node *node_by_id(struct coord *co, uint32_t id)
 	return NULL;
 }
 
-static void fill_dupref(Cksm__DupRef *r, const struct stree_dupref *d)
+static struct node *node_by_id(struct coord *co, uint32_t id);
+
+static bool data_address_ok(const char *a)
 {
+	struct sockaddr_storage ss;
+
+	return netaddr_parse(a, &ss) == 0;
+}
+
+/* A dup as nodes see it, with where its holder serves reads. */
+static void fill_dupref(struct coord *co, Cksm__DupRef *r, const struct stree_dupref *d)
+{
+	const struct node *n = node_by_id(co, d->node);
+
 	cksm__dup_ref__init(r);
 	r->node_id = d->node;
 	r->slot = d->slot;
 	r->generation = d->gen;
+	if (n && n->data_address[0])
+		r->address = (char *)n->data_address;
 }
 
 /* The tree orders a node to make a dup (re-replication, placement). */
@@ -119,7 +135,7 @@ static void order_create(void *arg, uint32_t node, uint64_t hi, uint64_t lo,
 		return;
 	}
 	for (unsigned i = 0; i < nsrc; i++) {
-		fill_dupref(&r[i], &src[i]);
+		fill_dupref(co, &r[i], &src[i]);
 		rp[i] = &r[i];
 	}
 	dc.id_hi = hi;
@@ -146,7 +162,7 @@ static void order_release(void *arg, uint64_t hi, uint64_t lo, const struct stre
 	metric_inc(co->m_orders_release);
 	if (!n || !n->conn)
 		return; /* it learns at resync that the dup is gone */
-	fill_dupref(&r, d);
+	fill_dupref(co, &r, d);
 	rel.dup = &r;
 	m.body_case = CKSM__MSG__BODY_DUP_RELEASE;
 	m.dup_release = &rel;
@@ -222,6 +238,10 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	if (r->rack && r->rack[0] && !name_valid(r->rack))
 		return conn_fail(c, -EINVAL,
 				 "rack label is not 1 to 64 letters, digits, '.', '_' or '-'");
+	if (r->data_address && r->data_address[0] &&
+	    (strlen(r->data_address) >= 128 || !data_address_ok(r->data_address)))
+		return conn_fail(c, -EINVAL, "data address '%.64s' is not host:port",
+				 r->data_address);
 	n = c->data ? c->data : node_by_name(co, r->node_name);
 	if (!n) {
 		struct node *o = node_by_id(co, node_id_of(r->node_name));
@@ -246,6 +266,8 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	c->data = n;
 	snprintf(n->rack, sizeof(n->rack), "%s", r->rack && r->rack[0] ? r->rack : "default");
 	snprintf(n->address, sizeof(n->address), "%s", c->peer_addr);
+	snprintf(n->data_address, sizeof(n->data_address), "%s",
+		 r->data_address && data_address_ok(r->data_address) ? r->data_address : "");
 	if (!n->live)
 		fresh = true; /* it was dead: the tree dropped what it held */
 	if (!n->live || n->incarnation != r->incarnation)
@@ -346,7 +368,7 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 		dec[k].id_lo = d->id_lo;
 		dec[k].action = (Cksm__Action)sd.action;
 		for (unsigned j = 0; j < sd.ndups; j++) {
-			fill_dupref(&refs[k][j], &sd.dups[j]);
+			fill_dupref(co, &refs[k][j], &sd.dups[j]);
 			refp[k][j] = &refs[k][j];
 		}
 		dec[k].n_dups = sd.ndups;
@@ -837,6 +859,7 @@ static int handle_digest_report(struct coord *co, struct conn *c, const Cksm__Di
 #define STREE_MAX_DUPS_SHOWN 256
 
 struct tree_view {
+	struct coord *co;
 	Cksm__ContentTree t;
 	Cksm__TreeDup *dups[STREE_MAX_DUPS_SHOWN];
 	size_t ndups;
@@ -855,7 +878,7 @@ static void view_dup(void *arg, const struct stree_dupref *d, uint32_t total)
 	}
 	cksm__tree_dup__init(td);
 	td->dup = (Cksm__DupRef *)(td + 1);
-	fill_dupref(td->dup, d);
+	fill_dupref(v->co, td->dup, d);
 	td->total = total;
 	v->dups[v->ndups++] = td;
 }
@@ -908,6 +931,7 @@ static int answer_tree(struct coord *co, const Cksm__AdminRequest *req, Cksm__Ad
 	int owner, n = 0;
 
 	memset(&v, 0, sizeof(v));
+	v.co = co;
 	out->body_case = CKSM__MSG__BODY_ADMIN_REPLY;
 	out->admin_reply = rep;
 	if (req->n_args != 1 || strlen(req->args[0]) != 32 ||

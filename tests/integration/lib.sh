@@ -35,11 +35,11 @@ skip() {
 }
 
 # A port that nothing listens on now.
-free_port() {
+free_port() { # below the kernel's ephemeral range, not used by any socket
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 30000))
-		if ! ss -Htln "sport = :$p" | grep -q .; then
+		p=$((20000 + RANDOM % 12000))
+		if ! ss -Htan "sport = :$p" | grep -q .; then
 			echo "$p"
 			return
 		fi

@@ -185,18 +185,21 @@ static void server_hello_checks(void **state)
 	sh.nonce.len = sizeof(n);
 	sh.role = CKSM__ROLE__ROLE_COORD;
 	sh.name = (char *)"shard-0";
-	assert_int_equal(auth_check_server_hello(&sh, &why), 0);
+	assert_int_equal(auth_check_server_hello(&sh, CKSM__ROLE__ROLE_COORD, &why), 0);
 	sh.role = CKSM__ROLE__ROLE_AGENT;
-	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+	assert_int_equal(auth_check_server_hello(&sh, CKSM__ROLE__ROLE_COORD, &why), -EPROTO);
+	/* an agent's data port, when that is what was dialled */
+	assert_int_equal(auth_check_server_hello(&sh, CKSM__ROLE__ROLE_AGENT, &why), 0);
 	sh.role = CKSM__ROLE__ROLE_COORD;
+	assert_int_equal(auth_check_server_hello(&sh, CKSM__ROLE__ROLE_AGENT, &why), -EPROTO);
 	sh.name = (char *)"a\nb";
-	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+	assert_int_equal(auth_check_server_hello(&sh, CKSM__ROLE__ROLE_COORD, &why), -EPROTO);
 	sh.name = (char *)"shard-0";
 	sh.proto_version = 2;
-	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+	assert_int_equal(auth_check_server_hello(&sh, CKSM__ROLE__ROLE_COORD, &why), -EPROTO);
 	sh.proto_version = CKSM__PROTO_VERSION__PROTO_VERSION_CURRENT;
 	sh.nonce.len = 31;
-	assert_int_equal(auth_check_server_hello(&sh, &why), -EPROTO);
+	assert_int_equal(auth_check_server_hello(&sh, CKSM__ROLE__ROLE_COORD, &why), -EPROTO);
 }
 
 static const struct CMUnitTest tests[] = {

@@ -1,0 +1,56 @@
+# (f) Two nodes: pages backed by a dup on the other node, read over the
+# TCP data transport. Node A's process gets its pages backed by A's own
+# dups; node B's process, holding the same contents, gets them backed by
+# A's dups (replicas = 1), and reads them back intact. A's dups stay while
+# B references them, even after A's own process is gone, and go once B's
+# references go.
+source "$(dirname "$0")/lib.sh"
+
+LIB=$ROOT/build/libcksm.so
+cluster_conf "$T/cksm.conf" 1
+CMET=$(conf_get "$T/cksm.conf" shard.0 metrics)
+start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1 \
+	--set cluster.dup_idle_millisecs=1000 --set cluster.prune_millisecs=200
+declare -A MET
+for n in a b; do
+	MET[$n]=127.0.0.1:$(free_port)
+	dp=$(free_port)
+	start "node-$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
+		--set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" \
+		--set agent.data_listen=127.0.0.1:"$dp" --set agent.data_address=127.0.0.1:"$dp" \
+		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1 \
+		--set agent.evict_cooldown_millisecs=0
+	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"
+done
+m() { metric "${MET[$1]}" "$2"; }
+
+# A first: its own dups.
+CKSM_SOCKET=$T/a.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/a.json" &
+PA=$!
+wait_for "node-a's process evicted" 30 test -s "$T/a.json"
+[[ $(m a 'cksm_pages_backed{source="local"}') -ge 100 ]] || fail "node-a backed locally: $(m a 'cksm_pages_backed{source="local"}')"
+DUPS_A=$(m a cksm_pool_dups)
+# Then B: the same contents, backed from A over TCP.
+CKSM_SOCKET=$T/b.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/b.json" &
+PB=$!
+wait_for "node-b's process evicted" 30 test -s "$T/b.json"
+[[ $(m b 'cksm_pages_backed{source="remote"}') -ge 100 ]] ||
+	fail "node-b backed remotely: $(m b 'cksm_pages_backed{source="remote"}'), local $(m b 'cksm_pages_backed{source="local"}')"
+[[ $(m b cksm_pool_dups) == 0 ]] || fail "node-b made dups of its own: $(m b cksm_pool_dups)"
+echo "node-a: $DUPS_A dups, backed locally $(m a 'cksm_pages_backed{source="local"}'); node-b backed remotely $(m b 'cksm_pages_backed{source="remote"}')"
+
+# A's process goes: its dups stay, B still uses them.
+kill -TERM $PA
+wait $PA || fail "node-a's process read wrong data: $(cat "$T/a.json")"
+sleep 3 # several prune rounds and dup_idle_millisecs
+[[ $(m a cksm_pool_dups) -ge 1 ]] || fail "node-a freed dups that node-b references"
+# B reads everything back: over TCP, checked, intact.
+kill -TERM $PB
+wait $PB || fail "node-b's process read wrong data: $(tail -1 "$T/b.json")"
+tail -1 "$T/b.json" | jq -e '.bad == 0' >/dev/null || fail "node-b: $(tail -1 "$T/b.json")"
+[[ $(m b 'cksm_faults_total{source="remote"}') -ge 100 ]] || fail "remote faults: $(m b 'cksm_faults_total{source="remote"}')"
+echo "node-b faults from node-a's pool: $(m b 'cksm_faults_total{source="remote"}'), read errors $(m b cksm_remote_read_errors_total)"
+# The last references are gone: the shard releases A's dups and A frees them.
+wait_for "node-a's dups freed" 20 bash -c "[[ \$(curl -sf http://${MET[a]}/metrics | awk '\$1 == \"cksm_pool_dups\" { print \$2 }') == 0 ]]"
+[[ $(m a cksm_sigbus_total) == 0 && $(m b cksm_sigbus_total) == 0 ]] || fail "pages lost"
+echo "ok"

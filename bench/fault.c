@@ -19,6 +19,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -28,12 +31,14 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench.h"
+#include "agent/transport.h"
 
 #define PAGE	 4096u
 #define PASS_MS	 500
@@ -117,6 +122,63 @@ static void bare_floor(size_t n, double *p50, double *p99)
 	free(lat);
 }
 
+/* ---- a 4 KiB TCP round trip on loopback ----------------------------------- */
+
+static int tcp_listen_fd;
+
+static void *tcp_echo(void *arg)
+{
+	size_t n = (size_t)(uintptr_t)arg;
+	int c = accept(tcp_listen_fd, NULL, NULL), one = 1;
+	char req[16], page[PAGE];
+
+	memset(page, 0x5a, sizeof(page));
+	setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	for (size_t i = 0; c >= 0 && i < n; i++)
+		if (recv(c, req, sizeof(req), MSG_WAITALL) != sizeof(req) ||
+		    send(c, page, sizeof(page), 0) != sizeof(page))
+			break;
+	if (c >= 0)
+		close(c);
+	return NULL;
+}
+
+/* Request 16 bytes, get 4 KiB back: what one remote read costs at least. */
+static void tcp_floor(size_t n, double *p50, double *p99)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+	double *lat = malloc(n * sizeof(*lat));
+	char req[16] = "read", page[PAGE];
+	pthread_t t;
+	int c, one = 1;
+
+	tcp_listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (tcp_listen_fd < 0 || bind(tcp_listen_fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    listen(tcp_listen_fd, 1) || getsockname(tcp_listen_fd, (struct sockaddr *)&sa, &sl))
+		exit(1);
+	pthread_create(&t, NULL, tcp_echo, (void *)(uintptr_t)n);
+	c = socket(AF_INET, SOCK_STREAM, 0);
+	if (connect(c, (struct sockaddr *)&sa, sizeof(sa)))
+		exit(1);
+	setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	for (size_t i = 0; i < n; i++) {
+		double t0 = now_s();
+
+		if (send(c, req, sizeof(req), 0) != sizeof(req) ||
+		    recv(c, page, sizeof(page), MSG_WAITALL) != sizeof(page))
+			exit(1);
+		lat[i] = now_s() - t0;
+	}
+	close(c);
+	pthread_join(t, NULL);
+	close(tcp_listen_fd);
+	*p50 = pct(lat, n, 0.50) * 1e6;
+	*p99 = pct(lat, n, 0.99) * 1e6;
+	free(lat);
+}
+
 /* ---- the workload (run under LD_PRELOAD) ------------------------------------ */
 
 static unsigned kind_of(size_t pg, size_t n)
@@ -159,7 +221,7 @@ static int workload(size_t n)
 	unsigned char *v = malloc(n);
 	double *lat_dup = malloc(n * sizeof(double)), *lat_zero = malloc(n * sizeof(double));
 	size_t ideal = n / 2 - CONTENTS + n / 4, nd = 0, nz = 0, bad = 0, res[4];
-	double f50, f99;
+	double f50, f99, t50, t99;
 	uint8_t want[PAGE];
 	volatile uint8_t sink;
 
@@ -174,9 +236,19 @@ static int workload(size_t n)
 	/* Until the agent has done what it can (or 60 s). */
 	for (int i = 0; i < 600 && n - resident(r, n, v) < ideal + CONTENTS; i++)
 		usleep(100000);
+	/* ... and has settled: nothing more dropped for a second. */
+	for (int i = 0, last = -1; i < 20; i++) {
+		int now = (int)resident(r, n, v);
+
+		if (now == last)
+			break;
+		last = now;
+		usleep(500000);
+	}
 	resident(r, n, v);
 	/* The floor now, in this process, beside the agent as it is now. */
 	bare_floor(n / 4, &f50, &f99);
+	tcp_floor(n / 4, &t50, &t99);
 	for (size_t pg = 0; pg < n; pg++) {
 		unsigned k = kind_of(pg, n);
 		double t0;
@@ -195,10 +267,10 @@ static int workload(size_t n)
 		fill(want, pg, kind_of(pg, n));
 		bad += memcmp(want, r + pg * PAGE, PAGE) != 0;
 	}
-	printf("%zu %zu %zu %zu %zu %zu %.2f %.2f %zu %.2f %.2f %zu %.2f %.2f\n", ideal, res[0],
-	       res[1], res[2], res[3], nd, pct(lat_dup, nd, 0.5) * 1e6,
+	printf("%zu %zu %zu %zu %zu %zu %.2f %.2f %zu %.2f %.2f %zu %.2f %.2f %.2f %.2f\n", ideal,
+	       res[0], res[1], res[2], res[3], nd, pct(lat_dup, nd, 0.5) * 1e6,
 	       pct(lat_dup, nd, 0.99) * 1e6, nz, pct(lat_zero, nz, 0.5) * 1e6,
-	       pct(lat_zero, nz, 0.99) * 1e6, bad, f50, f99);
+	       pct(lat_zero, nz, 0.99) * 1e6, bad, f50, f99, t50, t99);
 	return bad ? 1 : 0;
 }
 
@@ -225,14 +297,72 @@ static pid_t spawn(char *const argv[], const char *log, char *const env[])
 	return p;
 }
 
+struct result {
+	size_t ideal, r0, r1, r2, r3, nd, nz, bad;
+	double d50, d99, z50, z99, w50, w99, t50, t99;
+};
+
+/* Run the workload against the agent at sock; 0 and *r, or -1. */
+static int run_workload(const char *self, const char *lib, const char *sock, size_t n,
+			struct result *r)
+{
+	int pipefd[2], st;
+	char line[512] = "";
+	ssize_t k;
+	pid_t w;
+
+	if (pipe(pipefd))
+		return -1;
+	w = fork();
+	if (w == 0) {
+		char np[32], e1[700], e2[200],
+			*wa[] = { (char *)self, np, (char *)"--workload", NULL };
+		char *env[] = { e1, e2, NULL };
+
+		snprintf(np, sizeof(np), "%zu", n);
+		snprintf(e1, sizeof(e1), "LD_PRELOAD=%s", lib);
+		snprintf(e2, sizeof(e2), "CKSM_SOCKET=%s", sock);
+		dup2(pipefd[1], 1);
+		execve(self, wa, env);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	k = read(pipefd[0], line, sizeof(line) - 1);
+	close(pipefd[0]);
+	waitpid(w, &st, 0);
+	if (k <= 0 ||
+	    sscanf(line, "%zu %zu %zu %zu %zu %zu %lf %lf %zu %lf %lf %zu %lf %lf %lf %lf",
+		   &r->ideal, &r->r0, &r->r1, &r->r2, &r->r3, &r->nd, &r->d50, &r->d99, &r->nz,
+		   &r->z50, &r->z99, &r->bad, &r->w50, &r->w99, &r->t50, &r->t99) != 16)
+		return -1;
+	return 0;
+}
+
+static double pool_dups(const char *metrics)
+{
+	char cmd[128], ml[256];
+	double dups = -1;
+	FILE *m;
+
+	snprintf(cmd, sizeof(cmd), "curl -sf http://%s/metrics", metrics);
+	m = popen(cmd, "r");
+	while (m && fgets(ml, sizeof(ml), m))
+		if (sscanf(ml, "cksm_pool_dups %lf", &dups) == 1)
+			break;
+	if (m)
+		pclose(m);
+	return dups;
+}
+
 int main(int argc, char **argv)
 {
 	size_t n = argc > 1 ? (size_t)atol(argv[1]) : 8192;
-	char dir[] = "/tmp/cksm-bench-fault.XXXXXX", conf[128], key[128], sock[128], bin[512],
-	     lib[600], *slash;
+	char dir[] = "/tmp/cksm-bench-fault.XXXXXX", conf[128], key[128], sock[128], sockb[128],
+	     bin[512], lib[600], daemon[600], *slash;
 	double f50, f99;
-	pid_t coord, agent, w;
-	int pipefd[2], st;
+	pid_t coord, agent, agentb;
+	struct result r;
+	int st;
 	FILE *f;
 
 	if (argc > 2 && !strcmp(argv[2], "--workload"))
@@ -259,40 +389,37 @@ int main(int argc, char **argv)
 	snprintf(conf, sizeof(conf), "%s/cksm.conf", dir);
 	snprintf(key, sizeof(key), "%s/cluster.key", dir);
 	snprintf(sock, sizeof(sock), "%s/agent.sock", dir);
+	snprintf(sockb, sizeof(sockb), "%s/b.sock", dir);
 	snprintf(lib, sizeof(lib), "%s/libcksm.so", bin);
+	snprintf(daemon, sizeof(daemon), "%s/cksmd", bin);
 	{
 		char cmd[1024];
 
-		snprintf(cmd, sizeof(cmd), "%s/cksmd --gen-key %s", bin, key);
+		snprintf(cmd, sizeof(cmd), "%s --gen-key %s", daemon, key);
 		if (system(cmd))
 			return 1;
 	}
 	f = fopen(conf, "w");
 	if (!f)
 		return 1;
+	/* replicas = 1: a second node backs its pages by the first node's dups */
 	fprintf(f,
-		"[cluster]\nkey_file = %s\nheartbeat_ms = 200\ndead_after_ms = 2000\n"
+		"[cluster]\nkey_file = %s\nheartbeat_ms = 200\ndead_after_ms = 2000\nreplicas = 1\n"
 		"[log]\nlevel = warn\n"
-		"[agent]\nmetrics = 127.0.0.1:19570\nsocket = %s\npass_millisecs = %d\n"
-		"sleep_millisecs = 0\npages_to_scan = 65536\nevict_age = 1\n"
+		"[agent]\nnode_name = bench-a\nmetrics = 127.0.0.1:19570\nsocket = %s\n"
+		"pass_millisecs = %d\nsleep_millisecs = 0\npages_to_scan = 65536\nevict_age = 1\n"
+		"data_listen = 127.0.0.1:19574\ndata_address = 127.0.0.1:19574\n"
 		"[shard.0]\naddress = 127.0.0.1:19571\nmetrics = 127.0.0.1:19572\n",
 		key, sock, PASS_MS);
 	fclose(f);
 	{
-		char c[640], *ca[] = { c,
-				       (char *)"-c",
-				       conf,
-				       (char *)"--role",
-				       (char *)"coord",
-				       (char *)"--shard",
-				       (char *)"0",
-				       NULL };
-		char a[640],
-			*aa[] = { a, (char *)"-c", conf, (char *)"--role", (char *)"agent", NULL };
+		char *ca[] = { daemon,		(char *)"-c",	   conf,	(char *)"--role",
+			       (char *)"coord", (char *)"--shard", (char *)"0", NULL };
+		char *aa[] = {
+			daemon, (char *)"-c", conf, (char *)"--role", (char *)"agent", NULL
+		};
 		char l1[200], l2[200];
 
-		snprintf(c, sizeof(c), "%s/cksmd", bin);
-		snprintf(a, sizeof(a), "%s/cksmd", bin);
 		snprintf(l1, sizeof(l1), "%s/coord.log", dir);
 		snprintf(l2, sizeof(l2), "%s/agent.log", dir);
 		coord = spawn(ca, l1, NULL);
@@ -301,70 +428,107 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 100 && access(sock, F_OK); i++)
 		usleep(50000);
 	sleep(1); /* registered */
-	if (pipe(pipefd))
+	if (run_workload(argv[0], lib, sock, n, &r)) {
+		fprintf(stderr, "fault: the workload failed (logs in %s)\n", dir);
 		return 1;
-	w = fork();
-	if (w == 0) {
-		char np[32], e1[700], e2[200], *wa[] = { argv[0], np, (char *)"--workload", NULL };
-		char *env[] = { e1, e2, NULL };
-
-		snprintf(np, sizeof(np), "%zu", n);
-		snprintf(e1, sizeof(e1), "LD_PRELOAD=%s", lib);
-		snprintf(e2, sizeof(e2), "CKSM_SOCKET=%s", sock);
-		dup2(pipefd[1], 1);
-		execve(argv[0], wa, env);
-		_exit(127);
 	}
-	close(pipefd[1]);
+	printf("workload: %zu pages, planted saving (ideal) %zu pages; scan interval %d ms\n", n,
+	       r.ideal, PASS_MS);
+	for (int i = 1; i <= 3; i++) {
+		size_t rr = i == 1 ? r.r1 : i == 2 ? r.r2 : r.r3;
+		size_t saved = r.r0 > rr ? r.r0 - rr : 0;
+
+		printf("  after %d scan interval%s: %zu pages dropped, %.1f%% of the ideal\n", i,
+		       i > 1 ? "s" : "", saved,
+		       r.ideal ? 100.0 * (double)saved / (double)r.ideal : 0);
+	}
 	{
-		char line[512] = "";
-		ssize_t k = read(pipefd[0], line, sizeof(line) - 1);
-		size_t ideal, r0, r1, r2, r3, nd, nz, bad;
-		double d50, d99, z50, z99, w50, w99;
+		double dups = pool_dups("127.0.0.1:19570");
 
-		waitpid(w, &st, 0);
-		if (k <= 0 ||
-		    sscanf(line, "%zu %zu %zu %zu %zu %zu %lf %lf %zu %lf %lf %zu %lf %lf", &ideal,
-			   &r0, &r1, &r2, &r3, &nd, &d50, &d99, &nz, &z50, &z99, &bad, &w50,
-			   &w99) != 14) {
-			fprintf(stderr, "fault: the workload failed (logs in %s)\n", dir);
-			return 1;
-		}
-		printf("workload: %zu pages, planted saving (ideal) %zu pages; scan interval %d ms\n",
-		       n, ideal, PASS_MS);
-		for (int i = 1; i <= 3; i++) {
-			size_t r = i == 1 ? r1 : i == 2 ? r2 : r3;
-			size_t saved = r0 > r ? r0 - r : 0;
-
-			printf("  after %d scan interval%s: %zu pages dropped, %.1f%% of the ideal\n",
-			       i, i > 1 ? "s" : "", saved,
-			       ideal ? 100.0 * (double)saved / (double)ideal : 0);
-		}
-		{
-			FILE *m = popen("curl -sf http://127.0.0.1:19570/metrics", "r");
-			char ml[256];
-			double dups = -1;
-
-			while (m && fgets(ml, sizeof(ml), m))
-				if (sscanf(ml, "cksm_pool_dups %lf", &dups) == 1)
-					break;
-			if (m)
-				pclose(m);
-			if (dups >= 0)
-				printf("  the pool holds %.0f dups: net saving after 3 intervals %.0f pages, %.1f%% of the ideal\n",
-				       dups, (double)(r0 - r3) - dups,
-				       100.0 * ((double)(r0 - r3) - dups) / (double)ideal);
-		}
-		printf("floor in the workload, just before its faults, %zu faults: p50 %.2f us, p99 %.2f us\n",
-		       n / 4, w50, w99);
-		printf("faults from the local pool, %zu: p50 %.2f us (%.2fx floor), p99 %.2f us (%.2fx floor)\n",
-		       nd, d50, d50 / w50, d99, d99 / w99);
-		printf("faults on zero pages, %zu: p50 %.2f us (%.2fx floor), p99 %.2f us (%.2fx floor)\n",
-		       nz, z50, z50 / w50, z99, z99 / w99);
-		printf("pages read back wrong: %zu\n", bad);
+		if (dups >= 0)
+			printf("  the pool holds %.0f dups: net saving after 3 intervals %.0f pages, %.1f%% of the ideal\n",
+			       dups, (double)(r.r0 - r.r3) - dups,
+			       100.0 * ((double)(r.r0 - r.r3) - dups) / (double)r.ideal);
 	}
+	printf("floor in the workload, just before its faults, %zu faults: p50 %.2f us, p99 %.2f us\n",
+	       n / 4, r.w50, r.w99);
+	printf("faults from the local pool, %zu: p50 %.2f us (%.2fx floor), p99 %.2f us (%.2fx floor)\n",
+	       r.nd, r.d50, r.d50 / r.w50, r.d99, r.d99 / r.w99);
+	printf("faults on zero pages, %zu: p50 %.2f us (%.2fx floor), p99 %.2f us (%.2fx floor)\n",
+	       r.nz, r.z50, r.z50 / r.w50, r.z99, r.z99 / r.w99);
+	printf("pages read back wrong: %zu\n", r.bad);
+
+	/* cksm's own transport, alone: PageRead of one of the first node's dups. */
+	{
+		struct auth_key k;
+		char err[256];
+		struct transport *t;
+		struct dup_loc d = { 0, 0, 1, "127.0.0.1:19574" };
+		uint8_t page[PAGE];
+		size_t m = n / 4, ok = 0;
+		double *lat = malloc(m * sizeof(*lat));
+
+		if (auth_init() || auth_key_load(&k, key, err, sizeof(err)))
+			return 1;
+		t = tcp_transport_create(&k, "bench-reader", 2000);
+		for (size_t i = 0; t && i < m; i++) {
+			double t0 = now_s();
+
+			if (t->ops->read(t, &d, page) == 0)
+				lat[ok++] = now_s() - t0;
+		}
+		printf("the TCP data transport alone (PageRead of a dup, authenticated connection kept), %zu reads: p50 %.2f us, p99 %.2f us\n",
+		       ok, pct(lat, ok, 0.5) * 1e6, pct(lat, ok, 0.99) * 1e6);
+		if (t)
+			t->ops->destroy(t);
+		free(lat);
+	}
+
+	/* A second node: the same contents, backed by the first node's dups. */
+	{
+		char *ab[] = { daemon,
+			       (char *)"-c",
+			       conf,
+			       (char *)"--role",
+			       (char *)"agent",
+			       (char *)"--set",
+			       (char *)"agent.node_name=bench-b",
+			       (char *)"--set",
+			       (char *)"agent.metrics=127.0.0.1:19573",
+			       (char *)"--set",
+			       sockb,
+			       (char *)"--set",
+			       (char *)"agent.data_listen=127.0.0.1:19575",
+			       (char *)"--set",
+			       (char *)"agent.data_address=127.0.0.1:19575",
+			       NULL };
+		char l3[200], setsock[200];
+
+		snprintf(setsock, sizeof(setsock), "agent.socket=%s", sockb);
+		ab[10] = setsock;
+		snprintf(l3, sizeof(l3), "%s/agent-b.log", dir);
+		agentb = spawn(ab, l3, NULL);
+	}
+	for (int i = 0; i < 100 && access(sockb, F_OK); i++)
+		usleep(50000);
+	sleep(1);
+	if (run_workload(argv[0], lib, sockb, n, &r)) {
+		fprintf(stderr, "fault: the second workload failed (logs in %s)\n", dir);
+		return 1;
+	}
+	printf("second node: floor in its workload: userfaultfd p50 %.2f us, p99 %.2f us; 4 KiB TCP loopback round trip p50 %.2f us, p99 %.2f us\n",
+	       r.w50, r.w99, r.t50, r.t99);
+	printf("faults from a remote dup over TCP, %zu: p50 %.2f us (%.2fx floor + round trip), p99 %.2f us (%.2fx)\n",
+	       r.nd, r.d50, r.d50 / (r.w50 + r.t50), r.d99, r.d99 / (r.w99 + r.t99));
+	printf("pages read back wrong: %zu; the second node's pool holds %.0f dups\n", r.bad,
+	       pool_dups("127.0.0.1:19573"));
+	if (getenv("FAULT_HIST") &&
+	    system("curl -sf http://127.0.0.1:19573/metrics | grep -E 'cksm_fault_seconds|faults_total'"))
+		return 1;
+	kill(agentb, SIGTERM);
 	kill(agent, SIGTERM);
 	kill(coord, SIGTERM);
+	waitpid(agentb, &st, 0);
 	waitpid(agent, &st, 0);
 	waitpid(coord, &st, 0);
 	return 0;

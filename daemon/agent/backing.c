@@ -145,6 +145,8 @@ struct backing {
 		bool dirty;
 	} * rrefs; /* our references on other nodes' dups; under refs_lock */
 	size_t nrrefs, caprrefs;
+	uint32_t *rindex; /* (node, slot, gen) -> position in rrefs + 1 */
+	size_t ricap;
 
 	pthread_mutex_t refs_lock; /* the reference changes not taken yet */
 	struct backing_ref *refs;
@@ -199,32 +201,107 @@ static void ref_changed(struct backing *b, struct pool_ref ref, const struct cid
 	pthread_mutex_unlock(&b->refs_lock);
 }
 
+static size_t rhome(const struct rdup *r, size_t cap)
+{
+	uint64_t k = (uint64_t)r->node << 32 ^ r->slot ^ (uint64_t)r->gen << 20;
+
+	return (size_t)((k * 0x9e3779b97f4a7c15ULL) >> 24) & (cap - 1);
+}
+
+/* The index slot naming r, or the empty one where it would go. Lock held. */
+static size_t rslot(const struct backing *b, const struct rdup *r)
+{
+	size_t i = rhome(r, b->ricap);
+
+	while (b->rindex[i]) {
+		const struct rdup *x = &b->rrefs[b->rindex[i] - 1].d;
+
+		if (x->node == r->node && x->slot == r->slot && x->gen == r->gen)
+			break;
+		i = (i + 1) & (b->ricap - 1);
+	}
+	return i;
+}
+
+static int rindex_rebuild(struct backing *b, size_t cap)
+{
+	uint32_t *v = calloc(cap, sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	free(b->rindex);
+	b->rindex = v;
+	b->ricap = cap;
+	for (size_t k = 0; k < b->nrrefs; k++)
+		b->rindex[rslot(b, &b->rrefs[k].d)] = (uint32_t)k + 1;
+	return 0;
+}
+
+/* Empty index slot i, shifting back what follows it. Lock held. */
+static void rindex_del(struct backing *b, size_t i)
+{
+	size_t j = i;
+
+	b->rindex[i] = 0;
+	for (;;) {
+		size_t k;
+
+		j = (j + 1) & (b->ricap - 1);
+		if (!b->rindex[j])
+			return;
+		k = rhome(&b->rrefs[b->rindex[j] - 1].d, b->ricap);
+		if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
+			b->rindex[i] = b->rindex[j];
+			b->rindex[j] = 0;
+			i = j;
+		}
+	}
+}
+
+/* Forget rrefs[p] (the last entry takes its place). Lock held. */
+static void rref_drop(struct backing *b, size_t p)
+{
+	size_t last = b->nrrefs - 1;
+
+	rindex_del(b, rslot(b, &b->rrefs[p].d));
+	if (p != last) {
+		b->rindex[rslot(b, &b->rrefs[last].d)] = (uint32_t)p + 1;
+		b->rrefs[p] = b->rrefs[last];
+	}
+	b->nrrefs--;
+}
+
 /* Our references on another node's dup changed by d. */
 static void rref_changed(struct backing *b, const struct rdup *r, const struct cid *id, int32_t d)
 {
-	size_t i;
+	size_t i, p;
 
 	pthread_mutex_lock(&b->refs_lock);
-	for (i = 0; i < b->nrrefs; i++)
-		if (b->rrefs[i].d.node == r->node && b->rrefs[i].d.slot == r->slot &&
-		    b->rrefs[i].d.gen == r->gen)
-			break;
-	if (i == b->nrrefs) {
+	if ((b->nrrefs + 1) * 2 > b->ricap && rindex_rebuild(b, b->ricap ? 2 * b->ricap : 256)) {
+		pthread_mutex_unlock(&b->refs_lock);
+		log_error("out of memory counting references on remote dups");
+		return;
+	}
+	i = rslot(b, r);
+	if (!b->rindex[i]) {
 		if (b->nrrefs == b->caprrefs) {
 			size_t cap = b->caprrefs ? 2 * b->caprrefs : 64;
 			struct rref *v = realloc(b->rrefs, cap * sizeof(*v));
 
 			if (!v) {
 				pthread_mutex_unlock(&b->refs_lock);
-				return; /* the shard's count is off until the next change */
+				log_error("out of memory counting references on remote dups");
+				return;
 			}
 			b->rrefs = v;
 			b->caprrefs = cap;
 		}
-		b->rrefs[b->nrrefs++] = (struct rref){ *r, *id, 0, false };
+		b->rrefs[b->nrrefs] = (struct rref){ *r, *id, 0, false };
+		b->rindex[i] = (uint32_t)++b->nrrefs;
 	}
-	b->rrefs[i].count += d;
-	b->rrefs[i].dirty = true;
+	p = b->rindex[i] - 1;
+	b->rrefs[p].count += d;
+	b->rrefs[p].dirty = true;
 	pthread_mutex_unlock(&b->refs_lock);
 }
 
@@ -245,7 +322,7 @@ size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max)
 			r->dirty = false;
 		}
 		if (r->count <= 0 && !r->dirty)
-			*r = b->rrefs[--b->nrrefs]; /* told the shard: forget it */
+			rref_drop(b, i); /* told the shard: forget it */
 		else
 			i++;
 	}
@@ -1790,6 +1867,7 @@ static void on_backing_closed(uv_handle_t *h)
 	free(b->ref_pos);
 	free(b->remote);
 	free(b->rrefs);
+	free(b->rindex);
 	close(b->wake_fd);
 	close(b->devfd);
 	pthread_mutex_destroy(&b->lock);

@@ -168,8 +168,7 @@ static const struct transport_ops tcp_ops = {
 	.destroy = tcp_destroy,
 };
 
-struct transport *tcp_transport_create(const struct auth_key *key, const char *name,
-				       int timeout_ms)
+struct transport *tcp_transport_create(const struct auth_key *key, const char *name, int timeout_ms)
 {
 	struct tcp_transport *tt = calloc(1, sizeof(*tt));
 

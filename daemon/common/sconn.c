@@ -121,7 +121,7 @@ static int take_frame(void *arg, const uint8_t *p, uint32_t len)
 Cksm__Msg *sconn_recv(struct sconn *s, int *rc)
 {
 	struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
-	uint8_t buf[4096];
+	uint8_t buf[16384]; /* a page and its frame in one read */
 
 	for (;;) {
 		ssize_t n;
@@ -138,13 +138,15 @@ Cksm__Msg *sconn_recv(struct sconn *s, int *rc)
 			*rc = s->error;
 			return NULL;
 		}
-		if (poll(&pfd, 1, s->timeout_ms) <= 0) {
-			*rc = -ETIMEDOUT;
-			return NULL;
-		}
-		n = recv(s->fd, buf, sizeof(buf), 0);
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		/* Read first: poll only when nothing is there yet. */
+		n = recv(s->fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+			if (poll(&pfd, 1, s->timeout_ms) <= 0) {
+				*rc = -ETIMEDOUT;
+				return NULL;
+			}
 			continue;
+		}
 		if (n <= 0) {
 			*rc = -ECONNRESET;
 			return NULL;
@@ -162,7 +164,7 @@ Cksm__Msg *sconn_recv(struct sconn *s, int *rc)
 int sconn_wait_closed(struct sconn *s)
 {
 	struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
-	uint8_t buf[4096];
+	uint8_t buf[16384]; /* a page and its frame in one read */
 
 	for (;;) {
 		ssize_t n;

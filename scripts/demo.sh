@@ -23,11 +23,16 @@ pids=()
 # every daemon shares the loopback, on distinct ports.
 host_ip() { echo "192.0.2.$((4 * $1 + 1))"; }
 node_ip() { echo "192.0.2.$((4 * $1 + 2))"; }
+FORWARD_WAS=""
 teardown_netns() {
 	for n in 1 2 3; do
 		ip netns del "cksmdemo-n$n" 2>/dev/null || true
 		ip link del "cksmd$n" 2>/dev/null || true
 	done
+	if [[ -n $FORWARD_WAS ]]; then
+		sysctl -qw net.ipv4.ip_forward="$FORWARD_WAS" || true
+		FORWARD_WAS=""
+	fi
 }
 setup_netns() {
 	[[ $(id -u) == 0 ]] && command -v ip >/dev/null || return 1
@@ -41,6 +46,16 @@ setup_netns() {
 			ip -n "cksmdemo-n$n" link set eth0 up &&
 			ip -n "cksmdemo-n$n" link set lo up || return 1
 	done
+	# Nodes read each other's pools through this host: route the /24 via
+	# the veth, and forward while the demo runs (restored at the end).
+	FORWARD_WAS=$(sysctl -n net.ipv4.ip_forward 2>/dev/null) || FORWARD_WAS=""
+	if [[ -n $FORWARD_WAS ]] && sysctl -qw net.ipv4.ip_forward=1 2>/dev/null; then
+		for n in 1 2 3; do
+			ip -n "cksmdemo-n$n" route add 192.0.2.0/24 via "$(host_ip $n)" 2>/dev/null || true
+		done
+	else
+		FORWARD_WAS=""
+	fi
 }
 
 stop_all() {
@@ -115,12 +130,14 @@ for n in 1 2 3; do
 		# Its own network namespace: it reaches the shards through its veth.
 		AMET[$n]=$(node_ip $n):9470
 		in_node=(ip netns exec "cksmdemo-n$n")
-		via=(--set "shard.0.address=$(host_ip $n):$S0" --set "shard.1.address=$(host_ip $n):$S1")
+		via=(--set "shard.0.address=$(host_ip $n):$S0" --set "shard.1.address=$(host_ip $n):$S1"
+			--set "agent.data_listen=$(node_ip $n):9472" --set "agent.data_address=$(node_ip $n):9472")
 	else
 		port p
 		AMET[$n]=127.0.0.1:$p
 		in_node=()
-		via=()
+		port dp
+		via=(--set "agent.data_listen=127.0.0.1:$dp" --set "agent.data_address=127.0.0.1:$dp")
 	fi
 	"${in_node[@]}" "$BIN/cksmd" -c "$D/cksm.conf" --role agent "${via[@]}" --set agent.node_name=node-$n \
 		--set agent.rack=rack-$((n == 3 ? 2 : 1)) --set agent.metrics="${AMET[$n]}" \

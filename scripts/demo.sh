@@ -62,8 +62,13 @@ stop_all() {
 	trap - INT TERM EXIT
 	echo
 	echo "stopping the demo cluster"
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	# Last started, first stopped: the workloads before the agents that
+	# serve them (an agent puts their pages back as it stops), the agents
+	# before the shards.
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		kill -TERM "${pids[i]}" 2>/dev/null || true
+		wait "${pids[i]}" 2>/dev/null || true
+	done
 	((NETNS)) && teardown_netns
 	return 0
 }

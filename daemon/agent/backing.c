@@ -1885,6 +1885,10 @@ static void restore_all(struct backing *b)
 	size_t done = 0, failed = 0;
 
 	for (struct mm *m = b->mms; m; m = m->next) {
+		bool remote_ok = true;
+
+		if (!m->n || mm_exited(m))
+			continue; /* nothing backed, or nobody left to read it */
 		pthread_mutex_lock(&m->lock);
 		for (size_t i = 0; i < m->cap; i++) {
 			static uint8_t page[PAGE] __attribute__((aligned(PAGE)));
@@ -1895,10 +1899,16 @@ static void restore_all(struct backing *b)
 
 			if (!e->page)
 				continue;
+			/* Holders that do not answer now will not later: after the
+			 * first failure the rest of this mm's remote pages are not
+			 * waited for (they are counted as failed). */
 			if (e->kind == B_REMOTE)
-				bytes = fetch(b, b->fault_tr, e->rem, e->nrem, &e->id, page) >= 0
+				bytes = remote_ok && fetch(b, b->fault_tr, e->rem, e->nrem, &e->id,
+							   page) >= 0
 						? page
 						: NULL;
+			if (e->kind == B_REMOTE && !bytes)
+				remote_ok = false;
 			rc = bytes ? uffd_copy(m->uffd, e->page << 12, bytes) : -ESTALE;
 			if (rc && rc != -ESRCH && rc != -ENOENT)
 				failed++;
@@ -1907,9 +1917,12 @@ static void restore_all(struct backing *b)
 		}
 		pthread_mutex_unlock(&m->lock);
 	}
-	if (done || failed)
-		log_info("brought back %zu backed pages before stopping (%zu failed)", done,
-			 failed);
+	if (failed)
+		log_error(
+			"brought back %zu backed pages before stopping; %zu could not be and will read as zeroes",
+			done, failed);
+	else if (done)
+		log_info("brought back %zu backed pages before stopping", done);
 }
 
 void backing_destroy(struct backing *b)

@@ -8,6 +8,7 @@
 #  (d) madvise(MADV_DONTNEED) by the program reads zeroes, the rest intact;
 #  (e) exit releases everything: no process, no backed page, and the dups
 #      freed once the shard releases them;
+#  libcksm without an agent (or with CKSM_DISABLE=1) changes nothing;
 #  (g) stressapptest (Debian's, unmodified, multi-threaded) passes its own
 #      memory checks with every mapping mergeable.
 # No page is ever lost: cksm_sigbus_total stays 0.
@@ -24,6 +25,13 @@ wait_for "the agent's socket" 10 test -S "$T/agent.sock"
 wait_for "registration" 10 log_has agent "registered with shard 0"
 export CKSM_SOCKET=$T/agent.sock
 m() { metric "$AMET" "$1"; }
+
+# Without an agent libcksm does nothing: the program runs as without it.
+CKSM_SOCKET=$T/nobody.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-churner" --threads 2 --pages 256 \
+	--seconds 1 --quiet-ms 100 >"$T/alone.json" || fail "without an agent: $(cat "$T/alone.json")"
+LD_PRELOAD=$LIB CKSM_DISABLE=1 "$ROOT/build/cksm-evictee" verify --pages 64 --wait-s 1 >"$T/off.json" ||
+	fail "CKSM_DISABLE=1: $(cat "$T/off.json")"
+jq -e '.evicted == 0' "$T/off.json" >/dev/null || fail "evicted with CKSM_DISABLE=1: $(cat "$T/off.json")"
 
 # (a)
 for ((i = 1; i <= ${CHURN_RUNS:-2}; i++)); do

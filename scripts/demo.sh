@@ -203,7 +203,7 @@ while :; do
 		printf '%-8s %22s %10s %10s %10s %12s %10s\n' "node-$n" \
 			"$(jq -r '.rss_kb / 1024 * 10 | floor / 10 | tostring + " MiB"' <<<"${first:-{\}}" 2>/dev/null) -> $(jq -r '.rss_kb / 1024 * 10 | floor / 10 | tostring + " MiB"' <<<"${last:-{\}}" 2>/dev/null)" \
 			"$((${saved:-0} / 1024)) KiB" \
-			"$(($(metric "${AMET[$n]}" 'cksm_faults_total{source="local"}' || echo 0) + $(metric "${AMET[$n]}" 'cksm_faults_total{source="zero"}' || echo 0)))" \
+			"$(($(metric "${AMET[$n]}" 'cksm_faults_total{source="local"}' || echo 0) + $(metric "${AMET[$n]}" 'cksm_faults_total{source="zero"}' || echo 0) + $(metric "${AMET[$n]}" 'cksm_faults_total{source="remote"}' || echo 0)))" \
 			"$(metric "${AMET[$n]}" cksm_evictions_total)" \
 			"$(jq -r .checks <<<"${last:-{\}}" 2>/dev/null)" "$(jq -r .mismatches <<<"${last:-{\}}" 2>/dev/null)"
 	done

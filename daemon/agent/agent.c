@@ -194,17 +194,35 @@ static void resync_flush(struct resync_ctx *x, bool last)
 	x->n = 0;
 }
 
+static void resync_entry(struct resync_ctx *x, uint32_t node, struct pool_ref ref,
+			 const struct cid *id, uint32_t refs, bool held_here);
+
 static void resync_slot(void *arg, struct pool_ref ref, const struct cid *id, bool held,
 			uint32_t refs)
 {
 	struct resync_ctx *x = arg;
+
+	if (held)
+		resync_entry(x, x->s->node_id, ref, id, refs, true);
+}
+
+/* References on another node's dup: the shard must not release it. */
+static void resync_rref(void *arg, uint32_t node, struct pool_ref ref, const struct cid *id,
+			uint32_t count)
+{
+	resync_entry(arg, node, ref, id, count, false);
+}
+
+static void resync_entry(struct resync_ctx *x, uint32_t node, struct pool_ref ref,
+			 const struct cid *id, uint32_t refs, bool held_here)
+{
 	const struct config *cfg = x->s->a->rt.cfg;
 
-	if (!held || config_bucket_shard(cfg, cid_bucket(*id, cfg->buckets)) != (int)x->s->id)
+	if (config_bucket_shard(cfg, cid_bucket(*id, cfg->buckets)) != (int)x->s->id)
 		return;
 	cksm__resync_entry__init(&x->e[x->n]);
 	cksm__dup_ref__init(&x->r[x->n]);
-	x->r[x->n].node_id = x->s->node_id;
+	x->r[x->n].node_id = node;
 	x->r[x->n].slot = ref.slot;
 	x->r[x->n].generation = ref.gen;
 	x->e[x->n].id_hi = id->hi;
@@ -212,7 +230,7 @@ static void resync_slot(void *arg, struct pool_ref ref, const struct cid *id, bo
 	x->e[x->n].domain = cid_domain_of(*id);
 	x->e[x->n].dup = &x->r[x->n];
 	x->e[x->n].refs = refs < cfg->max_page_sharing ? refs : cfg->max_page_sharing;
-	x->e[x->n].held_here = true;
+	x->e[x->n].held_here = held_here;
 	x->ep[x->n] = &x->e[x->n];
 	if (++x->n == RESYNC_PART)
 		resync_flush(x, false);
@@ -233,6 +251,8 @@ static int send_resync(struct agent_shard *s, struct conn *c)
 	x.rc = 0;
 	if (s->a->pool)
 		pool_foreach(s->a->pool, resync_slot, &x);
+	if (s->a->backing)
+		backing_foreach_rref(s->a->backing, resync_rref, &x);
 	resync_flush(&x, true);
 	return x.rc;
 }

@@ -305,6 +305,17 @@ static void rref_changed(struct backing *b, const struct rdup *r, const struct c
 	pthread_mutex_unlock(&b->refs_lock);
 }
 
+void backing_foreach_rref(struct backing *b, backing_rref_fn fn, void *arg)
+{
+	pthread_mutex_lock(&b->refs_lock);
+	for (size_t i = 0; i < b->nrrefs; i++)
+		if (b->rrefs[i].count > 0)
+			fn(arg, b->rrefs[i].d.node,
+			   (struct pool_ref){ b->rrefs[i].d.slot, b->rrefs[i].d.gen },
+			   &b->rrefs[i].id, (uint32_t)b->rrefs[i].count);
+	pthread_mutex_unlock(&b->refs_lock);
+}
+
 size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max)
 {
 	size_t n = 0;

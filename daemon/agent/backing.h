@@ -95,6 +95,11 @@ void backing_remote_learn(struct backing *b, const struct cid *id, const struct 
 /* Offer a page for eviction backed by the remote dups known for id. */
 bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const struct cid *id);
 
+/* Visit this node's references on other nodes' dups (for resync). */
+typedef void (*backing_rref_fn)(void *arg, uint32_t node, struct pool_ref ref, const struct cid *id,
+				uint32_t count);
+void backing_foreach_rref(struct backing *b, backing_rref_fn fn, void *arg);
+
 /* Is pid attached (any thread)? */
 bool backing_attached(struct backing *b, pid_t pid);
 

@@ -2,8 +2,8 @@
 # TCP data transport. Node A's process gets its pages backed by A's own
 # dups; node B's process, holding the same contents, gets them backed by
 # A's dups (replicas = 1), and reads them back intact. A's dups stay while
-# B references them, even after A's own process is gone, and go once B's
-# references go.
+# B references them, even after A's own process is gone and across a
+# restart of the shard, and go once B's references go.
 source "$(dirname "$0")/lib.sh"
 
 LIB=$ROOT/build/libcksm.so
@@ -44,6 +44,14 @@ kill -TERM $PA
 wait $PA || fail "node-a's process read wrong data: $(cat "$T/a.json")"
 sleep 3 # several prune rounds and dup_idle_millisecs
 [[ $(m a cksm_pool_dups) -ge 1 ]] || fail "node-a freed dups that node-b references"
+# The shard restarts and rebuilds its tree from the nodes' resync: B's
+# references on A's dups come back with it, so they are not released.
+stop c0
+start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1 \
+	--set cluster.dup_idle_millisecs=1000 --set cluster.prune_millisecs=200
+wait_for "both nodes back" 15 bash -c "[[ \$(grep -c 'resynced' '$T/c0.log') -ge 2 ]]"
+sleep 3
+[[ $(m a cksm_pool_dups) -ge 1 ]] || fail "after a shard restart node-a freed dups that node-b references"
 # B reads everything back: over TCP, checked, intact.
 kill -TERM $PB
 wait $PB || fail "node-b's process read wrong data: $(tail -1 "$T/b.json")"

@@ -84,6 +84,7 @@ struct agent {
 	struct pool *pool;	 /* NULL: no pool on this node */
 	struct backing *backing; /* NULL: processes cannot attach */
 	struct listener *data;	 /* serves the pool to other nodes */
+	uint64_t refs_resent_ms; /* loop time all counts were last sent again */
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 };
 
@@ -270,6 +271,9 @@ static int handle_register_ack(struct agent_shard *s, struct conn *c, const Cksm
 	s->registered_before = true;
 	s->registered = true;
 	s->node_id = ack->node_id;
+	/* It may have missed counts while away, or never seen them. */
+	if (s->a->backing)
+		backing_refs_all_dirty(s->a->backing);
 	if (ack->resync_wanted && send_resync(s, c))
 		return -EIO;
 	s->last_ack_ms = uv_now(&s->a->rt.loop);
@@ -698,7 +702,9 @@ static void send_refs(struct agent *a)
 
 	if (!a->backing)
 		return;
-	while ((n = backing_take_refs(a->backing, r, 1024)) > 0)
+	while ((n = backing_take_refs(a->backing, r, 1024)) > 0) {
+		bool unsent = false;
+
 		for (size_t i = 0; i < n; i++) {
 			const struct config *cfg = a->rt.cfg;
 			struct agent_shard *s = &a->shards[config_bucket_shard(
@@ -708,9 +714,13 @@ static void send_refs(struct agent *a)
 			Cksm__RefUpdate ru = CKSM__REF_UPDATE__INIT;
 			Cksm__DupRef dr = CKSM__DUP_REF__INIT;
 
-			if (!c || !s->registered ||
-			    (!r[i].node && !pool_page(a->pool, r[i].ref, NULL)))
+			if (!r[i].node && !pool_page(a->pool, r[i].ref, NULL))
 				continue; /* the slot is gone: so is the shard's dup */
+			if (!c || !s->registered) {
+				backing_refs_unsent(a->backing, &r[i]); /* later */
+				unsent = true;
+				continue;
+			}
 			dr.node_id = r[i].node ? r[i].node : s->node_id;
 			dr.slot = r[i].ref.slot;
 			dr.generation = r[i].ref.gen;
@@ -721,9 +731,16 @@ static void send_refs(struct agent *a)
 			ru.refs = r[i].node ? r[i].count : pool_refs(a->pool, r[i].ref);
 			m.body_case = CKSM__MSG__BODY_REF_UPDATE;
 			m.ref_update = &ru;
-			if (conn_send(c, &m) == 0)
+			if (conn_send(c, &m) == 0) {
 				metric_inc(a->m_refs_sent);
+			} else {
+				backing_refs_unsent(a->backing, &r[i]);
+				unsent = true;
+			}
 		}
+		if (unsent)
+			break; /* the rest waits for the shard */
+	}
 }
 
 /* Drain the report queues into the shards that can take them now. */
@@ -753,6 +770,14 @@ static void on_heartbeat(uv_timer_t *t)
 {
 	struct agent *a = t->data;
 	uint64_t now = uv_now(&a->rt.loop);
+
+	/* Counts again, well within dup_idle_millisecs: a shard that lost one
+	 * (it was away, or a holder came back after its referrers) gets it
+	 * before it would release a dup in use. */
+	if (a->backing && now - a->refs_resent_ms >= a->rt.cfg->dup_idle_millisecs / 3) {
+		backing_refs_all_dirty(a->backing);
+		a->refs_resent_ms = now;
+	}
 
 	for (unsigned i = 0; i < a->nshards; i++)
 		heartbeat_one(&a->shards[i], now);

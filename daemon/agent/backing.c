@@ -69,7 +69,8 @@ struct mm {
 	bool merge_all;
 	uint64_t merge_min;
 	bool handshaken;
-	bool gone; /* off the list */
+	bool orphan; /* its connection closed while it lives: served, not evicted */
+	bool gone;   /* off the list */
 	uv_poll_t poll;
 	bool polling;
 	pthread_mutex_t lock;
@@ -113,6 +114,7 @@ struct backing {
 	struct mm *mms;
 	int wake_fd; /* eventfd: the fault thread rebuilds its poll set */
 	bool stop;
+	bool stop_evicting;   /* the evictor takes no more offers */
 	atomic_bool stopping; /* stop, for waits that do not hold b->lock */
 	pthread_t fault_thread, evict_thread;
 	bool threads;
@@ -303,6 +305,39 @@ static void rref_changed(struct backing *b, const struct rdup *r, const struct c
 	b->rrefs[p].count += d;
 	b->rrefs[p].dirty = true;
 	pthread_mutex_unlock(&b->refs_lock);
+}
+
+void backing_refs_unsent(struct backing *b, const struct backing_ref *r)
+{
+	if (!r->node) {
+		ref_changed(b, r->ref, &r->id, 0);
+		return;
+	}
+	pthread_mutex_lock(&b->refs_lock);
+	if (b->ricap) {
+		struct rdup d = { r->node, r->ref.slot, r->ref.gen };
+		size_t i = rslot(b, &d);
+
+		if (b->rindex[i])
+			b->rrefs[b->rindex[i] - 1].dirty = true;
+	}
+	pthread_mutex_unlock(&b->refs_lock);
+}
+
+static void mark_slot(void *arg, struct pool_ref ref, const struct cid *id, bool held,
+		      uint32_t refs)
+{
+	if (held || refs)
+		ref_changed(arg, ref, id, 0);
+}
+
+void backing_refs_all_dirty(struct backing *b)
+{
+	pthread_mutex_lock(&b->refs_lock);
+	for (size_t i = 0; i < b->nrrefs; i++)
+		b->rrefs[i].dirty = true;
+	pthread_mutex_unlock(&b->refs_lock);
+	pool_foreach(b->pool, mark_slot, b);
 }
 
 void backing_foreach_rref(struct backing *b, backing_rref_fn fn, void *arg)
@@ -558,7 +593,7 @@ static struct mm *mm_get(struct backing *b, pid_t pid)
 
 	pthread_mutex_lock(&b->lock);
 	for (m = b->mms; m; m = m->next)
-		if (m->pid == pid && m->sock >= 0 && m->handshaken)
+		if (m->pid == pid && m->sock >= 0 && m->handshaken && !m->orphan)
 			break;
 	if (m)
 		atomic_fetch_add(&m->refs, 1);
@@ -660,15 +695,31 @@ static int local_recv(int fd, struct cksm_local *m, int *got_fd, const char **wh
 	return 0;
 }
 
+static bool mm_exited(const struct mm *m);
+
 static void on_closed(uv_handle_t *h)
 {
 	struct mm *m = h->data;
 
 	/* The socket closes with the last reference: an evictor may hold one. */
-	if (m->handshaken)
-		list_del(m->b, m);
-	else
+	if (!m->handshaken) {
 		mm_put(m);
+	} else if (!m->b->stop && m->n && !mm_exited(m)) {
+		/* It closed the connection but lives (a daemon closing every
+		 * descriptor): its backed pages are still served, from the
+		 * table, until it exits; nothing more is evicted. */
+		pthread_mutex_lock(&m->lock);
+		m->orphan = true;
+		m->zap_done = true;
+		m->zap_status = -ECONNRESET;
+		pthread_cond_broadcast(&m->cond);
+		pthread_mutex_unlock(&m->lock);
+		log_warn(
+			"process %d closed its connection while alive; its backed pages stay served",
+			(int)m->pid);
+	} else {
+		list_del(m->b, m);
+	}
 }
 
 /* The process is gone (exit, exec) or misbehaved: forget it. */
@@ -911,13 +962,13 @@ static void on_ranges(uv_timer_t *t)
 
 	pthread_mutex_lock(&b->lock);
 	for (struct mm *m = b->mms; m && n < 256; m = m->next)
-		if ((m->merge_all && m->sock >= 0) || m->sock < 0) {
+		if ((m->merge_all && m->sock >= 0 && !m->orphan) || m->sock < 0 || m->orphan) {
 			atomic_fetch_add(&m->refs, 1);
 			v[n++] = m;
 		}
 	pthread_mutex_unlock(&b->lock);
 	for (size_t i = 0; i < n; i++) {
-		if (v[i]->sock >= 0)
+		if (v[i]->sock >= 0 && !v[i]->orphan)
 			register_mappings(v[i], 0, UINT64_MAX, v[i]->merge_min);
 		else if (!v[i]->gone && mm_exited(v[i]))
 			list_del(b, v[i]);
@@ -1111,8 +1162,8 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		pthread_mutex_lock(&m->lock);
 		busy = m->evicting == addr;
 		pthread_mutex_unlock(&m->lock);
-		if (!busy)
-			uffd_protect(m->uffd, addr, false);
+		if (!busy && uffd_protect(m->uffd, addr, false) == -EAGAIN)
+			return false;
 		return true;
 	}
 	pthread_mutex_lock(&m->lock);
@@ -1127,6 +1178,8 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		if (rc && rc != -ENOENT && rc != -ESRCH)
 			log_warn("process %d: cannot fill page %#llx: %s", (int)m->pid,
 				 (unsigned long long)addr, strerror(-rc));
+		if (rc)
+			uffd_wake(m->uffd, addr); /* let it fault again */
 		return true;
 	}
 	if (e->kind == B_ZERO) {
@@ -1174,6 +1227,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		if (rc != -ESRCH)
 			log_warn("process %d: cannot bring back page %#llx: %s", (int)m->pid,
 				 (unsigned long long)addr, strerror(-rc));
+		uffd_wake(m->uffd, addr); /* let it fault again */
 		return true;
 	}
 	if (m->pid)
@@ -1321,7 +1375,9 @@ static void retry_faults(struct mm *m)
 /* Read what the mm's userfaultfd has; false when it is finished. */
 static bool drain_uffd(struct mm *m)
 {
-	struct uffd_msg msgs[16];
+	/* One message per read: a fork is handled before any fault read after
+	 * it is served (serving it first would miss the child's copy). */
+	struct uffd_msg msgs[1];
 
 	for (;;) {
 		ssize_t n = read(m->uffd, msgs, sizeof(msgs));
@@ -1510,20 +1566,46 @@ static bool wait_for(struct mm *m, bool (*cond_fn)(const struct mm *), unsigned 
 	return true;
 }
 
-static bool zap_answered(const struct mm *m)
+/* Count a new entry (its reference, the gauges). Lock held. */
+static void entry_counted(struct backing *b, const struct bentry *e)
 {
-	return m->zap_done;
+	if (e->kind == B_POOL)
+		ref_changed(b, e->ref, &e->id, 1);
+	else if (e->kind == B_REMOTE)
+		rref_changed(b, &e->rem[0], &e->id, 1);
+	metric_gauge_add(e->kind == B_POOL     ? b->m_backed_local
+			 : e->kind == B_REMOTE ? b->m_backed_remote
+					       : b->m_backed_zero,
+			 1);
+	metric_gauge_add(b->m_saved, PAGE);
 }
 
-static bool removal_seen(const struct mm *m)
+/* The evictor's entry at addr, if it is still there and still its own. */
+static struct bentry *own_entry(struct mm *m, const struct bentry *e)
 {
-	return m->evict_hits > 0;
+	struct bentry *x = tab_find(m, e->page << 12);
+
+	if (!x || x->kind != e->kind || x->ref.slot != e->ref.slot || x->ref.gen != e->ref.gen ||
+	    x->id.hi != e->id.hi || x->id.lo != e->id.lo)
+		return NULL;
+	return x;
+}
+
+static bool zap_or_gone(const struct mm *m)
+{
+	return m->zap_done || m->gone || m->orphan;
+}
+
+static bool removal_or_gone(const struct mm *m)
+{
+	return m->evict_hits > 0 || m->gone || m->orphan;
 }
 
 /*
  * One page: write-protect, read, compare, enter, zap, release. Any doubt
- * before the zap leaves the page where it is; after it, the table says
- * what the page holds.
+ * before the zap leaves the page where it is. From the moment it is
+ * entered, the entry owns the reference on its dup and is counted, so
+ * whoever removes it (a fault, an event, this function) releases it once.
  */
 static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, uint8_t *rbuf)
 {
@@ -1534,7 +1616,7 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 	struct cksm_local zap = local_msg(CKSM_LOCAL_ZAP);
 	const void *dup = NULL;
 	const char *why = NULL;
-	bool zapped = false, ok;
+	bool entered = false, ok;
 
 	if (!m)
 		return;
@@ -1560,7 +1642,7 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 		dup = rbuf;
 	}
 	pthread_mutex_lock(&m->lock);
-	ok = !m->evicting && !tab_find(m, o->addr);
+	ok = !m->evicting && !m->orphan && !tab_find(m, o->addr);
 	if (ok) {
 		m->evicting = o->addr;
 		m->evict_hits = 0;
@@ -1581,8 +1663,10 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 		goto out_unprotect;
 	}
 	pthread_mutex_lock(&m->lock);
-	ok = !m->evict_hits && tab_put(m, &e) == 0;
+	ok = !m->evict_hits && !m->orphan && tab_put(m, &e) == 0;
 	if (ok) {
+		entered = true;
+		entry_counted(b, &e);
 		m->zap_token = ++b->next_token;
 		m->zap_done = false;
 		zap.token = m->zap_token;
@@ -1598,44 +1682,57 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 	if (local_send(m->sock, &zap, -1) == 0) {
 		/* Until the process answers (or is gone): the page stays
 		 * write-protected meanwhile, so nothing written can be lost. */
-		while (!wait_for(m, zap_answered, 200) && !atomic_load(&b->stopping)) {
+		while (!wait_for(m, zap_or_gone, 200) && !atomic_load(&b->stopping)) {
 		}
 		if (m->zap_done && m->zap_status == 0) {
-			/* Our zap is one removal; more means the program dropped
-			 * or moved the page too, and it must read as it left it. */
-			wait_for(m, removal_seen, ZAP_WAIT_MS);
-			zapped = m->evict_hits <= 1;
+			/* The page is gone: wait for our own REMOVE. More than one
+			 * means the program dropped or moved the page too, and it
+			 * must then read as the program left it. */
+			while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
+			}
+			if (m->evict_hits > 1) {
+				struct bentry *x = own_entry(m, &e);
+
+				if (x)
+					entry_release(m, x);
+				why = "the program removed the page";
+			}
+		} else if (m->zap_done && m->zap_status != -ECONNRESET) {
+			/* Not dropped: the page is still there; so must the entry not be. */
+			struct bentry *x = own_entry(m, &e);
+
+			if (x)
+				entry_release(m, x);
+			why = "the zap failed";
+		} else {
+			/* No answer (the agent is stopping, or the process closed its
+			 * connection): the page may or may not have been dropped. The
+			 * entry stays: a present page never consults it, a missing
+			 * one is served from it. */
+			why = m->zap_done ? "the process left" : "the agent is stopping";
 		}
-	}
-	if (!zapped) {
-		struct bentry *x = tab_find(m, o->addr);
+	} else {
+		struct bentry *x = own_entry(m, &e);
 
 		if (x)
-			tab_del(m, x); /* never counted: nothing to release */
-		why = !m->zap_done	  ? "the agent is stopping"
-		      : m->zap_status	  ? "the zap failed"
-		      : m->evict_hits > 1 ? "the program removed the page"
-					  : "the process is gone";
+			entry_release(m, x);
+		why = "the process is gone";
 	}
+	m->evicting = 0;
 	pthread_mutex_unlock(&m->lock);
-	if (zapped) {
-		if (o->kind == EVICT_POOL)
-			ref_changed(b, o->ref, &o->id, 1);
-		else if (o->kind == EVICT_REMOTE)
-			rref_changed(b, &e.rem[0], &o->id, 1);
+	if (!why)
 		metric_inc(b->m_evicted);
-		metric_gauge_add(o->kind == EVICT_POOL	   ? b->m_backed_local
-				 : o->kind == EVICT_REMOTE ? b->m_backed_remote
-							   : b->m_backed_zero,
-				 1);
-		metric_gauge_add(b->m_saved, PAGE);
-		pthread_mutex_lock(&m->lock);
-		m->evicting = 0;
-		pthread_mutex_unlock(&m->lock);
-		uffd_wake(m->uffd, o->addr); /* writers that raced fault it back */
-		mm_put(m);
-		return; /* our reference on the slot is the entry's now */
-	}
+	else
+		metric_inc(b->m_aborted);
+	/* Writers that raced the eviction: they retry, and either find the
+	 * page or fault it back. */
+	uffd_protect(m->uffd, o->addr, false);
+	uffd_wake(m->uffd, o->addr);
+	if (why)
+		log_debug("process %d page %#llx: %s", (int)m->pid, (unsigned long long)o->addr,
+			  why);
+	mm_put(m);
+	return;
 out_unprotect:
 	uffd_protect(m->uffd, o->addr, false);
 out_idle:
@@ -1646,7 +1743,7 @@ out_idle:
 	metric_inc(b->m_aborted);
 	log_debug("process %d page %#llx stays: %s", (int)m->pid, (unsigned long long)o->addr, why);
 out_ref:
-	if (o->kind == EVICT_POOL)
+	if (o->kind == EVICT_POOL && !entered)
 		pool_ref(b->pool, o->ref, -1);
 	mm_put(m);
 }
@@ -1663,9 +1760,9 @@ static void *evict_main(void *arg)
 		return NULL;
 	for (;;) {
 		pthread_mutex_lock(&b->lock);
-		while (!b->stop && !b->noffers)
+		while (!b->stop_evicting && !b->noffers)
 			pthread_cond_wait(&b->offer_cond, &b->lock);
-		if (b->stop) {
+		if (b->stop_evicting) {
 			pthread_mutex_unlock(&b->lock);
 			break;
 		}
@@ -1893,6 +1990,7 @@ static void on_backing_closed(uv_handle_t *h)
  */
 static void restore_all(struct backing *b)
 {
+	static uint8_t page[PAGE] __attribute__((aligned(PAGE)));
 	size_t done = 0, failed = 0;
 
 	for (struct mm *m = b->mms; m; m = m->next) {
@@ -1900,33 +1998,52 @@ static void restore_all(struct backing *b)
 
 		if (!m->n || mm_exited(m))
 			continue; /* nothing backed, or nobody left to read it */
-		pthread_mutex_lock(&m->lock);
-		for (size_t i = 0; i < m->cap; i++) {
-			static uint8_t page[PAGE] __attribute__((aligned(PAGE)));
-			const struct bentry *e = &m->tab[i];
-			const void *bytes =
-				e->kind == B_POOL ? pool_page(b->pool, e->ref, NULL) : zeroes;
-			int rc;
+		/* Events the process caused meanwhile make copies fail with
+		 * EAGAIN until they are read: read them, and go again. */
+		for (int round = 0; m->n && round < 100; round++) {
+			size_t again = 0;
 
-			if (!e->page)
-				continue;
-			/* Holders that do not answer now will not later: after the
-			 * first failure the rest of this mm's remote pages are not
-			 * waited for (they are counted as failed). */
-			if (e->kind == B_REMOTE)
-				bytes = remote_ok && fetch(b, b->fault_tr, e->rem, e->nrem, &e->id,
-							   page) >= 0
-						? page
-						: NULL;
-			if (e->kind == B_REMOTE && !bytes)
-				remote_ok = false;
-			rc = bytes ? uffd_copy(m->uffd, e->page << 12, bytes) : -ESTALE;
-			if (rc && rc != -ESRCH && rc != -ENOENT)
-				failed++;
-			else
-				done++;
+			pthread_mutex_lock(&m->lock);
+			for (size_t i = 0; i < m->cap;) {
+				struct bentry *e = &m->tab[i];
+				const void *bytes = e->kind == B_POOL
+							    ? pool_page(b->pool, e->ref, NULL)
+							    : zeroes;
+				int rc;
+
+				if (!e->page) {
+					i++;
+					continue;
+				}
+				/* Holders that do not answer now will not later: after
+				 * the first failure the rest of this mm's remote pages
+				 * are not waited for. */
+				if (e->kind == B_REMOTE)
+					bytes = remote_ok && fetch(b, b->fault_tr, e->rem, e->nrem,
+								   &e->id, page) >= 0
+							? page
+							: NULL;
+				if (e->kind == B_REMOTE && !bytes)
+					remote_ok = false;
+				rc = bytes ? uffd_copy(m->uffd, e->page << 12, bytes) : -ESTALE;
+				if (rc == -EAGAIN) {
+					again++;
+					i++;
+					continue;
+				}
+				if (rc && rc != -ESRCH && rc != -ENOENT)
+					failed++;
+				else
+					done++;
+				entry_release(m, e); /* slot i holds the next entry now */
+			}
+			pthread_mutex_unlock(&m->lock);
+			if (!again)
+				break;
+			drain_uffd(m);
+			usleep(1000);
 		}
-		pthread_mutex_unlock(&m->lock);
+		failed += m->n;
 	}
 	if (failed)
 		log_error(
@@ -1938,35 +2055,49 @@ static void restore_all(struct backing *b)
 
 void backing_destroy(struct backing *b)
 {
+	struct timespec until;
 	struct mm *m;
 
 	if (!b)
 		return;
+	/* The evictor first: the eviction under way may finish (its process
+	 * answering and the fault thread reading the removal) for a second;
+	 * after that its waits give up and the entry stays. */
+	pthread_mutex_lock(&b->lock);
+	b->stop_evicting = true;
+	pthread_cond_broadcast(&b->offer_cond);
+	pthread_mutex_unlock(&b->lock);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 1;
+	if (pthread_timedjoin_np(b->evict_thread, NULL, &until)) {
+		atomic_store(&b->stopping, true);
+		pthread_join(b->evict_thread, NULL);
+	}
 	atomic_store(&b->stopping, true);
 	pthread_mutex_lock(&b->lock);
 	b->stop = true;
-	pthread_cond_broadcast(&b->offer_cond);
 	pthread_mutex_unlock(&b->lock);
 	wake_faults(b);
 	pthread_join(b->fault_thread, NULL);
-	pthread_join(b->evict_thread, NULL);
 	restore_all(b);
 	b->fault_tr->ops->destroy(b->fault_tr);
 	b->evict_tr->ops->destroy(b->evict_tr);
 	uv_poll_stop(&b->lpoll);
 	close(b->listen_fd);
 	unlink(b->cfg->socket_path);
+	/* Close callbacks run last-registered first: the backing's own goes
+	 * first here, so that it runs after every mm's, which still use b. */
+	uv_close((uv_handle_t *)&b->lpoll, on_backing_closed);
 	uv_timer_stop(&b->ranges);
 	uv_close((uv_handle_t *)&b->ranges, NULL);
 	while ((m = b->mms)) {
 		b->mms = m->next;
-		if (m->sock >= 0) {
+		m->handshaken = false; /* off the list: its close only drops it */
+		if (m->sock >= 0 && !m->orphan && !uv_is_closing((uv_handle_t *)&m->poll)) {
 			uv_poll_stop(&m->poll);
-			m->handshaken = false; /* off the list already */
 			uv_close((uv_handle_t *)&m->poll, on_closed);
-		} else {
+		} else if (m->sock < 0 || m->orphan) {
 			mm_put(m);
-		}
+		} /* else its close is under way and drops it */
 	}
-	uv_close((uv_handle_t *)&b->lpoll, on_backing_closed);
 }

@@ -95,6 +95,12 @@ void backing_remote_learn(struct backing *b, const struct cid *id, const struct 
 /* Offer a page for eviction backed by the remote dups known for id. */
 bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const struct cid *id);
 
+/* A change taken that could not be sent: it is taken again later. */
+void backing_refs_unsent(struct backing *b, const struct backing_ref *r);
+
+/* Every count is to be sent again (a shard registered: it may lack any). */
+void backing_refs_all_dirty(struct backing *b);
+
 /* Visit this node's references on other nodes' dups (for resync). */
 typedef void (*backing_rref_fn)(void *arg, uint32_t node, struct pool_ref ref, const struct cid *id,
 				uint32_t count);

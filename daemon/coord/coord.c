@@ -464,6 +464,8 @@ static int handle_ref_update(struct coord *co, struct conn *c, const Cksm__RefUp
 static int handle_resync(struct coord *co, struct conn *c, const Cksm__Resync *rs)
 {
 	const struct node *n = c->data;
+	size_t refused = 0;
+	int first_rc = 0;
 
 	if (!n)
 		return conn_fail(c, -EPROTO, "resync before register");
@@ -482,11 +484,20 @@ static int handle_resync(struct coord *co, struct conn *c, const Cksm__Resync *r
 				      "resync entry of another shard's bucket or domain");
 		r = (struct stree_dupref){ e->dup->node_id, e->dup->slot, e->dup->generation };
 		rc = stree_resync(co->tree, n->id, e->id_hi, e->id_lo, &r, e->refs, e->held_here);
-		if (rc)
-			return refuse(co, c, co->m_refused_ref, rc, "resync entry");
+		/* One entry refused (say, a dup whose holder has not come back
+		 * yet) does not stop the others. */
+		if (rc && !refused++)
+			first_rc = rc;
 	}
 	if (rs->last)
 		log_info("node %s resynced", n->name);
+	if (refused) {
+		char what[64];
+
+		snprintf(what, sizeof(what), "%zu resync entr%s", refused,
+			 refused == 1 ? "y" : "ies");
+		return refuse(co, c, co->m_refused_ref, first_rc, what);
+	}
 	return 0;
 }
 

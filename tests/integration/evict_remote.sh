@@ -27,12 +27,14 @@ m() { metric "${MET[$1]}" "$2"; }
 # A first: its own dups.
 CKSM_SOCKET=$T/a.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/a.json" &
 PA=$!
+PIDS+=($PA)
 wait_for "node-a's process evicted" 30 test -s "$T/a.json"
 [[ $(m a 'cksm_pages_backed{source="local"}') -ge 100 ]] || fail "node-a backed locally: $(m a 'cksm_pages_backed{source="local"}')"
 DUPS_A=$(m a cksm_pool_dups)
 # Then B: the same contents, backed from A over TCP.
 CKSM_SOCKET=$T/b.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/b.json" &
 PB=$!
+PIDS+=($PB)
 wait_for "node-b's process evicted" 30 test -s "$T/b.json"
 [[ $(m b 'cksm_pages_backed{source="remote"}') -ge 100 ]] ||
 	fail "node-b backed remotely: $(m b 'cksm_pages_backed{source="remote"}'), local $(m b 'cksm_pages_backed{source="local"}')"

@@ -85,6 +85,7 @@ struct agent {
 	struct backing *backing; /* NULL: processes cannot attach */
 	struct listener *data;	 /* serves the pool to other nodes */
 	uint64_t refs_resent_ms; /* loop time all counts were last sent again */
+	uint32_t dup_idle_ms;	 /* the shortest of the shards' dup_idle_millisecs */
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 };
 
@@ -165,6 +166,10 @@ static void adopt_timing(struct agent_shard *s, const Cksm__RegisterAck *ack)
 			(unsigned long long)cfg->heartbeat_ms,
 			(unsigned long long)cfg->dead_after_ms);
 	s->dead_after_ms = ack->dead_after_ms >= 150 ? ack->dead_after_ms : cfg->dead_after_ms;
+	/* Counts are sent again well within the shortest dup_idle of the
+	 * shards, which is what they release unreferenced dups by. */
+	if (ack->dup_idle_ms >= 100 && ack->dup_idle_ms < s->a->dup_idle_ms)
+		s->a->dup_idle_ms = ack->dup_idle_ms;
 	if (ack->heartbeat_ms >= 50 && ack->heartbeat_ms < repeat)
 		uv_timer_set_repeat(&s->a->hb, ack->heartbeat_ms);
 }
@@ -774,7 +779,7 @@ static void on_heartbeat(uv_timer_t *t)
 	/* Counts again, well within dup_idle_millisecs: a shard that lost one
 	 * (it was away, or a holder came back after its referrers) gets it
 	 * before it would release a dup in use. */
-	if (a->backing && now - a->refs_resent_ms >= a->rt.cfg->dup_idle_millisecs / 3) {
+	if (a->backing && now - a->refs_resent_ms >= a->dup_idle_ms / 3) {
 		backing_refs_all_dirty(a->backing);
 		a->refs_resent_ms = now;
 	}
@@ -919,6 +924,7 @@ int agent_main(const struct config *cfg)
 	a->rt.role = a;
 	a->rt.stop = agent_stop;
 	a->nshards = cfg->nshards;
+	a->dup_idle_ms = cfg->dup_idle_millisecs;
 	randombytes_buf(&a->incarnation, sizeof(a->incarnation));
 	if (register_metrics(a))
 		goto out_fini;

@@ -287,6 +287,7 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	ack.shard_id = co->shard;
 	ack.heartbeat_ms = (uint32_t)co->rt.cfg->heartbeat_ms;
 	ack.dead_after_ms = (uint32_t)co->rt.cfg->dead_after_ms;
+	ack.dup_idle_ms = co->rt.cfg->dup_idle_millisecs;
 	/* A shard that never saw this node (it started after the node did, or
 	 * restarted) rebuilds its soft state from what the node holds. */
 	ack.resync_wanted = fresh;

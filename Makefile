@@ -81,10 +81,10 @@ $(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
 
 # libcksm goes into programs that are not built with sanitizers: never
 # instrumented, whatever CFLAGS says.
-$(B)/libcksm.so: client/libcksm.c daemon/common/local.h
+$(B)/libcksm.so: client/libcksm.c daemon/common/local.c daemon/common/local.h
 	$(E) '  CC      $@'
 	$(Q)$(CC) -D_GNU_SOURCE -Idaemon/common -std=gnu11 $(WARN) -O2 -g -fPIC -shared \
-		-fvisibility=hidden -pthread -Wl,-z,defs -o $@ $< -ldl
+		-fvisibility=hidden -pthread -Wl,-z,defs -o $@ $(filter %.c,$^) -ldl
 
 AGENT_OBJ := $(AGENT_SRC:%.c=$(B)/%.o)
 COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o))

@@ -51,88 +51,28 @@ static int (*real_madvise)(void *, size_t, int);
 
 static int send_local(int fd, const struct cksm_local *m, int pass_fd)
 {
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct iovec iov = { (void *)m, sizeof(*m) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-	ssize_t n;
-
-	if (pass_fd >= 0) {
-		struct cmsghdr *c;
-
-		memset(&u, 0, sizeof(u));
-		mh.msg_control = u.buf;
-		mh.msg_controllen = sizeof(u.buf);
-		c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-	}
-	do
-		n = sendmsg(fd, &mh, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
-	return n == (ssize_t)sizeof(*m) ? 0 : -1;
+	return cksm_local_send(fd, m, pass_fd, 0);
 }
 
-/* One message; *got_fd gets a passed descriptor or -1. */
 static int recv_local(int fd, struct cksm_local *m, int *got_fd)
 {
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct iovec iov = { m, sizeof(*m) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-	struct cmsghdr *c;
-	ssize_t n;
+	const char *why;
 
-	memset(m, 0, sizeof(*m));
-	*got_fd = -1;
-	mh.msg_control = u.buf;
-	mh.msg_controllen = sizeof(u.buf);
-	do
-		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
-	for (c = CMSG_FIRSTHDR(&mh); n > 0 && c; c = CMSG_NXTHDR(&mh, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-		    c->cmsg_len == CMSG_LEN(sizeof(int)))
-			memcpy(got_fd, CMSG_DATA(c), sizeof(int));
-	if (n != (ssize_t)sizeof(*m) || m->magic != CKSM_LOCAL_MAGIC ||
-	    m->version != CKSM_LOCAL_VERSION || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
-		if (*got_fd >= 0)
-			close(*got_fd);
-		*got_fd = -1;
-		return -1;
-	}
-	return 0;
-}
-
-static struct cksm_local msg(uint16_t type)
-{
-	struct cksm_local m;
-
-	memset(&m, 0, sizeof(m));
-	m.magic = CKSM_LOCAL_MAGIC;
-	m.version = CKSM_LOCAL_VERSION;
-	m.type = type;
-	return m;
+	return cksm_local_recv(fd, m, got_fd, 0, &why);
 }
 
 /* The service thread: the agent's requests, until it goes away. */
 static void *serve(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
-	struct cksm_local m = msg(0);
+	struct cksm_local m = cksm_local_msg(0);
 	int extra;
 
 	while (recv_local(fd, &m, &extra) == 0) {
 		if (extra >= 0)
 			close(extra);
 		if (m.type == CKSM_LOCAL_ZAP) {
-			struct cksm_local r = msg(CKSM_LOCAL_ZAPPED);
+			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAPPED);
 
 			r.token = m.token;
 			r.status = real_madvise((void *)(uintptr_t)m.a, (size_t)m.b, MADV_DONTNEED)
@@ -174,7 +114,7 @@ static void attach(void)
 	const char *path = getenv("CKSM_SOCKET");
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct timeval tv = { 2, 0 };
-	struct cksm_local m = msg(CKSM_LOCAL_HELLO);
+	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_HELLO);
 	sigset_t all, old;
 	pthread_attr_t at;
 	pthread_t t;
@@ -202,7 +142,7 @@ static void attach(void)
 	devfd = -1;
 	if (uffd < 0)
 		goto fail;
-	m = msg(CKSM_LOCAL_UFFD);
+	m = cksm_local_msg(CKSM_LOCAL_UFFD);
 	if (send_local(fd, &m, uffd))
 		goto fail;
 	close(uffd); /* the agent holds it now */
@@ -261,7 +201,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	}
 	rc = real_madvise(addr, len, advice);
 	if (rc == 0 && advice == MADV_MERGEABLE && sock >= 0 && getpid() == attached_pid) {
-		struct cksm_local m = msg(CKSM_LOCAL_RANGE);
+		struct cksm_local m = cksm_local_msg(CKSM_LOCAL_RANGE);
 		int e = errno;
 
 		m.a = (uint64_t)(uintptr_t)addr;

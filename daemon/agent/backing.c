@@ -612,87 +612,15 @@ bool backing_attached(struct backing *b, pid_t pid)
 
 /* ---- the socket ------------------------------------------------------------ */
 
-static struct cksm_local local_msg(uint16_t type)
-{
-	struct cksm_local m;
-
-	memset(&m, 0, sizeof(m));
-	m.magic = CKSM_LOCAL_MAGIC;
-	m.version = CKSM_LOCAL_VERSION;
-	m.type = type;
-	return m;
-}
-
 static int local_send(int fd, const struct cksm_local *m, int pass_fd)
 {
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct iovec iov = { (void *)m, sizeof(*m) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-
-	if (pass_fd >= 0) {
-		struct cmsghdr *c;
-
-		memset(&u, 0, sizeof(u));
-		mh.msg_control = u.buf;
-		mh.msg_controllen = sizeof(u.buf);
-		c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-	}
-	return sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof(*m) ? 0 : -errno;
+	return cksm_local_send(fd, m, pass_fd, MSG_DONTWAIT);
 }
 
 /* One message; 0, -EAGAIN, or another error (the connection is done). */
 static int local_recv(int fd, struct cksm_local *m, int *got_fd, const char **why)
 {
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * 4)];
-		struct cmsghdr align;
-	} u;
-	struct iovec iov = { m, sizeof(*m) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-	ssize_t n;
-
-	memset(m, 0, sizeof(*m));
-	*got_fd = -1;
-	*why = NULL;
-	mh.msg_control = u.buf;
-	mh.msg_controllen = sizeof(u.buf);
-	n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	if (n < 0)
-		return -errno;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-			size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-
-			for (size_t i = 0; i < k; i++) {
-				int f;
-
-				memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-				if (*got_fd < 0 && i == 0)
-					*got_fd = f;
-				else
-					close(f); /* one descriptor per message at most */
-			}
-		}
-	if (n == 0)
-		return -ECONNRESET;
-	if (n != (ssize_t)sizeof(*m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
-		*why = "a message of the wrong size";
-	else if (m->magic != CKSM_LOCAL_MAGIC || m->version != CKSM_LOCAL_VERSION)
-		*why = "a bad magic or version";
-	if (*why) {
-		if (*got_fd >= 0)
-			close(*got_fd);
-		*got_fd = -1;
-		return -EPROTO;
-	}
-	return 0;
+	return cksm_local_recv(fd, m, got_fd, MSG_DONTWAIT, why);
 }
 
 static bool mm_exited(const struct mm *m);
@@ -826,7 +754,7 @@ static void on_sock(uv_poll_t *h, int status, int events)
 {
 	struct mm *m = h->data;
 	struct backing *b = m->b;
-	struct cksm_local msg = local_msg(0);
+	struct cksm_local msg = cksm_local_msg(0);
 	const char *why;
 	int fd, rc;
 
@@ -837,7 +765,7 @@ static void on_sock(uv_poll_t *h, int status, int events)
 	}
 	while ((rc = local_recv(m->sock, &msg, &fd, &why)) == 0) {
 		if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0) {
-			struct cksm_local r = local_msg(CKSM_LOCAL_READY);
+			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
 
 			why = fd < 0 ? "UFFD without a descriptor" : take_uffd(m, fd);
 			if (why) {
@@ -890,7 +818,7 @@ static void on_sock(uv_poll_t *h, int status, int events)
 static void on_accept(uv_poll_t *h, int status, int events)
 {
 	struct backing *b = h->data;
-	struct cksm_local hello = local_msg(0), r = local_msg(CKSM_LOCAL_DEVFD);
+	struct cksm_local hello = cksm_local_msg(0), r = cksm_local_msg(CKSM_LOCAL_DEVFD);
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
 	const char *why;
@@ -1613,7 +1541,7 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 	struct bentry e = { .page = o->addr >> 12, .ref = o->ref, .id = o->id, .kind = o->kind };
 	int first;
 	struct iovec local = { buf, PAGE }, remote = { (void *)(uintptr_t)o->addr, PAGE };
-	struct cksm_local zap = local_msg(CKSM_LOCAL_ZAP);
+	struct cksm_local zap = cksm_local_msg(CKSM_LOCAL_ZAP);
 	const void *dup = NULL;
 	const char *why = NULL;
 	bool entered = false, ok;

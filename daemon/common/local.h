@@ -49,4 +49,18 @@ struct cksm_local {
 	uint64_t b;
 };
 
+/* A message of type with magic and version set, the rest zero. */
+struct cksm_local cksm_local_msg(uint16_t type);
+
+/* Send m (and pass_fd when >= 0); 0 or a negative errno. flags: MSG_*. */
+int cksm_local_send(int fd, const struct cksm_local *m, int pass_fd, int flags);
+
+/*
+ * Receive one message into m, a descriptor that came with it into
+ * *got_fd (-1 if none; extra ones are closed). Returns 0, a negative
+ * errno (-EAGAIN with MSG_DONTWAIT, -ECONNRESET at the end), or -EPROTO
+ * with *why naming what was wrong with the message.
+ */
+int cksm_local_recv(int fd, struct cksm_local *m, int *got_fd, int flags, const char **why);
+
 #endif

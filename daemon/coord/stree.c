@@ -697,12 +697,18 @@ void stree_dup_failed(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo)
 	}
 }
 
-int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
-	      const struct stree_dupref *dr, int32_t delta)
+/*
+ * Node node's references on dup dr of content (hi, lo) become count (capped
+ * so the dup's total stays within max_page_sharing when cap), or change
+ * by delta (refused past the bounds).
+ */
+static int ref_change(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+		      const struct stree_dupref *dr, bool set, uint32_t count, int32_t delta)
 {
 	struct entry *e = find(t, hi, lo);
 	int n = node_index(t, node), holder = node_index(t, dr->node);
 	struct sdup *d;
+	uint32_t mine, others;
 	int64_t now;
 	int rc;
 
@@ -711,11 +717,19 @@ int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 	d = find_dup(e, holder, dr->slot, dr->gen);
 	if (!d)
 		return -ENOENT;
-	now = (int64_t)count_of(d, (uint16_t)n) + delta;
-	if (now < 0)
-		return -ERANGE;
-	if ((int64_t)d->total + delta > (int64_t)t->p.max_page_sharing)
-		return -E2BIG;
+	mine = count_of(d, (uint16_t)n);
+	others = d->total - mine;
+	if (set) {
+		/* The node knows best; the total stays within max_page_sharing. */
+		now = count < t->p.max_page_sharing - others ? count
+							     : t->p.max_page_sharing - others;
+	} else {
+		now = (int64_t)mine + delta;
+		if (now < 0)
+			return -ERANGE;
+		if ((int64_t)others + now > (int64_t)t->p.max_page_sharing)
+			return -E2BIG;
+	}
 	rc = set_count(t, d, (uint16_t)n, (uint32_t)now);
 	if (rc)
 		return rc;
@@ -726,32 +740,16 @@ int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 	return 0;
 }
 
+int stree_ref(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
+	      const struct stree_dupref *dr, int32_t delta)
+{
+	return ref_change(t, node, hi, lo, dr, false, 0, delta);
+}
+
 int stree_ref_set(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 		  const struct stree_dupref *dr, uint32_t refs)
 {
-	struct entry *e = find(t, hi, lo);
-	int n = node_index(t, node), holder = node_index(t, dr->node);
-	struct sdup *d;
-	uint32_t others;
-	int rc;
-
-	if (!e || n < 0 || holder < 0)
-		return -ENOENT;
-	d = find_dup(e, holder, dr->slot, dr->gen);
-	if (!d)
-		return -ENOENT;
-	/* The node knows best; the dup's total stays within max_page_sharing. */
-	others = d->total - count_of(d, (uint16_t)n);
-	if (refs > t->p.max_page_sharing - others)
-		refs = t->p.max_page_sharing - others;
-	rc = set_count(t, d, (uint16_t)n, refs);
-	if (rc)
-		return rc;
-	if (d->total)
-		d->idle = 0;
-	if (needs_replica(t, e))
-		order_create(t, e);
-	return 0;
+	return ref_change(t, node, hi, lo, dr, true, refs, 0);
 }
 
 int stree_resync(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,

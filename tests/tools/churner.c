@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../bench/bench.h"
+
 #define PAGE 4096u
 
 static unsigned nthreads = 4, seconds = 10, quiet_ms = 1500, burst_pages, report_ms;
@@ -111,20 +113,6 @@ static void *worker(void *arg)
 		}
 	}
 	return NULL;
-}
-
-static long rss_kb(void)
-{
-	char line[256];
-	long kb = 0;
-	FILE *f = fopen("/proc/self/status", "r");
-
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return kb;
 }
 
 static uint64_t digest(const uint8_t *p, size_t len)

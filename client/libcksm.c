@@ -206,7 +206,8 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 
 		m.a = (uint64_t)(uintptr_t)addr;
 		m.b = len;
-		send_local(sock, &m, -1);
+		/* Never wait on the agent: a range not named is found later. */
+		cksm_local_send(sock, &m, -1, MSG_DONTWAIT);
 		errno = e;
 	}
 	return rc;

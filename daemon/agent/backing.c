@@ -69,8 +69,11 @@ struct mm {
 	bool merge_all;
 	uint64_t merge_min;
 	bool handshaken;
-	bool orphan; /* its connection closed while it lives: served, not evicted */
-	bool gone;   /* off the list */
+	bool hello_seen;  /* the handshake's first message came */
+	uint64_t born_ms; /* loop time of the connection */
+	struct mm *pnext; /* in the backing's pending list, until handshaken */
+	bool orphan;	  /* its connection closed while it lives: served, not evicted */
+	bool gone;	  /* off the list */
 	uv_poll_t poll;
 	bool polling;
 	pthread_mutex_t lock;
@@ -112,6 +115,8 @@ struct backing {
 
 	pthread_mutex_t lock; /* the list, the offers, stop */
 	struct mm *mms;
+	struct mm *pending; /* in the handshake (loop thread only) */
+	int npending;
 	int wake_fd; /* eventfd: the fault thread rebuilds its poll set */
 	bool stop;
 	bool stop_evicting;   /* the evictor takes no more offers */
@@ -120,7 +125,7 @@ struct backing {
 	bool threads;
 	pthread_cond_t offer_cond;
 	struct offer *offers;
-	size_t noffers;
+	size_t noffers, offer_head; /* a ring of OFFER_MAX */
 	uint64_t next_token;
 	struct {
 		uint64_t key; /* pid << 32 ^ page, 0 = empty */
@@ -624,6 +629,7 @@ static int local_recv(int fd, struct cksm_local *m, int *got_fd, const char **wh
 }
 
 static bool mm_exited(const struct mm *m);
+static void pending_del(struct backing *b, struct mm *m);
 
 static void on_closed(uv_handle_t *h)
 {
@@ -631,6 +637,7 @@ static void on_closed(uv_handle_t *h)
 
 	/* The socket closes with the last reference: an evictor may hold one. */
 	if (!m->handshaken) {
+		pending_del(m->b, m);
 		mm_put(m);
 	} else if (!m->b->stop && m->n && !mm_exited(m)) {
 		/* It closed the connection but lives (a daemon closing every
@@ -764,6 +771,24 @@ static void on_sock(uv_poll_t *h, int status, int events)
 		return;
 	}
 	while ((rc = local_recv(m->sock, &msg, &fd, &why)) == 0) {
+		if (!m->hello_seen) {
+			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_DEVFD);
+
+			if (fd >= 0)
+				close(fd);
+			if (msg.type != CKSM_LOCAL_HELLO) {
+				mm_end(m, "no hello");
+				return;
+			}
+			m->hello_seen = true;
+			m->merge_all = (msg.a & CKSM_LOCAL_MERGE_ALL) != 0;
+			m->merge_min = msg.b < PAGE ? PAGE : msg.b;
+			if (local_send(m->sock, &r, b->devfd) < 0) {
+				mm_end(m, "cannot send the descriptor");
+				return;
+			}
+			continue;
+		}
 		if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0) {
 			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
 
@@ -776,6 +801,7 @@ static void on_sock(uv_poll_t *h, int status, int events)
 				mm_end(m, why);
 				return;
 			}
+			pending_del(b, m);
 			m->handshaken = true;
 			local_send(m->sock, &r, -1);
 			log_info("process %d attached%s", (int)m->pid,
@@ -815,15 +841,32 @@ static void on_sock(uv_poll_t *h, int status, int events)
 		mm_end(m, rc == -ECONNRESET ? NULL : why ? why : strerror(-rc));
 }
 
+#define PENDING_MAX   64   /* connections still in the handshake */
+#define HELLO_WAIT_MS 5000 /* ... each for at most this long */
+
+/* A connection in the handshake is done with (loop thread). */
+static void pending_del(struct backing *b, struct mm *m)
+{
+	for (struct mm **p = &b->pending; *p; p = &(*p)->pnext)
+		if (*p == m) {
+			*p = m->pnext;
+			b->npending--;
+			return;
+		}
+}
+
+/*
+ * A new connection: its hello, the descriptor and the userfaultfd come
+ * through on_sock, without the loop ever waiting for them. At most
+ * PENDING_MAX at once, each given HELLO_WAIT_MS (on_ranges reaps).
+ */
 static void on_accept(uv_poll_t *h, int status, int events)
 {
 	struct backing *b = h->data;
-	struct cksm_local hello = cksm_local_msg(0), r = cksm_local_msg(CKSM_LOCAL_DEVFD);
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
-	const char *why;
 	struct mm *m;
-	int fd, extra = -1;
+	int fd;
 
 	(void)status;
 	(void)events;
@@ -834,35 +877,23 @@ static void on_accept(uv_poll_t *h, int status, int events)
 		close(fd);
 		return;
 	}
-	/* The hello comes right after connect; a peer that is slower is not
-	 * worth waiting for on the loop. */
-	{
-		struct pollfd p = { fd, POLLIN, 0 };
-
-		if (poll(&p, 1, 1000) != 1 || local_recv(fd, &hello, &extra, &why) ||
-		    hello.type != CKSM_LOCAL_HELLO) {
-			log_warn("process %d: no valid hello; not attached", (int)cred.pid);
-			if (extra >= 0)
-				close(extra);
-			close(fd);
-			return;
-		}
-		if (extra >= 0)
-			close(extra);
+	if (b->npending >= PENDING_MAX) {
+		log_warn("process %d: %d connections in the handshake already; refused",
+			 (int)cred.pid, PENDING_MAX);
+		close(fd);
+		return;
 	}
 	m = mm_new(b, fd, -1, cred.pid);
 	if (!m) {
 		close(fd);
 		return;
 	}
-	m->merge_all = (hello.a & CKSM_LOCAL_MERGE_ALL) != 0;
-	m->merge_min = hello.b < PAGE ? PAGE : hello.b;
+	m->born_ms = uv_now(b->loop);
+	m->pnext = b->pending;
+	b->pending = m;
+	b->npending++;
 	uv_poll_init(b->loop, &m->poll, fd);
 	m->poll.data = m;
-	if (local_send(fd, &r, b->devfd) < 0) {
-		uv_close((uv_handle_t *)&m->poll, on_closed);
-		return;
-	}
 	uv_poll_start(&m->poll, UV_READABLE | UV_DISCONNECT, on_sock);
 }
 
@@ -887,6 +918,13 @@ static void on_ranges(uv_timer_t *t)
 	struct backing *b = t->data;
 	struct mm *v[256];
 	size_t n = 0;
+
+	for (struct mm *m = b->pending, *next; m; m = next) {
+		next = m->pnext;
+		if (uv_now(b->loop) - m->born_ms > HELLO_WAIT_MS &&
+		    !uv_is_closing((uv_handle_t *)&m->poll))
+			mm_end(m, "no handshake within 5 s");
+	}
 
 	pthread_mutex_lock(&b->lock);
 	for (struct mm *m = b->mms; m && n < 256; m = m->next)
@@ -1424,7 +1462,7 @@ void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind 
 		return;
 	}
 	if (b->noffers < OFFER_MAX) {
-		struct offer *o = &b->offers[b->noffers++];
+		struct offer *o = &b->offers[(b->offer_head + b->noffers++) % OFFER_MAX];
 
 		o->pid = pid;
 		o->addr = addr;
@@ -1460,10 +1498,10 @@ bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const str
 		pthread_mutex_unlock(&b->lock);
 		return false;
 	}
-	b->offers[b->noffers++] = (struct offer){
+	b->offers[(b->offer_head + b->noffers++) % OFFER_MAX] = (struct offer){
 		.pid = pid, .kind = EVICT_REMOTE, .nrem = r.n, .addr = addr, .id = *id
 	};
-	memcpy(b->offers[b->noffers - 1].rem, r.rem, sizeof(r.rem));
+	memcpy(b->offers[(b->offer_head + b->noffers - 1) % OFFER_MAX].rem, r.rem, sizeof(r.rem));
 	pthread_cond_signal(&b->offer_cond);
 	pthread_mutex_unlock(&b->lock);
 	return true;
@@ -1694,8 +1732,9 @@ static void *evict_main(void *arg)
 			pthread_mutex_unlock(&b->lock);
 			break;
 		}
-		o = b->offers[0];
-		memmove(b->offers, b->offers + 1, --b->noffers * sizeof(*b->offers));
+		o = b->offers[b->offer_head];
+		b->offer_head = (b->offer_head + 1) % OFFER_MAX;
+		b->noffers--;
 		pthread_mutex_unlock(&b->lock);
 		/* At most evict_rate pages per second, in bursts of up to one
 		 * tenth of a second's worth. */
@@ -2018,6 +2057,11 @@ void backing_destroy(struct backing *b)
 	uv_close((uv_handle_t *)&b->lpoll, on_backing_closed);
 	uv_timer_stop(&b->ranges);
 	uv_close((uv_handle_t *)&b->ranges, NULL);
+	for (struct mm *p = b->pending; p; p = p->pnext)
+		if (!uv_is_closing((uv_handle_t *)&p->poll)) {
+			uv_poll_stop(&p->poll);
+			uv_close((uv_handle_t *)&p->poll, on_closed);
+		}
 	while ((m = b->mms)) {
 		b->mms = m->next;
 		m->handshaken = false; /* off the list: its close only drops it */

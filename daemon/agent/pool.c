@@ -77,7 +77,7 @@ static void idx_rebuild(struct pool *p)
 	memset(p->index, 0, p->icap * sizeof(*p->index));
 	p->igone = 0;
 	for (size_t k = 0; k < p->nslots; k++)
-		if (p->slots[k].live)
+		if (p->slots[k].live && p->slots[k].held)
 			idx_put(p, (uint32_t)k);
 }
 
@@ -296,6 +296,8 @@ int pool_release(struct pool *p, struct pool_ref ref)
 		s->held = false;
 		if (!s->refs)
 			slot_free(p, s);
+		else
+			idx_del(p, ref.slot); /* no new pages on a released dup */
 	}
 	pthread_mutex_unlock(&p->lock);
 	return rc;

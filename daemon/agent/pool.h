@@ -50,7 +50,7 @@ int pool_add(struct pool *p, const struct cid *id, const void *bytes, struct poo
  */
 const void *pool_page(struct pool *p, struct pool_ref ref, struct cid *id);
 
-/* A live slot holding content id (any one of them): 0 or -ENOENT. */
+/* A held slot holding content id (any one of them): 0 or -ENOENT. */
 int pool_find(struct pool *p, const struct cid *id, struct pool_ref *out);
 
 /*

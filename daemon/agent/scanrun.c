@@ -155,6 +155,13 @@ static void apply_answers(struct scanrun *r)
 void scanrun_attach(struct scanrun *r, pid_t pid, int scope)
 {
 	pthread_mutex_lock(&r->lock);
+	/* A process naming range after range changes nothing new. */
+	for (size_t i = 0; i < r->nchanges; i++)
+		if (r->changes[i].pid == pid && r->changes[i].scope == scope) {
+			pthread_cond_broadcast(&r->cond);
+			pthread_mutex_unlock(&r->lock);
+			return;
+		}
 	if (r->nchanges == r->changes_cap) {
 		size_t cap = r->changes_cap ? 2 * r->changes_cap : 16;
 		struct attach_change *v = realloc(r->changes, cap * sizeof(*v));

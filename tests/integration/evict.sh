@@ -8,7 +8,8 @@
 #  (d) madvise(MADV_DONTNEED) by the program reads zeroes, the rest intact;
 #  (e) exit releases everything: no process, no backed page, and the dups
 #      freed once the shard releases them;
-#  libcksm without an agent (or with CKSM_DISABLE=1) changes nothing;
+#  libcksm without an agent (or with CKSM_DISABLE=1) changes nothing, and
+#  garbage or silence on the agent's socket is dropped with a reason;
 #  (g) stressapptest (Debian's, unmodified, multi-threaded) passes its own
 #      memory checks with every mapping mergeable.
 # No page is ever lost: cksm_sigbus_total stays 0.
@@ -25,6 +26,14 @@ wait_for "the agent's socket" 10 test -S "$T/agent.sock"
 wait_for "registration" 10 log_has agent "registered with shard 0"
 export CKSM_SOCKET=$T/agent.sock
 m() { metric "$AMET" "$1"; }
+
+# Hostile local clients: garbage, and silence, on the agent's socket. Each
+# is dropped with a reason; the agent keeps serving.
+echo "not a cksm message" | socat - "UNIX-CONNECT:$T/agent.sock,type=5" >/dev/null 2>&1 || true
+sleep 7 | socat - "UNIX-CONNECT:$T/agent.sock,type=5" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_for "the garbage refused" 5 log_has agent "a message of the wrong size; detached"
+wait_for "the silent client dropped" 10 log_has agent "no handshake within 5 s; detached"
 
 # Without an agent libcksm does nothing: the program runs as without it.
 CKSM_SOCKET=$T/nobody.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-churner" --threads 2 --pages 256 \

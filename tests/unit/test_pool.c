@@ -49,7 +49,8 @@ static void lifecycle(void **state)
 	/* Three pages reference a; the coordinator releases it: it stays. */
 	assert_int_equal(pool_ref(p, ra, 3), 0);
 	assert_int_equal(pool_release(p, ra), 0);
-	assert_int_equal(pool_release(p, ra), -ESTALE); /* released already */
+	assert_int_equal(pool_release(p, ra), -ESTALE);	    /* released already */
+	assert_int_equal(pool_find(p, &ia, &rc2), -ENOENT); /* no new pages on it */
 	assert_int_equal(pool_free_slots(p), 0);
 	assert_int_equal(pool_add(p, &ib, b, &rc2), -ENOSPC);
 	assert_int_equal(pool_ref(p, ra, -4), -ERANGE);

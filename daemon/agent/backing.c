@@ -35,6 +35,17 @@
 #include "local.h"
 #include "log.h"
 
+/* Linux 6.6 and later; the build's headers may be older than the kernel. */
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+struct uffdio_poison {
+	struct uffdio_range range;
+	__u64 mode;
+	__s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
+#endif
+
 #define PAGE	      4096u
 #define OFFER_MAX     65536u /* pages waiting for the evictor */
 #define ZAP_WAIT_MS   2000   /* a process that does not answer a zap by then */
@@ -112,6 +123,7 @@ struct backing {
 	void (*detached)(void *arg, pid_t pid);
 	void *hook_arg;
 	uv_timer_t ranges; /* merge_all: register new mappings */
+	uint64_t features; /* UFFD features this kernel has, of those asked for */
 
 	pthread_mutex_t lock; /* the list, the offers, stop */
 	struct mm *mms;
@@ -675,12 +687,7 @@ static void mm_end(struct mm *m, const char *why)
 /* The userfaultfd the process made: handshake with every feature. */
 static const char *take_uffd(struct mm *m, int uffd)
 {
-	struct uffdio_api api = {
-		.api = UFFD_API,
-		.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
-			    UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
-			    UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID,
-	};
+	struct uffdio_api api = { .api = UFFD_API, .features = m->b->features };
 	int fl;
 
 	if (ioctl(uffd, UFFDIO_API, &api) < 0)
@@ -1104,10 +1111,16 @@ static int fetch(struct backing *b, struct transport *tr, const struct rdup *rem
 static void lost_page(struct mm *m, const struct uffd_msg *msg, uint64_t addr, const char *why)
 {
 	pid_t tid = (pid_t)msg->arg.pagefault.feat.ptid;
+	struct uffdio_poison p = { .range = { .start = addr, .len = PAGE } };
 
 	metric_inc(m->b->m_sigbus);
 	log_error("process %d thread %d: page %#llx cannot be brought back (%s): SIGBUS",
 		  (int)m->pid, (int)tid, (unsigned long long)addr, why);
+	/* Poisoned, the page gives SIGBUS to whichever thread touches it, in
+	 * any pid namespace. Without it (before Linux 6.6) the thread the
+	 * fault names is signalled, which is right in the agent's namespace. */
+	if ((m->b->features & UFFD_FEATURE_POISON) && ioctl(m->uffd, UFFDIO_POISON, &p) == 0)
+		return;
 	syscall(SYS_tkill, tid, SIGBUS);
 	uffd_wake(m->uffd, addr);
 }
@@ -1870,6 +1883,25 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 		log_error("cannot open /dev/userfaultfd: %s (processes cannot attach)",
 			  strerror(errno));
 		goto fail;
+	}
+	/* What this kernel offers, asked of a userfaultfd of our own. */
+	{
+		struct uffdio_api api = { .api = UFFD_API };
+		int probe = ioctl(b->devfd, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+		uint64_t want = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+				UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
+				UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID;
+
+		if (probe < 0 || ioctl(probe, UFFDIO_API, &api) < 0 ||
+		    (api.features & want) != want) {
+			log_error(
+				"this kernel's userfaultfd lacks events or write-protection (processes cannot attach)");
+			if (probe >= 0)
+				close(probe);
+			goto fail;
+		}
+		b->features = want | (api.features & UFFD_FEATURE_POISON);
+		close(probe);
 	}
 	b->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (b->wake_fd < 0)

@@ -3,7 +3,8 @@
 # dups; node B's process, holding the same contents, gets them backed by
 # A's dups (replicas = 1), and reads them back intact. A's dups stay while
 # B references them, even after A's own process is gone and across a
-# restart of the shard, and go once B's references go.
+# restart of the shard, and go once B's references go. With the only holder
+# gone, a backed page gives SIGBUS, never zeroes.
 source "$(dirname "$0")/lib.sh"
 
 LIB=$ROOT/build/libcksm.so
@@ -63,4 +64,25 @@ echo "node-b faults from node-a's pool: $(m b 'cksm_faults_total{source="remote"
 # The last references are gone: the shard releases A's dups and A frees them.
 wait_for "node-a's dups freed" 20 bash -c "[[ \$(curl -sf http://${MET[a]}/metrics | awk '\$1 == \"cksm_pool_dups\" { print \$2 }') == 0 ]]"
 [[ $(m a cksm_sigbus_total) == 0 && $(m b cksm_sigbus_total) == 0 ]] || fail "pages lost"
+
+# A page whose every copy is gone is never read as zeroes: with its only
+# holder stopped, touching it gives the process SIGBUS, logged and counted.
+CKSM_SOCKET=$T/a.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/a2.json" &
+PA2=$!
+PIDS+=($PA2)
+wait_for "node-a's second process evicted" 30 test -s "$T/a2.json"
+CKSM_SOCKET=$T/b.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/b2.json" &
+PB2=$!
+PIDS+=($PB2)
+wait_for "node-b's second process evicted" 30 test -s "$T/b2.json"
+[[ $(m b 'cksm_pages_backed{source="remote"}') -ge 100 ]] || fail "second round not backed remotely"
+kill -TERM $PA2
+wait $PA2 || fail "node-a's second process read wrong data"
+stop node-a
+kill -TERM $PB2
+rc=0; wait $PB2 || rc=$?
+[[ $rc == 135 ]] || fail "node-b's process touching a lost page: exit $rc, not SIGBUS (135): $(tail -1 "$T/b2.json")"
+[[ $(m b cksm_sigbus_total) -ge 1 ]] || fail "the lost page was not counted"
+log_has node-b "cannot be brought back" || fail "the lost page was not logged"
+echo "lost holder: node-b's process got SIGBUS; cksm_sigbus_total $(m b cksm_sigbus_total)"
 echo "ok"

@@ -25,6 +25,7 @@
 #include <sodium.h>
 
 #include "backing.h"
+#include "copier.h"
 #include "dial.h"
 #include "pool.h"
 #include "scanrun.h"
@@ -84,6 +85,7 @@ struct agent {
 	struct pool *pool;	 /* NULL: no pool on this node */
 	struct backing *backing; /* NULL: processes cannot attach */
 	struct listener *data;	 /* serves the pool to other nodes */
+	struct copier *copier;	 /* carries out DupCreate orders */
 	uint64_t refs_resent_ms; /* loop time all counts were last sent again */
 	uint32_t dup_idle_ms;	 /* the shortest of the shards' dup_idle_millisecs */
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
@@ -467,6 +469,67 @@ static int handle_decisions(struct agent_shard *s, struct conn *c, const Cksm__D
 	return b->last ? handle_answer(s, c, b) : 0;
 }
 
+/*
+ * DupCreate: copy a dup from one of the sources' pools (re-replication
+ * after a node's loss, or placement). The copier does it off the loop;
+ * copy_done answers the shard.
+ */
+static int copy_order(struct agent_shard *s, struct conn *c, const Cksm__DupCreate *o)
+{
+	struct agent *a = s->a;
+	struct copy_job j;
+
+	memset(&j, 0, sizeof(j));
+	j.shard = s->id;
+	j.id = (struct cid){ o->id_hi, o->id_lo };
+	j.domain = o->domain;
+	for (size_t i = 0; i < o->n_sources && j.nsrc < COPY_SOURCES; i++) {
+		const Cksm__DupRef *r = o->sources[i];
+
+		if (!r || r->slot > UINT32_MAX || !r->address || !r->address[0] ||
+		    strlen(r->address) >= DUP_ADDR_MAX || r->node_id == s->node_id)
+			continue;
+		j.src[j.nsrc] =
+			(struct dup_loc){ r->node_id, (uint32_t)r->slot, r->generation, "" };
+		snprintf(j.src[j.nsrc].addr, sizeof(j.src[j.nsrc].addr), "%s", r->address);
+		j.nsrc++;
+	}
+	if (!a->copier)
+		return dup_answer(c, o->id_hi, o->id_lo, o->domain, NULL,
+				  a->pool ? "no data transport on this node"
+					  : "no page pool on this node");
+	if (!j.nsrc)
+		return dup_answer(c, o->id_hi, o->id_lo, o->domain, NULL,
+				  "no source with a data address");
+	if (!copier_push(a->copier, &j))
+		return dup_answer(c, o->id_hi, o->id_lo, o->domain, NULL,
+				  "too many copies under way");
+	return 0;
+}
+
+/* Loop thread: a copy is done; the shard that ordered it learns how. */
+static void copy_done(void *arg, const struct copy_job *j)
+{
+	struct agent *a = arg;
+	struct agent_shard *s = &a->shards[j->shard];
+	struct conn *c = dialer_conn(s->dialer);
+	Cksm__DupRef ref = CKSM__DUP_REF__INIT;
+
+	if (!c || !s->registered) {
+		if (j->ok) /* nobody will know of it: give the slot back */
+			pool_release(a->pool, j->ref);
+		return;
+	}
+	ref.node_id = s->node_id;
+	ref.slot = j->ref.slot;
+	ref.generation = j->ref.gen;
+	if (j->ok)
+		log_info("copied a dup of content %016llx%016llx into slot %u/%u",
+			 (unsigned long long)j->id.hi, (unsigned long long)j->id.lo, j->ref.slot,
+			 j->ref.gen);
+	dup_answer(c, j->id.hi, j->id.lo, j->domain, j->ok ? &ref : NULL, j->why);
+}
+
 /* The shard lets go of a dup here: freed once no page of ours uses it. */
 static int release_dup(struct agent_shard *s, struct conn *c, const Cksm__DupRelease *r)
 {
@@ -503,11 +566,8 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 			return conn_fail(c, -EPROTO, "decisions before register ack");
 		return handle_decisions(s, c, m->decisions);
 	case CKSM__MSG__BODY_DUP_CREATE:
-		/* A re-replication order: the copy comes from a source's pool
-		 * over a data transport, which this node does not have yet. */
 		metric_inc(s->a->m_orders);
-		return dup_answer(c, m->dup_create->id_hi, m->dup_create->id_lo,
-				  m->dup_create->domain, NULL, "no data transport on this node");
+		return copy_order(s, c, m->dup_create);
 	case CKSM__MSG__BODY_DUP_RELEASE:
 		metric_inc(s->a->m_orders);
 		return release_dup(s, c, m->dup_release);
@@ -797,6 +857,8 @@ static void agent_stop(struct runtime *rt)
 	uv_close((uv_handle_t *)&a->hb, NULL);
 	scanrun_destroy(a->scan);
 	a->scan = NULL;
+	copier_destroy(a->copier);
+	a->copier = NULL;
 	backing_destroy(a->backing);
 	a->backing = NULL;
 	listener_destroy(a->data);
@@ -907,6 +969,10 @@ static int start_backing(struct agent *a)
 	if (!a->backing)
 		return 0;
 	backing_set_hooks(a->backing, on_attached, on_detached, a);
+	a->copier = copier_create(cfg, &a->rt.loop, a->pool, a->domains, &a->rt.key, cfg->node_name,
+				  copy_done, a);
+	if (!a->copier)
+		log_warn("no copier: this node cannot carry out DupCreate orders");
 	scanrun_set_backing(a->scan, a->backing, a->pool);
 	return 0;
 }

@@ -1,0 +1,184 @@
+/*
+ * copier - see copier.h.
+ */
+#include "copier.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define JOBS 1024
+
+struct copier {
+	const struct config *cfg;
+	struct pool *pool;
+	const struct cid_domain *domains;
+	struct transport *tr;
+	void (*done)(void *arg, const struct copy_job *j);
+	void *arg;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool stop;
+	struct copy_job todo[JOBS], out[JOBS];
+	size_t ntodo, todo_head, nout;
+	uv_async_t async;
+};
+
+static int domain_index(const struct config *cfg, uint8_t id)
+{
+	for (unsigned i = 0; i < cfg->ndomains; i++)
+		if (cfg->domains[i].id == id)
+			return (int)i;
+	return -1;
+}
+
+static void copy_one(struct copier *c, struct copy_job *j)
+{
+	static uint8_t page[POOL_SLOT] __attribute__((aligned(POOL_SLOT)));
+	int d = domain_index(c->cfg, cid_domain_of(j->id));
+
+	j->ok = false;
+	j->why = "no source answered with the content's bytes";
+	if (d < 0) {
+		j->why = "a domain this node does not know";
+		return;
+	}
+	for (unsigned i = 0; i < j->nsrc; i++) {
+		struct cid got;
+
+		if (!j->src[i].addr[0] || c->tr->ops->read(c->tr, &j->src[i], page))
+			continue;
+		got = cid_of(&c->domains[d], page);
+		if (got.hi != j->id.hi || got.lo != j->id.lo) {
+			log_warn("node %u slot %u/%u: bytes that are not the content ordered",
+				 j->src[i].node, j->src[i].slot, j->src[i].gen);
+			continue;
+		}
+		if (pool_add(c->pool, &j->id, page, &j->ref)) {
+			j->why = "the page pool is full";
+			return;
+		}
+		j->ok = true;
+		j->why = NULL;
+		return;
+	}
+}
+
+static void *copier_main(void *arg)
+{
+	struct copier *c = arg;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		struct copy_job j;
+
+		while (!c->stop && !c->ntodo)
+			pthread_cond_wait(&c->cond, &c->lock);
+		if (c->stop)
+			break;
+		j = c->todo[c->todo_head];
+		c->todo_head = (c->todo_head + 1) % JOBS;
+		c->ntodo--;
+		pthread_mutex_unlock(&c->lock);
+		copy_one(c, &j);
+		pthread_mutex_lock(&c->lock);
+		while (c->nout == JOBS && !c->stop) /* the loop is behind: wait for it */
+			pthread_cond_wait(&c->cond, &c->lock);
+		if (c->stop)
+			break;
+		c->out[c->nout++] = j;
+		uv_async_send(&c->async);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+static void on_done(uv_async_t *h)
+{
+	struct copier *c = h->data;
+	static struct copy_job got[JOBS];
+	size_t n;
+
+	pthread_mutex_lock(&c->lock);
+	n = c->nout;
+	memcpy(got, c->out, n * sizeof(*got));
+	c->nout = 0;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	for (size_t i = 0; i < n; i++)
+		c->done(c->arg, &got[i]);
+}
+
+bool copier_push(struct copier *c, const struct copy_job *j)
+{
+	bool ok;
+
+	pthread_mutex_lock(&c->lock);
+	ok = c->ntodo < JOBS;
+	if (ok) {
+		c->todo[(c->todo_head + c->ntodo++) % JOBS] = *j;
+		pthread_cond_broadcast(&c->cond);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return ok;
+}
+
+struct copier *copier_create(const struct config *cfg, uv_loop_t *loop, struct pool *pool,
+			     const struct cid_domain *domains, const struct auth_key *key,
+			     const char *name, void (*done)(void *arg, const struct copy_job *j),
+			     void *arg)
+{
+	struct copier *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->cfg = cfg;
+	c->pool = pool;
+	c->domains = domains;
+	c->done = done;
+	c->arg = arg;
+	c->tr = tcp_transport_create(key, name, 2000);
+	if (!c->tr) {
+		free(c);
+		return NULL;
+	}
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cond, NULL);
+	uv_async_init(loop, &c->async, on_done);
+	c->async.data = c;
+	if (pthread_create(&c->thread, NULL, copier_main, c)) {
+		uv_close((uv_handle_t *)&c->async, NULL);
+		c->tr->ops->destroy(c->tr);
+		pthread_mutex_destroy(&c->lock);
+		pthread_cond_destroy(&c->cond);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+	struct copier *c = h->data;
+
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->cond);
+	free(c);
+}
+
+void copier_destroy(struct copier *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	c->stop = true;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	pthread_join(c->thread, NULL);
+	c->tr->ops->destroy(c->tr);
+	uv_close((uv_handle_t *)&c->async, on_closed);
+}

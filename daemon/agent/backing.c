@@ -635,9 +635,9 @@ static int local_send(int fd, const struct cksm_local *m, int pass_fd)
 }
 
 /* One message; 0, -EAGAIN, or another error (the connection is done). */
-static int local_recv(int fd, struct cksm_local *m, int *got_fd, const char **why)
+static int local_recv(int fd, struct cksm_local *m, int *got_fd, const char **why, int *sender)
 {
-	return cksm_local_recv(fd, m, got_fd, MSG_DONTWAIT, why);
+	return cksm_local_recv_from(fd, m, got_fd, MSG_DONTWAIT, why, sender);
 }
 
 static bool mm_exited(const struct mm *m);
@@ -770,14 +770,14 @@ static void on_sock(uv_poll_t *h, int status, int events)
 	struct backing *b = m->b;
 	struct cksm_local msg = cksm_local_msg(0);
 	const char *why;
-	int fd, rc;
+	int fd, rc, sender = 0;
 
 	(void)events;
 	if (status < 0) {
 		mm_end(m, "socket error");
 		return;
 	}
-	while ((rc = local_recv(m->sock, &msg, &fd, &why)) == 0) {
+	while ((rc = local_recv(m->sock, &msg, &fd, &why, &sender)) == 0) {
 		if (!m->hello_seen) {
 			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_DEVFD);
 
@@ -799,7 +799,9 @@ static void on_sock(uv_poll_t *h, int status, int events)
 		if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0) {
 			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
 
-			why = fd < 0 ? "UFFD without a descriptor" : take_uffd(m, fd);
+			why = fd < 0		 ? "UFFD without a descriptor"
+			      : sender != m->pid ? "a userfaultfd sent by another process"
+						 : take_uffd(m, fd);
 			if (why) {
 				if (fd >= 0)
 					close(fd);
@@ -887,6 +889,12 @@ static void on_accept(uv_poll_t *h, int status, int events)
 	if (b->npending >= PENDING_MAX) {
 		log_warn("process %d: %d connections in the handshake already; refused",
 			 (int)cred.pid, PENDING_MAX);
+		close(fd);
+		return;
+	}
+	/* The kernel names the sender of every message: the userfaultfd must
+	 * come from the process that connected, not from a child of it. */
+	if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &(int){ 1 }, sizeof(int)) < 0) {
 		close(fd);
 		return;
 	}

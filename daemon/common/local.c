@@ -53,8 +53,16 @@ int cksm_local_send(int fd, const struct cksm_local *m, int pass_fd, int flags)
 
 int cksm_local_recv(int fd, struct cksm_local *m, int *got_fd, int flags, const char **why)
 {
+	int sender;
+
+	return cksm_local_recv_from(fd, m, got_fd, flags, why, &sender);
+}
+
+int cksm_local_recv_from(int fd, struct cksm_local *m, int *got_fd, int flags, const char **why,
+			 int *sender)
+{
 	union {
-		char buf[CMSG_SPACE(sizeof(int) * 4)];
+		char buf[CMSG_SPACE(sizeof(int) * 4) + CMSG_SPACE(sizeof(struct ucred))];
 		struct cmsghdr align;
 	} u;
 	struct iovec iov = { m, sizeof(*m) };
@@ -64,6 +72,7 @@ int cksm_local_recv(int fd, struct cksm_local *m, int *got_fd, int flags, const 
 	memset(m, 0, sizeof(*m));
 	*got_fd = -1;
 	*why = NULL;
+	*sender = 0;
 	mh.msg_control = u.buf;
 	mh.msg_controllen = sizeof(u.buf);
 	do
@@ -71,7 +80,14 @@ int cksm_local_recv(int fd, struct cksm_local *m, int *got_fd, int flags, const 
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(struct ucred))) {
+			struct ucred cr;
+
+			memcpy(&cr, CMSG_DATA(c), sizeof(cr));
+			*sender = cr.pid;
+		}
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
 			size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 
@@ -85,6 +101,7 @@ int cksm_local_recv(int fd, struct cksm_local *m, int *got_fd, int flags, const 
 					close(f); /* one descriptor per message at most */
 			}
 		}
+	}
 	if (n == 0)
 		return -ECONNRESET;
 	if (n != (ssize_t)sizeof(*m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))

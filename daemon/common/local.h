@@ -63,4 +63,11 @@ int cksm_local_send(int fd, const struct cksm_local *m, int pass_fd, int flags);
  */
 int cksm_local_recv(int fd, struct cksm_local *m, int *got_fd, int flags, const char **why);
 
+/*
+ * The same, also giving the sender's pid as the kernel vouches for it
+ * (SO_PASSCRED set on fd), or 0 when none came.
+ */
+int cksm_local_recv_from(int fd, struct cksm_local *m, int *got_fd, int flags, const char **why,
+			 int *sender);
+
 #endif

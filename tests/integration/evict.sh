@@ -9,7 +9,8 @@
 #  (e) exit releases everything: no process, no backed page, and the dups
 #      freed once the shard releases them;
 #  libcksm without an agent (or with CKSM_DISABLE=1) changes nothing, and
-#  garbage or silence on the agent's socket is dropped with a reason;
+#  garbage or silence on the agent's socket is dropped with a reason, and
+#  a userfaultfd sent by another process than the one that connected too;
 #  (g) stressapptest (Debian's, unmodified, multi-threaded) passes its own
 #      memory checks with every mapping mergeable.
 # No page is ever lost: cksm_sigbus_total stays 0.
@@ -34,6 +35,9 @@ sleep 7 | socat - "UNIX-CONNECT:$T/agent.sock,type=5" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_for "the garbage refused" 5 log_has agent "a message of the wrong size; detached"
 wait_for "the silent client dropped" 10 log_has agent "no handshake within 5 s; detached"
+# A userfaultfd sent by a child of the process that connected is refused.
+"$PEER" "$T/agent.sock" - uffd-child || fail "a child's userfaultfd"
+wait_for "the child's userfaultfd logged" 5 log_has agent "a userfaultfd sent by another process"
 
 # Without an agent libcksm does nothing: the program runs as without it.
 CKSM_SOCKET=$T/nobody.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-churner" --threads 2 --pages 256 \

@@ -24,8 +24,16 @@
  *               with an Error while the connection keeps serving
  *   stats       ask for per-node stats, print the cluster counters and
  *               the number of matrix cells
+ *   uffd-child  ADDR is an agent's local socket: a child of the process
+ *               that said hello sends the userfaultfd; must be refused
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <linux/userfaultfd.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +41,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "local.h"
 #include "sconn.h"
 #include "wire.h"
 
@@ -352,6 +361,44 @@ static int mode_stats(void)
 	return 0;
 }
 
+/*
+ * uffd-child: on an agent's local socket (ADDR is its path), a process
+ * says hello, gets the /dev/userfaultfd descriptor, and lets a child of
+ * it send the userfaultfd: the agent must refuse it (the READY carries an
+ * error, or the connection closes) and attach nobody.
+ */
+static int mode_uffd_child(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_HELLO);
+	const char *why;
+	int fd, devfd = -1, st, rc;
+	pid_t c;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", addr);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    cksm_local_send(fd, &m, -1, 0) || cksm_local_recv(fd, &m, &devfd, 0, &why) ||
+	    m.type != CKSM_LOCAL_DEVFD || devfd < 0)
+		return fail("no descriptor from the agent");
+	c = fork();
+	if (c == 0) {
+		int uffd = ioctl(devfd, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+		struct cksm_local u = cksm_local_msg(CKSM_LOCAL_UFFD);
+
+		_exit(uffd < 0 || cksm_local_send(fd, &u, uffd, 0) ? 1 : 0);
+	}
+	if (c < 0 || waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st))
+		return fail("the child could not send its userfaultfd");
+	rc = cksm_local_recv(fd, &m, &devfd, 0, &why);
+	if (rc == 0 && m.type == CKSM_LOCAL_READY && m.status == 0)
+		return fail("the agent took a userfaultfd from another process");
+	printf("testpeer: a child's userfaultfd refused (%s)\n",
+	       rc ? "connection closed" : "READY with an error");
+	close(fd);
+	return 0;
+}
+
 static int mode_hold(void)
 {
 	char err[256];
@@ -370,11 +417,12 @@ int main(int argc, char **argv)
 		const char *name;
 		int (*fn)(void);
 	} modes[] = {
-		{ "status", mode_status },	 { "wrong-key", mode_wrong_key },
-		{ "oversized", mode_oversized }, { "garbage", mode_garbage },
-		{ "malformed", mode_malformed }, { "replay", mode_replay },
-		{ "half-open", mode_half_open }, { "hold", mode_hold },
-		{ "forged", mode_forged },	 { "stats", mode_stats },
+		{ "status", mode_status },	   { "wrong-key", mode_wrong_key },
+		{ "oversized", mode_oversized },   { "garbage", mode_garbage },
+		{ "malformed", mode_malformed },   { "replay", mode_replay },
+		{ "half-open", mode_half_open },   { "hold", mode_hold },
+		{ "forged", mode_forged },	   { "stats", mode_stats },
+		{ "uffd-child", mode_uffd_child },
 	};
 	char err[512];
 
@@ -383,6 +431,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	addr = argv[1];
+	if (strcmp(argv[3], "uffd-child") == 0) /* no key: a local socket */
+		return mode_uffd_child();
 	if (auth_init() || auth_key_load(&key, argv[2], err, sizeof(err))) {
 		fprintf(stderr, "testpeer: %s\n", err);
 		return 2;

@@ -166,6 +166,7 @@ install: all
 	install -D -m 0755 $(B)/cksmctl $(DESTDIR)$(PREFIX)/bin/cksmctl
 	install -D -m 0755 $(B)/libcksm.so $(DESTDIR)$(PREFIX)/lib/libcksm.so
 	install -D -m 0644 deploy/cksmctl.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/cksmctl
+	install -D -m 0644 deploy/cksm-alerts.yml $(DESTDIR)$(PREFIX)/share/cksm/cksm-alerts.yml
 	for u in $(UNITS); do \
 		sed 's|/usr/local|$(PREFIX)|g' deploy/$$u >$(B)/$$u && \
 		install -D -m 0644 $(B)/$$u $(DESTDIR)/etc/systemd/system/$$u || exit 1; done

@@ -18,4 +18,6 @@ grep -q '^Type=notify' "$ROOT/deploy/cksm-agent.service" || fail "agent unit is 
 "$CKSMD" --gen-key "$T/cluster.key"
 sed "s|^key_file = .*|key_file = $T/cluster.key|" "$ROOT/deploy/cksm.conf" >"$T/cksm.conf"
 "$CKSMD" -c "$T/cksm.conf" --check-config --role coord --shard 0 || fail "example config invalid"
+# The alerting rules shipped beside them load in Prometheus.
+promtool check rules "$ROOT/deploy/cksm-alerts.yml" || fail "promtool rejects deploy/cksm-alerts.yml"
 echo "ok"

@@ -86,7 +86,6 @@ struct mm {
 	bool orphan;	  /* its connection closed while it lives: served, not evicted */
 	bool gone;	  /* off the list */
 	uv_poll_t poll;
-	bool polling;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct bentry *tab; /* open addressing, linear probing */
@@ -200,7 +199,11 @@ static uint64_t now_ns(void)
 
 /* ---- reference changes for the coordinator --------------------------------- */
 
-static void ref_changed(struct backing *b, struct pool_ref ref, const struct cid *id, int32_t d)
+/*
+ * This node's references on one of its own slots changed: mark it, to send
+ * the slot's count (pool_refs) at the next flush.
+ */
+static void ref_changed(struct backing *b, struct pool_ref ref, const struct cid *id)
 {
 	int32_t pos;
 
@@ -211,12 +214,9 @@ static void ref_changed(struct backing *b, struct pool_ref ref, const struct cid
 	if (pos && b->refs[pos - 1].ref.gen != ref.gen)
 		pos = 0; /* an older generation's change: keep both */
 	if (!pos && b->nrefs < pool_slots(b->pool)) {
-		b->refs[b->nrefs] = (struct backing_ref){ ref, *id, 0 };
-		pos = (int32_t)++b->nrefs;
-		b->ref_pos[ref.slot] = pos;
+		b->refs[b->nrefs] = (struct backing_ref){ ref, *id, 0, 0 };
+		b->ref_pos[ref.slot] = (int32_t)++b->nrefs;
 	}
-	if (pos)
-		b->refs[pos - 1].delta += d;
 	pthread_mutex_unlock(&b->refs_lock);
 }
 
@@ -327,7 +327,7 @@ static void rref_changed(struct backing *b, const struct rdup *r, const struct c
 void backing_refs_unsent(struct backing *b, const struct backing_ref *r)
 {
 	if (!r->node) {
-		ref_changed(b, r->ref, &r->id, 0);
+		ref_changed(b, r->ref, &r->id);
 		return;
 	}
 	pthread_mutex_lock(&b->refs_lock);
@@ -345,7 +345,7 @@ static void mark_slot(void *arg, struct pool_ref ref, const struct cid *id, bool
 		      uint32_t refs)
 {
 	if (held || refs)
-		ref_changed(arg, ref, id, 0);
+		ref_changed(arg, ref, id);
 }
 
 void backing_refs_all_dirty(struct backing *b)
@@ -379,7 +379,6 @@ size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max)
 		if (r->dirty) {
 			out[n++] = (struct backing_ref){ { r->d.slot, r->d.gen },
 							 r->id,
-							 0,
 							 r->d.node,
 							 (uint32_t)(r->count > 0 ? r->count : 0) };
 			r->dirty = false;
@@ -487,7 +486,7 @@ static void entry_release(struct mm *m, struct bentry *e)
 
 	if (e->kind == B_POOL) {
 		pool_ref(b->pool, e->ref, -1);
-		ref_changed(b, e->ref, &e->id, -1);
+		ref_changed(b, e->ref, &e->id);
 		metric_gauge_add(b->m_backed_local, -1);
 	} else if (e->kind == B_REMOTE) {
 		rref_changed(b, &e->rem[0], &e->id, -1);
@@ -1247,13 +1246,13 @@ static void on_fork(struct mm *m, int ufd)
 		if (e->kind == B_POOL && pool_ref(b->pool, e->ref, 1))
 			continue;
 		if (e->kind == B_POOL)
-			ref_changed(b, e->ref, &e->id, 1);
+			ref_changed(b, e->ref, &e->id);
 		else if (e->kind == B_REMOTE)
 			rref_changed(b, &e->rem[0], &e->id, 1);
 		if (tab_put(c, e)) {
 			if (e->kind == B_POOL) {
 				pool_ref(b->pool, e->ref, -1);
-				ref_changed(b, e->ref, &e->id, -1);
+				ref_changed(b, e->ref, &e->id);
 			} else if (e->kind == B_REMOTE) {
 				rref_changed(b, &e->rem[0], &e->id, -1);
 			}
@@ -1557,7 +1556,7 @@ static bool wait_for(struct mm *m, bool (*cond_fn)(const struct mm *), unsigned 
 static void entry_counted(struct backing *b, const struct bentry *e)
 {
 	if (e->kind == B_POOL)
-		ref_changed(b, e->ref, &e->id, 1);
+		ref_changed(b, e->ref, &e->id);
 	else if (e->kind == B_REMOTE)
 		rref_changed(b, &e->rem[0], &e->id, 1);
 	metric_gauge_add(e->kind == B_POOL     ? b->m_backed_local

@@ -77,7 +77,6 @@ void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind 
 struct backing_ref {
 	struct pool_ref ref;
 	struct cid id;
-	int32_t delta;
 	uint32_t node;
 	uint32_t count;
 };

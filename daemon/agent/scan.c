@@ -328,7 +328,9 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	s->census_cur[p->domain].stable++;
 	hll_add(&s->census_cur[p->domain].h, csum);
 	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen) {
-		if (p->attached && s->evict && age >= s->cfg->evict_age) {
+		/* Only a content with another copy can have a dup to go to:
+		 * unique pages are not hashed again on every pass. */
+		if (p->attached && s->evict && age >= s->cfg->evict_age && (meta & M_SHARED)) {
 			pg.again = true;
 			pg.id = cid_of(&s->domains[p->domain], bytes);
 			s->evict(s->evict_arg, &pg, false);

@@ -18,10 +18,15 @@
  * private anonymous mapping of at least CKSM_MERGE_MIN bytes (default
  * 1 MiB), found by the agent.
  *
- * Without an agent, or with CKSM_DISABLE=1, it does nothing at all. In a
- * forked child the inherited connection is the parent's: the child closes
- * its copy; its pages are served through the userfaultfd the fork event
- * gave the agent.
+ * Without an agent, or with CKSM_DISABLE=1, it does nothing at all.
+ *
+ * A forked child (without exec) is served from the start through the
+ * userfaultfd the fork event gave the agent; the inherited connection is
+ * the parent's, and the child closes its copy. It then attaches again, on
+ * a thread of its own, so that its pages can be evicted too: the agent
+ * tells it a page of the beacon (a small read-only mapping made at
+ * attach, never written) to drop and read, and the fault that read
+ * causes tells the agent which userfaultfd is this child's (local.h).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -45,9 +50,29 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* Set by the thread that attaches; read by madvise() in any thread. */
 static int sock = -1;
 static pid_t attached_pid;
+static struct cksm_local hello; /* as sent at attach, for the children */
+static volatile uint8_t *beacon;
 static int (*real_madvise)(void *, size_t, int);
+
+static int sock_get(void)
+{
+	return __atomic_load_n(&sock, __ATOMIC_ACQUIRE);
+}
+
+static bool attached_here(void)
+{
+	return sock_get() >= 0 && __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE) == getpid();
+}
+
+/* The service thread takes over fd: from now on this process is attached. */
+static void attached(int fd)
+{
+	__atomic_store_n(&attached_pid, getpid(), __ATOMIC_RELEASE);
+	__atomic_store_n(&sock, fd, __ATOMIC_RELEASE);
+}
 
 static int send_local(int fd, const struct cksm_local *m, int pass_fd)
 {
@@ -87,14 +112,97 @@ static void *serve(void *arg)
 	return NULL;
 }
 
-static void detach_child(void)
+/* A thread that takes no signal of the program's, running fn(arg). */
+static int start_thread(void *(*fn)(void *), void *arg)
 {
+	sigset_t all, old;
+	pthread_attr_t at;
+	pthread_t t;
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&at, 64 << 10);
+	rc = pthread_create(&t, &at, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&at);
+	return rc;
+}
+
+static int connect_agent(void)
+{
+	const char *path = getenv("CKSM_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct timeval tv = { 2, 0 };
+	int fd;
+
+	if (!path || !*path)
+		path = CKSM_LOCAL_SOCKET;
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -1;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/* The requests of the agent come without a deadline once attached. */
+static void no_timeout(int fd)
+{
+	struct timeval tv = { 0, 0 };
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+/* A forked child's thread: attach again, then serve. */
+static void *reattach(void *arg)
+{
+	struct cksm_local m = hello;
+	int fd = connect_agent(), extra = -1;
+
+	(void)arg;
+	if (fd < 0)
+		return NULL;
+	m.a |= CKSM_LOCAL_FORKED;
+	if (send_local(fd, &m, -1) || recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_BEACON ||
+	    m.a >= CKSM_LOCAL_BEACON_PAGES)
+		goto fail;
+	/* Dropped first: the page may be there already, from a parent's own
+	 * re-attach; the read must fault. */
+	real_madvise((void *)(beacon + m.a * 4096), 4096, MADV_DONTNEED);
+	(void)beacon[m.a * 4096];
+	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status)
+		goto fail;
+	no_timeout(fd);
+	attached(fd);
+	return serve((void *)(intptr_t)fd);
+fail:
+	if (extra >= 0)
+		close(extra);
+	close(fd);
+	return NULL;
+}
+
+static void on_fork_child(void)
+{
+	int fd = sock_get();
+
 	/* The connection belongs to the parent; so do its service thread and
 	 * the agent's view of it. */
-	if (sock >= 0 && getpid() != attached_pid) {
-		close(sock);
-		sock = -1;
-	}
+	if (fd < 0 || getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
+		return;
+	__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
+	close(fd);
+	if (beacon)
+		start_thread(reattach, NULL);
 }
 
 static size_t env_size(const char *name, size_t dflt)
@@ -111,29 +219,25 @@ static size_t env_size(const char *name, size_t dflt)
 
 static void attach(void)
 {
-	const char *path = getenv("CKSM_SOCKET");
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct timeval tv = { 2, 0 };
 	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_HELLO);
-	sigset_t all, old;
-	pthread_attr_t at;
-	pthread_t t;
-	int fd, devfd = -1, uffd = -1, extra;
+	int fd, devfd = -1, uffd = -1, extra = -1;
+	void *bp;
 
-	if (!path || !*path)
-		path = CKSM_LOCAL_SOCKET;
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return;
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	fd = connect_agent();
 	if (fd < 0)
 		return;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		goto fail;
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	if (getenv("CKSM_MERGE_ALL") && !strcmp(getenv("CKSM_MERGE_ALL"), "1"))
 		m.a = CKSM_LOCAL_MERGE_ALL;
 	m.b = env_size("CKSM_MERGE_MIN", 1u << 20);
+	/* Read-only and never written: no memory, and no merging with the
+	 * program's own mappings. */
+	bp = mmap(NULL, CKSM_LOCAL_BEACON_PAGES * 4096, PROT_READ,
+		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (bp != MAP_FAILED) {
+		beacon = bp;
+		m.token = (uint64_t)(uintptr_t)bp;
+	}
+	hello = m;
 	if (send_local(fd, &m, -1) || recv_local(fd, &m, &devfd) || m.type != CKSM_LOCAL_DEVFD ||
 	    m.status || devfd < 0)
 		goto fail;
@@ -147,31 +251,19 @@ static void attach(void)
 		goto fail;
 	close(uffd); /* the agent holds it now */
 	uffd = -1;
-	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status) {
-		if (extra >= 0)
-			close(extra);
+	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status)
 		goto fail;
-	}
-	tv.tv_sec = 0;
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	/* The service thread takes no signal of the program's. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	pthread_attr_init(&at);
-	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&at, 64 << 10);
-	if (pthread_create(&t, &at, serve, (void *)(intptr_t)fd)) {
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
-		pthread_attr_destroy(&at);
+	no_timeout(fd);
+	if (start_thread(serve, (void *)(intptr_t)fd))
 		goto fail;
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_attr_destroy(&at);
-	attached_pid = getpid();
-	sock = fd;
-	pthread_atfork(NULL, NULL, detach_child);
+	attached(fd);
+	pthread_atfork(NULL, NULL, on_fork_child);
 	return;
 fail:
+	if (extra >= 0)
+		close(extra);
+	if (devfd >= 0)
+		close(devfd);
 	if (uffd >= 0)
 		close(uffd);
 	close(fd);
@@ -200,14 +292,14 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		}
 	}
 	rc = real_madvise(addr, len, advice);
-	if (rc == 0 && advice == MADV_MERGEABLE && sock >= 0 && getpid() == attached_pid) {
+	if (rc == 0 && advice == MADV_MERGEABLE && attached_here()) {
 		struct cksm_local m = cksm_local_msg(CKSM_LOCAL_RANGE);
 		int e = errno;
 
 		m.a = (uint64_t)(uintptr_t)addr;
 		m.b = len;
 		/* Never wait on the agent: a range not named is found later. */
-		cksm_local_send(sock, &m, -1, MSG_DONTWAIT);
+		cksm_local_send(sock_get(), &m, -1, MSG_DONTWAIT);
 		errno = e;
 	}
 	return rc;

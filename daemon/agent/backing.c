@@ -12,6 +12,7 @@
  */
 #include "backing.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -76,7 +77,11 @@ struct mm {
 	atomic_int refs;
 	int sock; /* -1: a fork child's, with no libcksm connection */
 	int uffd;
-	pid_t pid; /* 0 for a fork child */
+	pid_t pid;	 /* 0 for a fork child until it re-attaches */
+	pid_t parent;	 /* a fork child's: who forked it (0 if not known) */
+	uint64_t beacon; /* the process's beacon mapping (local.h), 0 if none */
+	int beacon_idx;	 /* a re-attaching connection's beacon page, -1 if none */
+	bool claimed;	 /* a fork child's mm paired with a connection (b->lock) */
 	bool merge_all;
 	uint64_t merge_min;
 	bool handshaken;
@@ -124,9 +129,17 @@ struct backing {
 	uv_timer_t ranges; /* merge_all: register new mappings */
 	uint64_t features; /* UFFD features this kernel has, of those asked for */
 
-	pthread_mutex_t lock; /* the list, the offers, stop */
+	pthread_mutex_t lock; /* the list, the offers, stop, re-attaches */
 	struct mm *mms;
-	struct mm *pending; /* in the handshake (loop thread only) */
+	struct reattach {
+		struct mm *conn;  /* a forked child's connection, NULL if free */
+		uint64_t addr;	  /* the beacon page it was told to read */
+		struct mm *found; /* the fork child's mm that faulted there (a ref) */
+	} reattach[CKSM_LOCAL_BEACON_PAGES];
+	unsigned reattach_next;
+	atomic_uint reattaching;   /* slots in use, looked at without the lock */
+	uv_async_t reattach_async; /* the fault thread found a pair */
+	struct mm *pending;	   /* in the handshake (loop thread only) */
 	int npending;
 	int wake_fd; /* eventfd: the fault thread rebuilds its poll set */
 	bool stop;
@@ -174,7 +187,7 @@ struct backing {
 	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
 	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors;
-	struct metric *m_zap_failed, *m_offers_dropped, *m_saved;
+	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached;
 	struct metric_histogram *m_lat;
 };
 
@@ -535,6 +548,7 @@ static struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid)
 	m->sock = sock;
 	m->uffd = uffd;
 	m->pid = pid;
+	m->beacon_idx = -1;
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
 	return m;
@@ -576,22 +590,48 @@ static void list_add(struct backing *b, struct mm *m)
 	wake_faults(b);
 }
 
-/* Take m off the list and drop the list's reference. */
-static void list_del(struct backing *b, struct mm *m)
+/* Take m off the list; b->lock held. False if another thread did first. */
+static bool list_unlink(struct backing *b, struct mm *m)
 {
-	bool found = false;
-
-	pthread_mutex_lock(&b->lock);
 	for (struct mm **p = &b->mms; *p; p = &(*p)->next)
 		if (*p == m) {
 			*p = m->next;
 			m->gone = true;
-			found = true;
-			break;
+			return true;
 		}
+	return false;
+}
+
+static void list_del_done(struct backing *b, struct mm *m);
+
+/* Take m off the list and drop the list's reference. */
+static void list_del(struct backing *b, struct mm *m)
+{
+	bool found;
+
+	pthread_mutex_lock(&b->lock);
+	found = list_unlink(b, m);
 	pthread_mutex_unlock(&b->lock);
-	if (!found)
-		return; /* another thread took it off first */
+	if (found)
+		list_del_done(b, m);
+}
+
+/* The same for a fork child's mm whose userfaultfd ended, unless a
+ * connection has been paired with it meanwhile (its close decides then). */
+static void list_del_unpaired(struct backing *b, struct mm *m)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&b->lock);
+	if (m->sock < 0 && !m->claimed)
+		found = list_unlink(b, m);
+	pthread_mutex_unlock(&b->lock);
+	if (found)
+		list_del_done(b, m);
+}
+
+static void list_del_done(struct backing *b, struct mm *m)
+{
 	metric_gauge_add(b->m_attached, -1);
 	pthread_mutex_lock(&m->lock);
 	m->zap_done = true; /* an evictor waiting on it gives up */
@@ -763,6 +803,29 @@ static void handle_range(struct mm *m, const struct cksm_local *msg)
 		m->b->attached(m->b->hook_arg, m->pid, m->merge_all);
 }
 
+static bool beacon_ok(uint64_t beacon)
+{
+	return beacon % PAGE == 0 && beacon + CKSM_LOCAL_BEACON_PAGES * PAGE > beacon;
+}
+
+/* The beacon: missing faults only; its pages are never written. */
+static void register_beacon(struct mm *m)
+{
+	struct uffdio_register r = {
+		.range = { .start = m->beacon, .len = CKSM_LOCAL_BEACON_PAGES * PAGE },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	if (m->beacon && ioctl(m->uffd, UFFDIO_REGISTER, &r) < 0) {
+		log_warn(
+			"process %d: its beacon cannot be registered (%s): its forked children will not re-attach",
+			(int)m->pid, strerror(errno));
+		m->beacon = 0;
+	}
+}
+
+static void reattach_begin(struct mm *c);
+
 static void on_sock(uv_poll_t *h, int status, int events)
 {
 	struct mm *m = h->data;
@@ -789,6 +852,15 @@ static void on_sock(uv_poll_t *h, int status, int events)
 			m->hello_seen = true;
 			m->merge_all = (msg.a & CKSM_LOCAL_MERGE_ALL) != 0;
 			m->merge_min = msg.b < PAGE ? PAGE : msg.b;
+			if (!beacon_ok(msg.token)) {
+				mm_end(m, "a hello with a bad beacon");
+				return;
+			}
+			m->beacon = msg.token;
+			if (msg.a & CKSM_LOCAL_FORKED) {
+				reattach_begin(m);
+				return;
+			}
 			if (local_send(m->sock, &r, b->devfd) < 0) {
 				mm_end(m, "cannot send the descriptor");
 				return;
@@ -815,6 +887,7 @@ static void on_sock(uv_poll_t *h, int status, int events)
 			log_info("process %d attached%s", (int)m->pid,
 				 m->merge_all ? " (every private anonymous mapping)" : "");
 			list_add(b, m);
+			register_beacon(m);
 			if (m->merge_all)
 				register_mappings(m, 0, UINT64_MAX, m->merge_min);
 			if (b->attached)
@@ -852,9 +925,13 @@ static void on_sock(uv_poll_t *h, int status, int events)
 #define PENDING_MAX   64   /* connections still in the handshake */
 #define HELLO_WAIT_MS 5000 /* ... each for at most this long */
 
+static void reattach_clear(struct backing *b, struct mm *c);
+
 /* A connection in the handshake is done with (loop thread). */
 static void pending_del(struct backing *b, struct mm *m)
 {
+	if (m->beacon_idx >= 0)
+		reattach_clear(b, m);
 	for (struct mm **p = &b->pending; *p; p = &(*p)->pnext)
 		if (*p == m) {
 			*p = m->pnext;
@@ -909,6 +986,216 @@ static void on_accept(uv_poll_t *h, int status, int events)
 	uv_poll_init(b->loop, &m->poll, fd);
 	m->poll.data = m;
 	uv_poll_start(&m->poll, UV_READABLE | UV_DISCONNECT, on_sock);
+}
+
+/* ---- forked children re-attaching ------------------------------------------- */
+
+/*
+ * A forked child's libcksm connects again with CKSM_LOCAL_FORKED. Its
+ * pages are served already, through the userfaultfd the fork event gave
+ * us; the connection has to be paired with that one mm among the fork
+ * children's. The child is told a page of its beacon (a page index free
+ * among the re-attaches under way) to drop and read. The read faults on
+ * the child's userfaultfd and the kernel names the faulting thread: the
+ * fork child's mm that faults there from a thread of the connecting
+ * process is that process's. Then the mm takes the connection, and the
+ * child's pages can be evicted like any attached process's.
+ */
+static void reattach_begin(struct mm *c)
+{
+	struct backing *b = c->b;
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_BEACON);
+	int idx = -1;
+
+	pthread_mutex_lock(&b->lock);
+	for (unsigned k = 0; c->beacon && k < CKSM_LOCAL_BEACON_PAGES; k++) {
+		unsigned i = (b->reattach_next + k) % CKSM_LOCAL_BEACON_PAGES;
+
+		if (!b->reattach[i].conn) {
+			idx = (int)i;
+			break;
+		}
+	}
+	if (idx >= 0) {
+		b->reattach_next = (unsigned)idx + 1;
+		b->reattach[idx] =
+			(struct reattach){ .conn = c, .addr = c->beacon + (uint64_t)idx * PAGE };
+		atomic_fetch_add(&b->reattaching, 1);
+		c->beacon_idx = idx;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (idx < 0) {
+		r = cksm_local_msg(CKSM_LOCAL_READY);
+		r.status = c->beacon ? -EBUSY : -EINVAL;
+		local_send(c->sock, &r, -1);
+		mm_end(c, c->beacon ? "too many forked children re-attaching at once"
+				    : "a forked child without a beacon");
+		return;
+	}
+	r.a = (uint64_t)idx;
+	if (local_send(c->sock, &r, -1) < 0)
+		mm_end(c, "cannot send the beacon page");
+}
+
+/* The connection c is done with; so is its re-attach slot. */
+static void reattach_clear(struct backing *b, struct mm *c)
+{
+	struct mm *found = NULL;
+	struct reattach *r;
+
+	pthread_mutex_lock(&b->lock);
+	r = &b->reattach[c->beacon_idx];
+	if (r->conn == c) {
+		found = r->found;
+		if (found)
+			found->claimed = false;
+		*r = (struct reattach){ 0 };
+		atomic_fetch_sub(&b->reattaching, 1);
+	}
+	pthread_mutex_unlock(&b->lock);
+	c->beacon_idx = -1;
+	if (found)
+		mm_put(found);
+}
+
+/* Is tid, as its own pid namespace numbers it, a thread of process pid? */
+static bool thread_of(pid_t pid, pid_t tid)
+{
+	char path[80], line[256];
+	struct dirent *de;
+	bool yes = false;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return false;
+	while (!yes && (de = readdir(d))) {
+		FILE *f;
+
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%.16s/status", (int)pid, de->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof(line), f)) {
+			char *p = line + 6, *end;
+			long last = -1;
+
+			if (strncmp(line, "NSpid:", 6))
+				continue;
+			for (long v; (v = strtol(p, &end, 10)), end != p; p = end)
+				last = v;
+			yes = last == tid;
+			break;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return yes;
+}
+
+/* Fault thread: a fault of a fork child's mm on a beacon page it was told? */
+static void reattach_match(struct mm *m, const struct uffd_msg *msg)
+{
+	struct backing *b = m->b;
+	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+	pid_t tid = (pid_t)msg->arg.pagefault.feat.ptid, pid = 0;
+	int idx = -1;
+	bool paired = false;
+
+	pthread_mutex_lock(&b->lock);
+	for (unsigned i = 0; m->sock < 0 && !m->claimed && i < CKSM_LOCAL_BEACON_PAGES; i++)
+		if (b->reattach[i].conn && !b->reattach[i].found && b->reattach[i].addr == addr) {
+			idx = (int)i;
+			pid = b->reattach[i].conn->pid;
+			break;
+		}
+	pthread_mutex_unlock(&b->lock);
+	if (idx < 0 || !thread_of(pid, tid))
+		return;
+	pthread_mutex_lock(&b->lock);
+	if (b->reattach[idx].conn && b->reattach[idx].conn->pid == pid && !b->reattach[idx].found &&
+	    !m->claimed && !m->gone) {
+		b->reattach[idx].found = m;
+		m->claimed = true;
+		atomic_fetch_add(&m->refs, 1);
+		paired = true;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (paired)
+		uv_async_send(&b->reattach_async);
+}
+
+/* Loop thread: the connection c takes the fork child's mm fm. */
+static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
+{
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
+	int fd = -1;
+
+	if (uv_is_closing((uv_handle_t *)&c->poll) || fm->gone ||
+	    (fd = fcntl(c->sock, F_DUPFD_CLOEXEC, 3)) < 0) {
+		pthread_mutex_lock(&b->lock);
+		fm->claimed = false;
+		pthread_mutex_unlock(&b->lock);
+		if (!uv_is_closing((uv_handle_t *)&c->poll)) {
+			r.status = -ESRCH;
+			local_send(c->sock, &r, -1);
+			mm_end(c, "its fork child's table is gone");
+		}
+		mm_put(fm);
+		return;
+	}
+	/* pid and sock change under b->lock: mm_get and the fault thread
+	 * look at them under it. */
+	pthread_mutex_lock(&b->lock);
+	fm->pid = c->pid;
+	fm->sock = fd;
+	pthread_mutex_unlock(&b->lock);
+	fm->merge_all = c->merge_all;
+	fm->merge_min = c->merge_min;
+	fm->hello_seen = true;
+	fm->born_ms = c->born_ms;
+	uv_poll_init(b->loop, &fm->poll, fd);
+	fm->poll.data = fm;
+	uv_poll_start(&fm->poll, UV_READABLE | UV_DISCONNECT, on_sock);
+	local_send(fd, &r, -1);
+	log_info("process %d re-attached (forked from %d)", (int)fm->pid, (int)fm->parent);
+	metric_inc(b->m_reattached);
+	/* The connection lives on in fm; its own mm goes without a word. */
+	uv_poll_stop(&c->poll);
+	uv_close((uv_handle_t *)&c->poll, on_closed);
+	if (fm->merge_all)
+		register_mappings(fm, 0, UINT64_MAX, fm->merge_min);
+	if (b->attached)
+		b->attached(b->hook_arg, fm->pid, fm->merge_all);
+	mm_put(fm); /* the slot's reference */
+}
+
+static void on_reattach(uv_async_t *h)
+{
+	struct backing *b = h->data;
+	struct {
+		struct mm *c, *fm;
+	} v[CKSM_LOCAL_BEACON_PAGES];
+	size_t n = 0;
+
+	pthread_mutex_lock(&b->lock);
+	for (unsigned i = 0; i < CKSM_LOCAL_BEACON_PAGES; i++) {
+		struct reattach *r = &b->reattach[i];
+
+		if (!r->conn || !r->found)
+			continue;
+		v[n].c = r->conn;
+		v[n++].fm = r->found;
+		r->conn->beacon_idx = -1;
+		*r = (struct reattach){ 0 };
+		atomic_fetch_sub(&b->reattaching, 1);
+	}
+	pthread_mutex_unlock(&b->lock);
+	for (size_t i = 0; i < n; i++)
+		reattach_finish(b, v[i].c, v[i].fm);
 }
 
 /*
@@ -1237,6 +1524,8 @@ static void on_fork(struct mm *m, int ufd)
 		return;
 	}
 	c->handshaken = true;
+	c->parent = m->pid;
+	c->beacon = m->beacon;
 	pthread_mutex_lock(&m->lock);
 	for (size_t i = 0; i < m->cap; i++) {
 		struct bentry *e = &m->tab[i];
@@ -1377,6 +1666,8 @@ static bool drain_uffd(struct mm *m)
 
 			switch (msg->event) {
 			case UFFD_EVENT_PAGEFAULT:
+				if (atomic_load(&m->b->reattaching))
+					reattach_match(m, msg);
 				if (!on_pagefault(m, msg))
 					keep_retry(m, msg);
 				break;
@@ -1454,10 +1745,9 @@ static void *fault_main(void *arg)
 		for (size_t i = 1; i < n; i++) {
 			if (mv[i]->nretry)
 				retry_faults(mv[i]);
-			if (pf[i].revents && !drain_uffd(mv[i]) && mv[i]->sock < 0 &&
-			    !mv[i]->gone) {
+			if (pf[i].revents && !drain_uffd(mv[i])) {
 				/* A fork child's userfaultfd ended: the child is gone. */
-				list_del(b, mv[i]);
+				list_del_unpaired(b, mv[i]);
 			}
 			mm_put(mv[i]);
 		}
@@ -1843,6 +2133,8 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 			b->m_sigbus, "cksm_sigbus_total",
 			"Backed pages that could not be brought back: the thread got SIGBUS. Alarm if not 0."),
 		METRIC_C(b->m_forks, "cksm_forks_total", "Forks of attached processes followed."),
+		METRIC_C(b->m_reattached, "cksm_reattached_total",
+			 "Forked children that attached again (their pages can be evicted)."),
 		METRIC_C(b->m_offers_dropped, "cksm_eviction_offers_dropped_total",
 			 "Pages offered for eviction while the queue was full."),
 	};
@@ -1919,12 +2211,8 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 		goto fail;
 	}
 	b->listen_fd = rc;
-	uv_poll_init(loop, &b->lpoll, b->listen_fd);
-	b->lpoll.data = b;
-	uv_poll_start(&b->lpoll, UV_READABLE, on_accept);
-	uv_timer_init(loop, &b->ranges);
-	b->ranges.data = b;
-	uv_timer_start(&b->ranges, on_ranges, 1000, 1000);
+	/* The threads first: a failure after the loop's handles are in
+	 * would leave them pointing into freed memory. */
 	if (pthread_create(&b->fault_thread, NULL, fault_main, b) == 0) {
 		if (pthread_create(&b->evict_thread, NULL, evict_main, b) == 0) {
 			b->threads = true;
@@ -1938,10 +2226,17 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	}
 	if (!b->threads) {
 		log_error("cannot start the fault and eviction threads");
-		uv_close((uv_handle_t *)&b->lpoll, NULL);
-		uv_close((uv_handle_t *)&b->ranges, NULL);
+		unlink(cfg->socket_path);
 		goto fail;
 	}
+	uv_poll_init(loop, &b->lpoll, b->listen_fd);
+	b->lpoll.data = b;
+	uv_poll_start(&b->lpoll, UV_READABLE, on_accept);
+	uv_timer_init(loop, &b->ranges);
+	b->ranges.data = b;
+	uv_timer_start(&b->ranges, on_ranges, 1000, 1000);
+	uv_async_init(loop, &b->reattach_async, on_reattach);
+	b->reattach_async.data = b;
 	log_info("processes attach at %s (page pool of %zu slots)", cfg->socket_path,
 		 pool_slots(pool));
 	return b;
@@ -2096,6 +2391,7 @@ void backing_destroy(struct backing *b)
 	uv_close((uv_handle_t *)&b->lpoll, on_backing_closed);
 	uv_timer_stop(&b->ranges);
 	uv_close((uv_handle_t *)&b->ranges, NULL);
+	uv_close((uv_handle_t *)&b->reattach_async, NULL);
 	for (struct mm *p = b->pending; p; p = p->pnext)
 		if (!uv_is_closing((uv_handle_t *)&p->poll)) {
 			uv_poll_stop(&p->poll);

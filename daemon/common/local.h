@@ -5,8 +5,11 @@
  * SCM_RIGHTS). docs/protocol.md describes it. Both sides check every
  * field: magic, version, type, and the ranges against the process's own.
  *
- *   process -> agent  HELLO    a: the process's flags (CKSM_LOCAL_MERGE_ALL),
- *                              b: the smallest mapping to treat as mergeable
+ *   process -> agent  HELLO    a: the process's flags (CKSM_LOCAL_MERGE_ALL,
+ *                              CKSM_LOCAL_FORKED), b: the smallest mapping
+ *                              to treat as mergeable, token: its beacon (a
+ *                              private read-only mapping of
+ *                              CKSM_LOCAL_BEACON_PAGES pages, never written)
  *   agent -> process  DEVFD    with an open /dev/userfaultfd (status < 0:
  *                              refused, with the errno)
  *   process -> agent  UFFD     with the userfaultfd made from it
@@ -15,6 +18,15 @@
  *   agent -> process  ZAP      token, a, b: drop [a, a + b) (MADV_DONTNEED)
  *   process -> agent  ZAPPED   token, status: 0 or -errno of the madvise
  *   agent -> process  KSM      a, b: madvise(MADV_MERGEABLE) the range
+ *
+ * A forked child re-attaches without a new userfaultfd: the fork event
+ * gave the agent one for the child already, and the agent must learn
+ * which. HELLO has CKSM_LOCAL_FORKED; the agent answers
+ *   agent -> process  BEACON   a: a page index into the beacon
+ * and the process drops that page of its beacon (MADV_DONTNEED) and reads
+ * it. The read faults on the child's userfaultfd, and the kernel names
+ * the faulting thread: the agent pairs that userfaultfd with the
+ * connection when the thread is the connecting process's, and sends READY.
  */
 #ifndef CKSM_LOCAL_H
 #define CKSM_LOCAL_H
@@ -34,9 +46,13 @@ enum cksm_local_type {
 	CKSM_LOCAL_ZAP = 6,
 	CKSM_LOCAL_ZAPPED = 7,
 	CKSM_LOCAL_KSM = 8,
+	CKSM_LOCAL_BEACON = 9,
 };
 
 #define CKSM_LOCAL_MERGE_ALL 0x1u /* every private anonymous mapping >= b */
+#define CKSM_LOCAL_FORKED    0x2u /* a forked child re-attaching */
+
+#define CKSM_LOCAL_BEACON_PAGES 64u
 
 struct cksm_local {
 	uint32_t magic;

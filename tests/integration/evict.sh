@@ -3,7 +3,8 @@
 #  (a) threads rewrite pages at random while eviction runs: every check of
 #      the program's own, and a digest of the whole region, match what it
 #      wrote (CHURN_RUNS runs, 2 by default);
-#  (b) fork after backing: parent and child read the right data;
+#  (b) fork after backing: parent and child read the right data; forked
+#      children attach again and have their own pages evicted;
 #  (c) mremap and munmap of backed ranges;
 #  (d) madvise(MADV_DONTNEED) by the program reads zeroes, the rest intact;
 #  (e) exit releases everything: no process, no backed page, and the dups
@@ -66,6 +67,16 @@ for sc in verify fork mremap munmap dontneed; do
 	echo "$sc: $(cat "$T/$sc.json")"
 done
 [[ $(m cksm_forks_total) -ge 1 ]] || fail "the fork was not followed"
+
+# (b) forked children attach again: three forked at once are told apart,
+# each has its pages evicted and reads them right; a fork that execs is
+# let go.
+LD_PRELOAD=$LIB timeout 90 "$ROOT/build/cksm-evictee" children --pages 256 --wait-s 20 \
+	>"$T/children.json" 2>"$T/children.err" || fail "children: $(cat "$T/children.json" "$T/children.err")"
+jq -e '.evicted >= 230 and .bad == 0 and .children_evicted == 3' "$T/children.json" >/dev/null ||
+	fail "children: $(cat "$T/children.json")"
+echo "children: $(cat "$T/children.json")"
+[[ $(m cksm_reattached_total) -ge 3 ]] || fail "children re-attached: $(m cksm_reattached_total)"
 
 # (e)
 wait_for "the forked child forgotten" 10 bash -c "[[ \$(curl -sf http://$AMET/metrics | awk '\$1 == \"cksm_attached_processes\" { print \$2 }') == 0 ]]"

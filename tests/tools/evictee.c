@@ -12,6 +12,12 @@
  *   verify    read everything back and check it
  *   fork      fork; the child checks the region and exits; so does the
  *             parent after the child wrote to its copy (no leak across)
+ *   children  fork 3 children at once, and one more that execs true: each
+ *             of the 3 checks the region, writes it again (the same
+ *             contents, its own pages now), waits until at least 90% of
+ *             it is evicted again (which needs the child attached to the
+ *             agent) and checks it once more; "children_evicted" counts
+ *             those that saw it
  *   mremap    move the region elsewhere, check it at the new place
  *   munmap    unmap the first quarter, check the rest
  *   dontneed  madvise(MADV_DONTNEED) the first quarter: it must read as
@@ -30,8 +36,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+#include <time.h>
 
 #define PAGE 4096u
 
@@ -94,6 +100,26 @@ static void on_term(int sig)
 	stop = 1;
 }
 
+static size_t wait_evicted(const uint8_t *r, unsigned wait_s)
+{
+	for (unsigned i = 0; i < wait_s * 10 && resident(r) > npages / 10; i++)
+		usleep(100000);
+	return npages - resident(r);
+}
+
+/* A forked child: check, write again, be evicted, check. 0, 1 bad, 3 not evicted. */
+static int child_work(uint8_t *r, unsigned wait_s)
+{
+	size_t bad = check(r, 0, npages, false);
+
+	for (size_t pg = 0; pg < npages; pg++)
+		fill(r + pg * PAGE, content_of(pg));
+	if (wait_evicted(r, wait_s) < npages - npages / 10)
+		return bad ? 1 : 3;
+	bad += check(r, 0, npages, false);
+	return bad ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *sc = argc > 1 ? argv[1] : "";
@@ -119,9 +145,7 @@ int main(int argc, char **argv)
 		fill(r + pg * PAGE, content_of(pg));
 	if (madvise(r, npages * PAGE, MADV_MERGEABLE))
 		perror("evictee: madvise(MADV_MERGEABLE)");
-	for (unsigned i = 0; i < wait_s * 10 && resident(r) > npages / 10; i++)
-		usleep(100000);
-	evicted = npages - resident(r);
+	evicted = wait_evicted(r, wait_s);
 
 	if (!strcmp(sc, "verify")) {
 		bad = check(r, 0, npages, false);
@@ -138,6 +162,32 @@ int main(int argc, char **argv)
 		if (c < 0 || waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st))
 			bad++;
 		bad += check(r, 0, npages, false);
+	} else if (!strcmp(sc, "children")) {
+		pid_t c[4];
+		unsigned good = 0;
+
+		for (int i = 0; i < 4; i++) {
+			c[i] = fork();
+			if (c[i] == 0 && i == 3)
+				execlp("true", "true", (char *)NULL);
+			if (c[i] == 0)
+				_exit(child_work(r, wait_s));
+		}
+		for (int i = 0; i < 4; i++) {
+			int st = 0;
+
+			if (c[i] < 0 || waitpid(c[i], &st, 0) != c[i] || !WIFEXITED(st)) {
+				bad++;
+				continue;
+			}
+			if (WEXITSTATUS(st) == 1 || (i == 3 && WEXITSTATUS(st)))
+				bad++;
+			good += i < 3 && WEXITSTATUS(st) == 0;
+		}
+		bad += check(r, 0, npages, false);
+		printf("{\"scenario\":\"%s\",\"evicted\":%zu,\"checked\":%zu,\"bad\":%zu,\"children_evicted\":%u}\n",
+		       sc, evicted, checked, bad, good);
+		return bad ? 1 : 0;
 	} else if (!strcmp(sc, "mremap")) {
 		uint8_t *to =
 			mmap(NULL, npages * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -14,9 +14,9 @@
  * that blocks every signal.
  *
  * Mergeable ranges: what the program passes to madvise(MADV_MERGEABLE)
- * (passed on to the kernel as well), or with CKSM_MERGE_ALL=1 every
- * private anonymous mapping of at least CKSM_MERGE_MIN bytes (default
- * 1 MiB), found by the agent.
+ * (kept from the kernel's KSM while attached: see madvise below), or
+ * with CKSM_MERGE_ALL=1 every private anonymous mapping of at least
+ * CKSM_MERGE_MIN bytes (default 1 MiB), found by the agent.
  *
  * Without an agent, or with CKSM_DISABLE=1, it does nothing at all.
  *
@@ -279,11 +279,14 @@ __attribute__((constructor)) static void cksm_init(void)
 	attach();
 }
 
-/* madvise(MADV_MERGEABLE) goes to the kernel and names the range to the agent. */
+/*
+ * madvise(MADV_MERGEABLE) names the range to the agent. While attached it
+ * does not reach the kernel: KSM merging a page that the agent has
+ * write-protected would drop the protection, so the agent decides which
+ * windows go to KSM (the KSM request). Otherwise it goes to the kernel.
+ */
 EXPORT int madvise(void *addr, size_t len, int advice)
 {
-	int rc;
-
 	if (!real_madvise) {
 		real_madvise = (int (*)(void *, size_t, int))dlsym(RTLD_NEXT, "madvise");
 		if (!real_madvise) {
@@ -291,16 +294,25 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 			return -1;
 		}
 	}
-	rc = real_madvise(addr, len, advice);
-	if (rc == 0 && advice == MADV_MERGEABLE && attached_here()) {
+	if (advice == MADV_MERGEABLE && attached_here()) {
 		struct cksm_local m = cksm_local_msg(CKSM_LOCAL_RANGE);
 		int e = errno;
 
+		if ((uintptr_t)addr % 4096) {
+			errno = EINVAL;
+			return -1;
+		}
+		if (len == 0)
+			return 0;
 		m.a = (uint64_t)(uintptr_t)addr;
-		m.b = len;
-		/* Never wait on the agent: a range not named is found later. */
-		cksm_local_send(sock_get(), &m, -1, MSG_DONTWAIT);
+		m.b = (len + 4095) & ~(size_t)4095;
+		/* Never wait on the agent; a range it was not told of goes to
+		 * the kernel's KSM as the program asked. */
+		if (cksm_local_send(sock_get(), &m, -1, MSG_DONTWAIT) == 0) {
+			errno = e;
+			return 0;
+		}
 		errno = e;
 	}
-	return rc;
+	return real_madvise(addr, len, advice);
 }

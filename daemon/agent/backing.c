@@ -48,9 +48,12 @@ struct uffdio_poison {
 #endif
 
 #define PAGE	      4096u
-#define OFFER_MAX     65536u /* pages waiting for the evictor */
-#define ZAP_WAIT_MS   2000   /* a process that does not answer a zap by then */
-#define COOLDOWN_SETS 4096u  /* recently faulted pages remembered */
+#define OFFER_MAX     65536u	 /* pages waiting for the evictor */
+#define ZAP_WAIT_MS   2000	 /* a process that does not answer a zap by then */
+#define COOLDOWN_SETS 4096u	 /* recently faulted pages remembered */
+#define KSM_WINDOW    (2u << 20) /* what one hot page hands to the kernel's KSM */
+#define KSM_WINDOWS   64u	 /* ... at most this many per process */
+#define HOT_MAX	      256u	 /* hot pages waiting for the loop */
 
 enum { B_ZERO = 1, B_POOL = 2, B_REMOTE = 3 };
 
@@ -82,6 +85,11 @@ struct mm {
 	uint64_t beacon; /* the process's beacon mapping (local.h), 0 if none */
 	int beacon_idx;	 /* a re-attaching connection's beacon page, -1 if none */
 	bool claimed;	 /* a fork child's mm paired with a connection (b->lock) */
+	struct ksm_window {
+		uint64_t start, end;
+		bool sent;
+	} ksm[KSM_WINDOWS]; /* handed to the kernel's KSM: never evicted (lock) */
+	unsigned nksm;
 	bool merge_all;
 	uint64_t merge_min;
 	bool handshaken;
@@ -155,6 +163,12 @@ struct backing {
 		uint64_t key; /* pid << 32 ^ page, 0 = empty */
 		uint64_t until_ms;
 	} cool[COOLDOWN_SETS];
+	struct hot {
+		pid_t pid;
+		uint64_t addr;
+	} hot[HOT_MAX]; /* pages faulted back from the pool a second time */
+	unsigned nhot;
+	bool ksm_off_said;
 
 	const struct auth_key *key;
 	char name[AUTH_NAME_MAX + 1];
@@ -187,7 +201,7 @@ struct backing {
 	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
 	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors;
-	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached;
+	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
 	struct metric_histogram *m_lat;
 };
 
@@ -1096,34 +1110,70 @@ static bool thread_of(pid_t pid, pid_t tid)
 	return yes;
 }
 
-/* Fault thread: a fault of a fork child's mm on a beacon page it was told? */
+/* The parent of pid (as this agent's pid namespace numbers it), or 0. */
+static pid_t parent_of(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	int fd, ppid = 0;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	p = strrchr(buf, ')'); /* the command may hold anything */
+	if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
+		return 0;
+	return (pid_t)ppid;
+}
+
+/*
+ * Fault thread: a fault of a fork child's mm on a beacon page a
+ * re-attaching connection was told? It is that connection's when the
+ * connecting process is a child of the one that forked m and the faulting
+ * thread is one of its own. (Beacons of different processes may overlap:
+ * every slot naming the page is tried.)
+ */
 static void reattach_match(struct mm *m, const struct uffd_msg *msg)
 {
 	struct backing *b = m->b;
 	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
-	pid_t tid = (pid_t)msg->arg.pagefault.feat.ptid, pid = 0;
-	int idx = -1;
+	pid_t tid = (pid_t)msg->arg.pagefault.feat.ptid, parent;
+	struct {
+		int idx;
+		pid_t pid;
+	} cand[CKSM_LOCAL_BEACON_PAGES];
+	unsigned n = 0;
 	bool paired = false;
 
 	pthread_mutex_lock(&b->lock);
+	parent = m->parent;
 	for (unsigned i = 0; m->sock < 0 && !m->claimed && i < CKSM_LOCAL_BEACON_PAGES; i++)
 		if (b->reattach[i].conn && !b->reattach[i].found && b->reattach[i].addr == addr) {
-			idx = (int)i;
-			pid = b->reattach[i].conn->pid;
-			break;
+			cand[n].idx = (int)i;
+			cand[n++].pid = b->reattach[i].conn->pid;
 		}
 	pthread_mutex_unlock(&b->lock);
-	if (idx < 0 || !thread_of(pid, tid))
-		return;
-	pthread_mutex_lock(&b->lock);
-	if (b->reattach[idx].conn && b->reattach[idx].conn->pid == pid && !b->reattach[idx].found &&
-	    !m->claimed && !m->gone) {
-		b->reattach[idx].found = m;
-		m->claimed = true;
-		atomic_fetch_add(&m->refs, 1);
-		paired = true;
+	for (unsigned k = 0; k < n && !paired; k++) {
+		struct reattach *r = &b->reattach[cand[k].idx];
+
+		if (!parent || parent_of(cand[k].pid) != parent || !thread_of(cand[k].pid, tid))
+			continue;
+		pthread_mutex_lock(&b->lock);
+		if (r->conn && r->conn->pid == cand[k].pid && !r->found && !m->claimed &&
+		    !m->gone) {
+			r->found = m;
+			m->claimed = true;
+			atomic_fetch_add(&m->refs, 1);
+			paired = true;
+		}
+		pthread_mutex_unlock(&b->lock);
 	}
-	pthread_mutex_unlock(&b->lock);
 	if (paired)
 		uv_async_send(&b->reattach_async);
 }
@@ -1214,6 +1264,8 @@ static bool mm_exited(const struct mm *m)
  * Every second: merge_all processes get their new mappings registered;
  * fork children that exited are forgotten (their references released).
  */
+static void ksm_handover(struct backing *b);
+
 static void on_ranges(uv_timer_t *t)
 {
 	struct backing *b = t->data;
@@ -1240,6 +1292,153 @@ static void on_ranges(uv_timer_t *t)
 		else if (!v[i]->gone && mm_exited(v[i]))
 			list_del(b, v[i]);
 		mm_put(v[i]);
+	}
+	ksm_handover(b);
+}
+
+/* ---- hot pages to the kernel's KSM ---------------------------------------------- */
+
+/*
+ * A page that keeps coming back from the local pool costs a fault every
+ * time; a duplicate that hot is better merged by the kernel's own KSM,
+ * whose merged page is read without a fault. Its window (KSM_WINDOW
+ * around it, within its mapping) is marked mergeable by the process
+ * itself (the KSM request), and from then on never evicted by cksm: KSM
+ * merging a page cksm has write-protected would drop the protection.
+ * Only while KSM runs; without it hot pages just keep their cool-down.
+ */
+
+/* Is addr in a window handed to KSM? m->lock held. */
+static bool ksm_owns(const struct mm *m, uint64_t addr)
+{
+	for (unsigned i = 0; i < m->nksm; i++)
+		if (addr >= m->ksm[i].start && addr < m->ksm[i].end)
+			return true;
+	return false;
+}
+
+static bool ksm_running(void)
+{
+	char v[8] = "";
+	int fd = open("/sys/kernel/mm/ksm/run", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, v, sizeof(v) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	return n > 0 && v[0] == '1';
+}
+
+/* The mapping of pid holding addr, from /proc/PID/maps; 0 or -ENOENT. */
+static int mapping_of(pid_t pid, uint64_t addr, uint64_t *start, uint64_t *end)
+{
+	char path[64], line[512];
+	int rc = -ENOENT;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -ENOENT;
+	while (rc && fgets(line, sizeof(line), f)) {
+		unsigned long long s, e;
+
+		if (sscanf(line, "%llx-%llx", &s, &e) == 2 && addr >= s && addr < e) {
+			*start = s;
+			*end = e;
+			rc = 0;
+		}
+	}
+	fclose(f);
+	return rc;
+}
+
+/* Send the KSM requests of m's windows that no eviction is working in. */
+static void ksm_flush(struct mm *m)
+{
+	struct ksm_window v[KSM_WINDOWS];
+	unsigned n = 0;
+
+	pthread_mutex_lock(&m->lock);
+	for (unsigned i = 0; i < m->nksm; i++) {
+		struct ksm_window *w = &m->ksm[i];
+
+		if (w->sent || (m->evicting >= w->start && m->evicting < w->end))
+			continue;
+		w->sent = true;
+		v[n++] = *w;
+	}
+	pthread_mutex_unlock(&m->lock);
+	for (unsigned i = 0; i < n; i++) {
+		struct cksm_local r = cksm_local_msg(CKSM_LOCAL_KSM);
+
+		r.a = v[i].start;
+		r.b = v[i].end - v[i].start;
+		if (local_send(m->sock, &r, -1) < 0) {
+			log_warn("process %d: cannot send a KSM request", (int)m->pid);
+			continue;
+		}
+		metric_inc(m->b->m_ksm_windows);
+		log_info("process %d: hot duplicates in %#llx-%#llx handed to the kernel's KSM",
+			 (int)m->pid, (unsigned long long)v[i].start, (unsigned long long)v[i].end);
+	}
+}
+
+static void ksm_window(struct mm *m, uint64_t addr)
+{
+	uint64_t s, e, lo = addr & ~(uint64_t)(KSM_WINDOW - 1), hi = lo + KSM_WINDOW;
+
+	if (mapping_of(m->pid, addr, &s, &e))
+		return;
+	if (lo < s)
+		lo = s;
+	if (hi > e)
+		hi = e;
+	pthread_mutex_lock(&m->lock);
+	if (ksm_owns(m, addr) || m->nksm == KSM_WINDOWS) {
+		pthread_mutex_unlock(&m->lock);
+		return;
+	}
+	m->ksm[m->nksm++] = (struct ksm_window){ lo, hi, false };
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Loop thread, every second: the hot pages found meanwhile. */
+static void ksm_handover(struct backing *b)
+{
+	struct hot v[HOT_MAX];
+	struct mm *ms[HOT_MAX];
+	unsigned n, nm = 0;
+
+	pthread_mutex_lock(&b->lock);
+	n = b->nhot;
+	memcpy(v, b->hot, n * sizeof(v[0]));
+	b->nhot = 0;
+	pthread_mutex_unlock(&b->lock);
+	if (n && !ksm_running()) {
+		if (!b->ksm_off_said)
+			log_info("the kernel's KSM is not running: hot duplicates stay with cksm");
+		b->ksm_off_said = true;
+		n = 0;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct mm *m = mm_get(b, v[i].pid);
+
+		if (m) {
+			ksm_window(m, v[i].addr);
+			mm_put(m);
+		}
+	}
+	/* Windows not sent yet (new ones, or ones an eviction was in). */
+	pthread_mutex_lock(&b->lock);
+	for (struct mm *m = b->mms; m && nm < HOT_MAX; m = m->next)
+		if (m->sock >= 0 && m->handshaken && !m->orphan) {
+			atomic_fetch_add(&m->refs, 1);
+			ms[nm++] = m;
+		}
+	pthread_mutex_unlock(&b->lock);
+	for (unsigned i = 0; i < nm; i++) {
+		ksm_flush(ms[i]);
+		mm_put(ms[i]);
 	}
 }
 
@@ -1293,12 +1492,19 @@ static uint64_t cool_key(pid_t pid, uint64_t addr)
 	return ((uint64_t)(uint32_t)pid << 32 ^ (addr >> 12)) | 1;
 }
 
-static void cool_note(struct backing *b, pid_t pid, uint64_t addr)
+/*
+ * A page came back: not evicted again for the cool-down. A page that
+ * comes back from the pool while its last return is still remembered is
+ * hot: its window goes to the kernel's KSM (ksm_handover).
+ */
+static void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled)
 {
 	uint64_t k = cool_key(pid, addr);
 	size_t i = (size_t)((k * 0x9e3779b97f4a7c15ULL) >> 52) % COOLDOWN_SETS;
 
 	pthread_mutex_lock(&b->lock);
+	if (pooled && b->cool[i].key == k && b->nhot < HOT_MAX)
+		b->hot[b->nhot++] = (struct hot){ pid, addr };
 	b->cool[i].key = k;
 	b->cool[i].until_ms = now_ms() + b->cfg->evict_cooldown_millisecs;
 	pthread_mutex_unlock(&b->lock);
@@ -1426,6 +1632,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 	uint64_t t0 = now_ns(), addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
 	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	struct bentry *e;
+	bool pooled = false;
 	int rc;
 
 	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
@@ -1491,6 +1698,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		if (!rc) {
 			metric_inc(b->m_faults_local);
 			entry_release(m, e);
+			pooled = true;
 		}
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -1504,7 +1712,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		return true;
 	}
 	if (m->pid)
-		cool_note(b, m->pid, addr);
+		cool_note(b, m->pid, addr, pooled);
 	observe(b, now_ns() - t0);
 	return true;
 }
@@ -1918,7 +2126,7 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 		dup = rbuf;
 	}
 	pthread_mutex_lock(&m->lock);
-	ok = !m->evicting && !m->orphan && !tab_find(m, o->addr);
+	ok = !m->evicting && !m->orphan && !tab_find(m, o->addr) && !ksm_owns(m, o->addr);
 	if (ok) {
 		m->evicting = o->addr;
 		m->evict_hits = 0;
@@ -2135,6 +2343,8 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_C(b->m_forks, "cksm_forks_total", "Forks of attached processes followed."),
 		METRIC_C(b->m_reattached, "cksm_reattached_total",
 			 "Forked children that attached again (their pages can be evicted)."),
+		METRIC_C(b->m_ksm_windows, "cksm_ksm_windows_total",
+			 "Windows of hot duplicates handed to the kernel's KSM."),
 		METRIC_C(b->m_offers_dropped, "cksm_eviction_offers_dropped_total",
 			 "Pages offered for eviction while the queue was full."),
 	};

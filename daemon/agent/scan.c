@@ -88,6 +88,7 @@ struct vstate {
 	struct chunk **chunks; /* one slot per CHUNK_PAGES of the VMA */
 	size_t nchunks;
 	struct scan_counts last; /* what the last pass saw here */
+	bool ksm;		 /* VM_MERGEABLE: the kernel's KSM may merge it */
 };
 
 struct proc {
@@ -278,6 +279,17 @@ static bool all_zero(const void *p)
 	return true;
 }
 
+/*
+ * Pages of an attached process may be offered for eviction, except in
+ * VMAs the kernel's KSM may merge: KSM's merge builds a new PTE without
+ * the userfaultfd write-protect bit, so a write racing with an eviction
+ * there would not be caught. Those are KSM's alone.
+ */
+static bool evictable(const struct scanner *s, const struct proc *p, const struct vstate *vs)
+{
+	return p->attached && s->evict && !vs->ksm;
+}
+
 static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, size_t pi,
 			const uint8_t *bytes, struct scan_counts *c)
 {
@@ -316,7 +328,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	if (zero) {
 		c->zero++;
 		s->census_cur[p->domain].zero++;
-		if (p->attached && s->evict && age >= s->cfg->evict_age) {
+		if (evictable(s, p, vs) && age >= s->cfg->evict_age) {
 			pg.again = false;
 			memset(&pg.id, 0, sizeof(pg.id));
 			s->evict(s->evict_arg, &pg, true);
@@ -330,7 +342,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen) {
 		/* Only a content with another copy can have a dup to go to:
 		 * unique pages are not hashed again on every pass. */
-		if (p->attached && s->evict && age >= s->cfg->evict_age && (meta & M_SHARED)) {
+		if (evictable(s, p, vs) && age >= s->cfg->evict_age && (meta & M_SHARED)) {
 			pg.again = true;
 			pg.id = cid_of(&s->domains[p->domain], bytes);
 			s->evict(s->evict_arg, &pg, false);
@@ -345,7 +357,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 					 (unsigned)s->gen << M_GEN_SHIFT);
 		c->reported++;
 	}
-	if (p->attached && s->evict && age >= s->cfg->evict_age)
+	if (evictable(s, p, vs) && age >= s->cfg->evict_age)
 		s->evict(s->evict_arg, &pg, false);
 }
 
@@ -473,7 +485,10 @@ static bool vma_in_scope(const struct proc *p, const struct vma_info *vi)
 {
 	if (!(vi->flags & VMA_ANON) || (vi->flags & VMA_SPECIAL))
 		return false;
-	return p->scope == TARGET_WHOLE || (vi->flags & VMA_MERGEABLE);
+	/* An attached process's mergeable ranges are registered with its
+	 * userfaultfd (libcksm keeps them from the kernel's KSM). */
+	return p->scope == TARGET_WHOLE || (vi->flags & VMA_MERGEABLE) ||
+	       (p->attached && (vi->flags & VMA_UFFD));
 }
 
 /* Whole-VMA skips, counted from smaps; false if the VMA is to be walked. */
@@ -573,6 +588,7 @@ static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
 		if (!vma_in_scope(p, &vi[i]))
 			continue;
 		vs = &p->v[k++];
+		vs->ksm = (vi[i].flags & VMA_MERGEABLE) != 0;
 		s->batch++; /* a VMA costs something even when empty */
 		if (vma_skipped(&vi[i], &vs->last) || empty_and_large(&vi[i])) {
 			/* Not ours, or a large reservation with nothing resident:

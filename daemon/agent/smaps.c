@@ -64,6 +64,8 @@ static void parse_vmflags(const char *s, struct vma_info *v)
 			v->flags |= VMA_SHARED;
 		else if (s[0] == 'm' && s[1] == 'g')
 			v->flags |= VMA_MERGEABLE;
+		else if (s[0] == 'u' && s[1] == 'm')
+			v->flags |= VMA_UFFD;
 		else if (s[0] == 'l' && s[1] == 'o')
 			v->flags |= VMA_LOCKED;
 		else if (s[0] == 'h' && s[1] == 't')

@@ -21,6 +21,7 @@ enum vma_flag {
 	VMA_IO = 1u << 5,	 /* VM_IO or VM_PFNMAP, VmFlags "io"/"pf" */
 	VMA_SPECIAL = 1u << 6,	 /* [vdso], [vvar], [vsyscall] */
 	VMA_READABLE = 1u << 7,	 /* perms "r" */
+	VMA_UFFD = 1u << 8,	 /* registered with a userfaultfd, VmFlags "um" */
 };
 
 struct vma_info {

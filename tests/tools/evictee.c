@@ -23,6 +23,9 @@
  *   dontneed  madvise(MADV_DONTNEED) the first quarter: it must read as
  *             zeroes; the rest as written
  *   hold      stay (checked by the test from outside) until SIGTERM
+ *   hot       print the region's address, then read it all every 20 ms
+ *             (every evicted page comes back, again and again) and check
+ *             it, until SIGTERM
  *
  * Prints one JSON line: {"scenario", "evicted", "checked", "bad"}; exit 0
  * when nothing was wrong.
@@ -206,6 +209,15 @@ int main(int argc, char **argv)
 	} else if (!strcmp(sc, "dontneed")) {
 		madvise(r, npages / 4 * PAGE, MADV_DONTNEED);
 		bad = check(r, 0, npages / 4, true) + check(r, npages / 4, npages, false);
+	} else if (!strcmp(sc, "hot")) {
+		signal(SIGTERM, on_term);
+		printf("{\"scenario\":\"hot\",\"pid\":%d,\"addr\":\"%lx\",\"evicted\":%zu}\n",
+		       (int)getpid(), (unsigned long)(uintptr_t)r, evicted);
+		fflush(stdout);
+		while (!stop && !bad) {
+			bad += check(r, 0, npages, false);
+			usleep(20000);
+		}
 	} else if (!strcmp(sc, "hold")) {
 		signal(SIGTERM, on_term);
 		printf("{\"scenario\":\"hold\",\"pid\":%d,\"evicted\":%zu}\n", (int)getpid(),

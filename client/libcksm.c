@@ -31,6 +31,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -86,6 +87,14 @@ static int recv_local(int fd, struct cksm_local *m, int *got_fd)
 	return cksm_local_recv(fd, m, got_fd, 0, &why);
 }
 
+/* Has the agent closed its end (its requests may still be queued)? */
+static bool agent_gone(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP));
+}
+
 /* The service thread: the agent's requests, until it goes away. */
 static void *serve(void *arg)
 {
@@ -96,7 +105,11 @@ static void *serve(void *arg)
 	while (recv_local(fd, &m, &extra) == 0) {
 		if (extra >= 0)
 			close(extra);
-		if (m.type == CKSM_LOCAL_ZAP) {
+		if (m.type == CKSM_LOCAL_ZAP && agent_gone(fd)) {
+			/* Nobody would bring the page back: a zap that waited
+			 * (this process was stopped) while the agent went. */
+			continue;
+		} else if (m.type == CKSM_LOCAL_ZAP) {
 			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAPPED);
 
 			r.token = m.token;

@@ -156,6 +156,11 @@ struct backing {
 	pthread_t fault_thread, evict_thread;
 	bool threads;
 	pthread_cond_t offer_cond;
+	struct parked {
+		struct mm *m; /* with the evictor's reference */
+		struct bentry e;
+		struct parked *next;
+	} * parked; /* evictions waiting for a zap answer (evictor's) */
 	struct offer *offers;
 	size_t noffers, offer_head; /* a ring of OFFER_MAX */
 	uint64_t next_token;
@@ -202,6 +207,7 @@ struct backing {
 	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
+	struct metric *m_parked;
 	struct metric_histogram *m_lat;
 };
 
@@ -2086,6 +2092,98 @@ static bool removal_or_gone(const struct mm *m)
 }
 
 /*
+ * After the zap was sent: the answer (or the end of the process, or of
+ * the agent) decides what becomes of the entry. m->lock held; released,
+ * with the evictor's reference on m.
+ */
+static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
+{
+	uint64_t addr = e->page << 12;
+	const char *why = NULL;
+
+	while (!zap_or_gone(m) && !atomic_load(&b->stopping))
+		wait_for(m, zap_or_gone, 200);
+	if (m->zap_done && m->zap_status == 0) {
+		/* The page is gone: wait for our own REMOVE. More than one
+		 * means the program dropped or moved the page too, and it
+		 * must then read as the program left it. */
+		while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
+		}
+		if (m->evict_hits > 1) {
+			struct bentry *x = own_entry(m, e);
+
+			if (x)
+				entry_release(m, x);
+			why = "the program removed the page";
+		}
+	} else if (m->zap_done && m->zap_status != -ECONNRESET) {
+		/* Not dropped (or the process is gone): the entry must not stay. */
+		struct bentry *x = own_entry(m, e);
+
+		if (x)
+			entry_release(m, x);
+		why = m->zap_status == -ESRCH ? "the process is gone" : "the zap failed";
+	} else {
+		/* No answer (the agent is stopping, or the process closed its
+		 * connection): the page may or may not have been dropped. The
+		 * entry stays: a present page never consults it, a missing
+		 * one is served from it. */
+		why = m->zap_done ? "the process left" : "the agent is stopping";
+	}
+	m->evicting = 0;
+	pthread_mutex_unlock(&m->lock);
+	if (!why)
+		metric_inc(b->m_evicted);
+	else
+		metric_inc(b->m_aborted);
+	/* Writers that raced the eviction: they retry, and either find the
+	 * page or fault it back. */
+	uffd_protect(m->uffd, addr, false);
+	uffd_wake(m->uffd, addr);
+	if (why)
+		log_debug("process %d page %#llx: %s", (int)m->pid, (unsigned long long)addr, why);
+	mm_put(m);
+}
+
+/* An eviction whose process has not answered its zap yet. */
+static void park(struct backing *b, struct mm *m, const struct bentry *e)
+{
+	struct parked *p = malloc(sizeof(*p));
+
+	if (!p) { /* nothing else to do but wait */
+		pthread_mutex_lock(&m->lock);
+		evict_end(b, m, e);
+		return;
+	}
+	log_warn(
+		"process %d has not answered a zap for %d ms (stopped?): its evictions wait, the others go on",
+		(int)m->pid, ZAP_WAIT_MS);
+	p->m = m;
+	p->e = *e;
+	p->next = b->parked;
+	b->parked = p;
+	metric_gauge_add(b->m_parked, 1);
+}
+
+/* Evictor thread: end the parked evictions whose answer came (all of
+ * them once the agent stops). */
+static void unpark(struct backing *b, bool all)
+{
+	for (struct parked **pp = &b->parked, *p; (p = *pp);) {
+		pthread_mutex_lock(&p->m->lock);
+		if (!all && !zap_or_gone(p->m)) {
+			pthread_mutex_unlock(&p->m->lock);
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		evict_end(b, p->m, &p->e);
+		metric_gauge_add(b->m_parked, -1);
+		free(p);
+	}
+}
+
+/*
  * One page: write-protect, read, compare, enter, zap, release. Any doubt
  * before the zap leaves the page where it is. From the moment it is
  * entered, the entry owns the reference on its dup and is counted, so
@@ -2165,57 +2263,19 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 	pthread_mutex_lock(&m->lock);
 	if (local_send(m->sock, &zap, -1) == 0) {
 		/* Until the process answers (or is gone): the page stays
-		 * write-protected meanwhile, so nothing written can be lost. */
-		while (!wait_for(m, zap_or_gone, 200) && !atomic_load(&b->stopping)) {
-		}
-		if (m->zap_done && m->zap_status == 0) {
-			/* The page is gone: wait for our own REMOVE. More than one
-			 * means the program dropped or moved the page too, and it
-			 * must then read as the program left it. */
-			while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
-			}
-			if (m->evict_hits > 1) {
-				struct bentry *x = own_entry(m, &e);
-
-				if (x)
-					entry_release(m, x);
-				why = "the program removed the page";
-			}
-		} else if (m->zap_done && m->zap_status != -ECONNRESET) {
-			/* Not dropped: the page is still there; so must the entry not be. */
-			struct bentry *x = own_entry(m, &e);
-
-			if (x)
-				entry_release(m, x);
-			why = "the zap failed";
-		} else {
-			/* No answer (the agent is stopping, or the process closed its
-			 * connection): the page may or may not have been dropped. The
-			 * entry stays: a present page never consults it, a missing
-			 * one is served from it. */
-			why = m->zap_done ? "the process left" : "the agent is stopping";
+		 * write-protected meanwhile, so nothing written can be lost.
+		 * A process that does not answer in time (stopped, say) is
+		 * parked: the evictor goes on with other processes. */
+		if (!wait_for(m, zap_or_gone, ZAP_WAIT_MS) && !atomic_load(&b->stopping)) {
+			pthread_mutex_unlock(&m->lock);
+			park(b, m, &e);
+			return;
 		}
 	} else {
-		struct bentry *x = own_entry(m, &e);
-
-		if (x)
-			entry_release(m, x);
-		why = "the process is gone";
+		m->zap_done = true;
+		m->zap_status = -ESRCH;
 	}
-	m->evicting = 0;
-	pthread_mutex_unlock(&m->lock);
-	if (!why)
-		metric_inc(b->m_evicted);
-	else
-		metric_inc(b->m_aborted);
-	/* Writers that raced the eviction: they retry, and either find the
-	 * page or fault it back. */
-	uffd_protect(m->uffd, o->addr, false);
-	uffd_wake(m->uffd, o->addr);
-	if (why)
-		log_debug("process %d page %#llx: %s", (int)m->pid, (unsigned long long)o->addr,
-			  why);
-	mm_put(m);
+	evict_end(b, m, &e);
 	return;
 out_unprotect:
 	uffd_protect(m->uffd, o->addr, false);
@@ -2244,10 +2304,30 @@ static void *evict_main(void *arg)
 		return NULL;
 	for (;;) {
 		pthread_mutex_lock(&b->lock);
-		while (!b->stop_evicting && !b->noffers)
-			pthread_cond_wait(&b->offer_cond, &b->lock);
+		while (!b->stop_evicting && !b->noffers) {
+			if (!b->parked) {
+				pthread_cond_wait(&b->offer_cond, &b->lock);
+				continue;
+			}
+			/* Parked evictions are looked at every 200 ms. */
+			pthread_mutex_unlock(&b->lock);
+			unpark(b, false);
+			pthread_mutex_lock(&b->lock);
+			if (b->parked && !b->noffers && !b->stop_evicting) {
+				struct timespec ts;
+
+				clock_gettime(CLOCK_REALTIME, &ts);
+				ts.tv_nsec += 200000000L;
+				if (ts.tv_nsec >= 1000000000L) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000L;
+				}
+				pthread_cond_timedwait(&b->offer_cond, &b->lock, &ts);
+			}
+		}
 		if (b->stop_evicting) {
 			pthread_mutex_unlock(&b->lock);
+			unpark(b, true);
 			break;
 		}
 		o = b->offers[b->offer_head];
@@ -2274,6 +2354,8 @@ static void *evict_main(void *arg)
 			}
 			tokens -= 1;
 		}
+		if (b->parked)
+			unpark(b, false);
 		evict_one(b, &o, buf, buf + PAGE);
 	}
 	free(buf);
@@ -2345,6 +2427,9 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 			 "Forked children that attached again (their pages can be evicted)."),
 		METRIC_C(b->m_ksm_windows, "cksm_ksm_windows_total",
 			 "Windows of hot duplicates handed to the kernel's KSM."),
+		METRIC_G(
+			b->m_parked, "cksm_evictions_parked",
+			"Evictions waiting for a process that has not answered its zap (stopped?)."),
 		METRIC_C(b->m_offers_dropped, "cksm_eviction_offers_dropped_total",
 			 "Pages offered for eviction while the queue was full."),
 	};

@@ -12,6 +12,7 @@
 #  libcksm without an agent (or with CKSM_DISABLE=1) changes nothing, and
 #  garbage or silence on the agent's socket is dropped with a reason, and
 #  a userfaultfd sent by another process than the one that connected too;
+#  a stopped process does not stall the others' eviction;
 #  (g) stressapptest (Debian's, unmodified, multi-threaded) passes its own
 #      memory checks with every mapping mergeable.
 # No page is ever lost: cksm_sigbus_total stays 0.
@@ -93,6 +94,25 @@ gone() {
 		$(m 'cksm_pages_backed{source="zero"}') == 0 && $(m cksm_pool_dups) == 0 ]]
 }
 wait_for "everything released after the exit" 20 gone
+
+# A stopped process does not stall eviction: its zap waits (parked) while
+# another process is evicted; once continued it finishes and reads right.
+LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 60 --stop >"$T/stopped.json" &
+STOPPED=$!
+PIDS+=($STOPPED)
+wait_for "an eviction parked" 20 bash -c "[[ \$(curl -sf http://$AMET/metrics | awk '\$1 == \"cksm_evictions_parked\" { print \$2 }') -ge 1 ]]"
+log_has agent "has not answered a zap" || fail "no word of the parked eviction"
+LD_PRELOAD=$LIB timeout 60 "$ROOT/build/cksm-evictee" verify --pages 256 --wait-s 20 \
+	>"$T/beside.json" 2>"$T/beside.err" || fail "beside a stopped process: $(cat "$T/beside.json" "$T/beside.err")"
+jq -e '.evicted >= 230 and .bad == 0' "$T/beside.json" >/dev/null || fail "beside a stopped process: $(cat "$T/beside.json")"
+echo "beside a stopped process: $(cat "$T/beside.json")"
+kill -CONT $STOPPED
+wait_for "the stopped process evicted" 30 test -s "$T/stopped.json"
+[[ $(m cksm_evictions_parked) == 0 ]] || fail "still parked: $(m cksm_evictions_parked)"
+kill -TERM $STOPPED
+wait $STOPPED || fail "the stopped process read bad pages: $(cat "$T/stopped.json")"
+jq -e '.bad == 0' <(tail -1 "$T/stopped.json") >/dev/null || fail "stopped: $(cat "$T/stopped.json")"
+echo "stopped, continued: $(tail -1 "$T/stopped.json")"
 
 # (g)
 CKSM_MERGE_ALL=1 LD_PRELOAD=$LIB timeout 120 stressapptest -s 10 -M 64 -m 2 -C 1 -W \

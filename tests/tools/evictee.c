@@ -2,7 +2,7 @@
  * cksm-evictee - scenarios on pages cksm has evicted, each checking that
  * the process reads what Linux promises.
  *
- *   cksm-evictee SCENARIO [--pages N] [--wait-s S]
+ *   cksm-evictee SCENARIO [--pages N] [--wait-s S] [--stop]
  *
  * A mergeable region of N pages: the first half copies of 4 contents,
  * the second half zero pages. The process waits (up to S seconds) until
@@ -26,6 +26,9 @@
  *   hot       print the region's address, then read it all every 20 ms
  *             (every evicted page comes back, again and again) and check
  *             it, until SIGTERM
+ *
+ * With --stop the process stops itself (SIGSTOP) once the region is
+ * written, before anything is evicted, until continued.
  *
  * Prints one JSON line: {"scenario", "evicted", "checked", "bad"}; exit 0
  * when nothing was wrong.
@@ -127,11 +130,17 @@ int main(int argc, char **argv)
 {
 	const char *sc = argc > 1 ? argv[1] : "";
 	unsigned wait_s = 30;
+	bool stop_self = false;
 	size_t bad = 0, checked, evicted;
 	uint8_t *r;
 
-	for (int i = 2; i + 1 < argc; i += 2) {
-		if (!strcmp(argv[i], "--pages"))
+	for (int i = 2; i < argc; i += 2) {
+		if (!strcmp(argv[i], "--stop")) {
+			stop_self = true;
+			i--;
+		} else if (i + 1 >= argc) {
+			break;
+		} else if (!strcmp(argv[i], "--pages"))
 			npages = (size_t)atol(argv[i + 1]);
 		else if (!strcmp(argv[i], "--wait-s"))
 			wait_s = (unsigned)atoi(argv[i + 1]);
@@ -148,6 +157,8 @@ int main(int argc, char **argv)
 		fill(r + pg * PAGE, content_of(pg));
 	if (madvise(r, npages * PAGE, MADV_MERGEABLE))
 		perror("evictee: madvise(MADV_MERGEABLE)");
+	if (stop_self)
+		raise(SIGSTOP);
 	evicted = wait_evicted(r, wait_s);
 
 	if (!strcmp(sc, "verify")) {

@@ -276,6 +276,21 @@ static int workload(size_t n)
 
 /* ---- the cluster ------------------------------------------------------------------ */
 
+static pid_t spawned[4];
+static int nspawned;
+
+/* The daemons go with the benchmark, however it ends. */
+static void stop_spawned(void)
+{
+	int st;
+
+	for (int i = nspawned - 1; i >= 0; i--)
+		kill(spawned[i], SIGTERM);
+	for (int i = nspawned - 1; i >= 0; i--)
+		waitpid(spawned[i], &st, 0);
+	nspawned = 0;
+}
+
 static pid_t spawn(char *const argv[], const char *log, char *const env[])
 {
 	pid_t p = fork();
@@ -294,6 +309,8 @@ static pid_t spawn(char *const argv[], const char *log, char *const env[])
 			execv(argv[0], argv);
 		_exit(127);
 	}
+	if (p > 0 && nspawned < 4)
+		spawned[nspawned++] = p;
 	return p;
 }
 
@@ -360,13 +377,12 @@ int main(int argc, char **argv)
 	char dir[] = "/tmp/cksm-bench-fault.XXXXXX", conf[128], key[128], sock[128], sockb[128],
 	     bin[512], lib[600], daemon[600], *slash;
 	double f50, f99;
-	pid_t coord, agent, agentb;
 	struct result r;
-	int st;
 	FILE *f;
 
 	if (argc > 2 && !strcmp(argv[2], "--workload"))
 		return workload(n);
+	atexit(stop_spawned);
 	if (n < 64 || n % 4) {
 		fprintf(stderr, "usage: fault [PAGES], a multiple of 4 from 64\n");
 		return 2;
@@ -422,8 +438,8 @@ int main(int argc, char **argv)
 
 		snprintf(l1, sizeof(l1), "%s/coord.log", dir);
 		snprintf(l2, sizeof(l2), "%s/agent.log", dir);
-		coord = spawn(ca, l1, NULL);
-		agent = spawn(aa, l2, NULL);
+		spawn(ca, l1, NULL);
+		spawn(aa, l2, NULL);
 	}
 	for (int i = 0; i < 100 && access(sock, F_OK); i++)
 		usleep(50000);
@@ -507,7 +523,7 @@ int main(int argc, char **argv)
 		snprintf(setsock, sizeof(setsock), "agent.socket=%s", sockb);
 		ab[10] = setsock;
 		snprintf(l3, sizeof(l3), "%s/agent-b.log", dir);
-		agentb = spawn(ab, l3, NULL);
+		spawn(ab, l3, NULL);
 	}
 	for (int i = 0; i < 100 && access(sockb, F_OK); i++)
 		usleep(50000);
@@ -525,11 +541,6 @@ int main(int argc, char **argv)
 	if (getenv("FAULT_HIST") &&
 	    system("curl -sf http://127.0.0.1:19573/metrics | grep -E 'cksm_fault_seconds|faults_total'"))
 		return 1;
-	kill(agentb, SIGTERM);
-	kill(agent, SIGTERM);
-	kill(coord, SIGTERM);
-	waitpid(agentb, &st, 0);
-	waitpid(agent, &st, 0);
-	waitpid(coord, &st, 0);
+	stop_spawned();
 	return 0;
 }

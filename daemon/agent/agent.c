@@ -82,12 +82,12 @@ struct agent {
 	struct metric *m_orders;       /* DupCreate and DupRelease received */
 	struct metric *m_unanswered;   /* reports whose answer never came */
 	struct metric *m_dups, *m_pool_free, *m_refs_sent;
-	struct pool *pool;	 /* NULL: no pool on this node */
-	struct backing *backing; /* NULL: processes cannot attach */
-	struct listener *data;	 /* serves the pool to other nodes */
-	struct copier *copier;	 /* carries out DupCreate orders */
-	uint64_t refs_resent_ms; /* loop time all counts were last sent again */
-	uint32_t dup_idle_ms;	 /* the shortest of the shards' dup_idle_millisecs */
+	struct pool *pool;	  /* NULL: no pool on this node */
+	struct backing *backing;  /* NULL: processes cannot attach */
+	struct data_server *data; /* serves the pool to other nodes */
+	struct copier *copier;	  /* carries out DupCreate orders */
+	uint64_t refs_resent_ms;  /* loop time all counts were last sent again */
+	uint32_t dup_idle_ms;	  /* the shortest of the shards' dup_idle_millisecs */
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 };
 
@@ -861,7 +861,7 @@ static void agent_stop(struct runtime *rt)
 	a->copier = NULL;
 	backing_destroy(a->backing);
 	a->backing = NULL;
-	listener_destroy(a->data);
+	tcp_transport_serve_stop(a->data);
 	a->data = NULL;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		dialer_destroy(a->shards[i].dialer);

@@ -1,19 +1,38 @@
 /*
  * transport - see transport.h; the TCP implementation.
  *
- * Reader: blocking connections (sconn.h) in the calling thread, one per
- * peer address, reopened after any error. A batch to one peer is
- * pipelined: every request goes out before the first answer is read.
- * Holder: a listener on the agent's loop answering PageRead from the pool
- * (a stale (slot, generation) gets -ESTALE, never other bytes).
+ * A data connection starts with the handshake every cksm connection has
+ * (frames, the cluster key); after it, page reads travel as fixed binary
+ * records (data_req, data_ans below): page bytes need no encoding, and a
+ * fault waits on this round trip.
+ *
+ * Reader: blocking connections in the calling thread, one per peer
+ * address, reopened after any error. A batch to one peer is pipelined:
+ * every request goes out before the first answer is read.
+ * Holder: the handshake on the agent's loop, then the connection moves to
+ * a thread of its own that answers from the pool with one writev per
+ * read, straight from the slot (a stale (slot, generation) gets -ESTALE
+ * and zeroes, never other bytes).
  */
 #include "transport.h"
 
+#include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
+#include "datawire.h"
 #include "log.h"
 #include "sconn.h"
 
@@ -33,6 +52,20 @@ struct tcp_transport {
 	} peers[PEERS];
 	uint64_t clock;
 };
+
+/* After the handshake: blocking, no Nagle, every wait bounded. */
+static int data_mode(int fd, int timeout_ms)
+{
+	struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+	int fl = fcntl(fd, F_GETFL), one = 1;
+
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)))
+		return -errno;
+	return 0;
+}
 
 static struct peer *peer_get(struct tcp_transport *tt, const char *addr, int *rc)
 {
@@ -58,6 +91,11 @@ static struct peer *peer_get(struct tcp_transport *tt, const char *addr, int *rc
 			log_warn("data transport: %s", err);
 			return NULL;
 		}
+		*rc = data_mode(p->s.fd, tt->timeout_ms);
+		if (*rc) {
+			sconn_close(&p->s);
+			return NULL;
+		}
 		snprintf(p->addr, sizeof(p->addr), "%s", addr);
 		p->open = true;
 	}
@@ -73,38 +111,41 @@ static void peer_drop(struct peer *p)
 	p->open = false;
 }
 
-static int send_read(struct tcp_transport *tt, struct peer *p, const struct dup_loc *d,
-		     uint64_t tag)
+static void req_fill(struct data_req *r, const struct dup_loc *d, uint64_t tag)
 {
-	Cksm__Msg m = CKSM__MSG__INIT;
-	Cksm__PageRead r = CKSM__PAGE_READ__INIT;
+	r->magic = htole32(DATA_MAGIC);
+	r->slot = htole32(d->slot);
+	r->gen = htole32(d->gen);
+	r->flags = 0;
+	r->tag = htole64(tag);
+}
 
-	(void)tt;
-	r.tag = tag;
-	r.slot = d->slot;
-	r.generation = d->gen;
-	m.body_case = CKSM__MSG__BODY_PAGE_READ;
-	m.page_read = &r;
-	return sconn_send(&p->s, &m);
+static int send_all(int fd, const void *buf, size_t len)
+{
+	for (size_t off = 0; off < len;) {
+		ssize_t n = send(fd, (const char *)buf + off, len - off, MSG_NOSIGNAL);
+
+		if (n <= 0)
+			return n < 0 && errno != EAGAIN ? -errno : -ETIMEDOUT;
+		off += (size_t)n;
+	}
+	return 0;
 }
 
 static int recv_page(struct peer *p, uint64_t tag, void *buf)
 {
-	int rc = 0;
-	Cksm__Msg *m = sconn_recv(&p->s, &rc);
+	struct data_ans a;
+	struct iovec iov[2] = { { &a, sizeof(a) }, { buf, POOL_SLOT } };
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+	ssize_t n = recvmsg(p->s.fd, &mh, MSG_WAITALL);
+	int32_t st;
 
-	if (!m)
-		return rc ? rc : -EPROTO;
-	if (m->body_case != CKSM__MSG__BODY_PAGE_DATA || m->page_data->tag != tag)
-		rc = -EPROTO;
-	else if (m->page_data->status)
-		rc = m->page_data->status < 0 ? m->page_data->status : -EPROTO;
-	else if (m->page_data->data.len != POOL_SLOT)
-		rc = -EPROTO;
-	else
-		memcpy(buf, m->page_data->data.data, POOL_SLOT);
-	cksm__msg__free_unpacked(m, NULL);
-	return rc;
+	if (n != (ssize_t)(sizeof(a) + POOL_SLOT))
+		return n < 0 && errno != EAGAIN ? -errno : n == 0 ? -ECONNRESET : -ETIMEDOUT;
+	if (le32toh(a.magic) != DATA_MAGIC || le64toh(a.tag) != tag)
+		return -EPROTO;
+	st = (int32_t)le32toh((uint32_t)a.status);
+	return st > 0 ? -EPROTO : st;
 }
 
 static int tcp_read(struct transport *t, const struct dup_loc *d, void *buf)
@@ -114,9 +155,12 @@ static int tcp_read(struct transport *t, const struct dup_loc *d, void *buf)
 	int rc;
 	struct peer *p = peer_get(tt, d->addr, &rc);
 
+	struct data_req r;
+
 	if (!p)
 		return rc;
-	rc = send_read(tt, p, d, tag);
+	req_fill(&r, d, tag);
+	rc = send_all(p->s.fd, &r, sizeof(r));
 	if (!rc)
 		rc = recv_page(p, tag, buf);
 	if (rc && rc != -ESTALE)
@@ -138,8 +182,12 @@ static void tcp_read_batch(struct transport *t, const struct dup_loc *d, void *c
 		/* A run of reads from one peer goes out at once. */
 		while (j < n && !strcmp(d[j].addr, d[i].addr))
 			j++;
-		for (size_t k = i; k < j; k++)
-			rcs[k] = !p ? rc : send_read(tt, p, &d[k], ++tt->tag);
+		for (size_t k = i; k < j; k++) {
+			struct data_req r;
+
+			req_fill(&r, &d[k], ++tt->tag);
+			rcs[k] = !p ? rc : send_all(p->s.fd, &r, sizeof(r));
+		}
 		for (size_t k = i; p && k < j; k++)
 			if (!rcs[k])
 				rcs[k] = recv_page(p, tag0 + (k - i), bufs[k]);
@@ -181,39 +229,241 @@ struct transport *tcp_transport_create(const struct auth_key *key, const char *n
 	return &tt->t;
 }
 
-/* ---- the holder's side ----------------------------------------------------- */
+/* ---- the holder's side ------------------------------------------------------- */
 
-static int serve_msg(struct conn *c, const Cksm__Msg *m)
+#define SERVE_CONNS 256 /* data connections at once */
+#define REQS_IN	    64	/* requests read ahead per connection */
+
+struct dconn {
+	int fd;
+	char peer[AUTH_NAME_MAX + 1];
+	uint8_t in[REQS_IN * sizeof(struct data_req)];
+	size_t nin;
+	uint8_t out[sizeof(struct data_ans) + POOL_SLOT]; /* an answer not all sent */
+	size_t outoff, outlen;
+	bool want_out; /* waiting for EPOLLOUT */
+	struct dconn *next;
+};
+
+struct data_server {
+	struct listener *l;
+	struct pool *pool;
+	int epfd, wakefd;
+	pthread_t thread;
+	pthread_mutex_t lock; /* incoming, stop */
+	struct dconn *incoming;
+	bool stop;
+	struct dconn *conns; /* the thread's */
+	atomic_int n;
+};
+
+static void dconn_close(struct data_server *ds, struct dconn *dc, const char *why)
 {
-	struct pool *pool = c->data;
-	Cksm__Msg out = CKSM__MSG__INIT;
-	Cksm__PageData d = CKSM__PAGE_DATA__INIT;
-	struct pool_ref ref;
-	const void *bytes;
-
-	if (c->peer_role != CKSM__ROLE__ROLE_AGENT)
-		return conn_fail(c, -EPERM, "page reads are for agents");
-	if (m->body_case != CKSM__MSG__BODY_PAGE_READ)
-		return conn_fail(c, -EOPNOTSUPP, "only page reads on the data port");
-	d.tag = m->page_read->tag;
-	ref.slot = m->page_read->slot > UINT32_MAX ? UINT32_MAX : (uint32_t)m->page_read->slot;
-	ref.gen = m->page_read->generation;
-	/* The bytes are copied into the frame at once: no reference needed. */
-	bytes = pool_page(pool, ref, NULL);
-	if (bytes) {
-		d.data.data = (uint8_t *)bytes;
-		d.data.len = POOL_SLOT;
-	} else {
-		d.status = -ESTALE;
-	}
-	out.body_case = CKSM__MSG__BODY_PAGE_DATA;
-	out.page_data = &d;
-	return conn_send(c, &out);
+	if (why)
+		log_warn("data connection from %s closed: %s", dc->peer, why);
+	epoll_ctl(ds->epfd, EPOLL_CTL_DEL, dc->fd, NULL);
+	close(dc->fd);
+	for (struct dconn **pp = &ds->conns; *pp; pp = &(*pp)->next)
+		if (*pp == dc) {
+			*pp = dc->next;
+			break;
+		}
+	atomic_fetch_sub(&ds->n, 1);
+	free(dc);
 }
 
+/* Send what is left of the pending answer; 0 when all of it went. */
+static int dconn_flush(struct dconn *dc)
+{
+	while (dc->outoff < dc->outlen) {
+		ssize_t n = send(dc->fd, dc->out + dc->outoff, dc->outlen - dc->outoff,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n < 0)
+			return errno == EAGAIN ? -EAGAIN : -errno;
+		dc->outoff += (size_t)n;
+	}
+	dc->outoff = dc->outlen = 0;
+	return 0;
+}
+
+/* One answer, straight from the slot; what the socket does not take now is kept. */
+static int answer(struct data_server *ds, struct dconn *dc, const struct data_req *r)
+{
+	static const uint8_t zeroes[POOL_SLOT];
+	struct pool_ref ref = { .slot = le32toh(r->slot), .gen = le32toh(r->gen) };
+	const void *bytes = pool_page(ds->pool, ref, NULL);
+	struct data_ans a = { .magic = htole32(DATA_MAGIC),
+			      .status = bytes ? 0 : (int32_t)htole32((uint32_t)-ESTALE),
+			      .tag = r->tag };
+	struct iovec iov[2] = { { &a, sizeof(a) },
+				{ (void *)(bytes ? bytes : zeroes), POOL_SLOT } };
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+	ssize_t n = sendmsg(dc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	size_t done = n > 0 ? (size_t)n : 0;
+
+	if (n < 0 && errno != EAGAIN)
+		return -errno;
+	if (done == sizeof(a) + POOL_SLOT)
+		return 0;
+	/* The rest waits for room; the bytes are taken now (a slot may be
+	 * reused once this returns). */
+	memcpy(dc->out, &a, sizeof(a));
+	memcpy(dc->out + sizeof(a), iov[1].iov_base, POOL_SLOT);
+	dc->outoff = done;
+	dc->outlen = sizeof(dc->out);
+	return -EAGAIN;
+}
+
+static int dconn_want(struct data_server *ds, struct dconn *dc, bool out)
+{
+	struct epoll_event ev = { .events = out ? EPOLLOUT : EPOLLIN, .data.ptr = dc };
+
+	if (dc->want_out == out)
+		return 0;
+	dc->want_out = out;
+	return epoll_ctl(ds->epfd, EPOLL_CTL_MOD, dc->fd, &ev) ? -errno : 0;
+}
+
+/* The connection is ready: send what waits, read, answer. NULL or why it ends. */
+static const char *dconn_serve(struct data_server *ds, struct dconn *dc, bool *gone)
+{
+	size_t off = 0;
+	int rc;
+
+	*gone = false;
+	rc = dconn_flush(dc);
+	if (rc == -EAGAIN)
+		return dconn_want(ds, dc, true) ? "epoll" : NULL;
+	if (rc)
+		return strerror(-rc);
+	if (dc->nin < sizeof(dc->in)) {
+		ssize_t n = recv(dc->fd, dc->in + dc->nin, sizeof(dc->in) - dc->nin, MSG_DONTWAIT);
+
+		if (n == 0) {
+			*gone = true;
+			return "closed";
+		}
+		if (n < 0 && errno != EAGAIN)
+			return strerror(errno);
+		dc->nin += n > 0 ? (size_t)n : 0;
+	}
+	while (dc->nin - off >= sizeof(struct data_req)) {
+		struct data_req r;
+
+		memcpy(&r, dc->in + off, sizeof(r));
+		if (le32toh(r.magic) != DATA_MAGIC || r.flags)
+			return "a request that is not a page read";
+		off += sizeof(r);
+		rc = answer(ds, dc, &r);
+		if (rc == -EAGAIN)
+			break;
+		if (rc)
+			return strerror(-rc);
+	}
+	memmove(dc->in, dc->in + off, dc->nin - off);
+	dc->nin -= off;
+	return dconn_want(ds, dc, dc->outlen > 0) ? "epoll" : NULL;
+}
+
+static void *serve_main(void *arg)
+{
+	struct data_server *ds = arg;
+	struct epoll_event ev[32];
+
+	for (;;) {
+		int n = epoll_wait(ds->epfd, ev, 32, -1);
+
+		if (n < 0 && errno != EINTR) {
+			log_error("data server: epoll_wait: %s", strerror(errno));
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			struct dconn *dc = ev[i].data.ptr;
+			const char *why;
+			bool gone;
+
+			if (!dc) {
+				uint64_t v;
+				struct dconn *in;
+				bool stop;
+
+				if (read(ds->wakefd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+					log_warn("data server wake: %s", strerror(errno));
+				pthread_mutex_lock(&ds->lock);
+				in = ds->incoming;
+				ds->incoming = NULL;
+				stop = ds->stop;
+				pthread_mutex_unlock(&ds->lock);
+				while (in) {
+					struct dconn *next = in->next;
+					struct epoll_event e = { .events = EPOLLIN,
+								 .data.ptr = in };
+
+					in->next = ds->conns;
+					ds->conns = in;
+					if (epoll_ctl(ds->epfd, EPOLL_CTL_ADD, in->fd, &e))
+						dconn_close(ds, in, "epoll");
+					in = next;
+				}
+				if (stop)
+					goto out;
+				continue;
+			}
+			why = dconn_serve(ds, dc, &gone);
+			if (why)
+				dconn_close(ds, dc, gone ? NULL : why);
+		}
+	}
+out:
+	while (ds->conns)
+		dconn_close(ds, ds->conns, NULL);
+	return NULL;
+}
+
+/* The handshake is done: the connection leaves the loop for the data thread. */
 static void serve_ready(struct conn *c)
 {
-	(void)c;
+	struct data_server *ds = c->data;
+	struct dconn *dc;
+	int fd, one = 1;
+
+	if (c->peer_role != CKSM__ROLE__ROLE_AGENT) {
+		conn_fail(c, -EPERM, "page reads are for agents");
+		return;
+	}
+	if (atomic_load(&ds->n) >= SERVE_CONNS) {
+		conn_fail(c, -EBUSY, "%d data connections already", SERVE_CONNS);
+		return;
+	}
+	dc = calloc(1, sizeof(*dc));
+	if (!dc) {
+		conn_fail(c, -ENOMEM, "out of memory");
+		return;
+	}
+	snprintf(dc->peer, sizeof(dc->peer), "%s", c->peer_name);
+	fd = conn_detach(c);
+	if (fd < 0) {
+		free(dc);
+		conn_fail(c, fd, "cannot take the connection over: %s", strerror(-fd));
+		return;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	dc->fd = fd;
+	atomic_fetch_add(&ds->n, 1);
+	pthread_mutex_lock(&ds->lock);
+	dc->next = ds->incoming;
+	ds->incoming = dc;
+	pthread_mutex_unlock(&ds->lock);
+	if (eventfd_write(ds->wakefd, 1))
+		log_warn("data server wake: %s", strerror(errno));
+}
+
+/* Nothing comes through the loop once the handshake is done. */
+static int serve_msg(struct conn *c, const Cksm__Msg *m)
+{
+	(void)m;
+	return conn_fail(c, -EPROTO, "a frame on the data port after the handshake");
 }
 
 static void serve_close(struct conn *c)
@@ -227,7 +477,63 @@ static const struct conn_ops serve_ops = {
 	.on_close = serve_close,
 };
 
-struct listener *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool)
+struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool)
 {
-	return listener_create(net, addr, &serve_ops, pool);
+	struct data_server *ds = calloc(1, sizeof(*ds));
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+
+	if (!ds)
+		return NULL;
+	ds->pool = pool;
+	pthread_mutex_init(&ds->lock, NULL);
+	ds->epfd = epoll_create1(EPOLL_CLOEXEC);
+	ds->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (ds->epfd < 0 || ds->wakefd < 0 || epoll_ctl(ds->epfd, EPOLL_CTL_ADD, ds->wakefd, &ev))
+		goto fail;
+	if (pthread_create(&ds->thread, NULL, serve_main, ds)) {
+		log_error("cannot start the data server thread");
+		goto fail;
+	}
+	ds->l = listener_create(net, addr, &serve_ops, ds);
+	if (!ds->l) {
+		pthread_mutex_lock(&ds->lock);
+		ds->stop = true;
+		pthread_mutex_unlock(&ds->lock);
+		eventfd_write(ds->wakefd, 1);
+		pthread_join(ds->thread, NULL);
+		goto fail;
+	}
+	return ds;
+fail:
+	if (ds->epfd >= 0)
+		close(ds->epfd);
+	if (ds->wakefd >= 0)
+		close(ds->wakefd);
+	pthread_mutex_destroy(&ds->lock);
+	free(ds);
+	return NULL;
+}
+
+void tcp_transport_serve_stop(struct data_server *ds)
+{
+	if (!ds)
+		return;
+	listener_destroy(ds->l);
+	pthread_mutex_lock(&ds->lock);
+	ds->stop = true;
+	pthread_mutex_unlock(&ds->lock);
+	if (eventfd_write(ds->wakefd, 1))
+		log_warn("data server wake: %s", strerror(errno));
+	pthread_join(ds->thread, NULL);
+	while (ds->incoming) {
+		struct dconn *dc = ds->incoming;
+
+		ds->incoming = dc->next;
+		close(dc->fd);
+		free(dc);
+	}
+	close(ds->epfd);
+	close(ds->wakefd);
+	pthread_mutex_destroy(&ds->lock);
+	free(ds);
 }

@@ -49,7 +49,12 @@ struct transport {
 struct transport *tcp_transport_create(const struct auth_key *key, const char *name,
 				       int timeout_ms);
 
-/* The holder's side: serve PageRead on addr from pool. NULL on failure. */
-struct listener *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool);
+/*
+ * The holder's side: serve page reads of pool on addr (the handshake on
+ * net's loop, the reads on a thread of their own). NULL on failure.
+ */
+struct data_server;
+struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool);
+void tcp_transport_serve_stop(struct data_server *ds);
 
 #endif

@@ -17,6 +17,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +170,24 @@ static void begin_close(struct conn *c, bool flush)
 void conn_close(struct conn *c)
 {
 	begin_close(c, true);
+}
+
+int conn_detach(struct conn *c)
+{
+	uv_os_fd_t fd;
+	int dup;
+
+	if (c->state != CONN_READY)
+		return -ENOTCONN;
+	if (conn_queued(c))
+		return -EAGAIN;
+	if (uv_fileno((const uv_handle_t *)&c->tcp, &fd))
+		return -EBADF;
+	dup = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (dup < 0)
+		return -errno;
+	begin_close(c, false);
+	return dup;
 }
 
 static void send_error(struct conn *c, int code, const char *text)

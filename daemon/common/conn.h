@@ -144,6 +144,14 @@ int conn_fail(struct conn *c, int code, const char *fmt, ...) __attribute__((for
 /* Close quietly (local decision, nothing wrong). */
 void conn_close(struct conn *c);
 
+/*
+ * Take an authenticated connection out of the loop, for a protocol of
+ * its own (the data plane): reading stops, the conn closes without a
+ * shutdown, and a duplicate of its socket is returned (or a negative
+ * errno: -EAGAIN while frames are still queued for it).
+ */
+int conn_detach(struct conn *c);
+
 /* Close every connection of net (daemon shutdown). */
 void net_close_all(struct net_ctx *net);
 

@@ -12,7 +12,7 @@ cluster_conf "$T/cksm.conf" 1
 CMET=$(conf_get "$T/cksm.conf" shard.0 metrics)
 start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1 \
 	--set cluster.dup_idle_millisecs=1000 --set cluster.prune_millisecs=200
-declare -A MET
+declare -A MET DP
 for n in a b; do
 	MET[$n]=127.0.0.1:$(free_port)
 	dp=$(free_port)
@@ -22,7 +22,12 @@ for n in a b; do
 		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1 \
 		--set agent.evict_cooldown_millisecs=0
 	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"
+	DP[$n]=127.0.0.1:$dp
 done
+# The data port: a stale read gets -ESTALE and zeroes, a bad request or an
+# admin is disconnected, and the port keeps serving the nodes below.
+"$PEER" "${DP[a]}" "$T/cluster.key" data || fail "the data port"
+log_has node-a "a request that is not a page read" || fail "no word of the bad data request"
 m() { metric "${MET[$1]}" "$2"; }
 
 # A first: its own dups.

@@ -26,8 +26,12 @@
  *               the number of matrix cells
  *   uffd-child  ADDR is an agent's local socket: a child of the process
  *               that said hello sends the userfaultfd; must be refused
+ *   data        ADDR is an agent's data port: a read of a slot that is not
+ *               live gets -ESTALE and zeroes; a request with a bad magic is
+ *               disconnected; so is a peer authenticated as admin
  */
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -41,6 +45,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "datawire.h"
 #include "local.h"
 #include "sconn.h"
 #include "wire.h"
@@ -399,6 +404,53 @@ static int mode_uffd_child(void)
 	return 0;
 }
 
+/* len bytes from the non-blocking fd, within the deadline; 0 or -1. */
+static int read_full(int fd, void *buf, size_t len)
+{
+	for (size_t off = 0; off < len;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ssize_t n;
+
+		if (poll(&p, 1, TIMEOUT_MS) <= 0)
+			return -1;
+		n = read(fd, (char *)buf + off, len - off);
+		if (n <= 0)
+			return -1;
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+static int mode_data(void)
+{
+	struct data_req r = { .magic = DATA_MAGIC, .slot = 0x7fffffff, .gen = 7, .tag = 42 };
+	struct data_ans a;
+	static uint8_t page[DATA_PAGE], zero[DATA_PAGE];
+	char err[512];
+	struct sconn s;
+
+	if (sconn_open_to(&s, addr, &key, CKSM__ROLE__ROLE_AGENT, "testpeer",
+			  CKSM__ROLE__ROLE_AGENT, TIMEOUT_MS, err, sizeof(err)))
+		return fail(err);
+	if (sconn_write(&s, &r, sizeof(r)) || read_full(s.fd, &a, sizeof(a)) ||
+	    read_full(s.fd, page, sizeof(page)))
+		return fail("no answer to a read of a slot that is not live");
+	if (a.magic != DATA_MAGIC || a.tag != 42 || a.status != -ESTALE ||
+	    memcmp(page, zero, sizeof(page)))
+		return fail(
+			"a read of a slot that is not live was not answered -ESTALE with zeroes");
+	printf("testpeer: a stale slot answered -ESTALE\n");
+	r.magic = 0x12345678;
+	if (sconn_write(&s, &r, sizeof(r)))
+		return fail("write");
+	if (expect_closed(&s, "a request with a bad magic"))
+		return 1;
+	if (sconn_open_to(&s, addr, &key, CKSM__ROLE__ROLE_ADMIN, "testpeer",
+			  CKSM__ROLE__ROLE_AGENT, TIMEOUT_MS, err, sizeof(err)))
+		return fail(err);
+	return expect_closed(&s, "an admin on the data port");
+}
+
 static int mode_hold(void)
 {
 	char err[256];
@@ -422,7 +474,7 @@ int main(int argc, char **argv)
 		{ "malformed", mode_malformed },   { "replay", mode_replay },
 		{ "half-open", mode_half_open },   { "hold", mode_hold },
 		{ "forged", mode_forged },	   { "stats", mode_stats },
-		{ "uffd-child", mode_uffd_child },
+		{ "uffd-child", mode_uffd_child }, { "data", mode_data },
 	};
 	char err[512];
 

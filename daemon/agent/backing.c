@@ -1380,7 +1380,15 @@ static void ksm_flush(struct mm *m)
 		r.a = v[i].start;
 		r.b = v[i].end - v[i].start;
 		if (local_send(m->sock, &r, -1) < 0) {
-			log_warn("process %d: cannot send a KSM request", (int)m->pid);
+			/* Tried again at the next tick; meanwhile nothing is
+			 * evicted there either. */
+			pthread_mutex_lock(&m->lock);
+			for (unsigned k = 0; k < m->nksm; k++)
+				if (m->ksm[k].start == v[i].start)
+					m->ksm[k].sent = false;
+			pthread_mutex_unlock(&m->lock);
+			log_warn("process %d: cannot send a KSM request; trying again",
+				 (int)m->pid);
 			continue;
 		}
 		metric_inc(m->b->m_ksm_windows);

@@ -474,7 +474,7 @@ int main(int argc, char **argv)
 	       r.nz, r.z50, r.z50 / r.w50, r.z99, r.z99 / r.w99);
 	printf("pages read back wrong: %zu\n", r.bad);
 
-	/* cksm's own transport, alone: PageRead of one of the first node's dups. */
+	/* cksm's own transport, alone: a page read of one of the first node's dups. */
 	{
 		struct auth_key k;
 		char err[256];
@@ -493,7 +493,7 @@ int main(int argc, char **argv)
 			if (t->ops->read(t, &d, page) == 0)
 				lat[ok++] = now_s() - t0;
 		}
-		printf("the TCP data transport alone (PageRead of a dup, authenticated connection kept), %zu reads: p50 %.2f us, p99 %.2f us\n",
+		printf("the TCP data transport alone (a page read of a dup, authenticated connection kept), %zu reads: p50 %.2f us, p99 %.2f us\n",
 		       ok, pct(lat, ok, 0.5) * 1e6, pct(lat, ok, 0.99) * 1e6);
 		if (t)
 			t->ops->destroy(t);

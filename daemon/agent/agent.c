@@ -957,7 +957,7 @@ static int start_backing(struct agent *a)
 	log_info("page pool of %u slots (%s)", cfg->pool_pages,
 		 huge ? "hugetlb pages" : "shared memory");
 	if (cfg->data_listen[0]) {
-		a->data = tcp_transport_serve(&a->rt.net, cfg->data_listen, a->pool);
+		a->data = tcp_transport_serve(&a->rt.net, cfg->data_listen, a->pool, a->rt.reg);
 		if (!a->data)
 			return -EADDRINUSE; /* logged */
 		if (!cfg->data_address[0])

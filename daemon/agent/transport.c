@@ -255,6 +255,7 @@ struct data_server {
 	bool stop;
 	struct dconn *conns; /* the thread's */
 	atomic_int n;
+	struct metric *m_reads, *m_stale, *m_conns;
 };
 
 static void dconn_close(struct data_server *ds, struct dconn *dc, const char *why)
@@ -269,6 +270,7 @@ static void dconn_close(struct data_server *ds, struct dconn *dc, const char *wh
 			break;
 		}
 	atomic_fetch_sub(&ds->n, 1);
+	metric_gauge_add(ds->m_conns, -1);
 	free(dc);
 }
 
@@ -302,6 +304,7 @@ static int answer(struct data_server *ds, struct dconn *dc, const struct data_re
 	ssize_t n = sendmsg(dc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
 	size_t done = n > 0 ? (size_t)n : 0;
 
+	metric_inc(bytes ? ds->m_reads : ds->m_stale);
 	if (n < 0 && errno != EAGAIN)
 		return -errno;
 	if (done == sizeof(a) + POOL_SLOT)
@@ -421,6 +424,17 @@ out:
 	return NULL;
 }
 
+/* A reader's node that vanished (no FIN) lets go of its connection. */
+static void keepalive(int fd)
+{
+	int one = 1, idle = 60, intvl = 10, cnt = 3;
+
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
 /* The handshake is done: the connection leaves the loop for the data thread. */
 static void serve_ready(struct conn *c)
 {
@@ -449,8 +463,10 @@ static void serve_ready(struct conn *c)
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	keepalive(fd);
 	dc->fd = fd;
 	atomic_fetch_add(&ds->n, 1);
+	metric_gauge_add(ds->m_conns, 1);
 	pthread_mutex_lock(&ds->lock);
 	dc->next = ds->incoming;
 	ds->incoming = dc;
@@ -477,7 +493,8 @@ static const struct conn_ops serve_ops = {
 	.on_close = serve_close,
 };
 
-struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool)
+struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool,
+					struct metrics *reg)
 {
 	struct data_server *ds = calloc(1, sizeof(*ds));
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
@@ -485,6 +502,19 @@ struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, s
 	if (!ds)
 		return NULL;
 	ds->pool = pool;
+	ds->epfd = ds->wakefd = -1;
+	ds->m_reads =
+		metrics_counter(reg, "cksm_data_reads_total",
+				"Page reads served to other nodes, by answer.", "status=\"ok\"");
+	ds->m_stale =
+		metrics_counter(reg, "cksm_data_reads_total",
+				"Page reads served to other nodes, by answer.", "status=\"stale\"");
+	ds->m_conns = metrics_gauge(reg, "cksm_data_connections",
+				    "Data connections being served (after their handshake).", NULL);
+	if (!ds->m_reads || !ds->m_stale || !ds->m_conns) {
+		free(ds);
+		return NULL;
+	}
 	pthread_mutex_init(&ds->lock, NULL);
 	ds->epfd = epoll_create1(EPOLL_CLOEXEC);
 	ds->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -54,7 +54,8 @@ struct transport *tcp_transport_create(const struct auth_key *key, const char *n
  * net's loop, the reads on a thread of their own). NULL on failure.
  */
 struct data_server;
-struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool);
+struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool,
+					struct metrics *reg);
 void tcp_transport_serve_stop(struct data_server *ds);
 
 #endif

@@ -66,6 +66,9 @@ wait $PB || fail "node-b's process read wrong data: $(tail -1 "$T/b.json")"
 tail -1 "$T/b.json" | jq -e '.bad == 0' >/dev/null || fail "node-b: $(tail -1 "$T/b.json")"
 [[ $(m b 'cksm_faults_total{source="remote"}') -ge 100 ]] || fail "remote faults: $(m b 'cksm_faults_total{source="remote"}')"
 echo "node-b faults from node-a's pool: $(m b 'cksm_faults_total{source="remote"}'), read errors $(m b cksm_remote_read_errors_total)"
+[[ $(m a 'cksm_data_reads_total{status="ok"}') -ge 100 && $(m a 'cksm_data_reads_total{status="stale"}') -ge 1 ]] ||
+	fail "node-a's reads served: ok $(m a 'cksm_data_reads_total{status="ok"}'), stale $(m a 'cksm_data_reads_total{status="stale"}')"
+curl -sf "http://${MET[a]}/metrics" | promtool check metrics || fail "promtool rejects node-a's metrics"
 # The last references are gone: the shard releases A's dups and A frees them.
 wait_for "node-a's dups freed" 20 bash -c "[[ \$(curl -sf http://${MET[a]}/metrics | awk '\$1 == \"cksm_pool_dups\" { print \$2 }') == 0 ]]"
 [[ $(m a cksm_sigbus_total) == 0 && $(m b cksm_sigbus_total) == 0 ]] || fail "pages lost"

@@ -89,6 +89,7 @@ struct vstate {
 	size_t nchunks;
 	struct scan_counts last; /* what the last pass saw here */
 	bool ksm;		 /* VM_MERGEABLE: the kernel's KSM may merge it */
+	bool dma;		 /* VM_DONTCOPY: what RDMA registration marks */
 };
 
 struct proc {
@@ -280,14 +281,19 @@ static bool all_zero(const void *p)
 }
 
 /*
- * Pages of an attached process may be offered for eviction, except in
- * VMAs the kernel's KSM may merge: KSM's merge builds a new PTE without
- * the userfaultfd write-protect bit, so a write racing with an eviction
- * there would not be caught. Those are KSM's alone.
+ * Pages of an attached process may be offered for eviction, except:
+ *  - in VMAs the kernel's KSM may merge: KSM's merge builds a new PTE
+ *    without the userfaultfd write-protect bit, so a write racing with
+ *    an eviction there would not be caught. Those are KSM's alone;
+ *  - in VM_DONTCOPY VMAs (MADV_DONTFORK): that is how memory registered
+ *    for DMA is marked (libibverbs does it for every memory region), and
+ *    a pinned page must never be dropped: the device would go on
+ *    writing the old page. Pins themselves are not visible from user
+ *    space; the kernel helper refuses them.
  */
 static bool evictable(const struct scanner *s, const struct proc *p, const struct vstate *vs)
 {
-	return p->attached && s->evict && !vs->ksm;
+	return p->attached && s->evict && !vs->ksm && !vs->dma;
 }
 
 static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, size_t pi,
@@ -589,6 +595,7 @@ static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
 			continue;
 		vs = &p->v[k++];
 		vs->ksm = (vi[i].flags & VMA_MERGEABLE) != 0;
+		vs->dma = (vi[i].flags & VMA_DONTCOPY) != 0;
 		s->batch++; /* a VMA costs something even when empty */
 		if (vma_skipped(&vi[i], &vs->last) || empty_and_large(&vi[i])) {
 			/* Not ours, or a large reservation with nothing resident:

@@ -66,6 +66,8 @@ static void parse_vmflags(const char *s, struct vma_info *v)
 			v->flags |= VMA_MERGEABLE;
 		else if (s[0] == 'u' && s[1] == 'm')
 			v->flags |= VMA_UFFD;
+		else if (s[0] == 'd' && s[1] == 'c')
+			v->flags |= VMA_DONTCOPY;
 		else if (s[0] == 'l' && s[1] == 'o')
 			v->flags |= VMA_LOCKED;
 		else if (s[0] == 'h' && s[1] == 't')

@@ -22,6 +22,7 @@ enum vma_flag {
 	VMA_SPECIAL = 1u << 6,	 /* [vdso], [vvar], [vsyscall] */
 	VMA_READABLE = 1u << 7,	 /* perms "r" */
 	VMA_UFFD = 1u << 8,	 /* registered with a userfaultfd, VmFlags "um" */
+	VMA_DONTCOPY = 1u << 9,	 /* MADV_DONTFORK, VmFlags "dc": DMA-registered */
 };
 
 struct vma_info {

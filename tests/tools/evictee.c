@@ -22,6 +22,9 @@
  *   munmap    unmap the first quarter, check the rest
  *   dontneed  madvise(MADV_DONTNEED) the first quarter: it must read as
  *             zeroes; the rest as written
+ *   dma       a second region like the first, marked MADV_DONTFORK (as
+ *             memory registered for RDMA is): once the first is evicted,
+ *             "dma_evicted" counts the second's pages gone (must be 0)
  *   hold      stay (checked by the test from outside) until SIGTERM
  *   hot       print the region's address, then read it all every 20 ms
  *             (every evicted page comes back, again and again) and check
@@ -99,6 +102,7 @@ static size_t resident(const uint8_t *region)
 }
 
 static volatile sig_atomic_t stop;
+static uint8_t *dma; /* the "dma" scenario's second region */
 
 static void on_term(int sig)
 {
@@ -153,6 +157,19 @@ int main(int argc, char **argv)
 	r = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (r == MAP_FAILED)
 		return 1;
+	if (!strcmp(sc, "dma")) {
+		uint8_t *d = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (d == MAP_FAILED)
+			return 1;
+		for (size_t pg = 0; pg < npages; pg++)
+			fill(d + pg * PAGE, content_of(pg));
+		if (madvise(d, npages * PAGE, MADV_MERGEABLE) ||
+		    madvise(d, npages * PAGE, MADV_DONTFORK))
+			perror("evictee: madvise");
+		dma = d;
+	}
 	for (size_t pg = 0; pg < npages; pg++)
 		fill(r + pg * PAGE, content_of(pg));
 	if (madvise(r, npages * PAGE, MADV_MERGEABLE))
@@ -229,6 +246,13 @@ int main(int argc, char **argv)
 			bad += check(r, 0, npages, false);
 			usleep(20000);
 		}
+	} else if (!strcmp(sc, "dma")) {
+		size_t gone = npages - resident(dma);
+
+		bad = check(r, 0, npages, false) + check(dma, 0, npages, false);
+		printf("{\"scenario\":\"dma\",\"evicted\":%zu,\"dma_evicted\":%zu,\"bad\":%zu}\n",
+		       evicted, gone, bad);
+		return bad ? 1 : 0;
 	} else if (!strcmp(sc, "hold")) {
 		signal(SIGTERM, on_term);
 		printf("{\"scenario\":\"hold\",\"pid\":%d,\"evicted\":%zu}\n", (int)getpid(),

@@ -20,7 +20,7 @@ static const char text[] =
 	"7f0000400000-7f0000600000 rw-p 00000000 00:00 0 \n"
 	"Rss:                2048 kB\n"
 	"AnonHugePages:      2048 kB\n"
-	"VmFlags: rd wr mr mw me ac sd lo hg um uw\n"
+	"VmFlags: rd wr mr mw me dc ac sd lo hg um uw\n"
 	"7f0000800000-7f0000801000 r--p 00000000 08:01 42                         /usr/lib/libc.so.6\n"
 	"Rss:                   4 kB\n"
 	"VmFlags: rd mr mw me sd\n"
@@ -50,6 +50,8 @@ static void parses(void **state)
 	assert_true(v[2].flags & VMA_LOCKED);
 	assert_true(v[2].flags & VMA_UFFD);
 	assert_false(v[0].flags & VMA_UFFD);
+	assert_true(v[2].flags & VMA_DONTCOPY);
+	assert_false(v[0].flags & VMA_DONTCOPY);
 	assert_int_equal(v[2].anon_huge_kb, 2048);
 	assert_false(v[2].flags & VMA_MERGEABLE);
 	assert_false(v[3].flags & VMA_ANON);

@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -2372,10 +2373,30 @@ static void *evict_main(void *arg)
 
 /* ---- set-up ---------------------------------------------------------------------- */
 
-static int listen_on(const char *path)
+/*
+ * Who may attach: anyone (mode 0666), or with socket_group the members of
+ * that group (root:GROUP, mode 0660). Each process is served only with
+ * its own userfaultfd, whoever it is; the group keeps other users from
+ * the agent's capacity.
+ */
+static int socket_access(const char *path, const char *group)
+{
+	struct group gr, *g = NULL;
+	char buf[4096];
+
+	if (!group[0])
+		return chmod(path, 0666) ? -errno : 0;
+	if (getgrnam_r(group, &gr, buf, sizeof(buf), &g) || !g)
+		return -ENOENT;
+	if (chown(path, 0, g->gr_gid) || chmod(path, 0660))
+		return -errno;
+	return 0;
+}
+
+static int listen_on(const char *path, const char *group)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd;
+	int fd, rc;
 
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
@@ -2393,12 +2414,17 @@ static int listen_on(const char *path)
 	if (fd < 0)
 		return -errno;
 	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0666) < 0 ||
-	    listen(fd, 64) < 0) {
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
 		int e = -errno;
 
 		close(fd);
 		return e;
+	}
+	rc = socket_access(path, group);
+	if (rc) {
+		close(fd);
+		unlink(path);
+		return rc == -ENOENT ? -ENXIO : rc;
 	}
 	return fd;
 }
@@ -2508,7 +2534,12 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	b->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (b->wake_fd < 0)
 		goto fail;
-	rc = listen_on(cfg->socket_path);
+	rc = listen_on(cfg->socket_path, cfg->socket_group);
+	if (rc == -ENXIO) {
+		log_error("cannot listen on %s: there is no group %s (socket_group)",
+			  cfg->socket_path, cfg->socket_group);
+		goto fail;
+	}
 	if (rc < 0) {
 		log_error("cannot listen on %s: %s", cfg->socket_path, strerror(-rc));
 		goto fail;

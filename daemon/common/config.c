@@ -107,6 +107,8 @@ static const struct key keys[] = {
 	  "a digest count between 1024 and 16777216"),
 	S("agent", "cgroup_root", K_STR, cgroup_root, "a path"),
 	S("agent", "socket", K_STR, socket_path, "a path of at most 107 bytes"),
+	S("agent", "socket_group", K_NAME, socket_group,
+	  "a group name of 1 to 64 letters, digits, '.', '_' or '-'"),
 	S("agent", "data_listen", K_ADDR, data_listen, "a numeric host:port such as 0.0.0.0:9472"),
 	S("agent", "data_address", K_ADDR, data_address,
 	  "a numeric host:port such as 192.0.2.6:9472"),
@@ -697,10 +699,10 @@ void config_dump(const struct config *c, FILE *out)
 	if (c->data_address[0])
 		fprintf(out, "data_address = %s\n", c->data_address);
 	fprintf(out,
-		"socket = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
+		"socket = %s\nsocket_group = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
 		"evict_cooldown_millisecs = %u\n",
-		c->socket_path, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
-		c->evict_cooldown_millisecs);
+		c->socket_path, c->socket_group, c->pool_pages, c->evict, c->evict_age,
+		c->evict_rate, c->evict_cooldown_millisecs);
 	if (c->cgroup_root[0])
 		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
 	if (c->domains[0].cgroups[0])

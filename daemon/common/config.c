@@ -699,10 +699,12 @@ void config_dump(const struct config *c, FILE *out)
 	if (c->data_address[0])
 		fprintf(out, "data_address = %s\n", c->data_address);
 	fprintf(out,
-		"socket = %s\nsocket_group = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
+		"socket = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
 		"evict_cooldown_millisecs = %u\n",
-		c->socket_path, c->socket_group, c->pool_pages, c->evict, c->evict_age,
-		c->evict_rate, c->evict_cooldown_millisecs);
+		c->socket_path, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
+		c->evict_cooldown_millisecs);
+	if (c->socket_group[0])
+		fprintf(out, "socket_group = %s\n", c->socket_group);
 	if (c->cgroup_root[0])
 		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
 	if (c->domains[0].cgroups[0])

@@ -13,7 +13,10 @@ PIDS=()
 
 cleanup() {
 	local p
-	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null && kill -CONT "$p" 2>/dev/null || true; done
+	# A stopped process is continued first, then told to end; never the
+	# other way round: a SIGCONT after the SIGTERM would cancel the stop
+	# LeakSanitizer's tracer uses at the daemon's exit, and hang it.
+	for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$T"
 }

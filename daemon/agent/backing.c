@@ -36,6 +36,7 @@
 
 #include "local.h"
 #include "log.h"
+#include "util.h"
 
 /* Linux 6.6 and later; the build's headers may be older than the kernel. */
 #ifndef UFFD_FEATURE_POISON
@@ -1120,21 +1121,11 @@ static bool thread_of(pid_t pid, pid_t tid)
 /* The parent of pid (as this agent's pid namespace numbers it), or 0. */
 static pid_t parent_of(pid_t pid)
 {
-	char path[64], buf[512], *p;
-	int fd, ppid = 0;
-	ssize_t n;
+	char buf[512];
+	const char *f = proc_stat_fields((int)pid, buf, sizeof(buf));
+	int ppid = 0;
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
-	p = strrchr(buf, ')'); /* the command may hold anything */
-	if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
+	if (!f || sscanf(f, "%*c %d", &ppid) != 1)
 		return 0;
 	return (pid_t)ppid;
 }

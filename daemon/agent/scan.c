@@ -46,6 +46,7 @@
 
 #include "log.h"
 #include "smaps.h"
+#include "util.h"
 
 #define PAGE	    4096u
 #define CHUNK_PAGES 512u /* pages of state per chunk (2 MiB of address space) */
@@ -205,24 +206,12 @@ static int vstate_resize(struct scanner *s, struct vstate *vs, uint64_t end)
 
 static unsigned long long read_starttime(pid_t pid)
 {
-	char path[64], buf[1024], *p;
+	char buf[1024];
+	const char *f = proc_stat_fields((int)pid, buf, sizeof(buf));
 	unsigned long long st = 0;
-	ssize_t n;
-	int fd;
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
-	/* comm may hold spaces and parentheses: fields start after the last ')' */
-	p = strrchr(buf, ')');
-	if (!p ||
-	    sscanf(p + 2,
+	if (!f ||
+	    sscanf(f,
 		   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
 		   &st) != 1)
 		return 0;

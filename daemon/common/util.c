@@ -4,7 +4,10 @@
 #include "util.h"
 
 #include <ctype.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 uint32_t node_id_of(const char *name)
 {
@@ -26,4 +29,23 @@ int name_valid(const char *s)
 		if (!isalnum((unsigned char)*s) && !strchr("._-", *s))
 			return 0;
 	return 1;
+}
+
+const char *proc_stat_fields(int pid, char *buf, size_t len)
+{
+	char path[64], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n <= 0)
+		return NULL;
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p + 2 : NULL;
 }

@@ -26,6 +26,14 @@ int name_valid(const char *s);
  */
 uint32_t node_id_of(const char *name);
 
+/*
+ * /proc/PID/stat of pid read into buf; returns its fields after the
+ * command (from the state on: "S 1 ..."), or NULL if it cannot be read.
+ * The command may hold spaces and parentheses: the fields start after
+ * the last ')'.
+ */
+const char *proc_stat_fields(int pid, char *buf, size_t len);
+
 /* A 64-bit mixer (MurmurHash3's finaliser): spreads a counter into a hash. */
 static inline uint64_t mix64(uint64_t x)
 {

@@ -9,16 +9,7 @@
 source "$(dirname "$0")/lib.sh"
 
 LIB=$ROOT/build/libcksm.so
-KSM=/sys/kernel/mm/ksm
-[[ -w $KSM/run ]] || fail "$KSM/run is not writable (run as root)"
-old_run=$(cat $KSM/run) old_pts=$(cat $KSM/pages_to_scan) old_sleep=$(cat $KSM/sleep_millisecs)
-restore_ksm() {
-	echo 2 >$KSM/run # unmerge everything KSM merged
-	echo "$old_pts" >$KSM/pages_to_scan
-	echo "$old_sleep" >$KSM/sleep_millisecs
-	echo "$old_run" >$KSM/run
-}
-trap 'restore_ksm; cleanup' EXIT
+ksm_take
 echo 0 >$KSM/run
 
 cluster_conf "$T/cksm.conf" 1

@@ -106,3 +106,17 @@ log_has() { grep -q -- "$2" "$T/$1.log"; }
 metric() {
 	curl -sf "http://$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'
 }
+
+# ksm_take: the kernel's KSM is this test's; as it was, unmerged, at exit.
+ksm_take() {
+	KSM=/sys/kernel/mm/ksm
+	[[ -w $KSM/run ]] || fail "$KSM/run is not writable (run as root)"
+	KSM_OLD=("$(cat $KSM/run)" "$(cat $KSM/pages_to_scan)" "$(cat $KSM/sleep_millisecs)")
+	trap 'ksm_restore; cleanup' EXIT
+}
+ksm_restore() {
+	echo 2 >$KSM/run # unmerge everything KSM merged
+	echo "${KSM_OLD[1]}" >$KSM/pages_to_scan
+	echo "${KSM_OLD[2]}" >$KSM/sleep_millisecs
+	echo "${KSM_OLD[0]}" >$KSM/run
+}

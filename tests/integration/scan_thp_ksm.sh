@@ -30,16 +30,7 @@ fi
 [[ $(region_count h thp stable) == 512 ]] || fail "THP pages not stable with scan_thp=1"
 
 # --- KSM ---------------------------------------------------------------
-KSM=/sys/kernel/mm/ksm
-[[ -w $KSM/run ]] || fail "$KSM/run is not writable (run as root)"
-old_run=$(cat $KSM/run) old_pts=$(cat $KSM/pages_to_scan) old_sleep=$(cat $KSM/sleep_millisecs)
-restore_ksm() {
-	echo 2 >$KSM/run # unmerge everything KSM merged
-	echo "$old_pts" >$KSM/pages_to_scan
-	echo "$old_sleep" >$KSM/sleep_millisecs
-	echo "$old_run" >$KSM/run
-}
-trap 'restore_ksm; cleanup' EXIT
+ksm_take
 "$PLANTER" --seed 7 --mergeable >"$T/k.json" &
 PIDS+=($!)
 wait_for "planter" 5 test -s "$T/k.json"

@@ -1059,6 +1059,14 @@ static void reattach_begin(struct mm *c)
 		mm_end(c, "cannot send the beacon page");
 }
 
+/* A re-attach slot is free again; b->lock held. */
+static void reattach_free(struct backing *b, struct reattach *r)
+{
+	r->conn->beacon_idx = -1;
+	*r = (struct reattach){ 0 };
+	atomic_fetch_sub(&b->reattaching, 1);
+}
+
 /* The connection c is done with; so is its re-attach slot. */
 static void reattach_clear(struct backing *b, struct mm *c)
 {
@@ -1071,8 +1079,7 @@ static void reattach_clear(struct backing *b, struct mm *c)
 		found = r->found;
 		if (found)
 			found->claimed = false;
-		*r = (struct reattach){ 0 };
-		atomic_fetch_sub(&b->reattaching, 1);
+		reattach_free(b, r);
 	}
 	pthread_mutex_unlock(&b->lock);
 	c->beacon_idx = -1;
@@ -1237,9 +1244,7 @@ static void on_reattach(uv_async_t *h)
 			continue;
 		v[n].c = r->conn;
 		v[n++].fm = r->found;
-		r->conn->beacon_idx = -1;
-		*r = (struct reattach){ 0 };
-		atomic_fetch_sub(&b->reattaching, 1);
+		reattach_free(b, r);
 	}
 	pthread_mutex_unlock(&b->lock);
 	for (size_t i = 0; i < n; i++)

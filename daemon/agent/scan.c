@@ -89,8 +89,7 @@ struct vstate {
 	struct chunk **chunks; /* one slot per CHUNK_PAGES of the VMA */
 	size_t nchunks;
 	struct scan_counts last; /* what the last pass saw here */
-	bool ksm;		 /* VM_MERGEABLE: the kernel's KSM may merge it */
-	bool dma;		 /* VM_DONTCOPY: what RDMA registration marks */
+	bool kept;		 /* never evicted: VM_MERGEABLE or VM_DONTCOPY */
 };
 
 struct proc {
@@ -282,7 +281,7 @@ static bool all_zero(const void *p)
  */
 static bool evictable(const struct scanner *s, const struct proc *p, const struct vstate *vs)
 {
-	return p->attached && s->evict && !vs->ksm && !vs->dma;
+	return p->attached && s->evict && !vs->kept;
 }
 
 static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, size_t pi,
@@ -583,8 +582,7 @@ static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
 		if (!vma_in_scope(p, &vi[i]))
 			continue;
 		vs = &p->v[k++];
-		vs->ksm = (vi[i].flags & VMA_MERGEABLE) != 0;
-		vs->dma = (vi[i].flags & VMA_DONTCOPY) != 0;
+		vs->kept = (vi[i].flags & (VMA_MERGEABLE | VMA_DONTCOPY)) != 0;
 		s->batch++; /* a VMA costs something even when empty */
 		if (vma_skipped(&vi[i], &vs->last) || empty_and_large(&vi[i])) {
 			/* Not ours, or a large reservation with nothing resident:

@@ -154,7 +154,6 @@ static int tcp_read(struct transport *t, const struct dup_loc *d, void *buf)
 	uint64_t tag = ++tt->tag;
 	int rc;
 	struct peer *p = peer_get(tt, d->addr, &rc);
-
 	struct data_req r;
 
 	if (!p)

@@ -216,22 +216,6 @@ struct backing {
 static const double lat_bounds[12] = { 5e-6,   10e-6, 20e-6, 50e-6, 100e-6, 200e-6,
 				       500e-6, 1e-3,  2e-3,  5e-3,  10e-3,  100e-3 };
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- reference changes for the coordinator --------------------------------- */
 
 /*
@@ -1640,7 +1624,7 @@ static void lost_page(struct mm *m, const struct uffd_msg *msg, uint64_t addr, c
 static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 {
 	struct backing *b = m->b;
-	uint64_t t0 = now_ns(), addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+	uint64_t t0 = clock_ns(CLOCK_MONOTONIC), addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
 	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	struct bentry *e;
 	bool pooled = false;
@@ -1724,7 +1708,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 	}
 	if (m->pid)
 		cool_note(b, m->pid, addr, pooled);
-	observe(b, now_ns() - t0);
+	observe(b, clock_ns(CLOCK_MONOTONIC) - t0);
 	return true;
 }
 
@@ -2302,7 +2286,7 @@ static void *evict_main(void *arg)
 	struct backing *b = arg;
 	uint8_t *buf = aligned_alloc(PAGE, 2 * PAGE);
 	double tokens = 0, rate = b->cfg->evict_rate;
-	uint64_t last = now_ns();
+	uint64_t last = clock_ns(CLOCK_MONOTONIC);
 	struct offer o;
 
 	if (!buf)
@@ -2342,7 +2326,7 @@ static void *evict_main(void *arg)
 		/* At most evict_rate pages per second, in bursts of up to one
 		 * tenth of a second's worth. */
 		{
-			uint64_t now = now_ns();
+			uint64_t now = clock_ns(CLOCK_MONOTONIC);
 
 			tokens += (double)(now - last) / 1e9 * rate;
 			last = now;
@@ -2355,7 +2339,7 @@ static void *evict_main(void *arg)
 
 				nanosleep(&ts, NULL);
 				tokens = 1;
-				last = now_ns();
+				last = clock_ns(CLOCK_MONOTONIC);
 			}
 			tokens -= 1;
 		}

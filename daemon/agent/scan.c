@@ -136,14 +136,6 @@ struct scanner {
 	bool stopping;
 };
 
-static uint64_t clock_ns(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- state ------------------------------------------------------------- */
 
 static void chunk_free(struct scanner *s, struct chunk **slot)

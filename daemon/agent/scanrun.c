@@ -22,6 +22,7 @@
 #include "scan.h"
 #include "target.h"
 #include "usage.h"
+#include "util.h"
 #include "backing.h"
 
 #define ANSWERS_MAX (1u << 18) /* answered pages waiting for the scanner */
@@ -66,14 +67,6 @@ struct scanrun {
 	struct metric *m_skipped[SKIP_MAX];
 	struct metric *m_group[TARGET_MAX_GROUPS][4];
 };
-
-static uint64_t now_ns(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 /* Scanner thread: queue a stable page's digest for its shard. */
 static int on_report(void *arg, const struct scan_page *pg)
@@ -227,13 +220,7 @@ static bool wait_ms(struct scanrun *r, uint64_t ms, bool early)
 	bool stop;
 
 	apply_answers(r);
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += (time_t)(ms / 1000);
-	until.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	until = deadline_after(CLOCK_MONOTONIC, ms);
 	pthread_mutex_lock(&r->lock);
 	/* Let the loop drain what this batch queued. */
 	if (!r->wake_pending) {
@@ -289,7 +276,7 @@ static void publish(struct scanrun *r, const struct scan_counts *c, uint64_t wal
 static uint64_t rest_ms(struct scanrun *r, uint64_t pass_start_ns)
 {
 	uint64_t ms = r->cfg->sleep_millisecs, b = scanner_budget_ms(r->scanner);
-	uint64_t took = (now_ns(CLOCK_MONOTONIC) - pass_start_ns) / 1000000;
+	uint64_t took = (clock_ns(CLOCK_MONOTONIC) - pass_start_ns) / 1000000;
 
 	if (b > ms)
 		ms = b;
@@ -360,10 +347,10 @@ static void *scan_thread(void *arg)
 {
 	struct scanrun *r = arg;
 	struct scan_counts c;
-	uint64_t last_rereport = now_ns(CLOCK_MONOTONIC);
+	uint64_t last_rereport = clock_ns(CLOCK_MONOTONIC);
 
 	for (;;) {
-		uint64_t wall0 = now_ns(CLOCK_MONOTONIC), cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		bool fresh, periodic = false;
 		int rc;
 
@@ -387,8 +374,8 @@ static void *scan_thread(void *arg)
 		if (rc)
 			log_warn("scan pass failed: %s", strerror(-rc));
 		else {
-			publish(r, &c, now_ns(CLOCK_MONOTONIC) - wall0,
-				now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0);
+			publish(r, &c, clock_ns(CLOCK_MONOTONIC) - wall0,
+				clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0);
 			keep_census(r);
 			apply_answers(r);
 			keep_usage(r);

@@ -38,6 +38,19 @@ int cid_domain_init(struct cid_domain *d, const struct auth_key *key, uint8_t id
 /* The id of one 4 KiB page in domain d. */
 struct cid cid_of(const struct cid_domain *d, const void *page);
 
+static inline int cid_eq(struct cid a, struct cid b)
+{
+	return a.hi == b.hi && a.lo == b.lo;
+}
+
+/* Orders ids by hi, then lo: -1, 0 or 1. */
+static inline int cid_cmp(struct cid a, struct cid b)
+{
+	if (a.hi != b.hi)
+		return a.hi < b.hi ? -1 : 1;
+	return a.lo < b.lo ? -1 : a.lo > b.lo;
+}
+
 static inline uint32_t cid_bucket(struct cid id, uint32_t buckets)
 {
 	return (uint32_t)(id.lo & (buckets - 1)); /* buckets is a power of two */

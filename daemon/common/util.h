@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
@@ -33,6 +34,21 @@ uint32_t node_id_of(const char *name);
  * the last ')'.
  */
 const char *proc_stat_fields(int pid, char *buf, size_t len);
+
+/* Nanoseconds on clock id (CLOCK_MONOTONIC, a thread's CPU clock, ...). */
+uint64_t clock_ns(clockid_t id);
+
+/* Milliseconds on the monotonic clock. */
+static inline uint64_t now_ms(void)
+{
+	return clock_ns(CLOCK_MONOTONIC) / 1000000;
+}
+
+/*
+ * The time ms milliseconds from now on clock id, as the timed waits
+ * (pthread_cond_timedwait, pthread_timedjoin_np) take it.
+ */
+struct timespec deadline_after(clockid_t id, uint64_t ms);
 
 /* A 64-bit mixer (MurmurHash3's finaliser): spreads a counter into a hash. */
 static inline uint64_t mix64(uint64_t x)

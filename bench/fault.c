@@ -478,6 +478,8 @@ int main(int argc, char **argv)
 	{
 		struct auth_key k;
 		char err[256];
+		struct config c;
+		const struct transport_kind *tk;
 		struct transport *t;
 		struct dup_loc d = { 0, 0, 1, "127.0.0.1:19574" };
 		uint8_t page[PAGE];
@@ -486,7 +488,11 @@ int main(int argc, char **argv)
 
 		if (auth_init() || auth_key_load(&k, key, err, sizeof(err)))
 			return 1;
-		t = tcp_transport_create(&k, "bench-reader", 2000);
+		config_defaults(&c);
+		strcpy(c.node_name, "bench-reader");
+		strcpy(c.transport, "tcp");
+		tk = transport_kind_choose(&c);
+		t = tk ? tk->reader(&c, &k) : NULL;
 		for (size_t i = 0; t && i < m; i++) {
 			double t0 = now_s();
 
@@ -495,8 +501,7 @@ int main(int argc, char **argv)
 		}
 		printf("the TCP data transport alone (a page read of a dup, authenticated connection kept), %zu reads: p50 %.2f us, p99 %.2f us\n",
 		       ok, pct(lat, ok, 0.5) * 1e6, pct(lat, ok, 0.99) * 1e6);
-		if (t)
-			t->ops->destroy(t);
+		transport_destroy(t);
 		free(lat);
 	}
 

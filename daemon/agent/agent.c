@@ -82,12 +82,13 @@ struct agent {
 	struct metric *m_orders;       /* DupCreate and DupRelease received */
 	struct metric *m_unanswered;   /* reports whose answer never came */
 	struct metric *m_dups, *m_pool_free, *m_refs_sent;
-	struct pool *pool;	  /* NULL: no pool on this node */
-	struct backing *backing;  /* NULL: processes cannot attach */
-	struct data_server *data; /* serves the pool to other nodes */
-	struct copier *copier;	  /* carries out DupCreate orders */
-	uint64_t refs_resent_ms;  /* loop time all counts were last sent again */
-	uint32_t dup_idle_ms;	  /* the shortest of the shards' dup_idle_millisecs */
+	struct pool *pool;		 /* NULL: no pool on this node */
+	struct backing *backing;	 /* NULL: processes cannot attach */
+	const struct transport_kind *tk; /* how other nodes' pools are read */
+	struct data_server *data;	 /* serves the pool to other nodes */
+	struct copier *copier;		 /* carries out DupCreate orders */
+	uint64_t refs_resent_ms;	 /* loop time all counts were last sent again */
+	uint32_t dup_idle_ms;		 /* the shortest of the shards' dup_idle_millisecs */
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 };
 
@@ -365,7 +366,7 @@ static int make_dup(struct agent_shard *s, struct conn *c, const Cksm__Decision 
 		for (const struct report_entry *x = f->e;
 		     a->backing && a->rt.cfg->evict_age <= 1 && x < f->e + f->n; x++)
 			if (x->hi == key.hi && x->lo == key.lo)
-				backing_offer(a->backing, x->pid, x->addr, EVICT_POOL, pr, &id);
+				backing_offer(a->backing, x->pid, x->addr, BACKED_POOL, pr, &id);
 		return dup_answer(c, d->id_hi, d->id_lo, domain, &ref, NULL);
 	}
 	return dup_answer(c, d->id_hi, d->id_lo, domain, NULL, why);
@@ -762,7 +763,7 @@ static void send_usage(struct agent *a)
  */
 static void send_refs(struct agent *a)
 {
-	static struct backing_ref r[1024];
+	static struct ref_count r[1024];
 	size_t n;
 
 	if (!a->backing)
@@ -861,7 +862,7 @@ static void agent_stop(struct runtime *rt)
 	a->copier = NULL;
 	backing_destroy(a->backing);
 	a->backing = NULL;
-	tcp_transport_serve_stop(a->data);
+	transport_serve_stop(a->data);
 	a->data = NULL;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		dialer_destroy(a->shards[i].dialer);
@@ -956,20 +957,23 @@ static int start_backing(struct agent *a)
 	}
 	log_info("page pool of %u slots (%s)", cfg->pool_pages,
 		 huge ? "hugetlb pages" : "shared memory");
+	a->tk = transport_kind_choose(cfg);
+	if (!a->tk)
+		return -EINVAL; /* logged */
 	if (cfg->data_listen[0]) {
-		a->data = tcp_transport_serve(&a->rt.net, cfg->data_listen, a->pool, a->rt.reg);
+		a->data = a->tk->serve(&a->rt.net, cfg, a->pool, a->rt.reg);
 		if (!a->data)
 			return -EADDRINUSE; /* logged */
 		if (!cfg->data_address[0])
 			log_warn(
 				"data_listen without data_address: other nodes are not told where to read this node's pool");
 	}
-	a->backing = backing_create(cfg, &a->rt.loop, a->rt.reg, a->pool, a->domains, &a->rt.key,
-				    cfg->node_name);
+	a->backing =
+		backing_create(cfg, &a->rt.loop, a->rt.reg, a->pool, a->domains, a->tk, &a->rt.key);
 	if (!a->backing)
 		return 0;
 	backing_set_hooks(a->backing, on_attached, on_detached, a);
-	a->copier = copier_create(cfg, &a->rt.loop, a->pool, a->domains, &a->rt.key, cfg->node_name,
+	a->copier = copier_create(cfg, &a->rt.loop, a->pool, a->domains, a->tk, &a->rt.key,
 				  copy_done, a);
 	if (!a->copier)
 		log_warn("no copier: this node cannot carry out DupCreate orders");

@@ -33,56 +33,46 @@
 
 #include <uv.h>
 
+#include "btab.h"
 #include "cid.h"
 #include "config.h"
 #include "metrics.h"
 #include "pool.h"
+#include "rrefs.h"
 #include "transport.h"
 
 struct backing;
 
 /*
- * Listen on cfg->socket_path and start the fault and eviction threads.
+ * Listen on cfg->socket_path and start the fault and eviction threads;
+ * remote dups are read with readers of kind tk (authenticated with key).
  * Returns NULL with the reason logged.
  */
 struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct metrics *reg,
 			       struct pool *pool, const struct cid_domain *domains,
-			       const struct auth_key *key, const char *name);
+			       const struct transport_kind *tk, const struct auth_key *key);
 void backing_destroy(struct backing *b);
 
 /* Called when a process attaches or detaches (loop thread). */
 void backing_set_hooks(struct backing *b, void (*attached)(void *arg, pid_t pid, bool merge_all),
 		       void (*detached)(void *arg, pid_t pid), void *arg);
 
-enum evict_kind {
-	EVICT_ZERO = 1,	  /* an all-zero page: no dup needed */
-	EVICT_POOL = 2,	  /* backed by a slot of this node's pool */
-	EVICT_REMOTE = 3, /* backed by dups on other nodes (read over a transport) */
-};
-
 /*
- * Offer a page for eviction (any thread). For EVICT_POOL, ref names the
+ * Offer a page for eviction (any thread). For BACKED_POOL, ref names the
  * slot and id its content; the eviction takes its own reference. Pages of
  * processes that are not attached, pages faulted back within the
  * cool-down and offers beyond the queue are passed over.
  */
-void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum evict_kind kind,
+void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum backed_by kind,
 		   struct pool_ref ref, const struct cid *id);
 
 /*
- * This node's references on a dup changed: node 0 means one of its own
- * pool's (the count is then the slot's), otherwise another node's dup,
- * with this node's count of references on it.
+ * Take up to max changes of this node's references not taken yet (for
+ * RefUpdate messages): counts on other nodes' dups (rrefs.h), and this
+ * node's own slots whose counts changed (node 0; the count to send is
+ * then the slot's, pool_refs).
  */
-struct backing_ref {
-	struct pool_ref ref;
-	struct cid id;
-	uint32_t node;
-	uint32_t count;
-};
-
-/* Take up to max changes not taken yet (for RefUpdate messages). */
-size_t backing_take_refs(struct backing *b, struct backing_ref *out, size_t max);
+size_t backing_take_refs(struct backing *b, struct ref_count *out, size_t max);
 
 /*
  * A shard said content id is backed by these dups on other nodes (its
@@ -95,15 +85,13 @@ void backing_remote_learn(struct backing *b, const struct cid *id, const struct 
 bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const struct cid *id);
 
 /* A change taken that could not be sent: it is taken again later. */
-void backing_refs_unsent(struct backing *b, const struct backing_ref *r);
+void backing_refs_unsent(struct backing *b, const struct ref_count *r);
 
 /* Every count is to be sent again (a shard registered: it may lack any). */
 void backing_refs_all_dirty(struct backing *b);
 
 /* Visit this node's references on other nodes' dups (for resync). */
-typedef void (*backing_rref_fn)(void *arg, uint32_t node, struct pool_ref ref, const struct cid *id,
-				uint32_t count);
-void backing_foreach_rref(struct backing *b, backing_rref_fn fn, void *arg);
+void backing_foreach_rref(struct backing *b, rrefs_fn fn, void *arg);
 
 /* Is pid attached (any thread)? */
 bool backing_attached(struct backing *b, pid_t pid);

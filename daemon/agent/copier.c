@@ -28,36 +28,21 @@ struct copier {
 	uv_async_t async;
 };
 
-static int domain_index(const struct config *cfg, uint8_t id)
-{
-	for (unsigned i = 0; i < cfg->ndomains; i++)
-		if (cfg->domains[i].id == id)
-			return (int)i;
-	return -1;
-}
-
 static void copy_one(struct copier *c, struct copy_job *j)
 {
 	static uint8_t page[POOL_SLOT] __attribute__((aligned(POOL_SLOT)));
-	int d = domain_index(c->cfg, cid_domain_of(j->id));
+	const struct cid_domain *dom = cid_domain_find(c->domains, c->cfg->ndomains, j->id);
 
 	j->ok = false;
 	j->why = "no source answered with the content's bytes";
-	if (d < 0) {
+	if (!dom) {
 		j->why = "a domain this node does not know";
 		return;
 	}
 	for (unsigned i = 0; i < j->nsrc; i++) {
-		struct cid got;
-
-		if (!j->src[i].addr[0] || c->tr->ops->read(c->tr, &j->src[i], page))
+		if (!j->src[i].addr[0] ||
+		    transport_read_checked(c->tr, &j->src[i], dom, &j->id, page))
 			continue;
-		got = cid_of(&c->domains[d], page);
-		if (got.hi != j->id.hi || got.lo != j->id.lo) {
-			log_warn("node %u slot %u/%u: bytes that are not the content ordered",
-				 j->src[i].node, j->src[i].slot, j->src[i].gen);
-			continue;
-		}
 		if (pool_add(c->pool, &j->id, page, &j->ref)) {
 			j->why = "the page pool is full";
 			return;
@@ -128,9 +113,9 @@ bool copier_push(struct copier *c, const struct copy_job *j)
 }
 
 struct copier *copier_create(const struct config *cfg, uv_loop_t *loop, struct pool *pool,
-			     const struct cid_domain *domains, const struct auth_key *key,
-			     const char *name, void (*done)(void *arg, const struct copy_job *j),
-			     void *arg)
+			     const struct cid_domain *domains, const struct transport_kind *tk,
+			     const struct auth_key *key,
+			     void (*done)(void *arg, const struct copy_job *j), void *arg)
 {
 	struct copier *c = calloc(1, sizeof(*c));
 
@@ -141,7 +126,7 @@ struct copier *copier_create(const struct config *cfg, uv_loop_t *loop, struct p
 	c->domains = domains;
 	c->done = done;
 	c->arg = arg;
-	c->tr = tcp_transport_create(key, name, 2000);
+	c->tr = tk->reader(cfg, key);
 	if (!c->tr) {
 		free(c);
 		return NULL;
@@ -152,7 +137,7 @@ struct copier *copier_create(const struct config *cfg, uv_loop_t *loop, struct p
 	c->async.data = c;
 	if (pthread_create(&c->thread, NULL, copier_main, c)) {
 		uv_close((uv_handle_t *)&c->async, NULL);
-		c->tr->ops->destroy(c->tr);
+		transport_destroy(c->tr);
 		pthread_mutex_destroy(&c->lock);
 		pthread_cond_destroy(&c->cond);
 		free(c);
@@ -179,6 +164,6 @@ void copier_destroy(struct copier *c)
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 	pthread_join(c->thread, NULL);
-	c->tr->ops->destroy(c->tr);
+	transport_destroy(c->tr);
 	uv_close((uv_handle_t *)&c->async, on_closed);
 }

@@ -38,10 +38,11 @@ struct copy_job {
 struct copier;
 
 /* done(arg, job) runs on loop's thread for every job, made or not. */
+/* Sources are read with a reader of kind tk, authenticated with key. */
 struct copier *copier_create(const struct config *cfg, uv_loop_t *loop, struct pool *pool,
-			     const struct cid_domain *domains, const struct auth_key *key,
-			     const char *name, void (*done)(void *arg, const struct copy_job *j),
-			     void *arg);
+			     const struct cid_domain *domains, const struct transport_kind *tk,
+			     const struct auth_key *key,
+			     void (*done)(void *arg, const struct copy_job *j), void *arg);
 void copier_destroy(struct copier *c);
 
 /* Loop thread: queue a job; false when the queue is full (answer failed). */

@@ -195,9 +195,9 @@ static void on_evict(void *arg, const struct scan_page *pg, bool zero)
 	struct pool_ref ref = { 0, 0 };
 
 	if (zero)
-		backing_offer(r->backing, pg->pid, pg->addr, EVICT_ZERO, ref, NULL);
+		backing_offer(r->backing, pg->pid, pg->addr, BACKED_ZERO, ref, NULL);
 	else if (pool_find(r->pool, &pg->id, &ref) == 0)
-		backing_offer(r->backing, pg->pid, pg->addr, EVICT_POOL, ref, &pg->id);
+		backing_offer(r->backing, pg->pid, pg->addr, BACKED_POOL, ref, &pg->id);
 	else
 		backing_offer_remote(r->backing, pg->pid, pg->addr, &pg->id);
 }

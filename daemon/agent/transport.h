@@ -1,10 +1,16 @@
 /*
  * transport - reading pages of other nodes' pools: the data plane.
  *
- * An ops table, so that RDMA READ can stand beside TCP. Each thread that
- * reads (the fault thread, the evictor) has its own instance: instances
- * are not shared between threads. A read either fills the 4 KiB buffer
- * with the slot's bytes or fails; the caller checks the bytes' id.
+ * A transport kind is one way of reading another node's pool (TCP today;
+ * RDMA READ will be the second). Its table names it, makes readers and
+ * serves this node's pool to the readers of other nodes. The agent
+ * chooses the kind once, from [agent] transport, and hands it to the
+ * backing and the copier, which never name a kind.
+ *
+ * A reader belongs to one thread (the fault thread, the evictor, the
+ * copier each have their own). A read either fills the 4 KiB buffer with
+ * the slot's bytes or fails within cfg->data_timeout_ms; the caller checks
+ * the bytes' id (transport_read_checked does both).
  */
 #ifndef CKSM_TRANSPORT_H
 #define CKSM_TRANSPORT_H
@@ -13,7 +19,10 @@
 #include <stdint.h>
 
 #include "auth.h"
+#include "cid.h"
+#include "config.h"
 #include "conn.h"
+#include "metrics.h"
 #include "pool.h"
 
 #define DUP_ADDR_MAX 64
@@ -29,33 +38,47 @@ struct dup_loc {
 struct transport;
 
 struct transport_ops {
-	const char *name;
 	/* Read the dup into buf (4096 bytes): 0 or a negative errno. */
 	int (*read)(struct transport *t, const struct dup_loc *d, void *buf);
-	/* n reads at once; rcs[i] as read's. */
-	void (*read_batch)(struct transport *t, const struct dup_loc *d, void *const *bufs,
-			   int *rcs, size_t n);
 	void (*destroy)(struct transport *t);
 };
 
+/* A reader; each kind's own struct starts with it. */
 struct transport {
 	const struct transport_ops *ops;
 };
 
-/*
- * TCP: authenticated connections (the cluster key, as node `name`) kept
- * open per peer; a read waits at most timeout_ms.
- */
-struct transport *tcp_transport_create(const struct auth_key *key, const char *name,
-				       int timeout_ms);
+/* A kind's server of this node's pool; each kind's own struct starts with it. */
+struct data_server {
+	const struct transport_kind *kind;
+};
+
+struct transport_kind {
+	const char *name;
+	/* A reader for one thread, or NULL with the reason logged. */
+	struct transport *(*reader)(const struct config *cfg, const struct auth_key *key);
+	/* Serve reads of pool on cfg->data_listen, or NULL with the reason logged. */
+	struct data_server *(*serve)(struct net_ctx *net, const struct config *cfg,
+				     struct pool *pool, struct metrics *reg);
+	void (*serve_stop)(struct data_server *ds);
+};
+
+extern const struct transport_kind transport_tcp;
 
 /*
- * The holder's side: serve page reads of pool on addr (the handshake on
- * net's loop, the reads on a thread of their own). NULL on failure.
+ * The kind cfg->transport names; "auto" is the best kind this node can
+ * run. NULL, with the reason logged, when the kind named cannot run here:
+ * never another kind in its place.
  */
-struct data_server;
-struct data_server *tcp_transport_serve(struct net_ctx *net, const char *addr, struct pool *pool,
-					struct metrics *reg);
-void tcp_transport_serve_stop(struct data_server *ds);
+const struct transport_kind *transport_kind_choose(const struct config *cfg);
+
+/* Read d into buf and check that the bytes are content id of domain dom:
+ * 0, the read's error, or -EBADMSG (other bytes; logged). */
+int transport_read_checked(struct transport *t, const struct dup_loc *d,
+			   const struct cid_domain *dom, const struct cid *id, void *buf);
+
+/* Either accepts NULL. */
+void transport_destroy(struct transport *t);
+void transport_serve_stop(struct data_server *ds);
 
 #endif

@@ -49,3 +49,11 @@ uint64_t cid_checksum(const void *page)
 {
 	return XXH3_64bits_dispatch(page, CID_PAGE_SIZE);
 }
+
+const struct cid_domain *cid_domain_find(const struct cid_domain *doms, unsigned n, struct cid id)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (doms[i].id == cid_domain_of(id))
+			return &doms[i];
+	return NULL;
+}

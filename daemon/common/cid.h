@@ -61,6 +61,9 @@ static inline uint8_t cid_domain_of(struct cid id)
 	return (uint8_t)(id.hi >> 56);
 }
 
+/* The domain of id among doms[0..n), or NULL when none has its tag. */
+const struct cid_domain *cid_domain_find(const struct cid_domain *doms, unsigned n, struct cid id);
+
 /* 64-bit checksum of a page for volatility (XXH3-64, unkeyed). */
 uint64_t cid_checksum(const void *page);
 

@@ -485,6 +485,8 @@ void config_defaults(struct config *c)
 	c->evict_age = 3;
 	c->evict_rate = 20000;
 	c->evict_cooldown_millisecs = 60000;
+	strcpy(c->transport, "auto");
+	c->data_timeout_ms = 2000;
 	c->ndomains = 1;
 	c->domains[0].defined = 1;
 	strcpy(c->domains[0].name, "default");

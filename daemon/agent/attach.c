@@ -1,0 +1,769 @@
+/*
+ * attach - processes attaching to the agent, on the loop thread.
+ *
+ * The socket (SOCK_SEQPACKET, local.h) is polled by the loop; nothing
+ * here ever waits on a process. A connection's life:
+ *   1. accepted, with the peer's pid from SO_PEERCRED; at most
+ *      PENDING_MAX connections are in the handshake at once, each for at
+ *      most HELLO_WAIT_MS (the housekeeping timer ends the slow ones);
+ *   2. HELLO: its flags and beacon. The agent answers DEVFD with an open
+ *      /dev/userfaultfd;
+ *   3. UFFD: the process's userfaultfd, which must come from the process
+ *      that connected (the kernel names every message's sender). The
+ *      agent does the UFFDIO_API handshake with every feature, answers
+ *      READY, puts the mm on the list (the fault thread polls it from
+ *      then on) and registers its mergeable ranges;
+ *   4. RANGE (madvise(MADV_MERGEABLE)) registers more; ZAPPED answers an
+ *      eviction's zap (evict.c);
+ *   5. the end of the connection: the process exited or exec'd, and its
+ *      mm is forgotten; or it closed the socket while alive, and its
+ *      backed pages stay served from the table until it exits (orphan).
+ *
+ * Forked children: the fork event gives the agent the child's
+ * userfaultfd (fault.c) and a copy of the table; the child's libcksm
+ * connects again with CKSM_LOCAL_FORKED and must be paired with that mm
+ * (see reattach_begin).
+ *
+ * Once a second the housekeeping timer ends slow handshakes, registers
+ * new mappings of merge_all processes, forgets fork children that
+ * exited, and runs the KSM hand-over.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "backing_int.h"
+#include "log.h"
+#include "uffd.h"
+#include "util.h"
+
+static int local_send(int fd, const struct cksm_local *m, int pass_fd)
+{
+	return cksm_local_send(fd, m, pass_fd, MSG_DONTWAIT);
+}
+
+static void pending_del(struct backing *b, struct mm *m);
+static void reattach_begin(struct mm *c);
+static void reattach_clear(struct backing *b, struct mm *c);
+
+/* ---- a connection's end ------------------------------------------------------ */
+
+static void on_closed(uv_handle_t *h)
+{
+	struct mm *m = h->data;
+
+	/* The socket closes with the last reference: an evictor may hold one. */
+	if (!m->handshaken) {
+		pending_del(m->b, m);
+		mm_put(m);
+	} else if (!m->b->stop && m->tab.n && !uffd_mm_gone(m->uffd)) {
+		/* It closed the connection but lives (a daemon closing every
+		 * descriptor): its backed pages are still served, from the
+		 * table, until it exits; nothing more is evicted. */
+		pthread_mutex_lock(&m->lock);
+		m->orphan = true;
+		m->zap_done = true;
+		m->zap_status = -ECONNRESET;
+		pthread_cond_broadcast(&m->cond);
+		pthread_mutex_unlock(&m->lock);
+		log_warn(
+			"process %d closed its connection while alive; its backed pages stay served",
+			(int)m->pid);
+	} else {
+		list_del(m->b, m);
+	}
+}
+
+void mm_end(struct mm *m, const char *why)
+{
+	struct backing *b = m->b;
+
+	if (why)
+		log_warn("process %d: %s; detached", (int)m->pid, why);
+	else
+		log_info("process %d detached", (int)m->pid);
+	if (m->handshaken && b->detached)
+		b->detached(b->hook_arg, m->pid);
+	uv_poll_stop(&m->poll);
+	uv_close((uv_handle_t *)&m->poll, on_closed);
+}
+
+/* ---- ranges ------------------------------------------------------------------ */
+
+/*
+ * Register the private anonymous writable mappings of m that intersect
+ * [lo, hi) and are at least min bytes (from /proc/PID/maps).
+ */
+static void register_mappings(struct mm *m, uint64_t lo, uint64_t hi, uint64_t min)
+{
+	char path[64], line[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)m->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long s, e, off;
+		char perms[8];
+		unsigned long ino;
+		int name = 0;
+
+		if (sscanf(line, "%llx-%llx %7s %llx %*x:%*x %lu %n", &s, &e, perms, &off, &ino,
+			   &name) < 5)
+			continue;
+		/* private, writable, anonymous, unnamed or the heap */
+		if (perms[1] != 'w' || perms[3] != 'p' || ino != 0)
+			continue;
+		if (name && line[name] && line[name] != '\n' && strncmp(line + name, "[heap]", 6))
+			continue;
+		if (s < lo)
+			s = lo;
+		if (e > hi)
+			e = hi;
+		if (s >= e || e - s < min)
+			continue;
+		uffd_register(m->uffd, s, e, true);
+	}
+	fclose(f);
+}
+
+static void handle_range(struct mm *m, const struct cksm_local *msg)
+{
+	uint64_t start = msg->a, len = msg->b;
+
+	if (len == 0)
+		return; /* madvise of nothing */
+	if (start % PAGE || len % PAGE || start + len < start) {
+		log_warn("process %d: a mergeable range %#llx+%#llx that is not whole pages",
+			 (int)m->pid, (unsigned long long)start, (unsigned long long)len);
+		return;
+	}
+	register_mappings(m, start, start + len, 0);
+	if (m->b->attached) /* the scanner looks at the new range at once */
+		m->b->attached(m->b->hook_arg, m->pid, m->merge_all);
+}
+
+static bool beacon_ok(uint64_t beacon)
+{
+	return beacon % PAGE == 0 && beacon + CKSM_LOCAL_BEACON_PAGES * PAGE > beacon;
+}
+
+/* The beacon: missing faults only; its pages are never written. */
+static void register_beacon(struct mm *m)
+{
+	int rc;
+
+	if (!m->beacon)
+		return;
+	rc = uffd_register(m->uffd, m->beacon, m->beacon + CKSM_LOCAL_BEACON_PAGES * PAGE, false);
+	if (rc) {
+		log_warn(
+			"process %d: its beacon cannot be registered (%s): its forked children will not re-attach",
+			(int)m->pid, strerror(-rc));
+		m->beacon = 0;
+	}
+}
+
+/* ---- the handshake ------------------------------------------------------------- */
+
+/* The userfaultfd the process made: handshake with every feature. */
+static const char *take_uffd(struct mm *m, int uffd)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = m->b->features };
+	int fl;
+
+	if (ioctl(uffd, UFFDIO_API, &api) < 0)
+		return "the descriptor is not a fresh userfaultfd";
+	fl = fcntl(uffd, F_GETFL);
+	if (fl < 0 || fcntl(uffd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return "cannot make the userfaultfd non-blocking";
+	m->uffd = uffd;
+	return NULL;
+}
+
+/* HELLO: answered with /dev/userfaultfd, or the re-attach of a fork child. */
+static bool on_hello(struct mm *m, const struct cksm_local *msg, int fd)
+{
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_DEVFD);
+
+	if (fd >= 0)
+		close(fd);
+	if (msg->type != CKSM_LOCAL_HELLO) {
+		mm_end(m, "no hello");
+		return false;
+	}
+	m->hello_seen = true;
+	m->merge_all = (msg->a & CKSM_LOCAL_MERGE_ALL) != 0;
+	m->merge_min = msg->b < PAGE ? PAGE : msg->b;
+	if (!beacon_ok(msg->token)) {
+		mm_end(m, "a hello with a bad beacon");
+		return false;
+	}
+	m->beacon = msg->token;
+	if (msg->a & CKSM_LOCAL_FORKED) {
+		reattach_begin(m);
+		return false;
+	}
+	if (local_send(m->sock, &r, m->b->devfd) < 0) {
+		mm_end(m, "cannot send the descriptor");
+		return false;
+	}
+	return true;
+}
+
+/* UFFD: the process's userfaultfd; the mm is served from now on. */
+static bool on_uffd(struct mm *m, int fd, int sender)
+{
+	struct backing *b = m->b;
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
+	const char *why = fd < 0	     ? "UFFD without a descriptor"
+			  : sender != m->pid ? "a userfaultfd sent by another process"
+					     : take_uffd(m, fd);
+
+	if (why) {
+		if (fd >= 0)
+			close(fd);
+		r.status = -EINVAL;
+		local_send(m->sock, &r, -1);
+		mm_end(m, why);
+		return false;
+	}
+	pending_del(b, m);
+	m->handshaken = true;
+	m->remap = &remap_libcksm;
+	local_send(m->sock, &r, -1);
+	log_info("process %d attached%s", (int)m->pid,
+		 m->merge_all ? " (every private anonymous mapping)" : "");
+	list_add(b, m);
+	register_beacon(m);
+	if (m->merge_all)
+		register_mappings(m, 0, UINT64_MAX, m->merge_min);
+	if (b->attached)
+		b->attached(b->hook_arg, m->pid, m->merge_all);
+	return true;
+}
+
+/* After the handshake: RANGE and ZAPPED. */
+static bool on_request(struct mm *m, const struct cksm_local *msg, int fd)
+{
+	if (fd >= 0)
+		close(fd);
+	if (!m->handshaken) {
+		mm_end(m, "a message before the handshake ended");
+		return false;
+	}
+	switch (msg->type) {
+	case CKSM_LOCAL_RANGE:
+		handle_range(m, msg);
+		return true;
+	case CKSM_LOCAL_ZAPPED:
+		evict_zapped(m, msg->token, msg->status);
+		return true;
+	default:
+		mm_end(m, "an unexpected message");
+		return false;
+	}
+}
+
+static void on_sock(uv_poll_t *h, int status, int events)
+{
+	struct mm *m = h->data;
+	struct cksm_local msg;
+	const char *why;
+	int fd, rc = 0, sender = 0;
+	bool go = true;
+
+	(void)events;
+	if (status < 0) {
+		mm_end(m, "socket error");
+		return;
+	}
+	while (go &&
+	       (rc = cksm_local_recv_from(m->sock, &msg, &fd, MSG_DONTWAIT, &why, &sender)) == 0) {
+		if (!m->hello_seen)
+			go = on_hello(m, &msg, fd);
+		else if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0)
+			go = on_uffd(m, fd, sender);
+		else
+			go = on_request(m, &msg, fd);
+	}
+	if (go && rc != -EAGAIN)
+		mm_end(m, rc == -ECONNRESET ? NULL : why ? why : strerror(-rc));
+}
+
+/* A connection in the handshake is done with (loop thread). */
+static void pending_del(struct backing *b, struct mm *m)
+{
+	if (m->beacon_idx >= 0)
+		reattach_clear(b, m);
+	for (struct mm **p = &b->pending; *p; p = &(*p)->pnext)
+		if (*p == m) {
+			*p = m->pnext;
+			b->npending--;
+			return;
+		}
+}
+
+/*
+ * A new connection: its hello, the descriptor and the userfaultfd come
+ * through on_sock, without the loop ever waiting for them.
+ */
+static void on_accept(uv_poll_t *h, int status, int events)
+{
+	struct backing *b = h->data;
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	struct mm *m;
+	int fd;
+
+	(void)status;
+	(void)events;
+	fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0)
+		return;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.pid <= 0)
+		goto close_fd;
+	if (b->npending >= PENDING_MAX) {
+		log_warn("process %d: %d connections in the handshake already; refused",
+			 (int)cred.pid, PENDING_MAX);
+		goto close_fd;
+	}
+	/* The kernel names the sender of every message: the userfaultfd must
+	 * come from the process that connected, not from a child of it. */
+	if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &(int){ 1 }, sizeof(int)) < 0)
+		goto close_fd;
+	m = mm_new(b, fd, -1, cred.pid);
+	if (!m)
+		goto close_fd;
+	m->born_ms = uv_now(b->loop);
+	m->pnext = b->pending;
+	b->pending = m;
+	b->npending++;
+	uv_poll_init(b->loop, &m->poll, fd);
+	m->poll.data = m;
+	uv_poll_start(&m->poll, UV_READABLE | UV_DISCONNECT, on_sock);
+	return;
+close_fd:
+	close(fd);
+}
+
+/* ---- forked children re-attaching ------------------------------------------- */
+
+/*
+ * A forked child's libcksm connects again with CKSM_LOCAL_FORKED. Its
+ * pages are served already, through the userfaultfd the fork event gave
+ * us; the connection has to be paired with that one mm among the fork
+ * children's. The child is told a page of its beacon (a page index free
+ * among the re-attaches under way) to drop and read. The read faults on
+ * the child's userfaultfd and the kernel names the faulting thread: the
+ * fork child's mm that faults there from a thread of the connecting
+ * process is that process's. Then the mm takes the connection, and the
+ * child's pages can be evicted like any attached process's.
+ */
+static void reattach_begin(struct mm *c)
+{
+	struct backing *b = c->b;
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_BEACON);
+	int idx = -1;
+
+	pthread_mutex_lock(&b->lock);
+	for (unsigned k = 0; c->beacon && k < CKSM_LOCAL_BEACON_PAGES; k++) {
+		unsigned i = (b->reattach_next + k) % CKSM_LOCAL_BEACON_PAGES;
+
+		if (!b->reattach[i].conn) {
+			idx = (int)i;
+			break;
+		}
+	}
+	if (idx >= 0) {
+		b->reattach_next = (unsigned)idx + 1;
+		b->reattach[idx] =
+			(struct reattach){ .conn = c, .addr = c->beacon + (uint64_t)idx * PAGE };
+		atomic_fetch_add(&b->reattaching, 1);
+		c->beacon_idx = idx;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (idx < 0) {
+		r = cksm_local_msg(CKSM_LOCAL_READY);
+		r.status = c->beacon ? -EBUSY : -EINVAL;
+		local_send(c->sock, &r, -1);
+		mm_end(c, c->beacon ? "too many forked children re-attaching at once"
+				    : "a forked child without a beacon");
+		return;
+	}
+	r.a = (uint64_t)idx;
+	if (local_send(c->sock, &r, -1) < 0)
+		mm_end(c, "cannot send the beacon page");
+}
+
+/* A re-attach slot is free again; b->lock held. */
+static void reattach_free(struct backing *b, struct reattach *r)
+{
+	r->conn->beacon_idx = -1;
+	*r = (struct reattach){ 0 };
+	atomic_fetch_sub(&b->reattaching, 1);
+}
+
+/* The connection c is done with; so is its re-attach slot. */
+static void reattach_clear(struct backing *b, struct mm *c)
+{
+	struct mm *found = NULL;
+	struct reattach *r;
+
+	pthread_mutex_lock(&b->lock);
+	r = &b->reattach[c->beacon_idx];
+	if (r->conn == c) {
+		found = r->found;
+		if (found)
+			found->claimed = false;
+		reattach_free(b, r);
+	}
+	pthread_mutex_unlock(&b->lock);
+	c->beacon_idx = -1;
+	if (found)
+		mm_put(found);
+}
+
+/* Is tid, as its own pid namespace numbers it, a thread of process pid? */
+static bool thread_of(pid_t pid, pid_t tid)
+{
+	char path[80], line[256];
+	struct dirent *de;
+	bool yes = false;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return false;
+	while (!yes && (de = readdir(d))) {
+		FILE *f;
+
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%.16s/status", (int)pid, de->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof(line), f)) {
+			char *p = line + 6, *end;
+			long last = -1;
+
+			if (strncmp(line, "NSpid:", 6))
+				continue;
+			for (long v; (v = strtol(p, &end, 10)), end != p; p = end)
+				last = v;
+			yes = last == tid;
+			break;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return yes;
+}
+
+/* The parent of pid (as this agent's pid namespace numbers it), or 0. */
+static pid_t parent_of(pid_t pid)
+{
+	char buf[512];
+	const char *f = proc_stat_fields((int)pid, buf, sizeof(buf));
+	int ppid = 0;
+
+	if (!f || sscanf(f, "%*c %d", &ppid) != 1)
+		return 0;
+	return (pid_t)ppid;
+}
+
+/*
+ * Fault thread: a fault of a fork child's mm on a beacon page a
+ * re-attaching connection was told? It is that connection's when the
+ * connecting process is a child of the one that forked m and the faulting
+ * thread is one of its own. (Beacons of different processes may overlap:
+ * every slot naming the page is tried.)
+ */
+void reattach_match(struct mm *m, const struct uffd_msg *msg)
+{
+	struct backing *b = m->b;
+	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+	pid_t tid = (pid_t)msg->arg.pagefault.feat.ptid, parent;
+	struct {
+		int idx;
+		pid_t pid;
+	} cand[CKSM_LOCAL_BEACON_PAGES];
+	unsigned n = 0;
+	bool paired = false;
+
+	pthread_mutex_lock(&b->lock);
+	parent = m->parent;
+	for (unsigned i = 0; m->sock < 0 && !m->claimed && i < CKSM_LOCAL_BEACON_PAGES; i++)
+		if (b->reattach[i].conn && !b->reattach[i].found && b->reattach[i].addr == addr) {
+			cand[n].idx = (int)i;
+			cand[n++].pid = b->reattach[i].conn->pid;
+		}
+	pthread_mutex_unlock(&b->lock);
+	for (unsigned k = 0; k < n && !paired; k++) {
+		struct reattach *r = &b->reattach[cand[k].idx];
+
+		if (!parent || parent_of(cand[k].pid) != parent || !thread_of(cand[k].pid, tid))
+			continue;
+		pthread_mutex_lock(&b->lock);
+		if (r->conn && r->conn->pid == cand[k].pid && !r->found && !m->claimed &&
+		    !m->gone) {
+			r->found = m;
+			m->claimed = true;
+			atomic_fetch_add(&m->refs, 1);
+			paired = true;
+		}
+		pthread_mutex_unlock(&b->lock);
+	}
+	if (paired)
+		uv_async_send(&b->reattach_async);
+}
+
+/* Loop thread: the connection c takes the fork child's mm fm. */
+static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
+{
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
+	int fd = -1;
+
+	if (uv_is_closing((uv_handle_t *)&c->poll) || fm->gone ||
+	    (fd = fcntl(c->sock, F_DUPFD_CLOEXEC, 3)) < 0) {
+		pthread_mutex_lock(&b->lock);
+		fm->claimed = false;
+		pthread_mutex_unlock(&b->lock);
+		if (!uv_is_closing((uv_handle_t *)&c->poll)) {
+			r.status = -ESRCH;
+			local_send(c->sock, &r, -1);
+			mm_end(c, "its fork child's table is gone");
+		}
+		mm_put(fm);
+		return;
+	}
+	/* pid and sock change under b->lock: mm_get and the fault thread
+	 * look at them under it. */
+	pthread_mutex_lock(&b->lock);
+	fm->pid = c->pid;
+	fm->sock = fd;
+	pthread_mutex_unlock(&b->lock);
+	fm->remap = &remap_libcksm;
+	fm->merge_all = c->merge_all;
+	fm->merge_min = c->merge_min;
+	fm->hello_seen = true;
+	fm->born_ms = c->born_ms;
+	uv_poll_init(b->loop, &fm->poll, fd);
+	fm->poll.data = fm;
+	uv_poll_start(&fm->poll, UV_READABLE | UV_DISCONNECT, on_sock);
+	local_send(fd, &r, -1);
+	log_info("process %d re-attached (forked from %d)", (int)fm->pid, (int)fm->parent);
+	metric_inc(b->m_reattached);
+	/* The connection lives on in fm; its own mm goes without a word. */
+	uv_poll_stop(&c->poll);
+	uv_close((uv_handle_t *)&c->poll, on_closed);
+	if (fm->merge_all)
+		register_mappings(fm, 0, UINT64_MAX, fm->merge_min);
+	if (b->attached)
+		b->attached(b->hook_arg, fm->pid, fm->merge_all);
+	mm_put(fm); /* the slot's reference */
+}
+
+static void on_reattach(uv_async_t *h)
+{
+	struct backing *b = h->data;
+	struct {
+		struct mm *c, *fm;
+	} v[CKSM_LOCAL_BEACON_PAGES];
+	size_t n = 0;
+
+	pthread_mutex_lock(&b->lock);
+	for (unsigned i = 0; i < CKSM_LOCAL_BEACON_PAGES; i++) {
+		struct reattach *r = &b->reattach[i];
+
+		if (!r->conn || !r->found)
+			continue;
+		v[n].c = r->conn;
+		v[n++].fm = r->found;
+		reattach_free(b, r);
+	}
+	pthread_mutex_unlock(&b->lock);
+	for (size_t i = 0; i < n; i++)
+		reattach_finish(b, v[i].c, v[i].fm);
+}
+
+/* ---- housekeeping ---------------------------------------------------------------- */
+
+static void end_slow_handshakes(struct backing *b)
+{
+	for (struct mm *m = b->pending, *next; m; m = next) {
+		next = m->pnext;
+		if (uv_now(b->loop) - m->born_ms > HELLO_WAIT_MS &&
+		    !uv_is_closing((uv_handle_t *)&m->poll))
+			mm_end(m, "no handshake within 5 s");
+	}
+}
+
+/*
+ * merge_all processes get their new mappings registered; fork children
+ * that exited (and orphans) are forgotten, their references released.
+ */
+static void follow_mappings(struct backing *b)
+{
+	struct mm *v[256];
+	size_t n = 0;
+
+	pthread_mutex_lock(&b->lock);
+	for (struct mm *m = b->mms; m && n < 256; m = m->next)
+		if ((m->merge_all && m->sock >= 0 && !m->orphan) || m->sock < 0 || m->orphan) {
+			atomic_fetch_add(&m->refs, 1);
+			v[n++] = m;
+		}
+	pthread_mutex_unlock(&b->lock);
+	for (size_t i = 0; i < n; i++) {
+		if (v[i]->sock >= 0 && !v[i]->orphan)
+			register_mappings(v[i], 0, UINT64_MAX, v[i]->merge_min);
+		else if (!v[i]->gone && uffd_mm_gone(v[i]->uffd))
+			list_del(b, v[i]);
+		mm_put(v[i]);
+	}
+}
+
+static void on_housekeeping(uv_timer_t *t)
+{
+	struct backing *b = t->data;
+
+	end_slow_handshakes(b);
+	follow_mappings(b);
+	ksm_handover(b);
+}
+
+/* ---- the socket ------------------------------------------------------------------ */
+
+/*
+ * Who may attach: anyone (mode 0666), or with socket_group the members of
+ * that group (root:GROUP, mode 0660). Each process is served only with
+ * its own userfaultfd, whoever it is; the group keeps other users from
+ * the agent's capacity.
+ */
+static int socket_access(const char *path, const char *group)
+{
+	struct group gr, *g = NULL;
+	char buf[4096];
+
+	if (!group[0])
+		return chmod(path, 0666) ? -errno : 0;
+	if (getgrnam_r(group, &gr, buf, sizeof(buf), &g) || !g)
+		return -ENOENT;
+	if (chown(path, 0, g->gr_gid) || chmod(path, 0660))
+		return -errno;
+	return 0;
+}
+
+static int listen_on(const char *path, const char *group)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, rc;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	/* Another agent serving there keeps its socket. */
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN) {
+		close(fd);
+		return -EADDRINUSE;
+	}
+	close(fd);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
+		rc = -errno;
+		goto close_fd;
+	}
+	rc = socket_access(path, group);
+	if (rc) {
+		unlink(path);
+		rc = rc == -ENOENT ? -ENXIO : rc;
+		goto close_fd;
+	}
+	return fd;
+close_fd:
+	close(fd);
+	return rc;
+}
+
+int attach_listen(struct backing *b)
+{
+	const struct config *cfg = b->cfg;
+	int rc = listen_on(cfg->socket_path, cfg->socket_group);
+
+	if (rc == -ENXIO) {
+		log_error("cannot listen on %s: there is no group %s (socket_group)",
+			  cfg->socket_path, cfg->socket_group);
+		return rc;
+	}
+	if (rc < 0) {
+		log_error("cannot listen on %s: %s", cfg->socket_path, strerror(-rc));
+		return rc;
+	}
+	b->listen_fd = rc;
+	return 0;
+}
+
+void attach_unlisten(struct backing *b)
+{
+	close(b->listen_fd);
+	unlink(b->cfg->socket_path);
+}
+
+void attach_start(struct backing *b)
+{
+	uv_poll_init(b->loop, &b->lpoll, b->listen_fd);
+	b->lpoll.data = b;
+	uv_poll_start(&b->lpoll, UV_READABLE, on_accept);
+	uv_timer_init(b->loop, &b->ranges);
+	b->ranges.data = b;
+	uv_timer_start(&b->ranges, on_housekeeping, 1000, 1000);
+	uv_async_init(b->loop, &b->reattach_async, on_reattach);
+	b->reattach_async.data = b;
+}
+
+void attach_stop(struct backing *b, uv_close_cb last)
+{
+	struct mm *m;
+
+	uv_poll_stop(&b->lpoll);
+	attach_unlisten(b);
+	/* libuv runs close callbacks in the reverse order of the closes:
+	 * the listener's, closed first, runs last, after every mm's. */
+	uv_close((uv_handle_t *)&b->lpoll, last);
+	uv_timer_stop(&b->ranges);
+	uv_close((uv_handle_t *)&b->ranges, NULL);
+	uv_close((uv_handle_t *)&b->reattach_async, NULL);
+	for (struct mm *p = b->pending; p; p = p->pnext)
+		if (!uv_is_closing((uv_handle_t *)&p->poll)) {
+			uv_poll_stop(&p->poll);
+			uv_close((uv_handle_t *)&p->poll, on_closed);
+		}
+	while ((m = b->mms)) {
+		b->mms = m->next;
+		m->handshaken = false; /* off the list: its close only drops it */
+		if (m->sock >= 0 && !m->orphan && !uv_is_closing((uv_handle_t *)&m->poll)) {
+			uv_poll_stop(&m->poll);
+			uv_close((uv_handle_t *)&m->poll, on_closed);
+		} else if (m->sock < 0 || m->orphan) {
+			mm_put(m);
+		} /* else its close is under way and drops it */
+	}
+}

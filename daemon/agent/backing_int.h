@@ -1,0 +1,275 @@
+/*
+ * backing_int.h - the backing's insides, shared by the files that make it:
+ *
+ *   backing.c  the struct, create and destroy, an mm's lifetime, the
+ *              accounting of entries and of references for the shards,
+ *              and bringing every page back at stop
+ *   attach.c   the socket, the handshake, ranges, forked children
+ *              re-attaching, and the once-a-second housekeeping
+ *   fault.c    the fault thread: faults and userfaultfd events
+ *   evict.c    offers, the evictor thread, parked processes
+ *   ksm.c      hot duplicates handed to the kernel's KSM
+ *   remote.c   where other nodes' dups are, and reading them checked
+ *   remap.h    what a back-end does to a process's memory (libcksm.c)
+ *   uffd.h     the userfaultfd ioctls
+ *   btab.h     the backed-page table; rrefs.h, references on others' dups
+ *
+ * Threads:
+ *   loop    the socket: accepts, handshakes, RANGE messages, ZAPPED
+ *           answers, the end of a connection (the process exited or
+ *           exec'd: its mm is forgotten and its references released),
+ *           the KSM hand-over and housekeeping timer;
+ *   fault   every mm's userfaultfd: faults and events;
+ *   evict   the offer queue: write-protect, compare, zap.
+ *
+ * Locks, in the order they are taken (a thread holding one may take only
+ * those below it):
+ *   1. mm.lock       an mm's table, its eviction under way, its zap
+ *                    answer, its KSM windows
+ *   2. backing.lock  the list of mms, offers, re-attaches, the cool-down
+ *                    and hot tables, remote dups and holders' addresses,
+ *                    stop
+ *   3. leaves: backing.refs_lock (changes of this node's pool slots'
+ *      counts), the rrefs' own lock, the pool's lock.
+ * An mm is reference-counted (mm_get, mm_put); the list holds one
+ * reference, and whoever takes an mm off it drops that one.
+ */
+#ifndef CKSM_BACKING_INT_H
+#define CKSM_BACKING_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <linux/userfaultfd.h>
+#include <uv.h>
+
+#include "backing.h"
+#include "btab.h"
+#include "local.h"
+#include "metrics.h"
+#include "remap.h"
+#include "rrefs.h"
+#include "transport.h"
+
+#define PAGE	      4096u
+#define OFFER_MAX     65536u	 /* pages waiting for the evictor */
+#define ZAP_WAIT_MS   2000	 /* a process that does not answer a zap by then */
+#define COOLDOWN_SETS 4096u	 /* recently faulted pages remembered */
+#define KSM_WINDOW    (2u << 20) /* what one hot page hands to the kernel's KSM */
+#define KSM_WINDOWS   64u	 /* ... at most this many per process */
+#define HOT_MAX	      256u	 /* hot pages waiting for the loop */
+#define REMOTE_IDS    16384u	 /* contents whose remote dups are remembered */
+#define NODES_KNOWN   256	 /* holders whose data addresses are remembered */
+#define PENDING_MAX   64	 /* connections still in the handshake */
+#define HELLO_WAIT_MS 5000	 /* ... each for at most this long */
+
+/* One served address space: a libcksm process, or a fork child of one. */
+struct mm {
+	struct backing *b;
+	atomic_int refs;
+	const struct remap_ops *remap; /* how its pages are dropped */
+	int sock;		       /* -1: a fork child's, with no libcksm connection */
+	int uffd;
+	pid_t pid;	 /* 0 for a fork child until it re-attaches */
+	pid_t parent;	 /* a fork child's: who forked it (0 if not known) */
+	uint64_t beacon; /* the process's beacon mapping (local.h), 0 if none */
+	int beacon_idx;	 /* a re-attaching connection's beacon page, -1 if none */
+	bool claimed;	 /* a fork child's mm paired with a connection (b->lock) */
+	struct ksm_window {
+		uint64_t start, end;
+		bool sent;
+	} ksm[KSM_WINDOWS]; /* handed to the kernel's KSM: never evicted (lock) */
+	unsigned nksm;
+	bool merge_all;
+	uint64_t merge_min;
+	bool handshaken;
+	bool hello_seen;  /* the handshake's first message came */
+	uint64_t born_ms; /* loop time of the connection */
+	struct mm *pnext; /* in the backing's pending list, until handshaken */
+	bool orphan;	  /* its connection closed while it lives: served, not evicted */
+	bool gone;	  /* off the list */
+	uv_poll_t poll;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct btab tab;	/* pages dropped and backed (lock) */
+	struct uffd_msg *retry; /* faults to serve again (fault thread's) */
+	size_t nretry, capretry;
+	uint64_t evicting;   /* address under eviction, 0 if none (lock) */
+	unsigned evict_hits; /* removals of that page seen meanwhile (lock) */
+	uint64_t zap_token;  /* the zap waited for, and its answer (lock) */
+	int zap_status;
+	bool zap_done;
+	struct mm *next; /* in the list (b->lock) */
+};
+
+/* A page offered for eviction. */
+struct offer {
+	pid_t pid;
+	uint8_t kind; /* enum backed_by */
+	uint8_t nrem;
+	uint64_t addr;
+	struct pool_ref ref;
+	struct cid id;
+	struct rdup rem[BTAB_REPLICAS];
+};
+
+/* Contents whose dups on other nodes a shard named (BACK_REMOTE). */
+struct remote_id {
+	struct cid id;
+	uint8_t n;
+	struct rdup rem[BTAB_REPLICAS];
+};
+
+struct backing {
+	const struct config *cfg;
+	uv_loop_t *loop;
+	struct pool *pool;
+	const struct cid_domain *domains;
+	int listen_fd;
+	uv_poll_t lpoll;
+	int devfd; /* /dev/userfaultfd */
+	void (*attached)(void *arg, pid_t pid, bool merge_all);
+	void (*detached)(void *arg, pid_t pid);
+	void *hook_arg;
+	uv_timer_t ranges; /* housekeeping, every second */
+	uint64_t features; /* UFFD features this kernel has, of those asked for */
+
+	pthread_mutex_t lock;
+	struct mm *mms;
+	struct reattach {
+		struct mm *conn;  /* a forked child's connection, NULL if free */
+		uint64_t addr;	  /* the beacon page it was told to read */
+		struct mm *found; /* the fork child's mm that faulted there (a ref) */
+	} reattach[CKSM_LOCAL_BEACON_PAGES];
+	unsigned reattach_next;
+	atomic_uint reattaching;   /* slots in use, looked at without the lock */
+	uv_async_t reattach_async; /* the fault thread found a pair */
+	struct mm *pending;	   /* in the handshake (loop thread only) */
+	int npending;
+	int wake_fd; /* eventfd: the fault thread rebuilds its poll set */
+	bool stop;
+	bool stop_evicting;   /* the evictor takes no more offers */
+	atomic_bool stopping; /* stop, for waits that do not hold b->lock */
+	pthread_t fault_thread, evict_thread;
+	pthread_cond_t offer_cond;
+	struct parked {
+		struct mm *m; /* with the evictor's reference */
+		struct bentry e;
+		struct parked *next;
+	} * parked; /* evictions waiting for a zap answer (evictor's) */
+	struct offer *offers;
+	size_t noffers, offer_head; /* a ring of OFFER_MAX */
+	uint64_t next_token;
+	struct {
+		uint64_t key; /* pid << 32 ^ page, 0 = empty */
+		uint64_t until_ms;
+	} cool[COOLDOWN_SETS];
+	struct hot {
+		pid_t pid;
+		uint64_t addr;
+	} hot[HOT_MAX]; /* pages faulted back from the pool a second time */
+	unsigned nhot;
+	bool ksm_off_said;
+
+	const struct transport_kind *tk;
+	const struct auth_key *key;
+	struct transport *fault_tr, *evict_tr; /* one reader per thread */
+	struct {
+		uint32_t node;
+		char addr[DUP_ADDR_MAX];
+	} addrs[NODES_KNOWN];
+	unsigned naddrs;
+	struct remote_id *remote; /* REMOTE_IDS, by id */
+
+	struct rrefs *rrefs; /* our references on other nodes' dups */
+	pthread_mutex_t refs_lock;
+	struct ref_count *refs; /* own slots whose counts changed, not taken yet */
+	size_t nrefs;
+	int32_t *ref_pos; /* per pool slot: index in refs + 1, 0 if none */
+
+	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
+	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
+	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors;
+	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
+	struct metric *m_parked;
+	struct metric_histogram *m_lat;
+};
+
+/* ---- backing.c ------------------------------------------------------------ */
+
+struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid);
+void mm_put(struct mm *m);
+/* The attached (evictable) mm of pid, with a reference, or NULL. */
+struct mm *mm_get(struct backing *b, pid_t pid);
+/* Put m on the list (the list takes the caller's reference). */
+void list_add(struct backing *b, struct mm *m);
+/* Take m off the list and drop the list's reference (once, whoever asks). */
+void list_del(struct backing *b, struct mm *m);
+/* The same for a fork child's mm, unless a connection was paired with it. */
+void list_del_unpaired(struct backing *b, struct mm *m);
+/* The fault thread rebuilds its set of userfaultfds. */
+void wake_faults(struct backing *b);
+
+/*
+ * An entry's accounting, as one pair: entry_count when an entry comes
+ * into a table (it owns its reference on what backs it from then on),
+ * entry_release when it leaves one (dropped from the table too). m->lock
+ * held for entry_release.
+ */
+void entry_count(struct backing *b, const struct bentry *e);
+void entry_uncount(struct backing *b, const struct bentry *e);
+void entry_release(struct mm *m, struct bentry *e);
+/* Release every entry of m in [start, end). m->lock held. */
+void drop_range(struct mm *m, uint64_t start, uint64_t end);
+
+/* ---- attach.c ------------------------------------------------------------- */
+
+/* Listen on the socket: 0 or a negative errno (logged). */
+int attach_listen(struct backing *b);
+void attach_unlisten(struct backing *b);
+/* The loop's handles: the listener, the housekeeping timer, re-attaches. */
+void attach_start(struct backing *b);
+/* Close every handle and connection; last runs when all are closed. */
+void attach_stop(struct backing *b, uv_close_cb last);
+/* The process is gone or misbehaved: forget it (loop thread). */
+void mm_end(struct mm *m, const char *why);
+/* Fault thread: pair a fork child's mm faulting on a beacon page. */
+void reattach_match(struct mm *m, const struct uffd_msg *msg);
+
+/* ---- fault.c -------------------------------------------------------------- */
+
+void *fault_main(void *arg);
+/* Read what m's userfaultfd has; false when it is finished. */
+bool drain_uffd(struct mm *m);
+
+/* ---- evict.c -------------------------------------------------------------- */
+
+void *evict_main(void *arg);
+/* The process answered the zap token (loop thread). */
+void evict_zapped(struct mm *m, uint64_t token, int status);
+/* A page came back: not evicted again for the cool-down; hot if it came
+ * back from the pool while its last return is remembered. */
+void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled);
+
+/* ---- ksm.c ---------------------------------------------------------------- */
+
+/* Is addr in a window handed to KSM? m->lock held. */
+bool ksm_owns(const struct mm *m, uint64_t addr);
+/* Loop thread, every second: hot pages' windows to the kernel's KSM. */
+void ksm_handover(struct backing *b);
+
+/* ---- remote.c ------------------------------------------------------------- */
+
+/* The remote dups known for id, into r: false if none. b->lock held. */
+bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r);
+/*
+ * The bytes of one of n remote dups, checked against the content id: the
+ * first replica that answers with the right bytes. Its index, or -1.
+ */
+int remote_fetch(struct backing *b, struct transport *tr, const struct rdup *rem, unsigned n,
+		 const struct cid *id, uint8_t *buf);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * btab - the backed-page table of one address space.
+ *
+ * One entry per page the agent dropped from the process: what backs it
+ * (the zero page, a slot of this node's pool, or dups on other nodes),
+ * the content id its bytes must have, and for remote backing the
+ * replicas in the order a fault tries them. A fault on a page with an
+ * entry is filled from what the entry names; a fault on a page without
+ * one gets what the kernel would have given. Entries are added by the
+ * evictor once a page compared equal, and leave when the page comes back
+ * or the process drops, moves or unmaps it.
+ *
+ * Layout: a dense array of entries found through an oaidx by page
+ * number; deletion moves the last entry into the hole, so a walk that
+ * deletes stays at the same position. Any put or delete may move entries:
+ * pointers into the table are good until the next change.
+ *
+ * Invariants (btab_check): every entry is found through the index under
+ * its own page and the index holds nothing else; no two entries share a
+ * page; no entry has page 0; a remote entry names 1..BTAB_REPLICAS dups.
+ *
+ * Not thread-safe: the owning mm's lock covers it.
+ */
+#ifndef CKSM_BTAB_H
+#define CKSM_BTAB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cid.h"
+#include "oaidx.h"
+#include "pool.h"
+#include "rrefs.h"
+
+/* What backs a page that was dropped (or is offered to be). */
+enum backed_by {
+	BACKED_ZERO = 1,   /* an all-zero page: no dup needed */
+	BACKED_POOL = 2,   /* a slot of this node's pool */
+	BACKED_REMOTE = 3, /* dups on other nodes, read over a transport */
+};
+
+#define BTAB_REPLICAS 3 /* replicas an entry remembers */
+
+struct bentry {
+	uint64_t page;	     /* address >> 12, never 0 */
+	struct pool_ref ref; /* BACKED_POOL: the slot (the entry holds a reference) */
+	struct cid id;
+	uint8_t kind; /* enum backed_by */
+	uint8_t nrem;
+	struct rdup rem[BTAB_REPLICAS]; /* BACKED_REMOTE: in order; rem[0] is counted */
+};
+
+struct btab {
+	struct bentry *e; /* dense */
+	size_t n, cap;
+	struct oaidx ix; /* position + 1 by page */
+};
+
+/* An empty table (allocates nothing). */
+void btab_init(struct btab *t);
+void btab_fini(struct btab *t);
+
+/* The entry of the page holding addr, or NULL. */
+struct bentry *btab_find(const struct btab *t, uint64_t addr);
+
+/* Enter e, replacing an entry of the same page: 0 or -ENOMEM (unchanged). */
+int btab_put(struct btab *t, const struct bentry *e);
+
+/* Remove e (an entry of t); the last entry moves into its place. */
+void btab_del(struct btab *t, struct bentry *e);
+
+/* Check the invariants above: 0, or -EUCLEAN with *why naming the broken one. */
+int btab_check(const struct btab *t, const char **why);
+
+#endif

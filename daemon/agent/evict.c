@@ -1,0 +1,476 @@
+/*
+ * evict - offers and the evictor thread.
+ *
+ * The scanner offers pages (backing_offer): a duplicate of a pool slot, a
+ * zero page, or a page whose content other nodes hold (remote). Offers
+ * wait in a ring of OFFER_MAX; a page faulted back within the cool-down
+ * is not offered again meanwhile. The evictor takes them one at a time,
+ * at most evict_rate a second, and drops each as KSM merges one:
+ * write-protect first, then compare (evict_one):
+ *
+ *   1. protect   UFFDIO_WRITEPROTECT: a write from now on waits on a WP
+ *                fault, which the fault thread leaves to the evictor;
+ *   2. read      process_vm_readv of the page;
+ *   3. compare   byte for byte with what will back it (the pool slot, a
+ *                remote replica read and checked beforehand, or zeroes);
+ *   4. enter     the entry goes into the mm's table and owns its
+ *                reference on what backs it from then on;
+ *   5. zap       the remap back-end drops the page; the page's own
+ *                REMOVE event is waited for (a second one means the
+ *                program dropped or moved the page meanwhile, and the
+ *                entry must go: the page then reads as the program left
+ *                it);
+ *   6. release   the protection goes and the writers that waited are
+ *                woken: they find the page, or fault it back.
+ * Any doubt before the zap leaves the page where it is. A process that
+ * does not answer a zap within ZAP_WAIT_MS (stopped) is parked: its
+ * eviction ends when the answer comes, and the evictor goes on with the
+ * others meanwhile.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include "backing_int.h"
+#include "log.h"
+#include "uffd.h"
+#include "util.h"
+
+/* ---- cool-down ---------------------------------------------------------------- */
+
+static size_t cool_slot(pid_t pid, uint64_t addr, uint64_t *key)
+{
+	*key = ((uint64_t)(uint32_t)pid << 32 ^ (addr >> 12)) | 1;
+	return (size_t)((*key * 0x9e3779b97f4a7c15ULL) >> 52) % COOLDOWN_SETS;
+}
+
+void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled)
+{
+	uint64_t k;
+	size_t i = cool_slot(pid, addr, &k);
+
+	pthread_mutex_lock(&b->lock);
+	if (pooled && b->cool[i].key == k && b->nhot < HOT_MAX)
+		b->hot[b->nhot++] = (struct hot){ pid, addr };
+	b->cool[i].key = k;
+	b->cool[i].until_ms = now_ms() + b->cfg->evict_cooldown_millisecs;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* b->lock held. */
+static bool cool_active(struct backing *b, pid_t pid, uint64_t addr)
+{
+	uint64_t k;
+	size_t i = cool_slot(pid, addr, &k);
+
+	return b->cool[i].key == k && b->cool[i].until_ms > now_ms();
+}
+
+/* ---- offers ------------------------------------------------------------------- */
+
+/* Queue o; false when the ring is full. b->lock held. */
+static bool offer_push(struct backing *b, const struct offer *o)
+{
+	if (b->noffers >= OFFER_MAX)
+		return false;
+	b->offers[(b->offer_head + b->noffers++) % OFFER_MAX] = *o;
+	pthread_cond_signal(&b->offer_cond);
+	return true;
+}
+
+void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum backed_by kind,
+		   struct pool_ref ref, const struct cid *id)
+{
+	struct offer o = { .pid = pid, .kind = (uint8_t)kind, .addr = addr, .ref = ref };
+	bool dropped;
+
+	if (!b->cfg->evict || addr % PAGE)
+		return;
+	if (id)
+		o.id = *id;
+	pthread_mutex_lock(&b->lock);
+	dropped = !cool_active(b, pid, addr) && !offer_push(b, &o);
+	pthread_mutex_unlock(&b->lock);
+	if (dropped)
+		metric_inc(b->m_offers_dropped);
+}
+
+bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const struct cid *id)
+{
+	struct offer o = { .pid = pid, .kind = BACKED_REMOTE, .addr = addr, .id = *id };
+	struct remote_id r;
+	bool ok;
+
+	if (!b->cfg->evict || addr % PAGE)
+		return false;
+	pthread_mutex_lock(&b->lock);
+	ok = remote_known(b, id, &r) && !cool_active(b, pid, addr);
+	if (ok) {
+		o.nrem = r.n;
+		memcpy(o.rem, r.rem, sizeof(o.rem));
+		ok = offer_push(b, &o);
+	}
+	pthread_mutex_unlock(&b->lock);
+	return ok;
+}
+
+/* ---- one eviction ------------------------------------------------------------- */
+
+static bool all_zero(const uint8_t *p)
+{
+	static const uint64_t z[PAGE / 8];
+
+	return memcmp(p, z, PAGE) == 0;
+}
+
+/* Wait on m->cond until cond_fn holds or ms pass; m->lock held. */
+static bool wait_for(struct mm *m, bool (*cond_fn)(const struct mm *), unsigned ms)
+{
+	struct timespec until = deadline_after(CLOCK_REALTIME, ms);
+
+	while (!cond_fn(m))
+		if (pthread_cond_timedwait(&m->cond, &m->lock, &until) == ETIMEDOUT)
+			return cond_fn(m);
+	return true;
+}
+
+/* The evictor's entry at addr, if it is still there and still its own. */
+static struct bentry *own_entry(struct mm *m, const struct bentry *e)
+{
+	struct bentry *x = btab_find(&m->tab, e->page << 12);
+
+	if (!x || x->kind != e->kind || x->ref.slot != e->ref.slot || x->ref.gen != e->ref.gen ||
+	    !cid_eq(x->id, e->id))
+		return NULL;
+	return x;
+}
+
+static bool zap_or_gone(const struct mm *m)
+{
+	return m->zap_done || m->gone || m->orphan;
+}
+
+static bool removal_or_gone(const struct mm *m)
+{
+	return m->evict_hits > 0 || m->gone || m->orphan;
+}
+
+void evict_zapped(struct mm *m, uint64_t token, int status)
+{
+	pthread_mutex_lock(&m->lock);
+	if (token == m->zap_token && !m->zap_done) {
+		m->zap_status = status;
+		m->zap_done = true;
+		pthread_cond_broadcast(&m->cond);
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+/*
+ * After the zap was asked for: the answer (or the end of the process, or
+ * of the agent) decides what becomes of the entry. m->lock held;
+ * released, with the evictor's reference on m.
+ */
+static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
+{
+	uint64_t addr = e->page << 12;
+	const char *why = NULL;
+
+	while (!zap_or_gone(m) && !atomic_load(&b->stopping))
+		wait_for(m, zap_or_gone, 200);
+	if (m->zap_done && m->zap_status == 0) {
+		/* The page is gone: wait for our own REMOVE. More than one
+		 * means the program dropped or moved the page too, and it
+		 * must then read as the program left it. */
+		while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
+		}
+		if (m->evict_hits > 1) {
+			struct bentry *x = own_entry(m, e);
+
+			if (x)
+				entry_release(m, x);
+			why = "the program removed the page";
+		}
+	} else if (m->zap_done && m->zap_status != -ECONNRESET) {
+		/* Not dropped (or the process is gone): the entry must not stay. */
+		struct bentry *x = own_entry(m, e);
+
+		if (x)
+			entry_release(m, x);
+		why = m->zap_status == -ESRCH ? "the process is gone" : "the zap failed";
+	} else {
+		/* No answer (the agent is stopping, or the process closed its
+		 * connection): the page may or may not have been dropped. The
+		 * entry stays: a present page never consults it, a missing
+		 * one is served from it. */
+		why = m->zap_done ? "the process left" : "the agent is stopping";
+	}
+	m->evicting = 0;
+	pthread_mutex_unlock(&m->lock);
+	metric_inc(why ? b->m_aborted : b->m_evicted);
+	/* Writers that raced the eviction: they retry, and either find the
+	 * page or fault it back. */
+	uffd_protect(m->uffd, addr, false);
+	uffd_wake(m->uffd, addr);
+	if (why)
+		log_debug("process %d page %#llx: %s", (int)m->pid, (unsigned long long)addr, why);
+	mm_put(m);
+}
+
+/* An eviction whose process has not answered its zap yet. */
+static void park(struct backing *b, struct mm *m, const struct bentry *e)
+{
+	struct parked *p = malloc(sizeof(*p));
+
+	if (!p) { /* nothing else to do but wait */
+		pthread_mutex_lock(&m->lock);
+		evict_end(b, m, e);
+		return;
+	}
+	log_warn(
+		"process %d has not answered a zap for %d ms (stopped?): its evictions wait, the others go on",
+		(int)m->pid, ZAP_WAIT_MS);
+	p->m = m;
+	p->e = *e;
+	p->next = b->parked;
+	b->parked = p;
+	metric_gauge_add(b->m_parked, 1);
+}
+
+/* Evictor thread: end the parked evictions whose answer came (all of
+ * them once the agent stops). */
+static void unpark(struct backing *b, bool all)
+{
+	for (struct parked **pp = &b->parked, *p; (p = *pp);) {
+		pthread_mutex_lock(&p->m->lock);
+		if (!all && !zap_or_gone(p->m)) {
+			pthread_mutex_unlock(&p->m->lock);
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		evict_end(b, p->m, &p->e);
+		metric_gauge_add(b->m_parked, -1);
+		free(p);
+	}
+}
+
+/*
+ * What will back the page, before it is touched: a reference on the pool
+ * slot (at most max_page_sharing pages on one dup, as with KSM), or the
+ * first replica that answers, read into rbuf and checked. NULL for a zero
+ * page; false when the offer is to be passed over.
+ */
+static bool evict_source(struct backing *b, const struct offer *o, struct bentry *e, uint8_t *rbuf,
+			 const void **dup)
+{
+	int first;
+
+	*dup = NULL;
+	if (o->kind == BACKED_POOL) {
+		*dup = pool_page(b->pool, o->ref, NULL);
+		return *dup && pool_refs(b->pool, o->ref) < b->cfg->max_page_sharing &&
+		       pool_ref(b->pool, o->ref, 1) == 0;
+	}
+	if (o->kind == BACKED_REMOTE) {
+		first = remote_fetch(b, b->evict_tr, o->rem, o->nrem, &o->id, rbuf);
+		if (first < 0)
+			return false;
+		e->nrem = 0;
+		for (unsigned i = (unsigned)first; i < o->nrem; i++)
+			e->rem[e->nrem++] = o->rem[i];
+		*dup = rbuf;
+	}
+	return true;
+}
+
+/* Claim m's one eviction slot for addr, if nothing forbids it. */
+static bool evict_claim(struct mm *m, uint64_t addr)
+{
+	bool ok;
+
+	pthread_mutex_lock(&m->lock);
+	ok = !m->evicting && !m->orphan && !btab_find(&m->tab, addr) && !ksm_owns(m, addr);
+	if (ok) {
+		m->evicting = addr;
+		m->evict_hits = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return ok;
+}
+
+/* Enter e, counted, with a new zap token into *token. */
+static bool evict_enter(struct backing *b, struct mm *m, const struct bentry *e, uint64_t *token)
+{
+	bool ok;
+
+	pthread_mutex_lock(&m->lock);
+	ok = !m->evict_hits && !m->orphan && btab_put(&m->tab, e) == 0;
+	if (ok) {
+		entry_count(b, e);
+		m->zap_token = *token = ++b->next_token;
+		m->zap_done = false;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return ok;
+}
+
+/*
+ * Have the page dropped and see the eviction to its end, or park it when
+ * the process does not answer in time. Until then the page stays
+ * write-protected, so nothing written can be lost.
+ */
+static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, uint64_t token)
+{
+	int rc;
+
+	pthread_mutex_lock(&m->lock);
+	rc = m->remap->zap(m, e->page << 12, PAGE, token);
+	if (rc == -EINPROGRESS) {
+		if (!wait_for(m, zap_or_gone, ZAP_WAIT_MS) && !atomic_load(&b->stopping)) {
+			pthread_mutex_unlock(&m->lock);
+			park(b, m, e);
+			return;
+		}
+	} else {
+		m->zap_done = true;
+		m->zap_status = rc ? -ESRCH : 0;
+	}
+	evict_end(b, m, e);
+}
+
+/*
+ * One page: write-protect, read, compare, enter, zap, release. From the
+ * moment it is entered, the entry owns the reference on its dup and is
+ * counted, so whoever removes it (a fault, an event, evict_end) releases
+ * it once.
+ */
+static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, uint8_t *rbuf)
+{
+	struct mm *m = mm_get(b, o->pid);
+	struct bentry e = { .page = o->addr >> 12, .ref = o->ref, .id = o->id, .kind = o->kind };
+	struct iovec local = { buf, PAGE }, remote = { (void *)(uintptr_t)o->addr, PAGE };
+	const void *dup;
+	const char *why = NULL;
+	uint64_t token;
+
+	if (!m)
+		return;
+	if (!evict_source(b, o, &e, rbuf, &dup))
+		goto put_mm;
+	if (!evict_claim(m, o->addr))
+		goto drop_ref;
+	if (uffd_protect(m->uffd, o->addr, true)) {
+		why = "not registered";
+		goto unclaim;
+	}
+	if (process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != PAGE) {
+		why = "unreadable";
+		goto unprotect;
+	}
+	if (o->kind == BACKED_ZERO ? !all_zero(buf) : memcmp(buf, dup, PAGE) != 0) {
+		why = "changed";
+		goto unprotect;
+	}
+	if (!evict_enter(b, m, &e, &token)) {
+		why = "moved, or out of memory";
+		goto unprotect;
+	}
+	evict_zap(b, m, &e, token); /* the entry and m are its now */
+	return;
+unprotect:
+	uffd_protect(m->uffd, o->addr, false);
+unclaim:
+	pthread_mutex_lock(&m->lock);
+	m->evicting = 0;
+	pthread_mutex_unlock(&m->lock);
+	uffd_wake(m->uffd, o->addr);
+	metric_inc(b->m_aborted);
+	log_debug("process %d page %#llx stays: %s", (int)m->pid, (unsigned long long)o->addr, why);
+drop_ref:
+	if (o->kind == BACKED_POOL)
+		pool_ref(b->pool, o->ref, -1);
+put_mm:
+	mm_put(m);
+}
+
+/* ---- the thread ---------------------------------------------------------------- */
+
+/*
+ * The next offer into *o; false when the evictor stops. Parked evictions
+ * are looked at every 200 ms meanwhile. b->lock taken.
+ */
+static bool next_offer(struct backing *b, struct offer *o)
+{
+	pthread_mutex_lock(&b->lock);
+	while (!b->stop_evicting && !b->noffers) {
+		struct timespec ts;
+
+		if (!b->parked) {
+			pthread_cond_wait(&b->offer_cond, &b->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&b->lock);
+		unpark(b, false);
+		pthread_mutex_lock(&b->lock);
+		if (b->parked && !b->noffers && !b->stop_evicting) {
+			ts = deadline_after(CLOCK_REALTIME, 200);
+			pthread_cond_timedwait(&b->offer_cond, &b->lock, &ts);
+		}
+	}
+	if (b->stop_evicting) {
+		pthread_mutex_unlock(&b->lock);
+		return false;
+	}
+	*o = b->offers[b->offer_head];
+	b->offer_head = (b->offer_head + 1) % OFFER_MAX;
+	b->noffers--;
+	pthread_mutex_unlock(&b->lock);
+	return true;
+}
+
+/* A token bucket: at most rate a second, in bursts of a tenth of a second's. */
+struct pace {
+	double tokens, rate;
+	uint64_t last_ns;
+};
+
+static void pace_wait(struct pace *p)
+{
+	uint64_t now = clock_ns(CLOCK_MONOTONIC);
+
+	p->tokens += (double)(now - p->last_ns) / 1e9 * p->rate;
+	p->last_ns = now;
+	if (p->tokens > p->rate / 10 + 1)
+		p->tokens = p->rate / 10 + 1;
+	if (p->tokens < 1) {
+		uint64_t ns = (uint64_t)((1 - p->tokens) / p->rate * 1e9);
+		struct timespec ts = { (time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL) };
+
+		nanosleep(&ts, NULL);
+		p->tokens = 1;
+		p->last_ns = clock_ns(CLOCK_MONOTONIC);
+	}
+	p->tokens -= 1;
+}
+
+void *evict_main(void *arg)
+{
+	struct backing *b = arg;
+	uint8_t *buf = aligned_alloc(PAGE, 2 * PAGE);
+	struct pace pace = { 0, b->cfg->evict_rate, clock_ns(CLOCK_MONOTONIC) };
+	struct offer o;
+
+	if (!buf)
+		return NULL;
+	while (next_offer(b, &o)) {
+		pace_wait(&pace);
+		if (b->parked)
+			unpark(b, false);
+		evict_one(b, &o, buf, buf + PAGE);
+	}
+	unpark(b, true);
+	free(buf);
+	return NULL;
+}

@@ -1,0 +1,440 @@
+/*
+ * fault - the fault thread: every served mm's userfaultfd, polled at once.
+ *
+ * A MISSING fault on a page with an entry in the mm's table is filled
+ * from what the entry names, and the entry leaves the table:
+ *   zero    the zero page (a copy of zeroes for a write);
+ *   pool    the slot's bytes, after checking that the slot still holds
+ *           the entry's content (generation and id);
+ *   remote  the first replica that answers with bytes of the entry's id.
+ * A fault on a page without an entry gets what the kernel would have
+ * given: zeroes. A backed page whose bytes cannot be had is never filled
+ * with zeroes: it is poisoned (or the faulting thread signalled), and the
+ * thread that touches it gets SIGBUS, logged and counted.
+ *
+ * A WP fault is a write that raced an eviction; unless the evictor works
+ * on that very page (it releases its writers itself), the protection is
+ * lifted and the writer goes on.
+ *
+ * Events keep the tables right, and are read one message at a time so
+ * that a fork is handled before any fault read after it:
+ *   fork    the child's userfaultfd, and a copy of the table for it (its
+ *           entries take references of their own);
+ *   remap   entries move with the pages;
+ *   remove, unmap   entries go (the program dropped the pages: they must
+ *           read zeroes, not what cksm kept).
+ * A fill refused with EAGAIN met a changing mm (an event not read yet):
+ * the fault is kept and served again after the events.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "backing_int.h"
+#include "log.h"
+#include "uffd.h"
+#include "util.h"
+
+static const uint8_t zeroes[PAGE] __attribute__((aligned(PAGE)));
+
+/* ---- faults ------------------------------------------------------------------ */
+
+/* A backed page nobody can give back: the thread that needs it gets SIGBUS. */
+static void lost_page(struct mm *m, const struct uffd_msg *msg, uint64_t addr, const char *why)
+{
+	pid_t tid = (pid_t)msg->arg.pagefault.feat.ptid;
+
+	metric_inc(m->b->m_sigbus);
+	log_error("process %d thread %d: page %#llx cannot be brought back (%s): SIGBUS",
+		  (int)m->pid, (int)tid, (unsigned long long)addr, why);
+	/* Poisoned, the page gives SIGBUS to whichever thread touches it, in
+	 * any pid namespace. Without it (before Linux 6.6) the thread the
+	 * fault names is signalled, which is right in the agent's namespace. */
+	if ((m->b->features & UFFD_FEATURE_POISON) && uffd_poison(m->uffd, addr) == 0)
+		return;
+	syscall(SYS_tkill, tid, SIGBUS);
+	uffd_wake(m->uffd, addr);
+}
+
+/* A write that raced an eviction: let it go, unless the evictor is on it. */
+static bool release_writer(struct mm *m, uint64_t addr)
+{
+	bool busy;
+
+	pthread_mutex_lock(&m->lock);
+	busy = m->evicting == addr;
+	pthread_mutex_unlock(&m->lock);
+	return busy || uffd_protect(m->uffd, addr, false) != -EAGAIN;
+}
+
+/* What the kernel would have given a page never backed: zeroes. */
+static int fill_zero(struct mm *m, uint64_t addr, bool write)
+{
+	return write ? uffd_copy(m->uffd, addr, zeroes) : uffd_zeropage(m->uffd, addr);
+}
+
+static bool fresh_filled(struct mm *m, uint64_t addr, int rc)
+{
+	if (rc == -EAGAIN)
+		return false;
+	metric_inc(m->b->m_faults_fresh);
+	if (rc && rc != -ENOENT && rc != -ESRCH)
+		log_warn("process %d: cannot fill page %#llx: %s", (int)m->pid,
+			 (unsigned long long)addr, strerror(-rc));
+	if (rc)
+		uffd_wake(m->uffd, addr); /* let it fault again */
+	return true;
+}
+
+/*
+ * The bytes e names, or NULL with *lost saying why they cannot be had.
+ * m->lock held.
+ */
+static const void *entry_bytes(struct mm *m, const struct bentry *e, const char **lost)
+{
+	static uint8_t page[PAGE] __attribute__((aligned(PAGE))); /* fault thread's */
+	struct backing *b = m->b;
+	struct cid got = { 0, 0 };
+	const void *bytes;
+
+	if (e->kind == BACKED_REMOTE) {
+		if (remote_fetch(b, b->fault_tr, e->rem, e->nrem, &e->id, page) < 0) {
+			*lost = "no replica could be read";
+			return NULL;
+		}
+		return page;
+	}
+	/* The slot's generation and id must be the entry's; its bytes were
+	 * checked against the id when the dup was made, and a slot with
+	 * references never changes. */
+	bytes = pool_page(b->pool, e->ref, &got);
+	if (!bytes || !cid_eq(got, e->id)) {
+		*lost = bytes ? "its slot holds another content" : "its slot is gone";
+		return NULL;
+	}
+	return bytes;
+}
+
+/* Fill the page of e and drop the entry: 0 or a negative errno. m->lock held. */
+static int fill_backed(struct mm *m, struct bentry *e, uint64_t addr, bool write, const char **lost)
+{
+	struct backing *b = m->b;
+	struct metric *source = e->kind == BACKED_ZERO	   ? b->m_faults_zero
+				: e->kind == BACKED_REMOTE ? b->m_faults_remote
+							   : b->m_faults_local;
+	const void *bytes = NULL;
+	int rc;
+
+	if (e->kind != BACKED_ZERO) {
+		bytes = entry_bytes(m, e, lost);
+		if (!bytes)
+			return -EIO;
+	}
+	rc = bytes ? uffd_copy(m->uffd, addr, bytes) : fill_zero(m, addr, write);
+	if (!rc) {
+		metric_inc(source);
+		entry_release(m, e);
+	}
+	return rc;
+}
+
+/* false: the mm is changing (an event is in flight); try again shortly. */
+static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
+{
+	struct backing *b = m->b;
+	uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
+	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE, pooled;
+	const char *lost = NULL;
+	struct bentry *e;
+	int rc;
+
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+		return release_writer(m, addr);
+	pthread_mutex_lock(&m->lock);
+	e = btab_find(&m->tab, addr);
+	if (!e) {
+		rc = fill_zero(m, addr, write);
+		pthread_mutex_unlock(&m->lock);
+		return fresh_filled(m, addr, rc);
+	}
+	pooled = e->kind == BACKED_POOL;
+	rc = fill_backed(m, e, addr, write, &lost);
+	pthread_mutex_unlock(&m->lock);
+	if (lost) {
+		lost_page(m, msg, addr, lost);
+		return true;
+	}
+	if (rc == -EAGAIN)
+		return false;
+	if (rc) {
+		if (rc != -ESRCH)
+			log_warn("process %d: cannot bring back page %#llx: %s", (int)m->pid,
+				 (unsigned long long)addr, strerror(-rc));
+		uffd_wake(m->uffd, addr); /* let it fault again */
+		return true;
+	}
+	if (m->pid)
+		cool_note(b, m->pid, addr, pooled);
+	metric_observe(b->m_lat, (double)(clock_ns(CLOCK_MONOTONIC) - t0) / 1e9);
+	return true;
+}
+
+static void keep_retry(struct mm *m, const struct uffd_msg *msg)
+{
+	if (m->nretry == m->capretry) {
+		size_t cap = m->capretry ? 2 * m->capretry : 16;
+		struct uffd_msg *v = realloc(m->retry, cap * sizeof(*v));
+
+		if (!v) {
+			log_error("process %d: out of memory keeping a fault to retry",
+				  (int)m->pid);
+			return;
+		}
+		m->retry = v;
+		m->capretry = cap;
+	}
+	m->retry[m->nretry++] = *msg;
+}
+
+/* Faults that met a changing mm, once more; those still refused stay. */
+static void retry_faults(struct mm *m)
+{
+	size_t n = m->nretry, k = 0;
+
+	m->nretry = 0;
+	for (size_t i = 0; i < n; i++)
+		if (!on_pagefault(m, &m->retry[i]))
+			m->retry[k++] = m->retry[i];
+	m->nretry = k;
+}
+
+/* ---- events ------------------------------------------------------------------ */
+
+/* A copy of e for a fork child's table: its own reference. m->lock held. */
+static void fork_entry(struct backing *b, struct mm *c, const struct bentry *e)
+{
+	if (e->kind == BACKED_POOL && pool_ref(b->pool, e->ref, 1))
+		return; /* the slot went: the child reads the page as a fresh one */
+	if (btab_put(&c->tab, e)) {
+		if (e->kind == BACKED_POOL)
+			pool_ref(b->pool, e->ref, -1);
+		return;
+	}
+	entry_count(b, e);
+}
+
+/* fork: the child's userfaultfd, and a copy of the table for it. */
+static void on_fork(struct mm *m, int ufd)
+{
+	struct backing *b = m->b;
+	struct mm *c = mm_new(b, -1, ufd, 0);
+	int fl = fcntl(ufd, F_GETFL);
+
+	if (!c || fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		/* Without it the child's backed pages read as zeroes: never. */
+		log_error("process %d forked and the child's table cannot be kept", (int)m->pid);
+		free(c);
+		close(ufd);
+		return;
+	}
+	c->handshaken = true;
+	c->parent = m->pid;
+	c->beacon = m->beacon;
+	pthread_mutex_lock(&m->lock);
+	for (size_t i = 0; i < m->tab.n; i++)
+		fork_entry(b, c, &m->tab.e[i]);
+	pthread_mutex_unlock(&m->lock);
+	metric_inc(b->m_forks);
+	list_add(b, c);
+}
+
+static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct bentry *moved = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_mutex_lock(&m->lock);
+	for (uint64_t a = from; m->tab.n && a < from + len; a += PAGE) {
+		struct bentry *e = btab_find(&m->tab, a);
+
+		if (!e)
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? 2 * cap : 64;
+			struct bentry *v = realloc(moved, nc * sizeof(*v));
+
+			if (!v) {
+				entry_release(m, e); /* cannot follow it: the page is lost */
+				log_error("process %d: out of memory following an mremap",
+					  (int)m->pid);
+				continue;
+			}
+			moved = v;
+			cap = nc;
+		}
+		moved[n] = *e;
+		moved[n].page = (to + (a - from)) >> 12;
+		n++;
+		btab_del(&m->tab, e);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (btab_put(&m->tab, &moved[i])) {
+			log_error("process %d: out of memory following an mremap", (int)m->pid);
+			if (moved[i].kind == BACKED_POOL)
+				pool_ref(m->b->pool, moved[i].ref, -1);
+		}
+	if (m->evicting >= from && m->evicting < from + len) {
+		m->evict_hits += 2; /* moved away: the evictor gives up */
+		pthread_cond_broadcast(&m->cond);
+	}
+	pthread_mutex_unlock(&m->lock);
+	free(moved);
+}
+
+static void on_remove(struct mm *m, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&m->lock);
+	if (m->evicting >= start && m->evicting < end) {
+		/* The evictor's own zap is one such event; it decides. */
+		m->evict_hits++;
+		pthread_cond_broadcast(&m->cond);
+		if (start < m->evicting)
+			drop_range(m, start, m->evicting);
+		if (m->evicting + PAGE < end)
+			drop_range(m, m->evicting + PAGE, end);
+	} else {
+		drop_range(m, start, end);
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void on_msg(struct mm *m, const struct uffd_msg *msg)
+{
+	switch (msg->event) {
+	case UFFD_EVENT_PAGEFAULT:
+		if (atomic_load(&m->b->reattaching))
+			reattach_match(m, msg);
+		if (!on_pagefault(m, msg))
+			keep_retry(m, msg);
+		break;
+	case UFFD_EVENT_FORK:
+		on_fork(m, (int)msg->arg.fork.ufd);
+		break;
+	case UFFD_EVENT_REMAP:
+		on_remap(m, msg->arg.remap.from, msg->arg.remap.to, msg->arg.remap.len);
+		break;
+	case UFFD_EVENT_REMOVE:
+	case UFFD_EVENT_UNMAP:
+		on_remove(m, msg->arg.remove.start, msg->arg.remove.end);
+		break;
+	default:
+		break;
+	}
+}
+
+bool drain_uffd(struct mm *m)
+{
+	/* One message per read: a fork is handled before any fault read after
+	 * it is served (serving it first would miss the child's copy). */
+	struct uffd_msg msg;
+
+	for (;;) {
+		ssize_t n = read(m->uffd, &msg, sizeof(msg));
+
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR;
+		if (n != (ssize_t)sizeof(msg))
+			return false;
+		on_msg(m, &msg);
+	}
+}
+
+/* ---- the thread -------------------------------------------------------------- */
+
+struct pollset {
+	struct pollfd *pf;
+	struct mm **mv; /* mv[i] for pf[i], i >= 1; each with a reference */
+	size_t n, cap;
+};
+
+/*
+ * The wake eventfd and every listed mm's userfaultfd, each mm with a
+ * reference. False when the backing stops. b->lock taken.
+ */
+static bool pollset_fill(struct backing *b, struct pollset *ps)
+{
+	size_t want = 1;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->stop) {
+		pthread_mutex_unlock(&b->lock);
+		return false;
+	}
+	for (struct mm *m = b->mms; m; m = m->next)
+		want++;
+	if (want > ps->cap) {
+		struct pollfd *np = realloc(ps->pf, want * sizeof(*np));
+		struct mm **nm = np ? realloc(ps->mv, want * sizeof(*nm)) : NULL;
+
+		if (np)
+			ps->pf = np;
+		if (nm)
+			ps->mv = nm;
+		if (np && nm)
+			ps->cap = want;
+	}
+	ps->n = 0;
+	ps->pf[ps->n++] = (struct pollfd){ b->wake_fd, POLLIN, 0 };
+	for (struct mm *m = b->mms; m && ps->n < ps->cap; m = m->next) {
+		atomic_fetch_add(&m->refs, 1);
+		ps->mv[ps->n] = m;
+		ps->pf[ps->n++] = (struct pollfd){ m->uffd, POLLIN, 0 };
+	}
+	pthread_mutex_unlock(&b->lock);
+	return true;
+}
+
+void *fault_main(void *arg)
+{
+	struct backing *b = arg;
+	struct pollset ps = { 0 };
+
+	ps.pf = malloc(sizeof(*ps.pf));
+	ps.mv = malloc(sizeof(*ps.mv));
+	ps.cap = ps.pf && ps.mv ? 1 : 0;
+	while (ps.cap && pollset_fill(b, &ps)) {
+		bool retrying = false;
+
+		for (size_t i = 1; i < ps.n; i++)
+			retrying = retrying || ps.mv[i]->nretry;
+		if (poll(ps.pf, ps.n, retrying ? 1 : -1) < 0 && errno != EINTR)
+			log_warn("fault thread poll: %s", strerror(errno));
+		if (ps.pf[0].revents & POLLIN) {
+			uint64_t v;
+
+			if (read(b->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				log_warn("fault thread wake: %s", strerror(errno));
+		}
+		for (size_t i = 1; i < ps.n; i++) {
+			struct mm *m = ps.mv[i];
+
+			if (m->nretry)
+				retry_faults(m);
+			/* A fork child's userfaultfd that ended: the child is gone. */
+			if (ps.pf[i].revents && !drain_uffd(m))
+				list_del_unpaired(b, m);
+			mm_put(m);
+		}
+	}
+	if (!ps.cap)
+		log_error("fault thread: out of memory");
+	free(ps.pf);
+	free(ps.mv);
+	return NULL;
+}

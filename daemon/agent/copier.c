@@ -127,23 +127,24 @@ struct copier *copier_create(const struct config *cfg, uv_loop_t *loop, struct p
 	c->done = done;
 	c->arg = arg;
 	c->tr = tk->reader(cfg, key);
-	if (!c->tr) {
-		free(c);
-		return NULL;
-	}
+	if (!c->tr)
+		goto free_c;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
+	/* The thread first: it sends nothing to the loop before a job comes,
+	 * and a failure after the async is in would need the loop to free c. */
+	if (pthread_create(&c->thread, NULL, copier_main, c))
+		goto destroy_sync;
 	uv_async_init(loop, &c->async, on_done);
 	c->async.data = c;
-	if (pthread_create(&c->thread, NULL, copier_main, c)) {
-		uv_close((uv_handle_t *)&c->async, NULL);
-		transport_destroy(c->tr);
-		pthread_mutex_destroy(&c->lock);
-		pthread_cond_destroy(&c->cond);
-		free(c);
-		return NULL;
-	}
 	return c;
+destroy_sync:
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->lock);
+	transport_destroy(c->tr);
+free_c:
+	free(c);
+	return NULL;
 }
 
 static void on_closed(uv_handle_t *h)

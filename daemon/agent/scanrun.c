@@ -515,34 +515,38 @@ struct scanrun *scanrun_create(const struct config *cfg, const struct auth_key *
 	targets_init(&r->targets, cfg);
 	for (unsigned d = 0; d < cfg->ndomains; d++)
 		if (cid_domain_init(&r->domains[d], key, cfg->domains[d].id, cfg->domains[d].name))
-			goto fail;
+			goto fini_targets;
 	r->owner = calloc(cfg->buckets, 1);
 	if (!r->owner)
-		goto fail;
+		goto fini_targets;
 	for (uint32_t b = 0; b < cfg->buckets; b++)
 		r->owner[b] = (uint8_t)config_bucket_shard(cfg, b);
 	for (unsigned s = 0; s < cfg->nshards; s++)
 		if (rq_init(&r->queues[s], cfg->report_queue))
-			goto fail;
+			goto fini_queues;
 	r->scanner = scanner_create(cfg, &r->targets, r->domains, on_report, r, err, sizeof(err));
 	if (!r->scanner) {
 		log_error("cannot create the scanner: %s", err);
-		goto fail;
+		goto fini_queues;
 	}
 	scanner_set_sleep(r->scanner, on_sleep, r);
 	if (register_metrics(r, reg))
-		goto fail;
+		goto destroy_scanner;
 	uv_async_init(loop, &r->async, on_async);
 	r->async.data = r;
 	return r;
-fail:
-	log_error("cannot set up scanning");
+destroy_scanner:
 	scanner_destroy(r->scanner);
+fini_queues:
 	for (unsigned s = 0; s < cfg->nshards; s++)
-		rq_fini(&r->queues[s]);
+		rq_fini(&r->queues[s]); /* untouched ones are zero: nothing to free */
 	free(r->owner);
+fini_targets:
 	targets_fini(&r->targets);
+	pthread_cond_destroy(&r->cond);
+	pthread_mutex_destroy(&r->lock);
 	free(r);
+	log_error("cannot set up scanning");
 	return NULL;
 }
 

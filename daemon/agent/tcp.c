@@ -454,7 +454,6 @@ static struct data_server *tcp_serve(struct net_ctx *net, const struct config *c
 		return NULL;
 	ds->ds.kind = &transport_tcp;
 	ds->pool = pool;
-	ds->epfd = ds->wakefd = -1;
 	ds->m_reads =
 		metrics_counter(reg, "cksm_data_reads_total",
 				"Page reads served to other nodes, by answer.", "status=\"ok\"");
@@ -463,35 +462,38 @@ static struct data_server *tcp_serve(struct net_ctx *net, const struct config *c
 				"Page reads served to other nodes, by answer.", "status=\"stale\"");
 	ds->m_conns = metrics_gauge(reg, "cksm_data_connections",
 				    "Data connections being served (after their handshake).", NULL);
-	if (!ds->m_reads || !ds->m_stale || !ds->m_conns) {
-		free(ds);
-		return NULL;
-	}
+	if (!ds->m_reads || !ds->m_stale || !ds->m_conns)
+		goto free_ds;
 	pthread_mutex_init(&ds->lock, NULL);
 	ds->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (ds->epfd < 0)
+		goto destroy_lock;
 	ds->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (ds->epfd < 0 || ds->wakefd < 0 || epoll_ctl(ds->epfd, EPOLL_CTL_ADD, ds->wakefd, &ev))
-		goto fail;
+	if (ds->wakefd < 0)
+		goto close_epoll;
+	if (epoll_ctl(ds->epfd, EPOLL_CTL_ADD, ds->wakefd, &ev))
+		goto close_wake;
 	if (pthread_create(&ds->thread, NULL, serve_main, ds)) {
 		log_error("cannot start the data server thread");
-		goto fail;
+		goto close_wake;
 	}
 	ds->l = listener_create(net, cfg->data_listen, &serve_ops, ds);
-	if (!ds->l) {
-		pthread_mutex_lock(&ds->lock);
-		ds->stop = true;
-		pthread_mutex_unlock(&ds->lock);
-		eventfd_write(ds->wakefd, 1);
-		pthread_join(ds->thread, NULL);
-		goto fail;
-	}
+	if (!ds->l)
+		goto stop_thread;
 	return &ds->ds;
-fail:
-	if (ds->epfd >= 0)
-		close(ds->epfd);
-	if (ds->wakefd >= 0)
-		close(ds->wakefd);
+stop_thread:
+	pthread_mutex_lock(&ds->lock);
+	ds->stop = true;
+	pthread_mutex_unlock(&ds->lock);
+	eventfd_write(ds->wakefd, 1);
+	pthread_join(ds->thread, NULL);
+close_wake:
+	close(ds->wakefd);
+close_epoll:
+	close(ds->epfd);
+destroy_lock:
 	pthread_mutex_destroy(&ds->lock);
+free_ds:
 	free(ds);
 	return NULL;
 }

@@ -44,6 +44,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "cid.h"
 #include "oaidx.h"
 #include "unstable.h"
 
@@ -308,10 +309,16 @@ static uint64_t entry_hash(const void *ctx, uint32_t v)
 	return t->e[(v & POS_MASK) - 1].lo;
 }
 
+static struct cid id_of(const struct entry *e)
+{
+	return (struct cid){ e->hi, e->lo };
+}
+
 static struct entry *find(const struct stree *t, uint64_t hi, uint64_t lo)
 {
 	const struct oaidx *x = &t->idx;
 	uint32_t tag = tag_of(lo), v;
+	struct cid id = { hi, lo };
 
 	for (size_t s = oaidx_home(x, lo); (v = x->v[s]); s = oaidx_next(x, s)) {
 		struct entry *e;
@@ -319,7 +326,7 @@ static struct entry *find(const struct stree *t, uint64_t hi, uint64_t lo)
 		if ((v & ~POS_MASK) != tag)
 			continue;
 		e = &t->e[(v & POS_MASK) - 1];
-		if (e->lo == lo && e->hi == hi)
+		if (cid_eq(id_of(e), id))
 			return e;
 	}
 	return NULL;
@@ -977,9 +984,7 @@ static int by_id(const void *a, const void *b)
 	const struct entry *x = *(const struct entry *const *)a,
 			   *y = *(const struct entry *const *)b;
 
-	if (x->hi != y->hi)
-		return x->hi < y->hi ? -1 : 1;
-	return x->lo < y->lo ? -1 : x->lo > y->lo;
+	return cid_cmp(id_of(x), id_of(y));
 }
 
 int stree_visit(const struct stree *t, uint64_t hi, uint64_t lo, bool *seen, uint32_t *pending,

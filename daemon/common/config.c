@@ -33,6 +33,7 @@ enum kind {
 	K_BOOL,
 	K_PIDS,	   /* comma-separated positive integers */
 	K_CGROUPS, /* comma-separated absolute cgroup paths */
+	K_CHOICE,  /* one of the key's words */
 };
 
 #define CGROUPS_WHAT "cgroup paths such as /machine.slice,/system.slice/app.service"
@@ -45,9 +46,10 @@ struct key {
 	size_t off;
 	size_t size; /* for strings: buffer size */
 	uint64_t min, max;
-	uint64_t def_num;    /* numbers: the default */
-	const char *def_str; /* the others: the default as written, NULL for none */
-	const char *what;    /* what is expected, for messages */
+	uint64_t def_num;	  /* numbers: the default */
+	const char *def_str;	  /* the others: the default as written, NULL for none */
+	const char *const *words; /* K_CHOICE: the accepted values, NULL-terminated */
+	const char *what;	  /* what is expected, for messages */
 };
 
 #define U(sec, nm, field, def, lo, hi, w)                                                    \
@@ -62,6 +64,16 @@ struct key {
 		.section = sec, .name = nm, .kind = k, .off = offsetof(struct config, field), \
 		.size = sizeof(((struct config *)0)->field), .def_str = def, .what = w        \
 	}
+#define C(sec, nm, field, list, def, w)                                                     \
+	{                                                                                   \
+		.section = sec, .name = nm, .kind = K_CHOICE,                               \
+		.off = offsetof(struct config, field),                                      \
+		.size = sizeof(((struct config *)0)->field), .def_str = def, .words = list, \
+		.what = w                                                                   \
+	}
+
+/* auto picks the best transport the node has; today that is tcp. */
+static const char *const transports[] = { "auto", "tcp", NULL };
 
 /*
  * Defaults that depend on the machine (node_name) and the built-in domain
@@ -126,6 +138,9 @@ static const struct key keys[] = {
 	  "a numeric host:port such as 0.0.0.0:9472"),
 	S("agent", "data_address", K_ADDR, data_address, NULL,
 	  "a numeric host:port such as 192.0.2.6:9472"),
+	C("agent", "transport", transport, transports, "auto", "auto or tcp"),
+	U("agent", "data_timeout_ms", data_timeout_ms, 2000, 10, 60000,
+	  "milliseconds between 10 and 60000"),
 	U("agent", "pool_pages", pool_pages, 65536, 16, 1u << 28,
 	  "a slot count between 16 and 268435456"),
 	S("agent", "evict", K_BOOL, evict, "1", "0 or 1"),
@@ -225,6 +240,14 @@ static int list_ok(enum kind kind, const char *v)
 	return 1;
 }
 
+static int is_word(const char *const *words, const char *v)
+{
+	for (; *words; words++)
+		if (!strcmp(*words, v))
+			return 1;
+	return 0;
+}
+
 static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 {
 	char *field = (char *)p->c + k->off;
@@ -265,7 +288,9 @@ static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 		return set_str(p, k->section, k->name, field, k->size, v);
 	case K_NAME:
 	case K_ADDR:
-		if ((k->kind == K_NAME && !name_valid(v)) || (k->kind == K_ADDR && !addr_ok(v))) {
+	case K_CHOICE:
+		if ((k->kind == K_NAME && !name_valid(v)) || (k->kind == K_ADDR && !addr_ok(v)) ||
+		    (k->kind == K_CHOICE && !is_word(k->words, v))) {
 			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
 			return -EINVAL;
 		}
@@ -700,10 +725,11 @@ void config_dump(const struct config *c, FILE *out)
 	if (c->data_address[0])
 		fprintf(out, "data_address = %s\n", c->data_address);
 	fprintf(out,
+		"transport = %s\ndata_timeout_ms = %u\n"
 		"socket = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
 		"evict_cooldown_millisecs = %u\n",
-		c->socket_path, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
-		c->evict_cooldown_millisecs);
+		c->transport, c->data_timeout_ms, c->socket_path, c->pool_pages, c->evict,
+		c->evict_age, c->evict_rate, c->evict_cooldown_millisecs);
 	if (c->socket_group[0])
 		fprintf(out, "socket_group = %s\n", c->socket_group);
 	if (c->cgroup_root[0])

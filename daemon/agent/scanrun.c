@@ -350,7 +350,8 @@ static void *scan_thread(void *arg)
 	uint64_t last_rereport = clock_ns(CLOCK_MONOTONIC);
 
 	for (;;) {
-		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC),
+			 cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		bool fresh, periodic = false;
 		int rc;
 

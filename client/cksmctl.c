@@ -102,16 +102,29 @@ static void ask(const struct config *cfg, const struct auth_key *key, unsigned s
 	sconn_close(&s);
 }
 
-static void ask_shard(const struct config *cfg, const struct auth_key *key, unsigned shard,
-		      int timeout_ms, struct shard_answer *a)
+/* Send one admin command (with arg, if not NULL) to a shard. */
+static void ask_admin(const struct config *cfg, const struct auth_key *key, unsigned shard,
+		      int timeout_ms, Cksm__AdminCommand command, const char *arg,
+		      struct shard_answer *a)
 {
 	Cksm__Msg out = CKSM__MSG__INIT;
 	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
+	char *args[1] = { (char *)arg };
 
-	req.command = CKSM__ADMIN_COMMAND__ADMIN_STATUS;
+	req.command = command;
+	if (arg) {
+		req.n_args = 1;
+		req.args = args;
+	}
 	out.body_case = CKSM__MSG__BODY_ADMIN_REQUEST;
 	out.admin_request = &req;
 	ask(cfg, key, shard, timeout_ms, &out, CKSM__MSG__BODY_ADMIN_REPLY, a);
+}
+
+static void ask_shard(const struct config *cfg, const struct auth_key *key, unsigned shard,
+		      int timeout_ms, struct shard_answer *a)
+{
+	ask_admin(cfg, key, shard, timeout_ms, CKSM__ADMIN_COMMAND__ADMIN_STATUS, NULL, a);
 }
 
 static void ask_stats(const struct config *cfg, const struct auth_key *key, unsigned shard,
@@ -124,6 +137,14 @@ static void ask_stats(const struct config *cfg, const struct auth_key *key, unsi
 	out.body_case = CKSM__MSG__BODY_STATS_REQUEST;
 	out.stats_request = &req;
 	ask(cfg, key, shard, timeout_ms, &out, CKSM__MSG__BODY_STATS_REPLY, a);
+}
+
+/* Print j as every command's JSON output is printed, and free it. */
+static void print_json(json_t *j)
+{
+	json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+	putchar('\n');
+	json_decref(j);
 }
 
 static json_t *status_json(const struct config *cfg, const struct shard_answer *ans)
@@ -276,21 +297,12 @@ static int cmd_status(const struct config *cfg, const struct auth_key *key, cons
 			if (!ans[i].rep->nodes[n]->live)
 				rc = EXIT_DOWN;
 	}
-	if (o->json && o->nodes_only) {
-		json_t *j = nodes_json(cfg, ans);
-
-		json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-		putchar('\n');
-		json_decref(j);
-	} else if (o->json) {
-		json_t *j = status_json(cfg, ans);
-
-		json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-		putchar('\n');
-		json_decref(j);
-	} else {
+	if (o->json && o->nodes_only)
+		print_json(nodes_json(cfg, ans));
+	else if (o->json)
+		print_json(status_json(cfg, ans));
+	else
 		print_text(cfg, ans, o->color, o->nodes_only);
-	}
 	for (unsigned i = 0; i < cfg->nshards; i++) {
 		if (ans[i].rc && !o->json)
 			fprintf(stderr, "cksmctl: shard %u unreachable: %s\n", i, ans[i].err);
@@ -399,104 +411,144 @@ static json_t *census_json(const Cksm__Census *c)
 	return j;
 }
 
-static int cmd_stats(const struct config *cfg, const struct auth_key *key, const struct opts *o)
-{
-	struct shard_answer ans[CONFIG_MAX_SHARDS];
-	static struct node_sum nodes[8192];
-	uint64_t shared = 0, sharing = 0, unshared = 0, chains = 0, dups = 0;
-	size_t nn = 0;
-	int rc = gather_stats(cfg, key, o, ans);
-	const Cksm__Census *cen = NULL;
-	char b1[32], b2[32], b3[32], b4[32], b5[32];
+#define MAX_NODES 8192
 
+/* The stats of every shard, added up. */
+struct stats_sum {
+	uint64_t shared, sharing, unshared, chains, dups;
+	const Cksm__Census *census; /* shard 0's (it adds the census up), or NULL */
+	struct node_sum nodes[MAX_NODES];
+	size_t nn;
+};
+
+static void sum_nodes(struct stats_sum *s, const Cksm__StatsReply *st)
+{
+	for (size_t k = 0; k < st->n_nodes && s->nn < MAX_NODES; k++) {
+		struct node_sum *ns =
+			node_of(s->nodes, &s->nn, st->nodes[k]->node_id, st->nodes[k]->node_name);
+
+		if (st->nodes[k]->counters) {
+			ns->held += st->nodes[k]->counters->pages_shared;
+			ns->refs += st->nodes[k]->counters->pages_sharing;
+		}
+	}
+}
+
+static void sum_stats(const struct config *cfg, const struct shard_answer *ans, struct stats_sum *s)
+{
+	memset(s, 0, sizeof(*s));
 	for (unsigned i = 0; i < cfg->nshards; i++) {
 		const Cksm__StatsReply *st = ans[i].stats;
 
 		if (!st)
 			continue;
 		if (st->cluster) {
-			shared += st->cluster->pages_shared;
-			sharing += st->cluster->pages_sharing;
-			unshared += st->cluster->pages_unshared;
+			s->shared += st->cluster->pages_shared;
+			s->sharing += st->cluster->pages_sharing;
+			s->unshared += st->cluster->pages_unshared;
 		}
-		chains += st->stable_node_chains;
-		dups += st->stable_node_dups;
+		s->chains += st->stable_node_chains;
+		s->dups += st->stable_node_dups;
 		if (st->census && i == 0)
-			cen = st->census; /* shard 0 adds the census up */
-		for (size_t k = 0; k < st->n_nodes && nn < 8192; k++) {
-			struct node_sum *ns =
-				node_of(nodes, &nn, st->nodes[k]->node_id, st->nodes[k]->node_name);
-
-			if (st->nodes[k]->counters) {
-				ns->held += st->nodes[k]->counters->pages_shared;
-				ns->refs += st->nodes[k]->counters->pages_sharing;
-			}
-		}
+			s->census = st->census;
+		sum_nodes(s, st);
 	}
-	if (o->json) {
-		json_t *root = json_object(), *jn = json_array();
+}
 
-		json_object_set_new(root, "shards", shards_json(cfg, ans));
-		json_object_set_new(
-			root, "cluster",
-			json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "pages_shared", (json_int_t)shared,
-				  "pages_sharing", (json_int_t)sharing, "pages_unshared",
-				  (json_int_t)unshared, "stable_node_chains", (json_int_t)chains,
-				  "stable_node_dups", (json_int_t)dups, "saved_bytes",
-				  (json_int_t)(sharing * 4096)));
-		for (size_t k = 0; k < nn; k++)
-			json_array_append_new(
-				jn, json_pack("{s:I,s:s,s:I,s:I}", "node_id",
-					      (json_int_t)nodes[k].id, "name", nodes[k].name,
-					      "dups_held", (json_int_t)nodes[k].held,
-					      "pages_backed", (json_int_t)nodes[k].refs));
-		json_object_set_new(root, "nodes", jn);
-		json_object_set_new(root, "census", census_json(cen));
-		json_dumpf(root, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-		putchar('\n');
-		json_decref(root);
-	} else {
-		struct libscols_table *t = scols_new_table();
+static void print_stats_json(const struct config *cfg, const struct shard_answer *ans,
+			     const struct stats_sum *s)
+{
+	json_t *root = json_object(), *jn = json_array();
 
-		if (cen)
-			printf("census: %s in stable pages and %s in zero pages; node-local merging (KSM) "
-			       "could save %s, merging across the cluster %s (%s more)\n\n",
-			       iec(cen->stable_pages * 4096, b1, sizeof(b1)),
-			       iec(cen->zero_pages * 4096, b2, sizeof(b2)),
-			       iec(cen->local_saveable_pages * 4096, b3, sizeof(b3)),
-			       iec(cen->cluster_saveable_pages * 4096, b4, sizeof(b4)),
-			       iec((cen->cluster_saveable_pages - cen->local_saveable_pages) * 4096,
-				   b5, sizeof(b5)));
-		else
-			printf("census: none yet (nodes send one after each full scan)\n\n");
+	json_object_set_new(root, "shards", shards_json(cfg, ans));
+	json_object_set_new(
+		root, "cluster",
+		json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "pages_shared", (json_int_t)s->shared,
+			  "pages_sharing", (json_int_t)s->sharing, "pages_unshared",
+			  (json_int_t)s->unshared, "stable_node_chains", (json_int_t)s->chains,
+			  "stable_node_dups", (json_int_t)s->dups, "saved_bytes",
+			  (json_int_t)(s->sharing * 4096)));
+	for (size_t k = 0; k < s->nn; k++)
+		json_array_append_new(jn, json_pack("{s:I,s:s,s:I,s:I}", "node_id",
+						    (json_int_t)s->nodes[k].id, "name",
+						    s->nodes[k].name, "dups_held",
+						    (json_int_t)s->nodes[k].held, "pages_backed",
+						    (json_int_t)s->nodes[k].refs));
+	json_object_set_new(root, "nodes", jn);
+	json_object_set_new(root, "census", census_json(s->census));
+	print_json(root);
+}
 
-		printf("pages_shared        %llu\npages_sharing       %llu\npages_unshared      %llu\n"
-		       "stable_node_chains  %llu\nstable_node_dups    %llu\nsaved               %s\n\n",
-		       (unsigned long long)shared, (unsigned long long)sharing,
-		       (unsigned long long)unshared, (unsigned long long)chains,
-		       (unsigned long long)dups, iec(sharing * 4096, b1, sizeof(b1)));
-		scols_table_new_column(t, "NODE", 0, 0);
-		scols_table_new_column(t, "ID", 0, SCOLS_FL_RIGHT);
-		scols_table_new_column(t, "DUPS HELD", 0, SCOLS_FL_RIGHT);
-		scols_table_new_column(t, "PAGES BACKED", 0, SCOLS_FL_RIGHT);
-		for (size_t k = 0; k < nn; k++) {
-			struct libscols_line *ln = scols_table_new_line(t, NULL);
-			char b[32];
+static void print_census_text(const Cksm__Census *cen)
+{
+	char b1[32], b2[32], b3[32], b4[32], b5[32];
 
-			scols_line_set_data(ln, 0, nodes[k].name);
-			snprintf(b, sizeof(b), "%u", nodes[k].id);
-			scols_line_set_data(ln, 1, b);
-			snprintf(b, sizeof(b), "%llu", (unsigned long long)nodes[k].held);
-			scols_line_set_data(ln, 2, b);
-			snprintf(b, sizeof(b), "%llu", (unsigned long long)nodes[k].refs);
-			scols_line_set_data(ln, 3, b);
-		}
-		if (nn)
-			scols_print_table(t);
-		else
-			printf("no nodes registered\n");
-		scols_unref_table(t);
+	if (!cen) {
+		printf("census: none yet (nodes send one after each full scan)\n\n");
+		return;
 	}
+	printf("census: %s in stable pages and %s in zero pages; node-local merging (KSM) "
+	       "could save %s, merging across the cluster %s (%s more)\n\n",
+	       iec(cen->stable_pages * 4096, b1, sizeof(b1)),
+	       iec(cen->zero_pages * 4096, b2, sizeof(b2)),
+	       iec(cen->local_saveable_pages * 4096, b3, sizeof(b3)),
+	       iec(cen->cluster_saveable_pages * 4096, b4, sizeof(b4)),
+	       iec((cen->cluster_saveable_pages - cen->local_saveable_pages) * 4096, b5,
+		   sizeof(b5)));
+}
+
+static void print_node_sums(const struct stats_sum *s)
+{
+	struct libscols_table *t = scols_new_table();
+
+	scols_table_new_column(t, "NODE", 0, 0);
+	scols_table_new_column(t, "ID", 0, SCOLS_FL_RIGHT);
+	scols_table_new_column(t, "DUPS HELD", 0, SCOLS_FL_RIGHT);
+	scols_table_new_column(t, "PAGES BACKED", 0, SCOLS_FL_RIGHT);
+	for (size_t k = 0; k < s->nn; k++) {
+		struct libscols_line *ln = scols_table_new_line(t, NULL);
+		char b[32];
+
+		scols_line_set_data(ln, 0, s->nodes[k].name);
+		snprintf(b, sizeof(b), "%u", s->nodes[k].id);
+		scols_line_set_data(ln, 1, b);
+		snprintf(b, sizeof(b), "%llu", (unsigned long long)s->nodes[k].held);
+		scols_line_set_data(ln, 2, b);
+		snprintf(b, sizeof(b), "%llu", (unsigned long long)s->nodes[k].refs);
+		scols_line_set_data(ln, 3, b);
+	}
+	if (s->nn)
+		scols_print_table(t);
+	else
+		printf("no nodes registered\n");
+	scols_unref_table(t);
+}
+
+static void print_stats_text(const struct stats_sum *s)
+{
+	char b[32];
+
+	print_census_text(s->census);
+	printf("pages_shared        %llu\npages_sharing       %llu\npages_unshared      %llu\n"
+	       "stable_node_chains  %llu\nstable_node_dups    %llu\nsaved               %s\n\n",
+	       (unsigned long long)s->shared, (unsigned long long)s->sharing,
+	       (unsigned long long)s->unshared, (unsigned long long)s->chains,
+	       (unsigned long long)s->dups, iec(s->sharing * 4096, b, sizeof(b)));
+	print_node_sums(s);
+}
+
+/* stats: KSM's counters over every shard, per node, and shard 0's census. */
+static int cmd_stats(const struct config *cfg, const struct auth_key *key, const struct opts *o)
+{
+	struct shard_answer ans[CONFIG_MAX_SHARDS];
+	static struct stats_sum sum;
+	int rc = gather_stats(cfg, key, o, ans);
+
+	sum_stats(cfg, ans, &sum);
+	if (o->json)
+		print_stats_json(cfg, ans, &sum);
+	else
+		print_stats_text(&sum);
 	free_answers(cfg, ans);
 	return rc;
 }
@@ -504,7 +556,7 @@ static int cmd_stats(const struct config *cfg, const struct auth_key *key, const
 static int cmd_matrix(const struct config *cfg, const struct auth_key *key, const struct opts *o)
 {
 	struct shard_answer ans[CONFIG_MAX_SHARDS];
-	static struct node_sum nodes[8192];
+	static struct node_sum nodes[MAX_NODES];
 	static struct {
 		uint32_t from, to;
 		uint64_t pages;
@@ -515,7 +567,7 @@ static int cmd_matrix(const struct config *cfg, const struct auth_key *key, cons
 	for (unsigned i = 0; i < cfg->nshards; i++) {
 		const Cksm__StatsReply *st = ans[i].stats;
 
-		for (size_t k = 0; st && k < st->n_nodes && nn < 8192; k++)
+		for (size_t k = 0; st && k < st->n_nodes && nn < MAX_NODES; k++)
 			node_of(nodes, &nn, st->nodes[k]->node_id, st->nodes[k]->node_name);
 		for (size_t k = 0; st && k < st->n_matrix; k++) {
 			const Cksm__MatrixCell *m = st->matrix[k];
@@ -546,9 +598,7 @@ static int cmd_matrix(const struct config *cfg, const struct auth_key *key, cons
 		json_object_set_new(root, "shards", shards_json(cfg, ans));
 		json_object_set_new(root, "nodes", jn);
 		json_object_set_new(root, "cells", jc);
-		json_dumpf(root, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-		putchar('\n');
-		json_decref(root);
+		print_json(root);
 	} else {
 		struct libscols_table *t = scols_new_table();
 
@@ -585,30 +635,94 @@ static int cmd_nodes(const struct config *cfg, const struct auth_key *key, const
 	return cmd_status(cfg, key, &no);
 }
 
+/* A content id as cksmctl takes it: 32 hex digits. 0 or -EINVAL. */
+static int parse_id(const char *arg, uint64_t *lo)
+{
+	unsigned long long hi, l;
+	int n = 0;
+
+	if (strlen(arg) != 32 || sscanf(arg, "%16llx%16llx%n", &hi, &l, &n) != 2 || n != 32)
+		return -EINVAL;
+	*lo = l;
+	return 0;
+}
+
+static json_t *tree_dup_json(const Cksm__TreeDup *d)
+{
+	json_t *refs = json_array();
+
+	for (size_t k = 0; k < d->n_refs; k++)
+		json_array_append_new(refs, json_pack("{s:I,s:I}", "node_id",
+						      (json_int_t)d->refs[k]->node_id, "pages",
+						      (json_int_t)d->refs[k]->pages));
+	return json_pack("{s:I,s:I,s:I,s:I,s:o}", "node_id", (json_int_t)d->dup->node_id, "slot",
+			 (json_int_t)d->dup->slot, "generation", (json_int_t)d->dup->generation,
+			 "total", (json_int_t)d->total, "refs", refs);
+}
+
+static void print_tree_json(const char *id, int shard, const Cksm__ContentTree *t)
+{
+	json_t *dups = json_array();
+
+	for (size_t i = 0; t && i < t->n_dups; i++)
+		json_array_append_new(dups, tree_dup_json(t->dups[i]));
+	print_json(json_pack("{s:s,s:I,s:b,s:b,s:o,s:o}", "id", id, "shard", (json_int_t)shard,
+			     "in_tree", t && t->in_tree, "seen", t && t->seen, "pending_node",
+			     t && t->pending_node ? json_integer(t->pending_node) : json_null(),
+			     "dups", dups));
+}
+
+/* The node's name in a status answer (NULL: none came), or "?". */
+static const char *node_name(const Cksm__AdminReply *status, uint32_t node_id)
+{
+	const char *name = "?";
+
+	for (size_t m = 0; status && m < status->n_nodes; m++)
+		if (status->nodes[m]->node_id == node_id)
+			name = status->nodes[m]->name;
+	return name;
+}
+
+static void print_tree_dup(const Cksm__TreeDup *d, const Cksm__AdminReply *status)
+{
+	printf("  dup on node %u, slot %llu, generation %u: %u reference%s\n", d->dup->node_id,
+	       (unsigned long long)d->dup->slot, d->dup->generation, d->total,
+	       d->total == 1 ? "" : "s");
+	for (size_t k = 0; k < d->n_refs; k++)
+		printf("    %s (%u): %u page%s\n", node_name(status, d->refs[k]->node_id),
+		       d->refs[k]->node_id, d->refs[k]->pages, d->refs[k]->pages == 1 ? "" : "s");
+}
+
+static void print_tree_text(const char *id, int shard, const Cksm__ContentTree *t,
+			    const Cksm__AdminReply *status)
+{
+	printf("content %s (shard %d): %s\n", id, shard,
+	       !t	    ? "no answer"
+	       : t->in_tree ? "in the stable tree"
+	       : t->seen    ? "seen once (in the unstable filter)"
+			    : "not known to its shard");
+	if (t && t->pending_node)
+		printf("  a dup is ordered from node %u\n", t->pending_node);
+	for (size_t i = 0; t && i < t->n_dups; i++)
+		print_tree_dup(t->dups[i], status);
+}
+
+/* tree ID: the content's entry, asked of the shard owning its bucket. */
 static int cmd_tree(const struct config *cfg, const struct auth_key *key, const struct opts *o)
 {
 	struct shard_answer a, st;
-	Cksm__Msg out = CKSM__MSG__INIT;
-	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
-	unsigned long long hi, lo;
-	const Cksm__ContentTree *t;
-	char *args[1] = { (char *)o->arg };
-	int n = 0, shard;
+	uint64_t lo;
+	int shard;
 
-	if (strlen(o->arg) != 32 || sscanf(o->arg, "%16llx%16llx%n", &hi, &lo, &n) != 2 ||
-	    n != 32) {
+	if (parse_id(o->arg, &lo)) {
 		fprintf(stderr, "cksmctl: tree: a content id is 32 hex digits, got '%s'\n", o->arg);
 		return EXIT_USAGE;
 	}
 	shard = config_bucket_shard(cfg, (uint32_t)(lo & (cfg->buckets - 1)));
 	memset(&a, 0, sizeof(a));
 	memset(&st, 0, sizeof(st));
-	req.command = CKSM__ADMIN_COMMAND__ADMIN_TREE;
-	req.n_args = 1;
-	req.args = args;
-	out.body_case = CKSM__MSG__BODY_ADMIN_REQUEST;
-	out.admin_request = &req;
-	ask(cfg, key, (unsigned)shard, o->timeout_ms, &out, CKSM__MSG__BODY_ADMIN_REPLY, &a);
+	ask_admin(cfg, key, (unsigned)shard, o->timeout_ms, CKSM__ADMIN_COMMAND__ADMIN_TREE, o->arg,
+		  &a);
 	if (a.rc) {
 		fprintf(stderr, "cksmctl: shard %d: %s\n", shard, a.err);
 		if (a.msg)
@@ -616,58 +730,10 @@ static int cmd_tree(const struct config *cfg, const struct auth_key *key, const 
 		return EXIT_DOWN;
 	}
 	ask_shard(cfg, key, (unsigned)shard, o->timeout_ms, &st); /* node names */
-	t = a.rep->tree;
-	if (o->json) {
-		json_t *dups = json_array(), *j;
-
-		for (size_t i = 0; t && i < t->n_dups; i++) {
-			json_t *refs = json_array();
-
-			for (size_t k = 0; k < t->dups[i]->n_refs; k++)
-				json_array_append_new(
-					refs,
-					json_pack("{s:I,s:I}", "node_id",
-						  (json_int_t)t->dups[i]->refs[k]->node_id, "pages",
-						  (json_int_t)t->dups[i]->refs[k]->pages));
-			json_array_append_new(
-				dups, json_pack("{s:I,s:I,s:I,s:I,s:o}", "node_id",
-						(json_int_t)t->dups[i]->dup->node_id, "slot",
-						(json_int_t)t->dups[i]->dup->slot, "generation",
-						(json_int_t)t->dups[i]->dup->generation, "total",
-						(json_int_t)t->dups[i]->total, "refs", refs));
-		}
-		j = json_pack("{s:s,s:I,s:b,s:b,s:o,s:o}", "id", o->arg, "shard", (json_int_t)shard,
-			      "in_tree", t && t->in_tree, "seen", t && t->seen, "pending_node",
-			      t && t->pending_node ? json_integer(t->pending_node) : json_null(),
-			      "dups", dups);
-		json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-		putchar('\n');
-		json_decref(j);
-	} else {
-		printf("content %s (shard %d): %s\n", o->arg, shard,
-		       !t	    ? "no answer"
-		       : t->in_tree ? "in the stable tree"
-		       : t->seen    ? "seen once (in the unstable filter)"
-				    : "not known to its shard");
-		if (t && t->pending_node)
-			printf("  a dup is ordered from node %u\n", t->pending_node);
-		for (size_t i = 0; t && i < t->n_dups; i++) {
-			const Cksm__TreeDup *d = t->dups[i];
-
-			printf("  dup on node %u, slot %llu, generation %u: %u reference%s\n",
-			       d->dup->node_id, (unsigned long long)d->dup->slot,
-			       d->dup->generation, d->total, d->total == 1 ? "" : "s");
-			for (size_t k = 0; k < d->n_refs; k++) {
-				const char *name = "?";
-
-				for (size_t m = 0; st.rep && m < st.rep->n_nodes; m++)
-					if (st.rep->nodes[m]->node_id == d->refs[k]->node_id)
-						name = st.rep->nodes[m]->name;
-				printf("    %s (%u): %u page%s\n", name, d->refs[k]->node_id,
-				       d->refs[k]->pages, d->refs[k]->pages == 1 ? "" : "s");
-			}
-		}
-	}
+	if (o->json)
+		print_tree_json(o->arg, shard, a.rep->tree);
+	else
+		print_tree_text(o->arg, shard, a.rep->tree, st.rep);
 	cksm__msg__free_unpacked(a.msg, NULL);
 	if (st.msg)
 		cksm__msg__free_unpacked(st.msg, NULL);
@@ -727,19 +793,119 @@ static void size_cell(struct libscols_line *ln, int col, uint64_t pages)
 	scols_line_set_data(ln, col, iec(pages * 4096, b, sizeof(b)));
 }
 
+static json_t *processes_json(const Cksm__AdminReply *r)
+{
+	json_t *jp = json_array();
+
+	for (size_t i = 0; i < r->n_processes; i++) {
+		const Cksm__ProcessUsage *p = r->processes[i];
+		json_t *j = usage_json(p->cgroup, p->stable_pages, p->zero_pages, p->shared_pages,
+				       p->node_id, p->node_name);
+
+		json_object_set_new(j, "pid", json_integer(p->pid));
+		json_object_set_new(j, "comm", json_string(p->comm));
+		json_array_append_new(jp, j);
+	}
+	return jp;
+}
+
+static json_t *cgroups_json(const Cksm__AdminReply *r)
+{
+	json_t *jg = json_array();
+
+	for (size_t i = 0; i < r->n_cgroups; i++) {
+		const Cksm__CgroupUsage *g = r->cgroups[i];
+		json_t *j = usage_json(g->cgroup, g->stable_pages, g->zero_pages, g->shared_pages,
+				       g->node_id, g->node_name);
+
+		json_object_set_new(j, "processes", json_integer(g->processes));
+		json_array_append_new(jg, j);
+	}
+	return jg;
+}
+
+static void print_top_json(const Cksm__AdminReply *r)
+{
+	json_t *root = json_object();
+
+	json_object_set_new(root, "processes", processes_json(r));
+	json_object_set_new(root, "cgroups", cgroups_json(r));
+	print_json(root);
+}
+
+static void print_processes_table(const Cksm__AdminReply *r)
+{
+	static const char *const cols[] = { "NODE",   "PID",  "COMMAND", "SHAREABLE",
+					    "SHARED", "ZERO", "STABLE",	 "CGROUP" };
+	struct libscols_table *t = scols_new_table();
+
+	for (size_t c = 0; c < 8; c++)
+		scols_table_new_column(t, cols[c], 0,
+				       c == 1 || (c >= 3 && c <= 6) ? SCOLS_FL_RIGHT : 0);
+	for (size_t i = 0; i < r->n_processes && i < TOP_TEXT_ROWS; i++) {
+		const Cksm__ProcessUsage *p = r->processes[i];
+		struct libscols_line *ln = scols_table_new_line(t, NULL);
+		char b[16];
+
+		scols_line_set_data(ln, 0, p->node_name);
+		snprintf(b, sizeof(b), "%u", p->pid);
+		scols_line_set_data(ln, 1, b);
+		scols_line_set_data(ln, 2, p->comm);
+		size_cell(ln, 3, proc_shareable(p));
+		size_cell(ln, 4, p->shared_pages);
+		size_cell(ln, 5, p->zero_pages);
+		size_cell(ln, 6, p->stable_pages);
+		scols_line_set_data(ln, 7, p->cgroup);
+	}
+	scols_print_table(t);
+	scols_unref_table(t);
+}
+
+static void print_cgroups_table(const Cksm__AdminReply *r)
+{
+	static const char *const cols[] = { "NODE",   "CGROUP", "PROCS", "SHAREABLE",
+					    "SHARED", "ZERO",	"STABLE" };
+	struct libscols_table *t = scols_new_table();
+
+	for (size_t c = 0; c < 7; c++)
+		scols_table_new_column(t, cols[c], 0, c >= 2 ? SCOLS_FL_RIGHT : 0);
+	for (size_t i = 0; i < r->n_cgroups && i < TOP_TEXT_ROWS; i++) {
+		const Cksm__CgroupUsage *g = r->cgroups[i];
+		struct libscols_line *ln = scols_table_new_line(t, NULL);
+		char b[16];
+
+		scols_line_set_data(ln, 0, g->node_name);
+		scols_line_set_data(ln, 1, g->cgroup[0] ? g->cgroup : "-");
+		snprintf(b, sizeof(b), "%u", g->processes);
+		scols_line_set_data(ln, 2, b);
+		size_cell(ln, 3, group_shareable(g));
+		size_cell(ln, 4, g->shared_pages);
+		size_cell(ln, 5, g->zero_pages);
+		size_cell(ln, 6, g->stable_pages);
+	}
+	scols_print_table(t);
+	scols_unref_table(t);
+}
+
+static void print_top_text(const Cksm__AdminReply *r)
+{
+	if (!r->n_processes) {
+		printf("no node has reported a full scan to shard 0 yet\n");
+		return;
+	}
+	print_processes_table(r);
+	putchar('\n');
+	print_cgroups_table(r);
+}
+
 /* top: processes and cgroups by shareable memory, from shard 0. */
 static int cmd_top(const struct config *cfg, const struct auth_key *key, const struct opts *o)
 {
 	struct shard_answer a;
-	Cksm__Msg out = CKSM__MSG__INIT;
-	Cksm__AdminRequest req = CKSM__ADMIN_REQUEST__INIT;
 	const Cksm__AdminReply *r;
 
 	memset(&a, 0, sizeof(a));
-	req.command = CKSM__ADMIN_COMMAND__ADMIN_TOP;
-	out.body_case = CKSM__MSG__BODY_ADMIN_REQUEST;
-	out.admin_request = &req;
-	ask(cfg, key, 0, o->timeout_ms, &out, CKSM__MSG__BODY_ADMIN_REPLY, &a);
+	ask_admin(cfg, key, 0, o->timeout_ms, CKSM__ADMIN_COMMAND__ADMIN_TOP, NULL, &a);
 	if (a.rc) {
 		fprintf(stderr, "cksmctl: shard 0 unreachable: %s\n", a.err);
 		if (a.msg)
@@ -749,81 +915,10 @@ static int cmd_top(const struct config *cfg, const struct auth_key *key, const s
 	r = a.rep;
 	qsort(r->processes, r->n_processes, sizeof(*r->processes), proc_order);
 	qsort(r->cgroups, r->n_cgroups, sizeof(*r->cgroups), group_order);
-	if (o->json) {
-		json_t *root = json_object(), *jp = json_array(), *jg = json_array();
-
-		for (size_t i = 0; i < r->n_processes; i++) {
-			const Cksm__ProcessUsage *p = r->processes[i];
-			json_t *j = usage_json(p->cgroup, p->stable_pages, p->zero_pages,
-					       p->shared_pages, p->node_id, p->node_name);
-
-			json_object_set_new(j, "pid", json_integer(p->pid));
-			json_object_set_new(j, "comm", json_string(p->comm));
-			json_array_append_new(jp, j);
-		}
-		for (size_t i = 0; i < r->n_cgroups; i++) {
-			const Cksm__CgroupUsage *g = r->cgroups[i];
-			json_t *j = usage_json(g->cgroup, g->stable_pages, g->zero_pages,
-					       g->shared_pages, g->node_id, g->node_name);
-
-			json_object_set_new(j, "processes", json_integer(g->processes));
-			json_array_append_new(jg, j);
-		}
-		json_object_set_new(root, "processes", jp);
-		json_object_set_new(root, "cgroups", jg);
-		json_dumpf(root, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-		putchar('\n');
-		json_decref(root);
-	} else if (!r->n_processes) {
-		printf("no node has reported a full scan to shard 0 yet\n");
-	} else {
-		static const char *const pcols[] = { "NODE",   "PID",  "COMMAND", "SHAREABLE",
-						     "SHARED", "ZERO", "STABLE",  "CGROUP" };
-		static const char *const gcols[] = { "NODE",   "CGROUP", "PROCS", "SHAREABLE",
-						     "SHARED", "ZERO",	 "STABLE" };
-		struct libscols_table *t = scols_new_table();
-
-		for (size_t c = 0; c < 8; c++)
-			scols_table_new_column(t, pcols[c], 0,
-					       c == 1 || (c >= 3 && c <= 6) ? SCOLS_FL_RIGHT : 0);
-		for (size_t i = 0; i < r->n_processes && i < TOP_TEXT_ROWS; i++) {
-			const Cksm__ProcessUsage *p = r->processes[i];
-			struct libscols_line *ln = scols_table_new_line(t, NULL);
-			char b[16];
-
-			scols_line_set_data(ln, 0, p->node_name);
-			snprintf(b, sizeof(b), "%u", p->pid);
-			scols_line_set_data(ln, 1, b);
-			scols_line_set_data(ln, 2, p->comm);
-			size_cell(ln, 3, proc_shareable(p));
-			size_cell(ln, 4, p->shared_pages);
-			size_cell(ln, 5, p->zero_pages);
-			size_cell(ln, 6, p->stable_pages);
-			scols_line_set_data(ln, 7, p->cgroup);
-		}
-		scols_print_table(t);
-		scols_unref_table(t);
-		putchar('\n');
-		t = scols_new_table();
-		for (size_t c = 0; c < 7; c++)
-			scols_table_new_column(t, gcols[c], 0, c >= 2 ? SCOLS_FL_RIGHT : 0);
-		for (size_t i = 0; i < r->n_cgroups && i < TOP_TEXT_ROWS; i++) {
-			const Cksm__CgroupUsage *g = r->cgroups[i];
-			struct libscols_line *ln = scols_table_new_line(t, NULL);
-			char b[16];
-
-			scols_line_set_data(ln, 0, g->node_name);
-			scols_line_set_data(ln, 1, g->cgroup[0] ? g->cgroup : "-");
-			snprintf(b, sizeof(b), "%u", g->processes);
-			scols_line_set_data(ln, 2, b);
-			size_cell(ln, 3, group_shareable(g));
-			size_cell(ln, 4, g->shared_pages);
-			size_cell(ln, 5, g->zero_pages);
-			size_cell(ln, 6, g->stable_pages);
-		}
-		scols_print_table(t);
-		scols_unref_table(t);
-	}
+	if (o->json)
+		print_top_json(r);
+	else
+		print_top_text(r);
 	cksm__msg__free_unpacked(a.msg, NULL);
 	return 0;
 }

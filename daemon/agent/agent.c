@@ -309,13 +309,15 @@ static int dup_answer(struct conn *c, uint64_t hi, uint64_t lo, uint32_t domain,
 	return conn_send(c, &m);
 }
 
-static int by_id_key(const void *key, const void *elem)
+static struct cid id_of(const struct report_entry *e)
 {
-	const struct report_entry *a = key, *b = elem;
+	return (struct cid){ e->hi, e->lo };
+}
 
-	if (a->hi != b->hi)
-		return a->hi < b->hi ? -1 : 1;
-	return a->lo < b->lo ? -1 : a->lo > b->lo;
+/* Report entries by id, for qsort and bsearch. */
+static int by_id(const void *x, const void *y)
+{
+	return cid_cmp(id_of(x), id_of(y));
 }
 
 /*
@@ -333,26 +335,23 @@ static int make_dup(struct agent_shard *s, struct conn *c, const Cksm__Decision 
 	const char *why = "no page pool on this node";
 	Cksm__DupRef ref = CKSM__DUP_REF__INIT;
 	struct pool_ref pr;
-	int di = -1;
+	const struct cid_domain *dom = cid_domain_find(a->domains, a->rt.cfg->ndomains, id);
 
-	for (unsigned i = 0; i < a->rt.cfg->ndomains; i++)
-		if (a->rt.cfg->domains[i].id == cid_domain_of(id))
-			di = (int)i;
-	if (a->pool && f && di >= 0) {
-		e = bsearch(&key, f->e, f->n, sizeof(*f->e), by_id_key);
-		while (e && e > f->e && e[-1].hi == key.hi && e[-1].lo == key.lo)
+	if (a->pool && f && dom) {
+		e = bsearch(&key, f->e, f->n, sizeof(*f->e), by_id);
+		while (e && e > f->e && cid_eq(id_of(&e[-1]), id))
 			e--;
 		why = "the pages changed";
 	}
-	for (; e && e < f->e + f->n && e->hi == key.hi && e->lo == key.lo; e++) {
+	for (; e && e < f->e + f->n && cid_eq(id_of(e), id); e++) {
 		struct iovec l = { page, POOL_SLOT }, r = { (void *)(uintptr_t)e->addr, POOL_SLOT };
 		struct cid got;
 		int rc;
 
 		if (process_vm_readv(e->pid, &l, 1, &r, 1, 0) != POOL_SLOT)
 			continue;
-		got = cid_of(&a->domains[di], page);
-		if (got.hi != id.hi || got.lo != id.lo)
+		got = cid_of(dom, page);
+		if (!cid_eq(got, id))
 			continue;
 		rc = pool_add(a->pool, &id, page, &pr);
 		if (rc) {
@@ -365,7 +364,7 @@ static int make_dup(struct agent_shard *s, struct conn *c, const Cksm__Decision 
 		/* Pages stable for one scan may go: every reported copy, now. */
 		for (const struct report_entry *x = f->e;
 		     a->backing && a->rt.cfg->evict_age <= 1 && x < f->e + f->n; x++)
-			if (x->hi == key.hi && x->lo == key.lo)
+			if (cid_eq(id_of(x), id))
 				backing_offer(a->backing, x->pid, x->addr, BACKED_POOL, pr, &id);
 		return dup_answer(c, d->id_hi, d->id_lo, domain, &ref, NULL);
 	}
@@ -399,7 +398,7 @@ static int handle_answer(struct agent_shard *s, struct conn *c, const Cksm__Deci
 		return 0;
 	}
 	for (size_t i = 0; i < f->n; i++) {
-		if (i && (f->e[i].hi != f->e[i - 1].hi || f->e[i].lo != f->e[i - 1].lo))
+		if (i && !cid_eq(id_of(&f->e[i]), id_of(&f->e[i - 1])))
 			k++; /* the next digest */
 		if (k / 8 >= b->shared.len) {
 			inflight_drop_oldest(s);
@@ -448,7 +447,7 @@ static void back_remote(struct agent_shard *s, const Cksm__Decision *d)
 		return;
 	backing_remote_learn(a->backing, &id, loc, n);
 	for (size_t i = 0; f && a->rt.cfg->evict_age <= 1 && i < f->n; i++)
-		if (f->e[i].hi == id.hi && f->e[i].lo == id.lo)
+		if (cid_eq(id_of(&f->e[i]), id))
 			backing_offer_remote(a->backing, f->e[i].pid, f->e[i].addr, &id);
 }
 
@@ -622,15 +621,6 @@ static void heartbeat_one(struct agent_shard *s, uint64_t now)
 	m.heartbeat = &hb;
 	if (conn_send(c, &m) == 0)
 		metric_inc(s->a->m_hb_sent);
-}
-
-static int by_id(const void *x, const void *y)
-{
-	const struct report_entry *a = x, *b = y;
-
-	if (a->hi != b->hi)
-		return a->hi < b->hi ? -1 : 1;
-	return a->lo < b->lo ? -1 : a->lo > b->lo;
 }
 
 /*

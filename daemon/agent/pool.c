@@ -15,6 +15,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "oaidx.h"
+
 #define HUGE_SIZE (2u << 20)
 
 struct slot {
@@ -34,64 +36,48 @@ struct pool {
 	struct slot *slots;
 	uint32_t *free; /* stack of free slot numbers */
 	size_t nfree;
-	uint32_t *index; /* id -> slot + 1; 0 empty, IDX_GONE deleted */
-	size_t icap, igone;
+	struct oaidx index; /* id -> slot + 1, for one held slot per id */
 };
 
-#define IDX_GONE UINT32_MAX
-
-static size_t idx_home(const struct pool *p, const struct cid *id)
+static uint64_t id_hash(const struct cid *id)
 {
-	return (size_t)((id->lo ^ id->hi) * 0x9e3779b97f4a7c15ULL >> 17) & (p->icap - 1);
+	return id->lo ^ id->hi;
 }
 
-/* The slot holding id in the index, or -1. Lock held. */
+static uint64_t slot_hash(const void *ctx, uint32_t v)
+{
+	const struct pool *p = ctx;
+
+	return id_hash(&p->slots[v - 1].id);
+}
+
+/* The index slot naming a slot that holds id, or -1. Lock held. */
 static long idx_find(const struct pool *p, const struct cid *id)
 {
-	for (size_t i = idx_home(p, id);; i = (i + 1) & (p->icap - 1)) {
-		uint32_t v = p->index[i];
+	const struct oaidx *x = &p->index;
+	uint32_t v;
 
-		if (!v)
-			return -1;
-		if (v != IDX_GONE && p->slots[v - 1].id.hi == id->hi &&
-		    p->slots[v - 1].id.lo == id->lo)
+	for (size_t i = oaidx_home(x, id_hash(id)); (v = x->v[i]); i = oaidx_next(x, i))
+		if (cid_eq(p->slots[v - 1].id, *id))
 			return (long)i;
-	}
+	return -1;
 }
 
+/* Room for every slot was reserved at creation: this cannot fail. */
 static void idx_put(struct pool *p, uint32_t slot)
 {
-	size_t i = idx_home(p, &p->slots[slot].id);
-
 	if (idx_find(p, &p->slots[slot].id) >= 0)
 		return; /* one slot per id is enough to find */
-	while (p->index[i] && p->index[i] != IDX_GONE)
-		i = (i + 1) & (p->icap - 1);
-	if (p->index[i] == IDX_GONE)
-		p->igone--;
-	p->index[i] = slot + 1;
+	oaidx_put(&p->index, id_hash(&p->slots[slot].id), slot + 1);
 }
 
-static void idx_rebuild(struct pool *p)
-{
-	memset(p->index, 0, p->icap * sizeof(*p->index));
-	p->igone = 0;
-	for (size_t k = 0; k < p->nslots; k++)
-		if (p->slots[k].live && p->slots[k].held)
-			idx_put(p, (uint32_t)k);
-}
-
+/* Forget slot, if it is the one the index names for its id. */
 static void idx_del(struct pool *p, uint32_t slot)
 {
 	long i = idx_find(p, &p->slots[slot].id);
 
-	if (i < 0 || p->index[i] != slot + 1)
-		return;
-	p->index[i] = IDX_GONE;
-	if (++p->igone > p->icap / 4)
-		idx_rebuild(p);
-	else
-		return;
+	if (i >= 0 && p->index.v[i] == slot + 1)
+		oaidx_del(&p->index, (size_t)i, slot_hash, p);
 }
 
 static int map_pool(struct pool *p, bool hugetlb)
@@ -146,10 +132,8 @@ struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen)
 	}
 	p->slots = calloc(nslots, sizeof(*p->slots));
 	p->free = malloc(nslots * sizeof(*p->free));
-	for (p->icap = 16; p->icap < 2 * nslots; p->icap *= 2) {
-	}
-	p->index = calloc(p->icap, sizeof(*p->index));
-	if (!p->slots || !p->free || !p->index) {
+	oaidx_init(&p->index);
+	if (!p->slots || !p->free || oaidx_reserve(&p->index, nslots, slot_hash, p)) {
 		snprintf(err, errlen, "slot table of %zu slots: out of memory", nslots);
 		pool_destroy(p);
 		return NULL;
@@ -171,7 +155,7 @@ void pool_destroy(struct pool *p)
 		close(p->fd);
 	free(p->slots);
 	free(p->free);
-	free(p->index);
+	oaidx_fini(&p->index);
 	pthread_mutex_destroy(&p->lock);
 	free(p);
 }
@@ -243,7 +227,7 @@ int pool_find(struct pool *p, const struct cid *id, struct pool_ref *out)
 	pthread_mutex_lock(&p->lock);
 	i = idx_find(p, id);
 	if (i >= 0) {
-		out->slot = p->index[i] - 1;
+		out->slot = p->index.v[i] - 1;
 		out->gen = p->slots[out->slot].gen;
 	}
 	pthread_mutex_unlock(&p->lock);

@@ -163,22 +163,34 @@ static void role_bytes(Cksm__Role role, uint8_t r[4])
 	r[3] = (uint8_t)role;
 }
 
-void auth_client_mac(const struct auth_key *key, const uint8_t server_nonce[AUTH_NONCE_BYTES],
-		     const uint8_t client_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
-		     const char *name, uint8_t mac[AUTH_MAC_BYTES])
+/*
+ * HMAC-SHA256 over label, the nonce the sender received, its own nonce,
+ * the role and the name. The labels keep a client's MAC from ever passing
+ * as a server's; the nonce order follows from who sends.
+ */
+static void hello_mac(const struct auth_key *key, const char *label,
+		      const uint8_t their_nonce[AUTH_NONCE_BYTES],
+		      const uint8_t own_nonce[AUTH_NONCE_BYTES], Cksm__Role role, const char *name,
+		      uint8_t mac[AUTH_MAC_BYTES])
 {
 	crypto_auth_hmacsha256_state st;
 	uint8_t r[4];
 
 	role_bytes(role, r);
-
 	crypto_auth_hmacsha256_init(&st, key->k, sizeof(key->k));
-	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_client, sizeof(label_client) - 1);
-	crypto_auth_hmacsha256_update(&st, server_nonce, AUTH_NONCE_BYTES);
-	crypto_auth_hmacsha256_update(&st, client_nonce, AUTH_NONCE_BYTES);
+	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label, strlen(label));
+	crypto_auth_hmacsha256_update(&st, their_nonce, AUTH_NONCE_BYTES);
+	crypto_auth_hmacsha256_update(&st, own_nonce, AUTH_NONCE_BYTES);
 	crypto_auth_hmacsha256_update(&st, r, sizeof(r));
 	crypto_auth_hmacsha256_update(&st, (const uint8_t *)name, strlen(name));
 	crypto_auth_hmacsha256_final(&st, mac);
+}
+
+void auth_client_mac(const struct auth_key *key, const uint8_t server_nonce[AUTH_NONCE_BYTES],
+		     const uint8_t client_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
+		     const char *name, uint8_t mac[AUTH_MAC_BYTES])
+{
+	hello_mac(key, label_client, server_nonce, client_nonce, role, name, mac);
 }
 
 void auth_hello_make(struct auth_hello *h, const struct auth_key *key,
@@ -201,17 +213,7 @@ void auth_server_mac(const struct auth_key *key, const uint8_t client_nonce[AUTH
 		     const uint8_t server_nonce[AUTH_NONCE_BYTES], Cksm__Role role,
 		     const char *name, uint8_t mac[AUTH_MAC_BYTES])
 {
-	crypto_auth_hmacsha256_state st;
-	uint8_t r[4];
-
-	role_bytes(role, r);
-	crypto_auth_hmacsha256_init(&st, key->k, sizeof(key->k));
-	crypto_auth_hmacsha256_update(&st, (const uint8_t *)label_server, sizeof(label_server) - 1);
-	crypto_auth_hmacsha256_update(&st, client_nonce, AUTH_NONCE_BYTES);
-	crypto_auth_hmacsha256_update(&st, server_nonce, AUTH_NONCE_BYTES);
-	crypto_auth_hmacsha256_update(&st, r, sizeof(r));
-	crypto_auth_hmacsha256_update(&st, (const uint8_t *)name, strlen(name));
-	crypto_auth_hmacsha256_final(&st, mac);
+	hello_mac(key, label_server, client_nonce, server_nonce, role, name, mac);
 }
 
 int auth_mac_check(const uint8_t expected[AUTH_MAC_BYTES], const ProtobufCBinaryData *got)

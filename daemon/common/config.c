@@ -1,9 +1,10 @@
 /*
  * config - see config.h.
  *
- * Keys are described by one table (section, name, kind, bounds); the INI
- * handler and --set both look a key up there and parse it with the same
- * function, so a value means the same wherever it comes from. [shard.N]
+ * Keys are described by one table (section, name, kind, bounds, default);
+ * the INI handler and --set both look a key up there and parse it with
+ * the same function, so a value means the same wherever it comes from.
+ * config_defaults sets every key's default from the table. [shard.N]
  * sections are parsed apart, into c->shards[N].
  */
 #include "config.h"
@@ -32,6 +33,7 @@ enum kind {
 	K_BOOL,
 	K_PIDS,	   /* comma-separated positive integers */
 	K_CGROUPS, /* comma-separated absolute cgroup paths */
+	K_CHOICE,  /* one of the key's words */
 };
 
 #define CGROUPS_WHAT "cgroup paths such as /machine.slice,/system.slice/app.service"
@@ -44,83 +46,111 @@ struct key {
 	size_t off;
 	size_t size; /* for strings: buffer size */
 	uint64_t min, max;
-	const char *what; /* what is expected, for messages */
+	uint64_t def_num;	  /* numbers: the default */
+	const char *def_str;	  /* the others: the default as written, NULL for none */
+	const char *const *words; /* K_CHOICE: the accepted values, NULL-terminated */
+	const char *what;	  /* what is expected, for messages */
 };
 
-#define U(sec, nm, field, lo, hi, w)                                               \
-	{                                                                          \
-		sec, nm, sizeof(((struct config *)0)->field) == 4 ? K_U32 : K_U64, \
-			offsetof(struct config, field), 0, lo, hi, w               \
+#define U(sec, nm, field, def, lo, hi, w)                                                    \
+	{                                                                                    \
+		.section = sec, .name = nm,                                                  \
+		.kind = sizeof(((struct config *)0)->field) == 4 ? K_U32 : K_U64,            \
+		.off = offsetof(struct config, field), .min = lo, .max = hi, .def_num = def, \
+		.what = w                                                                    \
 	}
-#define S(sec, nm, k, field, w)                                                                  \
-	{                                                                                        \
-		sec, nm, k, offsetof(struct config, field), sizeof(((struct config *)0)->field), \
-			0, 0, w                                                                  \
+#define S(sec, nm, k, field, def, w)                                                          \
+	{                                                                                     \
+		.section = sec, .name = nm, .kind = k, .off = offsetof(struct config, field), \
+		.size = sizeof(((struct config *)0)->field), .def_str = def, .what = w        \
+	}
+#define C(sec, nm, field, list, def, w)                                                     \
+	{                                                                                   \
+		.section = sec, .name = nm, .kind = K_CHOICE,                               \
+		.off = offsetof(struct config, field),                                      \
+		.size = sizeof(((struct config *)0)->field), .def_str = def, .words = list, \
+		.what = w                                                                   \
 	}
 
+/* auto picks the best transport the node has; today that is tcp. */
+static const char *const transports[] = { "auto", "tcp", NULL };
+
+/*
+ * Defaults that depend on the machine (node_name) and the built-in domain
+ * and shard are set in config_defaults instead.
+ */
 static const struct key keys[] = {
-	S("cluster", "key_file", K_STR, key_file, "a path"),
-	U("cluster", "buckets", buckets, 1, CONFIG_MAX_BUCKETS,
+	S("cluster", "key_file", K_STR, key_file, "/etc/cksm/cluster.key", "a path"),
+	U("cluster", "buckets", buckets, 4096, 1, CONFIG_MAX_BUCKETS,
 	  "a power of two between 1 and 65536"),
-	U("cluster", "max_frame_bytes", max_frame_bytes, 262144, 16u << 20,
+	U("cluster", "max_frame_bytes", max_frame_bytes, 1u << 20, 262144, 16u << 20,
 	  "a size in bytes between 262144 and 16777216"),
-	U("cluster", "auth_timeout_ms", auth_timeout_ms, 100, 600000,
+	U("cluster", "auth_timeout_ms", auth_timeout_ms, 5000, 100, 600000,
 	  "milliseconds between 100 and 600000"),
-	U("cluster", "heartbeat_ms", heartbeat_ms, 50, 60000, "milliseconds between 50 and 60000"),
-	U("cluster", "dead_after_ms", dead_after_ms, 150, 3600000,
+	U("cluster", "heartbeat_ms", heartbeat_ms, 1000, 50, 60000,
+	  "milliseconds between 50 and 60000"),
+	U("cluster", "dead_after_ms", dead_after_ms, 5000, 150, 3600000,
 	  "milliseconds between 150 and 3600000"),
-	U("cluster", "reconnect_min_ms", reconnect_min_ms, 10, 60000,
+	U("cluster", "reconnect_min_ms", reconnect_min_ms, 100, 10, 60000,
 	  "milliseconds between 10 and 60000"),
-	U("cluster", "max_page_sharing", max_page_sharing, 2, 65535,
+	U("cluster", "max_page_sharing", max_page_sharing, 256, 2, 65535,
 	  "a reference count between 2 and 65535"),
-	U("cluster", "replicas", replicas, 1, 8, "a replica count between 1 and 8"),
-	S("cluster", "merge_across_nodes", K_BOOL, merge_across_nodes, "0 or 1"),
-	U("cluster", "prune_millisecs", prune_millisecs, 100, 3600000,
+	U("cluster", "replicas", replicas, 2, 1, 8, "a replica count between 1 and 8"),
+	S("cluster", "merge_across_nodes", K_BOOL, merge_across_nodes, "1", "0 or 1"),
+	U("cluster", "prune_millisecs", prune_millisecs, 2000, 100, 3600000,
 	  "milliseconds between 100 and 3600000"),
-	U("cluster", "dup_idle_millisecs", dup_idle_millisecs, 100, 86400000,
+	U("cluster", "dup_idle_millisecs", dup_idle_millisecs, 30000, 100, 86400000,
 	  "milliseconds between 100 and 86400000"),
-	U("cluster", "unstable_capacity", unstable_capacity, 1024, 1ULL << 34,
+	U("cluster", "unstable_capacity", unstable_capacity, 1ULL << 22, 1024, 1ULL << 34,
 	  "an id count between 1024 and 17179869184"),
-	U("cluster", "unstable_age_millisecs", unstable_age_millisecs, 100, 86400000,
+	U("cluster", "unstable_age_millisecs", unstable_age_millisecs, 60000, 100, 86400000,
 	  "milliseconds between 100 and 86400000"),
-	U("cluster", "reconnect_max_ms", reconnect_max_ms, 10, 3600000,
+	U("cluster", "reconnect_max_ms", reconnect_max_ms, 30000, 10, 3600000,
 	  "milliseconds between 10 and 3600000"),
-	S("log", "level", K_LEVEL, log_level, "one of error, warn, info, debug"),
-	S("agent", "node_name", K_NAME, node_name,
+	S("log", "level", K_LEVEL, log_level, "info", "one of error, warn, info, debug"),
+	S("agent", "node_name", K_NAME, node_name, NULL,
 	  "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
-	S("agent", "rack", K_NAME, rack, "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
-	S("agent", "metrics", K_ADDR, agent_metrics, "a numeric host:port such as 127.0.0.1:9470"),
-	S("agent", "scan_mergeable", K_BOOL, scan_mergeable, "0 or 1"),
-	S("agent", "scan_thp", K_BOOL, scan_thp, "0 or 1"),
-	S("agent", "mergeable_only", K_BOOL, mergeable_only, "0 or 1"),
-	U("agent", "pages_to_scan", pages_to_scan, 1, 1u << 20,
+	S("agent", "rack", K_NAME, rack, "default",
+	  "a name of 1 to 64 letters, digits, '.', '_' or '-'"),
+	S("agent", "metrics", K_ADDR, agent_metrics, "127.0.0.1:9470",
+	  "a numeric host:port such as 127.0.0.1:9470"),
+	S("agent", "scan_mergeable", K_BOOL, scan_mergeable, "1", "0 or 1"),
+	S("agent", "scan_thp", K_BOOL, scan_thp, "0", "0 or 1"),
+	S("agent", "mergeable_only", K_BOOL, mergeable_only, "0", "0 or 1"),
+	U("agent", "pages_to_scan", pages_to_scan, 4096, 1, 1u << 20,
 	  "a page count between 1 and 1048576"),
-	U("agent", "sleep_millisecs", sleep_millisecs, 0, 60000,
+	U("agent", "sleep_millisecs", sleep_millisecs, 20, 0, 60000,
 	  "milliseconds between 0 and 60000"),
-	U("agent", "rereport_millisecs", rereport_millisecs, 1000, 86400000,
+	U("agent", "rereport_millisecs", rereport_millisecs, 60000, 1000, 86400000,
 	  "milliseconds between 1000 and 86400000"),
-	U("agent", "pass_millisecs", pass_millisecs, 0, 3600000,
+	U("agent", "pass_millisecs", pass_millisecs, 2000, 0, 3600000,
 	  "milliseconds between 0 and 3600000"),
-	U("agent", "cpu_percent", cpu_percent, 1, 100,
+	U("agent", "cpu_percent", cpu_percent, 10, 1, 100,
 	  "a percentage of one core between 1 and 100"),
-	U("agent", "report_queue", report_queue, 1024, 1u << 24,
+	U("agent", "report_queue", report_queue, 65536, 1024, 1u << 24,
 	  "a digest count between 1024 and 16777216"),
-	S("agent", "cgroup_root", K_STR, cgroup_root, "a path"),
-	S("agent", "socket", K_STR, socket_path, "a path of at most 107 bytes"),
-	S("agent", "socket_group", K_NAME, socket_group,
+	S("agent", "cgroup_root", K_STR, cgroup_root, NULL, "a path"),
+	S("agent", "socket", K_STR, socket_path, "/run/cksm/agent.sock",
+	  "a path of at most 107 bytes"),
+	S("agent", "socket_group", K_NAME, socket_group, NULL,
 	  "a group name of 1 to 64 letters, digits, '.', '_' or '-'"),
-	S("agent", "data_listen", K_ADDR, data_listen, "a numeric host:port such as 0.0.0.0:9472"),
-	S("agent", "data_address", K_ADDR, data_address,
+	S("agent", "data_listen", K_ADDR, data_listen, NULL,
+	  "a numeric host:port such as 0.0.0.0:9472"),
+	S("agent", "data_address", K_ADDR, data_address, NULL,
 	  "a numeric host:port such as 192.0.2.6:9472"),
-	U("agent", "pool_pages", pool_pages, 16, 1u << 28, "a slot count between 16 and 268435456"),
-	S("agent", "evict", K_BOOL, evict, "0 or 1"),
-	U("agent", "evict_age", evict_age, 1, 31, "a scan count between 1 and 31"),
-	U("agent", "evict_rate", evict_rate, 1, 1u << 24,
+	C("agent", "transport", transport, transports, "auto", "auto or tcp"),
+	U("agent", "data_timeout_ms", data_timeout_ms, 2000, 10, 60000,
+	  "milliseconds between 10 and 60000"),
+	U("agent", "pool_pages", pool_pages, 65536, 16, 1u << 28,
+	  "a slot count between 16 and 268435456"),
+	S("agent", "evict", K_BOOL, evict, "1", "0 or 1"),
+	U("agent", "evict_age", evict_age, 3, 1, 31, "a scan count between 1 and 31"),
+	U("agent", "evict_rate", evict_rate, 20000, 1, 1u << 24,
 	  "pages per second between 1 and 16777216"),
-	U("agent", "evict_cooldown_millisecs", evict_cooldown_millisecs, 0, 86400000,
+	U("agent", "evict_cooldown_millisecs", evict_cooldown_millisecs, 60000, 0, 86400000,
 	  "milliseconds between 0 and 86400000"),
-	S("agent", "cgroups", K_CGROUPS, domains[0].cgroups, CGROUPS_WHAT),
-	S("agent", "pids", K_PIDS, domains[0].pids, PIDS_WHAT),
+	S("agent", "cgroups", K_CGROUPS, domains[0].cgroups, NULL, CGROUPS_WHAT),
+	S("agent", "pids", K_PIDS, domains[0].pids, NULL, PIDS_WHAT),
 };
 
 static const char shard_addr_what[] = "a numeric host:port such as 127.0.0.1:7470";
@@ -210,6 +240,14 @@ static int list_ok(enum kind kind, const char *v)
 	return 1;
 }
 
+static int is_word(const char *const *words, const char *v)
+{
+	for (; *words; words++)
+		if (!strcmp(*words, v))
+			return 1;
+	return 0;
+}
+
 static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 {
 	char *field = (char *)p->c + k->off;
@@ -250,7 +288,9 @@ static int set_key(struct parse_ctx *p, const struct key *k, const char *v)
 		return set_str(p, k->section, k->name, field, k->size, v);
 	case K_NAME:
 	case K_ADDR:
-		if ((k->kind == K_NAME && !name_valid(v)) || (k->kind == K_ADDR && !addr_ok(v))) {
+	case K_CHOICE:
+		if ((k->kind == K_NAME && !name_valid(v)) || (k->kind == K_ADDR && !addr_ok(v)) ||
+		    (k->kind == K_CHOICE && !is_word(k->words, v))) {
 			report(p, k->section, k->name, "expected %s, got '%s'", k->what, v);
 			return -EINVAL;
 		}
@@ -449,44 +489,28 @@ static char *read_line(char *str, int num, void *stream)
 	return s;
 }
 
+/* Set k's default; a bad one in the table is reported like a bad value. */
+static void set_default(struct parse_ctx *p, const struct key *k)
+{
+	char *field = (char *)p->c + k->off;
+
+	if (k->kind == K_U32)
+		*(uint32_t *)(void *)field = (uint32_t)k->def_num;
+	else if (k->kind == K_U64)
+		*(uint64_t *)(void *)field = k->def_num;
+	else if (k->def_str)
+		set_key(p, k, k->def_str);
+}
+
 void config_defaults(struct config *c)
 {
+	struct parse_ctx p = { .c = c, .file = "built-in default", .err = stderr };
+
 	memset(c, 0, sizeof(*c));
-	strcpy(c->key_file, "/etc/cksm/cluster.key");
-	c->buckets = 4096;
-	c->max_frame_bytes = 1u << 20;
-	c->auth_timeout_ms = 5000;
-	c->heartbeat_ms = 1000;
-	c->dead_after_ms = 5000;
-	c->reconnect_min_ms = 100;
-	c->reconnect_max_ms = 30000;
-	c->max_page_sharing = 256;
-	c->replicas = 2;
-	c->merge_across_nodes = 1;
-	c->prune_millisecs = 2000;
-	c->dup_idle_millisecs = 30000;
-	c->unstable_capacity = 1ULL << 22;
-	c->unstable_age_millisecs = 60000;
-	c->log_level = LOG_LVL_INFO;
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		set_default(&p, &keys[i]);
 	if (gethostname(c->node_name, sizeof(c->node_name) - 1) || !name_valid(c->node_name))
 		strcpy(c->node_name, "node");
-	strcpy(c->rack, "default");
-	strcpy(c->agent_metrics, "127.0.0.1:9470");
-	c->scan_mergeable = 1;
-	c->pages_to_scan = 4096;
-	c->sleep_millisecs = 20;
-	c->pass_millisecs = 2000;
-	c->rereport_millisecs = 60000;
-	c->cpu_percent = 10;
-	c->report_queue = 65536;
-	strcpy(c->socket_path, "/run/cksm/agent.sock");
-	c->pool_pages = 65536;
-	c->evict = 1;
-	c->evict_age = 3;
-	c->evict_rate = 20000;
-	c->evict_cooldown_millisecs = 60000;
-	strcpy(c->transport, "auto");
-	c->data_timeout_ms = 2000;
 	c->ndomains = 1;
 	c->domains[0].defined = 1;
 	strcpy(c->domains[0].name, "default");
@@ -701,10 +725,11 @@ void config_dump(const struct config *c, FILE *out)
 	if (c->data_address[0])
 		fprintf(out, "data_address = %s\n", c->data_address);
 	fprintf(out,
+		"transport = %s\ndata_timeout_ms = %u\n"
 		"socket = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
 		"evict_cooldown_millisecs = %u\n",
-		c->socket_path, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
-		c->evict_cooldown_millisecs);
+		c->transport, c->data_timeout_ms, c->socket_path, c->pool_pages, c->evict,
+		c->evict_age, c->evict_rate, c->evict_cooldown_millisecs);
 	if (c->socket_group[0])
 		fprintf(out, "socket_group = %s\n", c->socket_group);
 	if (c->cgroup_root[0])

@@ -85,8 +85,8 @@ struct config {
 	char socket_group[65];		   /* who may attach: "" anyone, else this group */
 	char data_listen[128];		   /* where this node serves its pool to peers, "" = not */
 	char data_address[128];		   /* what peers are told to dial for it */
-	char transport[16];		   /* data transport kind: auto, tcp */
-	uint32_t data_timeout_ms;	   /* one read of another node's dup, at most */
+	char transport[16];		   /* how other nodes' dups are read: auto, tcp */
+	uint32_t data_timeout_ms;	   /* one such read is given up after this */
 	uint32_t pool_pages;		   /* page pool slots */
 	int evict;			   /* drop backed pages from attached processes */
 	uint32_t evict_age;		   /* scans a page stays unchanged before it goes */

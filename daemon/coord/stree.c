@@ -2,8 +2,8 @@
  * stree - a shard's stable tree.
  *
  * Layout. Entries live in one dense array (56 bytes each) found through an
- * open-addressing index of 32-bit positions (linear probing, at most 3/4
- * full, deletion by backward shift). An entry holds its first dup inline
+ * oaidx of their 32-bit positions (open addressing, at most 3/4 full,
+ * deletion by backward shift). An entry holds its first dup inline
  * and further dups of its chain in a heap array; a dup holds up to two
  * per-node reference counts inline and more in a heap array. The common
  * content (one dup, referenced from one or two nodes) costs one entry and
@@ -44,6 +44,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "cid.h"
+#include "oaidx.h"
 #include "unstable.h"
 
 #define INLINE_REFS    2
@@ -96,8 +98,7 @@ struct stree {
 	void *arg;
 	struct entry *e; /* dense */
 	size_t n, cap;
-	uint32_t *idx;	 /* position + 1, 0 empty */
-	size_t idx_size; /* power of two */
+	struct oaidx idx; /* position + 1 with the id's tag, by id.lo */
 	struct node nodes[STREE_MAX_NODES];
 	uint16_t node_hash[NODE_HASH_SIZE]; /* index + 1 by id, 0 empty */
 	size_t cursor;			    /* next entry of the prune round, 0 between rounds */
@@ -280,61 +281,58 @@ static unsigned holder_nodes(const struct stree *t, const struct entry *e, bool 
 
 /* ---- the index -------------------------------------------------------------- */
 
-static size_t slot_of(const struct stree *t, uint64_t lo)
-{
-	return (size_t)(lo * 0x9e3779b97f4a7c15ULL >> 20) & (t->idx_size - 1);
-}
-
 /*
- * An index slot holds position + 1 in its low POS_BITS and 5 bits of the
+ * An index value holds position + 1 in its low POS_BITS and 5 bits of the
  * id above them, so a probe past other ids rarely touches their entries.
  */
 #define POS_BITS    27
 #define POS_MASK    ((1u << POS_BITS) - 1)
 #define MAX_ENTRIES (POS_MASK - 1)
+#define IDX_START   768 /* entries the first index (1024 slots) holds */
 
 static uint32_t tag_of(uint64_t lo)
 {
 	return (uint32_t)(lo >> (64 - (32 - POS_BITS))) << POS_BITS;
 }
 
+/* The index value naming the entry at pos. */
+static uint32_t idx_value(const struct stree *t, size_t pos)
+{
+	return (uint32_t)(pos + 1) | tag_of(t->e[pos].lo);
+}
+
+/* The hash oaidx asks for by index value: the entry's id.lo. */
+static uint64_t entry_hash(const void *ctx, uint32_t v)
+{
+	const struct stree *t = ctx;
+
+	return t->e[(v & POS_MASK) - 1].lo;
+}
+
+static struct cid id_of(const struct entry *e)
+{
+	return (struct cid){ e->hi, e->lo };
+}
+
 static struct entry *find(const struct stree *t, uint64_t hi, uint64_t lo)
 {
-	uint32_t tag = tag_of(lo);
+	const struct oaidx *x = &t->idx;
+	uint32_t tag = tag_of(lo), v;
+	struct cid id = { hi, lo };
 
-	for (size_t s = slot_of(t, lo);; s = (s + 1) & (t->idx_size - 1)) {
-		uint32_t v = t->idx[s];
+	for (size_t s = oaidx_home(x, lo); (v = x->v[s]); s = oaidx_next(x, s)) {
 		struct entry *e;
 
-		if (!v)
-			return NULL;
 		if ((v & ~POS_MASK) != tag)
 			continue;
 		e = &t->e[(v & POS_MASK) - 1];
-		if (e->lo == lo && e->hi == hi)
+		if (cid_eq(id_of(e), id))
 			return e;
 	}
+	return NULL;
 }
 
-static size_t idx_slot(const struct stree *t, size_t pos)
-{
-	size_t s = slot_of(t, t->e[pos].lo);
-
-	while ((t->idx[s] & POS_MASK) != pos + 1)
-		s = (s + 1) & (t->idx_size - 1);
-	return s;
-}
-
-static void idx_put(struct stree *t, size_t pos)
-{
-	size_t s = slot_of(t, t->e[pos].lo);
-
-	while (t->idx[s])
-		s = (s + 1) & (t->idx_size - 1);
-	t->idx[s] = (uint32_t)(pos + 1) | tag_of(t->e[pos].lo);
-}
-
-/* Lookups are random: large arrays get huge pages where the kernel allows. */
+/* Lookups are random: a large entry array gets huge pages where the kernel allows. */
 static void advise_huge(void *p, size_t bytes)
 {
 	uintptr_t huge = 2u << 20, a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
@@ -358,20 +356,7 @@ static int grow(struct stree *t)
 		t->cap = cap;
 		advise_huge(ne, cap * sizeof(*ne));
 	}
-	if ((t->n + 1) * 4 > t->idx_size * 3) {
-		size_t size = t->idx_size * 2;
-		uint32_t *ni = calloc(size, sizeof(*ni));
-
-		if (!ni)
-			return -ENOMEM;
-		free(t->idx);
-		t->idx = ni;
-		t->idx_size = size;
-		advise_huge(ni, size * sizeof(*ni));
-		for (size_t i = 0; i < t->n; i++)
-			idx_put(t, i);
-	}
-	return 0;
+	return oaidx_reserve(&t->idx, t->n + 1, entry_hash, t);
 }
 
 static struct entry *insert(struct stree *t, uint64_t hi, uint64_t lo)
@@ -384,15 +369,15 @@ static struct entry *insert(struct stree *t, uint64_t hi, uint64_t lo)
 	memset(e, 0, sizeof(*e));
 	e->hi = hi;
 	e->lo = lo;
-	idx_put(t, t->n++);
+	oaidx_put(&t->idx, lo, idx_value(t, t->n));
+	t->n++;
 	return e;
 }
 
-/* Remove e: backward-shift its index slot, move the last entry into its place. */
+/* Remove e: drop its index value, move the last entry into its place. */
 static void erase(struct stree *t, struct entry *e)
 {
 	size_t pos = (size_t)(e - t->e), last = t->n - 1;
-	size_t hole = idx_slot(t, pos), s = hole;
 
 	for (unsigned i = 0; i < e->ndups; i++)
 		dup_clear(t, dup_at(e, i));
@@ -400,24 +385,12 @@ static void erase(struct stree *t, struct entry *e)
 		t->heap_bytes -= e->morecap * sizeof(struct sdup);
 		free(e->more);
 	}
-	t->idx[hole] = 0;
-	for (;;) {
-		size_t home;
-
-		s = (s + 1) & (t->idx_size - 1);
-		if (!t->idx[s])
-			break;
-		home = slot_of(t, t->e[(t->idx[s] & POS_MASK) - 1].lo);
-		/* Move it back if its home is not in (hole, s]. */
-		if (((s - home) & (t->idx_size - 1)) >= ((s - hole) & (t->idx_size - 1))) {
-			t->idx[hole] = t->idx[s];
-			t->idx[s] = 0;
-			hole = s;
-		}
-	}
+	oaidx_del(&t->idx, oaidx_slot(&t->idx, e->lo, idx_value(t, pos)), entry_hash, t);
 	if (pos != last) {
-		t->idx[idx_slot(t, last)] = (uint32_t)(pos + 1) | tag_of(t->e[last].lo);
+		size_t s = oaidx_slot(&t->idx, t->e[last].lo, idx_value(t, last));
+
 		t->e[pos] = t->e[last];
+		t->idx.v[s] = idx_value(t, pos);
 	}
 	t->n--;
 }
@@ -595,7 +568,7 @@ static void back_remote(const struct stree *t, const struct entry *e, uint16_t n
 void stree_prefetch(const struct stree *t, uint64_t hi, uint64_t lo)
 {
 	(void)hi;
-	__builtin_prefetch(&t->idx[slot_of(t, lo)]);
+	__builtin_prefetch(&t->idx.v[oaidx_home(&t->idx, lo)]);
 	unstable_prefetch(&t->un, lo);
 }
 
@@ -924,7 +897,7 @@ bool stree_prune_step(struct stree *t, size_t max)
 	}
 	t->cursor = 0;
 	t->acc.pages_unshared = t->un.inserted;
-	t->acc.bytes = t->cap * sizeof(*t->e) + t->idx_size * sizeof(*t->idx) + t->heap_bytes +
+	t->acc.bytes = t->cap * sizeof(*t->e) + oaidx_bytes(&t->idx) + t->heap_bytes +
 		       unstable_bytes(&t->un);
 	t->last = t->acc;
 	return true;
@@ -960,7 +933,7 @@ void stree_stats(const struct stree *t, struct stree_stats *s)
 	for (size_t i = 0; i < t->n; i++)
 		account(s, &t->e[i]);
 	s->pages_unshared = t->un.inserted;
-	s->bytes = t->cap * sizeof(*t->e) + t->idx_size * sizeof(*t->idx) + t->heap_bytes +
+	s->bytes = t->cap * sizeof(*t->e) + oaidx_bytes(&t->idx) + t->heap_bytes +
 		   unstable_bytes(&t->un);
 }
 
@@ -1011,9 +984,7 @@ static int by_id(const void *a, const void *b)
 	const struct entry *x = *(const struct entry *const *)a,
 			   *y = *(const struct entry *const *)b;
 
-	if (x->hi != y->hi)
-		return x->hi < y->hi ? -1 : 1;
-	return x->lo < y->lo ? -1 : x->lo > y->lo;
+	return cid_cmp(id_of(x), id_of(y));
 }
 
 int stree_visit(const struct stree *t, uint64_t hi, uint64_t lo, bool *seen, uint32_t *pending,
@@ -1173,9 +1144,8 @@ struct stree *stree_create(const struct stree_params *p, const struct stree_ops 
 		t->p.prune_ticks = MAX_TICKS;
 	t->ops = ops;
 	t->arg = arg;
-	t->idx_size = 1024;
-	t->idx = calloc(t->idx_size, sizeof(*t->idx));
-	if (!t->idx ||
+	oaidx_init(&t->idx);
+	if (oaidx_reserve(&t->idx, IDX_START, entry_hash, t) ||
 	    unstable_init(&t->un, p->unstable_capacity ? p->unstable_capacity : 1u << 20)) {
 		stree_destroy(t);
 		return NULL;
@@ -1190,7 +1160,7 @@ void stree_destroy(struct stree *t)
 	while (t->n)
 		erase(t, &t->e[t->n - 1]);
 	free(t->e);
-	free(t->idx);
+	oaidx_fini(&t->idx);
 	unstable_fini(&t->un);
 	free(t);
 }

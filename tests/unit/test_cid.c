@@ -31,18 +31,18 @@ static void ids(void **state)
 	/* Same key, same domain, same bytes: the same id on every node. */
 	x = cid_of(&a, page);
 	y = cid_of(&a2, page);
-	assert_true(x.hi == y.hi && x.lo == y.lo);
+	assert_true(cid_eq(x, y));
 	assert_int_equal(cid_domain_of(x), 0);
 	/* One bit differs: another id. */
 	y = cid_of(&a, other);
-	assert_false(x.hi == y.hi && x.lo == y.lo);
+	assert_false(cid_eq(x, y));
 	/* Another domain: tagged, never equal. */
 	y = cid_of(&b, page);
 	assert_int_equal(cid_domain_of(y), 3);
 	assert_false(x.hi == y.hi);
 	/* Another cluster key: another id. */
 	y = cid_of(&c, page);
-	assert_false(x.hi == y.hi && x.lo == y.lo);
+	assert_false(cid_eq(x, y));
 	assert_true(cid_bucket(x, 4096) < 4096);
 	assert_int_equal(cid_bucket(x, 1), 0);
 }
@@ -55,8 +55,24 @@ static void checksum(void **state)
 	assert_true(cid_checksum(page) != cid_checksum(other));
 }
 
+/* Ids order by hi, then lo, both unsigned; equal ids compare 0. */
+static void order(void **state)
+{
+	struct cid a = { 1, UINT64_MAX }, b = { 2, 0 }, c = { UINT64_MAX, 0 };
+
+	(void)state;
+	assert_int_equal(cid_cmp(a, b), -1);
+	assert_int_equal(cid_cmp(b, a), 1);
+	assert_int_equal(cid_cmp(c, b), 1);
+	assert_int_equal(cid_cmp(b, (struct cid){ 2, 1 }), -1);
+	assert_int_equal(cid_cmp(a, a), 0);
+	assert_true(cid_eq(a, (struct cid){ 1, UINT64_MAX }));
+	assert_false(cid_eq(a, (struct cid){ 1, 0 }));
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(ids),
+	cmocka_unit_test(order),
 	cmocka_unit_test(checksum),
 };
 

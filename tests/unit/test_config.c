@@ -217,6 +217,32 @@ static void missing_file(void **state)
 	assert_non_null(strstr(errbuf, "/nonexistent/cksm.conf: cannot open"));
 }
 
+/* [agent] transport takes only its words; data_timeout_ms its range. */
+static void data_transport(void **state)
+{
+	static struct config c;
+	char path[64], want[128];
+
+	(void)state;
+	config_defaults(&c);
+	assert_string_equal(c.transport, "auto");
+	assert_int_equal(c.data_timeout_ms, 2000);
+	assert_int_equal(load(&c, "[agent]\ntransport = tcp\ndata_timeout_ms = 250\n", path), 0);
+	assert_string_equal(c.transport, "tcp");
+	assert_int_equal(c.data_timeout_ms, 250);
+	assert_int_equal(load(&c, "[agent]\ntransport = rdma\n", path), -EINVAL);
+	snprintf(want, sizeof(want), "%s:2: [agent] transport: expected auto or tcp, got 'rdma'",
+		 path);
+	assert_non_null(strstr(errbuf, want));
+	assert_int_equal(load(&c, "[agent]\ndata_timeout_ms = 9\ndata_timeout_ms = 60001\n", path),
+			 -EINVAL);
+	snprintf(want, sizeof(want), "%s:2: [agent] data_timeout_ms: expected milliseconds", path);
+	assert_non_null(strstr(errbuf, want));
+	snprintf(want, sizeof(want), "%s:3: [agent] data_timeout_ms: expected milliseconds", path);
+	assert_non_null(strstr(errbuf, want));
+	assert_non_null(strstr(errbuf, "between 10 and 60000, got '60001'"));
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(defaults_are_valid),
 	cmocka_unit_test(good_file),
@@ -227,6 +253,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(overrides),
 	cmocka_unit_test(override_builtin_shard),
 	cmocka_unit_test(missing_file),
+	cmocka_unit_test(data_transport),
 };
 
 UNIT_MAIN(tests)

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "util.h"
+
 static uint64_t pos_hash(const void *ctx, uint32_t v)
 {
 	const struct btab *t = ctx;
@@ -54,16 +56,8 @@ int btab_put(struct btab *t, const struct bentry *e)
 		t->e[t->ix.v[i] - 1] = *e;
 		return 0;
 	}
-	if (t->n == t->cap) {
-		size_t cap = t->cap ? 2 * t->cap : 64;
-		struct bentry *v = realloc(t->e, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		t->e = v;
-		t->cap = cap;
-	}
-	if (oaidx_reserve(&t->ix, t->n + 1, pos_hash, t))
+	if (array_reserve((void **)&t->e, &t->cap, t->n + 1, sizeof(*t->e)) ||
+	    oaidx_reserve(&t->ix, t->n + 1, pos_hash, t))
 		return -ENOMEM;
 	t->e[t->n] = *e;
 	oaidx_put(&t->ix, e->page, (uint32_t)++t->n);

@@ -187,17 +187,9 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 
 static void keep_retry(struct mm *m, const struct uffd_msg *msg)
 {
-	if (m->nretry == m->capretry) {
-		size_t cap = m->capretry ? 2 * m->capretry : 16;
-		struct uffd_msg *v = realloc(m->retry, cap * sizeof(*v));
-
-		if (!v) {
-			log_error("process %d: out of memory keeping a fault to retry",
-				  (int)m->pid);
-			return;
-		}
-		m->retry = v;
-		m->capretry = cap;
+	if (array_reserve((void **)&m->retry, &m->capretry, m->nretry + 1, sizeof(*m->retry))) {
+		log_error("process %d: out of memory keeping a fault to retry", (int)m->pid);
+		return;
 	}
 	m->retry[m->nretry++] = *msg;
 }
@@ -265,18 +257,10 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 
 		if (!e)
 			continue;
-		if (n == cap) {
-			size_t nc = cap ? 2 * cap : 64;
-			struct bentry *v = realloc(moved, nc * sizeof(*v));
-
-			if (!v) {
-				entry_release(m, e); /* cannot follow it: the page is lost */
-				log_error("process %d: out of memory following an mremap",
-					  (int)m->pid);
-				continue;
-			}
-			moved = v;
-			cap = nc;
+		if (array_reserve((void **)&moved, &cap, n + 1, sizeof(*moved))) {
+			entry_release(m, e); /* cannot follow it: the page is lost */
+			log_error("process %d: out of memory following an mremap", (int)m->pid);
+			continue;
 		}
 		moved[n] = *e;
 		moved[n].page = (to + (a - from)) >> 12;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "oaidx.h"
+#include "util.h"
 
 struct rref {
 	struct rdup d;
@@ -70,15 +71,8 @@ static void drop(struct rrefs *r, size_t p)
 /* Room for one more count. Lock held. */
 static int reserve(struct rrefs *r)
 {
-	if (r->n == r->cap) {
-		size_t cap = r->cap ? 2 * r->cap : 64;
-		struct rref *v = realloc(r->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		r->v = v;
-		r->cap = cap;
-	}
+	if (array_reserve((void **)&r->v, &r->cap, r->n + 1, sizeof(*r->v)))
+		return -ENOMEM;
 	return oaidx_reserve(&r->ix, r->n + 1, pos_hash, r);
 }
 

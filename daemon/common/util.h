@@ -35,6 +35,12 @@ uint32_t node_id_of(const char *name);
  */
 const char *proc_stat_fields(int pid, char *buf, size_t len);
 
+/*
+ * Make room for n elements of size bytes in the array *v of *cap
+ * (doubling, from 64 at least): 0, or -ENOMEM with *v and *cap as they were.
+ */
+int array_reserve(void **v, size_t *cap, size_t n, size_t size);
+
 /* Nanoseconds on clock id (CLOCK_MONOTONIC, a thread's CPU clock, ...). */
 uint64_t clock_ns(clockid_t id);
 

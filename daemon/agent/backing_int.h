@@ -11,7 +11,7 @@
  *   evict.c    offers, the evictor thread, parked processes
  *   ksm.c      hot duplicates handed to the kernel's KSM
  *   remote.c   where other nodes' dups are, and reading them checked
- *   remap.h    what a back-end does to a process's memory (libcksm.c)
+ *   remap.h    what a back-end does to a process's memory (remap_libcksm.c)
  *   uffd.h     the userfaultfd ioctls
  *   btab.h     the backed-page table; rrefs.h, references on others' dups
  *

@@ -277,7 +277,7 @@ static bool on_request(struct mm *m, const struct cksm_local *msg, int fd)
 static void on_sock(uv_poll_t *h, int status, int events)
 {
 	struct mm *m = h->data;
-	struct cksm_local msg;
+	struct cksm_local msg = cksm_local_msg(0);
 	const char *why;
 	int fd, rc = 0, sender = 0;
 	bool go = true;

@@ -81,15 +81,7 @@ static int m_find(uint64_t page)
 	return -1;
 }
 
-#define expect(cond, ...)                                                       \
-	do {                                                                    \
-		if (!(cond)) {                                                  \
-			fprintf(stderr, "run %u step %u: ", cur_run, cur_step); \
-			fprintf(stderr, __VA_ARGS__);                           \
-			fputc('\n', stderr);                                    \
-			fail();                                                 \
-		}                                                               \
-	} while (0)
+#define expect(cond, ...) unit_expect(cur_run, cur_step, cond, __VA_ARGS__)
 
 /* The address of a byte somewhere in page. */
 static uint64_t addr_in(uint64_t page, unsigned *seed)

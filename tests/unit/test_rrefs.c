@@ -32,15 +32,7 @@ static struct mkey K[MAXK]; /* the run's universe, sorted by key */
 static size_t nk;
 static unsigned cur_run, cur_step; /* for messages */
 
-#define expect(cond, ...)                                                       \
-	do {                                                                    \
-		if (!(cond)) {                                                  \
-			fprintf(stderr, "run %u step %u: ", cur_run, cur_step); \
-			fprintf(stderr, __VA_ARGS__);                           \
-			fputc('\n', stderr);                                    \
-			fail();                                                 \
-		}                                                               \
-	} while (0)
+#define expect(cond, ...) unit_expect(cur_run, cur_step, cond, __VA_ARGS__)
 
 static struct cid id_of(const struct rdup *d)
 {

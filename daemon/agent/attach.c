@@ -240,6 +240,7 @@ static bool on_uffd(struct mm *m, int fd, int sender)
 	pending_del(b, m);
 	m->handshaken = true;
 	m->remap = &remap_libcksm;
+	m->pagemap = uffd_pagemap_open(m->pid);
 	local_send(m->sock, &r, -1);
 	log_info("process %d attached%s", (int)m->pid,
 		 m->merge_all ? " (every private anonymous mapping)" : "");
@@ -551,6 +552,7 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	/* pid and sock change under b->lock: mm_get and the fault thread
 	 * look at them under it, and the evictor may use fm from then on. */
 	fm->remap = &remap_libcksm;
+	fm->pagemap = uffd_pagemap_open(c->pid);
 	pthread_mutex_lock(&b->lock);
 	fm->pid = c->pid;
 	fm->sock = fd;

@@ -98,6 +98,9 @@ struct mm {
 	struct btab tab;	/* pages dropped and backed (lock) */
 	struct uffd_msg *retry; /* faults to serve again (fault thread's) */
 	size_t nretry, capretry;
+	bool short_of;	     /* an event could not be read for want of fds (fault thread's) */
+	bool said_short;     /* ... and that was logged */
+	int pagemap;	     /* /proc/PID/pagemap, -1 until attached (the evictor's) */
 	uint64_t evicting;   /* address under eviction, 0 if none (lock) */
 	unsigned evict_hits; /* removals of that page seen meanwhile (lock) */
 	uint64_t zap_token;  /* the zap waited for, and its answer (lock) */

@@ -180,9 +180,12 @@ static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
 	while (!zap_or_gone(m) && !atomic_load(&b->stopping))
 		wait_for(m, zap_or_gone, 200);
 	if (m->zap_done && m->zap_status == 0) {
-		/* The page is gone: wait for our own REMOVE. More than one
-		 * means the program dropped or moved the page too, and it
-		 * must then read as the program left it. */
+		/* The page is gone, and its REMOVE counted: the fault thread
+		 * reads and applies an event under m->lock, and the process
+		 * answers only once its madvise's event was read. More than
+		 * one removal means the program dropped or moved the page
+		 * too, and it must then read as the program left it: zeroes.
+		 * (Faults on it waited for this decision.) */
 		while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
 		}
 		if (m->evict_hits > 1) {
@@ -364,6 +367,12 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 	if (uffd_protect(m->uffd, o->addr, true)) {
 		why = "not registered";
 		goto unclaim;
+	}
+	if (!uffd_protected(m->pagemap, o->addr)) {
+		/* Dropped by the program: protecting it did nothing, and the
+		 * read would fault in a fresh page that writes go through. */
+		why = "not there";
+		goto unprotect;
 	}
 	if (process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != PAGE) {
 		why = "unreadable";

@@ -14,10 +14,20 @@
  *
  * A WP fault is a write that raced an eviction; unless the evictor works
  * on that very page (it releases its writers itself), the protection is
- * lifted and the writer goes on.
+ * lifted and the writer goes on. A MISSING fault on the page the evictor
+ * has entered and not finished with waits (kept for retry) until the
+ * eviction ends: only then is it known whether the page went by the zap
+ * (filled from the entry) or because the program dropped it too (zeroes).
  *
- * Events keep the tables right, and are read one message at a time so
- * that a fork is handled before any fault read after it:
+ * Remote bytes are read with no lock held: a slow or dead holder delays
+ * this thread, never the loop or the evictor. The entry is looked up
+ * again afterwards and filled only if it is still the one that was read.
+ *
+ * Events keep the tables right. They are read one message at a time, so
+ * that a fork is handled before any fault read after it, and each is read
+ * and applied under the mm's lock: the evictor, which decides under that
+ * lock, never sees a removal that was read and not yet counted (the
+ * process's madvise returns once its event is read).
  *   fork    the child's userfaultfd, and a copy of the table for it (its
  *           entries take references of their own);
  *   remap   entries move with the pages;
@@ -92,8 +102,10 @@ static bool fresh_filled(struct mm *m, uint64_t addr, int rc)
 }
 
 /*
- * The bytes e names, or NULL with *lost saying why they cannot be had.
- * m->lock held.
+ * The bytes e (a copy of an entry) names, or NULL with *lost saying why
+ * they cannot be had. No lock held: a remote read may take long. A pool
+ * slot's bytes stay while any entry holds a reference on it; if this one
+ * went meanwhile, fill_backed finds it gone and the fault is tried again.
  */
 static const void *entry_bytes(struct mm *m, const struct bentry *e, const char **lost)
 {
@@ -111,7 +123,8 @@ static const void *entry_bytes(struct mm *m, const struct bentry *e, const char 
 	}
 	/* The slot's generation and id must be the entry's; its bytes were
 	 * checked against the id when the dup was made, and a slot with
-	 * references never changes. */
+	 * references never changes. The page is copied out before the
+	 * entry's reference can go. */
 	bytes = pool_page(b->pool, e->ref, &got);
 	if (!bytes || !cid_eq(got, e->id)) {
 		*lost = bytes ? "its slot holds another content" : "its slot is gone";
@@ -120,27 +133,72 @@ static const void *entry_bytes(struct mm *m, const struct bentry *e, const char 
 	return bytes;
 }
 
-/* Fill the page of e and drop the entry: 0 or a negative errno. m->lock held. */
-static int fill_backed(struct mm *m, struct bentry *e, uint64_t addr, bool write, const char **lost)
+/* The parts of an entry a fault needs, taken under the lock. */
+struct fill {
+	struct bentry e;
+	struct metric *source;
+};
+
+/* Is x still the entry f was taken from? m->lock held. */
+static bool same_entry(const struct bentry *x, const struct bentry *e)
 {
-	struct backing *b = m->b;
-	struct metric *source = e->kind == BACKED_ZERO	   ? b->m_faults_zero
-				: e->kind == BACKED_REMOTE ? b->m_faults_remote
-							   : b->m_faults_local;
-	const void *bytes = NULL;
+	return x && x->kind == e->kind && x->ref.slot == e->ref.slot && x->ref.gen == e->ref.gen &&
+	       cid_eq(x->id, e->id);
+}
+
+/*
+ * Bring back the page of entry f->e, whose bytes are in bytes (NULL for a
+ * zero page), if the entry is still there: 0, a negative errno, or
+ * -EAGAIN to be tried again (the entry changed meanwhile, or the mm).
+ * Takes m->lock.
+ */
+static int fill_backed(struct mm *m, const struct fill *f, uint64_t addr, bool write,
+		       const void *bytes)
+{
+	struct bentry *e;
 	int rc;
 
-	if (e->kind != BACKED_ZERO) {
-		bytes = entry_bytes(m, e, lost);
-		if (!bytes)
-			return -EIO;
+	pthread_mutex_lock(&m->lock);
+	e = btab_find(&m->tab, addr);
+	if (!same_entry(e, &f->e)) {
+		pthread_mutex_unlock(&m->lock);
+		return -EAGAIN;
 	}
 	rc = bytes ? uffd_copy(m->uffd, addr, bytes) : fill_zero(m, addr, write);
 	if (!rc) {
-		metric_inc(source);
+		metric_inc(f->source);
 		entry_release(m, e);
 	}
+	pthread_mutex_unlock(&m->lock);
 	return rc;
+}
+
+/*
+ * What the fault at addr needs, under the lock: 1 with *f filled for a
+ * backed page, 0 for a page never backed (filled here, *rc its result),
+ * or -EAGAIN when the evictor has the page entered and not finished.
+ */
+static int fault_look(struct mm *m, uint64_t addr, bool write, struct fill *f, int *rc)
+{
+	struct backing *b = m->b;
+	const struct bentry *e;
+	int ret = 1;
+
+	pthread_mutex_lock(&m->lock);
+	e = btab_find(&m->tab, addr);
+	if (!e) {
+		*rc = fill_zero(m, addr, write);
+		ret = 0;
+	} else if (m->evicting == addr) {
+		ret = -EAGAIN;
+	} else {
+		f->e = *e;
+		f->source = e->kind == BACKED_ZERO     ? b->m_faults_zero
+			    : e->kind == BACKED_REMOTE ? b->m_faults_remote
+						       : b->m_faults_local;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return ret;
 }
 
 /* false: the mm is changing (an event is in flight); try again shortly. */
@@ -149,27 +207,27 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 	struct backing *b = m->b;
 	uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
 	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
-	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE, pooled;
+	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	const char *lost = NULL;
-	struct bentry *e;
-	int rc;
+	const void *bytes = NULL;
+	struct fill f;
+	int rc = 0, look;
 
 	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
 		return release_writer(m, addr);
-	pthread_mutex_lock(&m->lock);
-	e = btab_find(&m->tab, addr);
-	if (!e) {
-		rc = fill_zero(m, addr, write);
-		pthread_mutex_unlock(&m->lock);
+	look = fault_look(m, addr, write, &f, &rc);
+	if (look < 0)
+		return false;
+	if (look == 0)
 		return fresh_filled(m, addr, rc);
+	if (f.e.kind != BACKED_ZERO) {
+		bytes = entry_bytes(m, &f.e, &lost);
+		if (!bytes) {
+			lost_page(m, msg, addr, lost);
+			return true;
+		}
 	}
-	pooled = e->kind == BACKED_POOL;
-	rc = fill_backed(m, e, addr, write, &lost);
-	pthread_mutex_unlock(&m->lock);
-	if (lost) {
-		lost_page(m, msg, addr, lost);
-		return true;
-	}
+	rc = fill_backed(m, &f, addr, write, bytes);
 	if (rc == -EAGAIN)
 		return false;
 	if (rc) {
@@ -180,7 +238,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		return true;
 	}
 	if (m->pid)
-		cool_note(b, m->pid, addr, pooled);
+		cool_note(b, m->pid, addr, f.e.kind == BACKED_POOL);
 	metric_observe(b->m_lat, (double)(clock_ns(CLOCK_MONOTONIC) - t0) / 1e9);
 	return true;
 }
@@ -221,7 +279,7 @@ static void fork_entry(struct backing *b, struct mm *c, const struct bentry *e)
 	entry_count(b, e);
 }
 
-/* fork: the child's userfaultfd, and a copy of the table for it. */
+/* fork: the child's userfaultfd, and a copy of the table for it. m->lock held. */
 static void on_fork(struct mm *m, int ufd)
 {
 	struct backing *b = m->b;
@@ -238,20 +296,18 @@ static void on_fork(struct mm *m, int ufd)
 	c->handshaken = true;
 	c->parent = m->pid;
 	c->beacon = m->beacon;
-	pthread_mutex_lock(&m->lock);
 	for (size_t i = 0; i < m->tab.n; i++)
 		fork_entry(b, c, &m->tab.e[i]);
-	pthread_mutex_unlock(&m->lock);
 	metric_inc(b->m_forks);
 	list_add(b, c);
 }
 
+/* m->lock held. */
 static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 {
 	struct bentry *moved = NULL;
 	size_t n = 0, cap = 0;
 
-	pthread_mutex_lock(&m->lock);
 	for (uint64_t a = from; m->tab.n && a < from + len; a += PAGE) {
 		struct bentry *e = btab_find(&m->tab, a);
 
@@ -277,13 +333,12 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 		m->evict_hits += 2; /* moved away: the evictor gives up */
 		pthread_cond_broadcast(&m->cond);
 	}
-	pthread_mutex_unlock(&m->lock);
 	free(moved);
 }
 
+/* m->lock held. */
 static void on_remove(struct mm *m, uint64_t start, uint64_t end)
 {
-	pthread_mutex_lock(&m->lock);
 	if (m->evicting >= start && m->evicting < end) {
 		/* The evictor's own zap is one such event; it decides. */
 		m->evict_hits++;
@@ -295,18 +350,12 @@ static void on_remove(struct mm *m, uint64_t start, uint64_t end)
 	} else {
 		drop_range(m, start, end);
 	}
-	pthread_mutex_unlock(&m->lock);
 }
 
-static void on_msg(struct mm *m, const struct uffd_msg *msg)
+/* An event other than a fault. m->lock held. */
+static void on_event(struct mm *m, const struct uffd_msg *msg)
 {
 	switch (msg->event) {
-	case UFFD_EVENT_PAGEFAULT:
-		if (atomic_load(&m->b->reattaching))
-			reattach_match(m, msg);
-		if (!on_pagefault(m, msg))
-			keep_retry(m, msg);
-		break;
 	case UFFD_EVENT_FORK:
 		on_fork(m, (int)msg->arg.fork.ufd);
 		break;
@@ -322,6 +371,26 @@ static void on_msg(struct mm *m, const struct uffd_msg *msg)
 	}
 }
 
+/*
+ * A read that failed: is the userfaultfd finished? Not for want of a
+ * descriptor or memory (a fork event stays queued then, and is read again
+ * later); only when the kernel says it is over.
+ */
+static bool uffd_finished(struct mm *m, int err)
+{
+	if (err == EAGAIN || err == EINTR)
+		return false;
+	if (err == EMFILE || err == ENFILE || err == ENOMEM) {
+		if (!m->said_short)
+			log_error("process %d: an event cannot be read (%s); read again later",
+				  (int)m->pid, strerror(err));
+		m->said_short = true;
+		m->short_of = true;
+		return false;
+	}
+	return true;
+}
+
 bool drain_uffd(struct mm *m)
 {
 	/* One message per read: a fork is handled before any fault read after
@@ -329,13 +398,25 @@ bool drain_uffd(struct mm *m)
 	struct uffd_msg msg;
 
 	for (;;) {
-		ssize_t n = read(m->uffd, &msg, sizeof(msg));
+		ssize_t n;
 
+		pthread_mutex_lock(&m->lock);
+		n = read(m->uffd, &msg, sizeof(msg));
+		if (n == (ssize_t)sizeof(msg) && msg.event != UFFD_EVENT_PAGEFAULT) {
+			on_event(m, &msg);
+			pthread_mutex_unlock(&m->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&m->lock);
 		if (n < 0)
-			return errno == EAGAIN || errno == EINTR;
+			return !uffd_finished(m, errno);
 		if (n != (ssize_t)sizeof(msg))
 			return false;
-		on_msg(m, &msg);
+		m->short_of = false;
+		if (atomic_load(&m->b->reattaching))
+			reattach_match(m, &msg);
+		if (!on_pagefault(m, &msg))
+			keep_retry(m, &msg);
 	}
 }
 
@@ -396,7 +477,7 @@ void *fault_main(void *arg)
 		bool retrying = false;
 
 		for (size_t i = 1; i < ps.n; i++)
-			retrying = retrying || ps.mv[i]->nretry;
+			retrying = retrying || ps.mv[i]->nretry || ps.mv[i]->short_of;
 		if (poll(ps.pf, ps.n, retrying ? 1 : -1) < 0 && errno != EINTR)
 			log_warn("fault thread poll: %s", strerror(errno));
 		if (ps.pf[0].revents & POLLIN) {
@@ -411,7 +492,7 @@ void *fault_main(void *arg)
 			if (m->nretry)
 				retry_faults(m);
 			/* A fork child's userfaultfd that ended: the child is gone. */
-			if (ps.pf[i].revents && !drain_uffd(m))
+			if ((ps.pf[i].revents || m->short_of) && !drain_uffd(m))
 				list_del_unpaired(b, m);
 			mm_put(m);
 		}

@@ -94,6 +94,7 @@ struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid)
 	m->uffd = uffd;
 	m->pid = pid;
 	m->beacon_idx = -1;
+	m->pagemap = -1;
 	btab_init(&m->tab);
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
@@ -113,6 +114,8 @@ void mm_put(struct mm *m)
 		close(m->uffd);
 	if (m->sock >= 0)
 		close(m->sock);
+	if (m->pagemap >= 0)
+		close(m->pagemap);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);
 	free(m);

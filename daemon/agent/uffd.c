@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -72,6 +73,27 @@ bool uffd_mm_gone(int uffd)
 	struct uffdio_writeprotect w = { .range = { .start = 1u << 20, .len = PAGE } };
 
 	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) < 0 && errno == ESRCH;
+}
+
+int uffd_pagemap_open(pid_t pid)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAP	   (1ULL << 62)
+#define PM_UFFD_WP (1ULL << 57)
+
+bool uffd_protected(int pagemap, uint64_t addr)
+{
+	uint64_t e;
+
+	if (pread(pagemap, &e, sizeof(e), (off_t)(addr / PAGE * sizeof(e))) != sizeof(e))
+		return false;
+	return (e & (PM_PRESENT | PM_SWAP)) && (e & PM_UFFD_WP);
 }
 
 /* Asked of a userfaultfd of our own, made from /dev/userfaultfd. */

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <linux/userfaultfd.h>
 
@@ -42,6 +43,17 @@ int uffd_poison(int uffd, uint64_t addr);
 int uffd_register(int uffd, uint64_t start, uint64_t end, bool wp);
 /* Has the mm behind uffd gone (no users left)? */
 bool uffd_mm_gone(int uffd);
+/* /proc/PID/pagemap opened for uffd_protected, or -1. */
+int uffd_pagemap_open(pid_t pid);
+
+/*
+ * Is the page at addr there (in memory or swapped) and write-protected
+ * through the userfaultfd, as pagemap (opened by uffd_pagemap_open) says?
+ * Protecting a page that is not there does nothing: a read then faults a
+ * fresh page in, unprotected.
+ */
+bool uffd_protected(int pagemap, uint64_t addr);
+
 /* The features of this kernel's userfaultfd, among those asked, or 0. */
 uint64_t uffd_features(int devfd, uint64_t want);
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 
 #include "log.h"
 #include "uffd.h"
@@ -61,6 +62,8 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_C(
 			b->m_remote_errors, "cksm_remote_read_errors_total",
 			"Reads of remote dups that failed or brought other bytes than the content's."),
+		METRIC_C(b->m_remote_deferred, "cksm_remote_reads_deferred_total",
+			 "Replicas tried after the others because their holder failed lately."),
 		METRIC_C(
 			b->m_sigbus, "cksm_sigbus_total",
 			"Backed pages that could not be brought back: the thread got SIGBUS. Alarm if not 0."),
@@ -93,6 +96,7 @@ static int alloc_tables(struct backing *b)
 	b->refs = calloc(pool_slots(b->pool), sizeof(*b->refs));
 	b->ref_pos = calloc(pool_slots(b->pool), sizeof(*b->ref_pos));
 	b->remote = calloc(REMOTE_IDS, sizeof(*b->remote));
+	oaidx_init(&b->holder_ix);
 	b->rrefs = rrefs_create();
 	if (!b->offers || !b->refs || !b->ref_pos || !b->remote || !b->rrefs)
 		return -ENOMEM;
@@ -105,6 +109,7 @@ static void free_tables(struct backing *b)
 {
 	transport_destroy(b->fault_tr);
 	transport_destroy(b->evict_tr);
+	remote_fini(b);
 	rrefs_destroy(b->rrefs);
 	free(b->remote);
 	free(b->ref_pos);
@@ -297,10 +302,16 @@ static void stop_threads(struct backing *b)
 {
 	struct timespec until;
 
-	/* The evictor first: the eviction under way may finish (its process
-	 * answering and the fault thread reading the removal) for a second;
-	 * after that its waits give up and the entry stays. */
+	/* No zap is run from now on: a process drops the zaps still queued
+	 * for it once it sees the agent's end closed (libcksm), so none can
+	 * drop a page after it was brought back. The evictor goes next: the
+	 * eviction under way may finish (its process answering and the fault
+	 * thread reading the removal) for a second; after that its waits give
+	 * up and the entry stays. */
 	pthread_mutex_lock(&b->lock);
+	for (struct mm *m = b->mms; m; m = m->next)
+		if (m->sock >= 0 && !m->orphan)
+			shutdown(m->sock, SHUT_WR);
 	b->stop_evicting = true;
 	pthread_cond_broadcast(&b->offer_cond);
 	pthread_mutex_unlock(&b->lock);

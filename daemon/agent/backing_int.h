@@ -63,7 +63,6 @@
 #define KSM_WINDOWS   64u	 /* ... at most this many per process */
 #define HOT_MAX	      256u	 /* hot pages waiting for the loop */
 #define REMOTE_IDS    16384u	 /* contents whose remote dups are remembered */
-#define NODES_KNOWN   256	 /* holders whose data addresses are remembered */
 #define PENDING_MAX   64	 /* connections still in the handshake */
 #define HELLO_WAIT_MS 5000	 /* ... each for at most this long */
 
@@ -181,11 +180,14 @@ struct backing {
 	const struct transport_kind *tk;
 	const struct auth_key *key;
 	struct transport *fault_tr, *evict_tr; /* one reader per thread */
-	struct {
+	struct holder {
 		uint32_t node;
 		char addr[DUP_ADDR_MAX];
-	} addrs[NODES_KNOWN];
-	unsigned naddrs;
+		uint64_t down_until_ms; /* its replicas tried last until then */
+		uint32_t fails;		/* reads failed in a row */
+	} * holders;			/* every holder told of, dense (lock) */
+	size_t nholders, capholders;
+	struct oaidx holder_ix;	  /* position + 1 by node id (lock) */
 	struct remote_id *remote; /* REMOTE_IDS, by id */
 
 	struct rrefs *rrefs; /* our references on other nodes' dups */
@@ -196,7 +198,7 @@ struct backing {
 
 	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
 	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
-	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors;
+	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors, *m_remote_deferred;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
 	struct metric *m_parked;
 	struct metric_histogram *m_lat;
@@ -274,6 +276,8 @@ void ksm_handover(struct backing *b);
 
 /* ---- remote.c ------------------------------------------------------------- */
 
+/* What the holders' table holds, freed. */
+void remote_fini(struct backing *b);
 /* The remote dups known for id, into r: false if none. b->lock held. */
 bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r);
 /*

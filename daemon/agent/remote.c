@@ -4,38 +4,77 @@
  * A shard's BACK_REMOTE decision names, for a content, its dups on other
  * nodes and where each holder serves reads. The backing remembers the
  * dups of the last REMOTE_IDS contents (direct-mapped by id: a newer one
- * takes an older one's place) for the offers that follow, and the data
- * address of up to NODES_KNOWN holders. An entry of the table keeps its
- * own replica list, so a content forgotten here is still brought back.
+ * takes an older one's place) for the offers that follow, and every
+ * holder it was ever told of (never forgotten: entries may name it for
+ * as long as they live). An entry of the table keeps its own replica
+ * list, so a content forgotten here is still brought back.
  *
  * Every read goes through the thread's own transport reader and is
  * checked: the bytes must hash to the content id in its domain, or the
- * next replica is tried.
+ * next replica is tried. A holder whose read failed is down for a while
+ * (1 s, doubling with each failure in a row, at most 30 s): its replicas
+ * are tried after the others, so that one stopped or dead holder costs
+ * one read's wait, not one per fault.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backing_int.h"
 #include "log.h"
+#include "util.h"
+
+#define DOWN_MIN_MS 1000
+#define DOWN_MAX_MS 30000
 
 static size_t remote_slot(const struct cid *id)
 {
 	return (size_t)((id->lo ^ id->hi) * 0x9e3779b97f4a7c15ULL >> 40) % REMOTE_IDS;
 }
 
+static uint64_t holder_hash(const void *ctx, uint32_t v)
+{
+	const struct backing *b = ctx;
+
+	return b->holders[v - 1].node;
+}
+
+/* The holder of node id, or NULL. b->lock held. */
+static struct holder *holder_find(struct backing *b, uint32_t node)
+{
+	uint32_t v;
+
+	for (size_t i = oaidx_home(&b->holder_ix, node); (v = b->holder_ix.v[i]);
+	     i = oaidx_next(&b->holder_ix, i))
+		if (b->holders[v - 1].node == node)
+			return &b->holders[v - 1];
+	return NULL;
+}
+
 /* Remember where node serves reads. b->lock held. */
 static void learn_addr(struct backing *b, uint32_t node, const char *addr)
 {
-	unsigned k;
+	struct holder *h = holder_find(b, node);
 
-	for (k = 0; k < b->naddrs && b->addrs[k].node != node; k++) {
+	if (!h) {
+		if (array_reserve((void **)&b->holders, &b->capholders, b->nholders + 1,
+				  sizeof(*b->holders)) ||
+		    oaidx_reserve(&b->holder_ix, b->nholders + 1, holder_hash, b)) {
+			log_error("out of memory remembering node %u's data address", node);
+			return;
+		}
+		h = &b->holders[b->nholders];
+		*h = (struct holder){ .node = node };
+		oaidx_put(&b->holder_ix, node, (uint32_t)++b->nholders);
 	}
-	if (k == b->naddrs && b->naddrs < NODES_KNOWN)
-		b->naddrs++;
-	if (k == NODES_KNOWN)
-		k = node % NODES_KNOWN; /* many holders: the oldest may go */
-	b->addrs[k].node = node;
-	snprintf(b->addrs[k].addr, sizeof(b->addrs[k].addr), "%s", addr);
+	snprintf(h->addr, sizeof(h->addr), "%s", addr);
+}
+
+void remote_fini(struct backing *b)
+{
+	oaidx_fini(&b->holder_ix);
+	free(b->holders);
 }
 
 void backing_remote_learn(struct backing *b, const struct cid *id, const struct dup_loc *d,
@@ -66,42 +105,84 @@ bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r)
 	return true;
 }
 
-/* Where r's holder serves reads, into loc; false if unknown. */
-static bool locate(struct backing *b, const struct rdup *r, struct dup_loc *loc)
+/*
+ * Where r's holder serves reads, into loc: 1, or 0 if it is down now
+ * (failed recently), or -ENOENT if unknown.
+ */
+static int locate(struct backing *b, const struct rdup *r, struct dup_loc *loc)
 {
-	bool found = false;
+	const struct holder *h;
+	int rc = -ENOENT;
 
 	pthread_mutex_lock(&b->lock);
-	for (unsigned k = 0; k < b->naddrs; k++)
-		if (b->addrs[k].node == r->node && b->addrs[k].addr[0]) {
-			memcpy(loc->addr, b->addrs[k].addr, sizeof(loc->addr));
-			found = true;
-			break;
-		}
+	h = holder_find(b, r->node);
+	if (h && h->addr[0]) {
+		memcpy(loc->addr, h->addr, sizeof(loc->addr));
+		rc = h->down_until_ms > now_ms() ? 0 : 1;
+	}
 	pthread_mutex_unlock(&b->lock);
 	loc->node = r->node;
 	loc->slot = r->slot;
 	loc->gen = r->gen;
-	return found;
+	return rc;
+}
+
+/* A read of node's answered (ok) or failed: it is up, or down a while longer. */
+static void holder_said(struct backing *b, uint32_t node, bool ok)
+{
+	struct holder *h;
+
+	pthread_mutex_lock(&b->lock);
+	h = holder_find(b, node);
+	if (h && ok) {
+		h->fails = 0;
+		h->down_until_ms = 0;
+	} else if (h) {
+		uint64_t ms = DOWN_MIN_MS << (h->fails < 5 ? h->fails : 5);
+
+		h->fails++;
+		h->down_until_ms = now_ms() + (ms < DOWN_MAX_MS ? ms : DOWN_MAX_MS);
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Read replica i into buf, checked: 0 or a negative errno. */
+static int fetch_one(struct backing *b, struct transport *tr, const struct dup_loc *loc,
+		     const struct cid_domain *dom, const struct cid *id, uint8_t *buf)
+{
+	int rc = transport_read_checked(tr, loc, dom, id, buf);
+
+	/* Other bytes are the slot's fault, not the holder's health. */
+	if (rc != -EBADMSG)
+		holder_said(b, loc->node, rc == 0);
+	if (rc)
+		metric_inc(b->m_remote_errors);
+	return rc;
 }
 
 int remote_fetch(struct backing *b, struct transport *tr, const struct rdup *rem, unsigned n,
 		 const struct cid *id, uint8_t *buf)
 {
 	const struct cid_domain *dom = cid_domain_find(b->domains, b->cfg->ndomains, *id);
+	struct dup_loc loc[BTAB_REPLICAS];
+	int state[BTAB_REPLICAS];
 
-	for (unsigned i = 0; tr && dom && i < n; i++) {
-		struct dup_loc loc;
-		int rc;
-
-		if (!locate(b, &rem[i], &loc)) {
+	if (!tr || !dom)
+		return -1;
+	if (n > BTAB_REPLICAS)
+		n = BTAB_REPLICAS;
+	/* Holders that are up first, in order; then those that failed lately. */
+	for (unsigned i = 0; i < n; i++) {
+		state[i] = locate(b, &rem[i], &loc[i]);
+		if (state[i] < 0)
 			metric_inc(b->m_remote_errors);
-			continue;
-		}
-		rc = transport_read_checked(tr, &loc, dom, id, buf);
-		if (rc == 0)
+		else if (state[i] == 0)
+			metric_inc(b->m_remote_deferred);
+		else if (fetch_one(b, tr, &loc[i], dom, id, buf) == 0)
 			return (int)i;
-		metric_inc(b->m_remote_errors);
 	}
+	for (unsigned i = 0; i < n; i++)
+		if (state[i] == 0 && fetch_one(b, tr, &loc[i], dom, id, buf) == 0)
+			return (int)i;
 	return -1;
 }

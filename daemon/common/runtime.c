@@ -4,9 +4,12 @@
 #include "runtime.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#include <sys/resource.h>
 
 #include <systemd/sd-daemon.h>
 
@@ -39,6 +42,24 @@ static int register_base_metrics(struct runtime *rt, Cksm__Role role)
 	return net_metrics_register(&rt->net.m, rt->reg);
 }
 
+/*
+ * What every daemon needs of the process: a write to a connection its
+ * peer closed is an error to handle (EPIPE), never a signal that kills;
+ * and as many descriptors as the hard limit allows (the agent holds one
+ * userfaultfd per served address space, fork children's included).
+ */
+static void process_setup(void)
+{
+	struct rlimit rl;
+
+	signal(SIGPIPE, SIG_IGN);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl))
+			log_warn("cannot raise the descriptor limit: %s", strerror(errno));
+	}
+}
+
 int runtime_init(struct runtime *rt, const struct config *cfg, Cksm__Role role, const char *name,
 		 const char *metrics_addr)
 {
@@ -46,6 +67,7 @@ int runtime_init(struct runtime *rt, const struct config *cfg, Cksm__Role role, 
 	int rc;
 
 	memset(rt, 0, sizeof(*rt));
+	process_setup();
 	rt->cfg = cfg;
 	snprintf(rt->name, sizeof(rt->name), "%s", name);
 	rc = auth_init();

@@ -122,7 +122,7 @@ deps:
 test:
 	./scripts/deps.sh
 	$(MAKE) all
-	$(MAKE) B=build/san CC=clang CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all' all
+	$(MAKE) B=build/san CC=clang CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DCKSM_INJECT' all
 	$(MAKE) fuzz-build
 	./tests/run.sh
 

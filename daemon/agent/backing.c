@@ -63,7 +63,9 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 			b->m_remote_errors, "cksm_remote_read_errors_total",
 			"Reads of remote dups that failed or brought other bytes than the content's."),
 		METRIC_C(b->m_remote_deferred, "cksm_remote_reads_deferred_total",
-			 "Replicas tried after the others because their holder failed lately."),
+			 "Replicas not asked because their holder hung or failed lately."),
+		METRIC_C(b->m_remote_waits, "cksm_remote_fault_waits_total",
+			 "Faults that found no replica answering and waited to ask again."),
 		METRIC_C(
 			b->m_sigbus, "cksm_sigbus_total",
 			"Backed pages that could not be brought back: the thread got SIGBUS. Alarm if not 0."),

@@ -94,8 +94,11 @@ struct mm {
 	uv_poll_t poll;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct btab tab;	/* pages dropped and backed (lock) */
-	struct uffd_msg *retry; /* faults to serve again (fault thread's) */
+	struct btab tab; /* pages dropped and backed (lock) */
+	struct retry {
+		struct uffd_msg msg;
+		uint64_t since_ms; /* when it was first read */
+	} * retry;		   /* faults to serve again (fault thread's) */
 	size_t nretry, capretry;
 	bool short_of;	     /* an event could not be read for want of fds (fault thread's) */
 	bool said_short;     /* ... and that was logged */
@@ -183,7 +186,7 @@ struct backing {
 	struct holder {
 		uint32_t node;
 		char addr[DUP_ADDR_MAX];
-		uint64_t down_until_ms; /* its replicas tried last until then */
+		uint64_t down_until_ms; /* its replicas not asked until then */
 		uint32_t fails;		/* reads failed in a row */
 	} * holders;			/* every holder told of, dense (lock) */
 	size_t nholders, capholders;
@@ -199,6 +202,7 @@ struct backing {
 	struct metric *m_attached, *m_backed_zero, *m_backed_local, *m_evicted, *m_aborted;
 	struct metric *m_faults_zero, *m_faults_local, *m_faults_fresh, *m_sigbus, *m_forks;
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors, *m_remote_deferred;
+	struct metric *m_remote_waits;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
 	struct metric *m_parked;
 	struct metric_histogram *m_lat;

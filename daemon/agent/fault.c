@@ -201,8 +201,26 @@ static int fault_look(struct mm *m, uint64_t addr, bool write, struct fill *f, i
 	return ret;
 }
 
-/* false: the mm is changing (an event is in flight); try again shortly. */
-static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
+/*
+ * No replica answered: the fault waits (false: kept, asked again shortly)
+ * unless it has waited lost_after_ms since since_ms (0: it is new); then
+ * the page is lost.
+ */
+static bool remote_unanswered(struct mm *m, const struct uffd_msg *msg, uint64_t addr,
+			      uint64_t since_ms)
+{
+	if (!since_ms)
+		metric_inc(m->b->m_remote_waits);
+	if (!since_ms || now_ms() - since_ms < m->b->cfg->lost_after_ms)
+		return false;
+	lost_page(m, msg, addr, "no replica could be read");
+	return true;
+}
+
+/* false: not served yet (the mm is changing, or the page's bytes are not
+ * to be had yet); it is tried again shortly. since_ms: when it was first
+ * tried, 0 for a new fault. */
+static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t since_ms)
 {
 	struct backing *b = m->b;
 	uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
@@ -222,6 +240,8 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 		return fresh_filled(m, addr, rc);
 	if (f.e.kind != BACKED_ZERO) {
 		bytes = entry_bytes(m, &f.e, &lost);
+		if (!bytes && f.e.kind == BACKED_REMOTE)
+			return remote_unanswered(m, msg, addr, since_ms);
 		if (!bytes) {
 			lost_page(m, msg, addr, lost);
 			return true;
@@ -243,23 +263,23 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg)
 	return true;
 }
 
-static void keep_retry(struct mm *m, const struct uffd_msg *msg)
+static void keep_retry(struct mm *m, const struct uffd_msg *msg, uint64_t since_ms)
 {
 	if (array_reserve((void **)&m->retry, &m->capretry, m->nretry + 1, sizeof(*m->retry))) {
 		log_error("process %d: out of memory keeping a fault to retry", (int)m->pid);
 		return;
 	}
-	m->retry[m->nretry++] = *msg;
+	m->retry[m->nretry++] = (struct retry){ *msg, since_ms };
 }
 
-/* Faults that met a changing mm, once more; those still refused stay. */
+/* Faults not served yet, once more; those still not served stay. */
 static void retry_faults(struct mm *m)
 {
 	size_t n = m->nretry, k = 0;
 
 	m->nretry = 0;
 	for (size_t i = 0; i < n; i++)
-		if (!on_pagefault(m, &m->retry[i]))
+		if (!on_pagefault(m, &m->retry[i].msg, m->retry[i].since_ms))
 			m->retry[k++] = m->retry[i];
 	m->nretry = k;
 }
@@ -415,8 +435,8 @@ bool drain_uffd(struct mm *m)
 		m->short_of = false;
 		if (atomic_load(&m->b->reattaching))
 			reattach_match(m, &msg);
-		if (!on_pagefault(m, &msg))
-			keep_retry(m, &msg);
+		if (!on_pagefault(m, &msg, 0))
+			keep_retry(m, &msg, now_ms());
 	}
 }
 

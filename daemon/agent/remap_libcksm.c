@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "backing_int.h"
+#include "inject.h"
 
 static int libcksm_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token)
 {
@@ -17,6 +18,8 @@ static int libcksm_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token
 	r.token = token;
 	r.a = addr;
 	r.b = len;
+	if (inject("zap_unanswered"))
+		return -EINPROGRESS;
 	rc = cksm_local_send(m->sock, &r, -1, MSG_DONTWAIT);
 	return rc ? rc : -EINPROGRESS;
 }

@@ -11,10 +11,11 @@
  *
  * Every read goes through the thread's own transport reader and is
  * checked: the bytes must hash to the content id in its domain, or the
- * next replica is tried. A holder whose read failed is down for a while
- * (1 s, doubling with each failure in a row, at most 30 s): its replicas
- * are tried after the others, so that one stopped or dead holder costs
- * one read's wait, not one per fault.
+ * next replica is tried. A holder that hangs, or fails twice in a row, is
+ * down for a while (1 s, doubling, at most 30 s): its replicas are not
+ * asked meanwhile, so that one stopped or dead holder costs one read's
+ * wait, not one per fault. A fault whose replicas are all down or failed
+ * waits (fault.c) and asks again, until lost_after_ms.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -127,20 +128,25 @@ static int locate(struct backing *b, const struct rdup *r, struct dup_loc *loc)
 	return rc;
 }
 
-/* A read of node's answered (ok) or failed: it is up, or down a while longer. */
-static void holder_said(struct backing *b, uint32_t node, bool ok)
+/*
+ * What a read's outcome says of its holder: an answer (even "stale", or
+ * other bytes) means it is up; a read that timed out means it hangs, and
+ * it is down at once; another failure (refused, reset) puts it down from
+ * the second in a row. Down for 1 s, doubling, at most 30 s.
+ */
+static void holder_said(struct backing *b, uint32_t node, int rc)
 {
 	struct holder *h;
 
 	pthread_mutex_lock(&b->lock);
 	h = holder_find(b, node);
-	if (h && ok) {
+	if (h && (rc == 0 || rc == -ESTALE || rc == -EBADMSG)) {
 		h->fails = 0;
 		h->down_until_ms = 0;
-	} else if (h) {
-		uint64_t ms = DOWN_MIN_MS << (h->fails < 5 ? h->fails : 5);
+	} else if (h && (++h->fails > 1 || rc == -ETIMEDOUT || rc == -EAGAIN)) {
+		unsigned k = h->fails > 1 ? h->fails - 1 : 0;
+		uint64_t ms = (uint64_t)DOWN_MIN_MS << (k < 5 ? k : 5);
 
-		h->fails++;
 		h->down_until_ms = now_ms() + (ms < DOWN_MAX_MS ? ms : DOWN_MAX_MS);
 	}
 	pthread_mutex_unlock(&b->lock);
@@ -152,9 +158,7 @@ static int fetch_one(struct backing *b, struct transport *tr, const struct dup_l
 {
 	int rc = transport_read_checked(tr, loc, dom, id, buf);
 
-	/* Other bytes are the slot's fault, not the holder's health. */
-	if (rc != -EBADMSG)
-		holder_said(b, loc->node, rc == 0);
+	holder_said(b, loc->node, rc);
 	if (rc)
 		metric_inc(b->m_remote_errors);
 	return rc;
@@ -164,25 +168,21 @@ int remote_fetch(struct backing *b, struct transport *tr, const struct rdup *rem
 		 const struct cid *id, uint8_t *buf)
 {
 	const struct cid_domain *dom = cid_domain_find(b->domains, b->cfg->ndomains, *id);
-	struct dup_loc loc[BTAB_REPLICAS];
-	int state[BTAB_REPLICAS];
+	struct dup_loc loc;
 
 	if (!tr || !dom)
 		return -1;
-	if (n > BTAB_REPLICAS)
-		n = BTAB_REPLICAS;
-	/* Holders that are up first, in order; then those that failed lately. */
-	for (unsigned i = 0; i < n; i++) {
-		state[i] = locate(b, &rem[i], &loc[i]);
-		if (state[i] < 0)
+	/* In order, skipping holders that are down: they are asked again when
+	 * their back-off ends, by a fault that waits meanwhile. */
+	for (unsigned i = 0; i < n && i < BTAB_REPLICAS; i++) {
+		int state = locate(b, &rem[i], &loc);
+
+		if (state < 0)
 			metric_inc(b->m_remote_errors);
-		else if (state[i] == 0)
+		else if (state == 0)
 			metric_inc(b->m_remote_deferred);
-		else if (fetch_one(b, tr, &loc[i], dom, id, buf) == 0)
+		else if (fetch_one(b, tr, &loc, dom, id, buf) == 0)
 			return (int)i;
 	}
-	for (unsigned i = 0; i < n; i++)
-		if (state[i] == 0 && fetch_one(b, tr, &loc[i], dom, id, buf) == 0)
-			return (int)i;
 	return -1;
 }

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "inject.h"
 #include "log.h"
 
 static const struct transport_kind *const kinds[] = {
@@ -25,7 +26,7 @@ const struct transport_kind *transport_kind_choose(const struct config *cfg)
 int transport_read_checked(struct transport *t, const struct dup_loc *d,
 			   const struct cid_domain *dom, const struct cid *id, void *buf)
 {
-	int rc = t->ops->read(t, d, buf);
+	int rc = inject("replica_read_fails") ? -EIO : t->ops->read(t, d, buf);
 
 	if (rc)
 		return rc;

@@ -9,12 +9,16 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "inject.h"
+
 #define PAGE 4096u
 
 int uffd_copy(int uffd, uint64_t addr, const void *src)
 {
 	struct uffdio_copy c = { .dst = addr, .src = (uint64_t)(uintptr_t)src, .len = PAGE };
 
+	if (inject("copy_eagain"))
+		return -EAGAIN;
 	if (ioctl(uffd, UFFDIO_COPY, &c) < 0 && errno != EEXIST)
 		return -errno;
 	return 0;

@@ -13,6 +13,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "inject.h"
 #include "log.h"
 
 static const char *role_label(Cksm__Role role)
@@ -68,6 +69,7 @@ int runtime_init(struct runtime *rt, const struct config *cfg, Cksm__Role role, 
 
 	memset(rt, 0, sizeof(*rt));
 	process_setup();
+	inject_init();
 	rt->cfg = cfg;
 	snprintf(rt->name, sizeof(rt->name), "%s", name);
 	rc = auth_init();

@@ -20,7 +20,7 @@ for n in a b; do
 		--set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" \
 		--set agent.data_listen=127.0.0.1:"$dp" --set agent.data_address=127.0.0.1:"$dp" \
 		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1 \
-		--set agent.evict_cooldown_millisecs=0
+		--set agent.evict_cooldown_millisecs=0 --set agent.lost_after_ms=2000
 	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"
 	DP[$n]=127.0.0.1:$dp
 done

@@ -65,6 +65,8 @@
 #define REMOTE_IDS    16384u	 /* contents whose remote dups are remembered */
 #define PENDING_MAX   64	 /* connections still in the handshake */
 #define HELLO_WAIT_MS 5000	 /* ... each for at most this long */
+#define REMOVED_MAX   64	 /* ranges the program dropped lately, per mm */
+#define REMOVED_MS    2000	 /* ... not evicted for this long after */
 
 /* One served address space: a libcksm process, or a fork child of one. */
 struct mm {
@@ -100,9 +102,13 @@ struct mm {
 		uint64_t since_ms; /* when it was first read */
 	} * retry;		   /* faults to serve again (fault thread's) */
 	size_t nretry, capretry;
-	bool short_of;	     /* an event could not be read for want of fds (fault thread's) */
-	bool said_short;     /* ... and that was logged */
-	int pagemap;	     /* /proc/PID/pagemap, -1 until attached (the evictor's) */
+	bool short_of;	 /* an event could not be read for want of fds (fault thread's) */
+	bool said_short; /* ... and that was logged */
+	int pagemap;	 /* /proc/PID/pagemap, -1 until attached (the evictor's) */
+	struct removed {
+		uint64_t start, end, at_ms;
+	} removed[REMOVED_MAX]; /* REMOVE and UNMAP events read lately (lock) */
+	unsigned nremoved;
 	uint64_t evicting;   /* address under eviction, 0 if none (lock) */
 	unsigned evict_hits; /* removals of that page seen meanwhile (lock) */
 	uint64_t zap_token;  /* the zap waited for, and its answer (lock) */
@@ -234,6 +240,14 @@ void entry_uncount(struct backing *b, const struct bentry *e);
 void entry_release(struct mm *m, struct bentry *e);
 /* Release every entry of m in [start, end). m->lock held. */
 void drop_range(struct mm *m, uint64_t start, uint64_t end);
+/*
+ * The program dropped [start, end): its event is read before the kernel
+ * drops the pages, so for a while a page there may still be present and
+ * is about to go without another word. removed_note remembers the range
+ * (REMOVED_MS); removed_covers says whether addr is in one. m->lock held.
+ */
+void removed_note(struct mm *m, uint64_t start, uint64_t end);
+bool removed_covers(struct mm *m, uint64_t addr);
 
 /* ---- refs.c --------------------------------------------------------------- */
 

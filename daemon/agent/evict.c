@@ -288,13 +288,20 @@ static bool evict_source(struct backing *b, const struct offer *o, struct bentry
 	return true;
 }
 
-/* Claim m's one eviction slot for addr, if nothing forbids it. */
+/*
+ * Claim m's one eviction slot for addr, if nothing forbids it: another
+ * eviction, an entry, KSM's window, or the program having dropped the
+ * page lately (its event comes before the kernel drops the page: a page
+ * still there may go without another event, and an eviction of it would
+ * keep its old content for a page that must read zeroes).
+ */
 static bool evict_claim(struct mm *m, uint64_t addr)
 {
 	bool ok;
 
 	pthread_mutex_lock(&m->lock);
-	ok = !m->evicting && !m->orphan && !btab_find(&m->tab, addr) && !ksm_owns(m, addr);
+	ok = !m->evicting && !m->orphan && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
+	     !removed_covers(m, addr);
 	if (ok) {
 		m->evicting = addr;
 		m->evict_hits = 0;

@@ -359,6 +359,7 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 /* m->lock held. */
 static void on_remove(struct mm *m, uint64_t start, uint64_t end)
 {
+	removed_note(m, start, end);
 	if (m->evicting >= start && m->evicting < end) {
 		/* The evictor's own zap is one such event; it decides. */
 		m->evict_hits++;

@@ -19,6 +19,7 @@
 
 #include "backing_int.h"
 #include "log.h"
+#include "util.h"
 
 /* ---- entries ---------------------------------------------------------------- */
 
@@ -208,4 +209,41 @@ bool backing_attached(struct backing *b, pid_t pid)
 	if (m)
 		mm_put(m);
 	return m != NULL;
+}
+
+/* Forget the ranges older than REMOVED_MS. m->lock held. */
+static void removed_expire(struct mm *m, uint64_t now)
+{
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < m->nremoved; i++)
+		if (now - m->removed[i].at_ms < REMOVED_MS)
+			m->removed[k++] = m->removed[i];
+	m->nremoved = k;
+}
+
+void removed_note(struct mm *m, uint64_t start, uint64_t end)
+{
+	uint64_t now = now_ms();
+	struct removed *r;
+
+	removed_expire(m, now);
+	if (m->nremoved == REMOVED_MAX) {
+		/* Too many at once: the newest covers the last one's too. */
+		r = &m->removed[m->nremoved - 1];
+		r->start = start < r->start ? start : r->start;
+		r->end = end > r->end ? end : r->end;
+		r->at_ms = now;
+		return;
+	}
+	m->removed[m->nremoved++] = (struct removed){ start, end, now };
+}
+
+bool removed_covers(struct mm *m, uint64_t addr)
+{
+	removed_expire(m, now_ms());
+	for (unsigned i = 0; i < m->nremoved; i++)
+		if (addr >= m->removed[i].start && addr < m->removed[i].end)
+			return true;
+	return false;
 }

@@ -65,7 +65,7 @@
 #define REMOTE_IDS    16384u	 /* contents whose remote dups are remembered */
 #define PENDING_MAX   64	 /* connections still in the handshake */
 #define HELLO_WAIT_MS 5000	 /* ... each for at most this long */
-#define REMOVED_MAX   64	 /* ranges the program dropped lately, per mm */
+#define REMOVED_MAX   256	 /* ranges the program dropped lately, per mm */
 #define REMOVED_MS    2000	 /* ... not evicted for this long after */
 
 /* One served address space: a libcksm process, or a fork child of one. */

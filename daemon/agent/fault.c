@@ -359,7 +359,10 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 /* m->lock held. */
 static void on_remove(struct mm *m, uint64_t start, uint64_t end)
 {
-	removed_note(m, start, end);
+	/* The page under eviction alone: the evictor's own zap, or a drop
+	 * its decision counts (evict_end); anything else is remembered. */
+	if (start != m->evicting || end != m->evicting + PAGE)
+		removed_note(m, start, end);
 	if (m->evicting >= start && m->evicting < end) {
 		/* The evictor's own zap is one such event; it decides. */
 		m->evict_hits++;

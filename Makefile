@@ -133,10 +133,13 @@ demo:
 
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-$(B)/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROTO_C)
+# Sources a target needs beyond daemon/common, per target.
+FUZZ_EXTRA_fuzz_data := daemon/agent/pool.c
+.SECONDEXPANSION:
+$(B)/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROTO_C) $$(FUZZ_EXTRA_$$*)
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'
-	$(Q)clang $(CPPFLAGS_ALL) $(CFLAGS_ALL) -O1 -g $(FUZZ_FLAGS) -Wno-missing-prototypes -o $@ $< $(COMMON_SRC) $(PROTO_C) $(LIBS)
+	$(Q)clang $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -O1 -g $(FUZZ_FLAGS) -Wno-missing-prototypes -o $@ $< $(COMMON_SRC) $(PROTO_C) $(FUZZ_EXTRA_$*) $(LIBS)
 fuzz-build: $(FUZZ_TARGETS)
 fuzz: $(FUZZ_TARGETS)
 	for f in $(FUZZ_TARGETS); do mkdir -p $(B)/corpus/$$(basename $$f); \

@@ -980,21 +980,22 @@ int agent_main(const struct config *cfg)
 	if (!a)
 		return 1;
 	if (runtime_init(&a->rt, cfg, CKSM__ROLE__ROLE_AGENT, cfg->node_name, cfg->agent_metrics))
-		goto out_fini;
+		goto fini_runtime;
 	a->rt.role = a;
 	a->rt.stop = agent_stop;
 	a->nshards = cfg->nshards;
 	a->dup_idle_ms = cfg->dup_idle_millisecs;
 	randombytes_buf(&a->incarnation, sizeof(a->incarnation));
 	if (register_metrics(a))
-		goto out_fini;
+		goto fini_runtime;
 	a->scan = scanrun_create(cfg, &a->rt.key, a->rt.reg, &a->rt.loop, flush_reports, a);
 	if (!a->scan)
-		goto out_fini;
-	if (start_backing(a))
-		goto out_fini;
+		goto fini_runtime;
+	/* From here on agent_stop takes down whatever was started. */
 	uv_timer_init(&a->rt.loop, &a->hb);
 	a->hb.data = a;
+	if (start_backing(a))
+		goto stop;
 	for (unsigned i = 0; i < a->nshards; i++) {
 		struct agent_shard *s = &a->shards[i];
 
@@ -1006,21 +1007,21 @@ int agent_main(const struct config *cfg)
 		if (!s->dialer) {
 			log_error("shard %u address %s is not host:port", i,
 				  cfg->shards[i].address);
-			goto out_stop;
+			goto stop;
 		}
 		dialer_start(s->dialer);
 	}
 	uv_timer_start(&a->hb, on_heartbeat, cfg->heartbeat_ms, cfg->heartbeat_ms);
 	if (scanrun_start(a->scan)) {
 		log_error("cannot start the scanner thread");
-		goto out_stop;
+		goto stop;
 	}
 	log_info("node %s (rack %s) serving %u shard(s)", cfg->node_name, cfg->rack, a->nshards);
 	rc = runtime_run(&a->rt) ? 1 : 0;
-	goto out_fini;
-out_stop:
+	goto fini_runtime;
+stop:
 	agent_stop(&a->rt);
-out_fini:
+fini_runtime:
 	runtime_fini(&a->rt);
 	pool_destroy(a->pool);
 	free(a);

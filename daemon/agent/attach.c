@@ -277,7 +277,7 @@ static bool on_request(struct mm *m, const struct cksm_local *msg, int fd)
 static void on_sock(uv_poll_t *h, int status, int events)
 {
 	struct mm *m = h->data;
-	struct cksm_local msg;
+	struct cksm_local msg = cksm_local_msg(0);
 	const char *why;
 	int fd, rc = 0, sender = 0;
 	bool go = true;
@@ -549,12 +549,12 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 		return;
 	}
 	/* pid and sock change under b->lock: mm_get and the fault thread
-	 * look at them under it. */
+	 * look at them under it, and the evictor may use fm from then on. */
+	fm->remap = &remap_libcksm;
 	pthread_mutex_lock(&b->lock);
 	fm->pid = c->pid;
 	fm->sock = fd;
 	pthread_mutex_unlock(&b->lock);
-	fm->remap = &remap_libcksm;
 	fm->merge_all = c->merge_all;
 	fm->merge_min = c->merge_min;
 	fm->hello_seen = true;

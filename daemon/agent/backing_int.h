@@ -1,16 +1,17 @@
 /*
  * backing_int.h - the backing's insides, shared by the files that make it:
  *
- *   backing.c  the struct, create and destroy, an mm's lifetime, the
- *              accounting of entries and of references for the shards,
- *              and bringing every page back at stop
+ *   backing.c  the struct, create and destroy, bringing every page back
+ *              at stop
+ *   mm.c       an mm's lifetime and the accounting of its entries
+ *   refs.c     the reference changes the shards are told
  *   attach.c   the socket, the handshake, ranges, forked children
  *              re-attaching, and the once-a-second housekeeping
  *   fault.c    the fault thread: faults and userfaultfd events
  *   evict.c    offers, the evictor thread, parked processes
  *   ksm.c      hot duplicates handed to the kernel's KSM
  *   remote.c   where other nodes' dups are, and reading them checked
- *   remap.h    what a back-end does to a process's memory (libcksm.c)
+ *   remap.h    what a back-end does to a process's memory (remap_libcksm.c)
  *   uffd.h     the userfaultfd ioctls
  *   btab.h     the backed-page table; rrefs.h, references on others' dups
  *
@@ -198,7 +199,7 @@ struct backing {
 	struct metric_histogram *m_lat;
 };
 
-/* ---- backing.c ------------------------------------------------------------ */
+/* ---- mm.c ----------------------------------------------------------------- */
 
 struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid);
 void mm_put(struct mm *m);
@@ -224,6 +225,13 @@ void entry_uncount(struct backing *b, const struct bentry *e);
 void entry_release(struct mm *m, struct bentry *e);
 /* Release every entry of m in [start, end). m->lock held. */
 void drop_range(struct mm *m, uint64_t start, uint64_t end);
+
+/* ---- refs.c --------------------------------------------------------------- */
+
+/* This node's references on one of its own slots changed (sent at the next flush). */
+void ref_slot_changed(struct backing *b, struct pool_ref ref, const struct cid *id);
+/* Our references on another node's dup changed by d. */
+void ref_remote_changed(struct backing *b, const struct rdup *r, const struct cid *id, int32_t d);
 
 /* ---- attach.c ------------------------------------------------------------- */
 

@@ -9,7 +9,7 @@
  * knows it) or while pages of this node reference it; it is freed only
  * when both have ended, so a slot with references is never reused.
  *
- * The fd is what a restarted agent gets back from systemd's fd store and
+ * The fd is what a restarted agent is to get back from systemd's fd store and
  * what the data transports read from. Thread-safe: one lock around the
  * slot table; page bytes are written once, before the slot is named.
  */

@@ -10,7 +10,7 @@
  * address (at most PEERS, the least recently used closed first), reopened
  * after any error; every wait bounded by data_timeout_ms.
  * Holder: the handshake on the agent's loop, then the connection moves to
- * a thread of its own that answers from the pool with one writev per
+ * a thread of its own that answers from the pool with one sendmsg per
  * read, straight from the slot (a stale (slot, generation) gets -ESTALE
  * and zeroes, never other bytes).
  */

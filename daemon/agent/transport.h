@@ -9,8 +9,9 @@
  *
  * A reader belongs to one thread (the fault thread, the evictor, the
  * copier each have their own). A read either fills the 4 KiB buffer with
- * the slot's bytes or fails within cfg->data_timeout_ms; the caller checks
- * the bytes' id (transport_read_checked does both).
+ * the slot's bytes or fails; each of its waits (connect, handshake, send,
+ * receive) is bounded by cfg->data_timeout_ms. The caller checks the
+ * bytes' id (transport_read_checked does both).
  */
 #ifndef CKSM_TRANSPORT_H
 #define CKSM_TRANSPORT_H

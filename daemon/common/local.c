@@ -102,8 +102,14 @@ int cksm_local_recv_from(int fd, struct cksm_local *m, int *got_fd, int flags, c
 			}
 		}
 	}
-	if (n == 0)
+	if (n == 0) {
+		/* An empty packet ends the connection; a descriptor it carried
+		 * is nobody's to close but ours. */
+		if (*got_fd >= 0)
+			close(*got_fd);
+		*got_fd = -1;
 		return -ECONNRESET;
+	}
 	if (n != (ssize_t)sizeof(*m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
 		*why = "a message of the wrong size";
 	else if (m->magic != CKSM_LOCAL_MAGIC || m->version != CKSM_LOCAL_VERSION)

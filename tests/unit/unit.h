@@ -28,4 +28,18 @@
 		return cmocka_run_group_tests(tests, NULL, NULL);                     \
 	}
 
+/*
+ * For model tests: when cond is false, say which run and step of the
+ * random sequence broke, then what, and fail the test.
+ */
+#define unit_expect(run, step, cond, ...)                                   \
+	do {                                                                \
+		if (!(cond)) {                                              \
+			fprintf(stderr, "run %u step %u: ", (run), (step)); \
+			fprintf(stderr, __VA_ARGS__);                       \
+			fputc('\n', stderr);                                \
+			fail();                                             \
+		}                                                           \
+	} while (0)
+
 #endif

@@ -1,0 +1,208 @@
+/*
+ * mm - one served address space: its lifetime, and its entries' accounting.
+ *
+ * An mm is reference-counted. It is made when a process connects (or
+ * forks), put on the backing's list when it is served (the list holds a
+ * reference; whoever takes it off drops that one), and freed with its
+ * last reference: its remaining entries are released then and its
+ * userfaultfd and socket closed. mm_get finds the mm of an attached
+ * process for the evictor and the KSM hand-over.
+ *
+ * Every entry of a table is counted once, from the moment it comes in
+ * (entry_count: the reference it owns on what backs it, for the shards,
+ * and the gauges) to the moment it leaves (entry_release).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backing_int.h"
+#include "log.h"
+
+/* ---- entries ---------------------------------------------------------------- */
+
+static struct metric *backed_gauge(struct backing *b, const struct bentry *e)
+{
+	return e->kind == BACKED_POOL	  ? b->m_backed_local
+	       : e->kind == BACKED_REMOTE ? b->m_backed_remote
+					  : b->m_backed_zero;
+}
+
+void entry_count(struct backing *b, const struct bentry *e)
+{
+	if (e->kind == BACKED_POOL)
+		ref_slot_changed(b, e->ref, &e->id);
+	else if (e->kind == BACKED_REMOTE)
+		ref_remote_changed(b, &e->rem[0], &e->id, 1);
+	metric_gauge_add(backed_gauge(b, e), 1);
+	metric_gauge_add(b->m_saved, PAGE);
+}
+
+void entry_uncount(struct backing *b, const struct bentry *e)
+{
+	if (e->kind == BACKED_POOL) {
+		pool_ref(b->pool, e->ref, -1);
+		ref_slot_changed(b, e->ref, &e->id);
+	} else if (e->kind == BACKED_REMOTE) {
+		ref_remote_changed(b, &e->rem[0], &e->id, -1);
+	}
+	metric_gauge_add(backed_gauge(b, e), -1);
+	metric_gauge_add(b->m_saved, -(double)PAGE);
+}
+
+void entry_release(struct mm *m, struct bentry *e)
+{
+	entry_uncount(m->b, e);
+	btab_del(&m->tab, e);
+}
+
+void drop_range(struct mm *m, uint64_t start, uint64_t end)
+{
+	if (!m->tab.n)
+		return;
+	if ((end - start) / PAGE < m->tab.n) {
+		for (uint64_t a = start; a < end; a += PAGE) {
+			struct bentry *e = btab_find(&m->tab, a);
+
+			if (e)
+				entry_release(m, e);
+		}
+		return;
+	}
+	for (size_t i = 0; i < m->tab.n;) {
+		uint64_t a = m->tab.e[i].page << 12;
+
+		if (a >= start && a < end)
+			entry_release(m, &m->tab.e[i]); /* i holds the last entry now */
+		else
+			i++;
+	}
+}
+
+/* ---- mm lifetime ------------------------------------------------------------ */
+
+struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid)
+{
+	struct mm *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	m->b = b;
+	atomic_init(&m->refs, 1); /* the list's */
+	m->sock = sock;
+	m->uffd = uffd;
+	m->pid = pid;
+	m->beacon_idx = -1;
+	btab_init(&m->tab);
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
+	return m;
+}
+
+void mm_put(struct mm *m)
+{
+	if (atomic_fetch_sub(&m->refs, 1) != 1)
+		return;
+	pthread_mutex_lock(&m->lock);
+	drop_range(m, 0, UINT64_MAX);
+	pthread_mutex_unlock(&m->lock);
+	btab_fini(&m->tab);
+	free(m->retry);
+	if (m->uffd >= 0)
+		close(m->uffd);
+	if (m->sock >= 0)
+		close(m->sock);
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->cond);
+	free(m);
+}
+
+void wake_faults(struct backing *b)
+{
+	uint64_t one = 1;
+
+	if (write(b->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("cannot wake the fault thread: %s", strerror(errno));
+}
+
+void list_add(struct backing *b, struct mm *m)
+{
+	pthread_mutex_lock(&b->lock);
+	m->next = b->mms;
+	b->mms = m;
+	pthread_mutex_unlock(&b->lock);
+	metric_gauge_add(b->m_attached, 1);
+	wake_faults(b);
+}
+
+/* Take m off the list; b->lock held. False if another thread did first. */
+static bool list_unlink(struct backing *b, struct mm *m)
+{
+	for (struct mm **p = &b->mms; *p; p = &(*p)->next)
+		if (*p == m) {
+			*p = m->next;
+			m->gone = true;
+			return true;
+		}
+	return false;
+}
+
+/* m is off the list: an evictor waiting on it gives up; drop the list's reference. */
+static void list_del_done(struct backing *b, struct mm *m)
+{
+	metric_gauge_add(b->m_attached, -1);
+	pthread_mutex_lock(&m->lock);
+	m->zap_done = true;
+	m->zap_status = -ESRCH;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	wake_faults(b);
+	mm_put(m);
+}
+
+void list_del(struct backing *b, struct mm *m)
+{
+	bool found;
+
+	pthread_mutex_lock(&b->lock);
+	found = list_unlink(b, m);
+	pthread_mutex_unlock(&b->lock);
+	if (found)
+		list_del_done(b, m);
+}
+
+void list_del_unpaired(struct backing *b, struct mm *m)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&b->lock);
+	if (m->sock < 0 && !m->claimed)
+		found = list_unlink(b, m);
+	pthread_mutex_unlock(&b->lock);
+	if (found)
+		list_del_done(b, m);
+}
+
+struct mm *mm_get(struct backing *b, pid_t pid)
+{
+	struct mm *m;
+
+	pthread_mutex_lock(&b->lock);
+	for (m = b->mms; m; m = m->next)
+		if (m->pid == pid && m->sock >= 0 && m->handshaken && !m->orphan)
+			break;
+	if (m)
+		atomic_fetch_add(&m->refs, 1);
+	pthread_mutex_unlock(&b->lock);
+	return m;
+}
+
+bool backing_attached(struct backing *b, pid_t pid)
+{
+	struct mm *m = mm_get(b, pid);
+
+	if (m)
+		mm_put(m);
+	return m != NULL;
+}

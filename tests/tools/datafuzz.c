@@ -171,7 +171,8 @@ int main(int argc, char **argv)
 				break;
 			got += (size_t)n;
 		}
-		printf("     %zu answers before the close\n", got / (sizeof(struct data_ans) + DATA_PAGE));
+		printf("     %zu answers before the close\n",
+		       got / (sizeof(struct data_ans) + DATA_PAGE));
 		ok = ok && got == 63 * (sizeof(struct data_ans) + DATA_PAGE);
 		sconn_close(&s);
 		check("63 requests then a bad magic: 63 answered, closed", ok);
@@ -218,7 +219,8 @@ int main(int argc, char **argv)
 				break; /* the holder stopped reading: fine */
 			sent += (size_t)n;
 		}
-		printf("     %zu requests went out unanswered-read\n", sent / sizeof(struct data_req));
+		printf("     %zu requests went out unanswered-read\n",
+		       sent / sizeof(struct data_req));
 		check("pipelined requests never read: others still served", ok);
 		sconn_close(&s);
 	}

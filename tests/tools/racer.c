@@ -13,15 +13,20 @@
  * mergeable: below CKSM_MERGE_MIN) says which content each page must
  * hold; a per-page lock keeps the shadow exact. Ops are spread out (RATE
  * per thread per second) so that pages stay still long enough to be
- * evicted between them.
+ * evicted between them. A page dropped (DONTNEED) is checked at once: it
+ * must read zeroes, as Linux promises. At the end every page is checked
+ * against the shadow; a forked child checks its whole copy, writes some
+ * pages and checks it again. With --exit-early the process exits 200 ms
+ * before its time, with pages evicted and its threads mid-way (the
+ * agent must let go of it), after printing its counts so far.
  *
  * Prints one JSON line: ops, checks, bad (pages found with other bytes
- * than the shadow's), the first few bad pages with what they held and
- * the page's last two ops, children forked and their bad pages, and the
- * smallest resident fraction seen (mincore): < 1 means eviction ran.
- * Exit 0 when nothing was wrong.
+ * than the shadow's), old (of those, dropped pages that read a content
+ * they held before, not zeroes), the first few bad pages with what they
+ * held and the page's last two ops, children forked and their bad pages,
+ * and the smallest resident fraction seen (mincore): < 1 means eviction
+ * ran. Exit 0 when nothing was wrong.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -47,13 +52,13 @@ static unsigned nthreads = 4, seconds = 10, rate = 500, dontneed_pct = 0;
 static unsigned mremap_ms = 0, fork_ms = 0, settle_ms = 3000;
 static bool exit_early;
 
-static uint8_t *region, *other;	    /* the region, and where it moves next */
-static uint8_t *shadow;		    /* content per page */
-static uint8_t (*hist)[2];	    /* last two ops per page */
-static pthread_mutex_t *plock;	    /* per page */
+static uint8_t *region, *other;				  /* the region, and where it moves next */
+static uint8_t *shadow;					  /* content per page */
+static uint8_t (*hist)[2];				  /* last two ops per page */
+static pthread_mutex_t *plock;				  /* per page */
 static pthread_rwlock_t big = PTHREAD_RWLOCK_INITIALIZER; /* mremap, fork: write */
 static atomic_bool stop;
-static atomic_ulong n_ops, n_checks, n_bad, n_forks, n_child_bad, n_remaps;
+static atomic_ulong n_ops, n_checks, n_bad, n_old, n_forks, n_child_bad, n_remaps;
 static pthread_mutex_t report_lock = PTHREAD_MUTEX_INITIALIZER;
 static char bad_json[4096];
 static size_t bad_len;
@@ -86,6 +91,8 @@ static int content_of(const uint8_t *p)
 static void note_bad(size_t pg, unsigned want, const uint8_t *p, const char *who)
 {
 	atomic_fetch_add(&n_bad, 1);
+	if (want == 0 && hist[pg][0] == OP_DONTNEED && content_of(p) > 0)
+		atomic_fetch_add(&n_old, 1); /* what cksm kept, not zeroes */
 	pthread_mutex_lock(&report_lock);
 	if (bad_len < sizeof(bad_json) - 200)
 		bad_len += (size_t)snprintf(
@@ -131,6 +138,10 @@ static void *worker(void *arg)
 			madvise(p, PAGE, MADV_DONTNEED);
 			shadow[pg] = 0;
 			push_hist(pg, OP_DONTNEED);
+			/* Linux: zeroes from now on, at once */
+			atomic_fetch_add(&n_checks, 1);
+			if (memcmp(p, pats[0], PAGE))
+				note_bad(pg, 0, p, "parent");
 		} else {
 			unsigned k = (shadow[pg] + 1 + (unsigned)(xs(&s) % (NK - 1))) % NK;
 
@@ -213,11 +224,25 @@ static void reap(bool block)
 	}
 }
 
+/* The JSON line; the exit status: 1 when a page was wrong. */
+static int report(size_t final_bad, bool exited)
+{
+	pthread_mutex_lock(&report_lock);
+	printf("{\"ops\":%lu,\"checks\":%lu,\"bad\":%lu,\"old\":%lu,\"final_bad\":%zu,"
+	       "\"remaps\":%lu,\"forks\":%lu,\"child_bad\":%lu,\"min_resident\":%.3f,"
+	       "\"exited_early\":%s,\"bad_pages\":[%s]}\n",
+	       atomic_load(&n_ops), atomic_load(&n_checks), atomic_load(&n_bad),
+	       atomic_load(&n_old), final_bad, atomic_load(&n_remaps), atomic_load(&n_forks),
+	       atomic_load(&n_child_bad), min_resident, exited ? "true" : "false", bad_json);
+	fflush(stdout);
+	pthread_mutex_unlock(&report_lock);
+	return atomic_load(&n_bad) || atomic_load(&n_child_bad) ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	pthread_t th[64];
 	uint64_t t_end, next_remap, next_fork;
-	size_t final_bad;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "0";
@@ -291,8 +316,8 @@ int main(int argc, char **argv)
 			void *to;
 
 			pthread_rwlock_wrlock(&big);
-			to = mremap(region, npages * PAGE, npages * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED,
-				    other);
+			to = mremap(region, npages * PAGE, npages * PAGE,
+				    MREMAP_MAYMOVE | MREMAP_FIXED, other);
 			if (to == MAP_FAILED) {
 				perror("mremap");
 			} else {
@@ -318,19 +343,16 @@ int main(int argc, char **argv)
 			next_fork = now_ms() + fork_ms;
 		}
 		reap(false);
-		if (exit_early && now_ms() + 200 >= t_end)
-			_exit(0); /* exit with pages evicted and writers mid-way */
+		if (exit_early && now_ms() + 200 >= t_end) {
+			/* Exit with pages evicted and writers mid-way. */
+			fflush(stdout);
+			_exit(report(0, true));
+		}
 		usleep(10000);
 	}
 	atomic_store(&stop, true);
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_join(th[i], NULL);
 	reap(true);
-	final_bad = verify_all("final");
-	printf("{\"ops\":%lu,\"checks\":%lu,\"bad\":%lu,\"final_bad\":%zu,\"remaps\":%lu,"
-	       "\"forks\":%lu,\"child_bad\":%lu,\"min_resident\":%.3f,\"bad_pages\":[%s]}\n",
-	       atomic_load(&n_ops), atomic_load(&n_checks), atomic_load(&n_bad), final_bad,
-	       atomic_load(&n_remaps), atomic_load(&n_forks), atomic_load(&n_child_bad),
-	       min_resident, bad_json);
-	return atomic_load(&n_bad) || atomic_load(&n_child_bad) ? 1 : 0;
+	return report(verify_all("final"), false);
 }

@@ -117,8 +117,9 @@ static int handshake(int *uffd, bool merge_all)
 
 	if (fd < 0)
 		return -1;
-	if (send_m(fd, msg(CKSM_LOCAL_HELLO, merge_all ? CKSM_LOCAL_MERGE_ALL : 0, 4096,
-			   (uint64_t)(uintptr_t)beacon),
+	if (send_m(fd,
+		   msg(CKSM_LOCAL_HELLO, merge_all ? CKSM_LOCAL_MERGE_ALL : 0, 4096,
+		       (uint64_t)(uintptr_t)beacon),
 		   -1) ||
 	    recv_m(fd, &m, &devfd) || m.type != CKSM_LOCAL_DEVFD || devfd < 0)
 		goto fail;
@@ -180,7 +181,8 @@ int main(int argc, char **argv)
 	fd = conn();
 	ok = fd >= 0 && !send_m(fd, msg(CKSM_LOCAL_HELLO, 0, 0, (uint64_t)(uintptr_t)beacon), -1) &&
 	     !recv_m(fd, &m, NULL) && m.type == CKSM_LOCAL_DEVFD &&
-	     !send_m(fd, msg(CKSM_LOCAL_HELLO, 0, 0, (uint64_t)(uintptr_t)beacon), -1) && closed(fd);
+	     !send_m(fd, msg(CKSM_LOCAL_HELLO, 0, 0, (uint64_t)(uintptr_t)beacon), -1) &&
+	     closed(fd);
 	close(fd);
 	check("hello twice: closed", ok, before);
 
@@ -257,12 +259,18 @@ int main(int argc, char **argv)
 	}
 	{
 		uint64_t ranges[][2] = {
-			{ ~0ull & ~4095ull, 4096 },  { 4096, ~0ull & ~4095ull }, { 0, ~0ull & ~4095ull },
-			{ 0, 0 },		     { 1, 4096 },		 { 4096, 1 },
-			{ 1ull << 47, 1ull << 47 }, { 0x1000, 0x1000 },
+			{ ~0ull & ~4095ull, 4096 },
+			{ 4096, ~0ull & ~4095ull },
+			{ 0, ~0ull & ~4095ull },
+			{ 0, 0 },
+			{ 1, 4096 },
+			{ 4096, 1 },
+			{ 1ull << 47, 1ull << 47 },
+			{ 0x1000, 0x1000 },
 		};
 		for (unsigned i = 0; ok && i < sizeof(ranges) / sizeof(ranges[0]); i++)
-			if (send_m(fd, msg(CKSM_LOCAL_RANGE, ranges[i][0], ranges[i][1], 0), devnull))
+			if (send_m(fd, msg(CKSM_LOCAL_RANGE, ranges[i][0], ranges[i][1], 0),
+				   devnull))
 				ok = false;
 	}
 	usleep(300000);
@@ -289,8 +297,8 @@ int main(int argc, char **argv)
 	ok = ok && closed(fd);
 	close(fd);
 	close(u);
-	check("after the handshake: 2000 ZAPPED, RANGEs huge/overflowing, fds, then HELLO: closed", ok,
-	      before);
+	check("after the handshake: 2000 ZAPPED, RANGEs huge/overflowing, fds, then HELLO: closed",
+	      ok, before);
 
 	/* 6. UFFD twice (second after READY), with a fresh userfaultfd. */
 	before = nfds(agent);
@@ -352,8 +360,9 @@ int main(int argc, char **argv)
 			v[n] = conn();
 			if (v[n] < 0)
 				continue;
-			send_m(v[n], msg(CKSM_LOCAL_HELLO, CKSM_LOCAL_FORKED, 0,
-					 (uint64_t)(uintptr_t)beacon),
+			send_m(v[n],
+			       msg(CKSM_LOCAL_HELLO, CKSM_LOCAL_FORKED, 0,
+				   (uint64_t)(uintptr_t)beacon),
 			       devnull);
 			if (!recv_m(v[n], &r, NULL)) {
 				if (r.type == CKSM_LOCAL_BEACON)
@@ -403,7 +412,9 @@ int main(int argc, char **argv)
 		char buf[256];
 		struct iovec iov = { buf, (size_t)(i * 5 % 200) + 1 };
 		char c[CMSG_SPACE(sizeof(int) * 3)];
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = c,
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = c,
 				     .msg_controllen = sizeof(c) };
 		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 		int fds3[3] = { devnull, devnull, devnull };

@@ -45,7 +45,8 @@ COORD_SRC := $(wildcard daemon/coord/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
-	$(B)/cksm-churner $(B)/cksm-evictee
+	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
+	$(B)/cksm-datafuzz
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -92,6 +93,22 @@ COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o
 $(B)/cksm-evictee: tests/tools/evictee.c
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
+
+$(B)/cksm-dropper: tests/tools/dropper.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
+
+$(B)/cksm-racer: tests/tools/racer.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
+
+$(B)/cksm-sockfuzz: tests/tools/sockfuzz.c $(B)/libcksmcommon.a
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/cksm-datafuzz: tests/tools/datafuzz.c $(B)/libcksmcommon.a
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
 $(B)/cksm-churner: tests/tools/churner.c
 	$(E) '  CC      $@'

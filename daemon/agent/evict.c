@@ -364,6 +364,7 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 	const void *dup;
 	const char *why = NULL;
 	uint64_t token;
+	int rc;
 
 	if (!m)
 		return;
@@ -371,8 +372,9 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 		goto put_mm;
 	if (!evict_claim(m, o->addr))
 		goto drop_ref;
-	if (uffd_protect(m->uffd, o->addr, true)) {
-		why = "not registered";
+	rc = uffd_protect(m->uffd, o->addr, true);
+	if (rc) {
+		why = rc == -EAGAIN ? "the mm is changing" : "not registered";
 		goto unclaim;
 	}
 	if (!uffd_protected(m->pagemap, o->addr)) {

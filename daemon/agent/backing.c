@@ -227,20 +227,29 @@ static void on_backing_closed(uv_handle_t *h)
 
 /* ---- bringing pages back at stop --------------------------------------------- */
 
+/* What bringing the pages back came to. */
+struct restored {
+	size_t done, poisoned, failed;
+};
+
 /*
- * One pass over m's table: copy back what can be; entries whose copy
- * met a changing mm (EAGAIN) stay, counted in *again. *remote_ok goes
- * false at the first remote page that cannot be read: holders that do
- * not answer now will not later, so the rest are not waited for.
+ * One pass over m's table: copy back what can be. A page whose bytes
+ * cannot be had is poisoned where the kernel can (whoever touches it gets
+ * SIGBUS, after the agent is gone too), never left to read as zeroes.
+ * Entries whose copy met a changing mm (EAGAIN) stay, counted in *again.
+ * *remote_ok goes false at the first remote page that cannot be read:
+ * holders that do not answer now will not later, so the rest are not
+ * waited for.
  */
-static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, size_t *done,
-			 size_t *failed, size_t *again)
+static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struct restored *r,
+			 size_t *again)
 {
 	static uint8_t page[PAGE] __attribute__((aligned(PAGE)));
 	static const uint8_t zeroes[PAGE] __attribute__((aligned(PAGE)));
 
 	for (size_t i = 0; i < m->tab.n;) {
 		struct bentry *e = &m->tab.e[i];
+		uint64_t addr = e->page << 12;
 		const void *bytes = zeroes;
 		int rc;
 
@@ -253,23 +262,27 @@ static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, size_
 					: NULL;
 		if (e->kind == BACKED_REMOTE && !bytes)
 			*remote_ok = false;
-		rc = bytes ? uffd_copy(m->uffd, e->page << 12, bytes) : -ESTALE;
+		rc = bytes ? uffd_copy(m->uffd, addr, bytes) : -ESTALE;
+		if (rc == -ESTALE && (b->features & UFFD_FEATURE_POISON))
+			rc = uffd_poison(m->uffd, addr) == 0 ? -EHWPOISON : -ESTALE;
 		if (rc == -EAGAIN) {
 			(*again)++;
 			i++;
 			continue;
 		}
-		if (rc && rc != -ESRCH && rc != -ENOENT)
-			(*failed)++;
+		if (rc == -EHWPOISON)
+			r->poisoned++;
+		else if (rc && rc != -ESRCH && rc != -ENOENT && rc != -EEXIST)
+			r->failed++;
 		else
-			(*done)++;
+			r->done++;
 		entry_release(m, e); /* i holds the last entry now */
 	}
 }
 
 static void restore_all(struct backing *b)
 {
-	size_t done = 0, failed = 0;
+	struct restored r = { 0 };
 
 	for (struct mm *m = b->mms; m; m = m->next) {
 		bool remote_ok = true;
@@ -282,21 +295,21 @@ static void restore_all(struct backing *b)
 			size_t again = 0;
 
 			pthread_mutex_lock(&m->lock);
-			restore_pass(b, m, &remote_ok, &done, &failed, &again);
+			restore_pass(b, m, &remote_ok, &r, &again);
 			pthread_mutex_unlock(&m->lock);
 			if (!again)
 				break;
 			drain_uffd(m);
 			usleep(1000);
 		}
-		failed += m->tab.n;
+		r.failed += m->tab.n;
 	}
-	if (failed)
+	if (r.failed || r.poisoned)
 		log_error(
-			"brought back %zu backed pages before stopping; %zu could not be and will read as zeroes",
-			done, failed);
-	else if (done)
-		log_info("brought back %zu backed pages before stopping", done);
+			"brought back %zu backed pages before stopping; %zu could not be and were poisoned (SIGBUS when touched), %zu could not be and will read as zeroes",
+			r.done, r.poisoned, r.failed);
+	else if (r.done)
+		log_info("brought back %zu backed pages before stopping", r.done);
 }
 
 /* The threads, in order: the evictor, then the fault thread. */

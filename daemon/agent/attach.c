@@ -329,6 +329,15 @@ static void on_accept(uv_poll_t *h, int status, int events)
 	(void)status;
 	(void)events;
 	fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOMEM || errno == ENOBUFS)) {
+		/* The connection waits in the backlog: listen again at the
+		 * next tick, not at once (the socket stays readable). */
+		log_warn("cannot take a connection: %s; listening again in a second",
+			 strerror(errno));
+		uv_poll_stop(&b->lpoll);
+		b->accept_paused = true;
+		return;
+	}
 	if (fd < 0)
 		return;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.pid <= 0)
@@ -641,6 +650,10 @@ static void on_housekeeping(uv_timer_t *t)
 {
 	struct backing *b = t->data;
 
+	if (b->accept_paused) {
+		b->accept_paused = false;
+		uv_poll_start(&b->lpoll, UV_READABLE, on_accept);
+	}
 	end_slow_handshakes(b);
 	follow_mappings(b);
 	ksm_handover(b);

@@ -160,6 +160,7 @@ struct backing {
 	atomic_uint reattaching;   /* slots in use, looked at without the lock */
 	uv_async_t reattach_async; /* the fault thread found a pair */
 	struct mm *pending;	   /* in the handshake (loop thread only) */
+	bool accept_paused;	   /* out of descriptors: listening again next tick (loop) */
 	int npending;
 	int wake_fd; /* eventfd: the fault thread rebuilds its poll set */
 	bool stop;

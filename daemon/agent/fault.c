@@ -356,16 +356,21 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 	free(moved);
 }
 
-/* m->lock held. */
-static void on_remove(struct mm *m, uint64_t start, uint64_t end)
+/*
+ * The program dropped [start, end) (REMOVE), or unmapped it (unmap).
+ * m->lock held.
+ */
+static void on_remove(struct mm *m, uint64_t start, uint64_t end, bool unmap)
 {
-	/* The page under eviction alone: the evictor's own zap, or a drop
-	 * its decision counts (evict_end); anything else is remembered. */
-	if (start != m->evicting || end != m->evicting + PAGE)
+	bool evicting = m->evicting >= start && m->evicting < end;
+
+	/* The page under eviction alone, dropped: the evictor's own zap, or
+	 * a drop its decision counts (evict_end). Anything else is the
+	 * program's and remembered; an unmap never comes from the zap. */
+	if (unmap || start != m->evicting || end != m->evicting + PAGE)
 		removed_note(m, start, end);
-	if (m->evicting >= start && m->evicting < end) {
-		/* The evictor's own zap is one such event; it decides. */
-		m->evict_hits++;
+	if (evicting) {
+		m->evict_hits += unmap ? 2 : 1;
 		pthread_cond_broadcast(&m->cond);
 		if (start < m->evicting)
 			drop_range(m, start, m->evicting);
@@ -388,7 +393,8 @@ static void on_event(struct mm *m, const struct uffd_msg *msg)
 		break;
 	case UFFD_EVENT_REMOVE:
 	case UFFD_EVENT_UNMAP:
-		on_remove(m, msg->arg.remove.start, msg->arg.remove.end);
+		on_remove(m, msg->arg.remove.start, msg->arg.remove.end,
+			  msg->event == UFFD_EVENT_UNMAP);
 		break;
 	default:
 		break;
@@ -483,7 +489,9 @@ static bool pollset_fill(struct backing *b, struct pollset *ps)
 	for (struct mm *m = b->mms; m && ps->n < ps->cap; m = m->next) {
 		atomic_fetch_add(&m->refs, 1);
 		ps->mv[ps->n] = m;
-		ps->pf[ps->n++] = (struct pollfd){ m->uffd, POLLIN, 0 };
+		/* One short of descriptors stays readable: it is read again on
+		 * a timer instead, not at every wake-up. */
+		ps->pf[ps->n++] = (struct pollfd){ m->uffd, m->short_of ? 0 : POLLIN, 0 };
 	}
 	pthread_mutex_unlock(&b->lock);
 	return true;
@@ -498,11 +506,13 @@ void *fault_main(void *arg)
 	ps.mv = malloc(sizeof(*ps.mv));
 	ps.cap = ps.pf && ps.mv ? 1 : 0;
 	while (ps.cap && pollset_fill(b, &ps)) {
-		bool retrying = false;
+		bool retrying = false, short_of = false;
 
-		for (size_t i = 1; i < ps.n; i++)
-			retrying = retrying || ps.mv[i]->nretry || ps.mv[i]->short_of;
-		if (poll(ps.pf, ps.n, retrying ? 1 : -1) < 0 && errno != EINTR)
+		for (size_t i = 1; i < ps.n; i++) {
+			retrying = retrying || ps.mv[i]->nretry;
+			short_of = short_of || ps.mv[i]->short_of;
+		}
+		if (poll(ps.pf, ps.n, retrying ? 1 : short_of ? 10 : -1) < 0 && errno != EINTR)
 			log_warn("fault thread poll: %s", strerror(errno));
 		if (ps.pf[0].revents & POLLIN) {
 			uint64_t v;

@@ -280,29 +280,44 @@ static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struc
 	}
 }
 
+/* Bring back every page of m that can be; count the rest in r. */
+static void restore_mm(struct backing *b, struct mm *m, struct restored *r)
+{
+	bool remote_ok = true;
+
+	if (!m->tab.n || uffd_mm_gone(m->uffd))
+		return; /* nothing backed, or nobody left to read it */
+	/* Events the process caused meanwhile make copies fail with EAGAIN
+	 * until they are read: read them, and go again. */
+	for (int round = 0; m->tab.n && round < 100; round++) {
+		size_t again = 0;
+
+		pthread_mutex_lock(&m->lock);
+		restore_pass(b, m, &remote_ok, r, &again);
+		pthread_mutex_unlock(&m->lock);
+		if (!again)
+			break;
+		drain_uffd(m);
+		usleep(1000);
+	}
+	r->failed += m->tab.n;
+}
+
 static void restore_all(struct backing *b)
 {
 	struct restored r = { 0 };
+	struct mm *done = NULL;
 
-	for (struct mm *m = b->mms; m; m = m->next) {
-		bool remote_ok = true;
+	/* A fork read meanwhile puts its child at the list's head: the walk
+	 * goes again over what came in before the last head. */
+	for (;;) {
+		struct mm *head = b->mms;
 
-		if (!m->tab.n || uffd_mm_gone(m->uffd))
-			continue; /* nothing backed, or nobody left to read it */
-		/* Events the process caused meanwhile make copies fail with
-		 * EAGAIN until they are read: read them, and go again. */
-		for (int round = 0; m->tab.n && round < 100; round++) {
-			size_t again = 0;
-
-			pthread_mutex_lock(&m->lock);
-			restore_pass(b, m, &remote_ok, &r, &again);
-			pthread_mutex_unlock(&m->lock);
-			if (!again)
-				break;
-			drain_uffd(m);
-			usleep(1000);
-		}
-		r.failed += m->tab.n;
+		for (struct mm *m = head; m && m != done; m = m->next)
+			restore_mm(b, m, &r);
+		if (b->mms == head)
+			break;
+		done = head;
 	}
 	if (r.failed || r.poisoned)
 		log_error(

@@ -46,7 +46,7 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
 	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
-	$(B)/cksm-datafuzz $(B)/cksm-remapdrop
+	$(B)/cksm-datafuzz
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -95,10 +95,6 @@ $(B)/cksm-evictee: tests/tools/evictee.c
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
 
 $(B)/cksm-dropper: tests/tools/dropper.c
-	$(E) '  CC      $@'
-	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
-
-$(B)/cksm-remapdrop: tests/tools/remapdrop.c
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
 

@@ -1,5 +1,5 @@
 # A page the program replaces or drops while the agent evicts it, in two
-# ways the entry must follow (remapdrop, cksm-dropper's "during" race):
+# ways the entry must follow (cksm-dropper's fixed and fork modes):
 #   fixed  mmap(MAP_FIXED) of a new page over it (an UNMAP event; the
 #          zap then drops the new, unregistered page: no REMOVE), the new
 #          page made mergeable and read: zeroes, never the old content;
@@ -14,7 +14,7 @@
 source "$(dirname "$0")/lib.sh"
 
 LIB=$ROOT/build/libcksm.so
-TOOL=$ROOT/build/cksm-remapdrop
+TOOL=$ROOT/build/cksm-dropper
 cluster_conf "$T/cksm.conf" 1
 AMET=$(conf_get "$T/cksm.conf" agent metrics)
 start c0 -c "$T/cksm.conf" --role coord --shard 0
@@ -32,7 +32,7 @@ for mode in ${MODE:-fixed}; do
 	LD_PRELOAD=$LIB timeout 120 "$TOOL" "$mode" --threads 4 --pages 1024 \
 		--seconds "${DROP_SECONDS:-30}" --verbose >"$T/$mode.json" 2>"$T/$mode.err" || rc=$?
 	echo "$mode: $(cat "$T/$mode.json")"
-	[[ $rc -le 1 ]] || fail "remapdrop $mode exited with $rc: $(tail -5 "$T/$mode.err")"
+	[[ $rc -le 1 ]] || fail "cksm-dropper $mode exited with $rc: $(tail -5 "$T/$mode.err")"
 	jq -e '.old == 0 and .old_under_write == 0 and .lost == 0 and .bad == 0 and
 		.child_old == 0 and .child_other == 0' "$T/$mode.json" >/dev/null || bad=1
 done

@@ -4,7 +4,7 @@
  * Linux promises: a dropped page reads zeroes, never what it held, and a
  * write is never lost.
  *
- *   cksm-dropper before|during [--pages N] [--threads T] [--seconds S]
+ *   cksm-dropper before|during|fixed|fork [--pages N] [--threads T] [--seconds S]
  *                [--delay-us D] [--round-ms MS] [--ahead A] [--verbose]
  *
  * Rounds: the region (N pages, mergeable) is written afresh, and the
@@ -33,6 +33,14 @@
  *           end ("old_under_write": the rest of the page was the old
  *           content; "lost": the page read zeroes).
  *
+ *   fixed   as during, but the page is replaced by a new mapping (mmap
+ *           MAP_FIXED of that one page, an UNMAP event), which is then
+ *           made mergeable (registered by the agent) and read 30 ms
+ *           later: zeroes.
+ *   fork    as during, but the page is dropped and the process forks at
+ *           once; the child reads the page: zeroes ("child_old": it read
+ *           the old content).
+ *
  * Every check is of what Linux promises, whatever the agent did: the
  * timing only makes the races likely. Prints one JSON line with the
  * counts and the first wrong pages; exit 0 when no page was wrong, 1 when
@@ -47,6 +55,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +68,8 @@
 enum state { IDLE, BUSY, DONE_ZERO, DONE_WORD, WRONG };
 
 static bool during;
+static int how; /* during: 0 drop, 1 fixed, 2 fork */
+static atomic_ulong n_child_old, n_child_other, n_forks;
 static size_t npages = 1024;
 static unsigned nthreads = 4, seconds = 20, delay_us = 1000, round_ms = 3000, ahead = 3;
 static bool verbose;
@@ -191,8 +202,8 @@ static bool check(size_t pg)
 
 static unsigned long wrong(void)
 {
-	return atomic_load(&n_lost) + atomic_load(&n_old) + atomic_load(&n_old_under) +
-	       atomic_load(&n_bad);
+	return atomic_load(&n_child_old) + atomic_load(&n_child_other) + atomic_load(&n_lost) +
+	       atomic_load(&n_old) + atomic_load(&n_old_under) + atomic_load(&n_bad);
 }
 
 /* ---- following the sweep --------------------------------------------------- */
@@ -308,7 +319,40 @@ static void drop_during(size_t pg, uint64_t *s)
 {
 	volatile uint64_t *p = (volatile uint64_t *)page_at(pg);
 
+	if (how == 1) {
+		if (mmap(page_at(pg), PAGE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+			abort();
+		madvise(page_at(pg), PAGE, MADV_MERGEABLE); /* registered by the agent */
+		nap_us(30000);
+		atomic_store(&state[pg], DONE_ZERO);
+		check(pg);
+		return;
+	}
 	madvise(page_at(pg), PAGE, MADV_DONTNEED);
+	if (how == 2) {
+		pid_t c = fork();
+		int st = 0;
+
+		if (c == 0) {
+			int h = holds(pg, WORDS);
+
+			_exit(h == 0 ? 0 : h == 1 ? 3 : 4);
+		}
+		atomic_fetch_add(&n_forks, 1);
+		if (c > 0 && waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st)) {
+			if (WEXITSTATUS(st) == 3) {
+				atomic_fetch_add(&n_child_old, 1);
+				note(pg, "fork child read the old content after DONTNEED");
+			} else {
+				atomic_fetch_add(&n_child_other, 1);
+				note(pg, "fork child read other bytes");
+			}
+		}
+		atomic_store(&state[pg], DONE_ZERO);
+		check(pg);
+		return;
+	}
 	if (xs(s) & 1) {
 		atomic_store(&state[pg], DONE_ZERO);
 		check(pg);
@@ -401,9 +445,11 @@ int main(int argc, char **argv)
 	uint64_t t_end;
 	unsigned rounds = 0;
 
-	if (argc < 2 || (strcmp(argv[1], "before") && strcmp(argv[1], "during")))
+	if (argc < 2 || (strcmp(argv[1], "before") && strcmp(argv[1], "during") &&
+			 strcmp(argv[1], "fixed") && strcmp(argv[1], "fork")))
 		return usage(argc > 1 ? argv[1] : "(none)");
-	during = !strcmp(argv[1], "during");
+	during = strcmp(argv[1], "before") != 0;
+	how = !strcmp(argv[1], "fixed") ? 1 : !strcmp(argv[1], "fork") ? 2 : 0;
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
 		unsigned long v;
@@ -472,7 +518,9 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_join(th[i], NULL);
 	pthread_join(w, NULL);
-	printf("{\"mode\":\"%s\",\"rounds\":%u,\"tries\":%lu,\"evicted_seen\":%lu,"
+	printf("{\"forks\":%lu,\"child_old\":%lu,\"child_other\":%lu,", atomic_load(&n_forks),
+	       atomic_load(&n_child_old), atomic_load(&n_child_other));
+	printf("\"mode\":\"%s\",\"rounds\":%u,\"tries\":%lu,\"evicted_seen\":%lu,"
 	       "\"seen_back\":%lu,\"checks\":%lu,\"lost\":%lu,\"old\":%lu,\"old_under_write\":%lu,"
 	       "\"bad\":%lu,\"eviction_us\":%.1f,\"wrong_pages\":[%s]}\n",
 	       argv[1], rounds, atomic_load(&n_tries), atomic_load(&n_evicted),

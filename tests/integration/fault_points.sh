@@ -11,19 +11,8 @@ grep -aq 'fault point %s is on' "$CKSMD" || skip "$CKSMD is not a test build (-D
 cluster_conf "$T/cksm.conf" 1
 start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1
 declare -A MET
-for n in a b; do
-	MET[$n]=127.0.0.1:$(free_port)
-	dp=$(free_port)
-	inject=
-	[[ $n == b ]] && inject=copy_eagain=3,replica_read_fails=2
-	CKSM_INJECT=$inject start "node-$n" -c "$T/cksm.conf" --role agent \
-		--set agent.node_name="node-$n" --set agent.metrics="${MET[$n]}" \
-		--set agent.socket="$T/$n.sock" --set agent.data_listen=127.0.0.1:"$dp" \
-		--set agent.data_address=127.0.0.1:"$dp" --set agent.scan_mergeable=0 \
-		--set agent.pass_millisecs=100 --set agent.evict_age=1 \
-		--set agent.evict_cooldown_millisecs=0
-	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"
-done
+start_node a
+CKSM_INJECT=copy_eagain=3,replica_read_fails=2 start_node b
 log_has node-b "fault point copy_eagain is on" || fail "node-b did not switch its fault points on"
 m() { metric "${MET[$1]}" "$2"; }
 

@@ -120,3 +120,20 @@ ksm_restore() {
 	echo "${KSM_OLD[2]}" >$KSM/sleep_millisecs
 	echo "${KSM_OLD[0]}" >$KSM/run
 }
+
+# start_node N [--set ...]: node-N's agent of a multi-node test, with its
+# own socket ($T/N.sock), metrics (MET[N]) and data port, evicting fast
+# (a scan every 100 ms, pages stable for one scan); waits for it to
+# register with shard 0. The caller declares MET (declare -A MET).
+start_node() {
+	local n=$1 dp
+	shift
+	MET[$n]=127.0.0.1:$(free_port)
+	dp=$(free_port)
+	start "node-$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
+		--set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" \
+		--set agent.data_listen=127.0.0.1:"$dp" --set agent.data_address=127.0.0.1:"$dp" \
+		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1 \
+		--set agent.evict_cooldown_millisecs=0 "$@"
+	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"
+}

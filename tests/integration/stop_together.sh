@@ -10,16 +10,8 @@ LIB=$ROOT/build/libcksm.so
 cluster_conf "$T/cksm.conf" 1
 start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1
 declare -A MET
-for n in a b; do
-	MET[$n]=127.0.0.1:$(free_port)
-	dp=$(free_port)
-	start "node-$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
-		--set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" \
-		--set agent.data_listen=127.0.0.1:"$dp" --set agent.data_address=127.0.0.1:"$dp" \
-		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1 \
-		--set agent.evict_cooldown_millisecs=0 --set agent.data_timeout_ms=500
-	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"
-done
+start_node a --set agent.data_timeout_ms=500
+start_node b --set agent.data_timeout_ms=500
 m() { metric "${MET[$1]}" "$2"; }
 
 CKSM_SOCKET=$T/a.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/a.json" &

@@ -245,12 +245,11 @@ static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struc
 			 size_t *again)
 {
 	static uint8_t page[PAGE] __attribute__((aligned(PAGE)));
-	static const uint8_t zeroes[PAGE] __attribute__((aligned(PAGE)));
 
 	for (size_t i = 0; i < m->tab.n;) {
 		struct bentry *e = &m->tab.e[i];
 		uint64_t addr = e->page << 12;
-		const void *bytes = zeroes;
+		const void *bytes = zero_page;
 		int rc;
 
 		if (e->kind == BACKED_POOL)

@@ -215,6 +215,9 @@ struct backing {
 	struct metric_histogram *m_lat;
 };
 
+/* A page of zeroes: what a page never backed, or backed by nothing, reads. */
+extern const uint8_t zero_page[PAGE];
+
 /* ---- mm.c ----------------------------------------------------------------- */
 
 struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid);

@@ -48,6 +48,16 @@ struct bentry *btab_find(const struct btab *t, uint64_t addr)
 	return v ? &t->e[v - 1] : NULL;
 }
 
+struct bentry *btab_find_same(const struct btab *t, const struct bentry *e)
+{
+	struct bentry *x = btab_find(t, e->page << 12);
+
+	if (!x || x->kind != e->kind || x->ref.slot != e->ref.slot || x->ref.gen != e->ref.gen ||
+	    !cid_eq(x->id, e->id))
+		return NULL;
+	return x;
+}
+
 int btab_put(struct btab *t, const struct bentry *e)
 {
 	size_t i = slot_of(t, e->page);

@@ -63,6 +63,13 @@ void btab_fini(struct btab *t);
 /* The entry of the page holding addr, or NULL. */
 struct bentry *btab_find(const struct btab *t, uint64_t addr);
 
+/*
+ * The entry of e's page if it is still e (the same backing and content,
+ * as a copy taken earlier says), or NULL: it left, or another took its
+ * place meanwhile.
+ */
+struct bentry *btab_find_same(const struct btab *t, const struct bentry *e);
+
 /* Enter e, replacing an entry of the same page: 0 or -ENOMEM (unchanged). */
 int btab_put(struct btab *t, const struct bentry *e);
 

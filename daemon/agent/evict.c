@@ -119,9 +119,7 @@ bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const str
 
 static bool all_zero(const uint8_t *p)
 {
-	static const uint64_t z[PAGE / 8];
-
-	return memcmp(p, z, PAGE) == 0;
+	return memcmp(p, zero_page, PAGE) == 0;
 }
 
 /* Wait on m->cond until cond_fn holds or ms pass; m->lock held. */
@@ -133,17 +131,6 @@ static bool wait_for(struct mm *m, bool (*cond_fn)(const struct mm *), unsigned 
 		if (pthread_cond_timedwait(&m->cond, &m->lock, &until) == ETIMEDOUT)
 			return cond_fn(m);
 	return true;
-}
-
-/* The evictor's entry at addr, if it is still there and still its own. */
-static struct bentry *own_entry(struct mm *m, const struct bentry *e)
-{
-	struct bentry *x = btab_find(&m->tab, e->page << 12);
-
-	if (!x || x->kind != e->kind || x->ref.slot != e->ref.slot || x->ref.gen != e->ref.gen ||
-	    !cid_eq(x->id, e->id))
-		return NULL;
-	return x;
 }
 
 static bool zap_or_gone(const struct mm *m)
@@ -189,7 +176,7 @@ static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
 		while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
 		}
 		if (m->evict_hits > 1) {
-			struct bentry *x = own_entry(m, e);
+			struct bentry *x = btab_find_same(&m->tab, e);
 
 			if (x)
 				entry_release(m, x);
@@ -197,7 +184,7 @@ static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
 		}
 	} else if (m->zap_done && m->zap_status != -ECONNRESET) {
 		/* Not dropped (or the process is gone): the entry must not stay. */
-		struct bentry *x = own_entry(m, e);
+		struct bentry *x = btab_find_same(&m->tab, e);
 
 		if (x)
 			entry_release(m, x);

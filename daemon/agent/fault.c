@@ -50,8 +50,6 @@
 #include "uffd.h"
 #include "util.h"
 
-static const uint8_t zeroes[PAGE] __attribute__((aligned(PAGE)));
-
 /* ---- faults ------------------------------------------------------------------ */
 
 /* A backed page nobody can give back: the thread that needs it gets SIGBUS. */
@@ -85,7 +83,7 @@ static bool release_writer(struct mm *m, uint64_t addr)
 /* What the kernel would have given a page never backed: zeroes. */
 static int fill_zero(struct mm *m, uint64_t addr, bool write)
 {
-	return write ? uffd_copy(m->uffd, addr, zeroes) : uffd_zeropage(m->uffd, addr);
+	return write ? uffd_copy(m->uffd, addr, zero_page) : uffd_zeropage(m->uffd, addr);
 }
 
 static bool fresh_filled(struct mm *m, uint64_t addr, int rc)
@@ -139,13 +137,6 @@ struct fill {
 	struct metric *source;
 };
 
-/* Is x still the entry f was taken from? m->lock held. */
-static bool same_entry(const struct bentry *x, const struct bentry *e)
-{
-	return x && x->kind == e->kind && x->ref.slot == e->ref.slot && x->ref.gen == e->ref.gen &&
-	       cid_eq(x->id, e->id);
-}
-
 /*
  * Bring back the page of entry f->e, whose bytes are in bytes (NULL for a
  * zero page), if the entry is still there: 0, a negative errno, or
@@ -159,8 +150,8 @@ static int fill_backed(struct mm *m, const struct fill *f, uint64_t addr, bool w
 	int rc;
 
 	pthread_mutex_lock(&m->lock);
-	e = btab_find(&m->tab, addr);
-	if (!same_entry(e, &f->e)) {
+	e = btab_find_same(&m->tab, &f->e);
+	if (!e) {
 		pthread_mutex_unlock(&m->lock);
 		return -EAGAIN;
 	}

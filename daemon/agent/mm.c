@@ -83,6 +83,8 @@ void drop_range(struct mm *m, uint64_t start, uint64_t end)
 
 /* ---- mm lifetime ------------------------------------------------------------ */
 
+const uint8_t zero_page[PAGE] __attribute__((aligned(PAGE)));
+
 struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid)
 {
 	struct mm *m = calloc(1, sizeof(*m));

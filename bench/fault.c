@@ -422,11 +422,11 @@ int main(int argc, char **argv)
 	fprintf(f,
 		"[cluster]\nkey_file = %s\nheartbeat_ms = 200\ndead_after_ms = 2000\nreplicas = 1\n"
 		"[log]\nlevel = warn\n"
-		"[agent]\nnode_name = bench-a\nmetrics = 127.0.0.1:19570\nsocket = %s\n"
+		"[agent]\nnode_name = bench-a\nmetrics = 127.0.0.1:19570\nsocket = %s\nstate_dir = %s/a.state\n"
 		"pass_millisecs = %d\nsleep_millisecs = 0\npages_to_scan = 65536\nevict_age = 1\n"
 		"data_listen = 127.0.0.1:19574\ndata_address = 127.0.0.1:19574\n"
 		"[shard.0]\naddress = 127.0.0.1:19571\nmetrics = 127.0.0.1:19572\n",
-		key, sock, PASS_MS);
+		key, sock, dir, PASS_MS);
 	fclose(f);
 	{
 		char *ca[] = { daemon,		(char *)"-c",	   conf,	(char *)"--role",
@@ -522,11 +522,15 @@ int main(int argc, char **argv)
 			       (char *)"agent.data_listen=127.0.0.1:19575",
 			       (char *)"--set",
 			       (char *)"agent.data_address=127.0.0.1:19575",
+			       (char *)"--set",
+			       NULL,
 			       NULL };
-		char l3[200], setsock[200];
+		char l3[200], setsock[200], setstate[200];
 
 		snprintf(setsock, sizeof(setsock), "agent.socket=%s", sockb);
 		ab[10] = setsock;
+		snprintf(setstate, sizeof(setstate), "agent.state_dir=%s/b.state", dir);
+		ab[16] = setstate;
 		snprintf(l3, sizeof(l3), "%s/agent-b.log", dir);
 		spawn(ab, l3, NULL);
 	}

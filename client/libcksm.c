@@ -4,7 +4,11 @@
  * Loaded with LD_PRELOAD (or linked), it attaches at start: it connects to
  * the agent's socket (CKSM_SOCKET, default /run/cksm/agent.sock), gets an
  * open /dev/userfaultfd from the agent, makes this process's userfaultfd
- * from it and hands that back. The agent does the UFFDIO_API handshake
+ * from it and hands that back, keeping a copy. The copy is what makes a
+ * killed agent harmless: the ranges stay registered, a fault waits
+ * instead of reading zeroes, and the keeper thread connects again (with
+ * backoff) and hands the userfaultfd to the next agent, which takes over
+ * the table the killed one kept (local.h, RESUME). The agent does the UFFDIO_API handshake
  * (with the fork, remap, remove and unmap events, which need privileges
  * the process may not have) and from then on registers, write-protects
  * and fills this process's mergeable ranges from outside. What stays here
@@ -57,6 +61,22 @@ static pid_t attached_pid;
 static struct cksm_local hello; /* as sent at attach, for the children */
 static volatile uint8_t *beacon;
 static int (*real_madvise)(void *, size_t, int);
+/* This process's userfaultfd, kept while attached (to any agent): -1 if none. */
+static int own_uffd = -1;
+
+/*
+ * The last zap, and the connection it is answered on. A zap runs only on
+ * the connection that is current when it starts, and a resume reports it
+ * as it was; both under zap_lock, so the agent that takes over hears of
+ * every zap exactly once (local.h, RESUME).
+ */
+static pthread_mutex_t zap_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	uint64_t token, addr;
+	int state; /* enum cksm_local_zap_state */
+	int status;
+	bool answered;
+} last_zap;
 
 static int sock_get(void)
 {
@@ -65,10 +85,10 @@ static int sock_get(void)
 
 static bool attached_here(void)
 {
-	return sock_get() >= 0 && __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE) == getpid();
+	return __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE) == getpid();
 }
 
-/* The service thread takes over fd: from now on this process is attached. */
+/* fd is the connection from now on. zap_lock held. */
 static void attached(int fd)
 {
 	__atomic_store_n(&attached_pid, getpid(), __ATOMIC_RELEASE);
@@ -95,6 +115,46 @@ static bool agent_gone(int fd)
 	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP));
 }
 
+/* The last zap's answer, on the current connection if there is one. zap_lock held. */
+static void answer_zap(void)
+{
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAPPED);
+	int fd = sock_get();
+
+	if (fd < 0 || last_zap.state != CKSM_LOCAL_ZAP_DONE || last_zap.answered)
+		return;
+	r.token = last_zap.token;
+	r.status = last_zap.status;
+	last_zap.answered = send_local(fd, &r, -1) == 0;
+}
+
+/* Drop [a, a + b) for the agent, if fd is still the connection. */
+static void zap(int fd, const struct cksm_local *m)
+{
+	int rc;
+
+	pthread_mutex_lock(&zap_lock);
+	if (fd != sock_get() || agent_gone(fd)) {
+		/* Nobody would bring the page back: a zap that waited (this
+		 * process was stopped) while the agent went. */
+		pthread_mutex_unlock(&zap_lock);
+		return;
+	}
+	last_zap.token = m->token;
+	last_zap.addr = m->a;
+	last_zap.state = CKSM_LOCAL_ZAP_RUNNING;
+	last_zap.answered = false;
+	pthread_mutex_unlock(&zap_lock);
+	/* Returns once the agent read the removal: if it was killed, once
+	 * the next one did. */
+	rc = real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED) ? -errno : 0;
+	pthread_mutex_lock(&zap_lock);
+	last_zap.state = CKSM_LOCAL_ZAP_DONE;
+	last_zap.status = rc;
+	answer_zap();
+	pthread_mutex_unlock(&zap_lock);
+}
+
 /* The service thread: the agent's requests, until it goes away. */
 static void *serve(void *arg)
 {
@@ -105,23 +165,16 @@ static void *serve(void *arg)
 	while (recv_local(fd, &m, &extra) == 0) {
 		if (extra >= 0)
 			close(extra);
-		if (m.type == CKSM_LOCAL_ZAP && agent_gone(fd)) {
-			/* Nobody would bring the page back: a zap that waited
-			 * (this process was stopped) while the agent went. */
-			continue;
-		} else if (m.type == CKSM_LOCAL_ZAP) {
-			struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAPPED);
-
-			r.token = m.token;
-			r.status = real_madvise((void *)(uintptr_t)m.a, (size_t)m.b, MADV_DONTNEED)
-					   ? -errno
-					   : 0;
-			if (send_local(fd, &r, -1))
-				break;
-		} else if (m.type == CKSM_LOCAL_KSM) {
+		if (m.type == CKSM_LOCAL_ZAP)
+			zap(fd, &m);
+		else if (m.type == CKSM_LOCAL_KSM)
 			real_madvise((void *)(uintptr_t)m.a, (size_t)m.b, MADV_MERGEABLE);
-		}
 	}
+	pthread_mutex_lock(&zap_lock);
+	if (sock_get() == fd)
+		__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&zap_lock);
+	close(fd);
 	return NULL;
 }
 
@@ -175,6 +228,8 @@ static void no_timeout(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 }
 
+static int start_kept(int fd);
+
 /* A forked child's thread: attach again, then serve. */
 static void *reattach(void *arg)
 {
@@ -194,9 +249,14 @@ static void *reattach(void *arg)
 	(void)beacon[m.a * 4096];
 	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status)
 		goto fail;
+	/* READY brings the child's own userfaultfd (the fork event gave it to
+	 * the agent): kept from now on, like any attached process's. */
+	own_uffd = extra;
+	extra = -1;
 	no_timeout(fd);
-	attached(fd);
-	return serve((void *)(intptr_t)fd);
+	if (start_kept(fd))
+		goto fail;
+	return NULL;
 fail:
 	if (extra >= 0)
 		close(extra);
@@ -208,12 +268,18 @@ static void on_fork_child(void)
 {
 	int fd = sock_get();
 
-	/* The connection belongs to the parent; so do its service thread and
-	 * the agent's view of it. */
-	if (fd < 0 || getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
+	/* The connection belongs to the parent, and so do its threads, its
+	 * userfaultfd and the agent's view of it. */
+	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
 		return;
+	pthread_mutex_init(&zap_lock, NULL);
+	memset(&last_zap, 0, sizeof(last_zap));
 	__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
+	if (own_uffd >= 0)
+		close(own_uffd);
+	own_uffd = -1;
 	if (beacon)
 		start_thread(reattach, NULL);
 }
@@ -230,29 +296,41 @@ static size_t env_size(const char *name, size_t dflt)
 	return *end ? dflt : (size_t)x;
 }
 
-static void attach(void)
+/*
+ * The handshake on a new connection fd: a fresh attach, or with a kept
+ * userfaultfd a resume (the agent answers DEVFD if it kept nothing for
+ * this process: the old one is closed then and a new one made). 0 once
+ * READY came; own_uffd is this process's userfaultfd.
+ */
+static int handshake(int fd)
 {
-	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_HELLO);
-	int fd, devfd = -1, uffd = -1, extra = -1;
-	void *bp;
+	struct cksm_local m = hello;
+	int devfd = -1, uffd = -1, extra = -1;
 
-	fd = connect_agent();
-	if (fd < 0)
-		return;
-	if (getenv("CKSM_MERGE_ALL") && !strcmp(getenv("CKSM_MERGE_ALL"), "1"))
-		m.a = CKSM_LOCAL_MERGE_ALL;
-	m.b = env_size("CKSM_MERGE_MIN", 1u << 20);
-	/* Read-only and never written: no memory, and no merging with the
-	 * program's own mappings. */
-	bp = mmap(NULL, CKSM_LOCAL_BEACON_PAGES * 4096, PROT_READ,
-		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (bp != MAP_FAILED) {
-		beacon = bp;
-		m.token = (uint64_t)(uintptr_t)bp;
+	if (own_uffd >= 0) {
+		struct cksm_local r = cksm_local_msg(CKSM_LOCAL_RESUME);
+
+		m.a |= CKSM_LOCAL_RESUMING;
+		pthread_mutex_lock(&zap_lock);
+		r.token = last_zap.token;
+		r.a = last_zap.addr;
+		r.status = last_zap.status;
+		r.pad = (uint32_t)last_zap.state;
+		if (last_zap.state == CKSM_LOCAL_ZAP_DONE)
+			last_zap.answered = true; /* told here */
+		pthread_mutex_unlock(&zap_lock);
+		if (send_local(fd, &m, -1) || send_local(fd, &r, own_uffd) ||
+		    recv_local(fd, &m, &devfd))
+			goto fail;
+		if (m.type == CKSM_LOCAL_READY && m.status == 0 && devfd < 0)
+			return 0;
+		/* Nothing kept for it: its old ranges were unregistered. */
+		close(own_uffd);
+		own_uffd = -1;
+	} else if (send_local(fd, &m, -1) || recv_local(fd, &m, &devfd)) {
+		goto fail;
 	}
-	hello = m;
-	if (send_local(fd, &m, -1) || recv_local(fd, &m, &devfd) || m.type != CKSM_LOCAL_DEVFD ||
-	    m.status || devfd < 0)
+	if (m.type != CKSM_LOCAL_DEVFD || m.status || devfd < 0)
 		goto fail;
 	uffd = ioctl(devfd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
 	close(devfd);
@@ -260,18 +338,11 @@ static void attach(void)
 	if (uffd < 0)
 		goto fail;
 	m = cksm_local_msg(CKSM_LOCAL_UFFD);
-	if (send_local(fd, &m, uffd))
+	if (send_local(fd, &m, uffd) || recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY ||
+	    m.status)
 		goto fail;
-	close(uffd); /* the agent holds it now */
-	uffd = -1;
-	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status)
-		goto fail;
-	no_timeout(fd);
-	if (start_thread(serve, (void *)(intptr_t)fd))
-		goto fail;
-	attached(fd);
-	pthread_atfork(NULL, NULL, on_fork_child);
-	return;
+	own_uffd = uffd; /* kept: the agent's death must not unregister it */
+	return 0;
 fail:
 	if (extra >= 0)
 		close(extra);
@@ -279,6 +350,101 @@ fail:
 		close(devfd);
 	if (uffd >= 0)
 		close(uffd);
+	return -1;
+}
+
+/*
+ * The keeper: waits for the connection to end, then connects again with
+ * backoff (50 ms doubling to 5 s) for as long as the process lives, and
+ * resumes. A separate thread from the service one, which may be in a
+ * zap's madvise that returns only once the next agent reads its event.
+ */
+static void *keeper(void *arg)
+{
+	int kfd = (int)(intptr_t)arg;
+
+	for (;;) {
+		struct pollfd p = { .fd = kfd, .events = POLLRDHUP };
+		unsigned wait_ms = 50;
+		int fd;
+
+		while (poll(&p, 1, -1) < 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+		}
+		close(kfd);
+		pthread_mutex_lock(&zap_lock);
+		__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
+		pthread_mutex_unlock(&zap_lock);
+		for (;;) {
+			fd = connect_agent();
+			if (fd >= 0 && handshake(fd) == 0)
+				break;
+			if (fd >= 0)
+				close(fd);
+			usleep(wait_ms * 1000);
+			wait_ms = wait_ms * 2 > 5000 ? 5000 : wait_ms * 2;
+		}
+		no_timeout(fd);
+		kfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		pthread_mutex_lock(&zap_lock);
+		attached(fd);
+		answer_zap(); /* a zap that ended while no agent was there */
+		pthread_mutex_unlock(&zap_lock);
+		if (kfd < 0 || start_thread(serve, (void *)(intptr_t)fd)) {
+			if (kfd >= 0)
+				close(kfd);
+			return NULL; /* out of resources: served as far as it goes */
+		}
+	}
+	return NULL;
+}
+
+/* Attached on fd: serve it, and keep it (reconnecting when it ends). 0 or -1. */
+static int start_kept(int fd)
+{
+	int kfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+
+	if (kfd < 0)
+		return -1;
+	pthread_mutex_lock(&zap_lock);
+	attached(fd);
+	pthread_mutex_unlock(&zap_lock);
+	if (start_thread(serve, (void *)(intptr_t)fd)) {
+		close(kfd);
+		return -1;
+	}
+	if (start_thread(keeper, (void *)(intptr_t)kfd))
+		close(kfd); /* served, not kept */
+	return 0;
+}
+
+static void attach(void)
+{
+	int fd;
+	void *bp;
+
+	fd = connect_agent();
+	if (fd < 0)
+		return;
+	hello = cksm_local_msg(CKSM_LOCAL_HELLO);
+	if (getenv("CKSM_MERGE_ALL") && !strcmp(getenv("CKSM_MERGE_ALL"), "1"))
+		hello.a = CKSM_LOCAL_MERGE_ALL;
+	hello.b = env_size("CKSM_MERGE_MIN", 1u << 20);
+	/* Read-only and never written: no memory, and no merging with the
+	 * program's own mappings. */
+	bp = mmap(NULL, CKSM_LOCAL_BEACON_PAGES * 4096, PROT_READ,
+		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (bp != MAP_FAILED) {
+		beacon = bp;
+		hello.token = (uint64_t)(uintptr_t)bp;
+	}
+	if (handshake(fd))
+		goto fail;
+	no_timeout(fd);
+	if (start_kept(fd))
+		goto fail;
+	pthread_atfork(NULL, NULL, on_fork_child);
+	return;
+fail:
 	close(fd);
 }
 
@@ -307,7 +473,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 			return -1;
 		}
 	}
-	if (advice == MADV_MERGEABLE && attached_here()) {
+	if (advice == MADV_MERGEABLE && attached_here() && own_uffd >= 0) {
 		struct cksm_local m = cksm_local_msg(CKSM_LOCAL_RANGE);
 		int e = errno;
 
@@ -320,8 +486,10 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		m.a = (uint64_t)(uintptr_t)addr;
 		m.b = (len + 4095) & ~(size_t)4095;
 		/* Never wait on the agent; a range it was not told of goes to
-		 * the kernel's KSM as the program asked. */
-		if (cksm_local_send(sock_get(), &m, -1, MSG_DONTWAIT) == 0) {
+		 * the kernel's KSM as the program asked, unless no agent is
+		 * there now: the ranges the next one watches are still
+		 * registered, and KSM must not merge in them. */
+		if (sock_get() < 0 || cksm_local_send(sock_get(), &m, -1, MSG_DONTWAIT) == 0) {
 			errno = e;
 			return 0;
 		}

@@ -146,7 +146,7 @@ for n in 1 2 3; do
 	fi
 	"${in_node[@]}" "$BIN/cksmd" -c "$D/cksm.conf" --role agent "${via[@]}" --set agent.node_name=node-$n \
 		--set agent.rack=rack-$((n == 3 ? 2 : 1)) --set agent.metrics="${AMET[$n]}" \
-		--set agent.pids="$(jq .pid "$D/workload-$n.json")" --set agent.socket="$D/node-$n.sock" \
+		--set agent.pids="$(jq .pid "$D/workload-$n.json")" --set agent.socket="$D/node-$n.sock" --set agent.state_dir="$D/node-$n.state" \
 		--set agent.evict_age=2 --set agent.evict_cooldown_millisecs=10000 2>"$D/node-$n.log" &
 	pids+=($!)
 done

@@ -83,6 +83,7 @@ struct agent {
 	struct metric *m_unanswered;   /* reports whose answer never came */
 	struct metric *m_dups, *m_pool_free, *m_refs_sent;
 	struct pool *pool;		 /* NULL: no pool on this node */
+	int state_fd;			 /* the state directory, locked (-1 if none) */
 	struct backing *backing;	 /* NULL: processes cannot attach */
 	const struct transport_kind *tk; /* how other nodes' pools are read */
 	struct data_server *data;	 /* serves the pool to other nodes */
@@ -934,19 +935,26 @@ static int start_backing(struct agent *a)
 {
 	const struct config *cfg = a->rt.cfg;
 	char err[256];
-	bool huge;
+	size_t kept;
 
 	for (unsigned d = 0; d < cfg->ndomains; d++)
 		if (cid_domain_init(&a->domains[d], &a->rt.key, cfg->domains[d].id,
 				    cfg->domains[d].name))
 			return -EINVAL;
-	a->pool = pool_create(cfg->pool_pages, &huge, err, sizeof(err));
+	a->state_fd = keep_open(cfg->state_dir);
+	if (a->state_fd < 0)
+		return a->state_fd; /* logged: an agent must not share another's state */
+	a->pool = pool_open(cfg->state_dir, cfg->pool_pages, &kept, err, sizeof(err));
 	if (!a->pool) {
 		log_error("no page pool: %s", err);
 		return 0;
 	}
-	log_info("page pool of %u slots (%s)", cfg->pool_pages,
-		 huge ? "hugetlb pages" : "shared memory");
+	if (pool_slots(a->pool) != cfg->pool_pages)
+		log_warn(
+			"the pool in %s has %zu slots, kept from an earlier agent; pool_pages = %u takes effect once it is removed",
+			cfg->state_dir, pool_slots(a->pool), cfg->pool_pages);
+	log_info("page pool of %zu slots in %s (%zu kept from an earlier agent)",
+		 pool_slots(a->pool), cfg->state_dir, kept);
 	a->tk = transport_kind_choose(cfg);
 	if (!a->tk)
 		return -EINVAL; /* logged */
@@ -958,8 +966,8 @@ static int start_backing(struct agent *a)
 			log_warn(
 				"data_listen without data_address: other nodes are not told where to read this node's pool");
 	}
-	a->backing =
-		backing_create(cfg, &a->rt.loop, a->rt.reg, a->pool, a->domains, a->tk, &a->rt.key);
+	a->backing = backing_create(cfg, &a->rt.loop, a->rt.reg, a->pool, a->state_fd, a->domains,
+				    a->tk, &a->rt.key);
 	if (!a->backing)
 		return 0;
 	backing_set_hooks(a->backing, on_attached, on_detached, a);
@@ -981,6 +989,7 @@ int agent_main(const struct config *cfg)
 		return 1;
 	if (runtime_init(&a->rt, cfg, CKSM__ROLE__ROLE_AGENT, cfg->node_name, cfg->agent_metrics))
 		goto fini_runtime;
+	a->state_fd = -1;
 	a->rt.role = a;
 	a->rt.stop = agent_stop;
 	a->nshards = cfg->nshards;
@@ -1024,6 +1033,8 @@ stop:
 fini_runtime:
 	runtime_fini(&a->rt);
 	pool_destroy(a->pool);
+	if (a->state_fd >= 0)
+		close(a->state_fd);
 	free(a);
 	return rc;
 }

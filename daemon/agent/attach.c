@@ -51,6 +51,7 @@ static int local_send(int fd, const struct cksm_local *m, int pass_fd)
 }
 
 static void pending_del(struct backing *b, struct mm *m);
+static void serve(struct mm *m, struct cksm_local *ready, const char *how);
 static void reattach_begin(struct mm *c);
 static void reattach_clear(struct backing *b, struct mm *c);
 
@@ -213,6 +214,10 @@ static bool on_hello(struct mm *m, const struct cksm_local *msg, int fd)
 		reattach_begin(m);
 		return false;
 	}
+	if (msg->a & CKSM_LOCAL_RESUMING) {
+		m->wants_resume = true; /* RESUME comes next */
+		return true;
+	}
 	if (local_send(m->sock, &r, m->b->devfd) < 0) {
 		mm_end(m, "cannot send the descriptor");
 		return false;
@@ -223,7 +228,6 @@ static bool on_hello(struct mm *m, const struct cksm_local *msg, int fd)
 /* UFFD: the process's userfaultfd; the mm is served from now on. */
 static bool on_uffd(struct mm *m, int fd, int sender)
 {
-	struct backing *b = m->b;
 	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
 	const char *why = fd < 0	     ? "UFFD without a descriptor"
 			  : sender != m->pid ? "a userfaultfd sent by another process"
@@ -237,12 +241,31 @@ static bool on_uffd(struct mm *m, int fd, int sender)
 		mm_end(m, why);
 		return false;
 	}
+	keep_pid(m, m->pid);
+	m->st->beacon = m->beacon;
+	if (keep_mm(m)) {
+		/* Served without a kept table, its pages would be lost with
+		 * the agent: it is not served. */
+		r.status = -EIO;
+		local_send(m->sock, &r, -1);
+		mm_end(m, "its table cannot be kept");
+		return false;
+	}
+	serve(m, &r, "attached");
+	return true;
+}
+
+/* m is served from now on: READY, the list, its ranges. */
+static void serve(struct mm *m, struct cksm_local *ready, const char *how)
+{
+	struct backing *b = m->b;
+
 	pending_del(b, m);
 	m->handshaken = true;
 	m->remap = &remap_libcksm;
 	m->pagemap = uffd_pagemap_open(m->pid);
-	local_send(m->sock, &r, -1);
-	log_info("process %d attached%s", (int)m->pid,
+	local_send(m->sock, ready, -1);
+	log_info("process %d %s%s", (int)m->pid, how,
 		 m->merge_all ? " (every private anonymous mapping)" : "");
 	list_add(b, m);
 	register_beacon(m);
@@ -250,6 +273,113 @@ static bool on_uffd(struct mm *m, int fd, int sender)
 		register_mappings(m, 0, UINT64_MAX, m->merge_min);
 	if (b->attached)
 		b->attached(b->hook_arg, m->pid, m->merge_all);
+}
+
+/* The waiting mm kept for pid (the same process: its start time too), taken off the list. */
+static struct mm *waiting_take(struct backing *b, pid_t pid)
+{
+	uint64_t t = proc_start_time(pid);
+
+	for (struct mm **p = &b->waiting; *p; p = &(*p)->wnext)
+		if ((*p)->st->pid == pid && (*p)->st->start_time == t && t) {
+			struct mm *w = *p;
+
+			*p = w->wnext;
+			return w;
+		}
+	return NULL;
+}
+
+static bool is_userfaultfd(int fd)
+{
+	char path[64], link[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return false;
+	link[n] = 0;
+	return strcmp(link, "anon_inode:[userfaultfd]") == 0;
+}
+
+/* Every fault that waited while no agent read them is raised again. */
+static void wake_all(struct mm *m)
+{
+	char path[64], line[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)m->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long s, e;
+
+		if (sscanf(line, "%llx-%llx", &s, &e) == 2)
+			uffd_wake_range(m->uffd, s, e - s);
+	}
+	fclose(f);
+}
+
+/*
+ * RESUME: a process attached to a killed agent is back with its
+ * userfaultfd. Its mm takes over the table kept for it (keep.c), applies
+ * the event the killed agent read last, settles the eviction it left,
+ * and every fault that waited is raised again. With no table kept for
+ * it, the process attaches anew (DEVFD).
+ */
+static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int sender)
+{
+	struct backing *b = m->b;
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
+	struct mm *w;
+	int fl;
+
+	m->wants_resume = false;
+	if (fd < 0 || sender != m->pid || !is_userfaultfd(fd)) {
+		if (fd >= 0)
+			close(fd);
+		mm_end(m, "a resume without its own userfaultfd");
+		return false;
+	}
+	w = waiting_take(b, m->pid);
+	if (!w) {
+		struct cksm_local d = cksm_local_msg(CKSM_LOCAL_DEVFD);
+
+		close(fd);
+		if (local_send(m->sock, &d, b->devfd) < 0) {
+			mm_end(m, "cannot send the descriptor");
+			return false;
+		}
+		return true; /* UFFD comes next */
+	}
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		close(fd);
+		w->wnext = b->waiting;
+		b->waiting = w;
+		mm_end(m, "cannot make the userfaultfd non-blocking");
+		return false;
+	}
+	/* The connection's mm takes w's table and state; w goes empty. */
+	m->uffd = fd;
+	m->tab = w->tab;
+	btab_init(&w->tab);
+	free(m->st);
+	m->st = w->st;
+	m->key = w->key;
+	w->st = NULL;
+	w->key = 0;
+	mm_put(w);
+	m->st->beacon = m->beacon;
+	pthread_mutex_lock(&m->lock);
+	resume_inbox(m);
+	pthread_mutex_unlock(&m->lock);
+	evict_resume(m, msg->token, (int)msg->pad, msg->status);
+	serve(m, &r, "came back to this agent");
+	log_info("process %d: %zu backed pages taken over", (int)m->pid, m->tab.n);
+	wake_all(m);
 	return true;
 }
 
@@ -292,8 +422,11 @@ static void on_sock(uv_poll_t *h, int status, int events)
 	       (rc = cksm_local_recv_from(m->sock, &msg, &fd, MSG_DONTWAIT, &why, &sender)) == 0) {
 		if (!m->hello_seen)
 			go = on_hello(m, &msg, fd);
-		else if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0)
+		else if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0 &&
+			 !m->wants_resume)
 			go = on_uffd(m, fd, sender);
+		else if (!m->handshaken && msg.type == CKSM_LOCAL_RESUME && m->wants_resume)
+			go = on_resume(m, &msg, fd, sender);
 		else
 			go = on_request(m, &msg, fd);
 	}
@@ -566,6 +699,9 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	fm->pid = c->pid;
 	fm->sock = fd;
 	pthread_mutex_unlock(&b->lock);
+	pthread_mutex_lock(&fm->lock);
+	keep_pid(fm, c->pid); /* a killed agent's successor knows it by its pid now */
+	pthread_mutex_unlock(&fm->lock);
 	fm->merge_all = c->merge_all;
 	fm->merge_min = c->merge_min;
 	fm->hello_seen = true;
@@ -573,7 +709,9 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	uv_poll_init(b->loop, &fm->poll, fd);
 	fm->poll.data = fm;
 	uv_poll_start(&fm->poll, UV_READABLE | UV_DISCONNECT, on_sock);
-	local_send(fd, &r, -1);
+	/* The child keeps a copy of its userfaultfd, as every attached process
+	 * does: a killed agent's successor gets it back from the child. */
+	local_send(fd, &r, fm->uffd);
 	log_info("process %d re-attached (forked from %d)", (int)fm->pid, (int)fm->parent);
 	metric_inc(b->m_reattached);
 	/* The connection lives on in fm; its own mm goes without a word. */
@@ -646,6 +784,21 @@ static void follow_mappings(struct backing *b)
 	}
 }
 
+/* Kept mms whose processes exited without coming back: released. */
+static void forget_waiting(struct backing *b)
+{
+	for (struct mm **p = &b->waiting, *w; (w = *p);) {
+		if (proc_start_time(w->st->pid) == w->st->start_time) {
+			p = &w->wnext;
+			continue;
+		}
+		*p = w->wnext;
+		log_info("process %d exited before it came back; its %zu kept pages are released",
+			 (int)w->st->pid, w->tab.n);
+		mm_put(w);
+	}
+}
+
 static void on_housekeeping(uv_timer_t *t)
 {
 	struct backing *b = t->data;
@@ -655,6 +808,7 @@ static void on_housekeeping(uv_timer_t *t)
 		uv_poll_start(&b->lpoll, UV_READABLE, on_accept);
 	}
 	end_slow_handshakes(b);
+	forget_waiting(b);
 	follow_mappings(b);
 	ksm_handover(b);
 }

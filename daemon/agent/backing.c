@@ -162,16 +162,20 @@ err:
 }
 
 struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct metrics *reg,
-			       struct pool *pool, const struct cid_domain *domains,
+			       struct pool *pool, int state_fd, const struct cid_domain *domains,
 			       const struct transport_kind *tk, const struct auth_key *key)
 {
 	struct backing *b = calloc(1, sizeof(*b));
+	size_t freed;
 
 	if (!b)
 		return NULL;
 	b->cfg = cfg;
 	b->loop = loop;
 	b->pool = pool;
+	b->state_fd = state_fd;
+	/* Zap tokens of a killed agent's evictions are told apart from this one's. */
+	b->next_token = clock_ns(CLOCK_REALTIME);
 	b->domains = domains;
 	b->tk = tk;
 	b->key = key;
@@ -181,6 +185,10 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	pthread_cond_init(&b->offer_cond, NULL);
 	if (alloc_tables(b) || register_metrics(b, reg))
 		goto free_tables;
+	keep_load_all(b);
+	freed = pool_settle(pool);
+	if (freed)
+		log_info("freed %zu pool slots that nothing holds or uses", freed);
 	if (open_uffd_dev(b))
 		goto free_tables;
 	b->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -302,6 +310,31 @@ static void restore_mm(struct backing *b, struct mm *m, struct restored *r)
 	r->failed += m->tab.n;
 }
 
+/*
+ * Every page of m is home: its ranges are unregistered, so that the
+ * userfaultfd the process keeps (libcksm) holds no fault up once the
+ * agent is gone. Poisoned pages stay poisoned.
+ */
+static void unregister_all(struct mm *m)
+{
+	char path[64], line[512];
+	FILE *f;
+
+	if (!m->pid || uffd_mm_gone(m->uffd))
+		return; /* a fork child not re-attached: the agent holds its only descriptor */
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)m->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long s, e;
+
+		if (sscanf(line, "%llx-%llx", &s, &e) == 2)
+			uffd_unregister(m->uffd, s, e); /* not every mapping can be registered */
+	}
+	fclose(f);
+}
+
 static void restore_all(struct backing *b)
 {
 	struct restored r = { 0 };
@@ -312,8 +345,11 @@ static void restore_all(struct backing *b)
 	for (;;) {
 		struct mm *head = b->mms;
 
-		for (struct mm *m = head; m && m != done; m = m->next)
+		for (struct mm *m = head; m && m != done; m = m->next) {
 			restore_mm(b, m, &r);
+			if (!m->tab.n)
+				unregister_all(m);
+		}
 		if (b->mms == head)
 			break;
 		done = head;
@@ -363,6 +399,13 @@ void backing_destroy(struct backing *b)
 		return;
 	stop_threads(b);
 	restore_all(b);
+	/* Processes that never came back keep their tables for the next agent. */
+	while (b->waiting) {
+		struct mm *w = b->waiting;
+
+		b->waiting = w->wnext;
+		mm_put(w);
+	}
 	/* The backing's own handle closes first, so that its callback runs
 	 * after every mm's, which still use b. */
 	attach_stop(b, on_backing_closed);

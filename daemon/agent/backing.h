@@ -44,12 +44,21 @@
 struct backing;
 
 /*
+ * The state directory dir, made if need be and locked for this agent
+ * alone (keep.c): its descriptor, or a negative errno (logged).
+ */
+int keep_open(const char *dir);
+
+/*
  * Listen on cfg->socket_path and start the fault and eviction threads;
  * remote dups are read with readers of kind tk (authenticated with key).
- * Returns NULL with the reason logged.
+ * What a killed agent kept in the state directory state_fd is loaded
+ * first (the processes' tables), before the pool, opened from the same
+ * directory, frees the slots nobody uses. Returns NULL with the reason
+ * logged.
  */
 struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct metrics *reg,
-			       struct pool *pool, const struct cid_domain *domains,
+			       struct pool *pool, int state_fd, const struct cid_domain *domains,
 			       const struct transport_kind *tk, const struct auth_key *key);
 void backing_destroy(struct backing *b);
 

@@ -68,6 +68,29 @@
 #define REMOVED_MAX   256	 /* ranges the program dropped lately, per mm */
 #define REMOVED_MS    2000	 /* ... not evicted for this long after */
 
+/*
+ * What an mm keeps in the state directory beside its table (the file
+ * mm-KEY, mapped shared; the table is tab-KEY): whose it is, and what the
+ * agent was doing to it, so that an agent killed at any point is
+ * followed by one that goes on from there (attach.c, resume).
+ */
+struct mm_state {
+	uint64_t magic;
+	uint32_t version, size;
+	int32_t pid;	     /* 0 for a fork child not re-attached yet */
+	int32_t parent;	     /* a fork child's parent */
+	uint64_t start_time; /* the process's, in clock ticks since boot (/proc/PID/stat) */
+	uint64_t beacon;
+	uint64_t evicting;	/* address under eviction, 0 if none (lock) */
+	uint64_t zap_token;	/* the zap asked for it (lock) */
+	uint32_t evict_hits;	/* removals of that page seen meanwhile (lock) */
+	uint32_t inbox_counted; /* the inbox's event is in evict_hits already (lock) */
+	struct uffd_msg inbox;	/* an event read and not applied yet (lock) */
+};
+
+#define MM_STATE_MAGIC	 0x6574617473736d63ull /* "cmsstate" */
+#define MM_STATE_VERSION 1u
+
 /* One served address space: a libcksm process, or a fork child of one. */
 struct mm {
 	struct backing *b;
@@ -88,11 +111,12 @@ struct mm {
 	bool merge_all;
 	uint64_t merge_min;
 	bool handshaken;
-	bool hello_seen;  /* the handshake's first message came */
-	uint64_t born_ms; /* loop time of the connection */
-	struct mm *pnext; /* in the backing's pending list, until handshaken */
-	bool orphan;	  /* its connection closed while it lives: served, not evicted */
-	bool gone;	  /* off the list */
+	bool hello_seen;   /* the handshake's first message came */
+	bool wants_resume; /* its hello said RESUME comes next */
+	uint64_t born_ms;  /* loop time of the connection */
+	struct mm *pnext;  /* in the backing's pending list, until handshaken */
+	bool orphan;	   /* its connection closed while it lives: served, not evicted */
+	bool gone;	   /* off the list */
 	uv_poll_t poll;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -109,12 +133,14 @@ struct mm {
 		uint64_t start, end, at_ms;
 	} removed[REMOVED_MAX]; /* REMOVE and UNMAP events read lately (lock) */
 	unsigned nremoved;
-	uint64_t evicting;   /* address under eviction, 0 if none (lock) */
-	unsigned evict_hits; /* removals of that page seen meanwhile (lock) */
-	uint64_t zap_token;  /* the zap waited for, and its answer (lock) */
-	int zap_status;
+	struct mm_state *st; /* kept in the state directory (the files' key), or in memory */
+	uint64_t key;
+	int zap_status; /* the answer to st->zap_token (lock) */
 	bool zap_done;
-	struct mm *next; /* in the list (b->lock) */
+	bool resuming;		/* an eviction a killed agent left, waiting for its zap (lock) */
+	struct bentry resume_e; /* ... its entry */
+	struct mm *wnext;	/* in the backing's waiting list (kept, not attached again) */
+	struct mm *next;	/* in the list (b->lock) */
 };
 
 /* A page offered for eviction. */
@@ -151,6 +177,8 @@ struct backing {
 
 	pthread_mutex_t lock;
 	struct mm *mms;
+	struct mm *waiting; /* kept by a killed agent, their processes not back yet (loop) */
+	int state_fd;	    /* the state directory */
 	struct reattach {
 		struct mm *conn;  /* a forked child's connection, NULL if free */
 		uint64_t addr;	  /* the beacon page it was told to read */
@@ -253,6 +281,24 @@ void drop_range(struct mm *m, uint64_t start, uint64_t end);
 void removed_note(struct mm *m, uint64_t start, uint64_t end);
 bool removed_covers(struct mm *m, uint64_t addr);
 
+/* ---- keep.c -------------------------------------------------------------- */
+
+/* Keep m's state and table in the state directory: 0 or -errno (logged). */
+int keep_mm(struct mm *m);
+/* m is the process pid's from now on (its start time too). m->lock or unlisted. */
+void keep_pid(struct mm *m, pid_t pid);
+/* Remove m's files (it is done with); keep_unmap frees its state. */
+void keep_forget(struct mm *m);
+void keep_unmap(struct mm *m);
+/*
+ * Load what a killed agent kept: every mm whose process still lives goes
+ * on b->waiting with its entries counted; the others' files are removed.
+ * Returns the number of entries loaded.
+ */
+size_t keep_load_all(struct backing *b);
+/* The start time of pid (clock ticks since boot), 0 if it is gone. */
+uint64_t proc_start_time(pid_t pid);
+
 /* ---- refs.c --------------------------------------------------------------- */
 
 /* This node's references on one of its own slots changed (sent at the next flush). */
@@ -279,12 +325,19 @@ void reattach_match(struct mm *m, const struct uffd_msg *msg);
 void *fault_main(void *arg);
 /* Read what m's userfaultfd has; false when it is finished. */
 bool drain_uffd(struct mm *m);
+/* Apply the event a killed agent read into m's kept inbox. m->lock held. */
+void resume_inbox(struct mm *m);
 
 /* ---- evict.c -------------------------------------------------------------- */
 
 void *evict_main(void *arg);
 /* The process answered the zap token (loop thread). */
 void evict_zapped(struct mm *m, uint64_t token, int status);
+/*
+ * A killed agent's eviction of m, settled by the process's last zap as it
+ * says at resume: token, state (CKSM_LOCAL_ZAP_*) and status (loop thread).
+ */
+void evict_resume(struct mm *m, uint64_t token, int state, int status);
 /* A page came back: not evicted again for the cool-down; hot if it came
  * back from the pool while its last return is remembered. */
 void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled);

@@ -15,6 +15,16 @@
  * deletes stays at the same position. Any put or delete may move entries:
  * pointers into the table are good until the next change.
  *
+ * Kept on disk (btab_keep, btab_load), the dense array lives in a shared
+ * file mapping that outlives the agent: a head, then the entries. The
+ * agent can be killed between any two stores, so every change leaves a
+ * state the next agent reads right: an entry is written whole (stamped
+ * with a sequence number and a checksum) before the count that includes
+ * it is published; a replacement is a new entry appended and then the
+ * old one deleted; a deletion copies the last entry into the hole before
+ * the count drops. At load, entries whose checksum fails are torn writes
+ * never published, and of two entries of one page the later stamp wins.
+ *
  * Invariants (btab_check): every entry is found through the index under
  * its own page and the index holds nothing else; no two entries share a
  * page; no entry has page 0; a remote entry names 1..BTAB_REPLICAS dups.
@@ -48,12 +58,20 @@ struct bentry {
 	uint8_t kind; /* enum backed_by */
 	uint8_t nrem;
 	struct rdup rem[BTAB_REPLICAS]; /* BACKED_REMOTE: in order; rem[0] is counted */
+	uint64_t seq;			/* stamped by btab_put */
+	uint64_t sum;			/* of the bytes before it, by btab_put */
 };
+
+struct btab_head; /* a kept table's file head (btab.c) */
 
 struct btab {
 	struct bentry *e; /* dense */
 	size_t n, cap;
-	struct oaidx ix; /* position + 1 by page */
+	uint64_t seq;		/* the latest stamp */
+	struct oaidx ix;	/* position + 1 by page */
+	int fd;			/* the file it is kept in, -1 if only in memory */
+	struct btab_head *head; /* the file's mapping: the head, then e */
+	size_t map_bytes;
 };
 
 /* An empty table (allocates nothing). */
@@ -75,6 +93,19 @@ int btab_put(struct btab *t, const struct bentry *e);
 
 /* Remove e (an entry of t); the last entry moves into its place. */
 void btab_del(struct btab *t, struct bentry *e);
+
+/*
+ * Keep t from now on in the file name of the directory dirfd, made anew
+ * with t's entries: 0 or a negative errno (t unchanged).
+ */
+int btab_keep(struct btab *t, int dirfd, const char *name);
+
+/*
+ * Load the kept table name of dirfd into t (empty, in memory), which is
+ * kept there from then on: 0, -ENOENT, or another negative errno. *torn
+ * gets the number of entries dropped as torn or superseded.
+ */
+int btab_load(struct btab *t, int dirfd, const char *name, size_t *torn);
 
 /* Check the invariants above: 0, or -EUCLEAN with *why naming the broken one. */
 int btab_check(const struct btab *t, const char **why);

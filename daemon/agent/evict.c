@@ -28,11 +28,13 @@
  * others meanwhile.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 
 #include "backing_int.h"
+#include "inject.h"
 #include "log.h"
 #include "uffd.h"
 #include "util.h"
@@ -140,42 +142,41 @@ static bool zap_or_gone(const struct mm *m)
 
 static bool removal_or_gone(const struct mm *m)
 {
-	return m->evict_hits > 0 || m->gone || m->orphan;
+	return m->st->evict_hits > 0 || m->gone || m->orphan;
 }
+
+static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e);
 
 void evict_zapped(struct mm *m, uint64_t token, int status)
 {
 	pthread_mutex_lock(&m->lock);
-	if (token == m->zap_token && !m->zap_done) {
+	if (token == m->st->zap_token && !m->zap_done) {
 		m->zap_status = status;
 		m->zap_done = true;
 		pthread_cond_broadcast(&m->cond);
+		if (m->resuming) {
+			evict_settle(m->b, m, &m->resume_e);
+			return;
+		}
 	}
 	pthread_mutex_unlock(&m->lock);
 }
 
 /*
- * After the zap was asked for: the answer (or the end of the process, or
- * of the agent) decides what becomes of the entry. m->lock held;
- * released, with the evictor's reference on m.
+ * The zap's answer (or the end of the process, or of the agent) decides
+ * what becomes of the entry; the removals were counted already. m->lock
+ * held; released.
  */
-static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
+static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e)
 {
 	uint64_t addr = e->page << 12;
 	const char *why = NULL;
 
-	while (!zap_or_gone(m) && !atomic_load(&b->stopping))
-		wait_for(m, zap_or_gone, 200);
 	if (m->zap_done && m->zap_status == 0) {
-		/* The page is gone, and its REMOVE counted: the fault thread
-		 * reads and applies an event under m->lock, and the process
-		 * answers only once its madvise's event was read. More than
-		 * one removal means the program dropped or moved the page
-		 * too, and it must then read as the program left it: zeroes.
-		 * (Faults on it waited for this decision.) */
-		while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
-		}
-		if (m->evict_hits > 1) {
+		/* The page is gone. More than one removal means the program
+		 * dropped or moved the page too, and it must then read as the
+		 * program left it: zeroes. (Faults on it waited for this.) */
+		if (m->st->evict_hits > 1) {
 			struct bentry *x = btab_find_same(&m->tab, e);
 
 			if (x)
@@ -196,7 +197,8 @@ static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
 		 * one is served from it. */
 		why = m->zap_done ? "the process left" : "the agent is stopping";
 	}
-	m->evicting = 0;
+	m->st->evicting = 0;
+	m->resuming = false;
 	pthread_mutex_unlock(&m->lock);
 	metric_inc(why ? b->m_aborted : b->m_evicted);
 	/* Writers that raced the eviction: they retry, and either find the
@@ -205,7 +207,62 @@ static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
 	uffd_wake(m->uffd, addr);
 	if (why)
 		log_debug("process %d page %#llx: %s", (int)m->pid, (unsigned long long)addr, why);
+}
+
+/*
+ * After the zap was asked for: wait for its answer, and for its removal
+ * to be counted (the fault thread reads and applies an event under
+ * m->lock, and the process answers only once its madvise's event was
+ * read), then settle. m->lock held; released, with the evictor's
+ * reference on m.
+ */
+static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
+{
+	while (!zap_or_gone(m) && !atomic_load(&b->stopping))
+		wait_for(m, zap_or_gone, 200);
+	if (m->zap_done && m->zap_status == 0)
+		while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
+		}
+	evict_settle(b, m, e);
 	mm_put(m);
+}
+
+void evict_resume(struct mm *m, uint64_t token, int state, int status)
+{
+	struct bentry *e;
+	uint64_t addr;
+
+	pthread_mutex_lock(&m->lock);
+	addr = m->st->evicting;
+	e = addr ? btab_find(&m->tab, addr) : NULL;
+	if (!addr) {
+		pthread_mutex_unlock(&m->lock);
+		return;
+	}
+	m->resume_e = e ? *e : (struct bentry){ .page = addr >> 12 };
+	if (e && token == m->st->zap_token && state == CKSM_LOCAL_ZAP_RUNNING) {
+		/* The process is dropping the page now: its answer settles it
+		 * (evict_zapped), as it would have for the killed agent. */
+		m->zap_done = false;
+		m->resuming = true;
+		pthread_mutex_unlock(&m->lock);
+		log_info(
+			"process %d: the eviction of page %#llx a killed agent left settles at its zap's answer",
+			(int)m->pid, (unsigned long long)addr);
+		return;
+	}
+	if (e && token == m->st->zap_token && state == CKSM_LOCAL_ZAP_DONE) {
+		m->zap_done = true;
+		m->zap_status = status;
+	} else {
+		/* The zap never ran: the page is there (or the program dropped
+		 * it itself), and the entry must go. */
+		m->zap_done = true;
+		m->zap_status = -ECANCELED;
+	}
+	log_info("process %d: settling the eviction of page %#llx a killed agent left", (int)m->pid,
+		 (unsigned long long)addr);
+	evict_settle(m->b, m, &m->resume_e);
 }
 
 /* An eviction whose process has not answered its zap yet. */
@@ -287,11 +344,11 @@ static bool evict_claim(struct mm *m, uint64_t addr)
 	bool ok;
 
 	pthread_mutex_lock(&m->lock);
-	ok = !m->evicting && !m->orphan && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
+	ok = !m->st->evicting && !m->orphan && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
 	     !removed_covers(m, addr);
 	if (ok) {
-		m->evicting = addr;
-		m->evict_hits = 0;
+		m->st->evicting = addr;
+		m->st->evict_hits = 0;
 	}
 	pthread_mutex_unlock(&m->lock);
 	return ok;
@@ -303,10 +360,12 @@ static bool evict_enter(struct backing *b, struct mm *m, const struct bentry *e,
 	bool ok;
 
 	pthread_mutex_lock(&m->lock);
-	ok = !m->evict_hits && !m->orphan && btab_put(&m->tab, e) == 0;
+	/* The token first: a killed agent's successor tells by it whether
+	 * the zap the process ran last was this entry's. */
+	m->st->zap_token = *token = ++b->next_token;
+	ok = !m->st->evict_hits && !m->orphan && btab_put(&m->tab, e) == 0;
 	if (ok) {
 		entry_count(b, e);
-		m->zap_token = *token = ++b->next_token;
 		m->zap_done = false;
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -322,8 +381,12 @@ static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, u
 {
 	int rc;
 
+	if (inject("die_before_zap"))
+		raise(SIGKILL);
 	pthread_mutex_lock(&m->lock);
 	rc = m->remap->zap(m, e->page << 12, PAGE, token);
+	if (inject("die_after_zap"))
+		raise(SIGKILL);
 	if (rc == -EINPROGRESS) {
 		if (!wait_for(m, zap_or_gone, ZAP_WAIT_MS) && !atomic_load(&b->stopping)) {
 			pthread_mutex_unlock(&m->lock);
@@ -388,7 +451,7 @@ unprotect:
 	uffd_protect(m->uffd, o->addr, false);
 unclaim:
 	pthread_mutex_lock(&m->lock);
-	m->evicting = 0;
+	m->st->evicting = 0;
 	pthread_mutex_unlock(&m->lock);
 	uffd_wake(m->uffd, o->addr);
 	metric_inc(b->m_aborted);

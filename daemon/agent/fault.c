@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "backing_int.h"
+#include "inject.h"
 #include "log.h"
 #include "uffd.h"
 #include "util.h"
@@ -75,7 +76,7 @@ static bool release_writer(struct mm *m, uint64_t addr)
 	bool busy;
 
 	pthread_mutex_lock(&m->lock);
-	busy = m->evicting == addr;
+	busy = m->st->evicting == addr;
 	pthread_mutex_unlock(&m->lock);
 	return busy || uffd_protect(m->uffd, addr, false) != -EAGAIN;
 }
@@ -180,7 +181,7 @@ static int fault_look(struct mm *m, uint64_t addr, bool write, struct fill *f, i
 	if (!e) {
 		*rc = fill_zero(m, addr, write);
 		ret = 0;
-	} else if (m->evicting == addr) {
+	} else if (m->st->evicting == addr) {
 		ret = -EAGAIN;
 	} else {
 		f->e = *e;
@@ -238,6 +239,8 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t sinc
 			return true;
 		}
 	}
+	if (inject("die_in_fault"))
+		raise(SIGKILL);
 	rc = fill_backed(m, &f, addr, write, bytes);
 	if (rc == -EAGAIN)
 		return false;
@@ -307,10 +310,26 @@ static void on_fork(struct mm *m, int ufd)
 	c->handshaken = true;
 	c->parent = m->pid;
 	c->beacon = m->beacon;
+	c->st->parent = m->pid;
+	c->st->beacon = m->beacon;
+	keep_mm(c); /* logged if it cannot be: then served from memory only */
 	for (size_t i = 0; i < m->tab.n; i++)
 		fork_entry(b, c, &m->tab.e[i]);
 	metric_inc(b->m_forks);
 	list_add(b, c);
+}
+
+/*
+ * The inbox's event removed or moved the page under eviction: counted
+ * once, even when a killed agent's event is applied again (resume).
+ * m->lock held.
+ */
+static void count_hits(struct mm *m, unsigned n)
+{
+	if (m->st->inbox_counted)
+		return;
+	m->st->evict_hits += n;
+	m->st->inbox_counted = 1;
 }
 
 /* m->lock held. */
@@ -340,8 +359,8 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 			if (moved[i].kind == BACKED_POOL)
 				pool_ref(m->b->pool, moved[i].ref, -1);
 		}
-	if (m->evicting >= from && m->evicting < from + len) {
-		m->evict_hits += 2; /* moved away: the evictor gives up */
+	if (m->st->evicting >= from && m->st->evicting < from + len) {
+		count_hits(m, 2); /* moved away: the evictor gives up */
 		pthread_cond_broadcast(&m->cond);
 	}
 	free(moved);
@@ -353,20 +372,20 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
  */
 static void on_remove(struct mm *m, uint64_t start, uint64_t end, bool unmap)
 {
-	bool evicting = m->evicting >= start && m->evicting < end;
+	bool evicting = m->st->evicting >= start && m->st->evicting < end;
 
 	/* The page under eviction alone, dropped: the evictor's own zap, or
 	 * a drop its decision counts (evict_end). Anything else is the
 	 * program's and remembered; an unmap never comes from the zap. */
-	if (unmap || start != m->evicting || end != m->evicting + PAGE)
+	if (unmap || start != m->st->evicting || end != m->st->evicting + PAGE)
 		removed_note(m, start, end);
 	if (evicting) {
-		m->evict_hits += unmap ? 2 : 1;
+		count_hits(m, unmap ? 2 : 1);
 		pthread_cond_broadcast(&m->cond);
-		if (start < m->evicting)
-			drop_range(m, start, m->evicting);
-		if (m->evicting + PAGE < end)
-			drop_range(m, m->evicting + PAGE, end);
+		if (start < m->st->evicting)
+			drop_range(m, start, m->st->evicting);
+		if (m->st->evicting + PAGE < end)
+			drop_range(m, m->st->evicting + PAGE, end);
 	} else {
 		drop_range(m, start, end);
 	}
@@ -392,6 +411,12 @@ static void on_event(struct mm *m, const struct uffd_msg *msg)
 	}
 }
 
+/* The inbox is empty again: its event is applied. m->lock held. */
+static void clear_inbox(struct mm *m)
+{
+	__atomic_store_n(&m->st->inbox.event, 0, __ATOMIC_RELEASE);
+}
+
 /*
  * A read that failed: is the userfaultfd finished? Not for want of a
  * descriptor or memory (a fork event stays queued then, and is read again
@@ -415,19 +440,27 @@ static bool uffd_finished(struct mm *m, int err)
 bool drain_uffd(struct mm *m)
 {
 	/* One message per read: a fork is handled before any fault read after
-	 * it is served (serving it first would miss the child's copy). */
+	 * it is served (serving it first would miss the child's copy). An
+	 * event is read straight into the kept state's inbox and cleared once
+	 * applied: the kernel lets the process go on as soon as it is read,
+	 * so an agent killed in between leaves it for the next (resume). */
 	struct uffd_msg msg;
 
 	for (;;) {
 		ssize_t n;
 
 		pthread_mutex_lock(&m->lock);
-		n = read(m->uffd, &msg, sizeof(msg));
+		m->st->inbox_counted = 0; /* the inbox is empty */
+		n = read(m->uffd, &m->st->inbox, sizeof(m->st->inbox));
+		msg = m->st->inbox;
 		if (n == (ssize_t)sizeof(msg) && msg.event != UFFD_EVENT_PAGEFAULT) {
 			on_event(m, &msg);
+			clear_inbox(m);
 			pthread_mutex_unlock(&m->lock);
 			continue;
 		}
+		if (n > 0)
+			clear_inbox(m);
 		pthread_mutex_unlock(&m->lock);
 		if (n < 0)
 			return !uffd_finished(m, errno);
@@ -439,6 +472,26 @@ bool drain_uffd(struct mm *m)
 		if (!on_pagefault(m, &msg, 0))
 			keep_retry(m, &msg, now_ms());
 	}
+}
+
+void resume_inbox(struct mm *m)
+{
+	struct uffd_msg msg = m->st->inbox;
+
+	if (!msg.event)
+		return;
+	if (msg.event == UFFD_EVENT_FORK) {
+		/* Its descriptor died with the agent that read it. */
+		log_error(
+			"process %d forked as the agent was killed: the child's backed pages are lost",
+			(int)m->pid);
+	} else if (msg.event != UFFD_EVENT_PAGEFAULT) {
+		/* Each is idempotent: a range already dropped or moved is
+		 * dropped or moved again to the same effect. */
+		log_info("process %d: applying the event a killed agent read", (int)m->pid);
+		on_event(m, &msg);
+	}
+	clear_inbox(m);
 }
 
 /* ---- the thread -------------------------------------------------------------- */

@@ -82,7 +82,7 @@ static void ksm_flush(struct mm *m)
 	for (unsigned i = 0; i < m->nksm; i++) {
 		struct ksm_window *w = &m->ksm[i];
 
-		if (w->sent || (m->evicting >= w->start && m->evicting < w->end))
+		if (w->sent || (m->st->evicting >= w->start && m->st->evicting < w->end))
 			continue;
 		w->sent = true;
 		v[n++] = *w;

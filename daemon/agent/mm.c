@@ -98,6 +98,12 @@ struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid)
 	m->pid = pid;
 	m->beacon_idx = -1;
 	m->pagemap = -1;
+	m->st = calloc(1, sizeof(*m->st));
+	if (!m->st) {
+		free(m);
+		return NULL;
+	}
+	m->st->pid = pid;
 	btab_init(&m->tab);
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
@@ -108,10 +114,19 @@ void mm_put(struct mm *m)
 {
 	if (atomic_fetch_sub(&m->refs, 1) != 1)
 		return;
-	pthread_mutex_lock(&m->lock);
-	drop_range(m, 0, UINT64_MAX);
-	pthread_mutex_unlock(&m->lock);
+	if (m->key && m->b->stop && m->tab.n) {
+		/* The agent stops with pages of m it could not bring back:
+		 * they stay kept, and wait for the next agent. */
+		log_warn("process %d: %zu backed pages wait for the next agent", (int)m->pid,
+			 m->tab.n);
+	} else {
+		pthread_mutex_lock(&m->lock);
+		drop_range(m, 0, UINT64_MAX);
+		pthread_mutex_unlock(&m->lock);
+		keep_forget(m);
+	}
 	btab_fini(&m->tab);
+	keep_unmap(m);
 	free(m->retry);
 	if (m->uffd >= 0)
 		close(m->uffd);

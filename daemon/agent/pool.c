@@ -4,6 +4,15 @@
  * Slot table: per slot its generation, reference count, held flag and
  * content id; free slots form a stack, so the most recently freed (and
  * still cached) slot is reused first, with a new generation.
+ *
+ * A pool opened in a state directory keeps its pages in the file "pool"
+ * and its slot table in the file "slots" (a header, then one struct slot
+ * per slot), both shared mappings: they outlive the agent, and the next
+ * one opens them again. A slot is named live only once its bytes and id
+ * are written, and a killed agent can stop between any two stores, so at
+ * open the free stack and the index are rebuilt from the live flags, and
+ * the reference counts start from zero: the tables that hold them count
+ * them again (pool_ref), then pool_settle frees what nobody holds.
  */
 #include "pool.h"
 
@@ -12,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "oaidx.h"
@@ -27,6 +38,19 @@ struct slot {
 	bool live;
 };
 
+#define SLOTS_MAGIC   0x736c6f74736b6d63ull /* "cmkstols" */
+#define SLOTS_VERSION 1u
+
+/* The head of the "slots" file; the slots follow at SLOTS_HEAD. */
+struct slots_head {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t slot_size; /* sizeof(struct slot) */
+	uint64_t nslots;
+};
+
+#define SLOTS_HEAD 64u
+
 struct pool {
 	pthread_mutex_t lock;
 	int fd;
@@ -34,6 +58,8 @@ struct pool {
 	size_t map_bytes;
 	size_t nslots;
 	struct slot *slots;
+	void *slots_map; /* the "slots" file's mapping, NULL for a memfd pool */
+	size_t slots_bytes;
 	uint32_t *free; /* stack of free slot numbers */
 	size_t nfree;
 	struct oaidx index; /* id -> slot + 1, for one held slot per id */
@@ -111,6 +137,29 @@ fail : {
 }
 }
 
+/*
+ * The free stack and the index, from the slots' live flags (all free in a
+ * new pool, slot 0 on top). 0 or -ENOMEM.
+ */
+static int pool_index(struct pool *p)
+{
+	p->free = malloc(p->nslots * sizeof(*p->free));
+	oaidx_init(&p->index);
+	if (!p->free || oaidx_reserve(&p->index, p->nslots, slot_hash, p))
+		return -ENOMEM;
+	p->nfree = 0;
+	for (size_t i = p->nslots; i-- > 0;) {
+		struct slot *s = &p->slots[i];
+
+		if (!s->live)
+			p->free[p->nfree++] = (uint32_t)i;
+		else if (s->held)
+			idx_put(p, (uint32_t)i);
+	}
+	pthread_mutex_init(&p->lock, NULL);
+	return 0;
+}
+
 struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen)
 {
 	struct pool *p = calloc(1, sizeof(*p));
@@ -131,18 +180,121 @@ struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen)
 		return NULL;
 	}
 	p->slots = calloc(nslots, sizeof(*p->slots));
-	p->free = malloc(nslots * sizeof(*p->free));
-	oaidx_init(&p->index);
-	if (!p->slots || !p->free || oaidx_reserve(&p->index, nslots, slot_hash, p)) {
+	if (!p->slots || pool_index(p)) {
 		snprintf(err, errlen, "slot table of %zu slots: out of memory", nslots);
 		pool_destroy(p);
 		return NULL;
 	}
-	for (size_t i = 0; i < nslots; i++)
-		p->free[i] = (uint32_t)(nslots - 1 - i); /* slot 0 on top */
-	p->nfree = nslots;
-	pthread_mutex_init(&p->lock, NULL);
 	return p;
+}
+
+/* A file of bytes in dir, mapped shared: its mapping, or NULL with err set. */
+static void *map_file(int dir, const char *name, size_t bytes, int *fdp, char *err, size_t errlen)
+{
+	int fd = openat(dir, name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	void *map;
+
+	if (fd < 0 || ftruncate(fd, (off_t)bytes) < 0) {
+		snprintf(err, errlen, "%s: %s", name, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	map = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED) {
+		snprintf(err, errlen, "%s: mmap of %zu bytes: %s", name, bytes, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	if (fdp)
+		*fdp = fd;
+	else
+		close(fd);
+	return map;
+}
+
+/*
+ * The slot count an existing "slots" file was made with, 0 if there is
+ * none (or it is not one: it is made anew), -1 on an error (err set).
+ */
+static long slots_of_file(int dir, char *err, size_t errlen)
+{
+	struct slots_head h;
+	int fd = openat(dir, "slots", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0 && errno == ENOENT)
+		return 0;
+	if (fd < 0) {
+		snprintf(err, errlen, "slots: %s", strerror(errno));
+		return -1;
+	}
+	n = pread(fd, &h, sizeof(h), 0);
+	close(fd);
+	if (n != (ssize_t)sizeof(h) || h.magic != SLOTS_MAGIC || h.version != SLOTS_VERSION ||
+	    h.slot_size != sizeof(struct slot) || h.nslots == 0 || h.nslots > UINT32_MAX)
+		return 0;
+	return (long)h.nslots;
+}
+
+struct pool *pool_open(const char *path, size_t nslots, size_t *kept, char *err, size_t errlen)
+{
+	struct pool *p = calloc(1, sizeof(*p));
+	struct slots_head *h;
+	int dir = -1;
+	long had;
+
+	*kept = 0;
+	if (!p || nslots == 0 || nslots > UINT32_MAX) {
+		snprintf(err, errlen, "pool of %zu slots: %s", nslots,
+			 p ? "out of range" : "out of memory");
+		free(p);
+		return NULL;
+	}
+	p->fd = -1;
+	dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dir < 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	had = slots_of_file(dir, err, errlen);
+	if (had < 0)
+		goto fail;
+	/* A pool that outlived an agent keeps its size: its slots are named
+	 * by processes' tables and by the shards. */
+	p->nslots = had ? (size_t)had : nslots;
+	p->slots_bytes = SLOTS_HEAD + p->nslots * sizeof(struct slot);
+	p->map_bytes = p->nslots * POOL_SLOT;
+	p->slots_map = map_file(dir, "slots", p->slots_bytes, NULL, err, errlen);
+	if (!p->slots_map)
+		goto fail;
+	p->base = map_file(dir, "pool", p->map_bytes, &p->fd, err, errlen);
+	if (!p->base)
+		goto fail;
+	madvise(p->base, p->map_bytes, MADV_HUGEPAGE); /* where shmem THP is enabled */
+	h = p->slots_map;
+	p->slots = (struct slot *)((uint8_t *)p->slots_map + SLOTS_HEAD);
+	if (!had) {
+		memset(p->slots, 0, p->nslots * sizeof(struct slot));
+		*h = (struct slots_head){ SLOTS_MAGIC, SLOTS_VERSION, sizeof(struct slot),
+					  p->nslots };
+	}
+	for (size_t i = 0; i < p->nslots; i++) {
+		p->slots[i].refs = 0; /* counted again by the tables (pool_settle) */
+		if (p->slots[i].live)
+			(*kept)++;
+	}
+	if (pool_index(p)) {
+		snprintf(err, errlen, "slot table of %zu slots: out of memory", p->nslots);
+		goto fail;
+	}
+	close(dir);
+	return p;
+fail:
+	if (dir >= 0)
+		close(dir);
+	pool_destroy(p);
+	return NULL;
 }
 
 void pool_destroy(struct pool *p)
@@ -153,7 +305,10 @@ void pool_destroy(struct pool *p)
 		munmap(p->base, p->map_bytes);
 	if (p->fd >= 0)
 		close(p->fd);
-	free(p->slots);
+	if (p->slots_map)
+		munmap(p->slots_map, p->slots_bytes);
+	else
+		free(p->slots);
 	free(p->free);
 	oaidx_fini(&p->index);
 	pthread_mutex_destroy(&p->lock);
@@ -317,4 +472,21 @@ size_t pool_free_slots(struct pool *p)
 int pool_fd(const struct pool *p)
 {
 	return p->fd;
+}
+
+size_t pool_settle(struct pool *p)
+{
+	size_t freed = 0;
+
+	pthread_mutex_lock(&p->lock);
+	for (size_t i = 0; i < p->nslots; i++) {
+		struct slot *s = &p->slots[i];
+
+		if (s->live && !s->held && !s->refs) {
+			slot_free(p, s);
+			freed++;
+		}
+	}
+	pthread_mutex_unlock(&p->lock);
+	return freed;
 }

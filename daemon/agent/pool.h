@@ -9,8 +9,9 @@
  * knows it) or while pages of this node reference it; it is freed only
  * when both have ended, so a slot with references is never reused.
  *
- * The fd is what a restarted agent is to get back from systemd's fd store and
- * what the data transports read from. Thread-safe: one lock around the
+ * Kept in a state directory (pool_open), the pool outlives the agent: a
+ * restarted agent finds its pages and slots again. The fd is what the
+ * data transports read from. Thread-safe: one lock around the
  * slot table; page bytes are written once, before the slot is named.
  */
 #ifndef CKSM_POOL_H
@@ -37,6 +38,20 @@ struct pool_ref {
  */
 struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen);
 void pool_destroy(struct pool *p);
+
+/*
+ * The pool kept in the directory path (files "pool" and "slots"), made
+ * there with nslots slots if there is none; one that outlived an agent
+ * keeps its own slot count. *kept gets the number of live slots found.
+ * Their references start at zero: the caller counts the pages that use
+ * them again (pool_ref) and then calls pool_settle. NULL with err set on
+ * failure.
+ */
+struct pool *pool_open(const char *path, size_t nslots, size_t *kept, char *err, size_t errlen);
+
+/* After a pool_open's recount: free the live slots neither held nor used.
+ * Returns how many were freed. */
+size_t pool_settle(struct pool *p);
 
 /*
  * Copy one page of content id into a free slot, held, with no references.

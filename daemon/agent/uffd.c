@@ -45,9 +45,21 @@ int uffd_protect(int uffd, uint64_t addr, bool wp)
 
 void uffd_wake(int uffd, uint64_t addr)
 {
-	struct uffdio_range r = { .start = addr, .len = PAGE };
+	uffd_wake_range(uffd, addr, PAGE);
+}
+
+void uffd_wake_range(int uffd, uint64_t start, uint64_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
 
 	ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+int uffd_unregister(int uffd, uint64_t start, uint64_t end)
+{
+	struct uffdio_range r = { .start = start, .len = end - start };
+
+	return ioctl(uffd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
 }
 
 int uffd_poison(int uffd, uint64_t addr)

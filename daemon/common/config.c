@@ -132,6 +132,7 @@ static const struct key keys[] = {
 	S("agent", "cgroup_root", K_STR, cgroup_root, NULL, "a path"),
 	S("agent", "socket", K_STR, socket_path, "/run/cksm/agent.sock",
 	  "a path of at most 107 bytes"),
+	S("agent", "state_dir", K_STR, state_dir, "/run/cksm/state", "a path of at most 199 bytes"),
 	S("agent", "socket_group", K_NAME, socket_group, NULL,
 	  "a group name of 1 to 64 letters, digits, '.', '_' or '-'"),
 	S("agent", "data_listen", K_ADDR, data_listen, NULL,
@@ -728,10 +729,10 @@ void config_dump(const struct config *c, FILE *out)
 		fprintf(out, "data_address = %s\n", c->data_address);
 	fprintf(out,
 		"transport = %s\ndata_timeout_ms = %u\nlost_after_ms = %u\n"
-		"socket = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
+		"socket = %s\nstate_dir = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
 		"evict_cooldown_millisecs = %u\n",
-		c->transport, c->data_timeout_ms, c->lost_after_ms, c->socket_path, c->pool_pages,
-		c->evict, c->evict_age, c->evict_rate, c->evict_cooldown_millisecs);
+		c->transport, c->data_timeout_ms, c->lost_after_ms, c->socket_path, c->state_dir,
+		c->pool_pages, c->evict, c->evict_age, c->evict_rate, c->evict_cooldown_millisecs);
 	if (c->socket_group[0])
 		fprintf(out, "socket_group = %s\n", c->socket_group);
 	if (c->cgroup_root[0])

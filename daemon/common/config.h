@@ -82,6 +82,7 @@ struct config {
 	uint32_t report_queue;		   /* digests held per shard while it is away */
 	char cgroup_root[256];		   /* cgroup v2 mount; "" = find it */
 	char socket_path[108];		   /* where libcksm attaches (sun_path) */
+	char state_dir[200];		   /* the pool and the tables a restarted agent finds */
 	char socket_group[65];		   /* who may attach: "" anyone, else this group */
 	char data_listen[128];		   /* where this node serves its pool to peers, "" = not */
 	char data_address[128];		   /* what peers are told to dial for it */

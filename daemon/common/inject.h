@@ -11,6 +11,11 @@
  *   copy_eagain          UFFDIO_COPY says EAGAIN (the mm is changing)
  *   replica_read_fails   a read of another node's dup fails
  *   zap_unanswered       a zap is never sent (as if the process stopped)
+ *   die_before_zap       the agent is killed (SIGKILL) with a page entered,
+ *                        its zap not sent
+ *   die_after_zap        ... with the zap sent, its answer not read
+ *   die_in_fault         ... with a backed page's bytes read for a fault,
+ *                        not filled
  */
 #ifndef CKSM_INJECT_H
 #define CKSM_INJECT_H

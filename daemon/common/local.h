@@ -19,6 +19,18 @@
  *   process -> agent  ZAPPED   token, status: 0 or -errno of the madvise
  *   agent -> process  KSM      a, b: madvise(MADV_MERGEABLE) the range
  *
+ * The process keeps its userfaultfd for as long as it is attached: if the
+ * agent dies, the ranges stay registered and a fault waits for the next
+ * agent instead of reading zeroes. It connects again (with backoff) and
+ * resumes: HELLO with CKSM_LOCAL_RESUMING, then
+ *   process -> agent  RESUME   with its userfaultfd; token, a, status: its
+ *                              last zap (token, address, madvise's result)
+ *                              and pad its state (CKSM_LOCAL_ZAP_*)
+ * and the agent answers READY once it took over the table it kept for
+ * the process, or DEVFD when it kept none (the process then closes the
+ * old userfaultfd and attaches anew). An agent that stops with every
+ * page of a process home unregisters its ranges first, so that the
+ * userfaultfd it leaves behind holds nothing up.
  * A forked child re-attaches without a new userfaultfd: the fork event
  * gave the agent one for the child already, and the agent must learn
  * which. HELLO has CKSM_LOCAL_FORKED; the agent answers
@@ -47,10 +59,19 @@ enum cksm_local_type {
 	CKSM_LOCAL_ZAPPED = 7,
 	CKSM_LOCAL_KSM = 8,
 	CKSM_LOCAL_BEACON = 9,
+	CKSM_LOCAL_RESUME = 10,
+};
+
+/* A process's last zap, as RESUME tells it. */
+enum cksm_local_zap_state {
+	CKSM_LOCAL_ZAP_NONE = 0,    /* none since it attached to the agent that died */
+	CKSM_LOCAL_ZAP_RUNNING = 1, /* its madvise runs (or is about to) */
+	CKSM_LOCAL_ZAP_DONE = 2,    /* its madvise returned status */
 };
 
 #define CKSM_LOCAL_MERGE_ALL 0x1u /* every private anonymous mapping >= b */
 #define CKSM_LOCAL_FORKED    0x2u /* a forked child re-attaching */
+#define CKSM_LOCAL_RESUMING  0x4u /* attached before: RESUME follows */
 
 #define CKSM_LOCAL_BEACON_PAGES 64u
 

@@ -37,7 +37,7 @@ for n in a b c; do
 	MET[$n]=127.0.0.1:$(free_port)
 	dp=$(free_port)
 	start "node-$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
-		--set agent.rack="${RACK[$n]}" --set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" \
+		--set agent.rack="${RACK[$n]}" --set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" --set agent.state_dir="$T/$n.state" \
 		--set agent.data_listen=127.0.0.1:"$dp" --set agent.data_address=127.0.0.1:"$dp" \
 		--set agent.data_timeout_ms=$TIMEOUT_MS \
 		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1

@@ -58,7 +58,7 @@ cluster_conf() {
 		printf '[cluster]\nkey_file = %s\nheartbeat_ms = 100\ndead_after_ms = 600\n' "$T/cluster.key"
 		printf 'auth_timeout_ms = 1000\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n'
 		printf '[log]\nlevel = info\n'
-		printf '[agent]\nmetrics = 127.0.0.1:%s\nsocket = %s\n' "$(free_port)" "$T/agent.sock"
+		printf '[agent]\nmetrics = 127.0.0.1:%s\nsocket = %s\nstate_dir = %s\n' "$(free_port)" "$T/agent.sock" "$T/state"
 		for ((i = 0; i < n; i++)); do
 			printf '[shard.%d]\naddress = 127.0.0.1:%s\nmetrics = 127.0.0.1:%s\nbuckets = %d-%d\n' \
 				"$i" "$(free_port)" "$(free_port)" $((i * per)) $(((i + 1) * per - 1))
@@ -131,7 +131,7 @@ start_node() {
 	MET[$n]=127.0.0.1:$(free_port)
 	dp=$(free_port)
 	start "node-$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
-		--set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" \
+		--set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" --set agent.state_dir="$T/$n.state" \
 		--set agent.data_listen=127.0.0.1:"$dp" --set agent.data_address=127.0.0.1:"$dp" \
 		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1 \
 		--set agent.evict_cooldown_millisecs=0 "$@"

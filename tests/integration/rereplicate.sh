@@ -14,7 +14,7 @@ for n in a b c; do
 	MET[$n]=127.0.0.1:$(free_port)
 	dp=$(free_port)
 	start "node-$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
-		--set agent.rack="rack-$n" --set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" \
+		--set agent.rack="rack-$n" --set agent.metrics="${MET[$n]}" --set agent.socket="$T/$n.sock" --set agent.state_dir="$T/$n.state" \
 		--set agent.data_listen=127.0.0.1:"$dp" --set agent.data_address=127.0.0.1:"$dp" \
 		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1
 	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"

@@ -58,7 +58,10 @@ uint64_t proc_start_time(pid_t pid)
 	/* After the command's closing parenthesis: state is field 3, the
 	 * start time field 22. */
 	p = strrchr(buf, ')');
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &t) != 1)
+	if (!p ||
+	    sscanf(p + 2,
+		   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+		   &t) != 1)
 		return 0;
 	return t;
 }
@@ -215,8 +218,7 @@ static size_t load_one(struct backing *b, uint64_t key)
 	names(key, sn, tn, sizeof(sn));
 	st = map_state(b->state_fd, sn, 0);
 	if (!st || st->magic != MM_STATE_MAGIC || st->version != MM_STATE_VERSION ||
-	    st->size != sizeof(*st) || st->pid <= 0 ||
-	    proc_start_time(st->pid) != st->start_time) {
+	    st->size != sizeof(*st) || st->pid <= 0 || proc_start_time(st->pid) != st->start_time) {
 		/* Its process is gone (or it never was attached): nothing to keep. */
 		if (st)
 			munmap(st, STATE_BYTES);
@@ -236,8 +238,9 @@ static size_t load_one(struct backing *b, uint64_t key)
 	m->parent = st->parent;
 	rc = btab_load(&m->tab, b->state_fd, tn, &torn);
 	if (rc && rc != -ENOENT)
-		log_error("process %d: its kept table cannot be read (%s): its backed pages are lost",
-			  (int)st->pid, strerror(-rc));
+		log_error(
+			"process %d: its kept table cannot be read (%s): its backed pages are lost",
+			(int)st->pid, strerror(-rc));
 	if (rc == -ENOENT)
 		btab_keep(&m->tab, b->state_fd, tn);
 	if (torn)

@@ -8,9 +8,19 @@
  * run back), and sparse pages up to the top of the address space. After
  * every step the invariants hold, the table has the model's entries with
  * the model's payloads, and pages the model lacks are not found.
+ *
+ * Kept on disk, the same sequences run on a table in a file, and every
+ * so often the file is loaded as the next agent would (while the first
+ * table still uses it): it has the model's entries. Then the states a
+ * killed agent can leave between two stores are made by hand (an entry
+ * written and not published, a torn entry, a replacement before the old
+ * entry went, a deletion's copy before the count dropped): each loads
+ * right.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "agent/btab.h"
 #include "unit.h"
@@ -321,6 +331,21 @@ static void step_random(struct btab *t, unsigned step, unsigned *seed)
 	}
 }
 
+static int kept_dir = -1; /* a kept run's directory, -1 in memory */
+
+/* The kept file loaded as a killed agent's successor would: the model's. */
+static void compare_loaded(unsigned *seed)
+{
+	struct btab l;
+	size_t torn;
+
+	btab_init(&l);
+	expect(btab_load(&l, kept_dir, "tab", &torn) == 0, "the kept table does not load");
+	expect(torn == 0, "%zu entries torn with no agent killed", torn);
+	compare(&l, seed);
+	btab_fini(&l);
+}
+
 static void run_one(unsigned run)
 {
 	unsigned seed = 7000 + run;
@@ -347,12 +372,54 @@ static void run_one(unsigned run)
 		break;
 	}
 	btab_init(&t);
+	if (kept_dir >= 0)
+		expect(btab_keep(&t, kept_dir, "run") == 0, "the table cannot be kept");
 	compare(&t, &seed);
 	for (cur_step = 1; cur_step <= STEPS; cur_step++) {
 		step_random(&t, cur_step, &seed);
 		compare(&t, &seed);
+		if (kept_dir >= 0 && cur_step % 397 == 0) {
+			/* A copy of the file as it is now, loaded. */
+			expect(linkat(kept_dir, "run", kept_dir, "tab", 0) == 0 ||
+				       (unlinkat(kept_dir, "tab", 0) == 0 &&
+					linkat(kept_dir, "run", kept_dir, "tab", 0) == 0),
+			       "cannot link the kept file");
+			compare_loaded(&seed);
+			/* The load wrote "tab" anew; "run" is still the table's. */
+			unlinkat(kept_dir, "tab", 0);
+		}
 	}
 	btab_fini(&t);
+}
+
+static int temp_dir(char *path)
+{
+	int fd;
+
+	assert_non_null(mkdtemp(path));
+	fd = open(path, O_RDONLY | O_DIRECTORY);
+	assert_true(fd >= 0);
+	return fd;
+}
+
+static void remove_dir(int fd, const char *path)
+{
+	unlinkat(fd, "run", 0);
+	unlinkat(fd, "tab", 0);
+	close(fd);
+	rmdir(path);
+}
+
+static void kept_sequences(void **state)
+{
+	char path[] = "/tmp/cksm-btab.XXXXXX";
+
+	(void)state;
+	kept_dir = temp_dir(path);
+	for (unsigned run = 0; run < 5; run++)
+		run_one(run);
+	remove_dir(kept_dir, path);
+	kept_dir = -1;
 }
 
 static void random_sequences(void **state)
@@ -445,10 +512,99 @@ static void check_catches(void **state)
 	btab_fini(&t);
 }
 
+/* A kept file's published count, as a killed agent left it (the head's n). */
+static void set_published(int dir, uint64_t n)
+{
+	int fd = openat(dir, "run", O_WRONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, &n, sizeof(n), 16), (ssize_t)sizeof(n));
+	close(fd);
+}
+
+/*
+ * The states a killed agent can leave between two stores, made from a
+ * kept table of pages 1..8 with the table's own operations, then loaded:
+ * pages (1 << c) | ... present or absent as each says.
+ */
+static void kept_killed(void **state)
+{
+	char path[] = "/tmp/cksm-btab.XXXXXX";
+	int dir = temp_dir(path);
+
+	(void)state;
+	for (int c = 0; c < 4; c++) {
+		struct btab t, l;
+		struct bentry e, old;
+		size_t torn, want_torn = 1;
+		uint32_t payload[10] = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 0 };
+
+		btab_init(&t);
+		assert_int_equal(btab_keep(&t, dir, "run"), 0);
+		for (uint32_t i = 1; i <= 8; i++) {
+			e = make_entry(i, i);
+			assert_int_equal(btab_put(&t, &e), 0);
+		}
+		switch (c) {
+		case 0: /* page 9 written whole, its count not published yet */
+			e = make_entry(9, 9);
+			assert_int_equal(btab_put(&t, &e), 0);
+			set_published(dir, 8);
+			want_torn = 0;
+			break;
+		case 1: /* page 3 deleted: killed mid-way through the copy of the last entry */
+			old = t.e[2];
+			assert_int_equal(t.e[2].page, 3);
+			btab_del(&t, &t.e[2]);
+			memcpy(&t.e[2], &old, sizeof(old) / 2);
+			set_published(dir, 8);
+			payload[3] = 0;
+			break;
+		case 2: /* page 5 replaced: the new entry published, the old one not deleted yet */
+			old = t.e[4];
+			e = make_entry(5, 50);
+			assert_int_equal(btab_put(&t, &e), 0);
+			memcpy(&t.e[4], &old, sizeof(old));
+			set_published(dir, 9);
+			payload[5] = 50;
+			break;
+		default: /* page 2 deleted: the last entry copied over it, the count not dropped */
+			btab_del(&t, &t.e[1]);
+			set_published(dir, 8);
+			payload[2] = 0;
+			break;
+		}
+		btab_init(&l);
+		assert_int_equal(linkat(dir, "run", dir, "tab", 0), 0);
+		assert_int_equal(btab_load(&l, dir, "tab", &torn), 0);
+		assert_int_equal(torn, want_torn);
+		for (uint32_t p = 1; p <= 9; p++) {
+			const struct bentry *x = btab_find(&l, (uint64_t)p << 12);
+
+			if (!payload[p]) {
+				assert_null(x);
+				continue;
+			}
+			assert_non_null(x);
+			assert_true(same_entry(x, p, payload[p]));
+		}
+		/* What loaded is kept again, and loads again the same. */
+		btab_fini(&l);
+		btab_init(&l);
+		assert_int_equal(btab_load(&l, dir, "tab", &torn), 0);
+		assert_int_equal(torn, 0);
+		btab_fini(&l);
+		btab_fini(&t);
+		unlinkat(dir, "tab", 0);
+		unlinkat(dir, "run", 0);
+	}
+	remove_dir(dir, path);
+}
+
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(random_sequences),
-	cmocka_unit_test(empty),
-	cmocka_unit_test(check_catches),
+	cmocka_unit_test(random_sequences), cmocka_unit_test(empty),
+	cmocka_unit_test(check_catches),    cmocka_unit_test(kept_sequences),
+	cmocka_unit_test(kept_killed),
 };
 
 UNIT_MAIN(tests)

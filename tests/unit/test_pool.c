@@ -1,7 +1,9 @@
 /* The page pool: generations, references, no reuse of a referenced slot. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "agent/pool.h"
 #include "unit.h"
@@ -149,8 +151,66 @@ static void concurrent(void **state)
 	pool_destroy(shared_pool);
 }
 
+/*
+ * A pool kept in a directory outlives its agent: opened again, it has
+ * the held slots with their bytes and names, references counted anew
+ * (zero until the tables count them), and pool_settle frees what nobody
+ * holds or uses; names from before stay stale once freed.
+ */
+static void kept(void **state)
+{
+	char dir[] = "/tmp/cksm-pool.XXXXXX", err[128], path[64];
+	uint8_t a[POOL_SLOT], b[POOL_SLOT];
+	struct cid ia = { 1, 2 }, ib = { 3, 4 }, ic = { 5, 6 }, got;
+	struct pool_ref ra, rb, rc;
+	struct pool *p;
+	size_t kept_slots;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	fill(a, 1);
+	fill(b, 2);
+	p = pool_open(dir, 8, &kept_slots, err, sizeof(err));
+	assert_non_null(p);
+	assert_int_equal(kept_slots, 0);
+	assert_int_equal(pool_add(p, &ia, a, &ra), 0); /* held */
+	assert_int_equal(pool_add(p, &ib, b, &rb), 0); /* released, used by a page */
+	assert_int_equal(pool_ref(p, rb, 1), 0);
+	assert_int_equal(pool_release(p, rb), 0);
+	assert_int_equal(pool_add(p, &ic, b, &rc), 0); /* released, used by nobody after */
+	assert_int_equal(pool_ref(p, rc, 1), 0);
+	assert_int_equal(pool_release(p, rc), 0);
+	pool_destroy(p); /* as a killed agent leaves it: nothing is undone */
+
+	/* Another size asked for: the kept pool keeps its own. */
+	p = pool_open(dir, 16, &kept_slots, err, sizeof(err));
+	assert_non_null(p);
+	assert_int_equal(pool_slots(p), 8);
+	assert_int_equal(kept_slots, 3);
+	assert_int_equal(pool_refs(p, rb), 0);
+	assert_int_equal(pool_ref(p, rb, 1), 0); /* the table that uses b counts it */
+	assert_int_equal(pool_settle(p), 1);	 /* c: released, and nobody counted it */
+	assert_null(pool_page(p, rc, NULL));
+	assert_memory_equal(pool_page(p, ra, &got), a, POOL_SLOT);
+	assert_true(cid_eq(got, ia));
+	assert_memory_equal(pool_page(p, rb, NULL), b, POOL_SLOT);
+	assert_int_equal(pool_find(p, &ia, &rc), 0); /* held: found by content */
+	assert_true(rc.slot == ra.slot && rc.gen == ra.gen);
+	assert_int_equal(pool_find(p, &ib, &rc), -ENOENT); /* released: not */
+	assert_int_equal(pool_free_slots(p), 6);
+	assert_int_equal(pool_ref(p, rb, -1), 0); /* its last page went: freed */
+	assert_null(pool_page(p, rb, NULL));
+	pool_destroy(p);
+	snprintf(path, sizeof(path), "%s/pool", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/slots", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(lifecycle),
 	cmocka_unit_test(concurrent),
+	cmocka_unit_test(kept),
 };
 UNIT_MAIN(tests)

@@ -156,6 +156,53 @@ static void zap(int fd, const struct cksm_local *m)
 }
 
 /* The service thread: the agent's requests, until it goes away. */
+/*
+ * The userfaultfds of fork children that have not re-attached yet, kept
+ * for the agent (CHILD, FORGET in local.h). zap_lock held for all three.
+ */
+#define KIDS_MAX 256
+static struct kid {
+	uint64_t key;
+	int fd;
+} kids[KIDS_MAX];
+static unsigned nkids;
+
+static void kid_add(uint64_t key, int fd)
+{
+	if (nkids == KIDS_MAX) {
+		close(fd); /* served still, only not past the agent's end */
+		return;
+	}
+	kids[nkids++] = (struct kid){ key, fd };
+}
+
+static void kid_del(uint64_t key)
+{
+	for (unsigned i = 0; i < nkids; i++)
+		if (kids[i].key == key) {
+			close(kids[i].fd);
+			kids[i] = kids[--nkids];
+			return;
+		}
+}
+
+/* After a resume: each kept child's userfaultfd back to the new agent. */
+static void kids_resend(int fd)
+{
+	for (unsigned i = 0; i < nkids; i++) {
+		struct cksm_local k = cksm_local_msg(CKSM_LOCAL_CHILD);
+
+		k.token = kids[i].key;
+		send_local(fd, &k, kids[i].fd);
+	}
+}
+
+static void kids_close(void)
+{
+	while (nkids)
+		close(kids[--nkids].fd);
+}
+
 static void *serve(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
@@ -163,12 +210,23 @@ static void *serve(void *arg)
 	int extra;
 
 	while (recv_local(fd, &m, &extra) == 0) {
+		if (m.type == CKSM_LOCAL_CHILD && extra >= 0) {
+			pthread_mutex_lock(&zap_lock);
+			kid_add(m.token, extra);
+			pthread_mutex_unlock(&zap_lock);
+			continue;
+		}
 		if (extra >= 0)
 			close(extra);
-		if (m.type == CKSM_LOCAL_ZAP)
+		if (m.type == CKSM_LOCAL_ZAP) {
 			zap(fd, &m);
-		else if (m.type == CKSM_LOCAL_KSM)
+		} else if (m.type == CKSM_LOCAL_KSM) {
 			real_madvise((void *)(uintptr_t)m.a, (size_t)m.b, MADV_MERGEABLE);
+		} else if (m.type == CKSM_LOCAL_FORGET) {
+			pthread_mutex_lock(&zap_lock);
+			kid_del(m.token);
+			pthread_mutex_unlock(&zap_lock);
+		}
 	}
 	pthread_mutex_lock(&zap_lock);
 	if (sock_get() == fd)
@@ -230,15 +288,14 @@ static void no_timeout(int fd)
 
 static int start_kept(int fd);
 
-/* A forked child's thread: attach again, then serve. */
-static void *reattach(void *arg)
+/* One try at a forked child's re-attach: 0 once served and kept. */
+static int reattach_once(void)
 {
 	struct cksm_local m = hello;
 	int fd = connect_agent(), extra = -1;
 
-	(void)arg;
 	if (fd < 0)
-		return NULL;
+		return -1;
 	m.a |= CKSM_LOCAL_FORKED;
 	if (send_local(fd, &m, -1) || recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_BEACON ||
 	    m.a >= CKSM_LOCAL_BEACON_PAGES)
@@ -247,7 +304,7 @@ static void *reattach(void *arg)
 	 * re-attach; the read must fault. */
 	real_madvise((void *)(beacon + m.a * 4096), 4096, MADV_DONTNEED);
 	(void)beacon[m.a * 4096];
-	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status)
+	if (recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY || m.status || extra < 0)
 		goto fail;
 	/* READY brings the child's own userfaultfd (the fork event gave it to
 	 * the agent): kept from now on, like any attached process's. */
@@ -256,11 +313,28 @@ static void *reattach(void *arg)
 	no_timeout(fd);
 	if (start_kept(fd))
 		goto fail;
-	return NULL;
+	return 0;
 fail:
 	if (extra >= 0)
 		close(extra);
 	close(fd);
+	return -1;
+}
+
+/*
+ * A forked child's thread: attach again (with backoff, as the keeper: the
+ * agent may be between a killed one and the next, which gets this
+ * child's userfaultfd from the parent), then serve.
+ */
+static void *reattach(void *arg)
+{
+	unsigned wait_ms = 50;
+
+	(void)arg;
+	for (int tries = 0; tries < 64 && reattach_once(); tries++) {
+		usleep(wait_ms * 1000);
+		wait_ms = wait_ms * 2 > 5000 ? 5000 : wait_ms * 2;
+	}
 	return NULL;
 }
 
@@ -274,6 +348,7 @@ static void on_fork_child(void)
 		return;
 	pthread_mutex_init(&zap_lock, NULL);
 	memset(&last_zap, 0, sizeof(last_zap));
+	kids_close(); /* its siblings', the parent's to keep */
 	__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
 	if (fd >= 0)
 		close(fd);
@@ -324,9 +399,13 @@ static int handshake(int fd)
 			goto fail;
 		if (m.type == CKSM_LOCAL_READY && m.status == 0 && devfd < 0)
 			return 0;
-		/* Nothing kept for it: its old ranges were unregistered. */
+		/* Nothing kept for it: its old ranges were unregistered, and
+		 * its children's are nobody's now. */
 		close(own_uffd);
 		own_uffd = -1;
+		pthread_mutex_lock(&zap_lock);
+		kids_close();
+		pthread_mutex_unlock(&zap_lock);
 	} else if (send_local(fd, &m, -1) || recv_local(fd, &m, &devfd)) {
 		goto fail;
 	}
@@ -388,6 +467,7 @@ static void *keeper(void *arg)
 		pthread_mutex_lock(&zap_lock);
 		attached(fd);
 		answer_zap(); /* a zap that ended while no agent was there */
+		kids_resend(fd);
 		pthread_mutex_unlock(&zap_lock);
 		if (kfd < 0 || start_thread(serve, (void *)(intptr_t)fd)) {
 			if (kfd >= 0)

@@ -52,6 +52,7 @@ static int local_send(int fd, const struct cksm_local *m, int pass_fd)
 
 static void pending_del(struct backing *b, struct mm *m);
 static void serve(struct mm *m, struct cksm_local *ready, const char *how);
+static bool on_child(struct mm *m, const struct cksm_local *msg, int fd);
 static void reattach_begin(struct mm *c);
 static void reattach_clear(struct backing *b, struct mm *c);
 
@@ -303,23 +304,87 @@ static bool is_userfaultfd(int fd)
 	return strcmp(link, "anon_inode:[userfaultfd]") == 0;
 }
 
-/* Every fault that waited while no agent read them is raised again. */
+/*
+ * Every fault that waited while no agent read them is raised again: the
+ * whole user address space at once, from the lowest address a mapping
+ * may have (vm.mmap_min_addr, at most 64 KiB) to the top of the 47-bit
+ * space (TASK_SIZE, one page short of 2^47; with 5-level page tables the
+ * same unless a program asked for more, which cksm does not register).
+ */
 static void wake_all(struct mm *m)
 {
-	char path[64], line[512];
-	FILE *f;
+	const uint64_t lo = 1u << 16, hi = (1ull << 47) - PAGE;
+	int rc = uffd_wake_range(m->uffd, lo, hi - lo);
 
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)m->pid);
-	f = fopen(path, "re");
-	if (!f)
+	if (rc)
+		log_error("process %d: its waiting faults cannot be raised again (%s)", (int)m->pid,
+			  strerror(-rc));
+}
+
+/* ---- fork children's userfaultfds, kept by their parents ------------------------ */
+
+void kid_keep(struct mm *m, struct mm *c)
+{
+	struct cksm_local k = cksm_local_msg(CKSM_LOCAL_CHILD);
+
+	if (m->sock < 0 || !c->key)
+		return; /* a child of a child not re-attached: nobody to keep it */
+	k.token = c->key;
+	if (local_send(m->sock, &k, c->uffd) < 0)
+		log_warn(
+			"process %d: its fork child's userfaultfd cannot be handed to it; the child is served, but not past this agent's end",
+			(int)m->pid);
+}
+
+void kid_forget(struct mm *c)
+{
+	struct cksm_local f = cksm_local_msg(CKSM_LOCAL_FORGET);
+	struct mm *p;
+
+	if (!c->parent || !c->key || !(p = mm_get(c->b, c->parent)))
 		return;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long long s, e;
+	f.token = c->key;
+	local_send(p->sock, &f, -1);
+	mm_put(p);
+}
 
-		if (sscanf(line, "%llx-%llx", &s, &e) == 2)
-			uffd_wake_range(m->uffd, s, e - s);
+/*
+ * CHILD after a resume: the userfaultfd of a fork child the parent kept
+ * while no agent was there. The child's kept table takes it, and the
+ * child is served again (it re-attaches as any fork child does).
+ */
+static bool on_child(struct mm *m, const struct cksm_local *msg, int fd)
+{
+	struct backing *b = m->b;
+	struct cksm_local f = cksm_local_msg(CKSM_LOCAL_FORGET);
+	struct mm **p, *w = NULL;
+	int fl;
+
+	for (p = &b->waiting; *p; p = &(*p)->wnext)
+		if ((*p)->key == msg->token && (*p)->st->pid == 0 && (*p)->st->parent == m->pid) {
+			w = *p;
+			break;
+		}
+	fl = fd >= 0 && is_userfaultfd(fd) ? fcntl(fd, F_GETFL) : -1;
+	if (!w || fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		/* Nothing kept for it: the parent lets go. */
+		if (fd >= 0)
+			close(fd);
+		f.token = msg->token;
+		local_send(m->sock, &f, -1);
+		return true;
 	}
-	fclose(f);
+	*p = w->wnext;
+	w->uffd = fd;
+	w->handshaken = true;
+	pthread_mutex_lock(&w->lock);
+	resume_inbox(w);
+	pthread_mutex_unlock(&w->lock);
+	list_add(b, w);
+	wake_all(w);
+	log_info("process %d: its fork child came back with %zu backed pages", (int)m->pid,
+		 w->tab.n);
+	return true;
 }
 
 /*
@@ -383,9 +448,11 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 	return true;
 }
 
-/* After the handshake: RANGE and ZAPPED. */
+/* After the handshake: RANGE, ZAPPED, and CHILD after a resume. */
 static bool on_request(struct mm *m, const struct cksm_local *msg, int fd)
 {
+	if (m->handshaken && msg->type == CKSM_LOCAL_CHILD)
+		return on_child(m, msg, fd);
 	if (fd >= 0)
 		close(fd);
 	if (!m->handshaken) {
@@ -712,6 +779,7 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	/* The child keeps a copy of its userfaultfd, as every attached process
 	 * does: a killed agent's successor gets it back from the child. */
 	local_send(fd, &r, fm->uffd);
+	kid_forget(fm);
 	log_info("process %d re-attached (forked from %d)", (int)fm->pid, (int)fm->parent);
 	metric_inc(b->m_reattached);
 	/* The connection lives on in fm; its own mm goes without a word. */
@@ -788,13 +856,19 @@ static void follow_mappings(struct backing *b)
 static void forget_waiting(struct backing *b)
 {
 	for (struct mm **p = &b->waiting, *w; (w = *p);) {
-		if (proc_start_time(w->st->pid) == w->st->start_time) {
+		if (keep_alive(w)) {
 			p = &w->wnext;
 			continue;
 		}
 		*p = w->wnext;
-		log_info("process %d exited before it came back; its %zu kept pages are released",
-			 (int)w->st->pid, w->tab.n);
+		if (w->st->pid)
+			log_info(
+				"process %d exited before it came back; its %zu kept pages are released",
+				(int)w->st->pid, w->tab.n);
+		else
+			log_info(
+				"a fork child of process %d: its parent exited before it came back; its %zu kept pages are released",
+				(int)w->st->parent, w->tab.n);
 		mm_put(w);
 	}
 }

@@ -296,6 +296,8 @@ void keep_unmap(struct mm *m);
  * Returns the number of entries loaded.
  */
 size_t keep_load_all(struct backing *b);
+/* Does the process of a waiting mm live (a fork child's: its parent)? */
+bool keep_alive(const struct mm *w);
 /* The start time of pid (clock ticks since boot), 0 if it is gone. */
 uint64_t proc_start_time(pid_t pid);
 
@@ -317,6 +319,10 @@ void attach_start(struct backing *b);
 void attach_stop(struct backing *b, uv_close_cb last);
 /* The process is gone or misbehaved: forget it (loop thread). */
 void mm_end(struct mm *m, const char *why);
+/* The parent m keeps a copy of its fork child c's userfaultfd (CHILD). */
+void kid_keep(struct mm *m, struct mm *c);
+/* c's parent lets go of its copy: c re-attached, or is gone (FORGET). */
+void kid_forget(struct mm *c);
 /* Fault thread: pair a fork child's mm faulting on a beacon page. */
 void reattach_match(struct mm *m, const struct uffd_msg *msg);
 

@@ -317,6 +317,7 @@ static void on_fork(struct mm *m, int ufd)
 		fork_entry(b, c, &m->tab.e[i]);
 	metric_inc(b->m_forks);
 	list_add(b, c);
+	kid_keep(m, c);
 }
 
 /*

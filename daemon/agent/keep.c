@@ -206,6 +206,17 @@ static void count_loaded(struct backing *b, const struct bentry *e)
 	entry_count(b, e);
 }
 
+bool keep_alive(const struct mm *w)
+{
+	char path[32];
+
+	if (w->st->pid)
+		return proc_start_time(w->st->pid) == w->st->start_time;
+	/* A fork child not re-attached: its parent keeps its userfaultfd. */
+	snprintf(path, sizeof(path), "/proc/%d", (int)w->st->parent);
+	return w->st->parent > 0 && access(path, F_OK) == 0;
+}
+
 /* One kept mm, onto the waiting list if its process lives. */
 static size_t load_one(struct backing *b, uint64_t key)
 {

@@ -201,8 +201,10 @@ void list_del_unpaired(struct backing *b, struct mm *m)
 	if (m->sock < 0 && !m->claimed)
 		found = list_unlink(b, m);
 	pthread_mutex_unlock(&b->lock);
-	if (found)
+	if (found) {
+		kid_forget(m);
 		list_del_done(b, m);
+	}
 }
 
 struct mm *mm_get(struct backing *b, pid_t pid)

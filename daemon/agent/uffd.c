@@ -48,11 +48,11 @@ void uffd_wake(int uffd, uint64_t addr)
 	uffd_wake_range(uffd, addr, PAGE);
 }
 
-void uffd_wake_range(int uffd, uint64_t start, uint64_t len)
+int uffd_wake_range(int uffd, uint64_t start, uint64_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
 
-	ioctl(uffd, UFFDIO_WAKE, &r);
+	return ioctl(uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
 }
 
 int uffd_unregister(int uffd, uint64_t start, uint64_t end)

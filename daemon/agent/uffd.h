@@ -37,8 +37,8 @@ int uffd_zeropage(int uffd, uint64_t addr);
 int uffd_protect(int uffd, uint64_t addr, bool wp);
 /* Wake the threads waiting on a fault at addr (they fault again). */
 void uffd_wake(int uffd, uint64_t addr);
-/* The threads waiting on faults in [start, start + len) try again. */
-void uffd_wake_range(int uffd, uint64_t start, uint64_t len);
+/* The threads waiting on faults in [start, start + len) try again: 0 or -errno. */
+int uffd_wake_range(int uffd, uint64_t start, uint64_t len);
 /* [start, end) is not watched any more: 0 or a negative errno. */
 int uffd_unregister(int uffd, uint64_t start, uint64_t end);
 /* Poison the page at addr: whoever touches it gets SIGBUS. */

@@ -31,6 +31,15 @@
  * old userfaultfd and attaches anew). An agent that stops with every
  * page of a process home unregisters its ranges first, so that the
  * userfaultfd it leaves behind holds nothing up.
+ * A forked child's userfaultfd comes to the agent with the fork event;
+ * until the child re-attaches (below) the agent's copy would be the only
+ * one, so the agent hands one to the parent at once:
+ *   agent -> process  CHILD    token: the child's key, with its userfaultfd
+ *                              (keep it for the agent)
+ *   agent -> process  FORGET   token: close the child's (it re-attached
+ *                              with a copy of its own, or it is gone)
+ * and a parent that resumes sends each one it keeps back, after READY:
+ *   process -> agent  CHILD    token: the key, with the child's userfaultfd
  * A forked child re-attaches without a new userfaultfd: the fork event
  * gave the agent one for the child already, and the agent must learn
  * which. HELLO has CKSM_LOCAL_FORKED; the agent answers
@@ -60,6 +69,8 @@ enum cksm_local_type {
 	CKSM_LOCAL_KSM = 8,
 	CKSM_LOCAL_BEACON = 9,
 	CKSM_LOCAL_RESUME = 10,
+	CKSM_LOCAL_CHILD = 11,
+	CKSM_LOCAL_FORGET = 12,
 };
 
 /* A process's last zap, as RESUME tells it. */

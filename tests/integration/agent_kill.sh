@@ -1,5 +1,6 @@
 # A killed agent loses nothing: served processes race eviction with their
-# own writes, madvise(MADV_DONTNEED) and mremap (cksm-racer) while the
+# own writes, madvise(MADV_DONTNEED), mremap and forks (cksm-racer: each
+# child checks its copy, writes, checks again) while the
 # agent is killed with SIGKILL and started again, KILL_CYCLES times (20):
 # at random moments, and then by its own fault points in the middle of an
 # eviction (page entered, zap not sent; zap sent, answer not read) and of
@@ -43,7 +44,9 @@ race writes --pages 8192 --dontneed 20 &
 R1=$!
 race remaps --pages 4096 --dontneed 30 --mremap-ms 400 &
 R2=$!
-PIDS+=($R1 $R2)
+race forks --pages 4096 --dontneed 10 --fork-ms 250 &
+R3=$!
+PIDS+=($R1 $R2 $R3)
 wait_for "pages evicted" 20 bash -c "[[ \$(curl -sf http://$AMET/metrics | awk '\$1 == \"cksm_pages_backed{source=\\\"local\\\"}\" { print \$2 }') -gt 100 ]]"
 
 # Half the cycles at random moments, half by the fault points.
@@ -68,19 +71,22 @@ for ((i = 1; i <= CYCLES; i++)); do
 	sleep 0.3 # faults and madvise calls wait meanwhile
 	agent_up
 done
-wait $R1 $R2
+wait $R1 $R2 $R3
 
-for n in writes remaps; do
+for n in writes remaps forks; do
 	echo "$n (exit $(cat "$T/$n.rc")): $(head -c 400 "$T/$n.json") $(head -c 300 "$T/$n.err")"
 done
 took=$(cat "$T"/agent-*.log | grep -c "came back to this agent" || true)
 pages=$(cat "$T"/agent-*.log | sed -n 's/.*: \([0-9]*\) backed pages taken over.*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
-settled=$(cat "$T"/agent-*.log | grep -c "settling the eviction" || true)
-echo "$RUN agents, $CYCLES killed; processes came back $took times, taking over $pages backed pages; $settled evictions settled after a kill"
-jq -s '{ops: (map(.ops) | add), bad: (map(.bad) | add), old: (map(.old) | add)}' "$T"/writes.json "$T"/remaps.json >"$T/total.json"
+settled=$(cat "$T"/agent-*.log | grep -c "eviction of page .* a killed agent left" || true)
+kids=$(cat "$T"/agent-*.log | grep -c "its fork child came back" || true)
+echo "$RUN agents, $CYCLES killed; processes came back $took times, taking over $pages backed pages;" \
+	"$kids fork children not re-attached yet came back through their parents; $settled evictions settled after a kill"
+jq -s '{ops: (map(.ops) | add), bad: (map(.bad + .child_bad) | add), old: (map(.old) | add),
+	forks: (map(.forks) | add)}' "$T"/writes.json "$T"/remaps.json "$T"/forks.json >"$T/total.json"
 echo "total: $(cat "$T/total.json")"
 jq -e '.bad == 0 and .old == 0' "$T/total.json" >/dev/null || fail "pages wrong after kills: $(cat "$T/total.json")"
-for n in writes remaps; do
+for n in writes remaps forks; do
 	[[ $(cat "$T/$n.rc") == 0 ]] || fail "$n exited with $(cat "$T/$n.rc")"
 done
 ((took >= CYCLES)) || fail "the processes came back only $took times"

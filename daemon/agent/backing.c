@@ -185,6 +185,7 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	pthread_cond_init(&b->offer_cond, NULL);
 	if (alloc_tables(b) || register_metrics(b, reg))
 		goto free_tables;
+	keep_holders_load(b);
 	keep_load_all(b);
 	freed = pool_settle(pool);
 	if (freed)

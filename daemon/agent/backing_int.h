@@ -296,6 +296,10 @@ void keep_unmap(struct mm *m);
  * Returns the number of entries loaded.
  */
 size_t keep_load_all(struct backing *b);
+/* Write every holder's address to the file "holders". b->lock held. */
+void keep_holders(struct backing *b);
+/* Learn the holders' addresses kept by an earlier agent. */
+void keep_holders_load(struct backing *b);
 /* Does the process of a waiting mm live (a fork child's: its parent)? */
 bool keep_alive(const struct mm *w);
 /* The start time of pid (clock ticks since boot), 0 if it is gone. */
@@ -359,6 +363,8 @@ void ksm_handover(struct backing *b);
 
 /* What the holders' table holds, freed. */
 void remote_fini(struct backing *b);
+/* node serves reads at addr; keep: write the table to the state directory. b->lock held. */
+void remote_holder_learn(struct backing *b, uint32_t node, const char *addr, bool keep);
 /* The remote dups known for id, into r: false if none. b->lock held. */
 bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r);
 /*

@@ -7,7 +7,9 @@
  *   lock        flock'd by the agent that uses the directory: one at a time;
  *   pool,slots  the page pool and its slot table (pool.c);
  *   mm-KEY      one per served mm: struct mm_state, mapped shared;
- *   tab-KEY     ... and its backed-page table (btab.c).
+ *   tab-KEY     ... and its backed-page table (btab.c);
+ *   holders     where each node that holds dups the tables name serves
+ *               reads ("NODE ADDRESS" lines, written whole by rename).
  * Every store into them is made in an order that leaves them right if the
  * agent is killed between any two (see btab.h and the callers), and the
  * kernel keeps a killed process's writes to a shared mapping: nothing is
@@ -286,4 +288,41 @@ size_t keep_load_all(struct backing *b)
 		log_info("found %zu backed pages kept for processes that wait for this agent", n);
 	(void)mms;
 	return n;
+}
+
+void keep_holders(struct backing *b)
+{
+	int fd = openat(b->state_fd, "holders.new", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+	bool ok = f != NULL;
+
+	for (size_t i = 0; ok && i < b->nholders; i++)
+		ok = fprintf(f, "%u %s\n", b->holders[i].node, b->holders[i].addr) > 0;
+	if (f)
+		ok = fclose(f) == 0 && ok;
+	else if (fd >= 0)
+		close(fd);
+	if (!ok || renameat(b->state_fd, "holders.new", b->state_fd, "holders") < 0)
+		log_warn("cannot keep the holders' addresses in %s: %s", b->cfg->state_dir,
+			 strerror(errno));
+}
+
+void keep_holders_load(struct backing *b)
+{
+	int fd = openat(b->state_fd, "holders", O_RDONLY | O_CLOEXEC);
+	FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+	char line[128], addr[DUP_ADDR_MAX];
+	unsigned node;
+
+	if (!f) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	pthread_mutex_lock(&b->lock);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%u %63s", &node, addr) == 2 && node)
+			remote_holder_learn(b, node, addr, false);
+	pthread_mutex_unlock(&b->lock);
+	fclose(f);
 }

@@ -9,6 +9,9 @@
  * as long as they live). An entry of the table keeps its own replica
  * list, so a content forgotten here is still brought back.
  *
+ * The holders' addresses are kept in the state directory (keep.c): the
+ * entries a killed agent's successor takes over name them.
+ *
  * Every read goes through the thread's own transport reader and is
  * checked: the bytes must hash to the content id in its domain, or the
  * next replica is tried. A holder that hangs, or fails twice in a row, is
@@ -53,8 +56,8 @@ static struct holder *holder_find(struct backing *b, uint32_t node)
 	return NULL;
 }
 
-/* Remember where node serves reads. b->lock held. */
-static void learn_addr(struct backing *b, uint32_t node, const char *addr)
+/* Remember where node serves reads (kept for the next agent). b->lock held. */
+void remote_holder_learn(struct backing *b, uint32_t node, const char *addr, bool keep)
 {
 	struct holder *h = holder_find(b, node);
 
@@ -68,8 +71,12 @@ static void learn_addr(struct backing *b, uint32_t node, const char *addr)
 		h = &b->holders[b->nholders];
 		*h = (struct holder){ .node = node };
 		oaidx_put(&b->holder_ix, node, (uint32_t)++b->nholders);
+	} else if (!strcmp(h->addr, addr)) {
+		return;
 	}
 	snprintf(h->addr, sizeof(h->addr), "%s", addr);
+	if (keep)
+		keep_holders(b);
 }
 
 void remote_fini(struct backing *b)
@@ -91,7 +98,7 @@ void backing_remote_learn(struct backing *b, const struct cid *id, const struct 
 	r->n = (uint8_t)n;
 	for (unsigned i = 0; i < n; i++) {
 		r->rem[i] = (struct rdup){ d[i].node, d[i].slot, d[i].gen };
-		learn_addr(b, d[i].node, d[i].addr);
+		remote_holder_learn(b, d[i].node, d[i].addr, true);
 	}
 	pthread_mutex_unlock(&b->lock);
 }

@@ -45,6 +45,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -203,13 +204,44 @@ static void kids_close(void)
 		close(kids[--nkids].fd);
 }
 
+/*
+ * Is fd still the socket it was (ino)? A program that closes every
+ * descriptor (a daemon) closes libcksm's too, and may open others that
+ * get the same numbers: those are never read, written or closed here.
+ */
+static bool still_ours(int fd, ino_t ino)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == ino;
+}
+
+static ino_t ino_of(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
 static void *serve(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
+	ino_t ino = ino_of(fd);
 	struct cksm_local m = cksm_local_msg(0);
+	bool ours = true;
 	int extra;
 
-	while (recv_local(fd, &m, &extra) == 0) {
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int n = poll(&p, 1, 1000); /* the descriptor is looked at once a second */
+
+		if ((n < 0 && errno != EINTR) || (p.revents & POLLNVAL) ||
+		    !(ours = still_ours(fd, ino)))
+			break;
+		if (n <= 0)
+			continue;
+		if (recv_local(fd, &m, &extra) != 0)
+			break;
 		if (m.type == CKSM_LOCAL_CHILD && extra >= 0) {
 			pthread_mutex_lock(&zap_lock);
 			kid_add(m.token, extra);
@@ -232,7 +264,8 @@ static void *serve(void *arg)
 	if (sock_get() == fd)
 		__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&zap_lock);
-	close(fd);
+	if (ours && still_ours(fd, ino))
+		close(fd);
 	return NULL;
 }
 
@@ -445,9 +478,17 @@ static void *keeper(void *arg)
 	for (;;) {
 		struct pollfd p = { .fd = kfd, .events = POLLRDHUP };
 		unsigned wait_ms = 50;
+		ino_t ino = ino_of(kfd);
 		int fd;
 
-		while (poll(&p, 1, -1) < 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+		while (!(p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) &&
+		       still_ours(kfd, ino))
+			poll(&p, 1, 1000);
+		if ((p.revents & POLLNVAL) || !still_ours(kfd, ino)) {
+			/* The program closed libcksm's descriptors (and so, most
+			 * likely, its userfaultfd): the agent brings its pages
+			 * home when the connection ends; nothing to resume. */
+			return NULL;
 		}
 		close(kfd);
 		pthread_mutex_lock(&zap_lock);

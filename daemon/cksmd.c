@@ -3,6 +3,7 @@
  *
  *   cksmd --role agent [--config FILE] [--set section.key=value]...
  *   cksmd --role coord --shard N ...
+ *   cksmd --role agent --restore        bring every kept page home, then exit
  *   cksmd --check-config [--role ...]   validate, print nothing else, exit
  *   cksmd --gen-key FILE                write a new cluster key (mode 0600)
  *
@@ -30,6 +31,7 @@ struct args {
 	long shard;
 	int check;
 	int print;
+	int restore;
 	const char *gen_key;
 	const char *sets[64];
 	int nsets;
@@ -37,20 +39,23 @@ struct args {
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: cksmd --role agent|coord [--shard N] [options]\n"
-		     "       cksmd --check-config [--role ...] [options]\n"
-		     "       cksmd --gen-key FILE\n"
-		     "\n"
-		     "  -c, --config FILE     configuration (default " CONFIG_DEFAULT_PATH ")\n"
-		     "  -r, --role ROLE       agent (one per node) or coord (one per shard)\n"
-		     "  -n, --shard N         which [shard.N] a coordinator serves\n"
-		     "  -s, --set SEC.KEY=V   override one configuration value (repeatable)\n"
-		     "  -l, --log-level LVL   error, warn, info or debug\n"
-		     "      --check-config    validate the configuration and key file, then exit\n"
-		     "      --print-config    print the effective configuration, then exit\n"
-		     "      --gen-key FILE    create a new cluster key file\n"
-		     "  -V, --version         print the version\n"
-		     "  -h, --help            this help\n");
+	fprintf(out,
+		"usage: cksmd --role agent|coord [--shard N] [options]\n"
+		"       cksmd --check-config [--role ...] [options]\n"
+		"       cksmd --gen-key FILE\n"
+		"\n"
+		"  -c, --config FILE     configuration (default " CONFIG_DEFAULT_PATH ")\n"
+		"  -r, --role ROLE       agent (one per node) or coord (one per shard)\n"
+		"  -n, --shard N         which [shard.N] a coordinator serves\n"
+		"  -s, --set SEC.KEY=V   override one configuration value (repeatable)\n"
+		"  -l, --log-level LVL   error, warn, info or debug\n"
+		"      --restore         (agent) take over what a stopped or killed agent kept,\n"
+		"                        bring every backed page home, then exit\n"
+		"      --check-config    validate the configuration and key file, then exit\n"
+		"      --print-config    print the effective configuration, then exit\n"
+		"      --gen-key FILE    create a new cluster key file\n"
+		"  -V, --version         print the version\n"
+		"  -h, --help            this help\n");
 }
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -62,6 +67,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		{ "set", required_argument, NULL, 's' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "check-config", no_argument, NULL, 'C' },
+		{ "restore", no_argument, NULL, 'R' },
 		{ "print-config", no_argument, NULL, 'P' },
 		{ "gen-key", required_argument, NULL, 'G' },
 		{ "version", no_argument, NULL, 'V' },
@@ -115,6 +121,9 @@ static int parse_args(int argc, char **argv, struct args *a)
 			} else {
 				a->sets[a->nsets++] = optarg;
 			}
+			break;
+		case 'R':
+			a->restore = 1;
 			break;
 		case 'C':
 			a->check = 1;
@@ -227,7 +236,11 @@ int main(int argc, char **argv)
 	}
 	log_threshold = cfg.log_level;
 	log_init(a.role == ROLE_AGENT ? "cksm-agent" : "cksm-coord");
+	if (a.restore && a.role != ROLE_AGENT) {
+		fprintf(stderr, "cksmd: --restore is for --role agent\n");
+		return 2;
+	}
 	if (a.role == ROLE_AGENT)
-		return agent_main(&cfg);
+		return agent_main(&cfg, a.restore);
 	return coord_main(&cfg, (unsigned)a.shard);
 }

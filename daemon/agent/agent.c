@@ -17,6 +17,7 @@
 #include "agent.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,8 +83,12 @@ struct agent {
 	struct metric *m_orders;       /* DupCreate and DupRelease received */
 	struct metric *m_unanswered;   /* reports whose answer never came */
 	struct metric *m_dups, *m_pool_free, *m_refs_sent;
-	struct pool *pool;		 /* NULL: no pool on this node */
-	int state_fd;			 /* the state directory, locked (-1 if none) */
+	struct pool *pool;	  /* NULL: no pool on this node */
+	int state_fd;		  /* the state directory, locked (-1 if none) */
+	uv_timer_t restore_timer; /* --restore: data set once started */
+	uint64_t restore_from;
+	uv_timer_t quiet_timer; /* stopping: serving the pool while others read it */
+	uint64_t stop_from, quiet_since, quiet_reads, quiet_first;
 	struct backing *backing;	 /* NULL: processes cannot attach */
 	const struct transport_kind *tk; /* how other nodes' pools are read */
 	struct data_server *data;	 /* serves the pool to other nodes */
@@ -841,18 +846,11 @@ static void on_heartbeat(uv_timer_t *t)
 	flush_reports(a);
 }
 
-static void agent_stop(struct runtime *rt)
-{
-	struct agent *a = rt->role;
+#define QUIET_MS 2000 /* a stopping holder leaves after this long without a read */
 
-	a->stopping = true;
-	uv_close((uv_handle_t *)&a->hb, NULL);
-	scanrun_destroy(a->scan);
-	a->scan = NULL;
-	copier_destroy(a->copier);
-	a->copier = NULL;
-	backing_destroy(a->backing);
-	a->backing = NULL;
+/* The end of the stop: the data port and the shards' connections. */
+static void agent_stop_rest(struct agent *a)
+{
 	transport_serve_stop(a->data);
 	a->data = NULL;
 	for (unsigned i = 0; i < a->nshards; i++) {
@@ -860,6 +858,63 @@ static void agent_stop(struct runtime *rt)
 		a->shards[i].dialer = NULL;
 		inflight_clear(&a->shards[i]);
 	}
+}
+
+/* Serving while stopping: every 100 ms, is it quiet yet? */
+static void on_quiet_tick(uv_timer_t *t)
+{
+	struct agent *a = t->data;
+	uint64_t now = uv_now(&a->rt.loop), n = transport_served(a->data);
+
+	if (n != a->quiet_reads) {
+		a->quiet_reads = n;
+		a->quiet_since = now;
+	}
+	if (now - a->quiet_since < QUIET_MS && now - a->stop_from < a->rt.cfg->stop_wait_ms)
+		return;
+	if (a->quiet_reads != a->quiet_first)
+		log_info("served %llu page reads to other nodes while stopping (%llu ms)",
+			 (unsigned long long)(a->quiet_reads - a->quiet_first),
+			 (unsigned long long)(now - a->stop_from));
+	uv_close((uv_handle_t *)t, NULL);
+	agent_stop_rest(a);
+	runtime_stopped(&a->rt);
+}
+
+/*
+ * Other nodes may be stopping too and bringing home the pages this
+ * node's dups back: the data port stays (and the loop runs, for its
+ * handshakes) until QUIET_MS pass without a read, at most stop_wait_ms.
+ */
+static void serve_while_read(struct agent *a)
+{
+	a->stop_from = a->quiet_since = uv_now(&a->rt.loop);
+	a->quiet_first = a->quiet_reads = transport_served(a->data);
+	uv_timer_init(&a->rt.loop, &a->quiet_timer);
+	a->quiet_timer.data = a;
+	uv_timer_start(&a->quiet_timer, on_quiet_tick, 100, 100);
+	a->rt.stop_later = true;
+}
+
+static void agent_stop(struct runtime *rt)
+{
+	struct agent *a = rt->role;
+
+	a->stopping = true;
+	uv_close((uv_handle_t *)&a->hb, NULL);
+	if (a->restore_timer.data)
+		uv_close((uv_handle_t *)&a->restore_timer, NULL);
+	scanrun_destroy(a->scan);
+	a->scan = NULL;
+	copier_destroy(a->copier);
+	a->copier = NULL;
+	backing_destroy(a->backing);
+	a->backing = NULL;
+	if (a->data && a->pool && pool_free_slots(a->pool) < pool_slots(a->pool) &&
+	    a->rt.cfg->stop_wait_ms)
+		serve_while_read(a);
+	else
+		agent_stop_rest(a);
 }
 
 static int register_metrics(struct agent *a)
@@ -979,7 +1034,24 @@ static int start_backing(struct agent *a)
 	return 0;
 }
 
-int agent_main(const struct config *cfg)
+#define RESTORE_WAIT_MS 10000
+
+/* --restore: once every kept process came back (or none will), stop. */
+static void on_restore_tick(uv_timer_t *t)
+{
+	struct agent *a = t->data;
+	size_t left = a->backing ? backing_waiting(a->backing) : 0;
+
+	if (left && uv_now(&a->rt.loop) - a->restore_from < RESTORE_WAIT_MS)
+		return;
+	if (left)
+		log_warn("%zu processes did not come back within %d ms: their pages stay kept",
+			 left, RESTORE_WAIT_MS);
+	uv_timer_stop(t);
+	raise(SIGTERM); /* the stop brings every page home */
+}
+
+int agent_main(const struct config *cfg, bool restore)
 {
 	struct agent *a;
 	int rc = 1;
@@ -1021,7 +1093,14 @@ int agent_main(const struct config *cfg)
 		dialer_start(s->dialer);
 	}
 	uv_timer_start(&a->hb, on_heartbeat, cfg->heartbeat_ms, cfg->heartbeat_ms);
-	if (scanrun_start(a->scan)) {
+	if (restore) {
+		/* Nothing is scanned, so nothing is evicted. */
+		uv_timer_init(&a->rt.loop, &a->restore_timer);
+		a->restore_timer.data = a;
+		a->restore_from = uv_now(&a->rt.loop);
+		uv_timer_start(&a->restore_timer, on_restore_tick, 100, 100);
+		log_info("restoring: every backed page goes home once the processes came back");
+	} else if (scanrun_start(a->scan)) {
 		log_error("cannot start the scanner thread");
 		goto stop;
 	}

@@ -16,8 +16,8 @@
  *   4. RANGE (madvise(MADV_MERGEABLE)) registers more; ZAPPED answers an
  *      eviction's zap (evict.c);
  *   5. the end of the connection: the process exited or exec'd, and its
- *      mm is forgotten; or it closed the socket while alive, and its
- *      backed pages stay served from the table until it exits (orphan).
+ *      mm is forgotten; or it closed the socket while alive (orphan), and
+ *      its backed pages are brought home, then it is forgotten.
  *
  * Forked children: the fork event gives the agent the child's
  * userfaultfd (fault.c) and a copy of the table; the child's libcksm
@@ -68,17 +68,22 @@ static void on_closed(uv_handle_t *h)
 		mm_put(m);
 	} else if (!m->b->stop && m->tab.n && !uffd_mm_gone(m->uffd)) {
 		/* It closed the connection but lives (a daemon closing every
-		 * descriptor): its backed pages are still served, from the
-		 * table, until it exits; nothing more is evicted. */
+		 * descriptor): with it went, most likely, its copy of its
+		 * userfaultfd, and with the agent's then the only one its
+		 * pages would not outlive a killed agent. They are brought
+		 * home by the fault thread, its ranges unregistered, and it
+		 * is forgotten; nothing more is evicted meanwhile. */
 		pthread_mutex_lock(&m->lock);
 		m->orphan = true;
 		m->zap_done = true;
 		m->zap_status = -ECONNRESET;
 		pthread_cond_broadcast(&m->cond);
 		pthread_mutex_unlock(&m->lock);
+		atomic_store(&m->bring_home, true);
+		wake_faults(m->b);
 		log_warn(
-			"process %d closed its connection while alive; its backed pages stay served",
-			(int)m->pid);
+			"process %d closed its connection while alive; its %zu backed pages are brought home",
+			(int)m->pid, m->tab.n);
 	} else {
 		list_del(m->b, m);
 	}
@@ -368,6 +373,12 @@ static bool on_child(struct mm *m, const struct cksm_local *msg, int fd)
 	fl = fd >= 0 && is_userfaultfd(fd) ? fcntl(fd, F_GETFL) : -1;
 	if (!w || fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
 		/* Nothing kept for it: the parent lets go. */
+		log_warn(
+			"process %d: a fork child's userfaultfd %s; the process is told to let go of it",
+			(int)m->pid,
+			fd < 0 ? "without the descriptor"
+			: !w ? "for a child no table is kept for (a forged key, or its table went)"
+			     : "that is not a userfaultfd");
 		if (fd >= 0)
 			close(fd);
 		f.token = msg->token;
@@ -434,6 +445,7 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 	free(m->st);
 	m->st = w->st;
 	m->key = w->key;
+	m->damaged = w->damaged;
 	w->st = NULL;
 	w->key = 0;
 	mm_put(w);

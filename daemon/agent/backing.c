@@ -238,17 +238,20 @@ static void on_backing_closed(uv_handle_t *h)
 
 /* What bringing the pages back came to. */
 struct restored {
-	size_t done, poisoned, failed;
+	size_t done, poisoned, failed, waiting;
 };
 
 /*
- * One pass over m's table: copy back what can be. A page whose bytes
- * cannot be had is poisoned where the kernel can (whoever touches it gets
- * SIGBUS, after the agent is gone too), never left to read as zeroes.
- * Entries whose copy met a changing mm (EAGAIN) stay, counted in *again.
- * *remote_ok goes false at the first remote page that cannot be read:
- * holders that do not answer now will not later, so the rest are not
- * waited for.
+ * One pass over m's table: copy back what can be. The page of an
+ * eviction whose zap was not answered stays (see below). A remote page whose
+ * replicas cannot be read now stays in the table, kept for the next
+ * agent: its holder is likely stopping too (an upgrade), and comes back
+ * with its pool. A page of this node's pool whose slot is gone cannot
+ * come back from anywhere: it is poisoned where the kernel can (whoever
+ * touches it gets SIGBUS), never left to read as zeroes. Entries whose
+ * copy met a changing mm (EAGAIN) stay, counted in *again. *remote_ok
+ * goes false at the first remote page that cannot be read: holders that
+ * do not answer now will not later, so the rest are not waited for.
  */
 static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struct restored *r,
 			 size_t *again)
@@ -261,6 +264,15 @@ static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struc
 		const void *bytes = zero_page;
 		int rc;
 
+		if (addr == m->st->evicting && !m->zap_done) {
+			/* Its zap went unanswered: the process may still drop
+			 * the page after it was brought back, with no agent to
+			 * see it. It stays kept, its range watched, for the
+			 * next agent, which settles it (evict_resume). */
+			r->waiting++;
+			i++;
+			continue;
+		}
 		if (e->kind == BACKED_POOL)
 			bytes = pool_page(b->pool, e->ref, NULL);
 		else if (e->kind == BACKED_REMOTE)
@@ -268,8 +280,12 @@ static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struc
 							   page) >= 0
 					? page
 					: NULL;
-		if (e->kind == BACKED_REMOTE && !bytes)
+		if (e->kind == BACKED_REMOTE && !bytes) {
 			*remote_ok = false;
+			r->waiting++;
+			i++;
+			continue;
+		}
 		rc = bytes ? uffd_copy(m->uffd, addr, bytes) : -ESTALE;
 		if (rc == -ESTALE && (b->features & UFFD_FEATURE_POISON))
 			rc = uffd_poison(m->uffd, addr) == 0 ? -EHWPOISON : -ESTALE;
@@ -278,10 +294,13 @@ static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struc
 			i++;
 			continue;
 		}
+		if (rc && rc != -EHWPOISON && rc != -ESRCH && rc != -ENOENT && rc != -EEXIST) {
+			r->failed++; /* kept: the next agent tries again */
+			i++;
+			continue;
+		}
 		if (rc == -EHWPOISON)
 			r->poisoned++;
-		else if (rc && rc != -ESRCH && rc != -ENOENT && rc != -EEXIST)
-			r->failed++;
 		else
 			r->done++;
 		entry_release(m, e); /* i holds the last entry now */
@@ -298,17 +317,17 @@ static void restore_mm(struct backing *b, struct mm *m, struct restored *r)
 	/* Events the process caused meanwhile make copies fail with EAGAIN
 	 * until they are read: read them, and go again. */
 	for (int round = 0; m->tab.n && round < 100; round++) {
-		size_t again = 0;
+		size_t again = 0, waiting = r->waiting;
 
 		pthread_mutex_lock(&m->lock);
 		restore_pass(b, m, &remote_ok, r, &again);
 		pthread_mutex_unlock(&m->lock);
 		if (!again)
 			break;
+		r->waiting = waiting; /* counted again in the next pass */
 		drain_uffd(m);
 		usleep(1000);
 	}
-	r->failed += m->tab.n;
 }
 
 /*
@@ -336,6 +355,18 @@ static void unregister_all(struct mm *m)
 	fclose(f);
 }
 
+size_t bring_home(struct backing *b, struct mm *m)
+{
+	struct restored r = { 0 };
+
+	restore_mm(b, m, &r);
+	if (!m->tab.n)
+		unregister_all(m);
+	log_info("process %d: %zu backed pages brought home, %zu poisoned, %zu left", (int)m->pid,
+		 r.done, r.poisoned, m->tab.n);
+	return m->tab.n;
+}
+
 static void restore_all(struct backing *b)
 {
 	struct restored r = { 0 };
@@ -357,10 +388,14 @@ static void restore_all(struct backing *b)
 	}
 	if (r.failed || r.poisoned)
 		log_error(
-			"brought back %zu backed pages before stopping; %zu could not be and were poisoned (SIGBUS when touched), %zu could not be and will read as zeroes",
+			"brought back %zu backed pages before stopping; %zu could not be and were poisoned (SIGBUS when touched), %zu could not be copied and wait for the next agent",
 			r.done, r.poisoned, r.failed);
 	else if (r.done)
 		log_info("brought back %zu backed pages before stopping", r.done);
+	if (r.waiting)
+		log_warn(
+			"%zu backed pages whose holders do not answer now, or whose zap was not answered, wait for the next agent (kept in %s)",
+			r.waiting, b->cfg->state_dir);
 }
 
 /* The threads, in order: the evictor, then the fault thread. */
@@ -392,6 +427,15 @@ static void stop_threads(struct backing *b)
 	pthread_mutex_unlock(&b->lock);
 	wake_faults(b);
 	pthread_join(b->fault_thread, NULL);
+}
+
+size_t backing_waiting(const struct backing *b)
+{
+	size_t n = 0;
+
+	for (const struct mm *w = b->waiting; w; w = w->wnext)
+		n++;
+	return n;
 }
 
 void backing_destroy(struct backing *b)

@@ -62,6 +62,9 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 			       const struct transport_kind *tk, const struct auth_key *key);
 void backing_destroy(struct backing *b);
 
+/* Processes an earlier agent served that have not come back yet (loop thread). */
+size_t backing_waiting(const struct backing *b);
+
 /* Called when a process attaches or detaches (loop thread). */
 void backing_set_hooks(struct backing *b, void (*attached)(void *arg, pid_t pid, bool merge_all),
 		       void (*detached)(void *arg, pid_t pid), void *arg);

@@ -111,12 +111,14 @@ struct mm {
 	bool merge_all;
 	uint64_t merge_min;
 	bool handshaken;
-	bool hello_seen;   /* the handshake's first message came */
-	bool wants_resume; /* its hello said RESUME comes next */
-	uint64_t born_ms;  /* loop time of the connection */
-	struct mm *pnext;  /* in the backing's pending list, until handshaken */
-	bool orphan;	   /* its connection closed while it lives: served, not evicted */
-	bool gone;	   /* off the list */
+	bool hello_seen;	/* the handshake's first message came */
+	bool wants_resume;	/* its hello said RESUME comes next */
+	uint64_t born_ms;	/* loop time of the connection */
+	struct mm *pnext;	/* in the backing's pending list, until handshaken */
+	bool orphan;		/* its connection closed while it lives: served, not evicted */
+	atomic_bool bring_home; /* ... and its pages are to come home (the fault thread) */
+	bool damaged;		/* its kept table was: a page without an entry is lost */
+	bool gone;		/* off the list */
 	uv_poll_t poll;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -280,6 +282,14 @@ void drop_range(struct mm *m, uint64_t start, uint64_t end);
  */
 void removed_note(struct mm *m, uint64_t start, uint64_t end);
 bool removed_covers(struct mm *m, uint64_t addr);
+
+/* ---- backing.c ----------------------------------------------------------- */
+
+/*
+ * Fault thread: bring every backed page of m home, then unregister its
+ * ranges if all came. Returns the pages left.
+ */
+size_t bring_home(struct backing *b, struct mm *m);
 
 /* ---- keep.c -------------------------------------------------------------- */
 

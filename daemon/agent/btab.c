@@ -314,6 +314,10 @@ int btab_load(struct btab *t, int dirfd, const char *name, size_t *torn)
 	n = bytes < BTAB_HEAD ? 0 : (bytes - BTAB_HEAD) / sizeof(struct bentry);
 	if (h.n < n)
 		n = h.n;
+	else if (h.n > n)
+		*torn += h.n - n; /* published, and not in the file: cut short */
+	else if (h.n > n)
+		*torn += h.n - n; /* published, and not in the file: cut short */
 	map = n ? mmap(NULL, BTAB_HEAD + n * sizeof(struct bentry), PROT_READ, MAP_PRIVATE, fd, 0)
 		: NULL;
 	close(fd);

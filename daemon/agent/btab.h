@@ -103,7 +103,9 @@ int btab_keep(struct btab *t, int dirfd, const char *name);
 /*
  * Load the kept table name of dirfd into t (empty, in memory), which is
  * kept there from then on: 0, -ENOENT, or another negative errno. *torn
- * gets the number of entries dropped as torn or superseded.
+ * gets the number of entries dropped as torn or superseded, or missing
+ * from a file cut short. A killed agent leaves at most two (a deletion's
+ * torn copy, and the entry it copied); more is damage.
  */
 int btab_load(struct btab *t, int dirfd, const char *name, size_t *torn);
 

@@ -197,7 +197,11 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 		 * one is served from it. */
 		why = m->zap_done ? "the process left" : "the agent is stopping";
 	}
-	m->st->evicting = 0;
+	/* Unanswered, the zap may still run: the page stays the one under
+	 * eviction, for the stop (kept, not brought home) and the next agent
+	 * (evict_resume). */
+	if (m->zap_done)
+		m->st->evicting = 0;
 	m->resuming = false;
 	pthread_mutex_unlock(&m->lock);
 	metric_inc(why ? b->m_aborted : b->m_evicted);

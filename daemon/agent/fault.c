@@ -168,7 +168,8 @@ static int fill_backed(struct mm *m, const struct fill *f, uint64_t addr, bool w
 /*
  * What the fault at addr needs, under the lock: 1 with *f filled for a
  * backed page, 0 for a page never backed (filled here, *rc its result),
- * or -EAGAIN when the evictor has the page entered and not finished.
+ * -EAGAIN when the evictor has the page entered and not finished, or
+ * -EUCLEAN for a page without an entry in a damaged table (keep.c).
  */
 static int fault_look(struct mm *m, uint64_t addr, bool write, struct fill *f, int *rc)
 {
@@ -178,7 +179,9 @@ static int fault_look(struct mm *m, uint64_t addr, bool write, struct fill *f, i
 
 	pthread_mutex_lock(&m->lock);
 	e = btab_find(&m->tab, addr);
-	if (!e) {
+	if (!e && m->damaged) {
+		ret = -EUCLEAN; /* evicted or never touched: not known */
+	} else if (!e) {
 		*rc = fill_zero(m, addr, write);
 		ret = 0;
 	} else if (m->st->evicting == addr) {
@@ -226,6 +229,10 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t sinc
 	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
 		return release_writer(m, addr);
 	look = fault_look(m, addr, write, &f, &rc);
+	if (look == -EUCLEAN) {
+		lost_page(m, msg, addr, "its process's kept table was damaged");
+		return true;
+	}
 	if (look < 0)
 		return false;
 	if (look == 0)
@@ -570,6 +577,9 @@ void *fault_main(void *arg)
 
 			if (m->nretry)
 				retry_faults(m);
+			/* An orphan's pages come home; then it is forgotten. */
+			if (atomic_exchange(&m->bring_home, false) && !bring_home(b, m))
+				list_del(b, m);
 			/* A fork child's userfaultfd that ended: the child is gone. */
 			if ((ps.pf[i].revents || m->short_of) && !drain_uffd(m))
 				list_del_unpaired(b, m);

@@ -40,6 +40,7 @@
 #include "util.h"
 
 #define STATE_BYTES 4096u /* an mm-KEY file */
+#define TORN_MAX    2	  /* torn entries one killed agent can leave in a table */
 
 uint64_t proc_start_time(pid_t pid)
 {
@@ -122,12 +123,20 @@ static void names(uint64_t key, char *st, char *tab, size_t len)
 static struct mm_state *map_state(int dirfd, const char *name, int flags)
 {
 	int fd = openat(dirfd, name, flags | O_RDWR | O_CLOEXEC, 0600);
+	struct stat sb;
 	void *map;
 
 	if (fd < 0)
 		return NULL;
 	if ((flags & O_CREAT) && ftruncate(fd, STATE_BYTES) < 0) {
 		close(fd);
+		return NULL;
+	}
+	/* One a killed agent made and never sized has nothing in it yet:
+	 * mapped as it is, a read would fault. */
+	if (!(flags & O_CREAT) && (fstat(fd, &sb) < 0 || sb.st_size < (off_t)STATE_BYTES)) {
+		close(fd);
+		errno = EUCLEAN;
 		return NULL;
 	}
 	map = mmap(NULL, STATE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -231,7 +240,7 @@ static size_t load_one(struct backing *b, uint64_t key)
 	names(key, sn, tn, sizeof(sn));
 	st = map_state(b->state_fd, sn, 0);
 	if (!st || st->magic != MM_STATE_MAGIC || st->version != MM_STATE_VERSION ||
-	    st->size != sizeof(*st) || st->pid <= 0 || proc_start_time(st->pid) != st->start_time) {
+	    st->size != sizeof(*st) || st->pid < 0 || !keep_alive(&(struct mm){ .st = st })) {
 		/* Its process is gone (or it never was attached): nothing to keep. */
 		if (st)
 			munmap(st, STATE_BYTES);
@@ -250,15 +259,20 @@ static size_t load_one(struct backing *b, uint64_t key)
 	m->beacon = st->beacon;
 	m->parent = st->parent;
 	rc = btab_load(&m->tab, b->state_fd, tn, &torn);
-	if (rc && rc != -ENOENT)
-		log_error(
-			"process %d: its kept table cannot be read (%s): its backed pages are lost",
-			(int)st->pid, strerror(-rc));
 	if (rc == -ENOENT)
 		btab_keep(&m->tab, b->state_fd, tn);
-	if (torn)
+	if ((rc && rc != -ENOENT) || torn > TORN_MAX) {
+		/* Which of its pages were evicted is not known any more: none
+		 * may read zeroes for it, so every one not in memory is lost. */
+		m->damaged = true;
+		log_error(
+			"process %d: its kept table is damaged (%s%s%zu entries unreadable): every page of it not in memory now gives SIGBUS when touched",
+			(int)st->pid, rc && rc != -ENOENT ? strerror(-rc) : "",
+			rc && rc != -ENOENT ? "; " : "", torn);
+	} else if (torn) {
 		log_info("process %d: %zu entries of its kept table were torn or superseded",
 			 (int)st->pid, torn);
+	}
 	for (size_t i = 0; i < m->tab.n; i++)
 		count_loaded(b, &m->tab.e[i]);
 	m->wnext = b->waiting;

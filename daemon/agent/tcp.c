@@ -258,6 +258,8 @@ static int answer(struct tcp_server *ds, struct dconn *dc, const struct data_req
 	size_t done = n > 0 ? (size_t)n : 0;
 
 	metric_inc(bytes ? ds->m_reads : ds->m_stale);
+	if (bytes)
+		atomic_fetch_add(&ds->ds.served, 1);
 	if (n < 0 && errno != EAGAIN)
 		return -errno;
 	if (done == sizeof(a) + POOL_SLOT)

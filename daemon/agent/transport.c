@@ -43,6 +43,11 @@ void transport_destroy(struct transport *t)
 		t->ops->destroy(t);
 }
 
+uint64_t transport_served(struct data_server *ds)
+{
+	return atomic_load(&ds->served);
+}
+
 void transport_serve_stop(struct data_server *ds)
 {
 	if (ds)

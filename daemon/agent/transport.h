@@ -17,6 +17,7 @@
 #define CKSM_TRANSPORT_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "auth.h"
@@ -52,6 +53,7 @@ struct transport {
 /* A kind's server of this node's pool; each kind's own struct starts with it. */
 struct data_server {
 	const struct transport_kind *kind;
+	atomic_uint_fast64_t served; /* page reads answered with bytes, by every kind */
 };
 
 struct transport_kind {
@@ -81,5 +83,8 @@ int transport_read_checked(struct transport *t, const struct dup_loc *d,
 /* Either accepts NULL. */
 void transport_destroy(struct transport *t);
 void transport_serve_stop(struct data_server *ds);
+
+/* Page reads ds answered with bytes so far (any thread). */
+uint64_t transport_served(struct data_server *ds);
 
 #endif

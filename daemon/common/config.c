@@ -144,6 +144,8 @@ static const struct key keys[] = {
 	  "milliseconds between 10 and 60000"),
 	U("agent", "lost_after_ms", lost_after_ms, 10000, 0, 3600000,
 	  "milliseconds between 0 and 3600000"),
+	U("agent", "stop_wait_ms", stop_wait_ms, 10000, 0, 60000,
+	  "milliseconds between 0 and 60000"),
 	U("agent", "pool_pages", pool_pages, 65536, 16, 1u << 28,
 	  "a slot count between 16 and 268435456"),
 	S("agent", "evict", K_BOOL, evict, "1", "0 or 1"),
@@ -728,11 +730,12 @@ void config_dump(const struct config *c, FILE *out)
 	if (c->data_address[0])
 		fprintf(out, "data_address = %s\n", c->data_address);
 	fprintf(out,
-		"transport = %s\ndata_timeout_ms = %u\nlost_after_ms = %u\n"
+		"transport = %s\ndata_timeout_ms = %u\nlost_after_ms = %u\nstop_wait_ms = %u\n"
 		"socket = %s\nstate_dir = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
 		"evict_cooldown_millisecs = %u\n",
-		c->transport, c->data_timeout_ms, c->lost_after_ms, c->socket_path, c->state_dir,
-		c->pool_pages, c->evict, c->evict_age, c->evict_rate, c->evict_cooldown_millisecs);
+		c->transport, c->data_timeout_ms, c->lost_after_ms, c->stop_wait_ms, c->socket_path,
+		c->state_dir, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
+		c->evict_cooldown_millisecs);
 	if (c->socket_group[0])
 		fprintf(out, "socket_group = %s\n", c->socket_group);
 	if (c->cgroup_root[0])

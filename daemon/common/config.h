@@ -89,6 +89,7 @@ struct config {
 	char transport[16];		   /* how other nodes' dups are read: auto, tcp */
 	uint32_t data_timeout_ms;	   /* one such read is given up after this */
 	uint32_t lost_after_ms;		   /* a fault no replica answers for this long: SIGBUS */
+	uint32_t stop_wait_ms;		   /* a stopping holder serves its pool this long at most */
 	uint32_t pool_pages;		   /* page pool slots */
 	int evict;			   /* drop backed pages from attached processes */
 	uint32_t evict_age;		   /* scans a page stays unchanged before it goes */

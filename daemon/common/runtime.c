@@ -117,6 +117,12 @@ static void on_signal(uv_signal_t *s, int signum)
 	uv_close((uv_handle_t *)&rt->sigint, NULL);
 	if (rt->stop)
 		rt->stop(rt);
+	if (!rt->stop_later)
+		net_close_all(&rt->net);
+}
+
+void runtime_stopped(struct runtime *rt)
+{
 	net_close_all(&rt->net);
 }
 

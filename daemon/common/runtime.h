@@ -11,6 +11,7 @@
 #ifndef CKSM_RUNTIME_H
 #define CKSM_RUNTIME_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <uv.h>
@@ -33,8 +34,12 @@ struct runtime {
 	uint64_t start_ms;		  /* loop time at start */
 	char name[80];			  /* our name on the wire and in logs */
 	void (*stop)(struct runtime *rt); /* the role closes its handles */
+	bool stop_later;		  /* set by stop: it ends with runtime_stopped */
 	void *role;			  /* the role's state */
 };
+
+/* A stop hook that set stop_later is done: the connections close. */
+void runtime_stopped(struct runtime *rt);
 
 /*
  * Load the key, create the registry with cksm_build_info and bind the

@@ -17,23 +17,6 @@ ARGS=(--set agent.lost_after_ms=30000)
 start_node a "${ARGS[@]}"
 start_node b "${ARGS[@]}"
 m() { metric "${MET[$1]}" "$2"; }
-# node_again N [ENV...]: node-N's agent once more, as start_node made it,
-# on the same state directory (and metrics and data port).
-node_again() {
-	local n=$1 var="PID_node_$1"
-	shift
-	local args
-	mapfile -d '' args < <(tr '\n' '\0' <"$T/node-$n.args")
-	env "$@" "$CKSMD" "${args[@]}" >>"$T/node-$n.log" 2>&1 &
-	PIDS+=($!)
-	eval "$var=$!"
-	wait_for "node-$n back" 15 bash -c "[[ \$(grep -c 'registered with shard 0' '$T/node-$n.log') -ge 2 ]]"
-}
-for n in a b; do
-	var="PID_node_$n"
-	tr '\0' '\n' </proc/"${!var}"/cmdline | tail -n +2 >"$T/node-$n.args"
-done
-
 hold() { # hold NODE NAME: a process of node NODE with 256 duplicate pages
 	CKSM_SOCKET=$T/$1.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-evictee" hold --pages 256 --wait-s 20 >"$T/$2.json" &
 	PIDS+=($!)

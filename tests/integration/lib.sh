@@ -136,4 +136,24 @@ start_node() {
 		--set agent.scan_mergeable=0 --set agent.pass_millisecs=100 --set agent.evict_age=1 \
 		--set agent.evict_cooldown_millisecs=0 "$@"
 	wait_for "node-$n registered" 10 log_has "node-$n" "registered with shard 0"
+	local var="PID_node_$n"
+	tr '\0' '\n' </proc/"${!var}"/cmdline | tail -n +2 >"$T/node-$n.args"
+}
+
+# node_again N [VAR=VALUE...] [-- ARGS...]: node-N's agent once more, as
+# start_node made it (its state directory, metrics and data port), with
+# VARs in its environment and ARGS added; its log goes on in node-N.log.
+# Waits for it to register again unless ARGS has --restore.
+node_again() {
+	local n=$1 var="PID_node_$1" envs=() extra=() args regs
+	shift
+	while (($#)) && [[ $1 != -- ]]; do envs+=("$1"); shift; done
+	(($#)) && shift && extra=("$@")
+	mapfile -t args <"$T/node-$n.args"
+	regs=$(grep -c 'registered with shard 0' "$T/node-$n.log" || true)
+	env "${envs[@]}" "$CKSMD" "${args[@]}" "${extra[@]}" >>"$T/node-$n.log" 2>&1 &
+	PIDS+=($!)
+	eval "$var=$!"
+	[[ " ${extra[*]} " == *" --restore "* ]] ||
+		wait_for "node-$n back" 15 bash -c "[[ \$(grep -c 'registered with shard 0' '$T/node-$n.log') -gt $regs ]]"
 }

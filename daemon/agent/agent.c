@@ -848,16 +848,11 @@ static void on_heartbeat(uv_timer_t *t)
 
 #define QUIET_MS 2000 /* a stopping holder leaves after this long without a read */
 
-/* The end of the stop: the data port and the shards' connections. */
+/* The end of the stop: the data port. */
 static void agent_stop_rest(struct agent *a)
 {
 	transport_serve_stop(a->data);
 	a->data = NULL;
-	for (unsigned i = 0; i < a->nshards; i++) {
-		dialer_destroy(a->shards[i].dialer);
-		a->shards[i].dialer = NULL;
-		inflight_clear(&a->shards[i]);
-	}
 }
 
 /* Serving while stopping: every 100 ms, is it quiet yet? */
@@ -910,6 +905,11 @@ static void agent_stop(struct runtime *rt)
 	a->copier = NULL;
 	backing_destroy(a->backing);
 	a->backing = NULL;
+	for (unsigned i = 0; i < a->nshards; i++) {
+		dialer_destroy(a->shards[i].dialer);
+		a->shards[i].dialer = NULL;
+		inflight_clear(&a->shards[i]);
+	}
 	if (a->data && a->pool && pool_free_slots(a->pool) < pool_slots(a->pool) &&
 	    a->rt.cfg->stop_wait_ms)
 		serve_while_read(a);

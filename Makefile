@@ -4,6 +4,7 @@
 #   make deps       install the Debian build and test dependencies (root)
 #   make test       build, then run every test; ends with "N passed, N failed"
 #   make demo       start a local cluster (2 shards, 3 nodes) and show it
+#   make soak       ten minutes of killed and restarted agents under load: lost = 0
 #   make fuzz       run the libFuzzer targets longer (FUZZ_SECONDS each)
 #   make bench      build and run the benchmarks
 #   make lint       cppcheck and the clang-format check
@@ -51,7 +52,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all deps test demo fuzz fuzz-build bench lint format install clean
+.PHONY: all deps test soak demo fuzz fuzz-build bench lint format install clean
 all: $(BINS) $(UNIT_BINS) $(BENCH_BINS)
 
 $(PROTO_C) $(PROTO_H) &: proto/cksm.proto
@@ -142,6 +143,13 @@ test:
 	$(MAKE) B=build/san CC=clang CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DCKSM_INJECT' all
 	$(MAKE) fuzz-build
 	./tests/run.sh
+
+# The soak: ten minutes of agents killed, stopped and restarted under load.
+soak:
+	./scripts/deps.sh
+	$(MAKE) all
+	$(MAKE) B=build/san CC=clang CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DCKSM_INJECT' all
+	CKSM_BIN=$(CURDIR)/build/san bash tests/soak/soak.sh
 
 demo:
 	./scripts/deps.sh

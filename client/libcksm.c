@@ -78,6 +78,21 @@ static struct {
 	int status;
 	bool answered;
 } last_zap;
+/* Where the agent reads it at a fork (local.h): the page after the beacon. */
+static volatile struct cksm_local_zapstate *zap_page;
+/* A zap holds it to read, a fork to write: they never overlap. */
+static pthread_rwlock_t zap_fork = PTHREAD_RWLOCK_INITIALIZER;
+
+/* last_zap, where the agent can read it. zap_lock held. */
+static void publish_zap(void)
+{
+	if (!zap_page)
+		return;
+	zap_page->token = last_zap.token;
+	zap_page->addr = last_zap.addr;
+	zap_page->state = last_zap.state;
+	zap_page->status = last_zap.status;
+}
 
 static int sock_get(void)
 {
@@ -134,17 +149,20 @@ static void zap(int fd, const struct cksm_local *m)
 {
 	int rc;
 
+	pthread_rwlock_rdlock(&zap_fork);
 	pthread_mutex_lock(&zap_lock);
 	if (fd != sock_get() || agent_gone(fd)) {
 		/* Nobody would bring the page back: a zap that waited (this
 		 * process was stopped) while the agent went. */
 		pthread_mutex_unlock(&zap_lock);
+		pthread_rwlock_unlock(&zap_fork);
 		return;
 	}
 	last_zap.token = m->token;
 	last_zap.addr = m->a;
 	last_zap.state = CKSM_LOCAL_ZAP_RUNNING;
 	last_zap.answered = false;
+	publish_zap();
 	pthread_mutex_unlock(&zap_lock);
 	/* Returns once the agent read the removal: if it was killed, once
 	 * the next one did. */
@@ -152,8 +170,10 @@ static void zap(int fd, const struct cksm_local *m)
 	pthread_mutex_lock(&zap_lock);
 	last_zap.state = CKSM_LOCAL_ZAP_DONE;
 	last_zap.status = rc;
+	publish_zap();
 	answer_zap();
 	pthread_mutex_unlock(&zap_lock);
+	pthread_rwlock_unlock(&zap_fork);
 }
 
 /* The service thread: the agent's requests, until it goes away. */
@@ -371,16 +391,31 @@ static void *reattach(void *arg)
 	return NULL;
 }
 
+/* No zap runs across a fork (local.h, struct cksm_local_zapstate). */
+static void on_fork_prepare(void)
+{
+	pthread_rwlock_wrlock(&zap_fork);
+}
+
+static void on_fork_parent(void)
+{
+	pthread_rwlock_unlock(&zap_fork);
+}
+
 static void on_fork_child(void)
 {
 	int fd = sock_get();
 
 	/* The connection belongs to the parent, and so do its threads, its
 	 * userfaultfd and the agent's view of it. */
-	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
+	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE)) {
+		pthread_rwlock_unlock(&zap_fork);
 		return;
+	}
+	pthread_rwlock_unlock(&zap_fork); /* taken by on_fork_prepare */
 	pthread_mutex_init(&zap_lock, NULL);
 	memset(&last_zap, 0, sizeof(last_zap));
+	publish_zap();
 	kids_close(); /* its siblings', the parent's to keep */
 	__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
 	if (fd >= 0)
@@ -552,18 +587,22 @@ static void attach(void)
 	hello.b = env_size("CKSM_MERGE_MIN", 1u << 20);
 	/* Read-only and never written: no memory, and no merging with the
 	 * program's own mappings. */
-	bp = mmap(NULL, CKSM_LOCAL_BEACON_PAGES * 4096, PROT_READ,
+	bp = mmap(NULL, (CKSM_LOCAL_BEACON_PAGES + 1) * 4096, PROT_READ,
 		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (bp != MAP_FAILED) {
+		uint8_t *zp = (uint8_t *)bp + CKSM_LOCAL_BEACON_PAGES * 4096;
+
 		beacon = bp;
 		hello.token = (uint64_t)(uintptr_t)bp;
+		if (mprotect(zp, 4096, PROT_READ | PROT_WRITE) == 0)
+			zap_page = (volatile struct cksm_local_zapstate *)zp;
 	}
 	if (handshake(fd))
 		goto fail;
 	no_timeout(fd);
 	if (start_kept(fd))
 		goto fail;
-	pthread_atfork(NULL, NULL, on_fork_child);
+	pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child);
 	return;
 fail:
 	close(fd);

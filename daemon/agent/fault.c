@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "backing_int.h"
@@ -300,6 +301,34 @@ static void fork_entry(struct backing *b, struct mm *c, const struct bentry *e)
 	entry_count(b, e);
 }
 
+/*
+ * Does the child's copy of the entry of the page under eviction stand?
+ * Only if the page was gone at the fork by the zap alone: then the child
+ * reads the content, as its parent would. Gone by the program's own drop
+ * (too), the child must read zeroes; not gone yet, the child has the page
+ * itself. The process holds its forks back while a zap runs, so its zap
+ * state (local.h) says whether the zap ran before this fork; the removals
+ * counted so far are all those before it (events come in order). m->lock
+ * held.
+ */
+static bool fork_keeps_evicted(struct mm *m)
+{
+	struct cksm_local_zapstate z;
+	struct iovec local = { &z, sizeof(z) };
+	struct iovec remote = { (void *)(uintptr_t)(m->beacon + CKSM_LOCAL_BEACON_PAGES * PAGE),
+				sizeof(z) };
+	unsigned hits = m->st->evict_hits;
+	bool zapped;
+
+	if (!hits)
+		return false;
+	if (!m->beacon || !m->pid ||
+	    process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof(z))
+		return hits == 1; /* cannot tell: the content, rather than zeroes */
+	zapped = z.token == m->st->zap_token && z.state == CKSM_LOCAL_ZAP_DONE && z.status == 0;
+	return zapped && hits == 1;
+}
+
 /* fork: the child's userfaultfd, and a copy of the table for it. m->lock held. */
 static void on_fork(struct mm *m, int ufd)
 {
@@ -321,7 +350,8 @@ static void on_fork(struct mm *m, int ufd)
 	c->st->beacon = m->beacon;
 	keep_mm(c); /* logged if it cannot be: then served from memory only */
 	for (size_t i = 0; i < m->tab.n; i++)
-		fork_entry(b, c, &m->tab.e[i]);
+		if (m->tab.e[i].page << 12 != m->st->evicting || fork_keeps_evicted(m))
+			fork_entry(b, c, &m->tab.e[i]);
 	metric_inc(b->m_forks);
 	list_add(b, c);
 	kid_keep(m, c);

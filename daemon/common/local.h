@@ -86,6 +86,19 @@ enum cksm_local_zap_state {
 
 #define CKSM_LOCAL_BEACON_PAGES 64u
 
+/*
+ * The page right after the beacon is the process's own, writable: libcksm
+ * keeps there the state of its last zap. A zap and a fork never overlap
+ * (libcksm holds forks back while a zap runs), so when the agent reads a
+ * fork event it reads this (process_vm_readv) to learn whether the zap of
+ * the page under eviction ran before the fork: the child's copy of that
+ * page's entry stands only if the zap, not the program, dropped the page.
+ */
+struct cksm_local_zapstate {
+	uint64_t token, addr;
+	int32_t state; /* enum cksm_local_zap_state */
+	int32_t status;
+};
 struct cksm_local {
 	uint32_t magic;
 	uint16_t version;

@@ -408,11 +408,12 @@ static void on_fork_child(void)
 
 	/* The connection belongs to the parent, and so do its threads, its
 	 * userfaultfd and the agent's view of it. */
-	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE)) {
-		pthread_rwlock_unlock(&zap_fork);
+	/* The lock on_fork_prepare took belongs to a thread of the parent's:
+	 * the child, alone, starts with one of its own (glibc's rwlock
+	 * remembers its writer by thread id). */
+	pthread_rwlock_init(&zap_fork, NULL);
+	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
 		return;
-	}
-	pthread_rwlock_unlock(&zap_fork); /* taken by on_fork_prepare */
 	pthread_mutex_init(&zap_lock, NULL);
 	memset(&last_zap, 0, sizeof(last_zap));
 	publish_zap();
@@ -587,13 +588,17 @@ static void attach(void)
 	hello.b = env_size("CKSM_MERGE_MIN", 1u << 20);
 	/* Read-only and never written: no memory, and no merging with the
 	 * program's own mappings. */
-	bp = mmap(NULL, (CKSM_LOCAL_BEACON_PAGES + 1) * 4096, PROT_READ,
+	bp = mmap(NULL, (CKSM_LOCAL_BEACON_PAGES + 2) * 4096, PROT_READ,
 		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (bp != MAP_FAILED) {
 		uint8_t *zp = (uint8_t *)bp + CKSM_LOCAL_BEACON_PAGES * 4096;
 
 		beacon = bp;
 		hello.token = (uint64_t)(uintptr_t)bp;
+		/* The zap page, then a page of nothing: the program's own
+		 * mappings never merge with it (their flags, MADV_DONTFORK's
+		 * for one, stay their own). */
+		mprotect(zp + 4096, 4096, PROT_NONE);
 		if (mprotect(zp, 4096, PROT_READ | PROT_WRITE) == 0)
 			zap_page = (volatile struct cksm_local_zapstate *)zp;
 	}

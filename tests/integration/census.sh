@@ -15,6 +15,7 @@ for n in 1 2 3; do
 	PIDS+=($!)
 	wait_for "planter $n" 5 test -s "$T/p$n.json"
 	start "node$n" -c "$T/cksm.conf" --role agent --set agent.node_name="node-$n" \
+		--set agent.state_dir="$T/node$n.state" --set agent.socket="$T/node$n.sock" \
 		--set agent.metrics=127.0.0.1:"$(free_port)" --set agent.scan_mergeable=0 \
 		--set agent.mergeable_only=1 --set agent.pids="$(jq .pid "$T/p$n.json")" \
 		--set agent.pass_millisecs=300 --set agent.rereport_millisecs=1000

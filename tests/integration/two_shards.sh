@@ -23,6 +23,7 @@ start c0 -c "$T/cksm.conf" --role coord --shard 0
 start c1 -c "$T/cksm.conf" --role coord --shard 1
 agent() { # NAME PID RACK
 	start "$1" -c "$T/cksm.conf" --role agent --set agent.node_name="$1" --set agent.rack="$3" \
+		--set agent.state_dir="$T/$1.state" --set agent.socket="$T/$1.sock" \
 		--set agent.metrics=127.0.0.1:"$(free_port)" --set agent.scan_mergeable=0 \
 		--set agent.pids="$2" --set agent.pass_millisecs=200 --set agent.sleep_millisecs=5
 }

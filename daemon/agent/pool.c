@@ -160,10 +160,10 @@ static int pool_index(struct pool *p)
 	return 0;
 }
 
-struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen)
+/* An empty pool struct for nslots slots, or NULL with err set. */
+static struct pool *pool_new(size_t nslots, char *err, size_t errlen)
 {
 	struct pool *p = calloc(1, sizeof(*p));
-	int rc;
 
 	if (!p || nslots == 0 || nslots > UINT32_MAX) {
 		snprintf(err, errlen, "pool of %zu slots: %s", nslots,
@@ -173,6 +173,16 @@ struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen)
 	}
 	p->nslots = nslots;
 	p->fd = -1;
+	return p;
+}
+
+struct pool *pool_create(size_t nslots, bool *huge, char *err, size_t errlen)
+{
+	struct pool *p = pool_new(nslots, err, errlen);
+	int rc;
+
+	if (!p)
+		return NULL;
 	*huge = map_pool(p, true) == 0;
 	if (!*huge && (rc = map_pool(p, false))) {
 		snprintf(err, errlen, "memfd of %zu bytes: %s", nslots * POOL_SLOT, strerror(-rc));
@@ -239,19 +249,14 @@ static long slots_of_file(int dir, char *err, size_t errlen)
 
 struct pool *pool_open(const char *path, size_t nslots, size_t *kept, char *err, size_t errlen)
 {
-	struct pool *p = calloc(1, sizeof(*p));
+	struct pool *p = pool_new(nslots, err, errlen);
 	struct slots_head *h;
 	int dir = -1;
 	long had;
 
 	*kept = 0;
-	if (!p || nslots == 0 || nslots > UINT32_MAX) {
-		snprintf(err, errlen, "pool of %zu slots: %s", nslots,
-			 p ? "out of range" : "out of memory");
-		free(p);
+	if (!p)
 		return NULL;
-	}
-	p->fd = -1;
 	dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dir < 0) {
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));

@@ -47,7 +47,7 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
 	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
-	$(B)/cksm-datafuzz
+	$(B)/cksm-datafuzz $(B)/cksm-victim $(B)/libcksm-slowzap.so
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -102,6 +102,15 @@ $(B)/cksm-dropper: tests/tools/dropper.c
 $(B)/cksm-racer: tests/tools/racer.c
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
+
+$(B)/cksm-victim: tests/tools/victim.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
+
+# Preloaded into programs that are not built with sanitizers, as libcksm is.
+$(B)/libcksm-slowzap.so: tests/tools/slowzap.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) -D_GNU_SOURCE -std=gnu11 $(WARN) -O2 -g -fPIC -shared -Wl,-z,defs -o $@ $^ -ldl
 
 $(B)/cksm-sockfuzz: tests/tools/sockfuzz.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'

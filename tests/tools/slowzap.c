@@ -1,0 +1,69 @@
+/*
+ * libcksm-slowzap.so - holds one zap of an eviction between libcksm's
+ * check and its madvise, for as long as a test likes. Used by tests only.
+ *
+ *   LD_PRELOAD="libcksm.so libcksm-slowzap.so" SLOWZAP_DIR=DIR program
+ *
+ * Loaded after libcksm, its madvise is the one libcksm finds behind its
+ * own (dlsym(RTLD_NEXT)). Once DIR/arm exists, the first one-page
+ * madvise(MADV_DONTNEED), the zap libcksm's service thread makes when
+ * the agent has backed a page, writes the page's address to DIR/inzap
+ * and waits for DIR/zapgo before it goes on to the kernel: the moment a
+ * process is descheduled or stopped (SIGSTOP) after libcksm saw the agent
+ * there and before the page is dropped, made long. Every other call goes
+ * straight through.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PAGE 4096u
+
+static bool held; /* the one zap was held already */
+
+static bool in_dir(char *path, size_t len, const char *dir, const char *name)
+{
+	snprintf(path, len, "%s/%s", dir, name);
+	return access(path, F_OK) == 0;
+}
+
+/* Hold the zap of the page at addr until DIR/zapgo exists. */
+static void hold(const char *dir, void *addr)
+{
+	char path[512], tmp[520];
+	FILE *f;
+
+	held = true;
+	snprintf(path, sizeof(path), "%s/inzap", dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "w");
+	if (f) {
+		fprintf(f, "%p\n", addr);
+		if (fclose(f) == 0)
+			rename(tmp, path);
+	}
+	while (!in_dir(path, sizeof(path), dir, "zapgo"))
+		usleep(10000);
+}
+
+int madvise(void *addr, size_t len, int advice)
+{
+	static int (*real)(void *, size_t, int);
+	const char *dir = getenv("SLOWZAP_DIR");
+	char path[512];
+
+	if (!real)
+		real = (int (*)(void *, size_t, int))dlsym(RTLD_NEXT, "madvise");
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (dir && !held && advice == MADV_DONTNEED && len == PAGE &&
+	    in_dir(path, sizeof(path), dir, "arm"))
+		hold(dir, addr);
+	return real(addr, len, advice);
+}

@@ -316,8 +316,6 @@ int btab_load(struct btab *t, int dirfd, const char *name, size_t *torn)
 		n = h.n;
 	else if (h.n > n)
 		*torn += h.n - n; /* published, and not in the file: cut short */
-	else if (h.n > n)
-		*torn += h.n - n; /* published, and not in the file: cut short */
 	map = n ? mmap(NULL, BTAB_HEAD + n * sizeof(struct bentry), PROT_READ, MAP_PRIVATE, fd, 0)
 		: NULL;
 	close(fd);

@@ -406,14 +406,14 @@ static void on_fork_child(void)
 {
 	int fd = sock_get();
 
-	/* The connection belongs to the parent, and so do its threads, its
-	 * userfaultfd and the agent's view of it. */
 	/* The lock on_fork_prepare took belongs to a thread of the parent's:
 	 * the child, alone, starts with one of its own (glibc's rwlock
 	 * remembers its writer by thread id). */
 	pthread_rwlock_init(&zap_fork, NULL);
 	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
 		return;
+	/* The connection belongs to the parent, and so do its threads, its
+	 * userfaultfd and the agent's view of it. */
 	pthread_mutex_init(&zap_lock, NULL);
 	memset(&last_zap, 0, sizeof(last_zap));
 	publish_zap();

@@ -291,6 +291,7 @@ static struct mm *waiting_take(struct backing *b, pid_t pid)
 			struct mm *w = *p;
 
 			*p = w->wnext;
+			metric_gauge_add(b->m_waiting, -1);
 			return w;
 		}
 	return NULL;
@@ -386,6 +387,8 @@ static bool on_child(struct mm *m, const struct cksm_local *msg, int fd)
 		return true;
 	}
 	*p = w->wnext;
+	metric_gauge_add(b->m_waiting, -1);
+	metric_inc(b->m_resumed);
 	w->uffd = fd;
 	w->handshaken = true;
 	pthread_mutex_lock(&w->lock);
@@ -435,6 +438,7 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 		close(fd);
 		w->wnext = b->waiting;
 		b->waiting = w;
+		metric_gauge_add(b->m_waiting, 1);
 		mm_end(m, "cannot make the userfaultfd non-blocking");
 		return false;
 	}
@@ -455,6 +459,7 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 	pthread_mutex_unlock(&m->lock);
 	evict_resume(m, msg->token, (int)msg->pad, msg->status);
 	serve(m, &r, "came back to this agent");
+	metric_inc(b->m_resumed);
 	log_info("process %d: %zu backed pages taken over", (int)m->pid, m->tab.n);
 	wake_all(m);
 	return true;
@@ -873,6 +878,7 @@ static void forget_waiting(struct backing *b)
 			continue;
 		}
 		*p = w->wnext;
+		metric_gauge_add(b->m_waiting, -1);
 		if (w->st->pid)
 			log_info(
 				"process %d exited before it came back; its %zu kept pages are released",

@@ -241,7 +241,7 @@ struct backing {
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors, *m_remote_deferred;
 	struct metric *m_remote_waits;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
-	struct metric *m_parked;
+	struct metric *m_parked, *m_waiting, *m_resumed;
 	struct metric_histogram *m_lat;
 };
 

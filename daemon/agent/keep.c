@@ -277,6 +277,7 @@ static size_t load_one(struct backing *b, uint64_t key)
 		count_loaded(b, &m->tab.e[i]);
 	m->wnext = b->waiting;
 	b->waiting = m;
+	metric_gauge_add(b->m_waiting, 1);
 	return m->tab.n;
 }
 

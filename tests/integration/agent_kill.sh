@@ -92,6 +92,7 @@ done
 ((took >= CYCLES)) || fail "the processes came back only $took times"
 ((pages > 0)) || fail "no backed page was taken over"
 [[ $(m cksm_sigbus_total) == 0 ]] || fail "pages lost: cksm_sigbus_total $(m cksm_sigbus_total)"
+[[ $(m cksm_processes_waiting) == 0 ]] || fail "processes still waiting: $(m cksm_processes_waiting)"
 kill -TERM "$AGENT"
 wait "$AGENT" || fail "the last agent exited with $? after SIGTERM"
 echo ok

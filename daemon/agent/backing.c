@@ -79,10 +79,12 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 			"Evictions waiting for a process that has not answered its zap (stopped?)."),
 		METRIC_C(b->m_offers_dropped, "cksm_eviction_offers_dropped_total",
 			 "Pages offered for eviction while the queue was full."),
-		METRIC_G(b->m_waiting, "cksm_processes_waiting",
-			 "Processes an earlier agent served that have not come back to this one (their faults wait)."),
-		METRIC_C(b->m_resumed, "cksm_resumed_total",
-			 "Processes and fork children that came back with their userfaultfds after an agent's end."),
+		METRIC_G(
+			b->m_waiting, "cksm_processes_waiting",
+			"Processes an earlier agent served that have not come back to this one (their faults wait)."),
+		METRIC_C(
+			b->m_resumed, "cksm_resumed_total",
+			"Processes and fork children that came back with their userfaultfds after an agent's end."),
 	};
 #undef FAULTS
 #undef FAULTS_HELP

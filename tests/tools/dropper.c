@@ -70,6 +70,7 @@ enum state { IDLE, BUSY, DONE_ZERO, DONE_WORD, WRONG };
 static bool during;
 static int how; /* during: 0 drop, 1 fixed, 2 fork */
 static atomic_ulong n_child_old, n_child_other, n_forks;
+static atomic_int in_try; /* workers in a try (end_round waits for none) */
 static size_t npages = 1024;
 static unsigned nthreads = 4, seconds = 20, delay_us = 1000, round_ms = 3000, ahead = 3;
 static bool verbose;
@@ -378,10 +379,15 @@ static void *worker(void *arg)
 	uint64_t s = (uint64_t)(uintptr_t)arg * 0x9e3779b97f4a7c15ULL + now_ns();
 
 	while (!atomic_load(&stop)) {
-		long f = atomic_load(&front), pg;
+		long f, pg;
 		uint64_t per = atomic_load(&per_ns);
 
+		/* In a try from before the pause is looked at to its end: the
+		 * round ends only once no try is under way (end_round). */
+		atomic_fetch_add(&in_try, 1);
+		f = atomic_load(&front);
 		if (atomic_load(&paused) || f < 0 || (pg = take_target(f + (during ? 1 : 2))) < 0) {
+			atomic_fetch_sub(&in_try, 1);
 			nap_us(50);
 			continue;
 		}
@@ -393,6 +399,7 @@ static void *worker(void *arg)
 		} else {
 			drop_before((size_t)pg, &s);
 		}
+		atomic_fetch_sub(&in_try, 1);
 	}
 	return NULL;
 }
@@ -424,6 +431,10 @@ static size_t left_in_memory(void)
 static void end_round(void)
 {
 	atomic_store(&paused, true);
+	/* A try still under way (a fork waited on, say) checks its page after
+	 * the next round's fill otherwise, and finds the fill's bytes. */
+	while (atomic_load(&in_try))
+		usleep(1000);
 	usleep(100000); /* every eviction in flight ends */
 	for (size_t pg = 0; pg < npages; pg++) {
 		uint8_t st = atomic_load(&state[pg]);

@@ -73,17 +73,20 @@ static void on_closed(uv_handle_t *h)
 		 * pages would not outlive a killed agent. They are brought
 		 * home by the fault thread, its ranges unregistered, and it
 		 * is forgotten; nothing more is evicted meanwhile. */
+		struct backing *b = m->b;
+
 		pthread_mutex_lock(&m->lock);
+		log_warn(
+			"process %d closed its connection while alive; its %zu backed pages are brought home",
+			(int)m->pid, m->tab.n);
 		m->orphan = true;
 		m->zap_done = true;
 		m->zap_status = -ECONNRESET;
 		pthread_cond_broadcast(&m->cond);
 		pthread_mutex_unlock(&m->lock);
+		/* The fault thread may forget m at once: m is not touched after. */
 		atomic_store(&m->bring_home, true);
-		wake_faults(m->b);
-		log_warn(
-			"process %d closed its connection while alive; its %zu backed pages are brought home",
-			(int)m->pid, m->tab.n);
+		wake_faults(b);
 	} else {
 		list_del(m->b, m);
 	}

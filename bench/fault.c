@@ -376,7 +376,6 @@ int main(int argc, char **argv)
 	size_t n = argc > 1 ? (size_t)atol(argv[1]) : 8192;
 	/* tmpfs, as /run is where agents run: the agents' state directories
 	 * are in it. */
-	/* In tmpfs, as /run is where agents run: their state directories are here. */
 	char dir[] = "/dev/shm/cksm-bench-fault.XXXXXX", conf[128], key[128], sock[128], sockb[128],
 	     bin[512], lib[600], daemon[600], *slash;
 	double f50, f99;

@@ -17,6 +17,7 @@
  * what backed it (a local pool dup, or the zero page).
  */
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <netinet/in.h>
@@ -371,6 +372,16 @@ static double pool_dups(const char *metrics)
 	return dups;
 }
 
+/* nftw: remove what can be, and go on. */
+static int remove_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	size_t n = argc > 1 ? (size_t)atol(argv[1]) : 8192;
@@ -553,5 +564,7 @@ int main(int argc, char **argv)
 	    system("curl -sf http://127.0.0.1:19573/metrics | grep -E 'cksm_fault_seconds|faults_total'"))
 		return 1;
 	stop_spawned();
+	/* The agents' pools are files in tmpfs: memory, until removed. */
+	nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
 	return 0;
 }

@@ -876,7 +876,7 @@ static void follow_mappings(struct backing *b)
 static void forget_waiting(struct backing *b)
 {
 	for (struct mm **p = &b->waiting, *w; (w = *p);) {
-		if (keep_alive(w)) {
+		if (keep_alive(w->st)) {
 			p = &w->wnext;
 			continue;
 		}

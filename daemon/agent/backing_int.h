@@ -311,7 +311,7 @@ void keep_holders(struct backing *b);
 /* Learn the holders' addresses kept by an earlier agent. */
 void keep_holders_load(struct backing *b);
 /* Does the process of a waiting mm live (a fork child's: its parent)? */
-bool keep_alive(const struct mm *w);
+bool keep_alive(const struct mm_state *st);
 /* The start time of pid (clock ticks since boot), 0 if it is gone. */
 uint64_t proc_start_time(pid_t pid);
 

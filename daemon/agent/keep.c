@@ -217,15 +217,15 @@ static void count_loaded(struct backing *b, const struct bentry *e)
 	entry_count(b, e);
 }
 
-bool keep_alive(const struct mm *w)
+bool keep_alive(const struct mm_state *st)
 {
 	char path[32];
 
-	if (w->st->pid)
-		return proc_start_time(w->st->pid) == w->st->start_time;
+	if (st->pid)
+		return proc_start_time(st->pid) == st->start_time;
 	/* A fork child not re-attached: its parent keeps its userfaultfd. */
-	snprintf(path, sizeof(path), "/proc/%d", (int)w->st->parent);
-	return w->st->parent > 0 && access(path, F_OK) == 0;
+	snprintf(path, sizeof(path), "/proc/%d", (int)st->parent);
+	return st->parent > 0 && access(path, F_OK) == 0;
 }
 
 /* One kept mm, onto the waiting list if its process lives. */
@@ -240,7 +240,7 @@ static size_t load_one(struct backing *b, uint64_t key)
 	names(key, sn, tn, sizeof(sn));
 	st = map_state(b->state_fd, sn, 0);
 	if (!st || st->magic != MM_STATE_MAGIC || st->version != MM_STATE_VERSION ||
-	    st->size != sizeof(*st) || st->pid < 0 || !keep_alive(&(struct mm){ .st = st })) {
+	    st->size != sizeof(*st) || st->pid < 0 || !keep_alive(st)) {
 		/* Its process is gone (or it never was attached): nothing to keep. */
 		if (st)
 			munmap(st, STATE_BYTES);

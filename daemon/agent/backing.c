@@ -361,13 +361,19 @@ static void unregister_all(struct mm *m)
 	fclose(f);
 }
 
+/* Every page of m that can come home does; with all home, its ranges go. */
+static void home(struct backing *b, struct mm *m, struct restored *r)
+{
+	restore_mm(b, m, r);
+	if (!m->tab.n)
+		unregister_all(m);
+}
+
 size_t bring_home(struct backing *b, struct mm *m)
 {
 	struct restored r = { 0 };
 
-	restore_mm(b, m, &r);
-	if (!m->tab.n)
-		unregister_all(m);
+	home(b, m, &r);
 	log_info("process %d: %zu backed pages brought home, %zu poisoned, %zu left", (int)m->pid,
 		 r.done, r.poisoned, m->tab.n);
 	return m->tab.n;
@@ -383,11 +389,8 @@ static void restore_all(struct backing *b)
 	for (;;) {
 		struct mm *head = b->mms;
 
-		for (struct mm *m = head; m && m != done; m = m->next) {
-			restore_mm(b, m, &r);
-			if (!m->tab.n)
-				unregister_all(m);
-		}
+		for (struct mm *m = head; m && m != done; m = m->next)
+			home(b, m, &r);
 		if (b->mms == head)
 			break;
 		done = head;

@@ -6,7 +6,7 @@
  *
  *   cksm-racer [--pages N] [--threads T] [--seconds S] [--rate OPS]
  *              [--dontneed PCT] [--mremap-ms MS] [--fork-ms MS]
- *              [--settle-ms MS] [--exit-early]
+ *              [--settle-ms MS] [--readers R] [--exit-early]
  *
  * Every page holds one of 5 contents (0: zeroes, 1..4: patterns), so
  * that the agent finds duplicates and zero pages to evict. A shadow (not
@@ -16,7 +16,10 @@
  * evicted between them. A page dropped (DONTNEED) is checked at once: it
  * must read zeroes, as Linux promises. At the end every page is checked
  * against the shadow; a forked child checks its whole copy, writes some
- * pages and checks it again. With --exit-early the process exits 200 ms
+ * pages and checks it again. With --readers, R more threads only read
+ * random pages, as fast as they can and through forks too (a fork holds
+ * the writers back, not them): a page read back in the parent while it
+ * forks must still be the child's content. With --exit-early the process exits 200 ms
  * before its time, with pages evicted and its threads mid-way (the
  * agent must let go of it), after printing its counts so far.
  *
@@ -49,7 +52,7 @@ static const char *op_name[] = { "none", "write", "dontneed", "remap", "init" };
 
 static size_t npages = 2048;
 static unsigned nthreads = 4, seconds = 10, rate = 500, dontneed_pct = 0;
-static unsigned mremap_ms = 0, fork_ms = 0, settle_ms = 3000;
+static unsigned mremap_ms = 0, fork_ms = 0, settle_ms = 3000, nreaders = 0;
 static bool exit_early;
 
 static uint8_t *region, *other;				  /* the region, and where it moves next */
@@ -57,8 +60,9 @@ static uint8_t *shadow;					  /* content per page */
 static uint8_t (*hist)[2];				  /* last two ops per page */
 static pthread_mutex_t *plock;				  /* per page */
 static pthread_rwlock_t big = PTHREAD_RWLOCK_INITIALIZER; /* mremap, fork: write */
+static pthread_rwlock_t moving = PTHREAD_RWLOCK_INITIALIZER; /* mremap: write */
 static atomic_bool stop;
-static atomic_ulong n_ops, n_checks, n_bad, n_old, n_forks, n_child_bad, n_remaps;
+static atomic_ulong n_ops, n_checks, n_bad, n_old, n_forks, n_child_bad, n_remaps, n_reads;
 static pthread_mutex_t report_lock = PTHREAD_MUTEX_INITIALIZER;
 static char bad_json[4096];
 static size_t bad_len;
@@ -158,6 +162,20 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+/* Reads only: a page of the region at a time, faulting it back. */
+static void *reader(void *arg)
+{
+	uint64_t s = (uint64_t)(uintptr_t)arg * 0x2545f4914f6cdd1dULL + 7;
+
+	while (!atomic_load(&stop)) {
+		pthread_rwlock_rdlock(&moving);
+		(void)*(volatile uint8_t *)(region + (xs(&s) % npages) * PAGE + 64);
+		pthread_rwlock_unlock(&moving);
+		atomic_fetch_add(&n_reads, 1);
+	}
+	return NULL;
+}
+
 static size_t verify_all(const char *who)
 {
 	size_t bad = 0;
@@ -229,11 +247,11 @@ static int report(size_t final_bad, bool exited)
 {
 	pthread_mutex_lock(&report_lock);
 	printf("{\"ops\":%lu,\"checks\":%lu,\"bad\":%lu,\"old\":%lu,\"final_bad\":%zu,"
-	       "\"remaps\":%lu,\"forks\":%lu,\"child_bad\":%lu,\"min_resident\":%.3f,"
+	       "\"remaps\":%lu,\"forks\":%lu,\"child_bad\":%lu,\"reads\":%lu,\"min_resident\":%.3f,"
 	       "\"exited_early\":%s,\"bad_pages\":[%s]}\n",
 	       atomic_load(&n_ops), atomic_load(&n_checks), atomic_load(&n_bad),
 	       atomic_load(&n_old), final_bad, atomic_load(&n_remaps), atomic_load(&n_forks),
-	       atomic_load(&n_child_bad), min_resident, exited ? "true" : "false", bad_json);
+	       atomic_load(&n_child_bad), atomic_load(&n_reads), min_resident, exited ? "true" : "false", bad_json);
 	fflush(stdout);
 	pthread_mutex_unlock(&report_lock);
 	return atomic_load(&n_bad) || atomic_load(&n_child_bad) ? 1 : 0;
@@ -241,7 +259,7 @@ static int report(size_t final_bad, bool exited)
 
 int main(int argc, char **argv)
 {
-	pthread_t th[64];
+	pthread_t th[64], rd[16];
 	uint64_t t_end, next_remap, next_fork;
 
 	for (int i = 1; i < argc; i++) {
@@ -263,6 +281,8 @@ int main(int argc, char **argv)
 			fork_ms = (unsigned)strtoul(v, NULL, 10), i++;
 		else if (!strcmp(a, "--settle-ms"))
 			settle_ms = (unsigned)strtoul(v, NULL, 10), i++;
+		else if (!strcmp(a, "--readers"))
+			nreaders = (unsigned)strtoul(v, NULL, 10), i++;
 		else if (!strcmp(a, "--exit-early"))
 			exit_early = true;
 		else {
@@ -272,6 +292,8 @@ int main(int argc, char **argv)
 	}
 	if (nthreads > 64)
 		nthreads = 64;
+	if (nreaders > 16)
+		nreaders = 16;
 	if (dontneed_pct > 50)
 		dontneed_pct = 50;
 	for (int k = 0; k < NK; k++)
@@ -304,6 +326,8 @@ int main(int argc, char **argv)
 	}
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)(i + 1));
+	for (unsigned i = 0; i < nreaders; i++)
+		pthread_create(&rd[i], NULL, reader, (void *)(uintptr_t)(i + 1));
 	t_end = now_ms() + seconds * 1000ull;
 	next_remap = mremap_ms ? now_ms() + mremap_ms : UINT64_MAX;
 	next_fork = fork_ms ? now_ms() + fork_ms : UINT64_MAX;
@@ -316,6 +340,7 @@ int main(int argc, char **argv)
 			void *to;
 
 			pthread_rwlock_wrlock(&big);
+			pthread_rwlock_wrlock(&moving);
 			to = mremap(region, npages * PAGE, npages * PAGE,
 				    MREMAP_MAYMOVE | MREMAP_FIXED, other);
 			if (to == MAP_FAILED) {
@@ -327,6 +352,7 @@ int main(int argc, char **argv)
 					push_hist(pg, OP_REMAP);
 				atomic_fetch_add(&n_remaps, 1);
 			}
+			pthread_rwlock_unlock(&moving);
 			pthread_rwlock_unlock(&big);
 			next_remap = now_ms() + mremap_ms;
 		}
@@ -353,6 +379,8 @@ int main(int argc, char **argv)
 	atomic_store(&stop, true);
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_join(th[i], NULL);
+	for (unsigned i = 0; i < nreaders; i++)
+		pthread_join(rd[i], NULL);
 	reap(true);
 	return report(verify_all("final"), false);
 }

@@ -209,6 +209,9 @@ install: all
 		install -D -m 0644 $(B)/$$u $(DESTDIR)/etc/systemd/system/$$u || exit 1; done
 	for d in docs/*.md; do install -D -m 0644 $$d $(DESTDIR)$(PREFIX)/share/doc/cksm/$$(basename $$d) || exit 1; done
 	test -e $(DESTDIR)/etc/cksm/cksm.conf || install -D -m 0644 deploy/cksm.conf $(DESTDIR)/etc/cksm/cksm.conf
+	install -D -m 0644 deploy/cksm.sysusers $(DESTDIR)/usr/lib/sysusers.d/cksm.conf
+	if [ -z "$(DESTDIR)" ]; then systemd-sysusers cksm.conf 2>/dev/null || \
+		getent group cksm >/dev/null || groupadd --system cksm; fi
 
 clean:
 	rm -rf build

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -98,7 +99,7 @@ void mm_end(struct mm *m, const char *why)
 
 	if (why)
 		log_warn("process %d: %s; detached", (int)m->pid, why);
-	else
+	else if (!m->refused)
 		log_info("process %d detached", (int)m->pid);
 	if (m->handshaken && b->detached)
 		b->detached(b->hook_arg, m->pid);
@@ -212,6 +213,16 @@ static bool on_hello(struct mm *m, const struct cksm_local *msg, int fd)
 		return false;
 	}
 	m->hello_seen = true;
+	if (m->refused) {
+		/* Nothing is handed out: no /dev/userfaultfd, no pairing. */
+		r.status = -EACCES;
+		local_send(m->sock, &r, -1);
+		metric_inc(m->b->m_refused);
+		log_warn("process %d (uid %u) may not attach: %s", (int)m->pid, (unsigned)m->uid,
+			 m->refused);
+		mm_end(m, NULL);
+		return false;
+	}
 	m->merge_all = (msg->a & CKSM_LOCAL_MERGE_ALL) != 0;
 	m->merge_min = msg->b < PAGE ? PAGE : msg->b;
 	if (!beacon_ok(msg->token)) {
@@ -538,6 +549,63 @@ static void pending_del(struct backing *b, struct mm *m)
  * A new connection: its hello, the descriptor and the userfaultfd come
  * through on_sock, without the loop ever waiting for them.
  */
+/* Is vm.unprivileged_userfaultfd 1 (any user may trap kernel-mode faults)? */
+static bool unprivileged_userfaultfd(void)
+{
+	FILE *f = fopen("/proc/sys/vm/unprivileged_userfaultfd", "re");
+	int v = 0;
+
+	if (f) {
+		if (fscanf(f, "%d", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v == 1;
+}
+
+/*
+ * May the peer of fd attach? Attaching grants a userfaultfd that traps
+ * kernel-mode faults too (the agent hands out /dev/userfaultfd and does
+ * the handshake with every feature), which vm.unprivileged_userfaultfd=0
+ * keeps from ordinary users: root and socket_group's members may, and
+ * with attach_any_user any user where that sysctl is 1. The groups are
+ * the peer's at connect (SO_PEERGROUPS). NULL, or why not.
+ */
+static const char *may_attach(struct backing *b, int fd, const struct ucred *cred)
+{
+	gid_t *g = NULL;
+	socklen_t len = 64 * sizeof(gid_t);
+	bool in = false;
+
+	if (cred->uid == 0)
+		return NULL;
+	if (b->attach_group) {
+		in = cred->gid == b->attach_gid;
+		for (int tries = 0; !in && tries < 2; tries++) {
+			gid_t *ng = realloc(g, len ? len : sizeof(gid_t));
+
+			if (!ng)
+				break;
+			g = ng;
+			if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &len) == 0) {
+				for (size_t i = 0; i < len / sizeof(gid_t); i++)
+					in = in || g[i] == b->attach_gid;
+				break;
+			}
+			if (errno != ERANGE)
+				break;
+		}
+		free(g);
+		if (in)
+			return NULL;
+	}
+	if (b->cfg->attach_any_user)
+		return unprivileged_userfaultfd()
+			       ? NULL
+			       : "it is neither root nor in socket_group, and vm.unprivileged_userfaultfd is 0";
+	return b->attach_group ? "it is neither root nor in socket_group" : "it is not root";
+}
+
 static void on_accept(uv_poll_t *h, int status, int events)
 {
 	struct backing *b = h->data;
@@ -574,6 +642,8 @@ static void on_accept(uv_poll_t *h, int status, int events)
 	m = mm_new(b, fd, -1, cred.pid);
 	if (!m)
 		goto close_fd;
+	m->uid = cred.uid;
+	m->refused = may_attach(b, fd, &cred);
 	m->born_ms = uv_now(b->loop);
 	m->pnext = b->pending;
 	b->pending = m;
@@ -911,28 +981,20 @@ static void on_housekeeping(uv_timer_t *t)
 /* ---- the socket ------------------------------------------------------------------ */
 
 /*
- * Who may attach: anyone (mode 0666), or with socket_group the members of
- * that group (root:GROUP, mode 0660). Each process is served only with
- * its own userfaultfd, whoever it is; the group keeps other users from
- * the agent's capacity.
+ * Who may connect: root (mode 0600); with socket_group its members too
+ * (root:GROUP, 0660); with attach_any_user anyone (0666), for the agent
+ * to decide (may_attach). The mode comes with bind (the umask) and the
+ * group with lchown: neither follows a link put at the path.
  */
-static int socket_access(const char *path, const char *group)
+static mode_t socket_umask(const struct backing *b)
 {
-	struct group gr, *g = NULL;
-	char buf[4096];
-
-	if (!group[0])
-		return chmod(path, 0666) ? -errno : 0;
-	if (getgrnam_r(group, &gr, buf, sizeof(buf), &g) || !g)
-		return -ENOENT;
-	if (chown(path, 0, g->gr_gid) || chmod(path, 0660))
-		return -errno;
-	return 0;
+	return b->cfg->attach_any_user ? 0111 : b->attach_group ? 0117 : 0177;
 }
 
-static int listen_on(const char *path, const char *group)
+static int listen_on(struct backing *b, const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	mode_t old;
 	int fd, rc;
 
 	if (strlen(path) >= sizeof(sa.sun_path))
@@ -951,14 +1013,16 @@ static int listen_on(const char *path, const char *group)
 	if (fd < 0)
 		return -errno;
 	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
-		rc = -errno;
+	old = umask(socket_umask(b));
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
+	umask(old);
+	if (rc || listen(fd, 64) < 0) {
+		rc = rc ? rc : -errno;
 		goto close_fd;
 	}
-	rc = socket_access(path, group);
-	if (rc) {
+	if (b->attach_group && lchown(path, 0, b->attach_gid)) {
+		rc = -errno;
 		unlink(path);
-		rc = rc == -ENOENT ? -ENXIO : rc;
 		goto close_fd;
 	}
 	return fd;
@@ -970,13 +1034,20 @@ close_fd:
 int attach_listen(struct backing *b)
 {
 	const struct config *cfg = b->cfg;
-	int rc = listen_on(cfg->socket_path, cfg->socket_group);
+	struct group gr, *g = NULL;
+	char buf[4096];
+	int rc;
 
-	if (rc == -ENXIO) {
-		log_error("cannot listen on %s: there is no group %s (socket_group)",
-			  cfg->socket_path, cfg->socket_group);
-		return rc;
+	if (cfg->socket_group[0]) {
+		if (getgrnam_r(cfg->socket_group, &gr, buf, sizeof(buf), &g) || !g) {
+			log_error("cannot listen on %s: there is no group %s (socket_group)",
+				  cfg->socket_path, cfg->socket_group);
+			return -ENXIO;
+		}
+		b->attach_group = true;
+		b->attach_gid = g->gr_gid;
 	}
+	rc = listen_on(b, cfg->socket_path);
 	if (rc < 0) {
 		log_error("cannot listen on %s: %s", cfg->socket_path, strerror(-rc));
 		return rc;

@@ -85,6 +85,9 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_C(
 			b->m_resumed, "cksm_resumed_total",
 			"Processes and fork children that came back with their userfaultfds after an agent's end."),
+		METRIC_C(
+			b->m_refused, "cksm_attach_refused_total",
+			"Processes refused at attach: not root, not in socket_group, nor let by attach_any_user."),
 	};
 #undef FAULTS
 #undef FAULTS_HELP

@@ -98,11 +98,13 @@ struct mm {
 	const struct remap_ops *remap; /* how its pages are dropped */
 	int sock;		       /* -1: a fork child's, with no libcksm connection */
 	int uffd;
-	pid_t pid;	 /* 0 for a fork child until it re-attaches */
-	pid_t parent;	 /* a fork child's: who forked it (0 if not known) */
-	uint64_t beacon; /* the process's beacon mapping (local.h), 0 if none */
-	int beacon_idx;	 /* a re-attaching connection's beacon page, -1 if none */
-	bool claimed;	 /* a fork child's mm paired with a connection (b->lock) */
+	pid_t pid;	     /* 0 for a fork child until it re-attaches */
+	uid_t uid;	     /* a connection's peer, as the kernel vouches for it */
+	const char *refused; /* why that peer may not attach, or NULL */
+	pid_t parent;	     /* a fork child's: who forked it (0 if not known) */
+	uint64_t beacon;     /* the process's beacon mapping (local.h), 0 if none */
+	int beacon_idx;	     /* a re-attaching connection's beacon page, -1 if none */
+	bool claimed;	     /* a fork child's mm paired with a connection (b->lock) */
 	struct ksm_window {
 		uint64_t start, end;
 		bool sent;
@@ -169,6 +171,8 @@ struct backing {
 	struct pool *pool;
 	const struct cid_domain *domains;
 	int listen_fd;
+	bool attach_group; /* socket_group's members may attach */
+	gid_t attach_gid;
 	uv_poll_t lpoll;
 	int devfd; /* /dev/userfaultfd */
 	void (*attached)(void *arg, pid_t pid, bool merge_all);
@@ -241,7 +245,7 @@ struct backing {
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors, *m_remote_deferred;
 	struct metric *m_remote_waits;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
-	struct metric *m_parked, *m_waiting, *m_resumed;
+	struct metric *m_parked, *m_waiting, *m_resumed, *m_refused;
 	struct metric_histogram *m_lat;
 };
 

@@ -135,6 +135,7 @@ static const struct key keys[] = {
 	S("agent", "state_dir", K_STR, state_dir, "/run/cksm/state", "a path of at most 199 bytes"),
 	S("agent", "socket_group", K_NAME, socket_group, NULL,
 	  "a group name of 1 to 64 letters, digits, '.', '_' or '-'"),
+	S("agent", "attach_any_user", K_BOOL, attach_any_user, "0", "0 or 1"),
 	S("agent", "data_listen", K_ADDR, data_listen, NULL,
 	  "a numeric host:port such as 0.0.0.0:9472"),
 	S("agent", "data_address", K_ADDR, data_address, NULL,
@@ -738,6 +739,7 @@ void config_dump(const struct config *c, FILE *out)
 		c->evict_cooldown_millisecs);
 	if (c->socket_group[0])
 		fprintf(out, "socket_group = %s\n", c->socket_group);
+	fprintf(out, "attach_any_user = %d\n", c->attach_any_user);
 	if (c->cgroup_root[0])
 		fprintf(out, "cgroup_root = %s\n", c->cgroup_root);
 	if (c->domains[0].cgroups[0])

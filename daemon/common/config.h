@@ -71,29 +71,30 @@ struct config {
 	char node_name[65];
 	char rack[65];
 	char agent_metrics[128];
-	int scan_mergeable;		   /* scan VMAs with KSM's opt-in (mg) */
-	int scan_thp;			   /* scan THP-backed pages too */
-	int mergeable_only;		   /* pids and cgroups: only their VMAs with KSM's opt-in */
-	uint32_t pages_to_scan;		   /* pages per batch before a sleep */
-	uint32_t sleep_millisecs;	   /* sleep between batches */
-	uint32_t pass_millisecs;	   /* least time from one full pass to the next */
-	uint32_t rereport_millisecs;	   /* stable pages are offered again this often */
-	uint32_t cpu_percent;		   /* scanner CPU budget, % of one core */
-	uint32_t report_queue;		   /* digests held per shard while it is away */
-	char cgroup_root[256];		   /* cgroup v2 mount; "" = find it */
-	char socket_path[108];		   /* where libcksm attaches (sun_path) */
-	char state_dir[200];		   /* the pool and the tables a restarted agent finds */
-	char socket_group[65];		   /* who may attach: "" anyone, else this group */
-	char data_listen[128];		   /* where this node serves its pool to peers, "" = not */
-	char data_address[128];		   /* what peers are told to dial for it */
-	char transport[16];		   /* how other nodes' dups are read: auto, tcp */
-	uint32_t data_timeout_ms;	   /* one such read is given up after this */
-	uint32_t lost_after_ms;		   /* a fault no replica answers for this long: SIGBUS */
-	uint32_t stop_wait_ms;		   /* a stopping holder serves its pool this long at most */
-	uint32_t pool_pages;		   /* page pool slots */
-	int evict;			   /* drop backed pages from attached processes */
-	uint32_t evict_age;		   /* scans a page stays unchanged before it goes */
-	uint32_t evict_rate;		   /* most pages evicted per second */
+	int scan_mergeable;	     /* scan VMAs with KSM's opt-in (mg) */
+	int scan_thp;		     /* scan THP-backed pages too */
+	int mergeable_only;	     /* pids and cgroups: only their VMAs with KSM's opt-in */
+	uint32_t pages_to_scan;	     /* pages per batch before a sleep */
+	uint32_t sleep_millisecs;    /* sleep between batches */
+	uint32_t pass_millisecs;     /* least time from one full pass to the next */
+	uint32_t rereport_millisecs; /* stable pages are offered again this often */
+	uint32_t cpu_percent;	     /* scanner CPU budget, % of one core */
+	uint32_t report_queue;	     /* digests held per shard while it is away */
+	char cgroup_root[256];	     /* cgroup v2 mount; "" = find it */
+	char socket_path[108];	     /* where libcksm attaches (sun_path) */
+	char state_dir[200];	     /* the pool and the tables a restarted agent finds */
+	char socket_group[65];	     /* who may attach besides root: "" none, else this group */
+	int attach_any_user;	     /* any user may, where vm.unprivileged_userfaultfd is 1 */
+	char data_listen[128];	     /* where this node serves its pool to peers, "" = not */
+	char data_address[128];	     /* what peers are told to dial for it */
+	char transport[16];	     /* how other nodes' dups are read: auto, tcp */
+	uint32_t data_timeout_ms;    /* one such read is given up after this */
+	uint32_t lost_after_ms;	     /* a fault no replica answers for this long: SIGBUS */
+	uint32_t stop_wait_ms;	     /* a stopping holder serves its pool this long at most */
+	uint32_t pool_pages;	     /* page pool slots */
+	int evict;		     /* drop backed pages from attached processes */
+	uint32_t evict_age;	     /* scans a page stays unchanged before it goes */
+	uint32_t evict_rate;	     /* most pages evicted per second */
 	uint32_t evict_cooldown_millisecs; /* a page faulted back stays this long */
 	/* [domain.NAME] */
 	struct domain_conf domains[CONFIG_MAX_DOMAINS];

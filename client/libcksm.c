@@ -351,7 +351,7 @@ static int reattach_once(void)
 		return -1;
 	m.a |= CKSM_LOCAL_FORKED;
 	if (send_local(fd, &m, -1) || recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_BEACON ||
-	    m.a >= CKSM_LOCAL_BEACON_PAGES)
+	    m.a >= CKSM_LOCAL_BEACON_SLOTS)
 		goto fail;
 	/* Dropped first: the page may be there already, from a parent's own
 	 * re-attach; the read must fault. */

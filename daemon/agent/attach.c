@@ -41,6 +41,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "backing_int.h"
 #include "log.h"
 #include "uffd.h"
@@ -108,6 +110,43 @@ void mm_end(struct mm *m, const char *why)
 }
 
 /* ---- ranges ------------------------------------------------------------------ */
+
+/*
+ * The mark (local.h): a random value in the beacon's last page, put there
+ * through m's userfaultfd, so into the address space the agent serves.
+ * Left unset (zeroes: not checked) if the page is there already.
+ */
+static void set_mark(struct mm *m)
+{
+	uint8_t page[PAGE] = { 0 };
+
+	if (!m->beacon)
+		return;
+	randombytes_buf(page, sizeof(m->st->mark));
+	if (uffd_copy(m->uffd, m->beacon + CKSM_LOCAL_BEACON_MARK * PAGE, page) == 0)
+		memcpy(m->st->mark, page, sizeof(m->st->mark));
+}
+
+/* Address spaces no longer the ones their userfaultfds serve: let go. */
+static void end_foreign(struct backing *b)
+{
+	struct mm *v[64];
+	size_t n = 0;
+
+	pthread_mutex_lock(&b->lock);
+	for (struct mm *m = b->mms; m && n < 64; m = m->next)
+		if (atomic_load(&m->foreign) && m->sock >= 0 && !m->orphan && !m->foreign_ended) {
+			m->foreign_ended = true;
+			atomic_fetch_add(&m->refs, 1);
+			v[n++] = m;
+		}
+	pthread_mutex_unlock(&b->lock);
+	for (size_t i = 0; i < n; i++) {
+		mm_end(v[i],
+		       "its memory is not the address space of its userfaultfd any more (it ran exec, or its pid was used again)");
+		mm_put(v[i]);
+	}
+}
 
 /*
  * Register the private anonymous writable mappings of m that intersect
@@ -289,6 +328,7 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how)
 		 m->merge_all ? " (every private anonymous mapping)" : "");
 	list_add(b, m);
 	register_beacon(m);
+	set_mark(m);
 	if (m->merge_all)
 		register_mappings(m, 0, UINT64_MAX, m->merge_min);
 	if (b->attached)
@@ -676,8 +716,8 @@ static void reattach_begin(struct mm *c)
 	int idx = -1;
 
 	pthread_mutex_lock(&b->lock);
-	for (unsigned k = 0; c->beacon && k < CKSM_LOCAL_BEACON_PAGES; k++) {
-		unsigned i = (b->reattach_next + k) % CKSM_LOCAL_BEACON_PAGES;
+	for (unsigned k = 0; c->beacon && k < CKSM_LOCAL_BEACON_SLOTS; k++) {
+		unsigned i = (b->reattach_next + k) % CKSM_LOCAL_BEACON_SLOTS;
 
 		if (!b->reattach[i].conn) {
 			idx = (int)i;
@@ -974,6 +1014,7 @@ static void on_housekeeping(uv_timer_t *t)
 	}
 	end_slow_handshakes(b);
 	forget_waiting(b);
+	end_foreign(b);
 	follow_mappings(b);
 	ksm_handover(b);
 }

@@ -86,6 +86,9 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 			b->m_resumed, "cksm_resumed_total",
 			"Processes and fork children that came back with their userfaultfds after an agent's end."),
 		METRIC_C(
+			b->m_unkept, "cksm_zaps_unkept_total",
+			"Zaps a process answered as done without dropping the page (its evictions stop)."),
+		METRIC_C(
 			b->m_refused, "cksm_attach_refused_total",
 			"Processes refused at attach: not root, not in socket_group, nor let by attach_any_user."),
 	};

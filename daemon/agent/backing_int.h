@@ -86,6 +86,7 @@ struct mm_state {
 	uint32_t evict_hits;	/* removals of that page seen meanwhile (lock) */
 	uint32_t inbox_counted; /* the inbox's event is in evict_hits already (lock) */
 	struct uffd_msg inbox;	/* an event read and not applied yet (lock) */
+	uint8_t mark[16];	/* the beacon's mark (local.h); zeroes: none */
 };
 
 #define MM_STATE_MAGIC	 0x6574617473736d63ull /* "cmsstate" */
@@ -118,6 +119,9 @@ struct mm {
 	uint64_t born_ms;	/* loop time of the connection */
 	struct mm *pnext;	/* in the backing's pending list, until handshaken */
 	bool orphan;		/* its connection closed while it lives: served, not evicted */
+	atomic_bool foreign;	/* its pid's memory is not its userfaultfd's (evictor) */
+	bool unkept;		/* it answered a zap and kept the page: not evicted (lock) */
+	bool foreign_ended;	/* ... and its connection was ended for it (b->lock) */
 	atomic_bool bring_home; /* ... and its pages are to come home (the fault thread) */
 	bool damaged;		/* its kept table was: a page without an entry is lost */
 	bool gone;		/* off the list */
@@ -245,7 +249,7 @@ struct backing {
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors, *m_remote_deferred;
 	struct metric *m_remote_waits;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
-	struct metric *m_parked, *m_waiting, *m_resumed, *m_refused;
+	struct metric *m_parked, *m_waiting, *m_resumed, *m_refused, *m_unkept;
 	struct metric_histogram *m_lat;
 };
 

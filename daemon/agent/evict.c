@@ -147,6 +147,35 @@ static bool removal_or_gone(const struct mm *m)
 
 static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e);
 
+/*
+ * An answered zap's removal is read before the answer can be sent (the
+ * process's madvise returns once the agent read its event), so it is
+ * counted by then; this bounds the wait for a process that answers
+ * without dropping the page.
+ */
+#define REMOVAL_WAIT_MS 1000
+
+/*
+ * The zap of addr was answered (done) and no removal came: if the page
+ * is still there, the process answered without dropping it. Its entry
+ * goes (evict_settle, for a failed zap), and nothing more of it is
+ * evicted: a process that does not keep its word could otherwise hold
+ * every eviction of the node. m->lock held.
+ */
+static void zap_unkept(struct backing *b, struct mm *m, uint64_t addr)
+{
+	if (uffd_present(m->pagemap, addr) == 0)
+		return; /* gone after all: the entry stands */
+	m->zap_status = -EPROTO;
+	if (!m->unkept) {
+		m->unkept = true;
+		log_warn(
+			"process %d answered the zap of page %#llx without dropping it (pagemap): nothing more of it is evicted",
+			(int)m->pid, (unsigned long long)addr);
+	}
+	metric_inc(b->m_unkept);
+}
+
 void evict_zapped(struct mm *m, uint64_t token, int status)
 {
 	pthread_mutex_lock(&m->lock);
@@ -224,9 +253,8 @@ static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
 {
 	while (!zap_or_gone(m) && !atomic_load(&b->stopping))
 		wait_for(m, zap_or_gone, 200);
-	if (m->zap_done && m->zap_status == 0)
-		while (!wait_for(m, removal_or_gone, 200) && !atomic_load(&b->stopping)) {
-		}
+	if (m->zap_done && m->zap_status == 0 && !wait_for(m, removal_or_gone, REMOVAL_WAIT_MS))
+		zap_unkept(b, m, e->page << 12);
 	evict_settle(b, m, e);
 	mm_put(m);
 }
@@ -348,8 +376,8 @@ static bool evict_claim(struct mm *m, uint64_t addr)
 	bool ok;
 
 	pthread_mutex_lock(&m->lock);
-	ok = !m->st->evicting && !m->orphan && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
-	     !removed_covers(m, addr);
+	ok = !m->st->evicting && !m->orphan && !m->unkept && !btab_find(&m->tab, addr) &&
+	     !ksm_owns(m, addr) && !removed_covers(m, addr);
 	if (ok) {
 		m->st->evicting = addr;
 		m->st->evict_hits = 0;
@@ -405,6 +433,38 @@ static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, u
 }
 
 /*
+ * The page at addr of m's process, into buf, and its mark with it: one
+ * process_vm_readv reads one address space, so the page is of the one
+ * m's userfaultfd serves only if the mark (local.h) is there too. A
+ * process that ran exec, or a pid used again, is read no further: m is
+ * let go (attach.c). m->st->mark of zeroes: not marked, not checked.
+ */
+static bool read_own(struct mm *m, uint64_t addr, uint8_t *buf)
+{
+	static const uint8_t none[sizeof(m->st->mark)];
+	uint8_t mark[sizeof(m->st->mark)];
+	bool marked = m->beacon && memcmp(m->st->mark, none, sizeof(none));
+	struct iovec local[2] = { { buf, PAGE }, { mark, sizeof(mark) } };
+	struct iovec remote[2] = {
+		{ (void *)(uintptr_t)addr, PAGE },
+		{ (void *)(uintptr_t)(m->beacon + CKSM_LOCAL_BEACON_MARK * PAGE), sizeof(mark) },
+	};
+	ssize_t want = PAGE + (marked ? (ssize_t)sizeof(mark) : 0);
+	ssize_t got = process_vm_readv(m->pid, local, marked ? 2 : 1, remote, marked ? 2 : 1, 0);
+
+	if (got < PAGE)
+		return false;
+	if (got != want || (marked && memcmp(mark, m->st->mark, sizeof(mark)))) {
+		/* The page is there and the mark is not (or is another). */
+		if (!atomic_exchange(&m->foreign, true))
+			log_warn("process %d: its memory is not its userfaultfd's (it ran exec?)",
+				 (int)m->pid);
+		return false;
+	}
+	return true;
+}
+
+/*
  * One page: write-protect, read, compare, enter, zap, release. From the
  * moment it is entered, the entry owns the reference on its dup and is
  * counted, so whoever removes it (a fault, an event, evict_end) releases
@@ -414,7 +474,6 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 {
 	struct mm *m = mm_get(b, o->pid);
 	struct bentry e = { .page = o->addr >> 12, .ref = o->ref, .id = o->id, .kind = o->kind };
-	struct iovec local = { buf, PAGE }, remote = { (void *)(uintptr_t)o->addr, PAGE };
 	const void *dup;
 	const char *why = NULL;
 	uint64_t token;
@@ -437,8 +496,8 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 		why = "not there";
 		goto unprotect;
 	}
-	if (process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != PAGE) {
-		why = "unreadable";
+	if (!read_own(m, o->addr, buf)) {
+		why = "unreadable, or not its userfaultfd's memory";
 		goto unprotect;
 	}
 	if (o->kind == BACKED_ZERO ? !all_zero(buf) : memcmp(buf, dup, PAGE) != 0) {

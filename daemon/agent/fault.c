@@ -348,6 +348,7 @@ static void on_fork(struct mm *m, int ufd)
 	c->beacon = m->beacon;
 	c->st->parent = m->pid;
 	c->st->beacon = m->beacon;
+	memcpy(c->st->mark, m->st->mark, sizeof(c->st->mark)); /* the child's copy of the page */
 	keep_mm(c); /* logged if it cannot be: then served from memory only */
 	for (size_t i = 0; i < m->tab.n; i++)
 		if (m->tab.e[i].page << 12 != m->st->evicting || fork_keeps_evicted(m))

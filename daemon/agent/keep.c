@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,8 +240,10 @@ static size_t load_one(struct backing *b, uint64_t key)
 
 	names(key, sn, tn, sizeof(sn));
 	st = map_state(b->state_fd, sn, 0);
+	/* Kept before the mark was (a smaller size): its mark reads zeroes. */
 	if (!st || st->magic != MM_STATE_MAGIC || st->version != MM_STATE_VERSION ||
-	    st->size != sizeof(*st) || st->pid < 0 || !keep_alive(st)) {
+	    st->size > sizeof(*st) || st->size < offsetof(struct mm_state, mark) || st->pid < 0 ||
+	    !keep_alive(st)) {
 		/* Its process is gone (or it never was attached): nothing to keep. */
 		if (st)
 			munmap(st, STATE_BYTES);

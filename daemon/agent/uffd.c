@@ -112,6 +112,15 @@ bool uffd_protected(int pagemap, uint64_t addr)
 	return (e & (PM_PRESENT | PM_SWAP)) && (e & PM_UFFD_WP);
 }
 
+int uffd_present(int pagemap, uint64_t addr)
+{
+	uint64_t e;
+
+	if (pread(pagemap, &e, sizeof(e), (off_t)(addr / PAGE * sizeof(e))) != sizeof(e))
+		return -1;
+	return (e & (PM_PRESENT | PM_SWAP)) != 0;
+}
+
 /* Asked of a userfaultfd of our own, made from /dev/userfaultfd. */
 uint64_t uffd_features(int devfd, uint64_t want)
 {

@@ -58,6 +58,9 @@ int uffd_pagemap_open(pid_t pid);
  */
 bool uffd_protected(int pagemap, uint64_t addr);
 
+/* Is the page at addr there (in memory or swapped): 1, 0, or -1 if unknown. */
+int uffd_present(int pagemap, uint64_t addr);
+
 /* The features of this kernel's userfaultfd, among those asked, or 0. */
 uint64_t uffd_features(int devfd, uint64_t want);
 

@@ -85,6 +85,17 @@ enum cksm_local_zap_state {
 #define CKSM_LOCAL_RESUMING  0x4u /* attached before: RESUME follows */
 
 #define CKSM_LOCAL_BEACON_PAGES 64u
+/*
+ * The beacon's pages 0 to CKSM_LOCAL_BEACON_SLOTS - 1 are told to
+ * re-attaching children; the last one is the agent's mark: at attach the
+ * agent fills it (UFFDIO_COPY, through the process's userfaultfd) with a
+ * random value that only the address space of that userfaultfd holds, and
+ * checks it in every read of the process's memory that can lead to a zap,
+ * so that a process that ran exec (or a pid used again) is never read in
+ * place of the memory the agent serves.
+ */
+#define CKSM_LOCAL_BEACON_SLOTS 63u
+#define CKSM_LOCAL_BEACON_MARK	63u
 
 /*
  * The page right after the beacon is the process's own, writable: libcksm

@@ -10,8 +10,10 @@
  * the agent has backed a page, writes the page's address to DIR/inzap
  * and waits for DIR/zapgo before it goes on to the kernel: the moment a
  * process is descheduled or stopped (SIGSTOP) after libcksm saw the agent
- * there and before the page is dropped, made long. Every other call goes
- * straight through.
+ * there and before the page is dropped, made long. Once DIR/lie exists,
+ * every one-page madvise(MADV_DONTNEED) returns 0 and drops nothing: a
+ * process that answers its zaps without keeping them. Every other call
+ * goes straight through.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -62,6 +64,8 @@ int madvise(void *addr, size_t len, int advice)
 		errno = ENOSYS;
 		return -1;
 	}
+	if (dir && advice == MADV_DONTNEED && len == PAGE && in_dir(path, sizeof(path), dir, "lie"))
+		return 0;
 	if (dir && !held && advice == MADV_DONTNEED && len == PAGE &&
 	    in_dir(path, sizeof(path), dir, "arm"))
 		hold(dir, addr);

@@ -480,6 +480,10 @@ static int handshake(int fd)
 	}
 	if (m.type != CKSM_LOCAL_DEVFD || m.status || devfd < 0)
 		goto fail;
+	/* The agent marks the beacon anew through the new userfaultfd (local.h):
+	 * a mark left by an earlier attach must go first. */
+	if (beacon)
+		real_madvise((void *)(beacon + CKSM_LOCAL_BEACON_MARK * 4096), 4096, MADV_DONTNEED);
 	uffd = ioctl(devfd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
 	close(devfd);
 	devfd = -1;

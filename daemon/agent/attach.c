@@ -114,17 +114,29 @@ void mm_end(struct mm *m, const char *why)
 /*
  * The mark (local.h): a random value in the beacon's last page, put there
  * through m's userfaultfd, so into the address space the agent serves.
- * Left unset (zeroes: not checked) if the page is there already.
+ * libcksm drops that page before it hands a new userfaultfd; one that is
+ * there already could hold anything the process chose, and a process
+ * that cannot be marked is served but never evicted.
  */
 static void set_mark(struct mm *m)
 {
 	uint8_t page[PAGE] = { 0 };
+	struct uffdio_copy c = { .dst = m->beacon + CKSM_LOCAL_BEACON_MARK * PAGE,
+				 .src = (uint64_t)(uintptr_t)page,
+				 .len = PAGE };
 
 	if (!m->beacon)
 		return;
 	randombytes_buf(page, sizeof(m->st->mark));
-	if (uffd_copy(m->uffd, m->beacon + CKSM_LOCAL_BEACON_MARK * PAGE, page) == 0)
+	if (ioctl(m->uffd, UFFDIO_COPY, &c) == 0) {
 		memcpy(m->st->mark, page, sizeof(m->st->mark));
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->unkept = true;
+	pthread_mutex_unlock(&m->lock);
+	log_warn("process %d: its beacon cannot be marked (%s): nothing of it is evicted",
+		 (int)m->pid, strerror(errno));
 }
 
 /* Address spaces no longer the ones their userfaultfds serve: let go. */
@@ -311,6 +323,7 @@ static bool on_uffd(struct mm *m, int fd, int sender)
 		return false;
 	}
 	serve(m, &r, "attached");
+	set_mark(m); /* a process that comes back keeps its mark */
 	return true;
 }
 
@@ -328,7 +341,6 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how)
 		 m->merge_all ? " (every private anonymous mapping)" : "");
 	list_add(b, m);
 	register_beacon(m);
-	set_mark(m);
 	if (m->merge_all)
 		register_mappings(m, 0, UINT64_MAX, m->merge_min);
 	if (b->attached)

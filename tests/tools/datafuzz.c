@@ -34,6 +34,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "agent/pool.h"
 #include "auth.h"
 #include "cid.h"
 #include "datawire.h"
@@ -93,7 +94,7 @@ static struct data_req req(uint32_t slot, uint32_t gen, uint64_t tag)
 {
 	struct data_req r;
 
-	data_req_encode(&r, slot, gen, tag);
+	data_req_encode(&r, slot, gen, &(struct cid){ 0, 0 }, tag);
 	return r;
 }
 
@@ -131,59 +132,17 @@ static void check(const char *name, bool ok)
 
 #define WALL_SLOTS 16
 
-/* pool.c's "slots" file, version 1: a 64-byte head, then one record per slot. */
-struct kept_head {
-	uint64_t magic;
-	uint32_t version, slot_size;
-	uint64_t nslots;
-};
-
-struct kept_slot {
-	struct cid id;
-	uint32_t gen, refs;
-	bool held, live;
-};
-
-static struct kept_slot live_slots[WALL_SLOTS];
-static uint32_t live_at[WALL_SLOTS];
+static struct pool_ref live_at[WALL_SLOTS];
+static struct cid live_id[WALL_SLOTS];
 static unsigned nlive;
-
-/* The first live, held slots of the agent's pool: 0, or -1 (told why). */
-static int read_slots(const char *dir)
-{
-	char path[512];
-	struct kept_head h;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/slots", dir);
-	f = fopen(path, "rb");
-	if (!f || fread(&h, sizeof(h), 1, f) != 1 || h.magic != 0x736c6f74736b6d63ull ||
-	    h.version != 1 || h.slot_size != sizeof(struct kept_slot) ||
-	    fseek(f, 64, SEEK_SET)) {
-		fprintf(stderr, "datafuzz: %s is not a pool's slot table of version 1\n", path);
-		if (f)
-			fclose(f);
-		return -1;
-	}
-	for (uint64_t i = 0; i < h.nslots && nlive < WALL_SLOTS; i++) {
-		struct kept_slot k;
-
-		if (fread(&k, sizeof(k), 1, f) != 1)
-			break;
-		if (k.live && k.held) {
-			live_at[nlive] = (uint32_t)i;
-			live_slots[nlive++] = k;
-		}
-	}
-	fclose(f);
-	return 0;
-}
 
 /* A read of (slot, gen) naming content id. */
 static struct data_req wall_req(uint32_t slot, uint32_t gen, struct cid id, uint64_t tag)
 {
-	(void)id; /* the request has no place for it yet */
-	return req(slot, gen, tag);
+	struct data_req r;
+
+	data_req_encode(&r, slot, gen, &id, tag);
+	return r;
 }
 
 /*
@@ -222,8 +181,13 @@ static int walls(const char *dir)
 	uint32_t rnd[WALL_SLOTS];
 	unsigned n;
 
-	if (read_slots(dir))
+	long got = pool_peek(dir, live_at, live_id, WALL_SLOTS);
+
+	if (got < 0) {
+		fprintf(stderr, "datafuzz: %s keeps no pool of this version\n", dir);
 		return 2;
+	}
+	nlive = (unsigned)got;
 	printf("     %u live slots in the pool\n", nlive);
 	if (!nlive) {
 		fprintf(stderr, "datafuzz: the pool has no live slot to ask for\n");
@@ -241,18 +205,18 @@ static int walls(const char *dir)
 	check("slots 0..15 at random generations: refused", all_refused(v, WALL_SLOTS));
 
 	for (n = 0; n < nlive; n++) {
-		struct cid wrong = live_slots[n].id;
+		struct cid wrong = live_id[n];
 
 		wrong.lo ^= 1;
-		v[n] = wall_req(live_at[n], live_slots[n].gen, wrong, n + 1);
+		v[n] = wall_req(live_at[n].slot, live_at[n].gen, wrong, n + 1);
 	}
 	check("live slots with a wrong content id: refused", all_refused(v, n));
 
 	for (n = 0; n < nlive; n++) {
-		struct cid other = live_slots[n].id;
+		struct cid other = live_id[n];
 
 		other.hi ^= 0x07ull << 56; /* the same bits, another domain's tag */
-		v[n] = wall_req(live_at[n], live_slots[n].gen, other, n + 1);
+		v[n] = wall_req(live_at[n].slot, live_at[n].gen, other, n + 1);
 	}
 	check("live slots with another domain's id: refused", all_refused(v, n));
 
@@ -260,7 +224,7 @@ static int walls(const char *dir)
 	{
 		static uint8_t page[DATA_PAGE];
 		static struct cid_domain dom;
-		struct data_req r = wall_req(live_at[0], live_slots[0].gen, live_slots[0].id, 7);
+		struct data_req r = wall_req(live_at[0].slot, live_at[0].gen, live_id[0], 7);
 		struct data_ans a;
 		struct sconn s;
 		bool ok = !cid_domain_init(&dom, &key, 0, "default") && !open_data(&s);
@@ -269,7 +233,7 @@ static int walls(const char *dir)
 			ok = !sconn_write(&s, &r, sizeof(r)) &&
 			     !read_full(s.fd, &a, sizeof(a), 3000) &&
 			     !read_full(s.fd, page, sizeof(page), 3000) &&
-			     data_ans_check(&a, 7) == 0 && cid_eq(cid_of(&dom, page), live_slots[0].id);
+			     data_ans_check(&a, 7) == 0 && cid_eq(cid_of(&dom, page), live_id[0]);
 			sconn_close(&s);
 		}
 		check("a live slot asked with its own content id: served, those bytes", ok);

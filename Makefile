@@ -120,9 +120,9 @@ $(B)/cksm-sockfuzz: tests/tools/sockfuzz.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
-$(B)/cksm-datafuzz: tests/tools/datafuzz.c $(B)/libcksmcommon.a
+$(B)/cksm-datafuzz: tests/tools/datafuzz.c $(B)/daemon/agent/pool.o $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
-	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 
 $(B)/cksm-churner: tests/tools/churner.c
 	$(E) '  CC      $@'

@@ -494,7 +494,10 @@ int main(int argc, char **argv)
 		struct config c;
 		const struct transport_kind *tk;
 		struct transport *t;
-		struct dup_loc d = { 0, 0, 1, "127.0.0.1:19574" };
+		struct dup_loc d = { 0, 0, 0, "127.0.0.1:19574" };
+		char state[300];
+		struct pool_ref ref;
+		struct cid id;
 		uint8_t page[PAGE];
 		size_t m = n / 4, ok = 0;
 		double *lat = malloc(m * sizeof(*lat));
@@ -506,10 +509,19 @@ int main(int argc, char **argv)
 		strcpy(c.transport, "tcp");
 		tk = transport_kind_choose(&c);
 		t = tk ? tk->reader(&c, &k) : NULL;
+		/* A read names its slot's content: the first node's first dup. */
+		snprintf(state, sizeof(state), "%s/a.state", dir);
+		if (pool_peek(state, &ref, &id, 1) != 1) {
+			fprintf(stderr, "fault: no dup in %s to read\n", state);
+			transport_destroy(t);
+			t = NULL;
+		}
+		d.slot = ref.slot;
+		d.gen = ref.gen;
 		for (size_t i = 0; t && i < m; i++) {
 			double t0 = now_s();
 
-			if (t->ops->read(t, &d, page) == 0)
+			if (t->ops->read(t, &d, &id, page) == 0)
 				lat[ok++] = now_s() - t0;
 		}
 		printf("the TCP data transport alone (a page read of a dup, authenticated connection kept), %zu reads: p50 %.2f us, p99 %.2f us\n",

@@ -221,9 +221,11 @@ struct backing {
 	struct hot {
 		pid_t pid;
 		uint64_t addr;
-	} hot[HOT_MAX]; /* pages faulted back from the pool a second time */
+		uint8_t domain; /* its content's domain tag */
+	} hot[HOT_MAX];		/* pages faulted back from the pool a second time */
 	unsigned nhot;
 	bool ksm_off_said;
+	uint32_t ksm_kept_said; /* domains (by index) told to keep their hot pages (loop) */
 
 	const struct transport_kind *tk;
 	const struct auth_key *key;
@@ -367,8 +369,9 @@ void evict_zapped(struct mm *m, uint64_t token, int status);
  */
 void evict_resume(struct mm *m, uint64_t token, int state, int status);
 /* A page came back: not evicted again for the cool-down; hot if it came
- * back from the pool while its last return is remembered. */
-void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled);
+ * back from the pool while its last return is remembered. domain: the
+ * tag of its content's domain. */
+void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled, uint8_t domain);
 
 /* ---- ksm.c ---------------------------------------------------------------- */
 

@@ -47,14 +47,14 @@ static size_t cool_slot(pid_t pid, uint64_t addr, uint64_t *key)
 	return (size_t)((*key * 0x9e3779b97f4a7c15ULL) >> 52) % COOLDOWN_SETS;
 }
 
-void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled)
+void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled, uint8_t domain)
 {
 	uint64_t k;
 	size_t i = cool_slot(pid, addr, &k);
 
 	pthread_mutex_lock(&b->lock);
 	if (pooled && b->cool[i].key == k && b->nhot < HOT_MAX)
-		b->hot[b->nhot++] = (struct hot){ pid, addr };
+		b->hot[b->nhot++] = (struct hot){ pid, addr, domain };
 	b->cool[i].key = k;
 	b->cool[i].until_ms = now_ms() + b->cfg->evict_cooldown_millisecs;
 	pthread_mutex_unlock(&b->lock);

@@ -260,7 +260,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t sinc
 		return true;
 	}
 	if (m->pid)
-		cool_note(b, m->pid, addr, f.e.kind == BACKED_POOL);
+		cool_note(b, m->pid, addr, f.e.kind == BACKED_POOL, cid_domain_of(f.e.id));
 	metric_observe(b->m_lat, (double)(clock_ns(CLOCK_MONOTONIC) - t0) / 1e9);
 	return true;
 }

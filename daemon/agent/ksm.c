@@ -9,6 +9,12 @@
  * back-end marks mergeable, and from then on cksm never evicts there: KSM
  * merging a page cksm has write-protected would drop the protection.
  * Only while KSM runs; without it hot pages just keep their cool-down.
+ *
+ * KSM knows nothing of cksm's dedup domains: a page it merges may share
+ * a frame with any equal mergeable page of the node, a tenant's with
+ * another's, and the time of a write to it tells. So only the default
+ * domain's hot pages are handed over, and another domain's only where
+ * its [domain.NAME] says ksm = 1; the others keep their cool-down.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -119,6 +125,30 @@ static void ksm_window(struct mm *m, uint64_t addr)
 	pthread_mutex_unlock(&m->lock);
 }
 
+/*
+ * May hot pages of the domain tagged tag go to KSM? Told once per domain
+ * when not.
+ */
+static bool ksm_allowed(struct backing *b, uint8_t tag)
+{
+	const struct config *cfg = b->cfg;
+
+	for (unsigned i = 0; i < cfg->ndomains; i++) {
+		const struct domain_conf *d = &cfg->domains[i];
+
+		if (d->id != tag)
+			continue;
+		if (!d->ksm && !(b->ksm_kept_said & 1u << i)) {
+			b->ksm_kept_said |= 1u << i;
+			log_info(
+				"domain %s: hot duplicates stay with cksm: the kernel's KSM would merge them with any other domain's ([domain.%s] ksm = 1 allows it)",
+				d->name, d->name);
+		}
+		return d->ksm;
+	}
+	return false;
+}
+
 /* The hot pages found since the last tick, each made a window. */
 static void take_hot(struct backing *b)
 {
@@ -137,7 +167,7 @@ static void take_hot(struct backing *b)
 		return;
 	}
 	for (unsigned i = 0; i < n; i++) {
-		struct mm *m = mm_get(b, v[i].pid);
+		struct mm *m = ksm_allowed(b, v[i].domain) ? mm_get(b, v[i].pid) : NULL;
 
 		if (m) {
 			ksm_window(m, v[i].addr);

@@ -5,6 +5,13 @@
  * content id; free slots form a stack, so the most recently freed (and
  * still cached) slot is reused first, with a new generation.
  *
+ * Generations start at random, per slot: every free slot gets a fresh
+ * one from libsodium's generator when the pool is made or opened, and a
+ * slot's generation goes up by one at every reuse. A name (slot,
+ * generation) is therefore not guessed from the slot's number, and no
+ * two agent starts name the same free slot alike; a live slot keeps its
+ * generation across a restart (tables and shards name it).
+ *
  * A pool opened in a state directory keeps its pages in the file "pool"
  * and its slot table in the file "slots" (a header, then one struct slot
  * per slot), both shared mappings: they outlive the agent, and the next
@@ -25,6 +32,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #include "oaidx.h"
 
@@ -137,9 +146,23 @@ fail : {
 }
 }
 
+/* Every free slot a random generation (see the top of this file). */
+static void fresh_generations(struct pool *p)
+{
+	uint32_t r[1024];
+
+	for (size_t i = 0; i < p->nslots; i++) {
+		if (i % 1024 == 0)
+			randombytes_buf(r, sizeof(r));
+		if (!p->slots[i].live)
+			p->slots[i].gen = r[i % 1024];
+	}
+}
+
 /*
  * The free stack and the index, from the slots' live flags (all free in a
- * new pool, slot 0 on top). 0 or -ENOMEM.
+ * new pool, slot 0 on top); the free slots get fresh generations. 0 or
+ * -ENOMEM.
  */
 static int pool_index(struct pool *p)
 {
@@ -148,6 +171,7 @@ static int pool_index(struct pool *p)
 	if (!p->free || oaidx_reserve(&p->index, p->nslots, slot_hash, p))
 		return -ENOMEM;
 	p->nfree = 0;
+	fresh_generations(p);
 	for (size_t i = p->nslots; i-- > 0;) {
 		struct slot *s = &p->slots[i];
 
@@ -300,6 +324,32 @@ fail:
 		close(dir);
 	pool_destroy(p);
 	return NULL;
+}
+
+long pool_peek(const char *path, struct pool_ref *ref, struct cid *id, size_t n)
+{
+	char err[256];
+	int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	long nslots = dir >= 0 ? slots_of_file(dir, err, sizeof(err)) : -1;
+	int fd = nslots > 0 ? openat(dir, "slots", O_RDONLY | O_CLOEXEC) : -1;
+	size_t got = 0;
+
+	for (long i = 0; fd >= 0 && i < nslots && got < n; i++) {
+		struct slot s;
+
+		if (pread(fd, &s, sizeof(s), SLOTS_HEAD + (off_t)i * (off_t)sizeof(s)) !=
+		    (ssize_t)sizeof(s))
+			break;
+		if (s.live && s.held) {
+			ref[got] = (struct pool_ref){ (uint32_t)i, s.gen };
+			id[got++] = s.id;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	if (dir >= 0)
+		close(dir);
+	return nslots > 0 ? (long)got : -ENOENT;
 }
 
 void pool_destroy(struct pool *p)

@@ -5,7 +5,8 @@
  * memory with transparent huge pages advised otherwise) cut into 4 KiB
  * slots. A slot holds one content; it is named by (slot, generation), and
  * the generation changes every time the slot is freed, so a stale name is
- * always refused. A slot lives while its dup is held (the coordinator
+ * always refused. Generations start at random, per slot and per open: a
+ * name is not guessed from a slot's number. A slot lives while its dup is held (the coordinator
  * knows it) or while pages of this node reference it; it is freed only
  * when both have ended, so a slot with references is never reused.
  *
@@ -89,6 +90,14 @@ int pool_release(struct pool *p, struct pool_ref ref);
 typedef void (*pool_visit_fn)(void *arg, struct pool_ref ref, const struct cid *id, bool held,
 			      uint32_t refs);
 void pool_foreach(struct pool *p, pool_visit_fn fn, void *arg);
+
+/*
+ * For tools beside a running agent: the first live, held slots of the
+ * pool kept in the directory path, read without opening the pool
+ * (nothing changes), at most n of them into ref[] and id[]. Returns how
+ * many, or -ENOENT when path keeps no pool (or another version's).
+ */
+long pool_peek(const char *path, struct pool_ref *ref, struct cid *id, size_t n);
 
 size_t pool_slots(const struct pool *p);
 size_t pool_free_slots(struct pool *p);

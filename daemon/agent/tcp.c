@@ -11,8 +11,12 @@
  * after any error; every wait bounded by data_timeout_ms.
  * Holder: the handshake on the agent's loop, then the connection moves to
  * a thread of its own that answers from the pool with one sendmsg per
- * read, straight from the slot (a stale (slot, generation) gets -ESTALE
- * and zeroes, never other bytes).
+ * read, straight from the slot. A read names the content id it wants; a
+ * stale (slot, generation), or a slot that holds another content, gets
+ * -ESTALE and zeroes, never other bytes, and is logged with what was
+ * wrong (the first REFUSALS_LOGGED of each connection; all are counted).
+ * The key lets a peer connect; only the content id, which nobody derives
+ * without holding the content in its domain, lets it read.
  */
 #include <endian.h>
 #include <errno.h>
@@ -134,7 +138,7 @@ static int recv_page(struct peer *p, uint64_t tag, void *buf)
 	return data_ans_check(&a, tag);
 }
 
-static int tcp_read(struct transport *t, const struct dup_loc *d, void *buf)
+static int tcp_read(struct transport *t, const struct dup_loc *d, const struct cid *id, void *buf)
 {
 	struct tcp_transport *tt = (struct tcp_transport *)t;
 	uint64_t tag = ++tt->tag;
@@ -144,7 +148,7 @@ static int tcp_read(struct transport *t, const struct dup_loc *d, void *buf)
 
 	if (!p)
 		return rc;
-	data_req_encode(&r, d->slot, d->gen, tag);
+	data_req_encode(&r, d->slot, d->gen, id, tag);
 	rc = send_all(p->s.fd, &r, sizeof(r));
 	if (!rc)
 		rc = recv_page(p, tag, buf);
@@ -185,7 +189,8 @@ static struct transport *tcp_reader(const struct config *cfg, const struct auth_
 
 /* ---- the holder's side ------------------------------------------------------- */
 
-#define SERVE_CONNS 256 /* data connections at once */
+#define SERVE_CONNS	256 /* data connections at once */
+#define REFUSALS_LOGGED 16  /* refused reads logged one by one, per connection */
 
 struct dconn {
 	int fd;
@@ -193,7 +198,8 @@ struct dconn {
 	struct data_inbuf in;
 	uint8_t out[sizeof(struct data_ans) + POOL_SLOT]; /* an answer not all sent */
 	size_t outoff, outlen;
-	bool want_out; /* waiting for EPOLLOUT */
+	bool want_out;	  /* waiting for EPOLLOUT */
+	unsigned refused; /* reads refused on it so far */
 	struct dconn *next;
 };
 
@@ -208,7 +214,7 @@ struct tcp_server {
 	bool stop;
 	struct dconn *conns; /* the thread's */
 	atomic_int n;
-	struct metric *m_reads, *m_stale, *m_conns;
+	struct metric *m_reads, *m_stale, *m_other, *m_conns;
 };
 
 static void dconn_close(struct tcp_server *ds, struct dconn *dc, const char *why)
@@ -242,12 +248,35 @@ static int dconn_flush(struct dconn *dc)
 	return 0;
 }
 
+/*
+ * The bytes r may have: the slot's, if it is live at r's generation and
+ * holds the content r names; NULL otherwise, logged and counted.
+ */
+static const void *page_for(struct tcp_server *ds, struct dconn *dc, const struct data_req *r)
+{
+	struct pool_ref ref = { .slot = r->slot, .gen = r->gen };
+	struct cid want = data_req_id(r), held;
+	const void *bytes = pool_page(ds->pool, ref, &held);
+
+	if (bytes && cid_eq(held, want))
+		return bytes;
+	metric_inc(bytes ? ds->m_other : ds->m_stale);
+	if (++dc->refused <= REFUSALS_LOGGED)
+		log_warn("read of slot %u generation %u from %s refused: %s %016llx%016llx",
+			 r->slot, r->gen, dc->peer,
+			 bytes ? "it holds another content than" : "no such live slot, for",
+			 (unsigned long long)want.hi, (unsigned long long)want.lo);
+	else if (dc->refused == REFUSALS_LOGGED + 1)
+		log_warn("data connection from %s: more reads refused (counted, not logged)",
+			 dc->peer);
+	return NULL;
+}
+
 /* One answer, straight from the slot; what the socket does not take now is kept. */
 static int answer(struct tcp_server *ds, struct dconn *dc, const struct data_req *r)
 {
 	static const uint8_t zeroes[POOL_SLOT];
-	struct pool_ref ref = { .slot = r->slot, .gen = r->gen };
-	const void *bytes = pool_page(ds->pool, ref, NULL);
+	const void *bytes = page_for(ds, dc, r);
 	struct data_ans a = { .magic = htole32(DATA_MAGIC),
 			      .status = bytes ? 0 : (int32_t)htole32((uint32_t)-ESTALE),
 			      .tag = htole64(r->tag) };
@@ -257,9 +286,10 @@ static int answer(struct tcp_server *ds, struct dconn *dc, const struct data_req
 	ssize_t n = sendmsg(dc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
 	size_t done = n > 0 ? (size_t)n : 0;
 
-	metric_inc(bytes ? ds->m_reads : ds->m_stale);
-	if (bytes)
+	if (bytes) {
+		metric_inc(ds->m_reads);
 		atomic_fetch_add(&ds->ds.served, 1);
+	}
 	if (n < 0 && errno != EAGAIN)
 		return -errno;
 	if (done == sizeof(a) + POOL_SLOT)
@@ -462,9 +492,12 @@ static struct data_server *tcp_serve(struct net_ctx *net, const struct config *c
 	ds->m_stale =
 		metrics_counter(reg, "cksm_data_reads_total",
 				"Page reads served to other nodes, by answer.", "status=\"stale\"");
+	ds->m_other = metrics_counter(reg, "cksm_data_reads_total",
+				      "Page reads served to other nodes, by answer.",
+				      "status=\"other_content\"");
 	ds->m_conns = metrics_gauge(reg, "cksm_data_connections",
 				    "Data connections being served (after their handshake).", NULL);
-	if (!ds->m_reads || !ds->m_stale || !ds->m_conns)
+	if (!ds->m_reads || !ds->m_stale || !ds->m_other || !ds->m_conns)
 		goto free_ds;
 	pthread_mutex_init(&ds->lock, NULL);
 	ds->epfd = epoll_create1(EPOLL_CLOEXEC);

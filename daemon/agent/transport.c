@@ -26,7 +26,7 @@ const struct transport_kind *transport_kind_choose(const struct config *cfg)
 int transport_read_checked(struct transport *t, const struct dup_loc *d,
 			   const struct cid_domain *dom, const struct cid *id, void *buf)
 {
-	int rc = inject("replica_read_fails") ? -EIO : t->ops->read(t, d, buf);
+	int rc = inject("replica_read_fails") ? -EIO : t->ops->read(t, d, id, buf);
 
 	if (rc)
 		return rc;

@@ -10,8 +10,9 @@
  * A reader belongs to one thread (the fault thread, the evictor, the
  * copier each have their own). A read either fills the 4 KiB buffer with
  * the slot's bytes or fails; each of its waits (connect, handshake, send,
- * receive) is bounded by cfg->data_timeout_ms. The caller checks the
- * bytes' id (transport_read_checked does both).
+ * receive) is bounded by cfg->data_timeout_ms. A read names the content
+ * id it wants (the holder refuses a slot that holds another), and the
+ * caller checks the bytes' id (transport_read_checked does both).
  */
 #ifndef CKSM_TRANSPORT_H
 #define CKSM_TRANSPORT_H
@@ -40,8 +41,12 @@ struct dup_loc {
 struct transport;
 
 struct transport_ops {
-	/* Read the dup into buf (4096 bytes): 0 or a negative errno. */
-	int (*read)(struct transport *t, const struct dup_loc *d, void *buf);
+	/*
+	 * Read the dup, which should hold content id, into buf (4096 bytes):
+	 * 0 or a negative errno. The holder is told the id, and serves the
+	 * slot only if it holds that content.
+	 */
+	int (*read)(struct transport *t, const struct dup_loc *d, const struct cid *id, void *buf);
 	void (*destroy)(struct transport *t);
 };
 

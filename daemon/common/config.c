@@ -442,7 +442,17 @@ static int set_domain(struct parse_ctx *p, const char *section, const char *name
 		return set_str(p, section, name, k == K_PIDS ? d->pids : d->cgroups,
 			       sizeof(d->pids), v);
 	}
-	report(p, section, name, "unknown key (a domain has id, cgroups, pids)");
+	if (!strcmp(name, "ksm")) {
+		if (strcmp(v, "0") && strcmp(v, "1")) {
+			report(p, section, name,
+			       "expected 0 or 1 (whether hot duplicates may go to the kernel's KSM, which merges across domains), got '%s'",
+			       v);
+			return -EINVAL;
+		}
+		d->ksm = v[0] == '1';
+		return 0;
+	}
+	report(p, section, name, "unknown key (a domain has id, cgroups, pids, ksm)");
 	return -EINVAL;
 }
 
@@ -519,6 +529,7 @@ void config_defaults(struct config *c)
 		strcpy(c->node_name, "node");
 	c->ndomains = 1;
 	c->domains[0].defined = 1;
+	c->domains[0].ksm = 1;
 	strcpy(c->domains[0].name, "default");
 	c->nshards = 1;
 	strcpy(c->shards[0].address, "127.0.0.1:7470");
@@ -749,7 +760,7 @@ void config_dump(const struct config *c, FILE *out)
 	for (unsigned i = 1; i < c->ndomains; i++) {
 		const struct domain_conf *d = &c->domains[i];
 
-		fprintf(out, "\n[domain.%s]\nid = %u\n", d->name, d->id);
+		fprintf(out, "\n[domain.%s]\nid = %u\nksm = %d\n", d->name, d->id, d->ksm);
 		if (d->cgroups[0])
 			fprintf(out, "cgroups = %s\n", d->cgroups);
 		if (d->pids[0])

@@ -46,6 +46,7 @@ struct domain_conf {
 	uint8_t id;		       /* tag in content ids, unique */
 	char cgroups[CONFIG_LIST_MAX]; /* comma-separated cgroup v2 paths */
 	char pids[CONFIG_LIST_MAX];    /* comma-separated pids */
+	int ksm; /* hot duplicates may go to the kernel's KSM (1 for "default" only) */
 };
 
 struct config {

@@ -7,13 +7,16 @@
 #include <errno.h>
 #include <string.h>
 
-void data_req_encode(struct data_req *w, uint32_t slot, uint32_t gen, uint64_t tag)
+void data_req_encode(struct data_req *w, uint32_t slot, uint32_t gen, const struct cid *id,
+		     uint64_t tag)
 {
 	w->magic = htole32(DATA_MAGIC);
 	w->slot = htole32(slot);
 	w->gen = htole32(gen);
 	w->flags = 0;
 	w->tag = htole64(tag);
+	w->id_hi = htole64(id->hi);
+	w->id_lo = htole64(id->lo);
 }
 
 int data_ans_check(const struct data_ans *w, uint64_t tag)
@@ -47,6 +50,8 @@ int data_inbuf_next(struct data_inbuf *ib, struct data_req *r)
 	r->gen = le32toh(w.gen);
 	r->flags = 0;
 	r->tag = le64toh(w.tag);
+	r->id_hi = le64toh(w.id_hi);
+	r->id_lo = le64toh(w.id_lo);
 	return 1;
 }
 

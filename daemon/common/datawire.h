@@ -4,6 +4,12 @@
  * the holder answers each, in order, with a data_ans and 4096 bytes (the
  * slot's bytes, or zeroes when status is not 0). Little-endian. A request
  * with another magic or flags closes the connection.
+ *
+ * A request names the content it wants as well as the slot: the 128-bit
+ * content id the reader already knows (from its own table entry or the
+ * shard's answer). Ids are keyed by dedup domain and by the cluster key,
+ * so the holder serving a slot only to a reader that names its content
+ * gives nobody a content it does not already have, in that domain.
  */
 #ifndef CKSM_DATAWIRE_H
 #define CKSM_DATAWIRE_H
@@ -11,31 +17,44 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DATA_MAGIC 0x44534b43u /* "CKSD", little-endian on the wire */
+#include "cid.h"
 
-/* Reader -> holder, 24 bytes, little-endian. */
+/* "CKSE", little-endian on the wire ("CKSD" was the request without an id) */
+#define DATA_MAGIC 0x45534b43u
+
+/* Reader -> holder, 40 bytes, little-endian. */
 struct data_req {
 	uint32_t magic;
 	uint32_t slot;
 	uint32_t gen;
 	uint32_t flags; /* 0 */
 	uint64_t tag;	/* echoed */
+	uint64_t id_hi; /* the content id the slot must hold */
+	uint64_t id_lo;
 };
 
 /* Holder -> reader: this header, then always 4096 bytes. */
 struct data_ans {
 	uint32_t magic;
-	int32_t status; /* 0, or -ESTALE when (slot, generation) is not live */
+	int32_t status; /* 0, or -ESTALE when (slot, generation) is not live or
+			   holds another content than the id named */
 	uint64_t tag;
 };
 
-_Static_assert(sizeof(struct data_req) == 24, "data_req is 24 bytes on the wire");
+_Static_assert(sizeof(struct data_req) == 40, "data_req is 40 bytes on the wire");
 _Static_assert(sizeof(struct data_ans) == 16, "data_ans is 16 bytes on the wire");
 
 #define DATA_PAGE 4096u
 
-/* A request on the wire for (slot, gen), tagged. */
-void data_req_encode(struct data_req *w, uint32_t slot, uint32_t gen, uint64_t tag);
+/* A request on the wire for content id in (slot, gen), tagged. */
+void data_req_encode(struct data_req *w, uint32_t slot, uint32_t gen, const struct cid *id,
+		     uint64_t tag);
+
+/* The content id a request (in host order) names. */
+static inline struct cid data_req_id(const struct data_req *r)
+{
+	return (struct cid){ .hi = r->id_hi, .lo = r->id_lo };
+}
 
 /*
  * An answer's header from the wire, for the request tagged tag: its

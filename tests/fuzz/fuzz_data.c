@@ -18,10 +18,15 @@
  * served until nothing is left. Every request is checked against the
  * bytes that arrived, decoded here independently, and re-encoded with
  * data_req_encode to the same bytes; an answer names bytes exactly for a
- * live (slot, generation), and they are that slot's; no more than
+ * live (slot, generation) whose content is the id the request names, and
+ * they are that slot's; no more than
  * DATA_REQS_IN requests are ever buffered; after -EPROTO the connection
  * ends. data_ans_check is checked on headers from the input and on the
  * answers the holder would send.
+ *
+ * The pool's generations start at random; a request's generation g is
+ * taken as the slot's g-th (its first is 1), so that inputs can name
+ * live slots. Slot s holds content id {s, s}.
  */
 #include <endian.h>
 #include <errno.h>
@@ -41,9 +46,8 @@
 static struct pool *pool;
 
 /* The live slots as make_pool leaves them; their bytes are fill()'s. */
-static const struct {
-	uint32_t slot, gen;
-} live[] = { { 0, 1 }, { 1, 1 }, { 2, 2 } };
+static struct pool_ref live[3];
+static uint32_t first_gen[3]; /* each slot's first generation */
 
 struct conn {
 	struct data_inbuf in;
@@ -68,8 +72,8 @@ static void fill(uint8_t *page, uint32_t slot)
 }
 
 /*
- * Slots 0, 1 and 2 filled; slot 2 released and filled again, so (2, 1)
- * is stale and (2, 2) live; the other slots never held anything.
+ * Slots 0, 1 and 2 filled; slot 2 released and filled again, so its first
+ * name is stale and its second live; the other slots never held anything.
  */
 static void make_pool(void)
 {
@@ -83,15 +87,17 @@ static void make_pool(void)
 		die(err);
 	for (uint32_t s = 0; s < 3; s++) {
 		fill(page, s);
-		if (pool_add(pool, &(struct cid){ s, s }, page, &ref) || ref.slot != s ||
-		    ref.gen != 1)
+		if (pool_add(pool, &(struct cid){ s, s }, page, &live[s]) || live[s].slot != s)
 			die("the pool does not fill as expected");
+		first_gen[s] = live[s].gen;
 	}
-	if (pool_release(pool, (struct pool_ref){ 2, 1 }))
+	if (pool_release(pool, live[2]))
 		die("cannot release slot 2");
 	fill(page, 2);
-	if (pool_add(pool, &(struct cid){ 2, 2 }, page, &ref) || ref.slot != 2 || ref.gen != 2)
-		die("slot 2 does not come back with generation 2");
+	if (pool_add(pool, &(struct cid){ 2, 2 }, page, &ref) || ref.slot != 2 ||
+	    ref.gen != live[2].gen + 1)
+		die("slot 2 does not come back with its next generation");
+	live[2] = ref;
 }
 
 static bool is_live(uint32_t slot, uint32_t gen)
@@ -112,18 +118,32 @@ static uint64_t le64(const uint8_t *p)
 	return le32(p) | (uint64_t)le32(p + 4) << 32;
 }
 
-/* An answer's header as the holder builds it (tcp.c's answer). */
+/* The pool's name for the generation a request names (see the top). */
+static struct pool_ref pool_name(const struct data_req *r)
+{
+	uint32_t gen = r->slot < 3 ? first_gen[r->slot] + r->gen - 1 : r->gen;
+
+	return (struct pool_ref){ r->slot, gen };
+}
+
+/* An answer's header as the holder builds it (tcp.c's page_for and answer). */
 static void check_answer(const struct data_req *r)
 {
 	static uint8_t want[POOL_SLOT];
-	const void *bytes = pool_page(pool, (struct pool_ref){ r->slot, r->gen }, NULL);
-	int32_t status = bytes ? 0 : -ESTALE;
+	struct pool_ref ref = pool_name(r);
+	struct cid held;
+	const void *bytes = pool_page(pool, ref, &held);
+	int32_t status;
+
+	if (bytes && !cid_eq(held, data_req_id(r)))
+		bytes = NULL; /* another content than the one named */
+	status = bytes ? 0 : -ESTALE;
 	struct data_ans a = { .magic = htole32(DATA_MAGIC),
 			      .status = (int32_t)htole32((uint32_t)status),
 			      .tag = htole64(r->tag) };
 
-	if (!bytes != !is_live(r->slot, r->gen))
-		die("bytes for a stale (slot, gen), or none for a live one");
+	if (!bytes != !(is_live(ref.slot, ref.gen) && r->id_hi == r->slot && r->id_lo == r->slot))
+		die("bytes for a stale (slot, gen) or another content, or none for a live one");
 	if (bytes) {
 		fill(want, r->slot);
 		if (memcmp(bytes, want, POOL_SLOT))
@@ -159,9 +179,9 @@ static void check_request(const struct conn *c, const struct data_req *r)
 	if (le32(w) != DATA_MAGIC || le32(w + 12) != 0)
 		die("a request taken that is not a page read");
 	if (r->magic != DATA_MAGIC || r->flags || r->slot != le32(w + 4) || r->gen != le32(w + 8) ||
-	    r->tag != le64(w + 16))
+	    r->tag != le64(w + 16) || r->id_hi != le64(w + 24) || r->id_lo != le64(w + 32))
 		die("the request is not the bytes that came");
-	data_req_encode(&enc, r->slot, r->gen, r->tag);
+	data_req_encode(&enc, r->slot, r->gen, &(struct cid){ r->id_hi, r->id_lo }, r->tag);
 	if (memcmp(&enc, w, REQ))
 		die("data_req_encode does not give the bytes back");
 }

@@ -243,6 +243,40 @@ static void data_transport(void **state)
 	assert_non_null(strstr(errbuf, "between 10 and 60000, got '60001'"));
 }
 
+/* [domain.NAME] ksm: only the default domain hands hot pages to KSM unless told. */
+static void domain_ksm(void **state)
+{
+	static struct config c;
+	char path[64], want[160];
+	FILE *err;
+
+	(void)state;
+	config_defaults(&c);
+	assert_int_equal(c.domains[0].ksm, 1);
+	assert_int_equal(load(&c,
+			      "[domain.tenant]\nid = 7\n"
+			      "[domain.shared]\nid = 8\nksm = 1\n"
+			      "[domain.walled]\nid = 9\nksm = 0\n",
+			      path),
+			 0);
+	assert_int_equal(c.ndomains, 4);
+	assert_int_equal(c.domains[0].ksm, 1);
+	assert_int_equal(c.domains[1].ksm, 0);
+	assert_int_equal(c.domains[2].ksm, 1);
+	assert_int_equal(c.domains[3].ksm, 0);
+	assert_int_equal(load(&c, "[domain.tenant]\nid = 7\nksm = yes\n", path), -EINVAL);
+	snprintf(want, sizeof(want), "%s:3: [domain.tenant] ksm: expected 0 or 1", path);
+	assert_non_null(strstr(errbuf, want));
+	assert_non_null(strstr(errbuf, "got 'yes'"));
+	err = fmemopen(errbuf, sizeof(errbuf), "w");
+	config_defaults(&c);
+	assert_int_equal(config_set(&c, "domain.tenant.ksm=1", err), 0);
+	assert_int_equal(config_set(&c, "domain.tenant.ksm=2", err), -EINVAL);
+	fclose(err);
+	assert_int_equal(c.domains[1].ksm, 1);
+	assert_non_null(strstr(errbuf, "--set: [domain.tenant] ksm: expected 0 or 1"));
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(defaults_are_valid),
 	cmocka_unit_test(good_file),
@@ -254,6 +288,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(override_builtin_shard),
 	cmocka_unit_test(missing_file),
 	cmocka_unit_test(data_transport),
+	cmocka_unit_test(domain_ksm),
 };
 
 UNIT_MAIN(tests)

@@ -208,9 +208,60 @@ static void kept(void **state)
 	rmdir(dir);
 }
 
+/*
+ * Generations start at random: no slot of a new pool is named with
+ * generation 1, two pools name their slots apart, and a pool opened
+ * again gives its free slots new generations while its live ones keep
+ * theirs (the chance of a false failure is 2^-32 per compare).
+ */
+static void random_generations(void **state)
+{
+	char dir[] = "/tmp/cksm-pool.XXXXXX", err[128], path[64];
+	uint8_t a[POOL_SLOT];
+	struct pool_ref ra[8], rb[8], live, again;
+	struct pool *p = make(8), *q = make(8);
+	size_t kept_slots;
+	bool differ = false;
+
+	(void)state;
+	fill(a, 1);
+	for (int i = 0; i < 8; i++) {
+		assert_int_equal(pool_add(p, &(struct cid){ 1, (uint64_t)i }, a, &ra[i]), 0);
+		assert_int_equal(pool_add(q, &(struct cid){ 1, (uint64_t)i }, a, &rb[i]), 0);
+		assert_int_not_equal(ra[i].gen, 1);
+		assert_int_not_equal(rb[i].gen, 1);
+		differ = differ || ra[i].gen != rb[i].gen;
+	}
+	assert_true(differ);
+	pool_destroy(p);
+	pool_destroy(q);
+
+	assert_non_null(mkdtemp(dir));
+	p = pool_open(dir, 8, &kept_slots, err, sizeof(err));
+	assert_non_null(p);
+	assert_int_equal(pool_add(p, &(struct cid){ 1, 1 }, a, &live), 0);
+	assert_int_equal(pool_add(p, &(struct cid){ 1, 2 }, a, &ra[0]), 0);
+	assert_int_equal(pool_release(p, ra[0]), 0); /* freed: its next name is gen + 1 */
+	pool_destroy(p);
+	p = pool_open(dir, 8, &kept_slots, err, sizeof(err));
+	assert_non_null(p);
+	assert_int_equal(kept_slots, 1);
+	assert_non_null(pool_page(p, live, NULL)); /* the live slot keeps its name */
+	assert_int_equal(pool_add(p, &(struct cid){ 1, 3 }, a, &again), 0);
+	assert_int_equal(again.slot, ra[0].slot);
+	assert_int_not_equal(again.gen, ra[0].gen + 1); /* not where the last agent left it */
+	pool_destroy(p);
+	snprintf(path, sizeof(path), "%s/pool", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/slots", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(lifecycle),
 	cmocka_unit_test(concurrent),
 	cmocka_unit_test(kept),
+	cmocka_unit_test(random_generations),
 };
 UNIT_MAIN(tests)

@@ -36,8 +36,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -171,6 +173,10 @@ static void register_mappings(struct mm *m, uint64_t lo, uint64_t hi, uint64_t m
 
 	snprintf(path, sizeof(path), "/proc/%d/maps", (int)m->pid);
 	f = fopen(path, "re");
+	if (f && !mm_alive(m)) {
+		fclose(f); /* opened after the pid went: maybe another process's */
+		return;
+	}
 	if (!f)
 		return;
 	while (fgets(line, sizeof(line), f)) {
@@ -336,6 +342,10 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how)
 	m->handshaken = true;
 	m->remap = &remap_libcksm;
 	m->pagemap = uffd_pagemap_open(m->pid);
+	if (m->pagemap >= 0 && !mm_alive(m)) {
+		close(m->pagemap);
+		m->pagemap = -1;
+	}
 	local_send(m->sock, ready, -1);
 	log_info("process %d %s%s", (int)m->pid, how,
 		 m->merge_all ? " (every private anonymous mapping)" : "");
@@ -658,6 +668,40 @@ static const char *may_attach(struct backing *b, int fd, const struct ucred *cre
 	return b->attach_group ? "it is neither root nor in socket_group" : "it is not root";
 }
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5 */
+#endif
+
+/*
+ * A pidfd of the peer of fd: the connecting process itself (SO_PEERPIDFD),
+ * or before Linux 6.5 one opened by its pid while its end is still open,
+ * so that the pid was not given to another process meanwhile. -1 if none.
+ */
+static int peer_pidfd(int fd, pid_t pid)
+{
+	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+	socklen_t len = sizeof(int);
+	int pidfd = -1;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0)
+		return pidfd;
+	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP))) {
+		close(pidfd);
+		return -1;
+	}
+	if (pidfd >= 0)
+		fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+	return pidfd;
+}
+
+bool mm_alive(const struct mm *m)
+{
+	struct pollfd p = { .fd = m->pidfd, .events = POLLIN };
+
+	return m->pidfd < 0 || poll(&p, 1, 0) == 0;
+}
+
 static void on_accept(uv_poll_t *h, int status, int events)
 {
 	struct backing *b = h->data;
@@ -696,6 +740,11 @@ static void on_accept(uv_poll_t *h, int status, int events)
 		goto close_fd;
 	m->uid = cred.uid;
 	m->refused = may_attach(b, fd, &cred);
+	/* Known by its pidfd from now on: a pid used again is never taken
+	 * for it (the mark, local.h, guards what is read of its memory). */
+	m->pidfd = peer_pidfd(fd, cred.pid);
+	if (m->pidfd < 0 && !m->refused)
+		m->refused = "it exited, or no pidfd can be had for it";
 	m->born_ms = uv_now(b->loop);
 	m->pnext = b->pending;
 	b->pending = m;
@@ -904,6 +953,8 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	 * look at them under it, and the evictor may use fm from then on. */
 	fm->remap = &remap_libcksm;
 	fm->pagemap = uffd_pagemap_open(c->pid);
+	if (c->pidfd >= 0)
+		fm->pidfd = fcntl(c->pidfd, F_DUPFD_CLOEXEC, 3);
 	pthread_mutex_lock(&b->lock);
 	fm->pid = c->pid;
 	fm->sock = fd;

@@ -101,6 +101,7 @@ struct mm {
 	int uffd;
 	pid_t pid;	     /* 0 for a fork child until it re-attaches */
 	uid_t uid;	     /* a connection's peer, as the kernel vouches for it */
+	int pidfd;	     /* ... and that process (-1: none), alive while not readable */
 	const char *refused; /* why that peer may not attach, or NULL */
 	pid_t parent;	     /* a fork child's: who forked it (0 if not known) */
 	uint64_t beacon;     /* the process's beacon mapping (local.h), 0 if none */
@@ -261,6 +262,8 @@ extern const uint8_t zero_page[PAGE];
 /* ---- mm.c ----------------------------------------------------------------- */
 
 struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid);
+/* Is m's process (by its pidfd) still the one that connected, alive? */
+bool mm_alive(const struct mm *m);
 void mm_put(struct mm *m);
 /* The attached (evictable) mm of pid, with a reference, or NULL. */
 struct mm *mm_get(struct backing *b, pid_t pid);

@@ -452,7 +452,7 @@ static bool read_own(struct mm *m, uint64_t addr, uint8_t *buf)
 	ssize_t want = PAGE + (marked ? (ssize_t)sizeof(mark) : 0);
 	ssize_t got = process_vm_readv(m->pid, local, marked ? 2 : 1, remote, marked ? 2 : 1, 0);
 
-	if (got < PAGE)
+	if (got < PAGE || !mm_alive(m))
 		return false;
 	if (got != want || (marked && memcmp(mark, m->st->mark, sizeof(mark)))) {
 		/* The page is there and the mark is not (or is another). */

@@ -98,6 +98,7 @@ struct mm *mm_new(struct backing *b, int sock, int uffd, pid_t pid)
 	m->pid = pid;
 	m->beacon_idx = -1;
 	m->pagemap = -1;
+	m->pidfd = -1;
 	m->st = calloc(1, sizeof(*m->st));
 	if (!m->st) {
 		free(m);
@@ -134,6 +135,8 @@ void mm_put(struct mm *m)
 		close(m->sock);
 	if (m->pagemap >= 0)
 		close(m->pagemap);
+	if (m->pidfd >= 0)
+		close(m->pidfd);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);
 	free(m);

@@ -470,6 +470,22 @@ static bool read_own(struct mm *m, uint64_t addr, uint8_t *buf)
  * counted, so whoever removes it (a fault, an event, evict_end) releases
  * it once.
  */
+/*
+ * May a page of id's domain be evicted? Not when its section says
+ * evict = 0: nothing of it is merged, so no write to it can be timed
+ * against a copy another process holds (operations.md, "Threat model").
+ */
+static bool domain_evicts(struct backing *b, struct cid id)
+{
+	const struct config *cfg = b->cfg;
+	uint8_t tag = cid_domain_of(id);
+
+	for (unsigned i = 0; i < cfg->ndomains; i++)
+		if (cfg->domains[i].id == tag)
+			return cfg->domains[i].evict;
+	return true;
+}
+
 static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, uint8_t *rbuf)
 {
 	struct mm *m = mm_get(b, o->pid);
@@ -481,7 +497,7 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 
 	if (!m)
 		return;
-	if (!evict_source(b, o, &e, rbuf, &dup))
+	if (!domain_evicts(b, o->id) || !evict_source(b, o, &e, rbuf, &dup))
 		goto put_mm;
 	if (!evict_claim(m, o->addr))
 		goto drop_ref;

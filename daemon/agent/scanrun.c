@@ -194,6 +194,8 @@ static void on_evict(void *arg, const struct scan_page *pg, bool zero)
 	struct scanrun *r = arg;
 	struct pool_ref ref = { 0, 0 };
 
+	if (!r->cfg->domains[pg->domain].evict)
+		return; /* [domain.NAME] evict = 0: nothing of it merges */
 	if (zero)
 		backing_offer(r->backing, pg->pid, pg->addr, BACKED_ZERO, ref, NULL);
 	else if (pool_find(r->pool, &pg->id, &ref) == 0)

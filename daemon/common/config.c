@@ -420,6 +420,7 @@ static int set_domain(struct parse_ctx *p, const char *section, const char *name
 		d = &c->domains[c->ndomains++];
 		memset(d, 0, sizeof(*d));
 		d->defined = 1;
+		d->evict = 1;
 		strcpy(d->name, dname);
 	}
 	if (!strcmp(name, "id")) {
@@ -452,7 +453,17 @@ static int set_domain(struct parse_ctx *p, const char *section, const char *name
 		d->ksm = v[0] == '1';
 		return 0;
 	}
-	report(p, section, name, "unknown key (a domain has id, cgroups, pids, ksm)");
+	if (!strcmp(name, "evict")) {
+		if (strcmp(v, "0") && strcmp(v, "1")) {
+			report(p, section, name,
+			       "expected 0 or 1 (whether the domain's pages may be evicted, that is merged), got '%s'",
+			       v);
+			return -EINVAL;
+		}
+		d->evict = v[0] == '1';
+		return 0;
+	}
+	report(p, section, name, "unknown key (a domain has id, cgroups, pids, ksm, evict)");
 	return -EINVAL;
 }
 
@@ -530,6 +541,7 @@ void config_defaults(struct config *c)
 	c->ndomains = 1;
 	c->domains[0].defined = 1;
 	c->domains[0].ksm = 1;
+	c->domains[0].evict = 1;
 	strcpy(c->domains[0].name, "default");
 	c->nshards = 1;
 	strcpy(c->shards[0].address, "127.0.0.1:7470");
@@ -760,7 +772,8 @@ void config_dump(const struct config *c, FILE *out)
 	for (unsigned i = 1; i < c->ndomains; i++) {
 		const struct domain_conf *d = &c->domains[i];
 
-		fprintf(out, "\n[domain.%s]\nid = %u\nksm = %d\n", d->name, d->id, d->ksm);
+		fprintf(out, "\n[domain.%s]\nid = %u\nksm = %d\nevict = %d\n", d->name, d->id,
+			d->ksm, d->evict);
 		if (d->cgroups[0])
 			fprintf(out, "cgroups = %s\n", d->cgroups);
 		if (d->pids[0])

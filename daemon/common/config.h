@@ -46,7 +46,8 @@ struct domain_conf {
 	uint8_t id;		       /* tag in content ids, unique */
 	char cgroups[CONFIG_LIST_MAX]; /* comma-separated cgroup v2 paths */
 	char pids[CONFIG_LIST_MAX];    /* comma-separated pids */
-	int ksm; /* hot duplicates may go to the kernel's KSM (1 for "default" only) */
+	int ksm;   /* hot duplicates may go to the kernel's KSM (1 for "default" only) */
+	int evict; /* its pages may be evicted (merged) at all: 1 by default */
 };
 
 struct config {

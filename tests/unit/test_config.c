@@ -277,6 +277,24 @@ static void domain_ksm(void **state)
 	assert_non_null(strstr(errbuf, "--set: [domain.tenant] ksm: expected 0 or 1"));
 }
 
+/* [domain.NAME] evict: 1 unless a domain says 0. */
+static void domain_evict(void **state)
+{
+	static struct config c;
+	char path[64], want[160];
+
+	(void)state;
+	config_defaults(&c);
+	assert_int_equal(c.domains[0].evict, 1);
+	assert_int_equal(
+		load(&c, "[domain.tenant]\nid = 7\n[domain.walled]\nid = 9\nevict = 0\n", path), 0);
+	assert_int_equal(c.domains[1].evict, 1);
+	assert_int_equal(c.domains[2].evict, 0);
+	assert_int_equal(load(&c, "[domain.tenant]\nid = 7\nevict = no\n", path), -EINVAL);
+	snprintf(want, sizeof(want), "%s:3: [domain.tenant] evict: expected 0 or 1", path);
+	assert_non_null(strstr(errbuf, want));
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(defaults_are_valid),
 	cmocka_unit_test(good_file),
@@ -289,6 +307,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(missing_file),
 	cmocka_unit_test(data_transport),
 	cmocka_unit_test(domain_ksm),
+	cmocka_unit_test(domain_evict),
 };
 
 UNIT_MAIN(tests)

@@ -47,7 +47,7 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
 	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
-	$(B)/cksm-datafuzz $(B)/cksm-victim $(B)/cksm-execer $(B)/libcksm-slowzap.so
+	$(B)/cksm-datafuzz $(B)/cksm-victim $(B)/cksm-execer $(B)/cksm-rangeflood $(B)/libcksm-slowzap.so $(B)/libcksm-nobeacon.so
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -115,6 +115,14 @@ $(B)/cksm-execer: tests/tools/execer.c
 $(B)/libcksm-slowzap.so: tests/tools/slowzap.c
 	$(E) '  CC      $@'
 	$(Q)$(CC) -D_GNU_SOURCE -std=gnu11 $(WARN) -O2 -g -fPIC -shared -Wl,-z,defs -o $@ $^ -ldl
+
+$(B)/libcksm-nobeacon.so: tests/tools/nobeacon.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) -D_GNU_SOURCE -std=gnu11 $(WARN) -Idaemon/common -O2 -g -fPIC -shared -Wl,-z,defs -o $@ $^ -ldl
+
+$(B)/cksm-rangeflood: tests/tools/rangeflood.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
 
 $(B)/cksm-sockfuzz: tests/tools/sockfuzz.c $(B)/libcksmcommon.a
 	$(E) '  CC      $@'

@@ -127,8 +127,12 @@ static void set_mark(struct mm *m)
 				 .src = (uint64_t)(uintptr_t)page,
 				 .len = PAGE };
 
-	if (!m->beacon)
+	if (!m->beacon) {
+		log_warn(
+			"process %d has no beacon (local.h): it is served, but nothing of it is evicted",
+			(int)m->pid);
 		return;
+	}
 	randombytes_buf(page, sizeof(m->st->mark));
 	if (ioctl(m->uffd, UFFDIO_COPY, &c) == 0) {
 		memcpy(m->st->mark, page, sizeof(m->st->mark));
@@ -162,11 +166,16 @@ static void end_foreign(struct backing *b)
 	}
 }
 
+struct span {
+	uint64_t lo, hi;
+};
+
 /*
  * Register the private anonymous writable mappings of m that intersect
- * [lo, hi) and are at least min bytes (from /proc/PID/maps).
+ * one of sp[0..n) and are at least min bytes, from one reading of
+ * /proc/PID/maps.
  */
-static void register_mappings(struct mm *m, uint64_t lo, uint64_t hi, uint64_t min)
+static void register_spans(struct mm *m, const struct span *sp, unsigned n, uint64_t min)
 {
 	char path[64], line[512];
 	FILE *f;
@@ -193,18 +202,25 @@ static void register_mappings(struct mm *m, uint64_t lo, uint64_t hi, uint64_t m
 			continue;
 		if (name && line[name] && line[name] != '\n' && strncmp(line + name, "[heap]", 6))
 			continue;
-		if (s < lo)
-			s = lo;
-		if (e > hi)
-			e = hi;
-		if (s >= e || e - s < min)
-			continue;
-		uffd_register(m->uffd, s, e, true);
+		for (unsigned i = 0; i < n; i++) {
+			uint64_t a = s < sp[i].lo ? sp[i].lo : s, z = e > sp[i].hi ? sp[i].hi : e;
+
+			if (a < z && z - a >= min)
+				uffd_register(m->uffd, a, z, true);
+		}
 	}
 	fclose(f);
 }
 
-static void handle_range(struct mm *m, const struct cksm_local *msg)
+static void register_mappings(struct mm *m, uint64_t lo, uint64_t hi, uint64_t min)
+{
+	struct span sp = { lo, hi };
+
+	register_spans(m, &sp, 1, min);
+}
+
+/* RANGE: kept in *sp (at most SOCK_TURN a turn), registered by on_sock. */
+static void handle_range(struct mm *m, const struct cksm_local *msg, struct span *sp, unsigned *n)
 {
 	uint64_t start = msg->a, len = msg->b;
 
@@ -215,9 +231,10 @@ static void handle_range(struct mm *m, const struct cksm_local *msg)
 			 (int)m->pid, (unsigned long long)start, (unsigned long long)len);
 		return;
 	}
-	register_mappings(m, start, start + len, 0);
-	if (m->b->attached) /* the scanner looks at the new range at once */
-		m->b->attached(m->b->hook_arg, m->pid, m->merge_all);
+	for (unsigned i = 0; i < *n; i++)
+		if (sp[i].lo == start && sp[i].hi == start + len)
+			return; /* the same again */
+	sp[(*n)++] = (struct span){ start, start + len };
 }
 
 static bool beacon_ok(uint64_t beacon)
@@ -542,7 +559,8 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 }
 
 /* After the handshake: RANGE, ZAPPED, and CHILD after a resume. */
-static bool on_request(struct mm *m, const struct cksm_local *msg, int fd)
+static bool on_request(struct mm *m, const struct cksm_local *msg, int fd, struct span *sp,
+		       unsigned *nsp)
 {
 	if (m->handshaken && msg->type == CKSM_LOCAL_CHILD)
 		return on_child(m, msg, fd);
@@ -554,7 +572,7 @@ static bool on_request(struct mm *m, const struct cksm_local *msg, int fd)
 	}
 	switch (msg->type) {
 	case CKSM_LOCAL_RANGE:
-		handle_range(m, msg);
+		handle_range(m, msg, sp, nsp);
 		return true;
 	case CKSM_LOCAL_ZAPPED:
 		evict_zapped(m, msg->token, msg->status);
@@ -565,11 +583,15 @@ static bool on_request(struct mm *m, const struct cksm_local *msg, int fd)
 	}
 }
 
+#define SOCK_TURN 16
+
 static void on_sock(uv_poll_t *h, int status, int events)
 {
 	struct mm *m = h->data;
 	struct cksm_local msg = cksm_local_msg(0);
 	const char *why;
+	struct span sp[SOCK_TURN];
+	unsigned nsp = 0;
 	int fd, rc = 0, sender = 0;
 	bool go = true;
 
@@ -578,8 +600,13 @@ static void on_sock(uv_poll_t *h, int status, int events)
 		mm_end(m, "socket error");
 		return;
 	}
-	while (go &&
-	       (rc = cksm_local_recv_from(m->sock, &msg, &fd, MSG_DONTWAIT, &why, &sender)) == 0) {
+	/* At most SOCK_TURN messages a loop turn: a process that never stops
+	 * talking (madvise in a loop) gets its share, the others theirs; the
+	 * socket, still readable, comes back at the next turn. */
+	for (unsigned n = 0; go && n < SOCK_TURN; n++) {
+		rc = cksm_local_recv_from(m->sock, &msg, &fd, MSG_DONTWAIT, &why, &sender);
+		if (rc)
+			break;
 		if (!m->hello_seen)
 			go = on_hello(m, &msg, fd);
 		else if (!m->handshaken && msg.type == CKSM_LOCAL_UFFD && m->uffd < 0 &&
@@ -588,9 +615,14 @@ static void on_sock(uv_poll_t *h, int status, int events)
 		else if (!m->handshaken && msg.type == CKSM_LOCAL_RESUME && m->wants_resume)
 			go = on_resume(m, &msg, fd, sender);
 		else
-			go = on_request(m, &msg, fd);
+			go = on_request(m, &msg, fd, sp, &nsp);
 	}
-	if (go && rc != -EAGAIN)
+	if (go && nsp) {
+		register_spans(m, sp, nsp, 0);
+		if (m->b->attached) /* the scanner looks at the new ranges at once */
+			m->b->attached(m->b->hook_arg, m->pid, m->merge_all);
+	}
+	if (go && rc && rc != -EAGAIN)
 		mm_end(m, rc == -ECONNRESET ? NULL : why ? why : strerror(-rc));
 }
 
@@ -702,6 +734,66 @@ bool mm_alive(const struct mm *m)
 	return m->pidfd < 0 || poll(&p, 1, 0) == 0;
 }
 
+/*
+ * Room in the handshake for a new connection of uid. A new connection is
+ * never refused: when uid (root excepted) has PENDING_PER_USER there, its
+ * own oldest gives way; when PENDING_MAX are, the oldest of the user with
+ * the most. So silent connections (of a user refused anyway, or of a
+ * group member) cannot keep others from attaching, and an honest
+ * handshake, microseconds long, is not the one to go. Logged at most
+ * GAVE_WAY_LOGS times a second, then summed up.
+ */
+static void make_room(struct backing *b, uid_t uid)
+{
+	struct mm *live[PENDING_MAX * 2], *go = NULL;
+	unsigned n = 0, own = 0, most = 0;
+	uint64_t now = uv_now(b->loop);
+
+	for (struct mm *m = b->pending; m && n < PENDING_MAX * 2; m = m->pnext)
+		if (!uv_is_closing((uv_handle_t *)&m->poll))
+			live[n++] = m; /* newest first */
+	for (unsigned i = 0; i < n; i++)
+		own += live[i]->uid == uid;
+	if (uid != 0 && own >= PENDING_PER_USER) {
+		for (unsigned i = 0; i < n; i++)
+			if (live[i]->uid == uid)
+				go = live[i];
+	} else if (n >= PENDING_MAX) {
+		for (unsigned i = 0; i < n; i++) {
+			unsigned k = 0;
+
+			for (unsigned j = 0; j < n; j++)
+				k += live[j]->uid == live[i]->uid;
+			if (k >= most) { /* ties: the older */
+				most = k;
+				go = live[i];
+			}
+		}
+	}
+	if (!go)
+		return;
+	metric_inc(b->m_gave_way);
+	if (now - b->gave_way_at >= 1000) {
+		if (b->gave_way_quiet)
+			log_warn("%u more connections in the handshake gave way within a second",
+				 b->gave_way_quiet);
+		b->gave_way_at = now;
+		b->gave_way_logged = b->gave_way_quiet = 0;
+	}
+	if (b->gave_way_logged < GAVE_WAY_LOGS) {
+		b->gave_way_logged++;
+		log_warn(
+			"process %d (uid %u): its connection in the handshake for %llu ms gives way to a newer one (%s)",
+			(int)go->pid, (unsigned)go->uid, (unsigned long long)(now - go->born_ms),
+			uid != 0 && own >= PENDING_PER_USER ? "its user's limit"
+							    : "the handshake is full");
+	} else {
+		b->gave_way_quiet++;
+	}
+	uv_poll_stop(&go->poll);
+	uv_close((uv_handle_t *)&go->poll, on_closed);
+}
+
 static void on_accept(uv_poll_t *h, int status, int events)
 {
 	struct backing *b = h->data;
@@ -726,11 +818,7 @@ static void on_accept(uv_poll_t *h, int status, int events)
 		return;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.pid <= 0)
 		goto close_fd;
-	if (b->npending >= PENDING_MAX) {
-		log_warn("process %d: %d connections in the handshake already; refused",
-			 (int)cred.pid, PENDING_MAX);
-		goto close_fd;
-	}
+	make_room(b, cred.uid);
 	/* The kernel names the sender of every message: the userfaultfd must
 	 * come from the process that connected, not from a child of it. */
 	if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &(int){ 1 }, sizeof(int)) < 0)

@@ -85,6 +85,8 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_C(
 			b->m_resumed, "cksm_resumed_total",
 			"Processes and fork children that came back with their userfaultfds after an agent's end."),
+		METRIC_C(b->m_gave_way, "cksm_local_handshakes_displaced_total",
+			 "Local connections still in the handshake that gave way to newer ones."),
 		METRIC_C(
 			b->m_unkept, "cksm_zaps_unkept_total",
 			"Zaps a process answered as done without dropping the page (its evictions stop)."),

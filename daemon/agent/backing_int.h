@@ -55,18 +55,20 @@
 #include "rrefs.h"
 #include "transport.h"
 
-#define PAGE	      4096u
-#define OFFER_MAX     65536u	 /* pages waiting for the evictor */
-#define ZAP_WAIT_MS   2000	 /* a process that does not answer a zap by then */
-#define COOLDOWN_SETS 4096u	 /* recently faulted pages remembered */
-#define KSM_WINDOW    (2u << 20) /* what one hot page hands to the kernel's KSM */
-#define KSM_WINDOWS   64u	 /* ... at most this many per process */
-#define HOT_MAX	      256u	 /* hot pages waiting for the loop */
-#define REMOTE_IDS    16384u	 /* contents whose remote dups are remembered */
-#define PENDING_MAX   64	 /* connections still in the handshake */
-#define HELLO_WAIT_MS 5000	 /* ... each for at most this long */
-#define REMOVED_MAX   256	 /* ranges the program dropped lately, per mm */
-#define REMOVED_MS    2000	 /* ... not evicted for this long after */
+#define PAGE		 4096u
+#define OFFER_MAX	 65536u	    /* pages waiting for the evictor */
+#define ZAP_WAIT_MS	 250	    /* a process that does not answer a zap by then */
+#define COOLDOWN_SETS	 4096u	    /* recently faulted pages remembered */
+#define KSM_WINDOW	 (2u << 20) /* what one hot page hands to the kernel's KSM */
+#define KSM_WINDOWS	 64u	    /* ... at most this many per process */
+#define HOT_MAX		 256u	    /* hot pages waiting for the loop */
+#define REMOTE_IDS	 16384u	    /* contents whose remote dups are remembered */
+#define PENDING_MAX	 64	    /* connections still in the handshake */
+#define PENDING_PER_USER 32	    /* ... of one uid (root excepted) */
+#define GAVE_WAY_LOGS	 4	    /* their giving way logged one by one a second */
+#define HELLO_WAIT_MS	 5000	    /* ... each for at most this long */
+#define REMOVED_MAX	 256	    /* ranges the program dropped lately, per mm */
+#define REMOVED_MS	 2000	    /* ... not evicted for this long after */
 
 /*
  * What an mm keeps in the state directory beside its table (the file
@@ -122,6 +124,8 @@ struct mm {
 	bool orphan;		/* its connection closed while it lives: served, not evicted */
 	atomic_bool foreign;	/* its pid's memory is not its userfaultfd's (evictor) */
 	bool unkept;		/* it answered a zap and kept the page: not evicted (lock) */
+	uint64_t evict_after;	/* no eviction of it before (now_ms; lock) ... */
+	unsigned evict_backoff; /* ... set after a late or failed zap, doubling (ms) */
 	bool foreign_ended;	/* ... and its connection was ended for it (b->lock) */
 	atomic_bool bring_home; /* ... and its pages are to come home (the fault thread) */
 	bool damaged;		/* its kept table was: a page without an entry is lost */
@@ -201,6 +205,8 @@ struct backing {
 	struct mm *pending;	   /* in the handshake (loop thread only) */
 	bool accept_paused;	   /* out of descriptors: listening again next tick (loop) */
 	int npending;
+	uint64_t gave_way_at; /* the second the last giving way was logged in */
+	unsigned gave_way_logged, gave_way_quiet;
 	int wake_fd; /* eventfd: the fault thread rebuilds its poll set */
 	bool stop;
 	bool stop_evicting;   /* the evictor takes no more offers */
@@ -210,6 +216,7 @@ struct backing {
 	struct parked {
 		struct mm *m; /* with the evictor's reference */
 		struct bentry e;
+		uint64_t since; /* parked at (now_ms) */
 		struct parked *next;
 	} * parked; /* evictions waiting for a zap answer (evictor's) */
 	struct offer *offers;
@@ -252,7 +259,7 @@ struct backing {
 	struct metric *m_faults_remote, *m_backed_remote, *m_remote_errors, *m_remote_deferred;
 	struct metric *m_remote_waits;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
-	struct metric *m_parked, *m_waiting, *m_resumed, *m_refused, *m_unkept;
+	struct metric *m_parked, *m_waiting, *m_resumed, *m_refused, *m_unkept, *m_gave_way;
 	struct metric_histogram *m_lat;
 };
 

@@ -148,6 +148,30 @@ static bool removal_or_gone(const struct mm *m)
 static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e);
 
 /*
+ * m's zap failed, or was answered more than LATE_MS after it was parked:
+ * no eviction of it for a while, from 500 ms doubling to 30 s, so that a
+ * slow or failing process costs the evictor, which all processes share,
+ * one wait now and then. A zap answered in time ends it. m->lock held.
+ */
+#define LATE_MS 1000
+
+static void back_off(struct mm *m)
+{
+	m->evict_backoff = m->evict_backoff ? m->evict_backoff * 2 : 500;
+	if (m->evict_backoff > 30000)
+		m->evict_backoff = 30000;
+	m->evict_after = now_ms() + m->evict_backoff;
+}
+
+/* Has m the mark (local.h) that every read for an eviction checks? */
+static bool marked(const struct mm *m)
+{
+	static const uint8_t none[sizeof(m->st->mark)];
+
+	return m->beacon && memcmp(m->st->mark, none, sizeof(none)) != 0;
+}
+
+/*
  * An answered zap's removal is read before the answer can be sent (the
  * process's madvise returns once the agent read its event), so it is
  * counted by then; this bounds the wait for a process that answers
@@ -219,6 +243,7 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 		if (x)
 			entry_release(m, x);
 		why = m->zap_status == -ESRCH ? "the process is gone" : "the zap failed";
+		back_off(m);
 	} else {
 		/* No answer (the agent is stopping, or the process closed its
 		 * connection): the page may or may not have been dropped. The
@@ -312,6 +337,7 @@ static void park(struct backing *b, struct mm *m, const struct bentry *e)
 		(int)m->pid, ZAP_WAIT_MS);
 	p->m = m;
 	p->e = *e;
+	p->since = now_ms();
 	p->next = b->parked;
 	b->parked = p;
 	metric_gauge_add(b->m_parked, 1);
@@ -329,6 +355,8 @@ static void unpark(struct backing *b, bool all)
 			continue;
 		}
 		*pp = p->next;
+		if (now_ms() - p->since > LATE_MS)
+			back_off(p->m);
 		evict_end(b, p->m, &p->e);
 		metric_gauge_add(b->m_parked, -1);
 		free(p);
@@ -376,8 +404,9 @@ static bool evict_claim(struct mm *m, uint64_t addr)
 	bool ok;
 
 	pthread_mutex_lock(&m->lock);
-	ok = !m->st->evicting && !m->orphan && !m->unkept && !btab_find(&m->tab, addr) &&
-	     !ksm_owns(m, addr) && !removed_covers(m, addr);
+	ok = !m->st->evicting && !m->orphan && !m->unkept && marked(m) &&
+	     now_ms() >= m->evict_after && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
+	     !removed_covers(m, addr);
 	if (ok) {
 		m->st->evicting = addr;
 		m->st->evict_hits = 0;
@@ -429,6 +458,8 @@ static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, u
 		m->zap_done = true;
 		m->zap_status = rc ? -ESRCH : 0;
 	}
+	if (m->zap_done && m->zap_status == 0)
+		m->evict_backoff = 0; /* answered in time */
 	evict_end(b, m, e);
 }
 
@@ -437,24 +468,25 @@ static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, u
  * process_vm_readv reads one address space, so the page is of the one
  * m's userfaultfd serves only if the mark (local.h) is there too. A
  * process that ran exec, or a pid used again, is read no further: m is
- * let go (attach.c). m->st->mark of zeroes: not marked, not checked.
+ * let go (attach.c). An mm without a mark (no beacon, or a mark that
+ * could not be set) is never read for an eviction.
  */
 static bool read_own(struct mm *m, uint64_t addr, uint8_t *buf)
 {
-	static const uint8_t none[sizeof(m->st->mark)];
 	uint8_t mark[sizeof(m->st->mark)];
-	bool marked = m->beacon && memcmp(m->st->mark, none, sizeof(none));
 	struct iovec local[2] = { { buf, PAGE }, { mark, sizeof(mark) } };
 	struct iovec remote[2] = {
 		{ (void *)(uintptr_t)addr, PAGE },
 		{ (void *)(uintptr_t)(m->beacon + CKSM_LOCAL_BEACON_MARK * PAGE), sizeof(mark) },
 	};
-	ssize_t want = PAGE + (marked ? (ssize_t)sizeof(mark) : 0);
-	ssize_t got = process_vm_readv(m->pid, local, marked ? 2 : 1, remote, marked ? 2 : 1, 0);
+	ssize_t got;
 
+	if (!marked(m))
+		return false; /* nothing tells its memory from another's */
+	got = process_vm_readv(m->pid, local, 2, remote, 2, 0);
 	if (got < PAGE || !mm_alive(m))
 		return false;
-	if (got != want || (marked && memcmp(mark, m->st->mark, sizeof(mark)))) {
+	if (got != PAGE + (ssize_t)sizeof(mark) || memcmp(mark, m->st->mark, sizeof(mark))) {
 		/* The page is there and the mark is not (or is another). */
 		if (!atomic_exchange(&m->foreign, true))
 			log_warn("process %d: its memory is not its userfaultfd's (it ran exec?)",

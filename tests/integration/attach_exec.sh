@@ -8,6 +8,7 @@
 # the old address space (local.h) in every read that can lead to a zap:
 # no ZAP reaches the new image, the agent says what happened and lets
 # the connection go. cksm-execer prints what the new image received.
+# A process the agent cannot mark (no beacon) is never evicted.
 source "$(dirname "$0")/lib.sh"
 
 cluster_conf "$T/cksm.conf" 1
@@ -29,5 +30,16 @@ jq -e ".zaps_after == 0 and .let_go" "$T/execer.json" >/dev/null ||
 log_has agent "its memory is not its userfaultfd's" || fail "the agent did not see the exec"
 wait_for "the connection let go" 10 log_has agent "not the address space of its userfaultfd any more"
 echo "agent: $(grep -m1 "its memory is not its userfaultfd's" "$T/agent.log" | cut -c1-200)"
+
+# A process without a beacon (its mapping failed, or a HELLO naming none)
+# cannot be marked: served, but never evicted, so never read by pid.
+rc=0
+CKSM_SOCKET=$T/agent.sock LD_PRELOAD="$ROOT/build/libcksm-nobeacon.so $ROOT/build/libcksm.so" \
+	"$ROOT/build/cksm-evictee" verify --pages 256 --wait-s 5 >"$T/nobeacon.json" 2>"$T/nobeacon.err" || rc=$?
+echo "without a beacon (exit $rc): $(cat "$T/nobeacon.json") $(head -c 200 "$T/nobeacon.err")"
+jq -e '.evicted == 0 and .bad == 0' "$T/nobeacon.json" >/dev/null ||
+	fail "a process without a beacon (unmarked) was evicted: its memory read by pid alone"
+log_has agent "has no beacon (local.h): it is served, but nothing of it is evicted" ||
+	fail "the unmarked process was not named"
 stop agent
 echo "ok"

@@ -4,7 +4,8 @@
 # removal that an honest zap is followed by, then checks the page in
 # pagemap: still there, the entry goes, the process is named and
 # counted, and nothing more of it is evicted; an honest process beside it
-# is evicted as usual, and neither reads anything wrong.
+# is evicted as usual, and neither reads anything wrong. Nor may
+# processes whose zaps come late, or late and failed (slowzap's "slow").
 source "$(dirname "$0")/lib.sh"
 
 LIB=$ROOT/build/libcksm.so
@@ -40,5 +41,35 @@ jq -se 'last | .bad == 0' "$T/liar.json" >/dev/null || fail "the liar read its p
 log_has agent "answered the zap of page .* without dropping it (pagemap): nothing more of it is evicted" ||
 	fail "the liar was not named"
 [[ $(metric "$AMET" cksm_zaps_unkept_total) -ge 1 ]] || fail "the unkept zap was not counted"
+
+# Two processes whose zaps come late (1.9 s each) and fail:
+# the evictor, shared by all, waits at most ZAP_WAIT_MS for an answer,
+# parks the rest, and backs such a process off, so a third is evicted.
+for s in slow slowfail; do
+	mkdir -p "$T/$s" && echo 1900 >"$T/$s/slow"
+done
+touch "$T/slow/fail" "$T/slowfail/fail"
+for s in slow slowfail; do
+	LD_PRELOAD="$LIB $SLOWZAP" SLOWZAP_DIR=$T/$s "$EVICTEE" hold --pages 256 --wait-s 1 \
+		>"$T/$s.json" 2>"$T/$s.err" &
+	eval "${s^^}=$!"
+	PIDS+=($!)
+done
+sleep 3
+rc=0
+LD_PRELOAD=$LIB "$EVICTEE" verify --pages 256 --wait-s 15 >"$T/third.json" 2>"$T/third.err" || rc=$?
+kill -TERM "$SLOW" "$SLOWFAIL"
+src=0 frc=0
+wait "$SLOW" || src=$?
+wait "$SLOWFAIL" || frc=$?
+echo "late and failed zaps (exit $src, $frc): $(tail -n1 "$T/slow.json"), $(tail -n1 "$T/slowfail.json")"
+echo "beside them (exit $rc): $(cat "$T/third.json")"
+jq -e '.evicted >= 230 and .bad == 0' "$T/third.json" >/dev/null ||
+	fail "a process beside two slow zappers was not evicted (the evictor waits on them?)"
+log_has agent "has not answered a zap for 250 ms" || fail "the late zaps were waited for, not parked"
+for s in slow slowfail; do
+	jq -se 'last | .bad == 0' "$T/$s.json" >/dev/null || fail "the $s process read its pages wrong"
+done
+[[ $rc == 0 && $src == 0 && $frc == 0 ]] || fail "a process exited with an error"
 stop agent
 echo "ok"

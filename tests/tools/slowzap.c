@@ -12,8 +12,12 @@
  * process is descheduled or stopped (SIGSTOP) after libcksm saw the agent
  * there and before the page is dropped, made long. Once DIR/lie exists,
  * every one-page madvise(MADV_DONTNEED) returns 0 and drops nothing: a
- * process that answers its zaps without keeping them. Every other call
- * goes straight through.
+ * process that answers its zaps without keeping them. Once DIR/slow
+ * exists (holding a number of milliseconds), every one-page
+ * madvise(MADV_DONTNEED) sleeps that long first, and with DIR/fail too
+ * it then fails (EAGAIN) instead of dropping the page: a process whose
+ * zaps come late, or late and failed. Every other call goes straight
+ * through.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -66,6 +70,22 @@ int madvise(void *addr, size_t len, int advice)
 	}
 	if (dir && advice == MADV_DONTNEED && len == PAGE && in_dir(path, sizeof(path), dir, "lie"))
 		return 0;
+	if (dir && advice == MADV_DONTNEED && len == PAGE &&
+	    in_dir(path, sizeof(path), dir, "slow")) {
+		FILE *f = fopen(path, "r");
+		unsigned ms = 0;
+
+		if (f) {
+			if (fscanf(f, "%u", &ms) != 1)
+				ms = 0;
+			fclose(f);
+		}
+		usleep(ms * 1000u);
+		if (in_dir(path, sizeof(path), dir, "fail")) {
+			errno = EAGAIN;
+			return -1;
+		}
+	}
 	if (dir && !held && advice == MADV_DONTNEED && len == PAGE &&
 	    in_dir(path, sizeof(path), dir, "arm"))
 		hold(dir, addr);

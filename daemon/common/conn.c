@@ -13,6 +13,23 @@
  * freed in the close callback of the second. Once CLOSING, nothing more is
  * read, dispatched or sent. ops->on_close is called only for connections
  * that reached READY, exactly once.
+ *
+ * The handshake queue: an accepted conn is on net's pending list, oldest
+ * first, from accept until READY or CLOSING. Before a new conn joins it,
+ * make_room closes the oldest of its address when that address has
+ * max_per_source places, else the oldest of all when there are
+ * max_pending; so the list never exceeds either bound, and a newcomer is
+ * never the one refused. A flood of silent peers thus costs each of them
+ * its place within one round of newcomers, and a peer that completes its
+ * handshake in time always gets through. The walk is linear in
+ * max_pending, which config bounds.
+ *
+ * What an accepted conn leaves unsent is bounded twice. Past max_frame
+ * bytes we stop reading it (the loop answers no faster than the peer
+ * reads, and one pipelining peer cannot hold the loop) until half of
+ * that is gone; the frames already read meanwhile wait in held, as they
+ * came. A conn stalled so for STALL_MS, or whose queue would pass
+ * max_queued, is closed.
  */
 #include "conn.h"
 
@@ -29,6 +46,14 @@
 #include "wire.h"
 
 #define CLOSE_FLUSH_MS 1000 /* how long a closing conn may flush */
+/*
+ * Connections the kernel may hold before we accept them (it caps this at
+ * net.core.somaxconn). Under a flood the accept queue fills faster than
+ * the loop empties it; a short one would drop a real peer's SYN there,
+ * before make_room could give it a place.
+ */
+#define LISTEN_BACKLOG 4096
+#define STALL_MS       10000 /* how long a peer may leave its answers unread */
 
 struct listener {
 	uv_tcp_t tcp;
@@ -61,6 +86,8 @@ int net_metrics_register(struct net_metrics *m, struct metrics *reg)
 {
 #define REJ	 "cksm_frames_rejected_total"
 #define REJ_HELP "Frames refused by a protocol check; the connection was closed."
+#define DIS	 "cksm_handshakes_displaced_total"
+#define DIS_HELP "Unauthenticated connections closed to make room for a newer one."
 	const struct metric_def defs[] = {
 		METRIC_C(m->accepted, "cksm_connections_accepted_total",
 			 "Control connections accepted."),
@@ -79,11 +106,16 @@ int net_metrics_register(struct net_metrics *m, struct metrics *reg)
 		METRIC_CL(m->rej_oversized, REJ, REJ_HELP, "reason=\"oversized\""),
 		METRIC_CL(m->rej_malformed, REJ, REJ_HELP, "reason=\"malformed\""),
 		METRIC_CL(m->rej_unexpected, REJ, REJ_HELP, "reason=\"unexpected\""),
-		METRIC_C(m->refused, "cksm_connections_refused_total",
-			 "Connections closed at once: too many peers in the handshake."),
+		METRIC_CL(m->displaced_source, DIS, DIS_HELP, "reason=\"address\""),
+		METRIC_CL(m->displaced_full, DIS, DIS_HELP, "reason=\"full\""),
+		METRIC_C(
+			m->overflows, "cksm_send_queue_overflows_total",
+			"Accepted connections closed because the peer did not read what it was sent."),
 	};
 #undef REJ
 #undef REJ_HELP
+#undef DIS
+#undef DIS_HELP
 
 	return metrics_register(reg, defs, sizeof(defs) / sizeof(defs[0]));
 }
@@ -97,6 +129,7 @@ static void on_handle_closed(uv_handle_t *h)
 	if (--c->handles_open > 0)
 		return;
 	frame_dec_fini(&c->dec);
+	free(c->held);
 	metric_gauge_add(c->net->m.active, -1);
 	if (c->prev)
 		c->prev->next = c->next;
@@ -132,10 +165,38 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 /* A server-side conn leaves the handshake (done or closing). */
 static void leave_pending(struct conn *c)
 {
-	if (c->pending) {
-		c->pending = false;
-		c->net->pending--;
-	}
+	struct net_ctx *net = c->net;
+
+	if (!c->pending)
+		return;
+	c->pending = false;
+	net->pending--;
+	if (c->pprev)
+		c->pprev->pnext = c->pnext;
+	else
+		net->pending_head = c->pnext;
+	if (c->pnext)
+		c->pnext->pprev = c->pprev;
+	else
+		net->pending_tail = c->pprev;
+	c->pnext = c->pprev = NULL;
+}
+
+/* An accepted conn joins the handshake queue, as its newest. */
+static void enter_pending(struct conn *c)
+{
+	struct net_ctx *net = c->net;
+
+	c->pending = true;
+	c->accepted_ms = uv_now(net->loop);
+	c->pprev = net->pending_tail;
+	c->pnext = NULL;
+	if (net->pending_tail)
+		net->pending_tail->pnext = c;
+	else
+		net->pending_head = c;
+	net->pending_tail = c;
+	net->pending++;
 }
 
 /* Enter CLOSING; with flush, queued frames are written before the close. */
@@ -228,6 +289,88 @@ void net_close_all(struct net_ctx *net)
 
 /* ---- sending ------------------------------------------------------------ */
 
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void deliver(struct conn *c, const uint8_t *payload, uint32_t len);
+
+/* The peer has not read its answers for STALL_MS. */
+static void on_stall(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+
+	metric_inc(c->net->m.overflows);
+	log_warn("closing connection from %s%s%s: it does not read: %zu bytes unsent for %d ms",
+		 c->peer_addr, c->peer_name[0] ? " " : "", c->peer_name, conn_queued(c), STALL_MS);
+	begin_close(c, false);
+}
+
+/* Backpressure on an accepted conn: no more requests until it reads. */
+static void stall_reading(struct conn *c)
+{
+	c->stalled = true;
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	uv_timer_start(&c->deadline, on_stall, STALL_MS, 0);
+}
+
+/* The peer read: the held frames first, then the socket again. */
+static void resume_reading(struct conn *c)
+{
+	size_t off = 0;
+
+	c->stalled = false;
+	uv_timer_stop(&c->deadline);
+	while (off < c->held_len && !c->stalled && c->state == CONN_READY) {
+		const uint8_t *h = c->held + off;
+		uint32_t len =
+			(uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+
+		off += FRAME_HDR + len;
+		deliver(c, h + FRAME_HDR, len);
+	}
+	if (c->stalled || c->state != CONN_READY) {
+		memmove(c->held, c->held + off, c->held_len - off);
+		c->held_len -= off;
+		return;
+	}
+	free(c->held);
+	c->held = NULL;
+	c->held_len = 0;
+	if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read))
+		conn_fail(c, -EIO, "cannot read again");
+}
+
+/* A frame read while stalled waits for the peer to read. */
+static int hold_frame(struct conn *c, const uint8_t *payload, uint32_t len)
+{
+	uint8_t *nb = realloc(c->held, c->held_len + FRAME_HDR + len);
+
+	if (!nb) {
+		conn_fail(c, -ENOMEM, "out of memory holding a frame");
+		return 1;
+	}
+	c->held = nb;
+	frame_put_header(c->held + c->held_len, len);
+	memcpy(c->held + c->held_len + FRAME_HDR, payload, len);
+	c->held_len += FRAME_HDR + len;
+	return 0;
+}
+
+/*
+ * A peer that does not read what it is sent (or asks faster than it
+ * reads): closed at once, without an Error (that would queue too) and
+ * without a flush (it would not be read).
+ */
+static int overflow(struct conn *c, const Cksm__Msg *m, size_t len)
+{
+	metric_inc(c->net->m.overflows);
+	log_warn("closing connection from %s%s%s: it does not read: %zu bytes unsent, and a %s "
+		 "message of %zu more would pass max_queued_bytes (%llu)",
+		 c->peer_addr, c->peer_name[0] ? " " : "", c->peer_name, conn_queued(c),
+		 wire_body_name(m), len, (unsigned long long)c->net->max_queued);
+	begin_close(c, false);
+	return -ENOBUFS;
+}
+
 static void on_written(uv_write_t *req, int status)
 {
 	struct write_req *w = (struct write_req *)req;
@@ -237,6 +380,8 @@ static void on_written(uv_write_t *req, int status)
 	free(w);
 	if (status < 0 && status != UV_ECANCELED)
 		conn_fail(c, -EIO, "write failed: %s", uv_strerror(status));
+	else if (c->stalled && c->state == CONN_READY && conn_queued(c) <= c->net->max_frame / 2)
+		resume_reading(c);
 }
 
 int conn_send(struct conn *c, const Cksm__Msg *m)
@@ -248,9 +393,12 @@ int conn_send(struct conn *c, const Cksm__Msg *m)
 
 	if (c->state == CONN_CLOSING)
 		return -EPIPE;
-	if (cksm__msg__get_packed_size(m) > c->net->max_frame)
+	len = cksm__msg__get_packed_size(m);
+	if (len > c->net->max_frame)
 		return conn_fail(c, -EMSGSIZE, "%s message larger than max_frame_bytes (%u)",
 				 wire_body_name(m), c->net->max_frame);
+	if (!c->client && conn_queued(c) + FRAME_HDR + len > c->net->max_queued)
+		return overflow(c, m, len);
 	w = malloc(sizeof(*w));
 	if (!w)
 		goto nomem;
@@ -437,21 +585,32 @@ static void dispatch(struct conn *c, const Cksm__Msg *m)
 	}
 }
 
-static int on_frame(void *arg, const uint8_t *payload, uint32_t len)
+/* One frame: unpack, dispatch; stall an accepted conn whose peer does not read. */
+static void deliver(struct conn *c, const uint8_t *payload, uint32_t len)
 {
-	struct conn *c = arg;
-	Cksm__Msg *m;
+	Cksm__Msg *m = wire_unpack(payload, len);
 
-	metric_inc(c->net->m.frames_in);
-	m = wire_unpack(payload, len);
 	if (!m) {
 		metric_inc(c->net->m.rej_malformed);
 		conn_fail(c, -EBADMSG, "malformed frame: %u bytes that are not a cksm message",
 			  len);
-		return 1;
+		return;
 	}
 	dispatch(c, m);
 	cksm__msg__free_unpacked(m, NULL);
+	if (!c->client && c->state == CONN_READY && !c->stalled &&
+	    conn_queued(c) > c->net->max_frame)
+		stall_reading(c);
+}
+
+static int on_frame(void *arg, const uint8_t *payload, uint32_t len)
+{
+	struct conn *c = arg;
+
+	metric_inc(c->net->m.frames_in);
+	if (c->stalled)
+		return hold_frame(c, payload, len);
+	deliver(c, payload, len);
 	return c->state == CONN_CLOSING;
 }
 
@@ -534,14 +693,21 @@ struct conn *conn_create(struct net_ctx *net, bool client, const struct conn_ops
 	return c;
 }
 
+/* Who is at the other end, for logs and the per-address limit. */
+static void note_peer(struct conn *c)
+{
+	int len = sizeof(c->peer_ss);
+
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer_ss, &len) == 0)
+		netaddr_format((struct sockaddr *)&c->peer_ss, c->peer_addr, sizeof(c->peer_addr));
+}
+
 int conn_start(struct conn *c)
 {
-	struct sockaddr_storage ss;
-	int len = sizeof(ss);
 	int rc;
 
-	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
-		netaddr_format((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
+	if (!c->peer_ss.ss_family)
+		note_peer(c);
 	uv_tcp_nodelay(&c->tcp, 1);
 	uv_timer_start(&c->deadline, on_deadline, c->net->auth_timeout_ms, 0);
 	rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -552,6 +718,51 @@ int conn_start(struct conn *c)
 	if (!c->client)
 		send_server_hello(c);
 	return 0;
+}
+
+/* The same remote address (the port aside). */
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	const struct sockaddr_in *a4 = (const void *)a, *b4 = (const void *)b;
+	const struct sockaddr_in6 *a6 = (const void *)a, *b6 = (const void *)b;
+
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET)
+		return a4->sin_addr.s_addr == b4->sin_addr.s_addr;
+	if (a->ss_family == AF_INET6)
+		return !memcmp(&a6->sin6_addr, &b6->sin6_addr, sizeof(a6->sin6_addr));
+	return true; /* unknown: one source */
+}
+
+/* Close the unauthenticated victim to make room for a newcomer. */
+static void displace(struct conn *victim, struct metric *m, const char *why, unsigned n)
+{
+	metric_inc(m);
+	conn_fail(victim, -EBUSY,
+		  "unauthenticated after %llu ms, displaced by a newer connection: %u %s",
+		  (unsigned long long)(uv_now(victim->net->loop) - victim->accepted_ms), n, why);
+}
+
+/*
+ * A connection from c's address is about to join the handshake queue:
+ * when that address has its share of places, its oldest gives way; else,
+ * when the queue is full, the oldest of all does.
+ */
+static void make_room(struct net_ctx *net, const struct conn *c)
+{
+	struct conn *oldest = NULL;
+	unsigned same = 0;
+
+	for (struct conn *p = net->pending_head; p; p = p->pnext)
+		if (same_host(&p->peer_ss, &c->peer_ss) && same++ == 0)
+			oldest = p;
+	if (oldest && same >= net->max_per_source)
+		displace(oldest, net->m.displaced_source,
+			 "from its address in the handshake (max_handshakes_per_source)", same);
+	else if (net->pending_head && net->pending >= net->max_pending)
+		displace(net->pending_head, net->m.displaced_full,
+			 "peers in the handshake (max_handshakes)", net->pending);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -572,16 +783,9 @@ static void on_connection(uv_stream_t *server, int status)
 		begin_close(c, false);
 		return;
 	}
-	if (l->net->pending >= NET_MAX_PENDING) {
-		/* Unauthenticated peers cost memory until their deadline: cap them. */
-		metric_inc(l->net->m.refused);
-		log_warn("refusing a connection: %u peers are already in the handshake",
-			 l->net->pending);
-		begin_close(c, false);
-		return;
-	}
-	l->net->pending++;
-	c->pending = true;
+	note_peer(c);
+	make_room(l->net, c);
+	enter_pending(c);
 	metric_inc(l->net->m.accepted);
 	conn_start(c);
 }
@@ -608,7 +812,7 @@ struct listener *listener_create(struct net_ctx *net, const char *addr, const st
 	l->tcp.data = l;
 	rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
 	if (!rc)
-		rc = uv_listen((uv_stream_t *)&l->tcp, 128, on_connection);
+		rc = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
 	if (rc) {
 		log_error("cannot listen on %s: %s", addr, uv_strerror(rc));
 		listener_destroy(l);

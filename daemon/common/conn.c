@@ -9,10 +9,10 @@
  *           -> WAIT_AUTH_RESULT -> check server MAC -> READY
  *   either: error or close -> CLOSING -> (flush, shutdown) -> freed
  *
- * A conn owns two libuv handles (the socket and the deadline timer) and is
- * freed in the close callback of the second. Once CLOSING, nothing more is
- * read, dispatched or sent. ops->on_close is called only for connections
- * that reached READY, exactly once.
+ * A conn owns three libuv handles (the socket, the deadline timer and the
+ * turn handle) and is freed in the close callback of the last. Once
+ * CLOSING, nothing more is read, dispatched or sent. ops->on_close is
+ * called only for connections that reached READY, exactly once.
  *
  * The handshake queue: an accepted conn is on net's pending list, oldest
  * first, from accept until READY or CLOSING. Before a new conn joins it,
@@ -24,12 +24,33 @@
  * handshake in time always gets through. The walk is linear in
  * max_pending, which config bounds.
  *
+ * One conn cannot hold the loop: it handles at most TURN_FRAMES frames,
+ * then yields. Reading stops, the frames already read wait in held, as
+ * they came, and the turn handle (an idle handle: the loop does not block
+ * in poll while it is active) hands them out, TURN_FRAMES a turn, before
+ * the socket is read again. A peer that pipelines thousands of requests
+ * thus costs the loop TURN_FRAMES answers a turn, and heartbeats and
+ * other peers are served in between. (An idle handle, not a 0 ms timer:
+ * libuv runs a timer restarted from its own callback again in the same
+ * turn.)
+ *
  * What an accepted conn leaves unsent is bounded twice. Past max_frame
  * bytes we stop reading it (the loop answers no faster than the peer
- * reads, and one pipelining peer cannot hold the loop) until half of
- * that is gone; the frames already read meanwhile wait in held, as they
- * came. A conn stalled so for STALL_MS, or whose queue would pass
- * max_queued, is closed.
+ * reads) until half of that is gone; the frames already read meanwhile
+ * wait in held too. A conn stalled so for STALL_MS, or whose queue would
+ * pass max_queued, is closed. Its kernel send buffer is capped (see
+ * cap_send_buffer), so that the bytes unsent are mostly in our queue,
+ * where these bounds see them.
+ *
+ * Reading is on when a conn is neither stalled nor yielded and holds no
+ * frame; held frames are handled in order before any newer byte.
+ *
+ * A listener yields too, after TURN_ACCEPTS accepts: libuv accepts no
+ * more until we call uv_accept, which its turn handle does on the next
+ * turn. Without it, a burst of thousands of connects is accepted in one
+ * callback, and a real peer among them is displaced before the loop has
+ * read its ClientHello; with it, the loop reads between two batches, and
+ * a peer accepted has max_pending / TURN_ACCEPTS turns to answer.
  */
 #include "conn.h"
 
@@ -54,12 +75,28 @@
  */
 #define LISTEN_BACKLOG 4096
 #define STALL_MS       10000 /* how long a peer may leave its answers unread */
+#define TURN_FRAMES    32    /* frames a conn handles before it yields the loop */
+#define TURN_ACCEPTS   32    /* connections a listener accepts before it yields */
+/*
+ * Displaced connections logged one by one, per reason and per second;
+ * the others of that second are summed up in one line.
+ */
+#define DISPLACED_LOGGED 4
+
+enum { DISPLACED_SOURCE, DISPLACED_FULL, DISPLACED_REASONS };
 
 struct listener {
 	uv_tcp_t tcp;
+	uv_idle_t turn;	       /* accepts again on the next loop turn */
+	uv_timer_t quiet;      /* ends a second of displacements: their summary */
+	int handles_open;      /* close callbacks still to come */
+	unsigned turn_accepts; /* accepted since it last yielded */
 	struct net_ctx *net;
 	const struct conn_ops *ops;
 	void *data;
+	/* Displacements this second: logged one by one, and not logged. */
+	unsigned shown[DISPLACED_REASONS], hidden[DISPLACED_REASONS];
+	char last_hidden[272]; /* peer_addr of the last not logged */
 };
 
 struct write_req {
@@ -146,6 +183,8 @@ static void close_handles(struct conn *c)
 		uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 	if (!uv_is_closing((uv_handle_t *)&c->deadline))
 		uv_close((uv_handle_t *)&c->deadline, on_handle_closed);
+	if (!uv_is_closing((uv_handle_t *)&c->turn))
+		uv_close((uv_handle_t *)&c->turn, on_handle_closed);
 }
 
 static void on_flush_deadline(uv_timer_t *t)
@@ -211,6 +250,7 @@ static void begin_close(struct conn *c, bool flush)
 	leave_pending(c);
 	uv_read_stop((uv_stream_t *)&c->tcp);
 	uv_timer_stop(&c->deadline);
+	uv_idle_stop(&c->turn);
 	if (was_ready && c->ops->on_close)
 		c->ops->on_close(c);
 	if (c->dialer)
@@ -312,14 +352,15 @@ static void stall_reading(struct conn *c)
 	uv_timer_start(&c->deadline, on_stall, STALL_MS, 0);
 }
 
-/* The peer read: the held frames first, then the socket again. */
-static void resume_reading(struct conn *c)
+/*
+ * The held frames, as many as this turn allows; then, when none is left
+ * and nothing holds c back, the socket again.
+ */
+static void run_held(struct conn *c)
 {
 	size_t off = 0;
 
-	c->stalled = false;
-	uv_timer_stop(&c->deadline);
-	while (off < c->held_len && !c->stalled && c->state == CONN_READY) {
+	while (off < c->held_len && !c->stalled && !c->yielded && c->state != CONN_CLOSING) {
 		const uint8_t *h = c->held + off;
 		uint32_t len =
 			(uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
@@ -327,31 +368,70 @@ static void resume_reading(struct conn *c)
 		off += FRAME_HDR + len;
 		deliver(c, h + FRAME_HDR, len);
 	}
-	if (c->stalled || c->state != CONN_READY) {
+	if (c->state == CONN_CLOSING)
+		return;
+	if (off) {
 		memmove(c->held, c->held + off, c->held_len - off);
 		c->held_len -= off;
-		return;
 	}
+	if (c->stalled || c->yielded)
+		return;
 	free(c->held);
 	c->held = NULL;
-	c->held_len = 0;
+	c->held_len = c->held_cap = 0;
 	if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read))
 		conn_fail(c, -EIO, "cannot read again");
 }
 
-/* A frame read while stalled waits for the peer to read. */
+/* The peer read: the held frames first, then the socket again. */
+static void resume_reading(struct conn *c)
+{
+	c->stalled = false;
+	uv_timer_stop(&c->deadline);
+	run_held(c);
+}
+
+/* A new loop turn: c's next share of its held frames. */
+static void on_turn(uv_idle_t *t)
+{
+	struct conn *c = t->data;
+
+	uv_idle_stop(t);
+	c->yielded = false;
+	c->turn_frames = 0;
+	run_held(c);
+}
+
+/* c had its share of this turn: the rest waits for the next. */
+static void yield_turn(struct conn *c)
+{
+	c->yielded = true;
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	uv_idle_start(&c->turn, on_turn);
+}
+
+/* A frame read while stalled or yielded waits its turn. */
 static int hold_frame(struct conn *c, const uint8_t *payload, uint32_t len)
 {
-	uint8_t *nb = realloc(c->held, c->held_len + FRAME_HDR + len);
+	size_t need = c->held_len + FRAME_HDR + len;
 
-	if (!nb) {
-		conn_fail(c, -ENOMEM, "out of memory holding a frame");
-		return 1;
+	if (need > c->held_cap) {
+		size_t cap = c->held_cap ? c->held_cap : sizeof(c->rbuf);
+		uint8_t *nb;
+
+		while (cap < need)
+			cap *= 2;
+		nb = realloc(c->held, cap);
+		if (!nb) {
+			conn_fail(c, -ENOMEM, "out of memory holding a frame");
+			return 1;
+		}
+		c->held = nb;
+		c->held_cap = cap;
 	}
-	c->held = nb;
 	frame_put_header(c->held + c->held_len, len);
 	memcpy(c->held + c->held_len + FRAME_HDR, payload, len);
-	c->held_len += FRAME_HDR + len;
+	c->held_len = need;
 	return 0;
 }
 
@@ -585,7 +665,10 @@ static void dispatch(struct conn *c, const Cksm__Msg *m)
 	}
 }
 
-/* One frame: unpack, dispatch; stall an accepted conn whose peer does not read. */
+/*
+ * One frame: unpack, dispatch; stall an accepted conn whose peer does not
+ * read, and yield when c has had its share of the turn.
+ */
 static void deliver(struct conn *c, const uint8_t *payload, uint32_t len)
 {
 	Cksm__Msg *m = wire_unpack(payload, len);
@@ -598,9 +681,13 @@ static void deliver(struct conn *c, const uint8_t *payload, uint32_t len)
 	}
 	dispatch(c, m);
 	cksm__msg__free_unpacked(m, NULL);
+	if (c->state == CONN_CLOSING)
+		return;
 	if (!c->client && c->state == CONN_READY && !c->stalled &&
 	    conn_queued(c) > c->net->max_frame)
 		stall_reading(c);
+	if (++c->turn_frames >= TURN_FRAMES && !c->yielded)
+		yield_turn(c);
 }
 
 static int on_frame(void *arg, const uint8_t *payload, uint32_t len)
@@ -608,7 +695,7 @@ static int on_frame(void *arg, const uint8_t *payload, uint32_t len)
 	struct conn *c = arg;
 
 	metric_inc(c->net->m.frames_in);
-	if (c->stalled)
+	if (c->stalled || c->yielded)
 		return hold_frame(c, payload, len);
 	deliver(c, payload, len);
 	return c->state == CONN_CLOSING;
@@ -682,9 +769,11 @@ struct conn *conn_create(struct net_ctx *net, bool client, const struct conn_ops
 	frame_dec_init(&c->dec, FRAME_MAX_PREAUTH);
 	uv_tcp_init(net->loop, &c->tcp);
 	uv_timer_init(net->loop, &c->deadline);
+	uv_idle_init(net->loop, &c->turn);
 	c->tcp.data = c;
 	c->deadline.data = c;
-	c->handles_open = 2;
+	c->turn.data = c;
+	c->handles_open = 3;
 	c->next = net->conns;
 	if (c->next)
 		c->next->prev = c;
@@ -735,22 +824,61 @@ static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_st
 	return true; /* unknown: one source */
 }
 
-/* Close the unauthenticated victim to make room for a newcomer. */
-static void displace(struct conn *victim, struct metric *m, const char *why, unsigned n)
+/* The displacements of l's second that were not logged one by one. */
+static void log_hidden(struct listener *l)
 {
-	metric_inc(m);
-	conn_fail(victim, -EBUSY,
-		  "unauthenticated after %llu ms, displaced by a newer connection: %u %s",
-		  (unsigned long long)(uv_now(victim->net->loop) - victim->accepted_ms), n, why);
+	unsigned a = l->hidden[DISPLACED_SOURCE], f = l->hidden[DISPLACED_FULL];
+
+	if (a + f)
+		log_warn(
+			"displaced %u more unauthenticated connections within a second, not logged "
+			"one by one: %u for their address's share (max_handshakes_per_source), "
+			"%u from a full queue (max_handshakes); the last from %s",
+			a + f, a, f, l->last_hidden);
+	memset(l->shown, 0, sizeof(l->shown));
+	memset(l->hidden, 0, sizeof(l->hidden));
+}
+
+static void on_quiet(uv_timer_t *t)
+{
+	log_hidden(t->data);
 }
 
 /*
- * A connection from c's address is about to join the handshake queue:
- * when that address has its share of places, its oldest gives way; else,
- * when the queue is full, the oldest of all does.
+ * Close the unauthenticated victim to make room for a newcomer on l. The
+ * first DISPLACED_LOGGED of each reason in a second are logged, the rest
+ * summed up when the second ends: a reconnect flood displaces thousands
+ * a second, and the log must not be the next thing it floods. The metric
+ * counts every one.
  */
-static void make_room(struct net_ctx *net, const struct conn *c)
+static void displace(struct listener *l, struct conn *victim, int reason, const char *why,
+		     unsigned n)
 {
+	struct net_ctx *net = l->net;
+
+	metric_inc(reason == DISPLACED_SOURCE ? net->m.displaced_source : net->m.displaced_full);
+	if (!uv_is_active((uv_handle_t *)&l->quiet))
+		uv_timer_start(&l->quiet, on_quiet, 1000, 0);
+	if (l->shown[reason] < DISPLACED_LOGGED) {
+		l->shown[reason]++;
+		conn_fail(victim, -EBUSY,
+			  "unauthenticated after %llu ms, displaced by a newer connection: %u %s",
+			  (unsigned long long)(uv_now(net->loop) - victim->accepted_ms), n, why);
+		return;
+	}
+	l->hidden[reason]++;
+	snprintf(l->last_hidden, sizeof(l->last_hidden), "%s", victim->peer_addr);
+	begin_close(victim, true);
+}
+
+/*
+ * A connection from c's address is about to join the handshake queue
+ * through l: when that address has its share of places, its oldest gives
+ * way; else, when the queue is full, the oldest of all does.
+ */
+static void make_room(struct listener *l, const struct conn *c)
+{
+	struct net_ctx *net = l->net;
 	struct conn *oldest = NULL;
 	unsigned same = 0;
 
@@ -758,36 +886,79 @@ static void make_room(struct net_ctx *net, const struct conn *c)
 		if (same_host(&p->peer_ss, &c->peer_ss) && same++ == 0)
 			oldest = p;
 	if (oldest && same >= net->max_per_source)
-		displace(oldest, net->m.displaced_source,
+		displace(l, oldest, DISPLACED_SOURCE,
 			 "from its address in the handshake (max_handshakes_per_source)", same);
 	else if (net->pending_head && net->pending >= net->max_pending)
-		displace(net->pending_head, net->m.displaced_full,
+		displace(l, net->pending_head, DISPLACED_FULL,
 			 "peers in the handshake (max_handshakes)", net->pending);
+}
+
+/*
+ * An accepted conn's kernel send buffer is capped at max_frame / 2 (the
+ * kernel doubles it for its bookkeeping). What the kernel holds unsent is
+ * out of the sight of the stall and of max_queued; autotuned, it would
+ * take MBs of answers for a peer that does not read before our own queue
+ * grew at all. Counting it instead (SIOCOUTQ) would cost an ioctl a
+ * frame, and nothing would tell the loop when the kernel's share drains,
+ * to resume a stalled conn (on_written fires when bytes reach the
+ * kernel, not the peer); the cap needs neither. A window of max_frame
+ * bytes still carries 1 GB/s at 1 ms of round trip by default, more
+ * than a control connection or a page reader needs.
+ */
+static void cap_send_buffer(struct conn *c)
+{
+	int bytes = (int)(c->net->max_frame / 2);
+	int rc = uv_send_buffer_size((uv_handle_t *)&c->tcp, &bytes);
+
+	if (rc)
+		log_warn("cannot cap the send buffer for %s: %s", c->peer_addr, uv_strerror(rc));
+}
+
+/* The connection libuv has accepted for l: a place in the handshake queue. */
+static void accept_one(struct listener *l)
+{
+	struct conn *c = conn_create(l->net, false, l->ops, l->data);
+
+	if (!c) {
+		log_error("out of memory accepting a connection");
+		return;
+	}
+	if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
+		begin_close(c, false);
+		return;
+	}
+	note_peer(c);
+	cap_send_buffer(c);
+	make_room(l, c);
+	enter_pending(c);
+	metric_inc(l->net->m.accepted);
+	conn_start(c);
+}
+
+/* A new loop turn: the connection l left waiting, and libuv's accepts again. */
+static void on_listener_turn(uv_idle_t *t)
+{
+	struct listener *l = t->data;
+
+	uv_idle_stop(t);
+	l->turn_accepts = 0;
+	accept_one(l);
 }
 
 static void on_connection(uv_stream_t *server, int status)
 {
 	struct listener *l = server->data;
-	struct conn *c;
 
 	if (status < 0) {
 		log_warn("accept: %s", uv_strerror(status));
 		return;
 	}
-	c = conn_create(l->net, false, l->ops, l->data);
-	if (!c) {
-		log_error("out of memory accepting a connection");
+	if (l->turn_accepts >= TURN_ACCEPTS) {
+		uv_idle_start(&l->turn, on_listener_turn);
 		return;
 	}
-	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
-		begin_close(c, false);
-		return;
-	}
-	note_peer(c);
-	make_room(l->net, c);
-	enter_pending(c);
-	metric_inc(l->net->m.accepted);
-	conn_start(c);
+	l->turn_accepts++;
+	accept_one(l);
 }
 
 struct listener *listener_create(struct net_ctx *net, const char *addr, const struct conn_ops *ops,
@@ -809,7 +980,12 @@ struct listener *listener_create(struct net_ctx *net, const char *addr, const st
 	l->ops = ops;
 	l->data = data;
 	uv_tcp_init(net->loop, &l->tcp);
+	uv_idle_init(net->loop, &l->turn);
+	uv_timer_init(net->loop, &l->quiet);
 	l->tcp.data = l;
+	l->turn.data = l;
+	l->quiet.data = l;
+	l->handles_open = 3;
 	rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
 	if (!rc)
 		rc = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
@@ -823,13 +999,20 @@ struct listener *listener_create(struct net_ctx *net, const char *addr, const st
 
 static void on_listener_closed(uv_handle_t *h)
 {
-	free(h->data);
+	struct listener *l = h->data;
+
+	if (--l->handles_open == 0)
+		free(l);
 }
 
 void listener_destroy(struct listener *l)
 {
-	if (l)
-		uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+	if (!l)
+		return;
+	log_hidden(l);
+	uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+	uv_close((uv_handle_t *)&l->turn, on_listener_closed);
+	uv_close((uv_handle_t *)&l->quiet, on_listener_closed);
 }
 
 void listener_address(const struct listener *l, char *buf, size_t len)

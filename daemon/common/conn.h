@@ -16,6 +16,8 @@
  * is closed to make room. An authenticated peer needs no place. A peer
  * that does not read cannot make a daemon buffer without limit: an
  * accepted connection whose unsent bytes would pass max_queued is closed.
+ * Nor can one connection hold the loop: after a few frames it yields,
+ * and the rest of what it sent waits for the next loop turn.
  *
  * The accepting side is a listener; the connecting side is a dialer
  * (dial.h), which reconnects.
@@ -98,7 +100,8 @@ enum conn_state {
 
 struct conn {
 	uv_tcp_t tcp;
-	uv_timer_t deadline; /* handshake deadline */
+	uv_timer_t deadline; /* handshake deadline, then the stall's */
+	uv_idle_t turn;	     /* runs the next turn's share of held frames */
 	uv_connect_t creq;   /* outgoing: the connect request */
 	struct frame_dec dec;
 	struct net_ctx *net;
@@ -106,11 +109,13 @@ struct conn {
 	void *data;	       /* owner's, set before on_ready */
 	struct dialer *dialer; /* set for outgoing connections */
 	enum conn_state state;
-	bool client;   /* we connected (dialer side) */
-	bool pending;  /* in net's pending list */
-	bool stalled;  /* not read: its peer has not read our answers */
-	uint8_t *held; /* frames read before the stall, not yet handled */
-	size_t held_len;
+	bool client;	      /* we connected (dialer side) */
+	bool pending;	      /* in net's pending list */
+	bool stalled;	      /* not read: its peer has not read our answers */
+	bool yielded;	      /* not read: it had its share of this loop turn */
+	unsigned turn_frames; /* frames handled since it last yielded */
+	uint8_t *held;	      /* frames read, not yet handled (stalled or yielded) */
+	size_t held_len, held_cap;
 	uint64_t accepted_ms;	    /* loop time it joined the list */
 	struct conn *next, *prev;   /* in net->conns */
 	struct conn *pnext, *pprev; /* in net's pending list, while pending */

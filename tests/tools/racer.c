@@ -251,7 +251,8 @@ static int report(size_t final_bad, bool exited)
 	       "\"exited_early\":%s,\"bad_pages\":[%s]}\n",
 	       atomic_load(&n_ops), atomic_load(&n_checks), atomic_load(&n_bad),
 	       atomic_load(&n_old), final_bad, atomic_load(&n_remaps), atomic_load(&n_forks),
-	       atomic_load(&n_child_bad), atomic_load(&n_reads), min_resident, exited ? "true" : "false", bad_json);
+	       atomic_load(&n_child_bad), atomic_load(&n_reads), min_resident,
+	       exited ? "true" : "false", bad_json);
 	fflush(stdout);
 	pthread_mutex_unlock(&report_lock);
 	return atomic_load(&n_bad) || atomic_load(&n_child_bad) ? 1 : 0;

@@ -40,7 +40,9 @@
  * wait in held too. A conn stalled so for STALL_MS, or whose queue would
  * pass max_queued, is closed. Its kernel send buffer is capped (see
  * cap_send_buffer), so that the bytes unsent are mostly in our queue,
- * where these bounds see them.
+ * where these bounds see them; and the kernel drops the conn when what
+ * it sent is unacknowledged for STALL_MS (see bound_unacked), so that
+ * the bytes in its buffer are bounded in time too.
  *
  * Reading is on when a conn is neither stalled nor yielded and holds no
  * frame; held frames are handled in order before any newer byte.
@@ -56,6 +58,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -451,6 +455,16 @@ static int overflow(struct conn *c, const Cksm__Msg *m, size_t len)
 	return -ENOBUFS;
 }
 
+/* The kernel gave up on an accepted conn: see bound_unacked. */
+static void unacked(struct conn *c)
+{
+	metric_inc(c->net->m.overflows);
+	log_warn("closing connection from %s%s%s: it does not read: what it was sent was not "
+		 "acknowledged within %d ms",
+		 c->peer_addr, c->peer_name[0] ? " " : "", c->peer_name, STALL_MS);
+	begin_close(c, false);
+}
+
 static void on_written(uv_write_t *req, int status)
 {
 	struct write_req *w = (struct write_req *)req;
@@ -458,7 +472,9 @@ static void on_written(uv_write_t *req, int status)
 
 	free(w->buf);
 	free(w);
-	if (status < 0 && status != UV_ECANCELED)
+	if (status == UV_ETIMEDOUT && !c->client && c->state != CONN_CLOSING)
+		unacked(c);
+	else if (status < 0 && status != UV_ECANCELED)
 		conn_fail(c, -EIO, "write failed: %s", uv_strerror(status));
 	else if (c->stalled && c->state == CONN_READY && conn_queued(c) <= c->net->max_frame / 2)
 		resume_reading(c);
@@ -716,6 +732,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 	if (nread == 0 || c->state == CONN_CLOSING)
 		return;
+	if (nread == UV_ETIMEDOUT && !c->client) {
+		unacked(c);
+		return;
+	}
 	if (nread < 0) {
 		if (nread == UV_EOF && c->state == CONN_READY)
 			log_info("%s %s closed the connection", role_name(c->peer_role),
@@ -914,6 +934,28 @@ static void cap_send_buffer(struct conn *c)
 		log_warn("cannot cap the send buffer for %s: %s", c->peer_addr, uv_strerror(rc));
 }
 
+/*
+ * What an accepted conn sends must be acknowledged within STALL_MS
+ * (TCP_USER_TIMEOUT), else the kernel drops it and the conn is closed
+ * as one whose peer does not read. The stall sees only our queue; this
+ * sees the kernel's share, which a peer can leave there for good: one
+ * that shrinks its receive buffer below the window it has advertised
+ * drops our segments, the acknowledgements of its own requests with
+ * them, so it soon stops sending too and our queue never grows. (The
+ * kernel applies the bound to a window left closed as well.)
+ */
+static void bound_unacked(struct conn *c)
+{
+	unsigned ms = STALL_MS;
+	uv_os_fd_t fd;
+
+	if (uv_fileno((const uv_handle_t *)&c->tcp, &fd))
+		return;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms)))
+		log_warn("cannot bound the unacknowledged bytes of %s: %s", c->peer_addr,
+			 strerror(errno));
+}
+
 /* The connection libuv has accepted for l: a place in the handshake queue. */
 static void accept_one(struct listener *l)
 {
@@ -929,6 +971,7 @@ static void accept_one(struct listener *l)
 	}
 	note_peer(c);
 	cap_send_buffer(c);
+	bound_unacked(c);
 	make_room(l, c);
 	enter_pending(c);
 	metric_inc(l->net->m.accepted);

@@ -85,8 +85,14 @@ static const struct key keys[] = {
 	  "a power of two between 1 and 65536"),
 	U("cluster", "max_frame_bytes", max_frame_bytes, 1u << 20, 262144, 16u << 20,
 	  "a size in bytes between 262144 and 16777216"),
-	U("cluster", "auth_timeout_ms", auth_timeout_ms, 5000, 100, 600000,
+	U("cluster", "auth_timeout_ms", auth_timeout_ms, 2000, 100, 600000,
 	  "milliseconds between 100 and 600000"),
+	U("cluster", "max_handshakes", max_handshakes, 256, 1, 4096,
+	  "a connection count between 1 and 4096"),
+	U("cluster", "max_handshakes_per_source", max_handshakes_per_source, 32, 1, 4096,
+	  "a connection count between 1 and 4096"),
+	U("cluster", "max_queued_bytes", max_queued_bytes, 32u << 20, 1u << 20, 1ULL << 32,
+	  "a size in bytes between 1048576 and 4294967296"),
 	U("cluster", "heartbeat_ms", heartbeat_ms, 1000, 50, 60000,
 	  "milliseconds between 50 and 60000"),
 	U("cluster", "dead_after_ms", dead_after_ms, 5000, 150, 3600000,
@@ -705,6 +711,18 @@ int config_finish(struct config *c, FILE *err)
 			c->rereport_millisecs, c->unstable_age_millisecs);
 		errors++;
 	}
+	if (c->max_handshakes_per_source > c->max_handshakes) {
+		fprintf(err,
+			"[cluster] max_handshakes_per_source (%u) exceeds max_handshakes (%u)\n",
+			c->max_handshakes_per_source, c->max_handshakes);
+		errors++;
+	}
+	if (c->max_queued_bytes < 2ULL * c->max_frame_bytes) {
+		fprintf(err,
+			"[cluster] max_queued_bytes (%llu) is less than two frames of max_frame_bytes (2 x %u)\n",
+			(unsigned long long)c->max_queued_bytes, c->max_frame_bytes);
+		errors++;
+	}
 	if (c->reconnect_max_ms < c->reconnect_min_ms) {
 		fprintf(err, "[cluster] reconnect_max_ms is below reconnect_min_ms\n");
 		errors++;
@@ -728,11 +746,14 @@ void config_dump(const struct config *c, FILE *out)
 
 	fprintf(out,
 		"[cluster]\nkey_file = %s\nbuckets = %u\nmax_frame_bytes = %u\n"
-		"auth_timeout_ms = %llu\nheartbeat_ms = %llu\ndead_after_ms = %llu\n"
+		"auth_timeout_ms = %llu\nmax_handshakes = %u\nmax_handshakes_per_source = %u\n"
+		"max_queued_bytes = %llu\nheartbeat_ms = %llu\ndead_after_ms = %llu\n"
 		"reconnect_min_ms = %llu\nreconnect_max_ms = %llu\n",
 		c->key_file, c->buckets, c->max_frame_bytes, (unsigned long long)c->auth_timeout_ms,
-		(unsigned long long)c->heartbeat_ms, (unsigned long long)c->dead_after_ms,
-		(unsigned long long)c->reconnect_min_ms, (unsigned long long)c->reconnect_max_ms);
+		c->max_handshakes, c->max_handshakes_per_source,
+		(unsigned long long)c->max_queued_bytes, (unsigned long long)c->heartbeat_ms,
+		(unsigned long long)c->dead_after_ms, (unsigned long long)c->reconnect_min_ms,
+		(unsigned long long)c->reconnect_max_ms);
 	fprintf(out,
 		"max_page_sharing = %u\nreplicas = %u\nmerge_across_nodes = %d\nprune_millisecs = %u\n"
 		"dup_idle_millisecs = %u\nunstable_capacity = %llu\nunstable_age_millisecs = %u\n\n",

@@ -56,6 +56,9 @@ struct config {
 	uint32_t buckets; /* content-id buckets, a power of two */
 	uint32_t max_frame_bytes;
 	uint64_t auth_timeout_ms;
+	uint32_t max_handshakes;	    /* accepted connections in the handshake at once */
+	uint32_t max_handshakes_per_source; /* of them from one remote address */
+	uint64_t max_queued_bytes;	    /* unsent bytes an accepted connection may hold */
 	uint64_t heartbeat_ms;
 	uint64_t dead_after_ms;
 	uint64_t reconnect_min_ms;

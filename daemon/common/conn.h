@@ -8,6 +8,17 @@
  * Any protocol error closes that connection with a logged reason naming
  * the peer, and counts it; nothing else is affected.
  *
+ * Unauthenticated peers cannot crowd out the others: at most
+ * max_handshakes accepted connections are in the handshake at once, and
+ * at most max_per_source of them from one remote address. A new
+ * connection always gets a place: when either limit is reached, the
+ * oldest connection still in the handshake (of that address, or of all)
+ * is closed to make room. An authenticated peer needs no place. A peer
+ * that does not read cannot make a daemon buffer without limit: an
+ * accepted connection whose unsent bytes would pass max_queued is closed.
+ * Nor can one connection hold the loop: after a few frames it yields,
+ * and the rest of what it sent waits for the next loop turn.
+ *
  * The accepting side is a listener; the connecting side is a dialer
  * (dial.h), which reconnects.
  */
@@ -34,11 +45,13 @@ struct net_metrics {
 	struct metric *frames_out;  /* frames sent */
 	struct metric *bytes_in;
 	struct metric *bytes_out;
-	struct metric *rej_oversized;  /* frames above the limit */
-	struct metric *rej_malformed;  /* undecodable or empty frames */
-	struct metric *rej_unexpected; /* a message not allowed now */
-	struct metric *auth_timeouts;  /* peers that did not finish in time */
-	struct metric *refused;	       /* closed at once: too many pending */
+	struct metric *rej_oversized;	 /* frames above the limit */
+	struct metric *rej_malformed;	 /* undecodable or empty frames */
+	struct metric *rej_unexpected;	 /* a message not allowed now */
+	struct metric *auth_timeouts;	 /* peers that did not finish in time */
+	struct metric *displaced_source; /* closed for a newer one of its address */
+	struct metric *displaced_full;	 /* closed for a newer one: queue full */
+	struct metric *overflows;	 /* closed: output queue above max_queued */
 };
 
 /* What all connections of one daemon share. */
@@ -49,16 +62,18 @@ struct net_ctx {
 	const char *name;	  /* our name, sent in hellos */
 	uint32_t max_frame;	  /* frame limit after authentication */
 	uint64_t auth_timeout_ms; /* deadline for the handshake */
+	unsigned max_pending;	  /* accepted conns in the handshake at once */
+	unsigned max_per_source;  /* of them from one remote address */
+	uint64_t max_queued;	  /* unsent bytes an accepted conn may hold */
 	struct net_metrics m;
 	struct conn *conns; /* every open conn, for net_close_all */
-	unsigned pending;   /* accepted conns still in the handshake */
+	/* Accepted conns still in the handshake, oldest first. */
+	struct conn *pending_head, *pending_tail;
+	unsigned pending; /* how many */
 };
 
 /* Register the net_metrics counters in reg; returns 0 or -ENOMEM. */
 int net_metrics_register(struct net_metrics *m, struct metrics *reg);
-
-/* At most this many accepted connections may be in the handshake at once. */
-#define NET_MAX_PENDING 256
 
 struct conn;
 
@@ -85,7 +100,8 @@ enum conn_state {
 
 struct conn {
 	uv_tcp_t tcp;
-	uv_timer_t deadline; /* handshake deadline */
+	uv_timer_t deadline; /* handshake deadline, then the stall's */
+	uv_idle_t turn;	     /* runs the next turn's share of held frames */
 	uv_connect_t creq;   /* outgoing: the connect request */
 	struct frame_dec dec;
 	struct net_ctx *net;
@@ -93,14 +109,22 @@ struct conn {
 	void *data;	       /* owner's, set before on_ready */
 	struct dialer *dialer; /* set for outgoing connections */
 	enum conn_state state;
-	bool client;		  /* we connected (dialer side) */
-	bool pending;		  /* counted in net->pending */
-	struct conn *next, *prev; /* in net->conns */
-	int handles_open;	  /* close callbacks still to come */
+	bool client;	      /* we connected (dialer side) */
+	bool pending;	      /* in net's pending list */
+	bool stalled;	      /* not read: its peer has not read our answers */
+	bool yielded;	      /* not read: it had its share of this loop turn */
+	unsigned turn_frames; /* frames handled since it last yielded */
+	uint8_t *held;	      /* frames read, not yet handled (stalled or yielded) */
+	size_t held_len, held_cap;
+	uint64_t accepted_ms;	    /* loop time it joined the list */
+	struct conn *next, *prev;   /* in net->conns */
+	struct conn *pnext, *pprev; /* in net's pending list, while pending */
+	int handles_open;	    /* close callbacks still to come */
 	uint8_t nonce[AUTH_NONCE_BYTES];
 	uint8_t peer_nonce[AUTH_NONCE_BYTES];
 	Cksm__Role peer_role;
 	char peer_addr[272];		   /* "ip:port" of the other end */
+	struct sockaddr_storage peer_ss;   /* the same, for the per-address limit */
 	char peer_name[AUTH_NAME_MAX + 1]; /* name it authenticated with */
 	char rbuf[16384];
 };

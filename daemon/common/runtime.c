@@ -99,6 +99,9 @@ int runtime_init(struct runtime *rt, const struct config *cfg, Cksm__Role role, 
 	rt->net.name = rt->name;
 	rt->net.max_frame = cfg->max_frame_bytes;
 	rt->net.auth_timeout_ms = cfg->auth_timeout_ms;
+	rt->net.max_pending = cfg->max_handshakes;
+	rt->net.max_per_source = cfg->max_handshakes_per_source;
+	rt->net.max_queued = cfg->max_queued_bytes;
 	rt->httpd = httpd_create(metrics_addr, rt->reg);
 	if (!rt->httpd)
 		return -EADDRINUSE;

@@ -29,6 +29,9 @@
  *   data        ADDR is an agent's data port: a read of a slot that is not
  *               live gets -ESTALE and zeroes; a request with a bad magic is
  *               disconnected; so is a peer authenticated as admin
+ *   slow-reader authenticate as admin, then ask for per-node stats over
+ *               and over and never read an answer: must be disconnected
+ *               within 60 s (the daemon's output queue is bounded)
  */
 #include <errno.h>
 #include <poll.h>
@@ -42,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -463,18 +467,76 @@ static int mode_hold(void)
 	return 0;
 }
 
+static int mode_slow_reader(void)
+{
+	Cksm__Msg out = CKSM__MSG__INIT;
+	Cksm__StatsRequest q = CKSM__STATS_REQUEST__INIT;
+	uint8_t batch[64 * 32];
+	size_t len, n = 0;
+	unsigned long sent = 0;
+	uint8_t *one;
+	struct sconn s;
+	time_t end = time(NULL) + 60;
+	int small = 4096;
+
+	if (open_admin(&s))
+		return fail("could not authenticate");
+	setsockopt(s.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	q.per_node = true;
+	out.body_case = CKSM__MSG__BODY_STATS_REQUEST;
+	out.stats_request = &q;
+	one = wire_pack(&out, &len);
+	if (!one || len > 64)
+		return fail("pack");
+	while (n + len <= sizeof(batch)) {
+		memcpy(batch + n, one, len);
+		n += len;
+	}
+	free(one);
+	/* Batch after batch, each written whole (a send cut short goes on
+	 * where it stopped: the stream stays whole frames). */
+	for (size_t off = 0; time(NULL) < end;) {
+		struct pollfd p = { .fd = s.fd, .events = POLLOUT };
+		ssize_t w = send(s.fd, batch + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+			sconn_close(&s);
+			printf("testpeer: disconnected as expected after %lu requests (a reader "
+			       "that does not read)\n",
+			       sent);
+			return 0;
+		}
+		if (w < 0 && errno != EAGAIN)
+			return fail("write");
+		if (w < 0) {
+			poll(&p, 1, 1000);
+			continue;
+		}
+		off += (size_t)w;
+		if (off == n) {
+			sent += n / len;
+			off = 0;
+		}
+	}
+	sconn_close(&s);
+	fprintf(stderr, "testpeer: %lu stats requests sent in 60 s, none read, still connected\n",
+		sent);
+	return fail("a peer that does not read was not disconnected");
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
 		const char *name;
 		int (*fn)(void);
 	} modes[] = {
-		{ "status", mode_status },	   { "wrong-key", mode_wrong_key },
-		{ "oversized", mode_oversized },   { "garbage", mode_garbage },
-		{ "malformed", mode_malformed },   { "replay", mode_replay },
-		{ "half-open", mode_half_open },   { "hold", mode_hold },
-		{ "forged", mode_forged },	   { "stats", mode_stats },
-		{ "uffd-child", mode_uffd_child }, { "data", mode_data },
+		{ "status", mode_status },	     { "wrong-key", mode_wrong_key },
+		{ "oversized", mode_oversized },     { "garbage", mode_garbage },
+		{ "malformed", mode_malformed },     { "replay", mode_replay },
+		{ "half-open", mode_half_open },     { "hold", mode_hold },
+		{ "forged", mode_forged },	     { "stats", mode_stats },
+		{ "uffd-child", mode_uffd_child },   { "data", mode_data },
+		{ "slow-reader", mode_slow_reader },
 	};
 	char err[512];
 

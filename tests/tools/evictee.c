@@ -165,10 +165,8 @@ int main(int argc, char **argv)
 			return 1;
 		for (size_t pg = 0; pg < npages; pg++)
 			fill(d + pg * PAGE, content_of(pg));
-		/* Registered (pinned, DONTFORK) before it is made mergeable: a
-		 * page evicted in between would have been no pin's yet. */
-		if (madvise(d, npages * PAGE, MADV_DONTFORK) ||
-		    madvise(d, npages * PAGE, MADV_MERGEABLE))
+		if (madvise(d, npages * PAGE, MADV_MERGEABLE) ||
+		    madvise(d, npages * PAGE, MADV_DONTFORK))
 			perror("evictee: madvise");
 		dma = d;
 	}

@@ -144,6 +144,48 @@ static void answer_zap(void)
 	last_zap.answered = send_local(fd, &r, -1) == 0;
 }
 
+/*
+ * Ranges the program marked MADV_DONTFORK: memory registered for RDMA
+ * (libibverbs marks it so before it pins it). A page there is never
+ * dropped for the agent: what a device writes to a pinned page after the
+ * drop would be lost. The check and the drop hold dontfork_lock, and so
+ * does the marking, so a pin that follows the mark follows any drop.
+ */
+#define DONTFORK_MAX 256
+static pthread_mutex_t dontfork_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	uintptr_t lo, hi;
+} dontfork[DONTFORK_MAX];
+static unsigned ndontfork;
+static bool dontfork_full; /* more than DONTFORK_MAX: no zap at all */
+
+static bool in_dontfork(uintptr_t a, size_t len)
+{
+	if (dontfork_full)
+		return true;
+	for (unsigned i = 0; i < ndontfork; i++)
+		if (a < dontfork[i].hi && a + len > dontfork[i].lo)
+			return true;
+	return false;
+}
+
+/* madvise(MADV_DONTFORK / MADV_DOFORK) of [a, a + len). dontfork_lock held. */
+static void note_dontfork(uintptr_t a, size_t len, bool on)
+{
+	if (!on) {
+		for (unsigned i = 0; i < ndontfork;)
+			if (dontfork[i].lo >= a && dontfork[i].hi <= a + len)
+				dontfork[i] = dontfork[--ndontfork];
+			else
+				i++;
+		return;
+	}
+	if (ndontfork == DONTFORK_MAX)
+		dontfork_full = true;
+	else
+		dontfork[ndontfork++].lo = a, dontfork[ndontfork - 1].hi = a + len;
+}
+
 /* Drop [a, a + b) for the agent, if fd is still the connection. */
 static void zap(int fd, const struct cksm_local *m)
 {
@@ -166,7 +208,13 @@ static void zap(int fd, const struct cksm_local *m)
 	pthread_mutex_unlock(&zap_lock);
 	/* Returns once the agent read the removal: if it was killed, once
 	 * the next one did. */
-	rc = real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED) ? -errno : 0;
+	pthread_mutex_lock(&dontfork_lock);
+	if (in_dontfork((uintptr_t)m->a, (size_t)m->b))
+		rc = -EBUSY; /* registered for a device since the agent looked */
+	else
+		rc = real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED) ? -errno
+											: 0;
+	pthread_mutex_unlock(&dontfork_lock);
 	pthread_mutex_lock(&zap_lock);
 	last_zap.state = CKSM_LOCAL_ZAP_DONE;
 	last_zap.status = rc;
@@ -410,6 +458,7 @@ static void on_fork_child(void)
 	 * the child, alone, starts with one of its own (glibc's rwlock
 	 * remembers its writer by thread id). */
 	pthread_rwlock_init(&zap_fork, NULL);
+	pthread_mutex_init(&dontfork_lock, NULL); /* a parent's thread may have held it */
 	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
 		return;
 	/* The connection belongs to the parent, and so do its threads, its
@@ -641,6 +690,16 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 			errno = ENOSYS;
 			return -1;
 		}
+	}
+	if (advice == MADV_DONTFORK || advice == MADV_DOFORK) {
+		int rc;
+
+		pthread_mutex_lock(&dontfork_lock);
+		rc = real_madvise(addr, len, advice);
+		if (rc == 0)
+			note_dontfork((uintptr_t)addr, len, advice == MADV_DONTFORK);
+		pthread_mutex_unlock(&dontfork_lock);
+		return rc;
 	}
 	if (advice == MADV_MERGEABLE && attached_here() && own_uffd >= 0) {
 		struct cksm_local m = cksm_local_msg(CKSM_LOCAL_RANGE);

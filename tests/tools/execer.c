@@ -78,18 +78,13 @@ static int sibling(void *arg)
 /* The new image: same addresses, another content, and the agent's words. */
 static int after(uint8_t *want, size_t n, size_t before)
 {
-	uint8_t *r = mmap(want, n * PAGE, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	uint8_t *r;
 	struct pollfd pf[64];
 	unsigned nf = 0, zaps = 0, open = 1;
 	DIR *d = opendir("/proc/self/fd");
 	struct dirent *de;
+	struct cksm_local m;
 
-	if (r != want) {
-		perror("execer: mmap");
-		return 2;
-	}
-	fill(r, n, 2);
 	while (d && (de = readdir(d)) && nf < 64) {
 		int fd = atoi(de->d_name);
 		struct stat st;
@@ -97,6 +92,19 @@ static int after(uint8_t *want, size_t n, size_t before)
 		if (fd > 2 && fd != dirfd(d) && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
 			pf[nf++] = (struct pollfd){ .fd = fd, .events = POLLIN };
 	}
+	/* A zap of the old image's that was under way at the exec comes
+	 * now, before this image has anything there: not counted. */
+	for (double end = now() + 0.3; now() < end;)
+		for (unsigned i = 0; i < nf; i++)
+			while (recv(pf[i].fd, &m, sizeof(m), MSG_DONTWAIT) > 0) {
+			}
+	r = mmap(want, n * PAGE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (r != want) {
+		perror("execer: mmap");
+		return 2;
+	}
+	fill(r, n, 2);
 	/* Until a ZAP comes, or the agent lets the connection go. */
 	for (double end = now() + 45; now() < end && !zaps;) {
 		open = 0;
@@ -107,8 +115,6 @@ static int after(uint8_t *want, size_t n, size_t before)
 		if (poll(pf, nf, 200) <= 0)
 			continue;
 		for (unsigned i = 0; i < nf; i++) {
-			struct cksm_local m;
-
 			if (!(pf[i].revents & POLLIN))
 				continue;
 			if (recv(pf[i].fd, &m, sizeof(m), MSG_DONTWAIT) == (ssize_t)sizeof(m) &&

@@ -216,7 +216,6 @@ struct backing {
 	struct parked {
 		struct mm *m; /* with the evictor's reference */
 		struct bentry e;
-		uint64_t since; /* parked at (now_ms) */
 		struct parked *next;
 	} * parked; /* evictions waiting for a zap answer (evictor's) */
 	struct offer *offers;

@@ -148,12 +148,12 @@ static bool removal_or_gone(const struct mm *m)
 static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e);
 
 /*
- * m's zap failed, or was answered more than LATE_MS after it was parked:
- * no eviction of it for a while, from 500 ms doubling to 30 s, so that a
- * slow or failing process costs the evictor, which all processes share,
- * one wait now and then. A zap answered in time ends it. m->lock held.
+ * m's zap failed: no eviction of it for a while, from 500 ms doubling to
+ * 30 s, so that a failing process costs the evictor, which all processes
+ * share, one wait now and then (a late one is parked: the evictor waits
+ * ZAP_WAIT_MS for it, no more). A zap answered in time ends it. m->lock
+ * held.
  */
-#define LATE_MS 1000
 
 static void back_off(struct mm *m)
 {
@@ -337,7 +337,6 @@ static void park(struct backing *b, struct mm *m, const struct bentry *e)
 		(int)m->pid, ZAP_WAIT_MS);
 	p->m = m;
 	p->e = *e;
-	p->since = now_ms();
 	p->next = b->parked;
 	b->parked = p;
 	metric_gauge_add(b->m_parked, 1);
@@ -355,8 +354,6 @@ static void unpark(struct backing *b, bool all)
 			continue;
 		}
 		*pp = p->next;
-		if (now_ms() - p->since > LATE_MS)
-			back_off(p->m);
 		evict_end(b, p->m, &p->e);
 		metric_gauge_add(b->m_parked, -1);
 		free(p);

@@ -30,16 +30,6 @@ hot() { # start a hot reader; sets HOT (pid) and HADDR (region address)
 	jq -e '.evicted >= 230' "$T/hot$1.json" >/dev/null || fail "not evicted: $(cat "$T/hot$1.json")"
 	HADDR=$(jq -r .addr "$T/hot$1.json")
 }
-vmflags() { # the VmFlags of the mapping of $1 holding address $2 (hex)
-	awk -v a="$2" '
-		/^[0-9a-f]+-[0-9a-f]+ / { split($1, r, "-"); inside = (r[1] <= a && a < r[2]) && length(r[1]) == length(a) }
-		inside && /^VmFlags:/ { print; exit }' "/proc/$1/smaps"
-}
-finish() { # stop the reader; its checks must all have passed
-	kill -TERM "$HOT"
-	wait "$HOT" || fail "the hot reader found bad pages: $(tail -1 "$T/hot$1.json")"
-	jq -e '.bad == 0' <(tail -1 "$T/hot$1.json") >/dev/null || fail "bad pages: $(tail -1 "$T/hot$1.json")"
-}
 
 # KSM off: pages come back again and again, nothing is handed over.
 hot 1

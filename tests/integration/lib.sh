@@ -107,6 +107,29 @@ metric() {
 	curl -sf "http://$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'
 }
 
+# vmflags PID ADDR: the VmFlags of the mapping of PID holding ADDR (hex).
+vmflags() {
+	awk -v a="$2" '
+		/^[0-9a-f]+-[0-9a-f]+ / { split($1, r, "-"); inside = (r[1] <= a && a < r[2]) && length(r[1]) == length(a) }
+		inside && /^VmFlags:/ { print; exit }' "/proc/$1/smaps"
+}
+
+# finish N: stop the hot reader $HOT (cksm-evictee hot, its lines in
+# $T/hotN.json); its checks must all have passed.
+finish() {
+	kill -TERM "$HOT"
+	wait "$HOT" || fail "the hot reader found bad pages: $(tail -1 "$T/hot$1.json")"
+	jq -e '.bad == 0' <(tail -1 "$T/hot$1.json") >/dev/null || fail "bad pages: $(tail -1 "$T/hot$1.json")"
+}
+
+# uffd_sysctl_zero: vm.unprivileged_userfaultfd is 0 for this test, and
+# as it was again at its exit.
+uffd_sysctl_zero() {
+	UFFD_SYSCTL=$(cat /proc/sys/vm/unprivileged_userfaultfd)
+	trap 'echo "$UFFD_SYSCTL" >/proc/sys/vm/unprivileged_userfaultfd; cleanup' EXIT
+	echo 0 >/proc/sys/vm/unprivileged_userfaultfd
+}
+
 # ksm_take: the kernel's KSM is this test's; as it was, unmerged, at exit.
 ksm_take() {
 	KSM=/sys/kernel/mm/ksm

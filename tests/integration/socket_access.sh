@@ -17,10 +17,7 @@ source "$(dirname "$0")/lib.sh"
 PROBE=$ROOT/tests/tools/hello_probe.py
 chmod 755 "$T"
 install -m 755 "$ROOT/build/libcksm.so" "$ROOT/build/cksm-evictee" "$PROBE" "$T/"
-SYSCTL=/proc/sys/vm/unprivileged_userfaultfd
-OLD_SYSCTL=$(cat $SYSCTL)
-trap 'echo "$OLD_SYSCTL" >$SYSCTL; cleanup' EXIT
-echo 0 >$SYSCTL
+uffd_sysctl_zero
 cluster_conf "$T/cksm.conf" 1
 AMET=$(conf_get "$T/cksm.conf" agent metrics)
 start c0 -c "$T/cksm.conf" --role coord --shard 0

@@ -913,8 +913,10 @@ static int cmd_top(const struct config *cfg, const struct auth_key *key, const s
 		return EXIT_DOWN;
 	}
 	r = a.rep;
-	qsort(r->processes, r->n_processes, sizeof(*r->processes), proc_order);
-	qsort(r->cgroups, r->n_cgroups, sizeof(*r->cgroups), group_order);
+	if (r->n_processes) /* none: protobuf-c leaves the array NULL */
+		qsort(r->processes, r->n_processes, sizeof(*r->processes), proc_order);
+	if (r->n_cgroups)
+		qsort(r->cgroups, r->n_cgroups, sizeof(*r->cgroups), group_order);
 	if (o->json)
 		print_top_json(r);
 	else

@@ -138,9 +138,7 @@ static void set_mark(struct mm *m)
 		memcpy(m->st->mark, page, sizeof(m->st->mark));
 		return;
 	}
-	pthread_mutex_lock(&m->lock);
-	m->unkept = true;
-	pthread_mutex_unlock(&m->lock);
+	/* Its mark stays zeroes: evict.c evicts no unmarked mm. */
 	log_warn("process %d: its beacon cannot be marked (%s): nothing of it is evicted",
 		 (int)m->pid, strerror(errno));
 }

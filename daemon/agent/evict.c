@@ -154,7 +154,6 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
  * ZAP_WAIT_MS for it, no more). A zap answered in time ends it. m->lock
  * held.
  */
-
 static void back_off(struct mm *m)
 {
 	m->evict_backoff = m->evict_backoff ? m->evict_backoff * 2 : 500;

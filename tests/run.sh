@@ -41,7 +41,7 @@ run() {
 		failures+=("$name")
 		[[ $rc -eq 124 ]] && echo "timed out after ${limit}s" >>"$log"
 		echo "FAIL $name (exit $rc)"
-		tail -n 30 "$log" | sed 's/^/    | /'
+		tail -n 80 "$log" | sed 's/^/    | /'
 	fi
 }
 

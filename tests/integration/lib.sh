@@ -17,18 +17,70 @@ cleanup() {
 	# other way round: a SIGCONT after the SIGTERM would cancel the stop
 	# LeakSanitizer's tracer uses at the daemon's exit, and hang it.
 	for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do reap "$p" 30 "process $p, told to end at the test's end" 2>/dev/null || true; done
 	rm -rf "$T"
 }
 trap cleanup EXIT
 
-fail() {
-	echo "FAIL: $*" >&2
+# descendants PID: PID and every process under it.
+descendants() {
+	local c
+	echo "$1"
+	for c in $(pgrep -P "$1" || true); do descendants "$c"; done
+}
+
+# stacks PID: where each thread of PID and of the processes under it
+# waits, in the kernel and (with gdb) in user space.
+stacks() {
+	local p t
+	for p in $(descendants "$1"); do
+		[[ -r /proc/$p/cmdline ]] || continue
+		echo "== $p: $(tr '\0' ' ' <"/proc/$p/cmdline" | head -c 160)"
+		for t in /proc/"$p"/task/*; do
+			echo "   thread ${t##*/} $(cat "$t/comm" 2>/dev/null): $(head -n 4 "$t/stack" 2>/dev/null | awk '{ printf "%s ", $2 }')"
+		done
+		command -v gdb >/dev/null &&
+			timeout 30 gdb -batch -nx -p "$p" -ex 'thread apply all bt 12' 2>/dev/null |
+			grep -E '^(Thread|#)' | sed 's/^/   /'
+	done
+}
+
+# reap PID SECS WHAT: wait for PID, a child of this shell, to end, at most
+# SECS seconds, and return its status. One that outlives that is a hang:
+# where its threads wait is printed, it is killed and the status is 124.
+reap() {
+	local pid=$1 secs=$2 what=$3 i state ppid
+	for ((i = 0; i < secs * 10; i++)); do
+		read -r state ppid _ < <(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || true
+		# Gone, ended, or the number taken by a process not ours.
+		[[ -z $state || $state == Z || $ppid != "$BASHPID" ]] && break
+		sleep 0.1
+	done
+	[[ $ppid == "$BASHPID" ]] || state=
+	if [[ -n $state && $state != Z ]]; then
+		echo "HANG: $what: still running after $secs s; where it waits:"
+		stacks "$pid"
+		kill -CONT "$pid" 2>/dev/null || true
+		for i in $(descendants "$pid"); do kill -9 "$i" 2>/dev/null || true; done
+		wait "$pid" 2>/dev/null || true
+		return 124
+	fi
+	wait "$pid"
+}
+
+# show_logs N: the last N lines of each daemon's log, on stderr.
+show_logs() {
+	local f
 	for f in "$T"/*.log; do
 		[[ -e $f ]] || continue
 		echo "--- $f" >&2
-		tail -n 40 "$f" >&2
+		tail -n "$1" "$f" >&2
 	done
+}
+
+fail() {
+	echo "FAIL: $*" >&2
+	show_logs 40
 	exit 1
 }
 
@@ -86,7 +138,7 @@ start() {
 stop() {
 	local var="PID_${1//-/_}" rc=0
 	kill -TERM "${!var}"
-	wait "${!var}" || rc=$?
+	reap "${!var}" 60 "$1, told to stop" || rc=$?
 	[[ $rc -eq 0 ]] || fail "$1 exited with $rc after SIGTERM"
 }
 

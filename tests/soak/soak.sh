@@ -31,6 +31,7 @@ for n in "${NODES[@]}"; do
 	start_node "$n" --set agent.evict_rate=1000000 --set agent.sleep_millisecs=0 \
 		--set agent.pass_millisecs=200 --set agent.data_timeout_ms=500
 done
+START=$SECONDS
 echo "soak: ${SECS} s, seed $SEED, nodes ${NODES[*]}, 2 shards, replicas 2"
 
 # The racers: two per node, for the whole soak.
@@ -95,7 +96,7 @@ while ((SECONDS < until)); do
 	case $((RANDOM % 8)) in
 	0 | 1 | 2) # kill -9, back at once
 		kill -9 "${!var}" 2>/dev/null || true
-		wait "${!var}" 2>/dev/null || true
+		reap "${!var}" 10 "node-$n, killed" >>"$T/hang" || true
 		retire "$n"
 		sleep 0.3
 		agent_back "$n"
@@ -103,13 +104,13 @@ while ((SECONDS < until)); do
 		;;
 	3 | 4) # a life with a fault point, killed if it outlives 6 s
 		kill -9 "${!var}" 2>/dev/null || true
-		wait "${!var}" 2>/dev/null || true
+		reap "${!var}" 10 "node-$n, killed" >>"$T/hang" || true
 		retire "$n"
 		p=${points[$((RANDOM % ${#points[@]}))]}
 		agent_back "$n" CKSM_INJECT="$p"
 		for ((k = 0; k < 60; k++)); do kill -0 "${!var}" 2>/dev/null || break; sleep 0.1; sample "$n"; done
 		kill -9 "${!var}" 2>/dev/null || true
-		wait "${!var}" 2>/dev/null || true
+		reap "${!var}" 10 "node-$n, killed" >>"$T/hang" || true
 		retire "$n"
 		agent_back "$n"
 		POINTS=$((POINTS + 1))
@@ -123,20 +124,26 @@ while ((SECONDS < until)); do
 	6) # a clean restart
 		sample "$n"
 		kill -TERM "${!var}"
-		wait "${!var}" || echo "node-$n exited with $? at its stop" >>"$T/errors"
+		reap "${!var}" 60 "node-$n, told to stop" >>"$T/hang" ||
+			echo "node-$n exited with $? at its stop" >>"$T/errors"
 		retire "$n"
 		agent_back "$n"
 		RESTARTS=$((RESTARTS + 1))
 		;;
 	7) # a shard restarts
 		s=$((RANDOM % 2))
-		stop "c$s"
+		stop "c$s" >>"$T/hang"
 		start "c$s" -c "$T/cksm.conf" --role coord --shard "$s"
 		SHARDS=$((SHARDS + 1))
 		;;
 	esac
 done
-wait "${R[@]}" || true
+# The racers end SECS after their start, and check their pages then.
+left=$((SECS + 120 - SECONDS + START))
+for r in "${R[@]}"; do
+	reap "$r" $((left > 10 ? left : 10)) "a racer" >>"$T/hang" || true
+	left=$((SECS + 120 - SECONDS + START))
+done
 for n in "${NODES[@]}"; do
 	sample "$n"
 	retire "$n"
@@ -157,13 +164,31 @@ done
 san=$(cat "$T"/*.log | grep -c 'ERROR: AddressSanitizer\|runtime error:\|LeakSanitizer' || true)
 ((san)) && echo "$san sanitizer reports in the daemons' logs" >>"$T/errors"
 touch "$T/errors"
+hangs=$(grep -c '^HANG' "$T/hang" 2>/dev/null || true)
+((hangs)) && grep '^HANG' "$T/hang" >>"$T/errors"
 errors=$(wc -l <"$T/errors")
 lost=$((bad + old + child + SIGBUS))
-echo "workload: 6 processes, $ops ops, $checks checks, $forks forks"
-echo "pages backed: up to $MAXBACKED at once; faults served: $FAULTS ($RFAULTS from other nodes' dups)"
-echo "restarts: $KILLS agents killed, $POINTS killed at fault points, $RESTARTS restarted cleanly, $STOPS holders stopped for 3 s, $SHARDS shards restarted"
-echo "errors: $errors"
-[[ -s $T/errors ]] && sed 's/^/  /' "$T/errors"
-echo "lost = $lost (pages wrong $bad, dropped pages with old content $old, children's wrong pages $child, SIGBUS $SIGBUS)"
-((lost == 0 && errors == 0)) || fail "the soak lost pages or met errors (seed $SEED)"
-echo ok
+summary() {
+	echo "workload: 6 processes, $ops ops, $checks checks, $forks forks"
+	echo "pages backed: up to $MAXBACKED at once; faults served: $FAULTS ($RFAULTS from other nodes' dups)"
+	echo "restarts: $KILLS agents killed, $POINTS killed at fault points, $RESTARTS restarted cleanly, $STOPS holders stopped for 3 s, $SHARDS shards restarted"
+	echo "errors: $errors"
+	[[ -s $T/errors ]] && sed 's/^/  /' "$T/errors"
+	echo "lost = $lost (pages wrong $bad, dropped pages with old content $old, children's wrong pages $child, SIGBUS $SIGBUS)"
+}
+if ((lost == 0 && errors == 0)); then
+	summary
+	echo ok
+	exit 0
+fi
+# The logs stay for a look; what failed comes last, where a runner that
+# shows a log's tail sees it.
+mkdir -p "$ROOT/build/test-logs"
+rm -rf "$ROOT/build/test-logs/soak-$SEED"
+cp -r "$T" "$ROOT/build/test-logs/soak-$SEED"
+echo "logs kept in build/test-logs/soak-$SEED"
+show_logs 20 2>&1
+((hangs)) && cat "$T/hang"
+summary
+echo "FAIL: the soak lost pages or met errors (seed $SEED)"
+exit 1

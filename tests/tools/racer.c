@@ -215,7 +215,10 @@ static uint64_t now_ms(void)
 static void child(void)
 {
 	uint64_t s = (uint64_t)getpid() * 2654435761u;
-	size_t bad = verify_all("child");
+	size_t bad;
+
+	bad_len = 0; /* the parent's list is not this child's */
+	bad = verify_all("child");
 
 	for (int i = 0; i < 64; i++) {
 		size_t pg = xs(&s) % npages;
@@ -226,6 +229,14 @@ static void child(void)
 	}
 	usleep(300000); /* let the agent look at the child too */
 	bad += verify_all("child");
+	if (bad) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		fprintf(stderr, "%lld.%03ld child %d of %d: %zu bad pages: [%s]\n",
+			(long long)ts.tv_sec, ts.tv_nsec / 1000000, (int)getpid(), (int)getppid(),
+			bad, bad_json);
+	}
 	_exit(bad > 250 ? 250 : (int)bad);
 }
 

@@ -48,6 +48,8 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/userfaultfd.h>
@@ -273,6 +275,22 @@ static void kids_close(void)
 }
 
 /*
+ * Forks, as the agent answers them (CHILD, in local.h): answers counted,
+ * the lost ones among them, and the connections that ended. zap_lock.
+ */
+static struct {
+	pthread_cond_t cond; /* on CLOCK_MONOTONIC */
+	uint64_t answers, lost, ends;
+} forks;
+
+static void fork_answered(bool lost)
+{
+	forks.answers++;
+	forks.lost += lost;
+	pthread_cond_broadcast(&forks.cond);
+}
+
+/*
  * Is fd still the socket it was (ino)? A program that closes every
  * descriptor (a daemon) closes libcksm's too, and may open others that
  * get the same numbers: those are never read, written or closed here.
@@ -310,9 +328,11 @@ static void *serve(void *arg)
 			continue;
 		if (recv_local(fd, &m, &extra) != 0)
 			break;
-		if (m.type == CKSM_LOCAL_CHILD && extra >= 0) {
+		if (m.type == CKSM_LOCAL_CHILD) {
 			pthread_mutex_lock(&zap_lock);
-			kid_add(m.token, extra);
+			if (extra >= 0)
+				kid_add(m.token, extra);
+			fork_answered(extra < 0 && m.a == CKSM_LOCAL_CHILD_LOST);
 			pthread_mutex_unlock(&zap_lock);
 			continue;
 		}
@@ -331,6 +351,8 @@ static void *serve(void *arg)
 	pthread_mutex_lock(&zap_lock);
 	if (sock_get() == fd)
 		__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
+	forks.ends++; /* a fork it did not answer lost its child's userfaultfd */
+	pthread_cond_broadcast(&forks.cond);
 	pthread_mutex_unlock(&zap_lock);
 	if (ours && still_ours(fd, ino))
 		close(fd);
@@ -475,6 +497,106 @@ static void on_fork_child(void)
 	own_uffd = -1;
 	if (beacon)
 		start_thread(reattach, NULL);
+}
+
+/*
+ * fork(). The kernel hands the child's userfaultfd to the agent with the
+ * fork event, and until the agent hands a copy to this process (CHILD)
+ * that descriptor lives in the agent alone: an agent killed then takes
+ * it along, and the child's dropped pages would read as zeroes. So the
+ * child waits, before it returns from fork(), for the parent's word: the
+ * parent gives it once the answer to this fork came, or after
+ * FORK_WAIT_MS without one while the connection lives (an agent stopped,
+ * or a fork that had no event). When the connection ends without an
+ * answer, or the agent says the child's userfaultfd could not be kept,
+ * the child is killed before it ever ran and the fork is done again; the
+ * program sees one fork. Forks go through here one at a time.
+ */
+#define FORK_WAIT_MS 5000
+#define FORK_TRIES   16
+static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t (*real_fork)(void);
+
+/* The child's side: held until the parent's word (or the parent's end). */
+static void fork_child_wait(int rd)
+{
+	char v;
+
+	pthread_mutex_init(&fork_lock, NULL); /* held by the parent's thread */
+	while (read(rd, &v, 1) < 0 && errno == EINTR)
+		;
+	close(rd);
+}
+
+/* Did the fork that saw (answers, lost, ends) before it keep its child? */
+static bool fork_kept(uint64_t answers, uint64_t lost, uint64_t ends)
+{
+	struct timespec until;
+	bool kept = true;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += FORK_WAIT_MS / 1000;
+	pthread_mutex_lock(&zap_lock);
+	while (forks.answers == answers && forks.ends == ends)
+		if (pthread_cond_timedwait(&forks.cond, &zap_lock, &until) == ETIMEDOUT)
+			break;
+	if (forks.answers != answers)
+		kept = forks.lost == lost;
+	else if (forks.ends != ends)
+		kept = false;
+	pthread_mutex_unlock(&zap_lock);
+	return kept;
+}
+
+EXPORT pid_t fork(void)
+{
+	pid_t pid = -1;
+
+	if (!real_fork)
+		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+	if (!real_fork) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (!attached_here() || __atomic_load_n(&own_uffd, __ATOMIC_ACQUIRE) < 0)
+		return real_fork();
+	pthread_mutex_lock(&fork_lock);
+	for (int tries = 0; tries < FORK_TRIES; tries++) {
+		uint64_t answers, lost, ends;
+		int p[2], st;
+
+		if (pipe2(p, O_CLOEXEC)) {
+			pid = real_fork(); /* no way to hold the child back */
+			break;
+		}
+		pthread_mutex_lock(&zap_lock);
+		answers = forks.answers;
+		lost = forks.lost;
+		ends = forks.ends;
+		pthread_mutex_unlock(&zap_lock);
+		pid = real_fork();
+		if (pid == 0) {
+			close(p[1]);
+			fork_child_wait(p[0]);
+			return 0;
+		}
+		close(p[0]);
+		if (pid < 0 || fork_kept(answers, lost, ends)) {
+			if (pid > 0)
+				(void)!write(p[1], "y", 1);
+			close(p[1]);
+			break;
+		}
+		/* It never ran: gone, and the program never hears of it. */
+		kill(pid, SIGKILL);
+		while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
+			;
+		close(p[1]);
+		pid = -1;
+		errno = EAGAIN;
+	}
+	pthread_mutex_unlock(&fork_lock);
+	return pid;
 }
 
 static size_t env_size(const char *name, size_t dflt)
@@ -668,6 +790,12 @@ fail:
 
 __attribute__((constructor)) static void cksm_init(void)
 {
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&forks.cond, &ca);
+	pthread_condattr_destroy(&ca);
 	real_madvise = (int (*)(void *, size_t, int))dlsym(RTLD_NEXT, "madvise");
 	if (!real_madvise)
 		return;

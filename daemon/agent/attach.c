@@ -420,14 +420,25 @@ static void wake_all(struct mm *m)
 
 /* ---- fork children's userfaultfds, kept by their parents ------------------------ */
 
+/*
+ * The answer to a fork event (local.h, CHILD): the child's userfaultfd
+ * for the parent to keep; none when c is not kept in the state directory
+ * (served, not past this agent); "lost" when c is NULL.
+ */
 void kid_keep(struct mm *m, struct mm *c)
 {
 	struct cksm_local k = cksm_local_msg(CKSM_LOCAL_CHILD);
+	int fd = -1;
 
-	if (m->sock < 0 || !c->key)
+	if (m->sock < 0)
 		return; /* a child of a child not re-attached: nobody to keep it */
-	k.token = c->key;
-	if (local_send(m->sock, &k, c->uffd) < 0)
+	if (!c) {
+		k.a = CKSM_LOCAL_CHILD_LOST;
+	} else if (c->key) {
+		k.token = c->key;
+		fd = c->uffd;
+	}
+	if (local_send(m->sock, &k, fd) < 0)
 		log_warn(
 			"process %d: its fork child's userfaultfd cannot be handed to it; the child is served, but not past this agent's end",
 			(int)m->pid);

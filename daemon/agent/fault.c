@@ -337,10 +337,13 @@ static void on_fork(struct mm *m, int ufd)
 	int fl = fcntl(ufd, F_GETFL);
 
 	if (!c || fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0) {
-		/* Without it the child's backed pages read as zeroes: never. */
-		log_error("process %d forked and the child's table cannot be kept", (int)m->pid);
+		/* Without it the child's backed pages would read as zeroes:
+		 * libcksm kills that child before it runs and forks again. */
+		log_error("process %d forked and the child's table cannot be kept: it forks again",
+			  (int)m->pid);
 		free(c);
 		close(ufd);
+		kid_keep(m, NULL);
 		return;
 	}
 	c->handshaken = true;
@@ -355,6 +358,8 @@ static void on_fork(struct mm *m, int ufd)
 			fork_entry(b, c, &m->tab.e[i]);
 	metric_inc(b->m_forks);
 	list_add(b, c);
+	if (inject("die_in_fork"))
+		raise(SIGKILL);
 	kid_keep(m, c);
 }
 
@@ -520,9 +525,11 @@ void resume_inbox(struct mm *m)
 	if (!msg.event)
 		return;
 	if (msg.event == UFFD_EVENT_FORK) {
-		/* Its descriptor died with the agent that read it. */
-		log_error(
-			"process %d forked as the agent was killed: the child's backed pages are lost",
+		/* Its descriptor died with the agent that read it: libcksm,
+		 * which had no answer to that fork, kills the child before it
+		 * runs and forks again. */
+		log_warn(
+			"process %d forked as the agent was killed: the child, whose userfaultfd died with it, is forked again",
 			(int)m->pid);
 	} else if (msg.event != UFFD_EVENT_PAGEFAULT) {
 		/* Each is idempotent: a range already dropped or moved is

@@ -35,7 +35,14 @@
  * until the child re-attaches (below) the agent's copy would be the only
  * one, so the agent hands one to the parent at once:
  *   agent -> process  CHILD    token: the child's key, with its userfaultfd
- *                              (keep it for the agent)
+ *                              (keep it for the agent); without one, a:
+ *                              0 the child is served but not kept past
+ *                              this agent, CKSM_LOCAL_CHILD_LOST its
+ *                              userfaultfd could not be kept at all
+ * Every fork event of a process with a connection is answered so, in the
+ * order of the forks; libcksm's fork() holds the child back until the
+ * answer comes, and forks again when the child's userfaultfd is lost (no
+ * answer before the connection ends: the agent died holding it).
  *   agent -> process  FORGET   token: close the child's (it re-attached
  *                              with a copy of its own, or it is gone)
  * and a parent that resumes sends each one it keeps back, after READY:
@@ -80,9 +87,10 @@ enum cksm_local_zap_state {
 	CKSM_LOCAL_ZAP_DONE = 2,    /* its madvise returned status */
 };
 
-#define CKSM_LOCAL_MERGE_ALL 0x1u /* every private anonymous mapping >= b */
-#define CKSM_LOCAL_FORKED    0x2u /* a forked child re-attaching */
-#define CKSM_LOCAL_RESUMING  0x4u /* attached before: RESUME follows */
+#define CKSM_LOCAL_MERGE_ALL  0x1u /* every private anonymous mapping >= b */
+#define CKSM_LOCAL_FORKED     0x2u /* a forked child re-attaching */
+#define CKSM_LOCAL_CHILD_LOST 1u   /* CHILD's a: fork again */
+#define CKSM_LOCAL_RESUMING   0x4u /* attached before: RESUME follows */
 
 #define CKSM_LOCAL_BEACON_PAGES 64u
 /*

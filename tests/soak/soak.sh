@@ -6,7 +6,7 @@
 # on every node make pages backed by other nodes' dups, read over TCP.
 # Every few seconds one of:
 #   kill -9 an agent (half the time by a fault point: mid-eviction, mid
-#     fault, copies refused, replica reads failing), started again;
+#     fault, mid fork, copies refused, replica reads failing), started again;
 #   SIGSTOP an agent (a holder others read from) for 3 s;
 #   SIGTERM an agent and start it again (a clean restart);
 #   restart a shard.
@@ -80,7 +80,7 @@ agent_back() { # agent_back N [VAR=VALUE...]
 	shift
 	node_again "$n" "$@"
 }
-points=(die_before_zap=200 die_after_zap=200 die_in_fault=100 copy_eagain=3 replica_read_fails=2)
+points=(die_before_zap=200 die_after_zap=200 die_in_fault=100 die_in_fork=5 copy_eagain=3 replica_read_fails=2)
 KILLS=0 STOPS=0 RESTARTS=0 SHARDS=0 POINTS=0
 until=$((SECONDS + SECS - 10))
 while ((SECONDS < until)); do

@@ -1,0 +1,54 @@
+# An agent killed while it holds a fork child's userfaultfd, between the
+# fork event's read and the answer that hands a copy to the parent
+# (fault point die_in_fork): that descriptor dies with the agent, and the
+# child's evicted pages would read as zeroes. libcksm's fork() holds the
+# child back until the answer comes; with none before the connection
+# ends, the child is killed before it ran and the fork is done again.
+# Agents alternate: one that dies at its first fork event, then one that
+# serves (and evicts) for a while and is killed. cksm-racer forks all
+# along, each child checking its copy of every page.
+source "$(dirname "$0")/lib.sh"
+
+LIB=$ROOT/build/libcksm.so
+SECS=${FORK_KILL_SECONDS:-24}
+cluster_conf "$T/cksm.conf" 1
+start c0 -c "$T/cksm.conf" --role coord --shard 0
+ARGS=(-c "$T/cksm.conf" --role agent --set agent.pass_millisecs=50 --set agent.sleep_millisecs=0
+	--set agent.evict_age=1 --set agent.evict_cooldown_millisecs=0 --set agent.evict_rate=1000000)
+lives=0
+life() { # life [VAR=VALUE]: the next agent, as agentN
+	lives=$((lives + 1))
+	env "$@" "$CKSMD" "${ARGS[@]}" >"$T/agent$lives.log" 2>&1 &
+	PIDS+=($!)
+	AGENT=$!
+}
+life
+wait_for "registration" 10 log_has agent1 "registered with shard 0"
+
+timeout $((SECS + 60)) env LD_PRELOAD="$LIB" CKSM_MERGE_ALL=1 CKSM_SOCKET="$T/agent.sock" \
+	"$ROOT/build/cksm-racer" --pages 2048 --threads 2 --rate 500 --fork-ms 100 \
+	--settle-ms 2000 --seconds "$SECS" >"$T/racer.json" 2>"$T/racer.err" &
+RACER=$!
+sleep 2
+end=$((SECONDS + SECS - 4))
+while ((SECONDS < end)); do
+	kill -9 "$AGENT" 2>/dev/null || true
+	reap "$AGENT" 10 "agent$lives, killed" || true
+	life CKSM_INJECT=die_in_fork=1
+	reap "$AGENT" 20 "agent$lives, which dies at its first fork event" || true
+	life
+	sleep 1.5
+done
+rc=0
+reap "$RACER" 120 "cksm-racer" || rc=$?
+died=$(cat "$T"/agent*.log | grep -c 'forked as the agent was killed' || true)
+echo "racer (exit $rc): $(head -c 600 "$T/racer.json")"
+[[ -s $T/racer.err ]] && echo "racer's children: $(head -c 1500 "$T/racer.err")"
+echo "agents: $lives lives; $died forks whose child's userfaultfd died with an agent"
+((died >= 2)) || fail "fewer than 2 agents died holding a fork child's userfaultfd"
+jq -e '.forks > 20 and .min_resident < 1' "$T/racer.json" >/dev/null ||
+	fail "nothing raced: too few forks, or nothing evicted"
+jq -e '.bad == 0 and .child_bad == 0' "$T/racer.json" >/dev/null ||
+	fail "a fork child read a page other than its parent held at the fork"
+[[ $rc == 0 ]] || fail "cksm-racer exited with $rc"
+echo "ok"

@@ -107,6 +107,8 @@ void mm_end(struct mm *m, const char *why)
 		log_info("process %d detached", (int)m->pid);
 	if (m->handshaken && b->detached)
 		b->detached(b->hook_arg, m->pid);
+	if (m->pid)
+		wset_forget(b->wset, m->pid);
 	uv_poll_stop(&m->poll);
 	uv_close((uv_handle_t *)&m->poll, on_closed);
 }
@@ -1164,6 +1166,18 @@ static void forget_waiting(struct backing *b)
 	}
 }
 
+/* The working set's regions by state, and the budgets spent. */
+static void wset_gauges(struct backing *b)
+{
+	struct wset_stats st;
+
+	wset_stats(b->wset, now_ms(), &st);
+	for (int s = 0; s < WSET_STATES; s++)
+		metric_set(b->m_regions[s], (double)st.regions[s]);
+	metric_add(b->m_broke, st.broke - b->broke_seen);
+	b->broke_seen = st.broke;
+}
+
 static void on_housekeeping(uv_timer_t *t)
 {
 	struct backing *b = t->data;
@@ -1177,6 +1191,7 @@ static void on_housekeeping(uv_timer_t *t)
 	end_foreign(b);
 	follow_mappings(b);
 	ksm_handover(b);
+	wset_gauges(b);
 }
 
 /* ---- the socket ------------------------------------------------------------------ */

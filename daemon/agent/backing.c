@@ -45,6 +45,11 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 #define FAULTS_HELP "Pages brought back on touch, by source (fresh: never backed)."
 #define BACKED	    "cksm_pages_backed"
 #define BACKED_HELP "Pages of attached processes dropped and backed, by what backs them."
+#define HELD	    "cksm_evictions_held_total"
+#define HELD_HELP \
+	"Pages offered for eviction and held back: a region's sample watched, a hot region, a process out of fault budget."
+#define REGIONS	     "cksm_wset_regions"
+#define REGIONS_HELP "Regions (2 MiB of a process) whose refaults are followed, by state."
 	const struct metric_def defs[] = {
 		METRIC_G(b->m_attached, "cksm_attached_processes",
 			 "Address spaces served (libcksm processes and their fork children)."),
@@ -93,11 +98,26 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_C(
 			b->m_refused, "cksm_attach_refused_total",
 			"Processes refused at attach: not root, not in socket_group, nor let by attach_any_user."),
+		METRIC_CL(b->m_held[WSET_WAIT], HELD, HELD_HELP, "reason=\"sampling\""),
+		METRIC_CL(b->m_held[WSET_HOT_REGION], HELD, HELD_HELP, "reason=\"hot\""),
+		METRIC_CL(b->m_held[WSET_NO_BUDGET], HELD, HELD_HELP, "reason=\"budget\""),
+		{ &b->m_regions[WSET_NEW], METRIC_GAUGE, REGIONS, REGIONS_HELP, "state=\"new\"" },
+		{ &b->m_regions[WSET_SAMPLING], METRIC_GAUGE, REGIONS, REGIONS_HELP,
+		  "state=\"sampling\"" },
+		{ &b->m_regions[WSET_OPEN], METRIC_GAUGE, REGIONS, REGIONS_HELP, "state=\"open\"" },
+		{ &b->m_regions[WSET_HOT], METRIC_GAUGE, REGIONS, REGIONS_HELP, "state=\"hot\"" },
+		METRIC_C(
+			b->m_broke, "cksm_fault_budget_exhausted_total",
+			"Times a process spent its share of time in faults (fault_budget_pct): its eviction stops until earned back."),
 	};
 #undef FAULTS
 #undef FAULTS_HELP
 #undef BACKED
 #undef BACKED_HELP
+#undef HELD
+#undef HELD_HELP
+#undef REGIONS
+#undef REGIONS_HELP
 
 	if (metrics_register(reg, defs, sizeof(defs) / sizeof(defs[0])))
 		return -ENOMEM;
@@ -108,13 +128,19 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 /* The tables and the readers, all or nothing. */
 static int alloc_tables(struct backing *b)
 {
+	struct wset_cfg wc = { .regions = b->cfg->wset_regions,
+			       .sample_pages = b->cfg->wset_sample_pages,
+			       .sample_ms = b->cfg->wset_sample_ms,
+			       .fault_budget_pct = b->cfg->fault_budget_pct };
+
+	b->wset = wset_create(&wc);
 	b->offers = calloc(OFFER_MAX, sizeof(*b->offers));
 	b->refs = calloc(pool_slots(b->pool), sizeof(*b->refs));
 	b->ref_pos = calloc(pool_slots(b->pool), sizeof(*b->ref_pos));
 	b->remote = calloc(REMOTE_IDS, sizeof(*b->remote));
 	oaidx_init(&b->holder_ix);
 	b->rrefs = rrefs_create();
-	if (!b->offers || !b->refs || !b->ref_pos || !b->remote || !b->rrefs)
+	if (!b->wset || !b->offers || !b->refs || !b->ref_pos || !b->remote || !b->rrefs)
 		return -ENOMEM;
 	b->fault_tr = b->tk->reader(b->cfg, b->key);
 	b->evict_tr = b->fault_tr ? b->tk->reader(b->cfg, b->key) : NULL;
@@ -127,6 +153,7 @@ static void free_tables(struct backing *b)
 	transport_destroy(b->evict_tr);
 	remote_fini(b);
 	rrefs_destroy(b->rrefs);
+	wset_destroy(b->wset);
 	free(b->remote);
 	free(b->ref_pos);
 	free(b->refs);

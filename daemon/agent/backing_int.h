@@ -54,6 +54,7 @@
 #include "remap.h"
 #include "rrefs.h"
 #include "transport.h"
+#include "wset.h"
 
 #define PAGE		 4096u
 #define OFFER_MAX	 65536u	    /* pages waiting for the evictor */
@@ -231,6 +232,9 @@ struct backing {
 		uint8_t domain; /* its content's domain tag */
 	} hot[HOT_MAX];		/* pages faulted back from the pool a second time */
 	unsigned nhot;
+	struct wset *wset; /* refaults by region, and each process's time in faults */
+	struct metric *m_held[4], *m_regions[WSET_STATES], *m_broke;
+	uint64_t broke_seen; /* wset's count of budgets spent, as last added (loop) */
 	bool ksm_off_said;
 	uint32_t ksm_kept_said; /* domains (by index) told to keep their hot pages (loop) */
 

@@ -71,6 +71,16 @@ static bool cool_active(struct backing *b, pid_t pid, uint64_t addr)
 
 /* ---- offers ------------------------------------------------------------------- */
 
+/* Does the working set let the page go (wset.h)? Counted if not. */
+static bool wset_lets(struct backing *b, pid_t pid, uint64_t addr)
+{
+	enum wset_verdict v = wset_may_evict(b->wset, pid, addr, now_ms());
+
+	if (v != WSET_EVICT)
+		metric_inc(b->m_held[v]);
+	return v == WSET_EVICT;
+}
+
 /* Queue o; false when the ring is full. b->lock held. */
 static bool offer_push(struct backing *b, const struct offer *o)
 {
@@ -92,7 +102,7 @@ void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum backed_by k
 	if (id)
 		o.id = *id;
 	pthread_mutex_lock(&b->lock);
-	dropped = !cool_active(b, pid, addr) && !offer_push(b, &o);
+	dropped = !cool_active(b, pid, addr) && wset_lets(b, pid, addr) && !offer_push(b, &o);
 	pthread_mutex_unlock(&b->lock);
 	if (dropped)
 		metric_inc(b->m_offers_dropped);
@@ -107,7 +117,7 @@ bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const str
 	if (!b->cfg->evict || addr % PAGE)
 		return false;
 	pthread_mutex_lock(&b->lock);
-	ok = remote_known(b, id, &r) && !cool_active(b, pid, addr);
+	ok = remote_known(b, id, &r) && !cool_active(b, pid, addr) && wset_lets(b, pid, addr);
 	if (ok) {
 		o.nrem = r.n;
 		memcpy(o.rem, r.rem, sizeof(o.rem));

@@ -219,7 +219,7 @@ static bool remote_unanswered(struct mm *m, const struct uffd_msg *msg, uint64_t
 static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t since_ms)
 {
 	struct backing *b = m->b;
-	uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
+	uint64_t t0 = clock_ns(CLOCK_MONOTONIC), ns;
 	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
 	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	const char *lost = NULL;
@@ -259,9 +259,12 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t sinc
 		uffd_wake(m->uffd, addr); /* let it fault again */
 		return true;
 	}
-	if (m->pid)
+	ns = clock_ns(CLOCK_MONOTONIC) - t0;
+	if (m->pid) {
 		cool_note(b, m->pid, addr, f.e.kind == BACKED_POOL, cid_domain_of(f.e.id));
-	metric_observe(b->m_lat, (double)(clock_ns(CLOCK_MONOTONIC) - t0) / 1e9);
+		wset_refault(b->wset, m->pid, addr, ns, now_ms());
+	}
+	metric_observe(b->m_lat, (double)ns / 1e9);
 	return true;
 }
 

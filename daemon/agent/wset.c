@@ -1,0 +1,360 @@
+/*
+ * wset - see wset.h.
+ *
+ * Layout: two open-addressed tables, regions and processes, where a key
+ * lives within PROBE entries of its hash; a lookup looks at the whole
+ * window (so entries can be freed anywhere), and a key that finds
+ * neither itself nor a free entry there takes the window's least
+ * recently used entry.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wset.h"
+
+#define PROBE 16u
+
+struct region {
+	uint64_t key;	   /* pid << 36 | region index, + 1; 0: free */
+	uint64_t used_ms;  /* last looked at */
+	uint64_t until_ms; /* sampling: its verdict; hot: sampled again */
+	uint64_t win_ms;   /* open: the window's start */
+	uint64_t stripes;  /* sampling: the stripes a sample page came from */
+	uint32_t evicted;  /* evictions (sampling: the sample) in the window */
+	uint32_t refaults; /* ... and refaults */
+	uint32_t out;	   /* pages evicted and not back, about */
+	uint8_t state;	   /* enum wset_state */
+	uint8_t level;	   /* hot verdicts in a row */
+};
+
+struct proc {
+	pid_t pid; /* 0: free */
+	uint64_t used_ms, first_ms, last_ms;
+	int64_t tokens; /* ns of faults it may still spend */
+	bool broke;	/* its budget ran out, and was counted */
+	uint64_t refaults, fault_ns;
+};
+
+struct wset {
+	pthread_mutex_t lock;
+	struct wset_cfg cfg;
+	size_t nregions;
+	struct region *r;
+	struct proc p[WSET_PROCS];
+	struct wset_stats st; /* the counters; regions[] is counted on demand */
+};
+
+static uint64_t mix(uint64_t k)
+{
+	k ^= k >> 33;
+	k *= 0xff51afd7ed558ccdULL;
+	k ^= k >> 33;
+	return k;
+}
+
+static uint64_t region_key(pid_t pid, uint64_t addr)
+{
+	return ((uint64_t)(uint32_t)pid << 36 | ((addr >> WSET_REGION_SHIFT) & ((1ull << 36) - 1))) +
+	       1;
+}
+
+/* The region's entry, made if new (the window's oldest gives way). */
+static struct region *region_get(struct wset *w, pid_t pid, uint64_t addr, uint64_t now)
+{
+	uint64_t key = region_key(pid, addr);
+	size_t h = mix(key) % w->nregions;
+	struct region *free_r = NULL, *old = NULL;
+
+	for (unsigned i = 0; i < PROBE; i++) {
+		struct region *r = &w->r[(h + i) % w->nregions];
+
+		if (r->key == key) {
+			r->used_ms = now;
+			return r;
+		}
+		if (!r->key && !free_r)
+			free_r = r;
+		if (r->key && (!old || r->used_ms < old->used_ms))
+			old = r;
+	}
+	if (!free_r) {
+		free_r = old;
+		w->st.forgotten++;
+	}
+	memset(free_r, 0, sizeof(*free_r));
+	free_r->key = key;
+	free_r->used_ms = now;
+	return free_r;
+}
+
+static struct proc *proc_get(struct wset *w, pid_t pid, uint64_t now)
+{
+	size_t h = mix((uint64_t)(uint32_t)pid) % WSET_PROCS;
+	struct proc *free_p = NULL, *old = NULL;
+
+	for (unsigned i = 0; i < PROBE; i++) {
+		struct proc *p = &w->p[(h + i) % WSET_PROCS];
+
+		if (p->pid == pid) {
+			p->used_ms = now;
+			return p;
+		}
+		if (!p->pid && !free_p)
+			free_p = p;
+		if (p->pid && (!old || p->used_ms < old->used_ms))
+			old = p;
+	}
+	if (!free_p)
+		free_p = old;
+	memset(free_p, 0, sizeof(*free_p));
+	free_p->pid = pid;
+	free_p->used_ms = free_p->first_ms = free_p->last_ms = now;
+	return free_p;
+}
+
+/* The budget, earned up to now. */
+static void proc_earn(struct wset *w, struct proc *p, uint64_t now)
+{
+	if (now > p->last_ms) {
+		p->tokens += (int64_t)((now - p->last_ms) * 1000000ull * w->cfg.fault_budget_pct / 100);
+		if (p->tokens > (int64_t)WSET_BUDGET_CAP_NS)
+			p->tokens = (int64_t)WSET_BUDGET_CAP_NS;
+		p->last_ms = now;
+	}
+	if (p->tokens >= 0)
+		p->broke = false;
+}
+
+static void go_hot(struct wset *w, struct region *r, uint64_t now)
+{
+	uint64_t back = (uint64_t)WSET_BACKOFF_MS << (r->level < 6 ? r->level : 6);
+
+	r->state = WSET_HOT;
+	r->until_ms = now + (back < WSET_BACKOFF_MAX_MS ? back : WSET_BACKOFF_MAX_MS);
+	if (r->level < 255)
+		r->level++;
+	w->st.hot_verdicts++;
+}
+
+static void start_sampling(struct region *r)
+{
+	r->state = WSET_SAMPLING;
+	r->until_ms = 0;
+	r->stripes = 0;
+	r->evicted = r->refaults = 0;
+}
+
+/* Verdicts that time gives: a sample watched long enough, a back-off
+ * over, an open window ended. */
+static void region_tick(struct wset *w, struct region *r, uint64_t now)
+{
+	switch (r->state) {
+	case WSET_NEW:
+		start_sampling(r);
+		break;
+	case WSET_SAMPLING:
+		if (!r->until_ms || now < r->until_ms)
+			break;
+		if (r->refaults * 4 >= r->evicted && r->refaults) {
+			go_hot(w, r, now);
+		} else {
+			r->state = WSET_OPEN;
+			r->win_ms = now;
+			r->evicted = r->refaults = 0;
+			if (r->level)
+				r->level--;
+		}
+		break;
+	case WSET_HOT:
+		if (now >= r->until_ms)
+			start_sampling(r);
+		break;
+	case WSET_OPEN:
+		if (now - r->win_ms >= w->cfg.sample_ms) {
+			r->win_ms = now;
+			r->evicted = r->refaults = 0;
+		}
+		break;
+	}
+}
+
+enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms)
+{
+	enum wset_verdict v = WSET_EVICT;
+	struct region *r;
+	struct proc *p;
+
+	pthread_mutex_lock(&w->lock);
+	if (w->cfg.fault_budget_pct) {
+		p = proc_get(w, pid, now_ms);
+		proc_earn(w, p, now_ms);
+		if (p->tokens < 0) {
+			v = WSET_NO_BUDGET;
+			goto out;
+		}
+	}
+	r = region_get(w, pid, addr, now_ms);
+	region_tick(w, r, now_ms);
+	if (r->state == WSET_HOT) {
+		v = WSET_HOT_REGION;
+	} else if (r->state == WSET_SAMPLING) {
+		/* One sample page per stripe of the region, the first offered. */
+		unsigned stripes = w->cfg.sample_pages < 64 ? w->cfg.sample_pages : 64;
+		unsigned s = (unsigned)((addr & (WSET_REGION - 1)) * stripes / WSET_REGION);
+
+		if (r->evicted >= stripes || (r->stripes >> s & 1)) {
+			v = WSET_WAIT;
+		} else {
+			r->stripes |= 1ull << s;
+			r->evicted++;
+			r->out++;
+			if (!r->until_ms)
+				r->until_ms = now_ms + w->cfg.sample_ms;
+		}
+	} else {
+		r->evicted++;
+		r->out++;
+	}
+out:
+	w->st.held[v]++;
+	pthread_mutex_unlock(&w->lock);
+	return v;
+}
+
+void wset_refault(struct wset *w, pid_t pid, uint64_t addr, uint64_t ns, uint64_t now_ms)
+{
+	struct region *r;
+	struct proc *p;
+
+	ns += WSET_FAULT_FLOOR_NS;
+	pthread_mutex_lock(&w->lock);
+	w->st.refaults++;
+	w->st.fault_ns += ns;
+	p = proc_get(w, pid, now_ms);
+	proc_earn(w, p, now_ms);
+	p->refaults++;
+	p->fault_ns += ns;
+	if (w->cfg.fault_budget_pct) {
+		p->tokens -= (int64_t)ns;
+		if (p->tokens < 0 && !p->broke) {
+			p->broke = true;
+			w->st.broke++;
+		}
+	}
+	r = region_get(w, pid, addr, now_ms);
+	region_tick(w, r, now_ms);
+	r->refaults++;
+	if (r->out)
+		r->out--;
+	/* Open: hot when, within a window, an eighth of what is out came
+	 * back (and at least WSET_HOT_MIN pages). */
+	if (r->state == WSET_OPEN && r->refaults >= WSET_HOT_MIN && r->refaults * 8 >= r->out)
+		go_hot(w, r, now_ms);
+	pthread_mutex_unlock(&w->lock);
+}
+
+void wset_forget(struct wset *w, pid_t pid)
+{
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; i < WSET_PROCS; i++)
+		if (w->p[i].pid == pid)
+			memset(&w->p[i], 0, sizeof(w->p[i]));
+	for (size_t i = 0; i < w->nregions; i++)
+		if (w->r[i].key && (w->r[i].key - 1) >> 36 == (uint64_t)(uint32_t)pid)
+			memset(&w->r[i], 0, sizeof(w->r[i]));
+	pthread_mutex_unlock(&w->lock);
+}
+
+void wset_stats(struct wset *w, uint64_t now_ms, struct wset_stats *st)
+{
+	pthread_mutex_lock(&w->lock);
+	*st = w->st;
+	memset(st->regions, 0, sizeof(st->regions));
+	for (size_t i = 0; i < w->nregions; i++) {
+		struct region *r = &w->r[i];
+
+		if (!r->key)
+			continue;
+		region_tick(w, r, now_ms);
+		st->regions[r->state]++;
+	}
+	pthread_mutex_unlock(&w->lock);
+}
+
+bool wset_proc(struct wset *w, pid_t pid, struct wset_proc *out)
+{
+	size_t h = mix((uint64_t)(uint32_t)pid) % WSET_PROCS;
+	bool found = false;
+
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; i < PROBE && !found; i++) {
+		struct proc *p = &w->p[(h + i) % WSET_PROCS];
+
+		if (p->pid == pid && pid) {
+			*out = (struct wset_proc){ pid, p->refaults, p->fault_ns, p->first_ms };
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	return found;
+}
+
+int wset_check(struct wset *w)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&w->lock);
+	for (size_t i = 0; i < w->nregions && !rc; i++) {
+		const struct region *r = &w->r[i];
+		size_t h;
+		bool in_window = false;
+
+		if (!r->key)
+			continue;
+		h = mix(r->key) % w->nregions;
+		for (unsigned k = 0; k < PROBE; k++)
+			in_window |= (h + k) % w->nregions == i;
+		if (!in_window || r->state >= WSET_STATES ||
+		    (r->state == WSET_SAMPLING && r->evicted > 64))
+			rc = -EINVAL;
+		/* No key twice. */
+		for (unsigned k = 0; k < PROBE && !rc; k++) {
+			size_t j = (h + k) % w->nregions;
+
+			if (j != i && w->r[j].key == r->key)
+				rc = -EINVAL;
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	return rc;
+}
+
+struct wset *wset_create(const struct wset_cfg *cfg)
+{
+	struct wset *w = calloc(1, sizeof(*w));
+
+	if (!w)
+		return NULL;
+	w->cfg = *cfg;
+	w->nregions = cfg->regions > PROBE ? cfg->regions : PROBE;
+	if (!w->cfg.sample_pages)
+		w->cfg.sample_pages = 1;
+	w->r = calloc(w->nregions, sizeof(*w->r));
+	if (!w->r) {
+		free(w);
+		return NULL;
+	}
+	pthread_mutex_init(&w->lock, NULL);
+	return w;
+}
+
+void wset_destroy(struct wset *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_destroy(&w->lock);
+	free(w->r);
+	free(w);
+}

@@ -215,11 +215,14 @@ start_node() {
 	tr '\0' '\n' </proc/"${!var}"/cmdline | tail -n +2 >"$T/node-$n.args"
 }
 
-# node_again N [VAR=VALUE...] [-- ARGS...]: node-N's agent once more, as
-# start_node made it (its state directory, metrics and data port), with
-# VARs in its environment and ARGS added; its log goes on in node-N.log.
-# Waits for it to register again unless ARGS has --restore.
+# node_again [-n] N [VAR=VALUE...] [-- ARGS...]: node-N's agent once
+# more, as start_node made it (its state directory, metrics and data
+# port), with VARs in its environment and ARGS added; its log goes on in
+# node-N.log. Waits for it to register again unless ARGS has --restore,
+# or -n is given (an agent that may die at once, by a fault point).
 node_again() {
+	local nowait=0
+	[[ $1 == -n ]] && nowait=1 && shift
 	local n=$1 var="PID_node_$1" envs=() extra=() args regs
 	shift
 	while (($#)) && [[ $1 != -- ]]; do envs+=("$1"); shift; done
@@ -229,6 +232,6 @@ node_again() {
 	env "${envs[@]}" "$CKSMD" "${args[@]}" "${extra[@]}" >>"$T/node-$n.log" 2>&1 &
 	PIDS+=($!)
 	eval "$var=$!"
-	[[ " ${extra[*]} " == *" --restore "* ]] ||
+	((nowait)) || [[ " ${extra[*]} " == *" --restore "* ]] ||
 		wait_for "node-$n back" 15 bash -c "[[ \$(grep -c 'registered with shard 0' '$T/node-$n.log') -gt $regs ]]"
 }

@@ -75,10 +75,8 @@ retire() { # retire N: node-N's life ends, its last counts are kept
 	RFAULTS=$((RFAULTS + r))
 	LAST[$1]="0 0 0"
 }
-agent_back() { # agent_back N [VAR=VALUE...]
-	local n=$1
-	shift
-	node_again "$n" "$@"
+agent_back() { # agent_back [-n] N [VAR=VALUE...]
+	node_again "$@"
 }
 points=(die_before_zap=200 die_after_zap=200 die_in_fault=100 die_in_fork=5 copy_eagain=3 replica_read_fails=2)
 KILLS=0 STOPS=0 RESTARTS=0 SHARDS=0 POINTS=0
@@ -107,7 +105,7 @@ while ((SECONDS < until)); do
 		reap "${!var}" 10 "node-$n, killed" >>"$T/hang" || true
 		retire "$n"
 		p=${points[$((RANDOM % ${#points[@]}))]}
-		agent_back "$n" CKSM_INJECT="$p"
+		agent_back -n "$n" CKSM_INJECT="$p"
 		for ((k = 0; k < 60; k++)); do kill -0 "${!var}" 2>/dev/null || break; sleep 0.1; sample "$n"; done
 		kill -9 "${!var}" 2>/dev/null || true
 		reap "${!var}" 10 "node-$n, killed" >>"$T/hang" || true

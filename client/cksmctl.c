@@ -804,6 +804,9 @@ static json_t *processes_json(const Cksm__AdminReply *r)
 
 		json_object_set_new(j, "pid", json_integer(p->pid));
 		json_object_set_new(j, "comm", json_string(p->comm));
+		json_object_set_new(j, "refaults", json_integer((json_int_t)p->refaults));
+		json_object_set_new(j, "fault_seconds", json_real((double)p->fault_nanos / 1e9));
+		json_object_set_new(j, "fault_share", json_real((double)p->fault_ppm / 1e6));
 		json_array_append_new(jp, j);
 	}
 	return jp;
@@ -835,17 +838,17 @@ static void print_top_json(const Cksm__AdminReply *r)
 
 static void print_processes_table(const Cksm__AdminReply *r)
 {
-	static const char *const cols[] = { "NODE",   "PID",  "COMMAND", "SHAREABLE",
-					    "SHARED", "ZERO", "STABLE",	 "CGROUP" };
+	static const char *const cols[] = { "NODE",	"PID",	 "COMMAND", "SHAREABLE", "SHARED",
+					    "ZERO",	"STABLE", "REFAULTS", "IN FAULTS", "CGROUP" };
 	struct libscols_table *t = scols_new_table();
 
-	for (size_t c = 0; c < 8; c++)
+	for (size_t c = 0; c < 10; c++)
 		scols_table_new_column(t, cols[c], 0,
-				       c == 1 || (c >= 3 && c <= 6) ? SCOLS_FL_RIGHT : 0);
+				       c == 1 || (c >= 3 && c <= 8) ? SCOLS_FL_RIGHT : 0);
 	for (size_t i = 0; i < r->n_processes && i < TOP_TEXT_ROWS; i++) {
 		const Cksm__ProcessUsage *p = r->processes[i];
 		struct libscols_line *ln = scols_table_new_line(t, NULL);
-		char b[16];
+		char b[24];
 
 		scols_line_set_data(ln, 0, p->node_name);
 		snprintf(b, sizeof(b), "%u", p->pid);
@@ -855,7 +858,11 @@ static void print_processes_table(const Cksm__AdminReply *r)
 		size_cell(ln, 4, p->shared_pages);
 		size_cell(ln, 5, p->zero_pages);
 		size_cell(ln, 6, p->stable_pages);
-		scols_line_set_data(ln, 7, p->cgroup);
+		snprintf(b, sizeof(b), "%llu", (unsigned long long)p->refaults);
+		scols_line_set_data(ln, 7, b);
+		snprintf(b, sizeof(b), "%.2f%%", (double)p->fault_ppm / 1e4);
+		scols_line_set_data(ln, 8, b);
+		scols_line_set_data(ln, 9, p->cgroup);
 	}
 	scols_print_table(t);
 	scols_unref_table(t);

@@ -731,6 +731,8 @@ static void send_usage(struct agent *a)
 		p[i].stable_pages = u.procs[i].stable;
 		p[i].zero_pages = u.procs[i].zero;
 		p[i].shared_pages = u.procs[i].shared;
+		backing_faults_of(a->backing, u.procs[i].pid, &p[i].refaults, &p[i].fault_nanos,
+				  &p[i].fault_ppm);
 		pp[i] = &p[i];
 	}
 	for (size_t i = 0; i < u.ngroups; i++) {

@@ -36,6 +36,23 @@ void backing_set_hooks(struct backing *b, void (*attached)(void *arg, pid_t pid,
 	b->hook_arg = arg;
 }
 
+bool backing_faults_of(struct backing *b, pid_t pid, uint64_t *refaults, uint64_t *ns,
+		       uint32_t *ppm)
+{
+	struct wset_proc p;
+	uint64_t wall;
+	double share;
+
+	if (!b || !wset_proc(b->wset, pid, &p))
+		return false;
+	wall = (now_ms() - p.first_ms) * 1000000ull;
+	*refaults = p.refaults;
+	*ns = p.fault_ns;
+	share = wall ? (double)p.fault_ns * 1e6 / (double)wall : 0;
+	*ppm = share < 1e6 ? (uint32_t)share : 1000000u;
+	return true;
+}
+
 /* ---- set-up ---------------------------------------------------------------------- */
 
 static int register_metrics(struct backing *b, struct metrics *reg)

@@ -106,6 +106,12 @@ void backing_refs_all_dirty(struct backing *b);
 void backing_foreach_rref(struct backing *b, rrefs_fn fn, void *arg);
 
 /* Is pid attached (any thread)? */
+/* pid's faults on its evicted pages since the agent first saw it, their
+ * time (ns) and that time's share of the wall time since (ppm); false
+ * if it had none. */
+bool backing_faults_of(struct backing *b, pid_t pid, uint64_t *refaults, uint64_t *ns,
+		       uint32_t *ppm);
+
 bool backing_attached(struct backing *b, pid_t pid);
 
 #endif

@@ -55,7 +55,8 @@ wait_for "a top row" 20 bash -c "\"$CKSMCTL\" -c '$T/cksm.conf' -o json top | jq
 ctl -o json top >"$T/top.json"
 jq -e --argjson pid "$(jq .pid "$T/p.json")" '
 	(keys == ["cgroups","processes"]) and
-	all(.processes[]; keys == ["cgroup","comm","node","node_id","pid","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"] and
+	all(.processes[]; keys == ["cgroup","comm","fault_seconds","fault_share","node","node_id","pid","refaults","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"] and
+		(.refaults | type == "number" and . >= 0) and (.fault_share >= 0 and .fault_share <= 1) and
 		all(.stable_bytes, .zero_bytes, .shared_bytes, .shareable_bytes; type == "number" and . == floor and . % 4096 == 0) and
 		.shareable_bytes == .shared_bytes + .zero_bytes and .node == "cli-node") and
 	any(.processes[]; .pid == $pid and .comm == "cksm-planter") and

@@ -838,8 +838,8 @@ static void print_top_json(const Cksm__AdminReply *r)
 
 static void print_processes_table(const Cksm__AdminReply *r)
 {
-	static const char *const cols[] = { "NODE",	"PID",	 "COMMAND", "SHAREABLE", "SHARED",
-					    "ZERO",	"STABLE", "REFAULTS", "IN FAULTS", "CGROUP" };
+	static const char *const cols[] = { "NODE", "PID",    "COMMAND",  "SHAREABLE", "SHARED",
+					    "ZERO", "STABLE", "REFAULTS", "IN FAULTS", "CGROUP" };
 	struct libscols_table *t = scols_new_table();
 
 	for (size_t c = 0; c < 10; c++)

@@ -56,7 +56,8 @@ static uint64_t mix(uint64_t k)
 
 static uint64_t region_key(pid_t pid, uint64_t addr)
 {
-	return ((uint64_t)(uint32_t)pid << 36 | ((addr >> WSET_REGION_SHIFT) & ((1ull << 36) - 1))) +
+	return ((uint64_t)(uint32_t)pid << 36 |
+		((addr >> WSET_REGION_SHIFT) & ((1ull << 36) - 1))) +
 	       1;
 }
 
@@ -118,7 +119,8 @@ static struct proc *proc_get(struct wset *w, pid_t pid, uint64_t now)
 static void proc_earn(struct wset *w, struct proc *p, uint64_t now)
 {
 	if (now > p->last_ms) {
-		p->tokens += (int64_t)((now - p->last_ms) * 1000000ull * w->cfg.fault_budget_pct / 100);
+		p->tokens +=
+			(int64_t)((now - p->last_ms) * 1000000ull * w->cfg.fault_budget_pct / 100);
 		if (p->tokens > (int64_t)WSET_BUDGET_CAP_NS)
 			p->tokens = (int64_t)WSET_BUDGET_CAP_NS;
 		p->last_ms = now;

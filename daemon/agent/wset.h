@@ -49,13 +49,13 @@
 #define WSET_HOT_MIN	    4u
 #define WSET_BUDGET_CAP_NS  (1000ull * 1000 * 1000) /* one second of faults ahead */
 #define WSET_FAULT_FLOOR_NS 10000ull		    /* the kernel's part of a fault */
-#define WSET_PROCS	    4096u			    /* processes whose budget is kept */
+#define WSET_PROCS	    4096u		    /* processes whose budget is kept */
 
 struct wset_cfg {
-	uint32_t regions;	     /* table entries */
-	uint32_t sample_pages;	     /* a new region's sample */
-	uint32_t sample_ms;	     /* watched this long; the open window too */
-	uint32_t fault_budget_pct;   /* of wall time, per process (0: no budget) */
+	uint32_t regions;	   /* table entries */
+	uint32_t sample_pages;	   /* a new region's sample */
+	uint32_t sample_ms;	   /* watched this long; the open window too */
+	uint32_t fault_budget_pct; /* of wall time, per process (0: no budget) */
 };
 
 enum wset_state {

@@ -119,9 +119,10 @@ int main(int argc, char **argv)
 	}
 	hot_pages = (size_t)hot_mb * 256;
 	cold_pages = (size_t)cold_mb * 256;
-	hot = mmap(NULL, hot_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	cold = mmap(NULL, cold_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-		    0);
+	hot = mmap(NULL, hot_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		   0);
+	cold = mmap(NULL, cold_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		    -1, 0);
 	if (hot == MAP_FAILED || cold == MAP_FAILED || !hot_pages || !cold_pages || !nthreads) {
 		fprintf(stderr, "cksm-hotcold: bad sizes or out of memory\n");
 		return 2;

@@ -9,13 +9,15 @@
 
 #include "agent/wset.h"
 
-#define PG	   4096ull
-#define SAMPLE_MS  1000u
-#define PID	   100
+#define PG	  4096ull
+#define SAMPLE_MS 1000u
+#define PID	  100
 
 static struct wset *mk(unsigned regions, unsigned pct)
 {
-	struct wset_cfg c = { .regions = regions, .sample_pages = 8, .sample_ms = SAMPLE_MS,
+	struct wset_cfg c = { .regions = regions,
+			      .sample_pages = 8,
+			      .sample_ms = SAMPLE_MS,
 			      .fault_budget_pct = pct };
 	struct wset *w = wset_create(&c);
 
@@ -97,7 +99,8 @@ static void open_turns_hot(void **state)
 	/* Slow refaults, a few per window, for many windows: still open. */
 	for (unsigned k = 1; k <= 20; k++)
 		for (unsigned i = 0; i < 3; i++)
-			wset_refault(w, PID, base + (100 + k * 3 + i) * PG, 1000, t + k * SAMPLE_MS + 30);
+			wset_refault(w, PID, base + (100 + k * 3 + i) * PG, 1000,
+				     t + k * SAMPLE_MS + 30);
 	assert_int_not_equal(wset_may_evict(w, PID, base, t + 21 * SAMPLE_MS), WSET_HOT_REGION);
 	/* A burst: hot. */
 	t += 22 * SAMPLE_MS;
@@ -162,10 +165,8 @@ static void bounded(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(sample_then_open),
-	cmocka_unit_test(hot_backs_off),
-	cmocka_unit_test(open_turns_hot),
-	cmocka_unit_test(budget),
+	cmocka_unit_test(sample_then_open), cmocka_unit_test(hot_backs_off),
+	cmocka_unit_test(open_turns_hot),   cmocka_unit_test(budget),
 	cmocka_unit_test(bounded),
 };
 

@@ -90,6 +90,9 @@ struct vstate {
 	size_t nchunks;
 	struct scan_counts last; /* what the last pass saw here */
 	bool kept;		 /* never evicted: VM_MERGEABLE or VM_DONTCOPY */
+	uint64_t span;		 /* the huge page span last judged (thp_span_pays) */
+	uint32_t span_pass;	 /* ... in this pass */
+	bool span_pays;		 /* ... and the verdict */
 };
 
 struct proc {
@@ -276,8 +279,61 @@ static bool evictable(const struct scanner *s, const struct proc *p, const struc
 	return p->attached && s->evict && !vs->kept;
 }
 
+/*
+ * A page of a transparent huge page goes only with most of its huge
+ * page: dropping one page splits the huge page, and the TLB reach it
+ * gave is lost for the whole span. That pays when at least THP_PAYS of
+ * the span's pages are stable and have another copy (or are zero):
+ * judged once per span and pass, from the previous pass's state.
+ */
+#define THP_SPAN_PAGES 512u
+#define THP_PAYS       384u
+
+static bool thp_span_pays(struct scanner *s, struct vstate *vs, size_t pi)
+{
+	uint64_t span = (vs->start + (uint64_t)pi * PAGE) & ~((uint64_t)THP_SPAN_PAGES * PAGE - 1);
+	size_t lo, hi, npages = (size_t)((vs->end - vs->start) / PAGE);
+	unsigned n = 0;
+
+	if (vs->span == span && vs->span_pass == s->pass)
+		return vs->span_pays;
+	lo = span > vs->start ? (size_t)((span - vs->start) / PAGE) : 0;
+	hi = lo + THP_SPAN_PAGES - (size_t)((vs->start > span ? vs->start - span : 0) / PAGE);
+	if (hi > npages)
+		hi = npages;
+	for (size_t j = lo; j < hi; j++) {
+		const struct chunk *ch = vs->chunks[j / CHUNK_PAGES];
+		unsigned meta, age;
+
+		if (!ch)
+			continue;
+		meta = ch->meta[j % CHUNK_PAGES];
+		age = (meta & M_AGE_MASK) >> M_AGE_SHIFT;
+		if ((meta & M_SEEN) && age + 1 >= s->cfg->evict_age &&
+		    ((meta & M_SHARED) || ch->csum[j % CHUNK_PAGES] == s->zero_csum))
+			n++;
+	}
+	vs->span = span;
+	vs->span_pass = s->pass;
+	vs->span_pays = n >= THP_PAYS;
+	return vs->span_pays;
+}
+
+/* May this page go (after its age and content said so)? */
+static bool may_go(struct scanner *s, const struct proc *p, struct vstate *vs, size_t pi, bool thp,
+		   struct scan_counts *c)
+{
+	if (!evictable(s, p, vs))
+		return false;
+	if (thp && !thp_span_pays(s, vs, pi)) {
+		c->thp_kept++;
+		return false;
+	}
+	return true;
+}
+
 static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, size_t pi,
-			const uint8_t *bytes, struct scan_counts *c)
+			const uint8_t *bytes, bool thp, struct scan_counts *c)
 {
 	struct chunk *ch = vs->chunks[pi / CHUNK_PAGES];
 	size_t j = pi % CHUNK_PAGES;
@@ -314,7 +370,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	if (zero) {
 		c->zero++;
 		s->census_cur[p->domain].zero++;
-		if (evictable(s, p, vs) && age >= s->cfg->evict_age) {
+		if (age >= s->cfg->evict_age && may_go(s, p, vs, pi, thp, c)) {
 			pg.again = false;
 			memset(&pg.id, 0, sizeof(pg.id));
 			s->evict(s->evict_arg, &pg, true);
@@ -328,7 +384,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen) {
 		/* Only a content with another copy can have a dup to go to:
 		 * unique pages are not hashed again on every pass. */
-		if (evictable(s, p, vs) && age >= s->cfg->evict_age && (meta & M_SHARED)) {
+		if (age >= s->cfg->evict_age && (meta & M_SHARED) && may_go(s, p, vs, pi, thp, c)) {
 			pg.again = true;
 			pg.id = cid_of(&s->domains[p->domain], bytes);
 			s->evict(s->evict_arg, &pg, false);
@@ -343,7 +399,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 					 (unsigned)s->gen << M_GEN_SHIFT);
 		c->reported++;
 	}
-	if (evictable(s, p, vs) && age >= s->cfg->evict_age)
+	if (age >= s->cfg->evict_age && may_go(s, p, vs, pi, thp, c))
 		s->evict(s->evict_arg, &pg, false);
 }
 
@@ -361,10 +417,12 @@ static uint64_t kpageflags(struct scanner *s, uint64_t pfn)
 }
 
 /* Is page entry e to be read? If not, count why. */
-static bool page_wanted(struct scanner *s, uint64_t e, bool thp_vma, struct scan_counts *c)
+static bool page_wanted(struct scanner *s, uint64_t e, bool thp_vma, bool *thp,
+			struct scan_counts *c)
 {
 	uint64_t f;
 
+	*thp = false;
 	if (!(e & PM_PRESENT)) {
 		if (e & PM_SWAP)
 			c->skipped[SKIP_SWAPPED]++;
@@ -381,7 +439,8 @@ static bool page_wanted(struct scanner *s, uint64_t e, bool thp_vma, struct scan
 		c->skipped[SKIP_KSM]++;
 		return false;
 	}
-	if ((f & (1ULL << KPF_THP)) && !s->cfg->scan_thp) {
+	*thp = f & (1ULL << KPF_THP);
+	if (*thp && !s->cfg->scan_thp) {
 		c->skipped[SKIP_THP]++;
 		return false;
 	}
@@ -394,6 +453,7 @@ static int scan_window(struct scanner *s, struct proc *p, struct vstate *vs, int
 	uint64_t pm[WIN_PAGES];
 	struct iovec remote[WIN_PAGES], local;
 	uint16_t idx[WIN_PAGES];
+	bool thp[WIN_PAGES];
 	size_t nidx = 0, nrem = 0, got;
 	uint64_t base = vs->start + (uint64_t)first * PAGE;
 	ssize_t r;
@@ -405,7 +465,7 @@ static int scan_window(struct scanner *s, struct proc *p, struct vstate *vs, int
 	for (size_t i = 0; i < n; i++) {
 		uint64_t addr = base + (uint64_t)i * PAGE;
 
-		if (!page_wanted(s, pm[i], thp_vma, c))
+		if (!page_wanted(s, pm[i], thp_vma, &thp[nidx], c))
 			continue;
 		idx[nidx++] = (uint16_t)i;
 		if (nrem &&
@@ -438,7 +498,7 @@ static int scan_window(struct scanner *s, struct proc *p, struct vstate *vs, int
 		return errno == ESRCH ? -ESRCH : 0; /* EFAULT: unmapped under us */
 	got = (size_t)r / PAGE;
 	for (size_t k = 0; k < got; k++)
-		page_update(s, p, vs, first + idx[k], s->buf + k * PAGE, c);
+		page_update(s, p, vs, first + idx[k], s->buf + k * PAGE, thp[k], c);
 	return 0;
 }
 
@@ -546,6 +606,7 @@ static void add_counts(struct scan_counts *to, const struct scan_counts *c)
 	to->zero += c->zero;
 	to->reported += c->reported;
 	to->shared += c->shared;
+	to->thp_kept += c->thp_kept;
 	for (int i = 0; i < SKIP_MAX; i++)
 		to->skipped[i] += c->skipped[i];
 }

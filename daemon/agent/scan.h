@@ -43,6 +43,7 @@ struct scan_counts {
 	uint64_t zero;	    /* content all zeroes */
 	uint64_t reported;  /* handed to the report callback */
 	uint64_t shared;    /* stable pages whose shard says another copy exists */
+	uint64_t thp_kept;  /* could go, but their huge page is not mostly duplicates */
 	uint64_t skipped[SKIP_MAX];
 };
 

@@ -62,7 +62,7 @@ struct scanrun {
 	/* metrics, written by the scanner thread */
 	struct metric *m_scanned, *m_full_scans, *m_cpu, *m_reported, *m_deferred;
 	struct metric *m_stable, *m_volatile, *m_new, *m_zero, *m_rate, *m_cpu_ratio;
-	struct metric *m_targets, *m_state, *m_tracked, *m_queued, *m_shared;
+	struct metric *m_targets, *m_state, *m_tracked, *m_queued, *m_shared, *m_thp_kept;
 	struct metric *m_answers_dropped;
 	struct metric *m_skipped[SKIP_MAX];
 	struct metric *m_group[TARGET_MAX_GROUPS][4];
@@ -260,6 +260,7 @@ static void publish(struct scanrun *r, const struct scan_counts *c, uint64_t wal
 	metric_set(r->m_state, (double)scanner_state_bytes(r->scanner));
 	metric_set(r->m_tracked, (double)scanner_tracked_pages(r->scanner));
 	metric_set(r->m_shared, (double)c->shared);
+	metric_set(r->m_thp_kept, (double)c->thp_kept);
 	for (unsigned g = 0; g < r->targets.ngroups; g++) {
 		const struct scan_counts *gc = scanner_group_counts(r->scanner, g);
 
@@ -463,6 +464,9 @@ static int register_metrics(struct scanrun *r, struct metrics *reg)
 		METRIC_G(
 			r->m_shared, "cksm_pages_shared_elsewhere",
 			"Stable pages whose content has another copy in the cluster (last full scan)."),
+		METRIC_G(
+			r->m_thp_kept, "cksm_thp_pages_kept",
+			"Pages of huge pages that could have been evicted, kept because their huge page is not mostly duplicates (last full scan)."),
 		METRIC_C(r->m_answers_dropped, "cksm_answers_dropped_total",
 			 "Shard answers about pages dropped because the scanner was behind."),
 	};

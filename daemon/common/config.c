@@ -121,7 +121,7 @@ static const struct key keys[] = {
 	S("agent", "metrics", K_ADDR, agent_metrics, "127.0.0.1:9470",
 	  "a numeric host:port such as 127.0.0.1:9470"),
 	S("agent", "scan_mergeable", K_BOOL, scan_mergeable, "1", "0 or 1"),
-	S("agent", "scan_thp", K_BOOL, scan_thp, "0", "0 or 1"),
+	S("agent", "scan_thp", K_BOOL, scan_thp, "1", "0 or 1"),
 	S("agent", "mergeable_only", K_BOOL, mergeable_only, "0", "0 or 1"),
 	U("agent", "pages_to_scan", pages_to_scan, 4096, 1, 1u << 20,
 	  "a page count between 1 and 1048576"),

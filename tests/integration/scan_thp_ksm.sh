@@ -1,5 +1,5 @@
 # Pages the kernel already shares or backs with huge pages are skipped and
-# counted: a THP-backed range (unless scan_thp=1), and pages that the
+# counted: a THP-backed range (with scan_thp=0), and pages that the
 # kernel's own KSM has merged (KSM is started for the test and stopped,
 # and its merges undone, afterwards).
 source "$(dirname "$0")/lib.sh"
@@ -22,7 +22,7 @@ PH=$(jq .pid "$T/h.json")
 if [[ $(jq .thp_backed "$T/h.json") != 1 ]]; then
 	fail "the kernel gave no THP for a 2 MiB aligned MADV_HUGEPAGE region (transparent_hugepage=$(cat /sys/kernel/mm/transparent_hugepage/enabled))"
 fi
-"$SCAN" -k "$T/key" --passes 2 --interval-ms 20 "$PH" >"$T/scan.json" || fail "scan"
+"$SCAN" -k "$T/key" --passes 2 --interval-ms 20 --no-thp "$PH" >"$T/scan.json" || fail "scan"
 [[ $(region_count h thp skipped.thp) == 512 ]] || fail "THP pages skipped: $(region_count h thp skipped.thp)"
 [[ $(region_count h thp scanned) == 0 ]] || fail "THP pages were scanned with scan_thp=0"
 "$SCAN" -k "$T/key" --passes 2 --interval-ms 20 --thp "$PH" >"$T/scan.json" || fail "scan --thp"

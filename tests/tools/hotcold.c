@@ -2,17 +2,25 @@
  * cksm-hotcold - a process with a hot and a cold region of duplicates.
  *
  *   cksm-hotcold [--hot-mb N] [--cold-mb N] [--threads N] [--seconds N]
- *                [--hold-ms N]
+ *                [--hold-ms N] [--thp] [--mixed-mb N] [--mergeable]
  *
  * Both regions hold the same contents (page i of each: content i % 64),
- * so every page has copies. Reader threads read random pages of the hot
+ * so every page has copies. --mixed-mb adds a cold region where only one
+ * page in four is such a copy (the others unique). --thp puts each
+ * region in transparent huge pages (2 MiB aligned, MADV_HUGEPAGE) where
+ * the kernel gives them, and "thp_kb" says how much it gave
+ * (AnonHugePages). --mergeable marks each region MADV_MERGEABLE once it
+ * is filled (how a program names its ranges to libcksm without
+ * CKSM_MERGE_ALL: their first touch is then the kernel's, which gives
+ * huge pages, where a range registered at attach has its first touches
+ * filled page by page). Reader threads read random pages of the hot
  * region for the whole run, as a worker reads a shared table; the cold
  * region is never touched after it is filled. At the end every page is
  * checked. One JSON line says, at the end of the reads, what stayed
  * resident (mincore) and how many reads were done, the first and the
  * last quarter of the run apart:
  *   {"reads":N,"reads_first":N,"reads_last":N,"hot_resident":F,
- *    "cold_resident":F}
+ *    "cold_resident":F,"mixed_resident":F,"thp_kb":N}
  * and after --hold-ms (for a look at the agent's counters before the
  * check faults the cold pages back) a second one:
  *   {"bad":N}
@@ -32,21 +40,33 @@
 #define PAGE	 4096u
 #define CONTENTS 64u
 
-static uint8_t *hot, *cold;
-static size_t hot_pages, cold_pages;
+static uint8_t *hot, *cold, *mixed;
+static size_t hot_pages, cold_pages, mixed_pages;
 static atomic_bool stop;
 static atomic_ulong reads;
 
-static uint8_t byte_of(size_t pg, size_t off)
+/* Page pg of a region: content pg % CONTENTS, or (unique) one of its own. */
+static uint8_t byte_of(size_t pg, size_t off, bool unique)
 {
+	if (unique)
+		return (uint8_t)(off == 0   ? pg
+				 : off == 1 ? pg >> 8
+				 : off == 2 ? 0xa5
+					    : off * 31 + 7);
 	return (uint8_t)((pg % CONTENTS) * 7 + off * 13 + 1);
+}
+
+/* In the mixed region, three pages in four are unique. */
+static bool unique_in(const uint8_t *r, size_t pg)
+{
+	return r == mixed && pg % 4 != 0;
 }
 
 static void fill(uint8_t *r, size_t n)
 {
 	for (size_t pg = 0; pg < n; pg++)
 		for (size_t off = 0; off < PAGE; off++)
-			r[pg * PAGE + off] = byte_of(pg, off);
+			r[pg * PAGE + off] = byte_of(pg, off, unique_in(r, pg));
 }
 
 static size_t check(const uint8_t *r, size_t n)
@@ -54,12 +74,42 @@ static size_t check(const uint8_t *r, size_t n)
 	size_t bad = 0;
 
 	for (size_t pg = 0; pg < n; pg++)
-		for (size_t off = 0; off < PAGE; off += 512)
-			if (r[pg * PAGE + off] != byte_of(pg, off)) {
+		for (size_t off = 0; off < PAGE; off += 511)
+			if (r[pg * PAGE + off] != byte_of(pg, off, unique_in(r, pg))) {
 				bad++;
 				break;
 			}
 	return bad;
+}
+
+/* n pages, 2 MiB aligned for huge pages if asked. */
+static uint8_t *region(size_t n, bool thp)
+{
+	size_t len = n * PAGE, huge = 2u << 20;
+	uint8_t *p;
+
+	if (!n)
+		return NULL;
+	p = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	p = (uint8_t *)(((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1));
+	madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	return p;
+}
+
+static unsigned long anon_huge_kb(void)
+{
+	char line[256];
+	unsigned long kb = 0;
+	FILE *f = fopen("/proc/self/smaps_rollup", "re");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonHugePages: %lu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
 }
 
 static double resident(const uint8_t *r, size_t n)
@@ -98,14 +148,21 @@ static void *reader(void *arg)
 
 int main(int argc, char **argv)
 {
-	unsigned hot_mb = 16, cold_mb = 16, nthreads = 2, secs = 20, hold_ms = 0;
+	unsigned hot_mb = 16, cold_mb = 16, mixed_mb = 0, nthreads = 2, secs = 20, hold_ms = 0;
+	bool thp = false, mergeable = false;
+	unsigned long thp_kb;
 	pthread_t th[16];
 	unsigned long first = 0, last = 0, at;
 	size_t bad;
 
-	for (int i = 1; i + 1 < argc; i += 2) {
-		unsigned v = (unsigned)strtoul(argv[i + 1], NULL, 10);
+	for (int i = 1; i < argc; i += 2) {
+		unsigned v = i + 1 < argc ? (unsigned)strtoul(argv[i + 1], NULL, 10) : 0;
 
+		if (!strcmp(argv[i], "--thp") || !strcmp(argv[i], "--mergeable")) {
+			*(argv[i][2] == 't' ? &thp : &mergeable) = true;
+			i--;
+			continue;
+		}
 		if (!strcmp(argv[i], "--hot-mb"))
 			hot_mb = v;
 		else if (!strcmp(argv[i], "--cold-mb"))
@@ -116,22 +173,30 @@ int main(int argc, char **argv)
 			secs = v;
 		else if (!strcmp(argv[i], "--hold-ms"))
 			hold_ms = v;
+		else if (!strcmp(argv[i], "--mixed-mb"))
+			mixed_mb = v;
 	}
 	hot_pages = (size_t)hot_mb * 256;
 	cold_pages = (size_t)cold_mb * 256;
-	hot = mmap(NULL, hot_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-		   0);
-	cold = mmap(NULL, cold_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		    -1, 0);
-	if (hot == MAP_FAILED || cold == MAP_FAILED || !hot_pages || !cold_pages || !nthreads) {
+	mixed_pages = (size_t)mixed_mb * 256;
+	/* Without --thp small pages: cksm and KSM alike see them one by one. */
+	hot = region(hot_pages, thp);
+	cold = region(cold_pages, thp);
+	mixed = region(mixed_pages, thp);
+	if (!hot || !cold || (mixed_pages && !mixed) || !nthreads) {
 		fprintf(stderr, "cksm-hotcold: bad sizes or out of memory\n");
 		return 2;
 	}
-	/* Small pages: cksm and KSM alike see them one by one. */
-	madvise(hot, hot_pages * PAGE, MADV_NOHUGEPAGE);
-	madvise(cold, cold_pages * PAGE, MADV_NOHUGEPAGE);
 	fill(hot, hot_pages);
 	fill(cold, cold_pages);
+	fill(mixed, mixed_pages);
+	thp_kb = anon_huge_kb();
+	if (mergeable) {
+		madvise(hot, hot_pages * PAGE, MADV_MERGEABLE);
+		madvise(cold, cold_pages * PAGE, MADV_MERGEABLE);
+		if (mixed_pages)
+			madvise(mixed, mixed_pages * PAGE, MADV_MERGEABLE);
+	}
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_create(&th[i], NULL, reader, (void *)(uintptr_t)(i + 1));
 	for (unsigned t = 0; t < secs * 10; t++) {
@@ -147,11 +212,12 @@ int main(int argc, char **argv)
 		pthread_join(th[i], NULL);
 	at = atomic_load(&reads);
 	printf("{\"reads\":%lu,\"reads_first\":%lu,\"reads_last\":%lu,\"hot_resident\":%.3f,"
-	       "\"cold_resident\":%.3f}\n",
-	       at, first, at - last, resident(hot, hot_pages), resident(cold, cold_pages));
+	       "\"cold_resident\":%.3f,\"mixed_resident\":%.3f,\"thp_kb\":%lu}\n",
+	       at, first, at - last, resident(hot, hot_pages), resident(cold, cold_pages),
+	       mixed_pages ? resident(mixed, mixed_pages) : 1.0, thp_kb);
 	fflush(stdout);
 	usleep(hold_ms * 1000u);
-	bad = check(hot, hot_pages) + check(cold, cold_pages);
+	bad = check(hot, hot_pages) + check(cold, cold_pages) + check(mixed, mixed_pages);
 	printf("{\"bad\":%zu}\n", bad);
 	return bad ? 1 : 0;
 }

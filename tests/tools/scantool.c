@@ -4,12 +4,13 @@
  * digest reported in any pass. Integration tests compare this with what
  * cksm-planter planted.
  *
- *   cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable] [--thp]
+ *   cksm-scan -k KEYFILE [--passes N] [--interval-ms MS] [--mergeable] [--thp|--no-thp]
  *             [--domain NAME:ID:PID]... [PID...]
  *
  * PIDs are scanned whole, in the default domain unless --domain puts one
  * in another; --mergeable adds every process's VMAs that carry KSM's
- * opt-in; --thp scans THP-backed pages too (scan_thp=1).
+ * opt-in; --thp scans THP-backed pages too (scan_thp=1, the default),
+ * --no-thp skips them (scan_thp=0).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -95,6 +96,8 @@ int main(int argc, char **argv)
 			cfg.scan_mergeable = 1;
 		} else if (!strcmp(argv[i], "--thp")) {
 			cfg.scan_thp = 1;
+		} else if (!strcmp(argv[i], "--no-thp")) {
+			cfg.scan_thp = 0;
 		} else if (!strcmp(argv[i], "--domain") && i + 1 < argc) {
 			char name[65];
 			unsigned id;

@@ -327,8 +327,37 @@ static int by_id(const void *x, const void *y)
 }
 
 /*
+ * CREATE_DUP with a copier (whenever processes attach): the reported
+ * pages holding the content are read off the loop (copier.h says why),
+ * and copy_done answers. Pages of a process that has not come back to
+ * this agent yet are left out: a fault there waits for its return.
+ */
+static int make_dup_later(struct agent_shard *s, struct conn *c, const Cksm__Decision *d,
+			  uint32_t domain, const struct report_entry *e,
+			  const struct report_entry *end)
+{
+	struct agent *a = s->a;
+	struct copy_job j;
+
+	memset(&j, 0, sizeof(j));
+	j.shard = s->id;
+	j.id = (struct cid){ d->id_hi, d->id_lo };
+	j.domain = domain;
+	for (; e < end && cid_eq(id_of(e), j.id) && j.nlocal < COPY_SOURCES; e++)
+		if (!backing_waits_for(a->backing, e->pid))
+			j.local[j.nlocal++] = (struct copy_local){ e->pid, e->addr };
+	if (!j.nlocal)
+		return dup_answer(c, d->id_hi, d->id_lo, domain, NULL, "the pages changed");
+	if (!copier_push(a->copier, &j))
+		return dup_answer(c, d->id_hi, d->id_lo, domain, NULL, "too many copies under way");
+	return 0;
+}
+
+/*
  * CREATE_DUP: copy one of the reported pages holding the content into the
- * pool, checking that it still holds it (the id of the bytes copied).
+ * pool, checking that it still holds it (the id of the bytes copied). On
+ * the loop only where no process is served (no copier): then no read can
+ * wait on a userfaultfd.
  */
 static int make_dup(struct agent_shard *s, struct conn *c, const Cksm__Decision *d, uint32_t domain)
 {
@@ -349,6 +378,8 @@ static int make_dup(struct agent_shard *s, struct conn *c, const Cksm__Decision 
 			e--;
 		why = "the pages changed";
 	}
+	if (e && a->copier)
+		return make_dup_later(s, c, d, domain, e, f->e + f->n);
 	for (; e && e < f->e + f->n && cid_eq(id_of(e), id); e++) {
 		struct iovec l = { page, POOL_SLOT }, r = { (void *)(uintptr_t)e->addr, POOL_SLOT };
 		struct cid got;
@@ -529,7 +560,11 @@ static void copy_done(void *arg, const struct copy_job *j)
 	ref.node_id = s->node_id;
 	ref.slot = j->ref.slot;
 	ref.generation = j->ref.gen;
-	if (j->ok)
+	/* Pages stable for one scan may go: the copies read, now. */
+	for (unsigned i = 0; j->ok && a->backing && a->rt.cfg->evict_age <= 1 && i < j->nlocal; i++)
+		backing_offer(a->backing, j->local[i].pid, j->local[i].addr, BACKED_POOL, j->ref,
+			      &j->id);
+	if (j->ok && !j->nlocal)
 		log_info("copied a dup of content %016llx%016llx into slot %u/%u",
 			 (unsigned long long)j->id.hi, (unsigned long long)j->id.lo, j->ref.slot,
 			 j->ref.gen);

@@ -112,6 +112,10 @@ void backing_foreach_rref(struct backing *b, rrefs_fn fn, void *arg);
 bool backing_faults_of(struct backing *b, pid_t pid, uint64_t *refaults, uint64_t *ns,
 		       uint32_t *ppm);
 
+/* Loop thread: is pid a process an earlier agent served that has not
+ * come back to this one yet (a fault of it waits until it does)? */
+bool backing_waits_for(struct backing *b, pid_t pid);
+
 bool backing_attached(struct backing *b, pid_t pid);
 
 #endif

@@ -4,9 +4,13 @@
 #include "copier.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -28,20 +32,50 @@ struct copier {
 	uv_async_t async;
 };
 
+/* Is the page of pid at addr in memory (not dropped, evicted, swapped)? */
+static bool present(pid_t pid, uint64_t addr)
+{
+	char path[64];
+	uint64_t e = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	if (pread(fd, &e, sizeof(e), (off_t)(addr / POOL_SLOT * sizeof(e))) != sizeof(e))
+		e = 0;
+	close(fd);
+	return e >> 63;
+}
+
+/* One of this node's pages holding j->id, into page; 0 or -ENOENT. A
+ * page not present is passed over: reading it would wait on a fault. */
+static int read_local(const struct copy_local *l, const struct cid_domain *dom,
+		      const struct cid *id, uint8_t *page)
+{
+	struct iovec lv = { page, POOL_SLOT }, rv = { (void *)(uintptr_t)l->addr, POOL_SLOT };
+
+	if (!present(l->pid, l->addr) || process_vm_readv(l->pid, &lv, 1, &rv, 1, 0) != POOL_SLOT)
+		return -ENOENT;
+	return cid_eq(cid_of(dom, page), *id) ? 0 : -ENOENT;
+}
+
 static void copy_one(struct copier *c, struct copy_job *j)
 {
 	static uint8_t page[POOL_SLOT] __attribute__((aligned(POOL_SLOT)));
 	const struct cid_domain *dom = cid_domain_find(c->domains, c->cfg->ndomains, j->id);
 
 	j->ok = false;
-	j->why = "no source answered with the content's bytes";
+	j->why = j->nlocal ? "the pages changed" : "no source answered with the content's bytes";
 	if (!dom) {
 		j->why = "a domain this node does not know";
 		return;
 	}
-	for (unsigned i = 0; i < j->nsrc; i++) {
-		if (!j->src[i].addr[0] ||
-		    transport_read_checked(c->tr, &j->src[i], dom, &j->id, page))
+	for (unsigned i = 0; i < j->nsrc + j->nlocal; i++) {
+		if (i >= j->nsrc ? read_local(&j->local[i - j->nsrc], dom, &j->id, page)
+				 : !j->src[i].addr[0] || transport_read_checked(c->tr, &j->src[i],
+										dom, &j->id, page))
 			continue;
 		if (pool_add(c->pool, &j->id, page, &j->ref)) {
 			j->why = "the page pool is full";

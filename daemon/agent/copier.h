@@ -1,11 +1,16 @@
 /*
- * copier - carrying out a shard's DupCreate orders: copy a dup from
- * another node's pool into this node's, over the data transport.
+ * copier - making dups off the loop: a shard's DupCreate orders (copy a
+ * dup from another node's pool into this node's, over the data
+ * transport) and its CREATE_DUP decisions (copy one of this node's pages
+ * that hold the content).
  *
- * The loop thread queues orders; a thread of its own reads the first
- * source that answers with bytes of the right content id (checked), adds
- * them to the pool, and hands the outcome back to the loop, which answers
- * the shard with DupCreated. The loop never waits on another node.
+ * The loop thread queues jobs; a thread of its own reads the first
+ * source that gives bytes of the right content id (checked), adds them to
+ * the pool, and hands the outcome back to the loop, which answers the
+ * shard with DupCreated. The loop never waits on another node, nor on a
+ * page of a served process: reading one that was just evicted faults,
+ * and serving that fault may need the loop (the zap's answer comes on
+ * it).
  */
 #ifndef CKSM_COPIER_H
 #define CKSM_COPIER_H
@@ -29,6 +34,11 @@ struct copy_job {
 	uint32_t domain;
 	struct dup_loc src[COPY_SOURCES];
 	unsigned nsrc;
+	struct copy_local {
+		pid_t pid;
+		uint64_t addr;
+	} local[COPY_SOURCES]; /* or pages of this node's processes */
+	unsigned nlocal;
 	/* the outcome */
 	bool ok;
 	struct pool_ref ref;

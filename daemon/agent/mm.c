@@ -224,6 +224,14 @@ struct mm *mm_get(struct backing *b, pid_t pid)
 	return m;
 }
 
+bool backing_waits_for(struct backing *b, pid_t pid)
+{
+	for (const struct mm *w = b->waiting; w; w = w->wnext)
+		if (w->st->pid == pid)
+			return true;
+	return false;
+}
+
 bool backing_attached(struct backing *b, pid_t pid)
 {
 	struct mm *m = mm_get(b, pid);

@@ -40,7 +40,7 @@ stacks() {
 			echo "   thread ${t##*/} $(cat "$t/comm" 2>/dev/null): $(head -n 4 "$t/stack" 2>/dev/null | awk '{ printf "%s ", $2 }')"
 		done
 		command -v gdb >/dev/null &&
-			timeout 30 gdb -batch -nx -p "$p" -ex 'thread apply all bt 12' 2>/dev/null |
+			timeout -k 5 20 gdb -batch -nx -p "$p" -ex 'thread apply all bt 12' 2>/dev/null |
 			grep -E '^(Thread|#)' | sed 's/^/   /'
 	done
 }

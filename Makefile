@@ -48,7 +48,7 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
 	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
 	$(B)/cksm-datafuzz $(B)/cksm-victim $(B)/cksm-execer $(B)/cksm-rangeflood $(B)/libcksm-slowzap.so \
-	$(B)/libcksm-nobeacon.so $(B)/cksm-flood $(B)/cksm-hotcold
+	$(B)/libcksm-nobeacon.so $(B)/cksm-flood $(B)/cksm-hotcold $(B)/cksm-forker
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -95,6 +95,10 @@ COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o
 $(B)/cksm-evictee: tests/tools/evictee.c
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
+
+$(B)/cksm-forker: tests/tools/forker.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
 
 $(B)/cksm-hotcold: tests/tools/hotcold.c
 	$(E) '  CC      $@'

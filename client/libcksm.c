@@ -40,6 +40,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -66,6 +67,9 @@ static volatile uint8_t *beacon;
 static int (*real_madvise)(void *, size_t, int);
 /* This process's userfaultfd, kept while attached (to any agent): -1 if none. */
 static int own_uffd = -1;
+/* The connection whose agent answers each fork of this process (its READY
+ * said so), -1 if none. */
+static int answered_on = -1;
 
 /*
  * The last zap, and the connection it is answered on. A zap runs only on
@@ -431,6 +435,7 @@ static int reattach_once(void)
 		goto fail;
 	/* READY brings the child's own userfaultfd (the fork event gave it to
 	 * the agent): kept from now on, like any attached process's. */
+	__atomic_store_n(&answered_on, m.b & CKSM_LOCAL_FORKS_ANSWERED ? fd : -1, __ATOMIC_RELEASE);
 	own_uffd = extra;
 	extra = -1;
 	no_timeout(fd);
@@ -505,17 +510,21 @@ static void on_fork_child(void)
  * that descriptor lives in the agent alone: an agent killed then takes
  * it along, and the child's dropped pages would read as zeroes. So the
  * child waits, before it returns from fork(), for the parent's word: the
- * parent gives it once the answer to this fork came, or after
- * FORK_WAIT_MS without one while the connection lives (an agent stopped,
- * or a fork that had no event). When the connection ends without an
- * answer, or the agent says the child's userfaultfd could not be kept,
- * the child is killed before it ever ran and the fork is done again; the
- * program sees one fork. Forks go through here one at a time.
+ * parent gives it once the answer to this fork came. When the connection
+ * ends without an answer, or the agent says the child's userfaultfd could
+ * not be kept, the child is killed before it returns from fork() and the
+ * fork is done again. Forks go through here one at a time, and each
+ * waits for its own answer: every fork of a process whose agent said it
+ * answers forks (READY) makes an event and gets one answer, in order, on
+ * the connection of the agent that read it. A fork that had no answer
+ * in FORK_WAIT_MS while the connection lives goes on, and its answer, if
+ * it comes later, is not taken for the next fork's (owed).
  */
-#define FORK_WAIT_MS 5000
+#define FORK_WAIT_MS 30000
 #define FORK_TRIES   16
 static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t (*real_fork)(void);
+static uint64_t fork_owed; /* answers owed to forks let go unanswered (fork_lock, zap_lock) */
 
 /* The child's side: held until the parent's word (or the parent's end). */
 static void fork_child_wait(int rd)
@@ -523,34 +532,104 @@ static void fork_child_wait(int rd)
 	char v;
 
 	pthread_mutex_init(&fork_lock, NULL); /* held by the parent's thread */
+	fork_owed = 0;
 	while (read(rd, &v, 1) < 0 && errno == EINTR)
 		;
 	close(rd);
 }
 
-/* Did the fork that saw (answers, lost, ends) before it keep its child? */
+/* Is fd a userfaultfd of this process's? */
+static bool is_uffd(int fd)
+{
+	char path[64], link[64];
+	ssize_t n;
+
+	if (fd < 0)
+		return false;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n <= 0)
+		return false;
+	link[n] = '\0';
+	return strcmp(link, "anon_inode:[userfaultfd]") == 0;
+}
+
+/* Is the beacon registered with the userfaultfd (VmFlags "um")? Then a
+ * fork makes an event, which the next agent reads and answers. */
+static bool beacon_registered(void)
+{
+	char line[512];
+	bool in = false, um = false;
+	FILE *f;
+
+	if (!beacon)
+		return false;
+	f = fopen("/proc/self/smaps", "re");
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long s, e;
+
+		if (sscanf(line, "%llx-%llx ", &s, &e) == 2 &&
+		    strchr(line, '-') < strchr(line, ' '))
+			in = s == (uintptr_t)beacon;
+		else if (in && !strncmp(line, "VmFlags:", 8)) {
+			um = strstr(line, " um") != NULL;
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+	return um;
+}
+
+/*
+ * Will this fork be answered? Only while the process has its userfaultfd
+ * (a program that closed every descriptor closed it, and the connection
+ * too); then, connected, when its agent said so (READY), and between
+ * agents when its beacon is still registered: the fork's event waits for
+ * the next agent, which answers it. An agent that stopped cleanly
+ * unregistered everything: then forks make no event.
+ */
+static bool forks_will_be_answered(void)
+{
+	int fd = sock_get();
+
+	if (!attached_here() || !is_uffd(__atomic_load_n(&own_uffd, __ATOMIC_ACQUIRE)))
+		return false;
+	if (fd >= 0)
+		return fd == __atomic_load_n(&answered_on, __ATOMIC_ACQUIRE);
+	return beacon_registered();
+}
+
+/* Did the fork that saw (answers, lost, ends) before it keep its child?
+ * zap_lock held. */
 static bool fork_kept(uint64_t answers, uint64_t lost, uint64_t ends)
 {
 	struct timespec until;
-	bool kept = true;
 
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += FORK_WAIT_MS / 1000;
-	pthread_mutex_lock(&zap_lock);
-	while (forks.answers == answers && forks.ends == ends)
+	/* Answers to forks let go earlier come first on this connection. */
+	while (forks.answers - answers <= fork_owed && forks.ends == ends)
 		if (pthread_cond_timedwait(&forks.cond, &zap_lock, &until) == ETIMEDOUT)
 			break;
-	if (forks.answers != answers)
-		kept = forks.lost == lost;
-	else if (forks.ends != ends)
-		kept = false;
-	pthread_mutex_unlock(&zap_lock);
-	return kept;
+	if (forks.answers - answers > fork_owed) {
+		/* A lost answer among them may not be this fork's: the child is
+		 * forked again all the same, which is always safe. */
+		fork_owed = 0;
+		return forks.lost == lost;
+	}
+	if (forks.ends != ends) {
+		fork_owed = 0; /* a new connection answers only what it read */
+		return false;
+	}
+	fork_owed++; /* let go: its answer, if it comes, is not the next fork's */
+	return true;
 }
 
 EXPORT pid_t fork(void)
 {
 	pid_t pid = -1;
+	int cancel;
 
 	if (!real_fork)
 		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
@@ -558,12 +637,15 @@ EXPORT pid_t fork(void)
 		errno = ENOSYS;
 		return -1;
 	}
-	if (!attached_here() || __atomic_load_n(&own_uffd, __ATOMIC_ACQUIRE) < 0)
+	if (!forks_will_be_answered())
 		return real_fork();
+	/* fork() is no cancellation point; the waits below are. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
 	pthread_mutex_lock(&fork_lock);
 	for (int tries = 0; tries < FORK_TRIES; tries++) {
 		uint64_t answers, lost, ends;
-		int p[2], st;
+		bool kept;
+		int p[2], st, e;
 
 		if (pipe2(p, O_CLOEXEC)) {
 			pid = real_fork(); /* no way to hold the child back */
@@ -578,16 +660,25 @@ EXPORT pid_t fork(void)
 		if (pid == 0) {
 			close(p[1]);
 			fork_child_wait(p[0]);
+			pthread_setcancelstate(cancel, NULL);
 			return 0;
 		}
+		e = errno;
 		close(p[0]);
-		if (pid < 0 || fork_kept(answers, lost, ends)) {
-			if (pid > 0)
-				(void)!write(p[1], "y", 1);
+		if (pid < 0) {
+			close(p[1]);
+			errno = e;
+			break;
+		}
+		pthread_mutex_lock(&zap_lock);
+		kept = fork_kept(answers, lost, ends);
+		pthread_mutex_unlock(&zap_lock);
+		if (kept) {
+			(void)!write(p[1], "y", 1);
 			close(p[1]);
 			break;
 		}
-		/* It never ran: gone, and the program never hears of it. */
+		/* It never returned from fork(): gone. */
 		kill(pid, SIGKILL);
 		while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
 			;
@@ -596,6 +687,7 @@ EXPORT pid_t fork(void)
 		errno = EAGAIN;
 	}
 	pthread_mutex_unlock(&fork_lock);
+	pthread_setcancelstate(cancel, NULL);
 	return pid;
 }
 
@@ -637,8 +729,11 @@ static int handshake(int fd)
 		if (send_local(fd, &m, -1) || send_local(fd, &r, own_uffd) ||
 		    recv_local(fd, &m, &devfd))
 			goto fail;
-		if (m.type == CKSM_LOCAL_READY && m.status == 0 && devfd < 0)
+		if (m.type == CKSM_LOCAL_READY && m.status == 0 && devfd < 0) {
+			__atomic_store_n(&answered_on, m.b & CKSM_LOCAL_FORKS_ANSWERED ? fd : -1,
+					 __ATOMIC_RELEASE);
 			return 0;
+		}
 		/* Nothing kept for it: its old ranges were unregistered, and
 		 * its children's are nobody's now. */
 		close(own_uffd);
@@ -664,6 +759,7 @@ static int handshake(int fd)
 	if (send_local(fd, &m, uffd) || recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_READY ||
 	    m.status)
 		goto fail;
+	__atomic_store_n(&answered_on, m.b & CKSM_LOCAL_FORKS_ANSWERED ? fd : -1, __ATOMIC_RELEASE);
 	own_uffd = uffd; /* kept: the agent's death must not unregister it */
 	return 0;
 fail:

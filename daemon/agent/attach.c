@@ -363,11 +363,15 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how)
 		close(m->pagemap);
 		m->pagemap = -1;
 	}
+	/* The beacon first: with it registered every fork makes an event,
+	 * and each is answered (local.h, CHILD). */
+	register_beacon(m);
+	if (m->beacon)
+		ready->b = CKSM_LOCAL_FORKS_ANSWERED;
 	local_send(m->sock, ready, -1);
 	log_info("process %d %s%s", (int)m->pid, how,
 		 m->merge_all ? " (every private anonymous mapping)" : "");
 	list_add(b, m);
-	register_beacon(m);
 	if (m->merge_all)
 		register_mappings(m, 0, UINT64_MAX, m->merge_min);
 	if (b->attached)
@@ -1069,7 +1073,10 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	fm->poll.data = fm;
 	uv_poll_start(&fm->poll, UV_READABLE | UV_DISCONNECT, on_sock);
 	/* The child keeps a copy of its userfaultfd, as every attached process
-	 * does: a killed agent's successor gets it back from the child. */
+	 * does: a killed agent's successor gets it back from the child. Its
+	 * beacon's registration came with the fork: its forks make events. */
+	if (fm->beacon)
+		r.b = CKSM_LOCAL_FORKS_ANSWERED;
 	local_send(fd, &r, fm->uffd);
 	kid_forget(fm);
 	log_info("process %d re-attached (forked from %d)", (int)fm->pid, (int)fm->parent);

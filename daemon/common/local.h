@@ -42,7 +42,9 @@
  * Every fork event of a process with a connection is answered so, in the
  * order of the forks; libcksm's fork() holds the child back until the
  * answer comes, and forks again when the child's userfaultfd is lost (no
- * answer before the connection ends: the agent died holding it).
+ * answer before the connection ends: the agent died holding it). READY
+ * says so in b (CKSM_LOCAL_FORKS_ANSWERED) once something of the process
+ * is registered (its beacon), so that every fork makes an event.
  *   agent -> process  FORGET   token: close the child's (it re-attached
  *                              with a copy of its own, or it is gone)
  * and a parent that resumes sends each one it keeps back, after READY:
@@ -87,10 +89,11 @@ enum cksm_local_zap_state {
 	CKSM_LOCAL_ZAP_DONE = 2,    /* its madvise returned status */
 };
 
-#define CKSM_LOCAL_MERGE_ALL  0x1u /* every private anonymous mapping >= b */
-#define CKSM_LOCAL_FORKED     0x2u /* a forked child re-attaching */
-#define CKSM_LOCAL_CHILD_LOST 1u   /* CHILD's a: fork again */
-#define CKSM_LOCAL_RESUMING   0x4u /* attached before: RESUME follows */
+#define CKSM_LOCAL_MERGE_ALL	  0x1u /* every private anonymous mapping >= b */
+#define CKSM_LOCAL_FORKED	  0x2u /* a forked child re-attaching */
+#define CKSM_LOCAL_CHILD_LOST	  1u   /* CHILD's a: fork again */
+#define CKSM_LOCAL_FORKS_ANSWERED 1u   /* READY's b: every fork of it is answered (CHILD) */
+#define CKSM_LOCAL_RESUMING	  0x4u /* attached before: RESUME follows */
 
 #define CKSM_LOCAL_BEACON_PAGES 64u
 /*

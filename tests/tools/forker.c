@@ -1,0 +1,99 @@
+/*
+ * cksm-forker - programs that fork in ways libcksm's fork() must keep
+ * working as without it.
+ *
+ *   cksm-forker closefds N   close every descriptor past stderr (as a
+ *                            daemon does), then fork N times
+ *   cksm-forker cancel N     N rounds: a thread forks in a loop and is
+ *                            cancelled (pthread_cancel) somewhere in it;
+ *                            then the main thread forks once
+ *
+ * Each child checks a page of the parent's and exits. One JSON line:
+ *   {"forks":N,"bad_children":N}
+ * Exit 0 when every fork worked and every child was right.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PAGES 256
+
+static unsigned char *mem;
+static atomic_uint forks, bad;
+
+static void fill(void)
+{
+	mem = mmap(NULL, PAGES * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		exit(2);
+	for (size_t i = 0; i < PAGES * 4096; i++)
+		mem[i] = (unsigned char)(i / 4096 + 1);
+}
+
+/* One fork: the child checks every page and exits 0 or 1. */
+static int fork_once(void)
+{
+	pid_t c = fork();
+	int st;
+
+	if (c < 0)
+		return -1;
+	if (c == 0) {
+		for (size_t i = 0; i < PAGES * 4096; i += 4096)
+			if (mem[i] != (unsigned char)(i / 4096 + 1))
+				_exit(1);
+		_exit(0);
+	}
+	if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st))
+		atomic_fetch_add(&bad, 1);
+	atomic_fetch_add(&forks, 1);
+	return 0;
+}
+
+static void *forking(void *arg)
+{
+	(void)arg;
+	for (;;)
+		if (fork_once())
+			return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	unsigned n = argc > 2 ? (unsigned)atoi(argv[2]) : 10;
+	int rc = 0;
+
+	if (argc < 3) {
+		fprintf(stderr, "usage: cksm-forker closefds|cancel N\n");
+		return 2;
+	}
+	fill();
+	if (!strcmp(argv[1], "closefds")) {
+		syscall(SYS_close_range, 3u, ~0u, 0u);
+		for (unsigned i = 0; i < n; i++)
+			rc |= fork_once();
+	} else if (!strcmp(argv[1], "cancel")) {
+		for (unsigned round = 0; round < n; round++) {
+			unsigned from = atomic_load(&forks);
+			pthread_t t;
+
+			pthread_create(&t, NULL, forking, NULL);
+			while (atomic_load(&forks) < from + 2)
+				usleep(100);
+			usleep(round * 97 % 1000); /* somewhere else in a fork each round */
+			pthread_cancel(t);
+			pthread_join(t, NULL);
+			rc |= fork_once();
+		}
+	} else {
+		return 2;
+	}
+	printf("{\"forks\":%u,\"bad_children\":%u}\n", atomic_load(&forks), atomic_load(&bad));
+	return rc || atomic_load(&bad) ? 1 : 0;
+}

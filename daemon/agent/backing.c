@@ -260,6 +260,7 @@ struct backing *backing_create(const struct config *cfg, uv_loop_t *loop, struct
 	if (start_threads(b))
 		goto close_listen;
 	attach_start(b);
+	ksm_manage_start(b);
 	log_info("processes attach at %s (page pool of %zu slots)", cfg->socket_path,
 		 pool_slots(pool));
 	return b;
@@ -505,6 +506,7 @@ void backing_destroy(struct backing *b)
 		return;
 	stop_threads(b);
 	restore_all(b);
+	ksm_manage_stop(b);
 	/* Processes that never came back keep their tables for the next agent. */
 	while (b->waiting) {
 		struct mm *w = b->waiting;

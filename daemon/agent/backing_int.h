@@ -236,6 +236,7 @@ struct backing {
 	struct metric *m_held[4], *m_regions[WSET_STATES], *m_broke;
 	uint64_t broke_seen; /* wset's count of budgets spent, as last added (loop) */
 	bool ksm_off_said;
+	bool ksm_managed;	/* ksm = manage, and ksmd started */
 	uint32_t ksm_kept_said; /* domains (by index) told to keep their hot pages (loop) */
 
 	const struct transport_kind *tk;
@@ -392,6 +393,10 @@ void cool_note(struct backing *b, pid_t pid, uint64_t addr, bool pooled, uint8_t
 bool ksm_owns(const struct mm *m, uint64_t addr);
 /* Loop thread, every second: hot pages' windows to the kernel's KSM. */
 void ksm_handover(struct backing *b);
+/* [agent] ksm = manage: the kernel's KSM run by the agent, from backing
+ * creation to its end, and its settings put back after. */
+void ksm_manage_start(struct backing *b);
+void ksm_manage_stop(struct backing *b);
 
 /* ---- remote.c ------------------------------------------------------------- */
 

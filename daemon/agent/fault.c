@@ -262,7 +262,7 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t sinc
 	ns = clock_ns(CLOCK_MONOTONIC) - t0;
 	if (m->pid) {
 		cool_note(b, m->pid, addr, f.e.kind == BACKED_POOL, cid_domain_of(f.e.id));
-		wset_refault(b->wset, m->pid, addr, ns, now_ms());
+		wset_refault(b->wset, m->pid, addr, ns, now_ms(), cid_domain_of(f.e.id));
 	}
 	metric_observe(b->m_lat, (double)ns / 1e9);
 	return true;

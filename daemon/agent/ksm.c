@@ -10,11 +10,26 @@
  * merging a page cksm has write-protected would drop the protection.
  * Only while KSM runs; without it hot pages just keep their cool-down.
  *
+ * The working set's hot regions (wset.h) are handed over the same way:
+ * a region whose sample came straight back is read too often to evict,
+ * and its duplicates are KSM's to merge.
+ *
  * KSM knows nothing of cksm's dedup domains: a page it merges may share
  * a frame with any equal mergeable page of the node, a tenant's with
  * another's, and the time of a write to it tells. So only the default
  * domain's hot pages are handed over, and another domain's only where
  * its [domain.NAME] says ksm = 1; the others keep their cool-down.
+ *
+ * [agent] ksm: off hands nothing over; advise (the default) hands over
+ * while ksmd runs; manage runs ksmd itself for as long as the agent
+ * runs: its scan-time advisor (Linux 6.7 and later) with a target time
+ * per pass (ksm_scan_seconds) and a CPU cap (ksm_max_cpu), or without
+ * one a fixed rate, and puts the settings back as they were at the end.
+ * Since only the windows cksm hands over are mergeable, ksmd's passes
+ * cover the duplicates cksm found and nothing else. The settings found
+ * are kept in the state directory (ksm-saved) until put back, so that a
+ * killed agent's successor puts back the operator's, not the killed
+ * agent's.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +39,57 @@
 
 #include "backing_int.h"
 #include "log.h"
+
+#define KSM_SYS "/sys/kernel/mm/ksm/"
+
+/* The settings manage changes, in the order they are put back. */
+static const char *const managed[] = {
+	"advisor_mode",	 "advisor_max_cpu", "advisor_target_scan_time",
+	"pages_to_scan", "sleep_millisecs", "run"
+};
+#define NMANAGED  (sizeof(managed) / sizeof(managed[0]))
+#define KSM_SAVED "ksm-saved"
+
+static int sys_read(const char *name, char *v, size_t n)
+{
+	char path[128];
+	int fd;
+	ssize_t k;
+
+	snprintf(path, sizeof(path), KSM_SYS "%s", name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	k = read(fd, v, n - 1);
+	close(fd);
+	if (k <= 0)
+		return -EIO;
+	v[k] = '\0';
+	v[strcspn(v, "\n")] = '\0';
+	/* advisor_mode reads "[none] scan-time": the word in brackets */
+	if (v[0] == '[') {
+		size_t e = strcspn(v + 1, "]");
+
+		memmove(v, v + 1, e);
+		v[e] = '\0';
+	}
+	return 0;
+}
+
+static int sys_write(const char *name, const char *v)
+{
+	char path[128];
+	int fd, rc = 0;
+
+	snprintf(path, sizeof(path), KSM_SYS "%s", name);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, v, strlen(v)) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
 
 bool ksm_owns(const struct mm *m, uint64_t addr)
 {
@@ -153,13 +219,17 @@ static bool ksm_allowed(struct backing *b, uint8_t tag)
 static void take_hot(struct backing *b)
 {
 	struct hot v[HOT_MAX];
-	unsigned n;
+	struct wset_hot regions[HOT_MAX];
+	unsigned n, nhot;
 
 	pthread_mutex_lock(&b->lock);
-	n = b->nhot;
+	n = nhot = b->nhot;
 	memcpy(v, b->hot, n * sizeof(v[0]));
 	b->nhot = 0;
 	pthread_mutex_unlock(&b->lock);
+	n += (unsigned)wset_take_hot(b->wset, regions, HOT_MAX);
+	if (!strcmp(b->cfg->ksm_mode, "off"))
+		return;
 	if (n && !ksm_running()) {
 		if (!b->ksm_off_said)
 			log_info("the kernel's KSM is not running: hot duplicates stay with cksm");
@@ -167,13 +237,111 @@ static void take_hot(struct backing *b)
 		return;
 	}
 	for (unsigned i = 0; i < n; i++) {
-		struct mm *m = ksm_allowed(b, v[i].domain) ? mm_get(b, v[i].pid) : NULL;
+		bool region = i >= nhot;
+		pid_t pid = region ? regions[i - nhot].pid : v[i].pid;
+		uint8_t dom = region ? regions[i - nhot].domain : v[i].domain;
+		struct mm *m = ksm_allowed(b, dom) ? mm_get(b, pid) : NULL;
 
 		if (m) {
-			ksm_window(m, v[i].addr);
+			ksm_window(m, region ? regions[i - nhot].addr : v[i].addr);
 			mm_put(m);
 		}
 	}
+}
+
+/* ---- manage: ksmd run by the agent ------------------------------------------- */
+
+/* The settings as found (or as a killed agent found them): kept in
+ * KSM_SAVED, one "name=value" line each. */
+static int save_settings(struct backing *b)
+{
+	char buf[1024] = "", v[64];
+	size_t len = 0;
+	int fd;
+
+	fd = openat(b->state_fd, KSM_SAVED, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) { /* a killed agent's: the operator's settings are in it */
+		close(fd);
+		return 0;
+	}
+	for (size_t i = 0; i < NMANAGED; i++)
+		if (!sys_read(managed[i], v, sizeof(v)))
+			len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s=%s\n", managed[i],
+						v);
+	fd = openat(b->state_fd, KSM_SAVED ".new", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write(fd, buf, len) != (ssize_t)len) {
+		if (fd >= 0)
+			close(fd);
+		return -EIO;
+	}
+	close(fd);
+	return renameat(b->state_fd, KSM_SAVED ".new", b->state_fd, KSM_SAVED) ? -errno : 0;
+}
+
+void ksm_manage_start(struct backing *b)
+{
+	char v[32];
+	int rc;
+
+	if (strcmp(b->cfg->ksm_mode, "manage"))
+		return;
+	if (b->state_fd < 0 || save_settings(b)) {
+		log_error(
+			"ksm = manage: the kernel's KSM settings cannot be kept in %s; KSM is left as it is",
+			b->cfg->state_dir);
+		return;
+	}
+	if (!sys_read("advisor_mode", v, sizeof(v))) {
+		snprintf(v, sizeof(v), "%u", b->cfg->ksm_max_cpu);
+		sys_write("advisor_max_cpu", v);
+		snprintf(v, sizeof(v), "%u", b->cfg->ksm_scan_seconds);
+		sys_write("advisor_target_scan_time", v);
+		rc = sys_write("advisor_mode", "scan-time");
+	} else {
+		/* No advisor: about ksm_max_cpu % of a core at 20 ms a sleep. */
+		snprintf(v, sizeof(v), "%u", 100 * b->cfg->ksm_max_cpu);
+		sys_write("sleep_millisecs", "20");
+		rc = sys_write("pages_to_scan", v);
+	}
+	if (!rc)
+		rc = sys_write("run", "1");
+	if (rc) {
+		log_error("ksm = manage: cannot start the kernel's KSM (%s)", strerror(-rc));
+		return;
+	}
+	b->ksm_managed = true;
+	log_info(
+		"running the kernel's KSM on the duplicates handed to it: a pass in about %u s, at most %u%% of a CPU",
+		b->cfg->ksm_scan_seconds, b->cfg->ksm_max_cpu);
+}
+
+void ksm_manage_stop(struct backing *b)
+{
+	char buf[1024], *line, *save = NULL;
+	ssize_t k;
+	int fd;
+
+	if (!b->ksm_managed)
+		return;
+	fd = openat(b->state_fd, KSM_SAVED, O_RDONLY | O_CLOEXEC);
+	k = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (k <= 0) {
+		log_error("the kernel's KSM settings as found are lost; KSM is left running");
+		return;
+	}
+	buf[k] = '\0';
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *eq = strchr(line, '=');
+
+		if (eq) {
+			*eq = '\0';
+			sys_write(line, eq + 1);
+		}
+	}
+	unlinkat(b->state_fd, KSM_SAVED, 0);
+	log_info("the kernel's KSM settings put back as they were");
 }
 
 void ksm_handover(struct backing *b)

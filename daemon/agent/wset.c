@@ -27,6 +27,7 @@ struct region {
 	uint32_t out;	   /* pages evicted and not back, about */
 	uint8_t state;	   /* enum wset_state */
 	uint8_t level;	   /* hot verdicts in a row */
+	uint8_t domain;	   /* of the content that came back last */
 };
 
 struct proc {
@@ -43,7 +44,9 @@ struct wset {
 	size_t nregions;
 	struct region *r;
 	struct proc p[WSET_PROCS];
-	struct wset_stats st; /* the counters; regions[] is counted on demand */
+	struct wset_stats st;		     /* the counters; regions[] is counted on demand */
+	struct wset_hot hot[WSET_HOT_QUEUE]; /* found hot, not taken yet */
+	size_t nhot;
 };
 
 static uint64_t mix(uint64_t k)
@@ -138,6 +141,12 @@ static void go_hot(struct wset *w, struct region *r, uint64_t now)
 	if (r->level < 255)
 		r->level++;
 	w->st.hot_verdicts++;
+	if (w->nhot < WSET_HOT_QUEUE)
+		w->hot[w->nhot++] = (struct wset_hot){
+			.pid = (pid_t)((r->key - 1) >> 36),
+			.addr = ((r->key - 1) & ((1ull << 36) - 1)) << WSET_REGION_SHIFT,
+			.domain = r->domain,
+		};
 }
 
 static void start_sampling(struct region *r)
@@ -225,7 +234,8 @@ out:
 	return v;
 }
 
-void wset_refault(struct wset *w, pid_t pid, uint64_t addr, uint64_t ns, uint64_t now_ms)
+void wset_refault(struct wset *w, pid_t pid, uint64_t addr, uint64_t ns, uint64_t now_ms,
+		  uint8_t domain)
 {
 	struct region *r;
 	struct proc *p;
@@ -246,6 +256,7 @@ void wset_refault(struct wset *w, pid_t pid, uint64_t addr, uint64_t ns, uint64_
 		}
 	}
 	r = region_get(w, pid, addr, now_ms);
+	r->domain = domain;
 	region_tick(w, r, now_ms);
 	r->refaults++;
 	if (r->out)
@@ -283,6 +294,19 @@ void wset_stats(struct wset *w, uint64_t now_ms, struct wset_stats *st)
 		st->regions[r->state]++;
 	}
 	pthread_mutex_unlock(&w->lock);
+}
+
+size_t wset_take_hot(struct wset *w, struct wset_hot *out, size_t max)
+{
+	size_t n;
+
+	pthread_mutex_lock(&w->lock);
+	n = w->nhot < max ? w->nhot : max;
+	memcpy(out, w->hot, n * sizeof(*out));
+	memmove(w->hot, w->hot + n, (w->nhot - n) * sizeof(*out));
+	w->nhot -= n;
+	pthread_mutex_unlock(&w->lock);
+	return n;
 }
 
 bool wset_proc(struct wset *w, pid_t pid, struct wset_proc *out)

@@ -102,8 +102,23 @@ enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint6
 /* The page was evicted after all (after wset_may_evict said go). */
 void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
 
-/* An evicted page of pid came back; serving it took ns. */
-void wset_refault(struct wset *w, pid_t pid, uint64_t addr, uint64_t ns, uint64_t now_ms);
+/* An evicted page of pid came back; serving it took ns; its content is
+ * of the domain tagged domain. */
+void wset_refault(struct wset *w, pid_t pid, uint64_t addr, uint64_t ns, uint64_t now_ms,
+		  uint8_t domain);
+
+/* A region found hot, as wset_take_hot hands it on (the kernel's KSM may
+ * merge what it holds: a read of a merged page costs no fault). */
+struct wset_hot {
+	pid_t pid;
+	uint64_t addr;	/* the region's start */
+	uint8_t domain; /* of the content that came back last */
+};
+
+#define WSET_HOT_QUEUE 256u
+
+/* The regions found hot since the last call, at most max; how many. */
+size_t wset_take_hot(struct wset *w, struct wset_hot *out, size_t max);
 
 /* pid is gone: its regions and budget are forgotten. */
 void wset_forget(struct wset *w, pid_t pid);

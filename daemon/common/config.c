@@ -74,6 +74,7 @@ struct key {
 
 /* auto picks the best transport the node has; today that is tcp. */
 static const char *const transports[] = { "auto", "tcp", NULL };
+static const char *const ksm_modes[] = { "off", "advise", "manage", NULL };
 
 /*
  * Defaults that depend on the machine (node_name) and the built-in domain
@@ -169,6 +170,10 @@ static const struct key keys[] = {
 	  "milliseconds between 100 and 600000"),
 	U("agent", "fault_budget_pct", fault_budget_pct, 1, 0, 100,
 	  "a percentage between 0 and 100"),
+	C("agent", "ksm", ksm_mode, ksm_modes, "advise", "off, advise or manage"),
+	U("agent", "ksm_max_cpu", ksm_max_cpu, 10, 1, 100, "a percentage between 1 and 100"),
+	U("agent", "ksm_scan_seconds", ksm_scan_seconds, 200, 1, 86400,
+	  "seconds between 1 and 86400"),
 	S("agent", "cgroups", K_CGROUPS, domains[0].cgroups, NULL, CGROUPS_WHAT),
 	S("agent", "pids", K_PIDS, domains[0].pids, NULL, PIDS_WHAT),
 };
@@ -789,6 +794,11 @@ void config_dump(const struct config *c, FILE *out)
 		c->transport, c->data_timeout_ms, c->lost_after_ms, c->stop_wait_ms, c->socket_path,
 		c->state_dir, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
 		c->evict_cooldown_millisecs);
+	fprintf(out,
+		"wset_regions = %u\nwset_sample_pages = %u\nwset_sample_ms = %u\nfault_budget_pct = %u\n"
+		"ksm = %s\nksm_max_cpu = %u\nksm_scan_seconds = %u\n",
+		c->wset_regions, c->wset_sample_pages, c->wset_sample_ms, c->fault_budget_pct,
+		c->ksm_mode, c->ksm_max_cpu, c->ksm_scan_seconds);
 	if (c->socket_group[0])
 		fprintf(out, "socket_group = %s\n", c->socket_group);
 	fprintf(out, "attach_any_user = %d\n", c->attach_any_user);

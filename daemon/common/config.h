@@ -105,6 +105,9 @@ struct config {
 	uint32_t wset_sample_pages;	   /* a new region's sample */
 	uint32_t wset_sample_ms;	   /* ... watched this long */
 	uint32_t fault_budget_pct;	   /* of a process's time, in faults at most */
+	char ksm_mode[16];		   /* the kernel's KSM: off, advise, manage */
+	uint32_t ksm_max_cpu;		   /* manage: ksmd's CPU cap, percent */
+	uint32_t ksm_scan_seconds;	   /* manage: ksmd's target time per pass */
 	/* [domain.NAME] */
 	struct domain_conf domains[CONFIG_MAX_DOMAINS];
 	unsigned ndomains;

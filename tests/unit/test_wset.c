@@ -47,7 +47,7 @@ static void sample_then_open(void **state)
 	assert_int_equal(offer_region(w, PID, base, SAMPLE_MS - 1), 0);
 	assert_int_equal(wset_may_evict(w, PID, base, SAMPLE_MS - 1), WSET_WAIT);
 	/* One sample page back of eight: not hot. */
-	wset_refault(w, PID, base, 1000, 10);
+	wset_refault(w, PID, base, 1000, 10, 0);
 	assert_int_equal(offer_region(w, PID, base, SAMPLE_MS), 512);
 	assert_int_equal(wset_check(w), 0);
 	wset_destroy(w);
@@ -67,13 +67,21 @@ static void hot_backs_off(void **state)
 
 		assert_int_equal(offer_region(w, PID, base, t), 8);
 		for (uint64_t a = base; a < base + WSET_REGION; a += WSET_REGION / 8)
-			wset_refault(w, PID, a, 1000, t + 1);
+			wset_refault(w, PID, a, 1000, t + 1, 0);
 		assert_int_equal(wset_may_evict(w, PID, base, t + SAMPLE_MS), WSET_HOT_REGION);
 		assert_int_equal(offer_region(w, PID, base, t + SAMPLE_MS + back - 1), 0);
 		t += SAMPLE_MS + back;
 	}
 	wset_stats(w, t, &st);
 	assert_int_equal(st.hot_verdicts, 3);
+	{
+		struct wset_hot h[8];
+
+		assert_int_equal(wset_take_hot(w, h, 8), 3);
+		assert_int_equal(h[0].pid, PID);
+		assert_int_equal(h[0].addr, base);
+		assert_int_equal(wset_take_hot(w, h, 8), 0);
+	}
 	assert_int_equal(st.refaults, 24);
 	/* A quiet sample now opens it, and the back-off shrinks again. */
 	assert_int_equal(offer_region(w, PID, base, t), 8);
@@ -94,18 +102,18 @@ static void open_turns_hot(void **state)
 	/* 520 out: 50 back within a window is less than an eighth of the
 	 * 470 still out: not hot. */
 	for (unsigned i = 0; i < 50; i++)
-		wset_refault(w, PID, base + i * PG, 1000, t + 10);
+		wset_refault(w, PID, base + i * PG, 1000, t + 10, 0);
 	assert_int_not_equal(wset_may_evict(w, PID, base, t + 20), WSET_HOT_REGION);
 	/* Slow refaults, a few per window, for many windows: still open. */
 	for (unsigned k = 1; k <= 20; k++)
 		for (unsigned i = 0; i < 3; i++)
 			wset_refault(w, PID, base + (100 + k * 3 + i) * PG, 1000,
-				     t + k * SAMPLE_MS + 30);
+				     t + k * SAMPLE_MS + 30, 0);
 	assert_int_not_equal(wset_may_evict(w, PID, base, t + 21 * SAMPLE_MS), WSET_HOT_REGION);
 	/* A burst: hot. */
 	t += 22 * SAMPLE_MS;
 	for (unsigned i = 0; i < 60; i++)
-		wset_refault(w, PID, base + (200 + i) * PG, 1000, t);
+		wset_refault(w, PID, base + (200 + i) * PG, 1000, t, 0);
 	assert_int_equal(wset_may_evict(w, PID, base, t + 1), WSET_HOT_REGION);
 	assert_int_equal(wset_check(w), 0);
 	wset_destroy(w);
@@ -123,7 +131,7 @@ static void budget(void **state)
 	/* 20 ms of faults, spread over regions so that none turns hot. */
 	for (unsigned i = 0; i < 200; i++)
 		wset_refault(w, PID, (uint64_t)(i + 16) * WSET_REGION, 100000 - WSET_FAULT_FLOOR_NS,
-			     10);
+			     10, 0);
 	assert_int_equal(wset_may_evict(w, PID, 4000 * WSET_REGION, 20), WSET_NO_BUDGET);
 	assert_int_equal(wset_may_evict(w, PID + 1, 4000 * WSET_REGION, 20), WSET_EVICT);
 	/* 1 % of 2 s is 20 ms: earned back. */
@@ -151,7 +159,7 @@ static void bounded(void **state)
 
 		(void)wset_may_evict(w, pid, a, t);
 		if (i % 3 == 0)
-			wset_refault(w, pid, a, 500, t);
+			wset_refault(w, pid, a, 500, t, 0);
 	}
 	assert_int_equal(wset_check(w), 0);
 	wset_stats(w, t, &st);

@@ -56,7 +56,7 @@ static int local_send(int fd, const struct cksm_local *m, int pass_fd)
 }
 
 static void pending_del(struct backing *b, struct mm *m);
-static void serve(struct mm *m, struct cksm_local *ready, const char *how);
+static void serve(struct mm *m, struct cksm_local *ready, const char *how, bool mark);
 static bool on_child(struct mm *m, const struct cksm_local *msg, int fd);
 static void reattach_begin(struct mm *c);
 static void reattach_clear(struct backing *b, struct mm *c);
@@ -345,13 +345,13 @@ static bool on_uffd(struct mm *m, int fd, int sender)
 		mm_end(m, "its table cannot be kept");
 		return false;
 	}
-	serve(m, &r, "attached");
-	set_mark(m); /* a process that comes back keeps its mark */
+	serve(m, &r, "attached", true);
 	return true;
 }
 
-/* m is served from now on: READY, the list, its ranges. */
-static void serve(struct mm *m, struct cksm_local *ready, const char *how)
+/* m is served from now on: READY, the list, its ranges; marked first when
+ * fresh (a process that comes back keeps its mark). */
+static void serve(struct mm *m, struct cksm_local *ready, const char *how, bool mark)
 {
 	struct backing *b = m->b;
 
@@ -368,6 +368,11 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how)
 	register_beacon(m);
 	if (m->beacon)
 		ready->b = CKSM_LOCAL_FORKS_ANSWERED;
+	/* Before READY: until then the process waits in its handshake, and
+	 * a fork of it (which makes UFFDIO_COPY fail with EAGAIN while its
+	 * event is unread) cannot come between. */
+	if (mark)
+		set_mark(m);
 	local_send(m->sock, ready, -1);
 	log_info("process %d %s%s", (int)m->pid, how,
 		 m->merge_all ? " (every private anonymous mapping)" : "");
@@ -566,7 +571,7 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 	resume_inbox(m);
 	pthread_mutex_unlock(&m->lock);
 	evict_resume(m, msg->token, (int)msg->pad, msg->status);
-	serve(m, &r, "came back to this agent");
+	serve(m, &r, "came back to this agent", false);
 	metric_inc(b->m_resumed);
 	log_info("process %d: %zu backed pages taken over", (int)m->pid, m->tab.n);
 	wake_all(m);

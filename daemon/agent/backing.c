@@ -145,7 +145,8 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 /* The tables and the readers, all or nothing. */
 static int alloc_tables(struct backing *b)
 {
-	struct wset_cfg wc = { .regions = b->cfg->wset_regions,
+	struct wset_cfg wc = { .off = !b->cfg->wset,
+			       .regions = b->cfg->wset_regions,
 			       .sample_pages = b->cfg->wset_sample_pages,
 			       .sample_ms = b->cfg->wset_sample_ms,
 			       .fault_budget_pct = b->cfg->fault_budget_pct };

@@ -268,6 +268,8 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 	m->resuming = false;
 	pthread_mutex_unlock(&m->lock);
 	metric_inc(why ? b->m_aborted : b->m_evicted);
+	if (!why && m->pid)
+		wset_evicted(b->wset, m->pid, addr, now_ms());
 	/* Writers that raced the eviction: they retry, and either find the
 	 * page or fault it back. */
 	uffd_protect(m->uffd, addr, false);

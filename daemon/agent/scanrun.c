@@ -148,9 +148,13 @@ static void apply_answers(struct scanrun *r)
 void scanrun_attach(struct scanrun *r, pid_t pid, int scope)
 {
 	pthread_mutex_lock(&r->lock);
-	/* A process naming range after range changes nothing new. */
-	for (size_t i = 0; i < r->nchanges; i++)
-		if (r->changes[i].pid == pid && r->changes[i].scope == scope) {
+	/* A process naming range after range changes nothing new; but only
+	 * its last change says where it stands (attached, detached, attached
+	 * again: a fork child that re-attached, then ran exec). */
+	for (size_t i = r->nchanges; i-- > 0;)
+		if (r->changes[i].pid == pid) {
+			if (r->changes[i].scope != scope)
+				break;
 			pthread_cond_broadcast(&r->cond);
 			pthread_mutex_unlock(&r->lock);
 			return;

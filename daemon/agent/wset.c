@@ -19,10 +19,11 @@
 struct region {
 	uint64_t key;	   /* pid << 36 | region index, + 1; 0: free */
 	uint64_t used_ms;  /* last looked at */
-	uint64_t until_ms; /* sampling: its verdict; hot: sampled again */
-	uint64_t win_ms;   /* open: the window's start */
-	uint64_t stripes;  /* sampling: the stripes a sample page came from */
-	uint32_t evicted;  /* evictions (sampling: the sample) in the window */
+	uint64_t until_ms; /* sampling: its verdict (0: none evicted yet); hot: sampled again */
+	uint64_t win_ms;   /* open: the window's start; sampling: the first offer */
+	uint64_t stripes;  /* sampling: the stripes a sample page was offered from */
+	uint32_t offered;  /* sampling: sample pages let go to the evictor */
+	uint32_t evicted;  /* evictions (sampling: of the sample) in the window */
 	uint32_t refaults; /* ... and refaults */
 	uint32_t out;	   /* pages evicted and not back, about */
 	uint8_t state;	   /* enum wset_state */
@@ -152,9 +153,9 @@ static void go_hot(struct wset *w, struct region *r, uint64_t now)
 static void start_sampling(struct region *r)
 {
 	r->state = WSET_SAMPLING;
-	r->until_ms = 0;
+	r->until_ms = r->win_ms = 0;
 	r->stripes = 0;
-	r->evicted = r->refaults = 0;
+	r->offered = r->evicted = r->refaults = 0;
 }
 
 /* Verdicts that time gives: a sample watched long enough, a back-off
@@ -166,6 +167,10 @@ static void region_tick(struct wset *w, struct region *r, uint64_t now)
 		start_sampling(r);
 		break;
 	case WSET_SAMPLING:
+		/* Offered, and none of it evicted for long (changed, moved, the
+		 * queue full): a new sample. */
+		if (!r->until_ms && r->offered && now - r->win_ms >= 2ull * w->cfg.sample_ms)
+			start_sampling(r);
 		if (!r->until_ms || now < r->until_ms)
 			break;
 		if (r->refaults * 4 >= r->evicted && r->refaults) {
@@ -198,6 +203,8 @@ enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint6
 	struct proc *p;
 
 	pthread_mutex_lock(&w->lock);
+	if (w->cfg.off)
+		goto out;
 	if (w->cfg.fault_budget_pct) {
 		p = proc_get(w, pid, now_ms);
 		proc_earn(w, p, now_ms);
@@ -215,23 +222,33 @@ enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint6
 		unsigned stripes = w->cfg.sample_pages < 64 ? w->cfg.sample_pages : 64;
 		unsigned s = (unsigned)((addr & (WSET_REGION - 1)) * stripes / WSET_REGION);
 
-		if (r->evicted >= stripes || (r->stripes >> s & 1)) {
+		if (r->offered >= stripes || (r->stripes >> s & 1)) {
 			v = WSET_WAIT;
 		} else {
 			r->stripes |= 1ull << s;
-			r->evicted++;
-			r->out++;
-			if (!r->until_ms)
-				r->until_ms = now_ms + w->cfg.sample_ms;
+			if (!r->offered++)
+				r->win_ms = now_ms;
 		}
-	} else {
-		r->evicted++;
-		r->out++;
 	}
 out:
 	w->st.held[v]++;
 	pthread_mutex_unlock(&w->lock);
 	return v;
+}
+
+void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms)
+{
+	struct region *r;
+
+	pthread_mutex_lock(&w->lock);
+	r = region_get(w, pid, addr, now_ms);
+	region_tick(w, r, now_ms);
+	r->evicted++;
+	r->out++;
+	/* A sample is watched from its last page's eviction on. */
+	if (r->state == WSET_SAMPLING)
+		r->until_ms = now_ms + w->cfg.sample_ms;
+	pthread_mutex_unlock(&w->lock);
 }
 
 void wset_refault(struct wset *w, pid_t pid, uint64_t addr, uint64_t ns, uint64_t now_ms,

@@ -10,10 +10,12 @@
  * way, and a region forgotten is sampled again: never evicted in bulk
  * unseen). Each region goes:
  *
- *   new      -> sampling  its first wset_sample_pages evictions, spread
+ *   new      -> sampling  its first wset_sample_pages offers, spread
  *                         over the region, are a sample; no more of it
- *                         goes until the sample was watched for
- *                         wset_sample_ms;
+ *                         goes until the sample, once evicted, was
+ *                         watched for wset_sample_ms (a sample none of
+ *                         which was evicted for twice that is taken
+ *                         anew);
  *   sampling -> open      fewer than a quarter of the sample came back:
  *                         the region is evicted as the scanner offers it;
  *            -> hot       more came back: nothing of it is evicted for
@@ -52,6 +54,7 @@
 #define WSET_PROCS	    4096u		    /* processes whose budget is kept */
 
 struct wset_cfg {
+	bool off;		   /* every page may go: refaults are only counted */
 	uint32_t regions;	   /* table entries */
 	uint32_t sample_pages;	   /* a new region's sample */
 	uint32_t sample_ms;	   /* watched this long; the open window too */
@@ -95,9 +98,13 @@ struct wset;
 struct wset *wset_create(const struct wset_cfg *cfg);
 void wset_destroy(struct wset *w);
 
-/* May the page of pid at addr be evicted at now_ms? WSET_EVICT counts it
- * as under way (a sample page, in a sampling region). */
+/* May the page of pid at addr be evicted at now_ms? WSET_EVICT takes it
+ * as a sample page, in a sampling region. */
 enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
+
+/* The page was evicted: what a region's verdicts count (and a sample's
+ * watch starts from). */
+void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
 
 /* The page was evicted after all (after wset_may_evict said go). */
 void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);

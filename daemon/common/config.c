@@ -162,6 +162,7 @@ static const struct key keys[] = {
 	  "pages per second between 1 and 16777216"),
 	U("agent", "evict_cooldown_millisecs", evict_cooldown_millisecs, 60000, 0, 86400000,
 	  "milliseconds between 0 and 86400000"),
+	S("agent", "wset", K_BOOL, wset, "1", "0 or 1"),
 	U("agent", "wset_regions", wset_regions, 65536, 64, 1u << 24,
 	  "a region count between 64 and 16777216"),
 	U("agent", "wset_sample_pages", wset_sample_pages, 8, 1, 64,
@@ -795,10 +796,10 @@ void config_dump(const struct config *c, FILE *out)
 		c->state_dir, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
 		c->evict_cooldown_millisecs);
 	fprintf(out,
-		"wset_regions = %u\nwset_sample_pages = %u\nwset_sample_ms = %u\nfault_budget_pct = %u\n"
+		"wset = %d\nwset_regions = %u\nwset_sample_pages = %u\nwset_sample_ms = %u\nfault_budget_pct = %u\n"
 		"ksm = %s\nksm_max_cpu = %u\nksm_scan_seconds = %u\n",
-		c->wset_regions, c->wset_sample_pages, c->wset_sample_ms, c->fault_budget_pct,
-		c->ksm_mode, c->ksm_max_cpu, c->ksm_scan_seconds);
+		c->wset, c->wset_regions, c->wset_sample_pages, c->wset_sample_ms,
+		c->fault_budget_pct, c->ksm_mode, c->ksm_max_cpu, c->ksm_scan_seconds);
 	if (c->socket_group[0])
 		fprintf(out, "socket_group = %s\n", c->socket_group);
 	fprintf(out, "attach_any_user = %d\n", c->attach_any_user);

@@ -68,7 +68,7 @@ top_json
 	fail "shared after re-reports: node-3 $(shared_of node-3), node-1 $(shared_of node-1)"
 jq -e --argjson p1 "$(jq .pid "$T/p1.json")" --argjson p3 "$(jq .pid "$T/p3.json")" '
 	(.processes | length == 3) and
-	all(.processes[]; keys == ["cgroup","comm","node","node_id","pid","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"] and
+	all(.processes[]; keys == ["cgroup","comm","fault_seconds","fault_share","node","node_id","pid","refaults","shareable_bytes","shared_bytes","stable_bytes","zero_bytes"] and
 		.stable_bytes == 64 * 4096 and .zero_bytes == 16 * 4096 and
 		.shareable_bytes == .shared_bytes + .zero_bytes and .comm == "cksm-planter") and
 	(.processes[0].shareable_bytes == 80 * 4096) and (.processes[2].shareable_bytes == 48 * 4096) and

@@ -13,7 +13,7 @@ AMET=$(conf_get "$T/cksm.conf" agent metrics)
 start c0 -c "$T/cksm.conf" --role coord --shard 0
 start agent -c "$T/cksm.conf" --role agent --set agent.pass_millisecs=200 \
 	--set agent.sleep_millisecs=0 --set agent.evict_age=2 --set agent.evict_rate=1000000 \
-	--set agent.wset_sample_ms=2000
+	--set agent.wset=1 --set agent.wset_sample_ms=2000
 wait_for "registration" 10 log_has agent "registered with shard 0"
 m() { metric "$AMET" "$1"; }
 

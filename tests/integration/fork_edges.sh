@@ -5,7 +5,9 @@
 #     waited for;
 #  b. a thread cancelled (pthread_cancel) while it forks in a loop: fork()
 #     is no cancellation point, so no lock of libcksm's dies with it, and
-#     the main thread forks after.
+#     the main thread forks after;
+#  c. a child that attached again and then ran exec (attached, detached
+#     and attached again under one pid): the program it runs is evicted.
 # Each child checks its copy of the parent's pages.
 source "$(dirname "$0")/lib.sh"
 
@@ -24,5 +26,15 @@ run() { # run MODE N: cksm-forker under libcksm, at most 60 s (a fork that waits
 }
 run closefds 20
 run cancel 30
+# (the three changes reach the scanner at once only now and then: 5 runs)
+for i in 1 2 3 4 5; do
+	rc=0
+	LD_PRELOAD=$LIB CKSM_SOCKET=$T/agent.sock timeout 60 "$ROOT/build/cksm-forker" exec \
+		"$ROOT/build/cksm-evictee" verify --pages 256 --wait-s 20 >"$T/exec.json" 2>"$T/exec.err" || rc=$?
+	echo "exec after a re-attach, $i: exit $rc, $(cat "$T/exec.json") $(head -c 300 "$T/exec.err")"
+	jq -e '.evicted >= 230 and .bad == 0' "$T/exec.json" >/dev/null ||
+		fail "the program run after a re-attach was not evicted (its attach was lost)"
+done
+log_has agent "re-attached" || fail "no child attached again before its exec"
 stop agent
 echo "ok"

@@ -16,7 +16,7 @@ AMET=$(conf_get "$T/cksm.conf" agent metrics)
 start c0 -c "$T/cksm.conf" --role coord --shard 0
 start agent -c "$T/cksm.conf" --role agent --set agent.pass_millisecs=200 \
 	--set agent.sleep_millisecs=0 --set agent.evict_age=2 --set agent.evict_rate=1000000 \
-	--set agent.wset_sample_ms=2000 --set agent.ksm=manage --set agent.ksm_scan_seconds=2 \
+	--set agent.wset=1 --set agent.wset_sample_ms=2000 --set agent.ksm=manage --set agent.ksm_scan_seconds=2 \
 	--set agent.ksm_max_cpu=50
 wait_for "registration" 10 log_has agent "registered with shard 0"
 wait_for "the kernel's KSM run by the agent" 10 log_has agent "running the kernel's KSM"

@@ -111,6 +111,9 @@ cluster_conf() {
 		printf 'auth_timeout_ms = 1000\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n'
 		printf '[log]\nlevel = info\n'
 		printf '[agent]\nmetrics = 127.0.0.1:%s\nsocket = %s\nstate_dir = %s\n' "$(free_port)" "$T/agent.sock" "$T/state"
+		# Eviction as the scanner offers it: the tests of the working set
+		# (wset.h) and the soak turn it on.
+		printf 'wset = 0\n'
 		for ((i = 0; i < n; i++)); do
 			printf '[shard.%d]\naddress = 127.0.0.1:%s\nmetrics = 127.0.0.1:%s\nbuckets = %d-%d\n' \
 				"$i" "$(free_port)" "$(free_port)" $((i * per)) $(((i + 1) * per - 1))

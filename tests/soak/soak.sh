@@ -28,7 +28,7 @@ start c1 -c "$T/cksm.conf" --role coord --shard 1
 NODES=(a b c)
 declare -A MET
 for n in "${NODES[@]}"; do
-	start_node "$n" --set agent.evict_rate=1000000 --set agent.sleep_millisecs=0 \
+	start_node "$n" --set agent.wset=1 --set agent.evict_rate=1000000 --set agent.sleep_millisecs=0 \
 		--set agent.pass_millisecs=200 --set agent.data_timeout_ms=500
 done
 START=$SECONDS

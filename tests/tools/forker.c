@@ -7,6 +7,10 @@
  *   cksm-forker cancel N     N rounds: a thread forks in a loop and is
  *                            cancelled (pthread_cancel) somewhere in it;
  *                            then the main thread forks once
+ *   cksm-forker exec PROG [ARG...]
+ *                            fork; the child waits 300 ms (its libcksm
+ *                            attaches again meanwhile) and runs PROG; exit
+ *                            with its status
  *
  * Each child checks a page of the parent's and exits. One JSON line:
  *   {"forks":N,"bad_children":N}
@@ -70,8 +74,21 @@ int main(int argc, char **argv)
 	int rc = 0;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: cksm-forker closefds|cancel N\n");
+		fprintf(stderr, "usage: cksm-forker closefds|cancel N, or exec PROG [ARG...]\n");
 		return 2;
+	}
+	if (!strcmp(argv[1], "exec")) {
+		pid_t c = fork();
+		int st;
+
+		if (c == 0) {
+			usleep(300000);
+			execv(argv[2], argv + 2);
+			_exit(127);
+		}
+		if (c < 0 || waitpid(c, &st, 0) != c)
+			return 2;
+		return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
 	}
 	fill();
 	if (!strcmp(argv[1], "closefds")) {

@@ -31,7 +31,10 @@ static unsigned offer_region(struct wset *w, pid_t pid, uint64_t base, uint64_t 
 	unsigned go = 0;
 
 	for (uint64_t a = base; a < base + WSET_REGION; a += PG)
-		go += wset_may_evict(w, pid, a, now) == WSET_EVICT;
+		if (wset_may_evict(w, pid, a, now) == WSET_EVICT) {
+			wset_evicted(w, pid, a, now); /* at once */
+			go++;
+		}
 	return go;
 }
 

@@ -353,6 +353,32 @@ static void park(struct backing *b, struct mm *m, const struct bentry *e)
 	metric_gauge_add(b->m_parked, 1);
 }
 
+/*
+ * A process that does not answer its zap may have run exec, its socket
+ * kept by another holding the old memory (attach_exec.sh): is the mark
+ * still where its userfaultfd's memory had it? If not it is foreign, and
+ * attach.c lets it go, which ends the wait. A live libcksm process never
+ * unmaps its beacon: a mark that cannot be read is not its.
+ */
+static void mark_check(struct mm *m)
+{
+	uint8_t mark[sizeof(m->st->mark)];
+	struct iovec l = { mark, sizeof(mark) },
+		     r = { (void *)(uintptr_t)(m->beacon + CKSM_LOCAL_BEACON_MARK * PAGE),
+			   sizeof(mark) };
+	ssize_t got;
+
+	if (!marked(m) || atomic_load(&m->foreign))
+		return;
+	got = process_vm_readv(m->pid, &l, 1, &r, 1, 0);
+	if (!mm_alive(m) || (got < 0 && errno != EFAULT))
+		return;
+	if ((got != (ssize_t)sizeof(mark) || memcmp(mark, m->st->mark, sizeof(mark))) &&
+	    !atomic_exchange(&m->foreign, true))
+		log_warn("process %d: its memory is not its userfaultfd's (it ran exec?)",
+			 (int)m->pid);
+}
+
 /* Evictor thread: end the parked evictions whose answer came (all of
  * them once the agent stops). */
 static void unpark(struct backing *b, bool all)
@@ -361,6 +387,7 @@ static void unpark(struct backing *b, bool all)
 		pthread_mutex_lock(&p->m->lock);
 		if (!all && !zap_or_gone(p->m)) {
 			pthread_mutex_unlock(&p->m->lock);
+			mark_check(p->m);
 			pp = &p->next;
 			continue;
 		}

@@ -64,6 +64,33 @@ static int sock = -1;
 static pid_t attached_pid;
 static struct cksm_local hello; /* as sent at attach, for the children */
 static volatile uint8_t *beacon;
+static uint8_t *scratch;  /* the agent's, never touched here (local.h) */
+static int pagemap = -1;  /* /proc/self/pagemap, for the moves ... */
+static dev_t pagemap_dev; /* ... while it is still that file */
+static ino_t pagemap_ino;
+
+/* /proc/self/pagemap, opened anew (a fork child reads its own). */
+static void pagemap_open(void)
+{
+	struct stat st;
+
+	if (pagemap >= 0)
+		close(pagemap);
+	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pagemap >= 0 && fstat(pagemap, &st) == 0) {
+		pagemap_dev = st.st_dev;
+		pagemap_ino = st.st_ino;
+	}
+}
+
+/* Is pagemap still the file it was opened as (a program may close it)? */
+static bool pagemap_ours(void)
+{
+	struct stat st;
+
+	return pagemap >= 0 && fstat(pagemap, &st) == 0 && st.st_dev == pagemap_dev &&
+	       st.st_ino == pagemap_ino;
+}
 static int (*real_madvise)(void *, size_t, int);
 /* This process's userfaultfd, kept while attached (to any agent): -1 if none. */
 static int own_uffd = -1;
@@ -192,6 +219,51 @@ static void note_dontfork(uintptr_t a, size_t len, bool on)
 		dontfork[ndontfork++].lo = a, dontfork[ndontfork - 1].hi = a + len;
 }
 
+/*
+ * The page at a, moved into page idx of the scratch (local.h) with
+ * UFFDIO_MOVE: only if it is still the page the agent write-protected
+ * and compared (pagemap: there, and protected through the userfaultfd).
+ * A page mapped there anew since is not protected, and stays.
+ */
+#define PM_THERE   (3ULL << 62) /* present or swapped */
+#define PM_UFFD_WP (1ULL << 57)
+#ifndef UFFDIO_MOVE
+struct uffdio_move {
+	uint64_t dst, src, len, mode;
+	int64_t move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#endif
+static int move_out(uintptr_t a, size_t len, int32_t idx)
+{
+	struct uffdio_move mv = { .src = a, .len = 4096 };
+	uint64_t e = 0;
+
+	if (!scratch || own_uffd < 0 || !pagemap_ours() || len != 4096 || idx < 0 ||
+	    idx >= (int32_t)CKSM_LOCAL_SCRATCH_PAGES)
+		return -EINVAL;
+	mv.dst = (uintptr_t)scratch + (uintptr_t)idx * 4096;
+	if (pread(pagemap, &e, sizeof(e), (off_t)(a / 4096 * sizeof(e))) != sizeof(e))
+		return -EIO;
+	if (!(e & PM_THERE) || !(e & PM_UFFD_WP))
+		return -ECANCELED;
+	if (ioctl(own_uffd, UFFDIO_MOVE, &mv))
+		return -errno;
+	if (mv.move != 4096)
+		return -EAGAIN;
+	/* Mapped anew between the look and the move (another thread), and
+	 * not a mapping the userfaultfd serves (clearing a protection there
+	 * says ENOENT): what was moved goes back at once. A mapping it serves
+	 * is the agent's to check (a fault there waits for it). */
+	if (ioctl(own_uffd, UFFDIO_WRITEPROTECT,
+		  &(struct uffdio_writeprotect){ .range = { .start = a, .len = 4096 } }) &&
+	    errno == ENOENT) {
+		memcpy((void *)a, (const void *)(uintptr_t)mv.dst, 4096);
+		return -ECANCELED;
+	}
+	return 0;
+}
+
 /* Drop [a, a + b) for the agent, if fd is still the connection. */
 static void zap(int fd, const struct cksm_local *m)
 {
@@ -217,6 +289,8 @@ static void zap(int fd, const struct cksm_local *m)
 	pthread_mutex_lock(&dontfork_lock);
 	if (in_dontfork((uintptr_t)m->a, (size_t)m->b))
 		rc = -EBUSY; /* registered for a device since the agent looked */
+	else if (m->pad & CKSM_LOCAL_ZAP_MOVE)
+		rc = move_out((uintptr_t)m->a, (size_t)m->b, m->status);
 	else
 		rc = real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED) ? -errno
 											: 0;
@@ -228,6 +302,24 @@ static void zap(int fd, const struct cksm_local *m)
 	answer_zap();
 	pthread_mutex_unlock(&zap_lock);
 	pthread_rwlock_unlock(&zap_fork);
+}
+
+/*
+ * Drop [a, a + b) of the scratch (local.h): pages the agent moved there,
+ * whose content it keeps. Nothing outside the scratch is dropped.
+ */
+static void scrub(int fd, const struct cksm_local *m)
+{
+	uintptr_t lo = (uintptr_t)scratch, hi = lo + CKSM_LOCAL_SCRATCH_PAGES * 4096;
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_SCRUBBED);
+
+	r.a = m->a;
+	r.b = m->b;
+	if (!scratch || m->a < lo || m->a >= hi || m->b > hi - m->a || m->a % 4096 || m->b % 4096)
+		r.status = -EINVAL;
+	else if (real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED))
+		r.status = -errno;
+	send_local(fd, &r, -1);
 }
 
 /* The service thread: the agent's requests, until it goes away. */
@@ -344,6 +436,8 @@ static void *serve(void *arg)
 			close(extra);
 		if (m.type == CKSM_LOCAL_ZAP) {
 			zap(fd, &m);
+		} else if (m.type == CKSM_LOCAL_SCRUB) {
+			scrub(fd, &m);
 		} else if (m.type == CKSM_LOCAL_KSM) {
 			real_madvise((void *)(uintptr_t)m.a, (size_t)m.b, MADV_MERGEABLE);
 		} else if (m.type == CKSM_LOCAL_FORGET) {
@@ -493,7 +587,9 @@ static void on_fork_child(void)
 	pthread_mutex_init(&zap_lock, NULL);
 	memset(&last_zap, 0, sizeof(last_zap));
 	publish_zap();
-	kids_close(); /* its siblings', the parent's to keep */
+	if (scratch)
+		pagemap_open(); /* the parent's names the parent's pages */
+	kids_close();		/* its siblings', the parent's to keep */
 	__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
 	if (fd >= 0)
 		close(fd);
@@ -859,19 +955,27 @@ static void attach(void)
 	hello.b = env_size("CKSM_MERGE_MIN", 1u << 20);
 	/* Read-only and never written: no memory, and no merging with the
 	 * program's own mappings. */
-	bp = mmap(NULL, (CKSM_LOCAL_BEACON_PAGES + 2) * 4096, PROT_READ,
+	bp = mmap(NULL, CKSM_LOCAL_MAP_PAGES * 4096, PROT_READ,
 		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (bp != MAP_FAILED) {
 		uint8_t *zp = (uint8_t *)bp + CKSM_LOCAL_BEACON_PAGES * 4096;
+		uint8_t *sp = (uint8_t *)bp + CKSM_LOCAL_SCRATCH_AT * 4096;
 
 		beacon = bp;
 		hello.token = (uint64_t)(uintptr_t)bp;
-		/* The zap page, then a page of nothing: the program's own
-		 * mappings never merge with it (their flags, MADV_DONTFORK's
-		 * for one, stay their own). */
+		/* The zap page, the scratch, each followed by a page of
+		 * nothing: the program's own mappings never merge with them
+		 * (their flags, MADV_DONTFORK's for one, stay their own). */
 		mprotect(zp + 4096, 4096, PROT_NONE);
+		mprotect(sp + CKSM_LOCAL_SCRATCH_PAGES * 4096, 4096, PROT_NONE);
 		if (mprotect(zp, 4096, PROT_READ | PROT_WRITE) == 0)
 			zap_page = (volatile struct cksm_local_zapstate *)zp;
+		pagemap_open();
+		if (pagemap >= 0 &&
+		    mprotect(sp, CKSM_LOCAL_SCRATCH_PAGES * 4096, PROT_READ | PROT_WRITE) == 0) {
+			scratch = sp;
+			hello.a |= CKSM_LOCAL_SCRATCH;
+		}
 	}
 	if (handshake(fd))
 		goto fail;

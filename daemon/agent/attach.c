@@ -242,6 +242,41 @@ static bool beacon_ok(uint64_t beacon)
 	return beacon % PAGE == 0 && beacon + CKSM_LOCAL_BEACON_PAGES * PAGE > beacon;
 }
 
+/*
+ * How m's pages are dropped: moved out by the agent into the scratch
+ * where the kernel can and the process has one (remap_move.c), else by
+ * libcksm's zap. The scratch is registered with the process's
+ * userfaultfd (a move's destination must be), for missing faults only;
+ * a fork child's came registered with the fork.
+ */
+static void choose_remap(struct mm *m, bool registered)
+{
+	uint64_t at = m->beacon + CKSM_LOCAL_SCRATCH_AT * PAGE;
+	int rc = 0;
+
+	m->remap = &remap_libcksm;
+	m->scratch = 0;
+	if (!m->beacon || !m->scratch_asked || !(m->b->features & UFFD_FEATURE_MOVE))
+		return;
+	if (!registered)
+		rc = uffd_register(m->uffd, at, at + CKSM_LOCAL_SCRATCH_PAGES * PAGE, false);
+	if (rc) {
+		log_warn("process %d: its scratch cannot be registered (%s): its pages are zapped",
+			 (int)m->pid, strerror(-rc));
+		return;
+	}
+	m->scratch = at;
+	m->remap = &remap_move;
+}
+
+/* After READY (the first message the process reads after its handshake). */
+static void scratch_begin(struct mm *m)
+{
+	pthread_mutex_lock(&m->lock);
+	scratch_reset(m);
+	pthread_mutex_unlock(&m->lock);
+}
+
 /* The beacon: missing faults only; its pages are never written. */
 static void register_beacon(struct mm *m)
 {
@@ -298,6 +333,7 @@ static bool on_hello(struct mm *m, const struct cksm_local *msg, int fd)
 		return false;
 	}
 	m->merge_all = (msg->a & CKSM_LOCAL_MERGE_ALL) != 0;
+	m->scratch_asked = (msg->a & CKSM_LOCAL_SCRATCH) != 0;
 	m->merge_min = msg->b < PAGE ? PAGE : msg->b;
 	if (!beacon_ok(msg->token)) {
 		mm_end(m, "a hello with a bad beacon");
@@ -357,7 +393,6 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how, bool 
 
 	pending_del(b, m);
 	m->handshaken = true;
-	m->remap = &remap_libcksm;
 	m->pagemap = uffd_pagemap_open(m->pid);
 	if (m->pagemap >= 0 && !mm_alive(m)) {
 		close(m->pagemap);
@@ -368,12 +403,14 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how, bool 
 	register_beacon(m);
 	if (m->beacon)
 		ready->b = CKSM_LOCAL_FORKS_ANSWERED;
+	choose_remap(m, false);
 	/* Before READY: until then the process waits in its handshake, and
 	 * a fork of it (which makes UFFDIO_COPY fail with EAGAIN while its
 	 * event is unread) cannot come between. */
 	if (mark)
 		set_mark(m);
 	local_send(m->sock, ready, -1);
+	scratch_begin(m);
 	log_info("process %d %s%s", (int)m->pid, how,
 		 m->merge_all ? " (every private anonymous mapping)" : "");
 	list_add(b, m);
@@ -596,6 +633,9 @@ static bool on_request(struct mm *m, const struct cksm_local *msg, int fd, struc
 		return true;
 	case CKSM_LOCAL_ZAPPED:
 		evict_zapped(m, msg->token, msg->status);
+		return true;
+	case CKSM_LOCAL_SCRUBBED:
+		scratch_scrubbed(m, msg->a, msg->b, msg->status);
 		return true;
 	default:
 		mm_end(m, "an unexpected message");
@@ -1059,7 +1099,8 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	}
 	/* pid and sock change under b->lock: mm_get and the fault thread
 	 * look at them under it, and the evictor may use fm from then on. */
-	fm->remap = &remap_libcksm;
+	fm->scratch_asked = c->scratch_asked;
+	choose_remap(fm, true);
 	fm->pagemap = uffd_pagemap_open(c->pid);
 	if (c->pidfd >= 0)
 		fm->pidfd = fcntl(c->pidfd, F_DUPFD_CLOEXEC, 3);
@@ -1083,6 +1124,7 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	if (fm->beacon)
 		r.b = CKSM_LOCAL_FORKS_ANSWERED;
 	local_send(fd, &r, fm->uffd);
+	scratch_begin(fm);
 	kid_forget(fm);
 	log_info("process %d re-attached (forked from %d)", (int)fm->pid, (int)fm->parent);
 	metric_inc(b->m_reattached);

@@ -189,7 +189,8 @@ static int open_uffd_dev(struct backing *b)
 			  strerror(errno));
 		return -errno;
 	}
-	got = uffd_features(b->devfd, UFFD_FEATURES_NEEDED | UFFD_FEATURE_POISON);
+	got = uffd_features(b->devfd,
+			    UFFD_FEATURES_NEEDED | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE);
 	if ((got & UFFD_FEATURES_NEEDED) != UFFD_FEATURES_NEEDED) {
 		log_error(
 			"this kernel's userfaultfd lacks events or write-protection (processes cannot attach)");
@@ -197,7 +198,19 @@ static int open_uffd_dev(struct backing *b)
 		b->devfd = -1;
 		return -ENOTSUP;
 	}
+	if (!strcmp(b->cfg->evict_with, "zap"))
+		got &= ~(uint64_t)UFFD_FEATURE_MOVE;
+	else if (!strcmp(b->cfg->evict_with, "move") && !(got & UFFD_FEATURE_MOVE)) {
+		log_error(
+			"evict_with = move, and this kernel's userfaultfd cannot move pages (Linux 6.8 and later)");
+		close(b->devfd);
+		b->devfd = -1;
+		return -ENOTSUP;
+	}
 	b->features = got;
+	log_info("evicted pages leave processes %s", got & UFFD_FEATURE_MOVE
+							     ? "by UFFDIO_MOVE, done by the agent"
+							     : "by libcksm's madvise (zap)");
 	return 0;
 }
 

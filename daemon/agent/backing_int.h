@@ -108,8 +108,13 @@ struct mm {
 	const char *refused; /* why that peer may not attach, or NULL */
 	pid_t parent;	     /* a fork child's: who forked it (0 if not known) */
 	uint64_t beacon;     /* the process's beacon mapping (local.h), 0 if none */
-	int beacon_idx;	     /* a re-attaching connection's beacon page, -1 if none */
-	bool claimed;	     /* a fork child's mm paired with a connection (b->lock) */
+	bool scratch_asked;  /* its hello said it has a scratch (local.h) */
+	uint64_t scratch;    /* ... registered: remap_move drops its pages, 0 if none */
+	uint8_t scrub[CKSM_LOCAL_SCRATCH_PAGES / CKSM_LOCAL_SCRUB_PAGES]; /* enum scrub (lock) */
+	unsigned scratch_next; /* the scratch page to fill next (lock) */
+	uint64_t moved_to;     /* ... and the one the last zap moves the page into (lock) */
+	int beacon_idx;	       /* a re-attaching connection's beacon page, -1 if none */
+	bool claimed;	       /* a fork child's mm paired with a connection (b->lock) */
 	struct ksm_window {
 		uint64_t start, end;
 		bool sent;

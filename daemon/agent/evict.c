@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "backing_int.h"
 #include "inject.h"
@@ -224,6 +225,26 @@ void evict_zapped(struct mm *m, uint64_t token, int status)
 	pthread_mutex_unlock(&m->lock);
 }
 
+/* Why a page was not dropped, by the zap's (or the move's) status. */
+static const char *zap_failure(int status)
+{
+	switch (status) {
+	case -ESRCH:
+		return "the process is gone";
+	case -EBUSY:
+		return "pinned, or shared with another process";
+	case -ECANCELED:
+		return "dropped or mapped anew before it was moved";
+	case -ENOENT:
+		return "not there when it was to move";
+	case -ENOSPC:
+	case -EEXIST:
+		return "the scratch is full";
+	default:
+		return "the zap failed";
+	}
+}
+
 /*
  * The zap's answer (or the end of the process, or of the agent) decides
  * what becomes of the entry; the removals were counted already. m->lock
@@ -251,8 +272,11 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 
 		if (x)
 			entry_release(m, x);
-		why = m->zap_status == -ESRCH ? "the process is gone" : "the zap failed";
-		back_off(m);
+		why = zap_failure(m->zap_status);
+		if (m->zap_status == -ENOSPC || m->zap_status == -EEXIST)
+			m->evict_after = now_ms() + 100;
+		else if (m->zap_status != -EBUSY && m->zap_status != -ECANCELED)
+			back_off(m);
 	} else {
 		/* No answer (the agent is stopping, or the process closed its
 		 * connection): the page may or may not have been dropped. The
@@ -275,7 +299,8 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 	uffd_protect(m->uffd, addr, false);
 	uffd_wake(m->uffd, addr);
 	if (why)
-		log_debug("process %d page %#llx: %s", (int)m->pid, (unsigned long long)addr, why);
+		log_debug("process %d page %#llx: %s (%d)", (int)m->pid, (unsigned long long)addr,
+			  why, m->zap_status);
 }
 
 /*
@@ -289,10 +314,31 @@ static void evict_end(struct backing *b, struct mm *m, const struct bentry *e)
 {
 	while (!zap_or_gone(m) && !atomic_load(&b->stopping))
 		wait_for(m, zap_or_gone, 200);
+	if (m->zap_done && m->remap == &remap_move) {
+		if (m->zap_status == 0)
+			m->zap_status = move_check(m, e);
+		else
+			move_unused(m);
+		/* Moved: its own removal, since a move makes no event. A page
+		 * still there waits for a removal, as for a zap (zap_unkept). */
+		if (m->zap_status == 0 && uffd_present(m->pagemap, e->page << 12) == 0)
+			m->st->evict_hits++;
+	}
 	if (m->zap_done && m->zap_status == 0 && !wait_for(m, removal_or_gone, REMOVAL_WAIT_MS))
 		zap_unkept(b, m, e->page << 12);
 	evict_settle(b, m, e);
 	mm_put(m);
+}
+
+/* Has m's process no page at addr (pagemap)? */
+static bool page_gone(struct mm *m, uint64_t addr)
+{
+	int pm = m->pagemap >= 0 ? m->pagemap : uffd_pagemap_open(m->pid);
+	bool gone = pm >= 0 && uffd_present(pm, addr) == 0;
+
+	if (pm >= 0 && pm != m->pagemap)
+		close(pm);
+	return gone;
 }
 
 void evict_resume(struct mm *m, uint64_t token, int state, int status)
@@ -322,6 +368,13 @@ void evict_resume(struct mm *m, uint64_t token, int state, int status)
 	if (e && token == m->st->zap_token && state == CKSM_LOCAL_ZAP_DONE) {
 		m->zap_done = true;
 		m->zap_status = status;
+	} else if (e && m->scratch_asked && !m->st->evict_hits && page_gone(m, addr)) {
+		/* Moved out (remap_move) before the agent was killed: the
+		 * program's own drop or unmap would have been counted, or is
+		 * still to be read, and then drops the entry. */
+		m->zap_done = true;
+		m->zap_status = 0;
+		m->st->evict_hits = 1;
 	} else {
 		/* The zap never ran: the page is there (or the program dropped
 		 * it itself), and the entry must go. */
@@ -440,6 +493,7 @@ static bool evict_claim(struct mm *m, uint64_t addr)
 
 	pthread_mutex_lock(&m->lock);
 	ok = !m->st->evicting && !m->orphan && !m->unkept && marked(m) &&
+	     !(addr >= m->beacon && addr - m->beacon < CKSM_LOCAL_MAP_PAGES * PAGE) &&
 	     now_ms() >= m->evict_after && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
 	     !removed_covers(m, addr);
 	if (ok) {
@@ -473,14 +527,15 @@ static bool evict_enter(struct backing *b, struct mm *m, const struct bentry *e,
  * the process does not answer in time. Until then the page stays
  * write-protected, so nothing written can be lost.
  */
-static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, uint64_t token)
+static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, uint64_t token,
+		      const void *dup)
 {
 	int rc;
 
 	if (inject("die_before_zap"))
 		raise(SIGKILL);
 	pthread_mutex_lock(&m->lock);
-	rc = m->remap->zap(m, e->page << 12, PAGE, token);
+	rc = m->remap->zap(m, e->page << 12, PAGE, token, dup);
 	if (inject("die_after_zap"))
 		raise(SIGKILL);
 	if (rc == -EINPROGRESS) {
@@ -491,7 +546,7 @@ static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, u
 		}
 	} else {
 		m->zap_done = true;
-		m->zap_status = rc ? -ESRCH : 0;
+		m->zap_status = rc;
 	}
 	if (m->zap_done && m->zap_status == 0)
 		m->evict_backoff = 0; /* answered in time */
@@ -569,6 +624,12 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 	if (!evict_claim(m, o->addr))
 		goto drop_ref;
 	rc = uffd_protect(m->uffd, o->addr, true);
+	/* An event waits to be read (a scratch dropped, a program's drop):
+	 * the fault thread reads it in a moment. */
+	for (unsigned i = 0; rc == -EAGAIN && i < 50; i++) {
+		usleep(200);
+		rc = uffd_protect(m->uffd, o->addr, true);
+	}
 	if (rc) {
 		why = rc == -EAGAIN ? "the mm is changing" : "not registered";
 		goto unclaim;
@@ -591,7 +652,7 @@ static void evict_one(struct backing *b, const struct offer *o, uint8_t *buf, ui
 		why = "moved, or out of memory";
 		goto unprotect;
 	}
-	evict_zap(b, m, &e, token); /* the entry and m are its now */
+	evict_zap(b, m, &e, token, dup); /* the entry and m are its now */
 	return;
 unprotect:
 	uffd_protect(m->uffd, o->addr, false);

@@ -321,15 +321,18 @@ static bool fork_keeps_evicted(struct mm *m)
 	struct iovec remote = { (void *)(uintptr_t)(m->beacon + CKSM_LOCAL_BEACON_PAGES * PAGE),
 				sizeof(z) };
 	unsigned hits = m->st->evict_hits;
+	/* A drop's removal is an event, counted in hits; a move makes none
+	 * (remap_move.c), and its answer may not have been read yet. */
+	unsigned own = m->remap == &remap_move ? 0 : 1;
 	bool zapped;
 
-	if (!hits)
+	if (hits < own)
 		return false;
 	if (!m->beacon || !m->pid ||
 	    process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof(z))
-		return hits == 1; /* cannot tell: the content, rather than zeroes */
+		return hits == own; /* cannot tell: the content, rather than zeroes */
 	zapped = z.token == m->st->zap_token && z.state == CKSM_LOCAL_ZAP_DONE && z.status == 0;
-	return zapped && hits == 1;
+	return zapped && hits == own;
 }
 
 /* fork: the child's userfaultfd, and a copy of the table for it. m->lock held. */
@@ -420,6 +423,11 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 static void on_remove(struct mm *m, uint64_t start, uint64_t end, bool unmap)
 {
 	bool evicting = m->st->evicting >= start && m->st->evicting < end;
+
+	/* libcksm dropping its scratch (SCRUB): nothing of the program's. */
+	if (!unmap && m->scratch && start >= m->scratch &&
+	    end <= m->scratch + CKSM_LOCAL_SCRATCH_PAGES * PAGE)
+		return;
 
 	/* The page under eviction alone, dropped: the evictor's own zap, or
 	 * a drop its decision counts (evict_end). Anything else is the

@@ -10,21 +10,23 @@
 #include "backing_int.h"
 #include "inject.h"
 
-static int libcksm_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token)
+static int libcksm_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token,
+		       const void *expect)
 {
 	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAP);
 	int rc;
 
+	(void)expect;
 	r.token = token;
 	r.a = addr;
 	r.b = len;
 	if (inject("zap_unanswered"))
 		return -EINPROGRESS;
 	rc = cksm_local_send(m->sock, &r, -1, MSG_DONTWAIT);
-	return rc ? rc : -EINPROGRESS;
+	return rc ? -ESRCH : -EINPROGRESS; /* not sent: the process is gone */
 }
 
-static int libcksm_ksm_advise(struct mm *m, uint64_t start, uint64_t len)
+int libcksm_ksm_advise(struct mm *m, uint64_t start, uint64_t len)
 {
 	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_KSM);
 

@@ -24,6 +24,19 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
 #endif
 
+/* Linux 6.8 and later. */
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+struct uffdio_move {
+	__u64 dst;
+	__u64 src;
+	__u64 len;
+	__u64 mode;
+	__s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#endif
+
 /* The features the agent asks of every userfaultfd (POISON where there). */
 #define UFFD_FEATURES_NEEDED                                                              \
 	(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | \
@@ -31,6 +44,13 @@ struct uffdio_poison {
 
 /* Fill the missing page at addr with src (EEXIST counts as done). */
 int uffd_copy(int uffd, uint64_t addr, const void *src);
+/*
+ * Move the page at src to dst, both of the userfaultfd's mm (UFFDIO_MOVE):
+ * the page leaves src's page table at once, and dst must be empty. The
+ * kernel refuses (-EBUSY) a page pinned for a device or shared with
+ * another process (a fork child), -ENOENT when src has no page.
+ */
+int uffd_move(int uffd, uint64_t dst, uint64_t src);
 /* Map the zero page at addr (EEXIST counts as done). */
 int uffd_zeropage(int uffd, uint64_t addr);
 /* Set (wp) or clear write-protection of one page; clearing wakes waiters. */

@@ -75,6 +75,8 @@ struct key {
 /* auto picks the best transport the node has; today that is tcp. */
 static const char *const transports[] = { "auto", "tcp", NULL };
 static const char *const ksm_modes[] = { "off", "advise", "manage", NULL };
+/* How evicted pages leave a process: auto is move where the kernel can. */
+static const char *const evict_withs[] = { "auto", "move", "zap", NULL };
 
 /*
  * Defaults that depend on the machine (node_name) and the built-in domain
@@ -172,6 +174,7 @@ static const struct key keys[] = {
 	U("agent", "fault_budget_pct", fault_budget_pct, 1, 0, 100,
 	  "a percentage between 0 and 100"),
 	C("agent", "ksm", ksm_mode, ksm_modes, "advise", "off, advise or manage"),
+	C("agent", "evict_with", evict_with, evict_withs, "auto", "auto, move or zap"),
 	U("agent", "ksm_max_cpu", ksm_max_cpu, 10, 1, 100, "a percentage between 1 and 100"),
 	U("agent", "ksm_scan_seconds", ksm_scan_seconds, 200, 1, 86400,
 	  "seconds between 1 and 86400"),
@@ -791,10 +794,10 @@ void config_dump(const struct config *c, FILE *out)
 	fprintf(out,
 		"transport = %s\ndata_timeout_ms = %u\nlost_after_ms = %u\nstop_wait_ms = %u\n"
 		"socket = %s\nstate_dir = %s\npool_pages = %u\nevict = %d\nevict_age = %u\nevict_rate = %u\n"
-		"evict_cooldown_millisecs = %u\n",
+		"evict_cooldown_millisecs = %u\nevict_with = %s\n",
 		c->transport, c->data_timeout_ms, c->lost_after_ms, c->stop_wait_ms, c->socket_path,
 		c->state_dir, c->pool_pages, c->evict, c->evict_age, c->evict_rate,
-		c->evict_cooldown_millisecs);
+		c->evict_cooldown_millisecs, c->evict_with);
 	fprintf(out,
 		"wset = %d\nwset_regions = %u\nwset_sample_pages = %u\nwset_sample_ms = %u\nfault_budget_pct = %u\n"
 		"ksm = %s\nksm_max_cpu = %u\nksm_scan_seconds = %u\n",

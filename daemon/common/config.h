@@ -101,6 +101,7 @@ struct config {
 	uint32_t evict_age;	     /* scans a page stays unchanged before it goes */
 	uint32_t evict_rate;	     /* most pages evicted per second */
 	uint32_t evict_cooldown_millisecs; /* a page faulted back stays this long */
+	char evict_with[8];		   /* auto, move (UFFDIO_MOVE) or zap (libcksm) */
 	int wset;			   /* evict by the working set (wset.h), or as offered */
 	uint32_t wset_regions;		   /* regions whose refaults are kept (wset.h) */
 	uint32_t wset_sample_pages;	   /* a new region's sample */

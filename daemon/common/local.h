@@ -18,6 +18,19 @@
  *   agent -> process  ZAP      token, a, b: drop [a, a + b) (MADV_DONTNEED)
  *   process -> agent  ZAPPED   token, status: 0 or -errno of the madvise
  *   agent -> process  KSM      a, b: madvise(MADV_MERGEABLE) the range
+ *   agent -> process  SCRUB    a, b: drop [a, a + b) of the scratch (below)
+ *   process -> agent  SCRUBBED a, b, status: done (0 or -errno)
+ *
+ * Where the kernel has UFFDIO_MOVE (Linux 6.8) and the process has a
+ * scratch (HELLO's CKSM_LOCAL_SCRATCH), a ZAP says CKSM_LOCAL_ZAP_MOVE in
+ * pad and a page of the scratch in status: libcksm then moves the page
+ * into it (UFFDIO_MOVE, on its own userfaultfd) instead of dropping it,
+ * and only if the page is still there and write-protected (its pagemap):
+ * a page mapped anew since the agent compared it is not the one that
+ * was compared, and stays. The kernel moves a page atomically and
+ * refuses one pinned for a device or shared with a fork child. The agent
+ * checks what was moved before the eviction counts; SCRUB frees the
+ * scratch's pages, whose content the pool holds already.
  *
  * The process keeps its userfaultfd for as long as it is attached: if the
  * agent dies, the ranges stay registered and a fault waits for the next
@@ -80,6 +93,8 @@ enum cksm_local_type {
 	CKSM_LOCAL_RESUME = 10,
 	CKSM_LOCAL_CHILD = 11,
 	CKSM_LOCAL_FORGET = 12,
+	CKSM_LOCAL_SCRUB = 13,
+	CKSM_LOCAL_SCRUBBED = 14,
 };
 
 /* A process's last zap, as RESUME tells it. */
@@ -94,6 +109,8 @@ enum cksm_local_zap_state {
 #define CKSM_LOCAL_CHILD_LOST	  1u   /* CHILD's a: fork again */
 #define CKSM_LOCAL_FORKS_ANSWERED 1u   /* READY's b: every fork of it is answered (CHILD) */
 #define CKSM_LOCAL_RESUMING	  0x4u /* attached before: RESUME follows */
+#define CKSM_LOCAL_SCRATCH	  0x8u /* it has the scratch (below) */
+#define CKSM_LOCAL_ZAP_MOVE	  1u   /* ZAP's pad: move into the scratch page status */
 
 #define CKSM_LOCAL_BEACON_PAGES 64u
 /*
@@ -107,6 +124,17 @@ enum cksm_local_zap_state {
  */
 #define CKSM_LOCAL_BEACON_SLOTS 63u
 #define CKSM_LOCAL_BEACON_MARK	63u
+/*
+ * The scratch: CKSM_LOCAL_SCRATCH_PAGES private, writable, anonymous
+ * pages at CKSM_LOCAL_SCRATCH_AT pages from the beacon, between two pages
+ * of nothing (so that no mapping of the program merges with it). The
+ * program never touches it; the agent moves the pages it evicts there,
+ * CKSM_LOCAL_SCRUB_PAGES at a time, and asks for them to be dropped.
+ */
+#define CKSM_LOCAL_SCRATCH_AT	 (CKSM_LOCAL_BEACON_PAGES + 2u)
+#define CKSM_LOCAL_SCRATCH_PAGES 64u
+#define CKSM_LOCAL_SCRUB_PAGES	 16u
+#define CKSM_LOCAL_MAP_PAGES	 (CKSM_LOCAL_SCRATCH_AT + CKSM_LOCAL_SCRATCH_PAGES + 1u)
 
 /*
  * The page right after the beacon is the process's own, writable: libcksm

@@ -17,15 +17,30 @@
  * madvise(MADV_DONTNEED) sleeps that long first, and with DIR/fail too
  * it then fails (EAGAIN) instead of dropping the page: a process whose
  * zaps come late, or late and failed. Every other call goes straight
- * through.
+ * through. A zap that moves the page (UFFDIO_MOVE, local.h) rather than
+ * dropping it is held, slowed, failed or faked the same way, at its
+ * ioctl.
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <linux/userfaultfd.h>
+
+#ifndef UFFDIO_MOVE
+struct uffdio_move {
+	uint64_t dst, src, len, mode;
+	int64_t move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#endif
 
 #define PAGE 4096u
 
@@ -90,4 +105,50 @@ int madvise(void *addr, size_t len, int advice)
 	    in_dir(path, sizeof(path), dir, "arm"))
 		hold(dir, addr);
 	return real(addr, len, advice);
+}
+
+/* libcksm's moves, as its one-page drops above. */
+int ioctl(int fd, unsigned long req, ...)
+{
+	static int (*real)(int, unsigned long, ...);
+	const char *dir = getenv("SLOWZAP_DIR");
+	struct uffdio_move *mv;
+	char path[512];
+	va_list ap;
+	void *arg;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (!real)
+		real = (int (*)(int, unsigned long, ...))dlsym(RTLD_NEXT, "ioctl");
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (!dir || req != UFFDIO_MOVE)
+		return real(fd, req, arg);
+	mv = arg;
+	if (in_dir(path, sizeof(path), dir, "lie")) {
+		mv->move = (int64_t)mv->len;
+		return 0;
+	}
+	if (in_dir(path, sizeof(path), dir, "slow")) {
+		FILE *f = fopen(path, "r");
+		unsigned ms = 0;
+
+		if (f) {
+			if (fscanf(f, "%u", &ms) != 1)
+				ms = 0;
+			fclose(f);
+		}
+		usleep(ms * 1000u);
+		if (in_dir(path, sizeof(path), dir, "fail")) {
+			errno = EAGAIN;
+			return -1;
+		}
+	}
+	if (!held && in_dir(path, sizeof(path), dir, "arm"))
+		hold(dir, (void *)(uintptr_t)mv->src);
+	return real(fd, req, arg);
 }

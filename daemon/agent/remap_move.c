@@ -1,0 +1,168 @@
+/*
+ * remap_move - the remap back-end of processes that keep a scratch
+ * (local.h), where the kernel has UFFDIO_MOVE (Linux 6.8): libcksm moves
+ * the page out of the program's mapping into a page of the scratch that
+ * the agent names, rather than dropping it.
+ *
+ * What this closes that a drop cannot:
+ *   - a page mapped anew at the address after the compare (an unmap and a
+ *     mapping made by the program, or by its C library: brk, an arena)
+ *     is not write-protected, so libcksm leaves it, where madvise would
+ *     have dropped what the program wrote there;
+ *   - the kernel refuses to move a page pinned for a device (direct I/O,
+ *     io_uring's registered buffers, RDMA), or shared with a fork child;
+ *   - what was moved is checked here before the eviction counts: its
+ *     content is the entry's, and the address is still in a mapping this
+ *     userfaultfd serves; otherwise the page is put back.
+ * The ZAP and its answer travel as before; a fork and a move never
+ * overlap either (libcksm holds forks back while a zap runs).
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "backing_int.h"
+#include "cid.h"
+#include "log.h"
+#include "uffd.h"
+
+#define NBATCH (CKSM_LOCAL_SCRATCH_PAGES / CKSM_LOCAL_SCRUB_PAGES)
+
+/* Ask for batch i of m's scratch to be dropped. m->lock held. */
+static void scrub_ask(struct mm *m, unsigned i, unsigned n)
+{
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_SCRUB);
+
+	r.a = m->scratch + (uint64_t)i * CKSM_LOCAL_SCRUB_PAGES * PAGE;
+	r.b = (uint64_t)n * CKSM_LOCAL_SCRUB_PAGES * PAGE;
+	if (m->sock >= 0 && cksm_local_send(m->sock, &r, -1, MSG_DONTWAIT) == 0)
+		for (unsigned k = i; k < i + n; k++)
+			m->scrub[k] = SCRUB_ASKED;
+}
+
+void scratch_reset(struct mm *m)
+{
+	if (!m->scratch)
+		return;
+	for (unsigned i = 0; i < NBATCH; i++)
+		m->scrub[i] = SCRUB_FILLING;
+	m->scratch_next = 0;
+	scrub_ask(m, 0, NBATCH);
+}
+
+void scratch_scrubbed(struct mm *m, uint64_t a, uint64_t len, int status)
+{
+	pthread_mutex_lock(&m->lock);
+	if (m->scratch && a >= m->scratch && len <= CKSM_LOCAL_SCRATCH_PAGES * PAGE &&
+	    a - m->scratch <= CKSM_LOCAL_SCRATCH_PAGES * PAGE - len) {
+		unsigned i = (unsigned)((a - m->scratch) / PAGE / CKSM_LOCAL_SCRUB_PAGES);
+		unsigned n = (unsigned)(len / PAGE / CKSM_LOCAL_SCRUB_PAGES);
+
+		for (unsigned k = i; k < i + n; k++)
+			m->scrub[k] = SCRUB_FREE; /* a page left there makes a move say EEXIST */
+		if (status)
+			log_warn("process %d could not drop its scratch: %s", (int)m->pid,
+				 strerror(-status));
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* The scratch page to fill next, or 0 when every batch waits for its scrub. */
+static uint64_t scratch_slot(struct mm *m)
+{
+	for (unsigned n = 0; n < NBATCH; n++) {
+		unsigned i = m->scratch_next / CKSM_LOCAL_SCRUB_PAGES;
+
+		if (m->scrub[i] != SCRUB_ASKED)
+			return m->scratch + (uint64_t)m->scratch_next * PAGE;
+		m->scratch_next = (i + 1) % NBATCH * CKSM_LOCAL_SCRUB_PAGES;
+	}
+	return 0;
+}
+
+/* The slot scratch_slot gave is full now: on to the next, asking for a batch's scrub when it ends. */
+static void scratch_filled(struct mm *m)
+{
+	unsigned i = m->scratch_next / CKSM_LOCAL_SCRUB_PAGES;
+
+	m->scrub[i] = SCRUB_FILLING;
+	m->scratch_next = (m->scratch_next + 1) % CKSM_LOCAL_SCRATCH_PAGES;
+	if (m->scratch_next % CKSM_LOCAL_SCRUB_PAGES == 0)
+		scrub_ask(m, i, 1);
+}
+
+static int move_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token, const void *expect)
+{
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAP);
+	uint64_t slot;
+
+	(void)expect;
+	if (len != PAGE || !m->scratch)
+		return -EINVAL;
+	slot = scratch_slot(m);
+	if (!slot)
+		return -ENOSPC; /* the process has not dropped its scratch yet */
+	r.token = token;
+	r.a = addr;
+	r.b = len;
+	r.pad = CKSM_LOCAL_ZAP_MOVE;
+	r.status = (int32_t)((slot - m->scratch) / PAGE);
+	if (cksm_local_send(m->sock, &r, -1, MSG_DONTWAIT))
+		return -ESRCH; /* not sent: the process is gone */
+	m->moved_to = slot; /* filled once checked (move_check): its batch is not dropped before */
+	return -EINPROGRESS;
+}
+
+/*
+ * libcksm moved the page at addr into m->moved_to: is it what was
+ * compared, in a mapping m's userfaultfd serves? Otherwise it goes back,
+ * and the eviction fails. m->lock held.
+ */
+int move_check(struct mm *m, const struct bentry *e)
+{
+	const struct cid_domain *dom = cid_domain_find(m->b->domains, m->b->cfg->ndomains, e->id);
+	uint64_t addr = e->page << 12;
+	uint8_t buf[PAGE];
+	struct iovec local = { buf, PAGE };
+	struct iovec remote = { (void *)(uintptr_t)m->moved_to, PAGE };
+	bool same = false, ours;
+	int rc;
+
+	scratch_filled(m);
+	/* Not there, a read would wait on a fault that needs m->lock. */
+	if (!m->pid || uffd_present(m->pagemap, m->moved_to) != 1 ||
+	    process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != PAGE)
+		return 0; /* the process is gone, or nothing to tell by: as answered */
+	if (e->kind == BACKED_ZERO) {
+		same = true;
+		for (size_t i = 0; i < PAGE && same; i++)
+			same = buf[i] == 0;
+	} else {
+		same = dom && cid_eq(cid_of(dom, buf), e->id);
+	}
+	/* Clearing the protection names a mapping registered for it, or none. */
+	rc = uffd_protect(m->uffd, addr, false);
+	ours = rc != -ENOENT && rc != -EINVAL;
+	if (same && ours)
+		return 0;
+	rc = ours ? 0 : uffd_register(m->uffd, addr, addr + PAGE, false);
+	if (!rc)
+		rc = uffd_copy(m->uffd, addr, buf); /* a page written there since stays */
+	log_error("process %d: the page moved out of %#llx was %s; %s", (int)m->pid,
+		  (unsigned long long)addr,
+		  !same ? "not the one compared" : "of a mapping made since the compare",
+		  rc ? "it could not be put back" : "put back");
+	return -ESTALE;
+}
+
+void move_unused(struct mm *m)
+{
+	scratch_filled(m);
+}
+
+const struct remap_ops remap_move = {
+	.name = "move",
+	.zap = move_zap,
+	.ksm_advise = libcksm_ksm_advise,
+};

@@ -1,0 +1,37 @@
+# A page unmapped and mapped anew by the program while the agent evicts
+# it (an allocator giving a page back with munmap or brk and taking it
+# again), between the agent's compare and the page's drop: what the
+# program wrote into the new mapping stays. libcksm-slowzap.so holds the
+# zap at that moment while cksm-remapper maps the page anew and writes it.
+# Where the kernel cannot move pages (before Linux 6.8), zaps drop the
+# page with madvise and this window is open (operations.md, "Limits of
+# eviction"): the test says so and is skipped.
+source "$(dirname "$0")/lib.sh"
+
+LIB=$ROOT/build/libcksm.so
+SLOWZAP=$ROOT/build/libcksm-slowzap.so
+cluster_conf "$T/cksm.conf" 1
+start c0 -c "$T/cksm.conf" --role coord --shard 0
+start agent -c "$T/cksm.conf" --role agent --set agent.pass_millisecs=100 \
+	--set agent.evict_age=1 --set agent.evict_cooldown_millisecs=0
+wait_for "registration" 10 log_has agent "registered with shard 0"
+if log_has agent "by libcksm's madvise (zap)"; then
+	echo "SKIP: this kernel's userfaultfd cannot move pages (UFFDIO_MOVE, Linux 6.8)"
+	exit 77
+fi
+export CKSM_SOCKET=$T/agent.sock
+
+for run in 1 2 3; do
+	D=$T/z$run
+	mkdir -p "$D"
+	SLOWZAP_DIR=$D LD_PRELOAD="$LIB $SLOWZAP" "$ROOT/build/cksm-remapper" "$D" >"$T/r.json" &
+	RP=$!
+	PIDS+=($RP)
+	# Armed once attached: libcksm's own drop in its handshake is no zap.
+	wait_for "run $run attached" 10 log_has agent "process $RP attached"
+	touch "$D/arm"
+	reap "$RP" 90 "cksm-remapper" ||
+		fail "run $run: the page mapped anew during its eviction: $(cat "$T/r.json")"
+	echo "run $run: $(cat "$T/r.json")"
+done
+echo ok

@@ -1,0 +1,103 @@
+/*
+ * cksm-remapper - a served process that maps a page anew while the agent
+ * evicts it: the case of an allocator that unmaps a page (munmap, brk)
+ * and maps it again, and writes there, between the agent's compare and
+ * the page's drop. Used by tests/integration/evict_remap_page.sh.
+ *
+ *   cksm-remapper DIR [--pages N]
+ *
+ * N pages (256) of one content, marked mergeable. Run under libcksm and
+ * libcksm-slowzap.so with DIR/arm: when DIR/inzap names the page whose
+ * zap is held, the page is unmapped, mapped anew at the same address and
+ * written with another content; then DIR/zapgo lets the zap go on. After
+ * 1.5 s the page must hold what was written there, and every other page
+ * its content. Prints one JSON line; exit 0 when nothing was wrong.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096u
+
+static int wait_file(const char *path, unsigned ms)
+{
+	for (unsigned i = 0; i < ms / 10; i++) {
+		if (access(path, F_OK) == 0)
+			return 0;
+		usleep(10000);
+	}
+	return -1;
+}
+
+static const char *what(const uint8_t *p, uint8_t want)
+{
+	size_t same = 0, zero = 0;
+
+	for (size_t i = 0; i < PAGE; i++) {
+		same += p[i] == want;
+		zero += p[i] == 0;
+	}
+	return same == PAGE ? "written" : zero == PAGE ? "zeroes" : "other";
+}
+
+int main(int argc, char **argv)
+{
+	size_t npages = 256, others_bad = 0;
+	char path[512];
+	uint8_t *region, *a;
+	const char *page;
+	FILE *f;
+	void *at = NULL;
+
+	if (argc < 2) {
+		fprintf(stderr, "usage: cksm-remapper DIR [--pages N]\n");
+		return 2;
+	}
+	if (argc == 4 && !strcmp(argv[2], "--pages"))
+		npages = strtoul(argv[3], NULL, 10);
+	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		      0);
+	if (region == MAP_FAILED) {
+		perror("mmap");
+		return 1;
+	}
+	memset(region, 0x5a, npages * PAGE);
+	madvise(region, npages * PAGE, MADV_MERGEABLE);
+	snprintf(path, sizeof(path), "%s/inzap", argv[1]);
+	if (wait_file(path, 60000)) {
+		printf("{\"error\":\"no zap was held within 60 s\"}\n");
+		return 1;
+	}
+	f = fopen(path, "r");
+	if (!f || fscanf(f, "%p", &at) != 1) {
+		printf("{\"error\":\"cannot read %s\"}\n", path);
+		return 1;
+	}
+	fclose(f);
+	a = at;
+	if (a < region || a >= region + npages * PAGE) {
+		printf("{\"error\":\"the held zap is not of the region\"}\n");
+		return 1;
+	}
+	/* The page under eviction, mapped anew and written. */
+	if (munmap(a, PAGE) || mmap(a, PAGE, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != a) {
+		perror("remap");
+		return 1;
+	}
+	memset(a, 0xc3, PAGE);
+	snprintf(path, sizeof(path), "%s/zapgo", argv[1]);
+	fclose(fopen(path, "w"));
+	usleep(1500 * 1000);
+	page = what(a, 0xc3);
+	for (size_t i = 0; i < npages; i++)
+		if (region + i * PAGE != a && strcmp(what(region + i * PAGE, 0x5a), "written"))
+			others_bad++;
+	printf("{\"addr\":\"%p\",\"page\":\"%s\",\"others_bad\":%zu}\n", (void *)a, page,
+	       others_bad);
+	return strcmp(page, "written") || others_bad;
+}

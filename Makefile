@@ -48,7 +48,8 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
 	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
 	$(B)/cksm-datafuzz $(B)/cksm-victim $(B)/cksm-execer $(B)/cksm-rangeflood $(B)/libcksm-slowzap.so \
-	$(B)/libcksm-nobeacon.so $(B)/cksm-flood $(B)/cksm-hotcold $(B)/cksm-forker $(B)/cksm-remapper
+	$(B)/libcksm-nobeacon.so $(B)/cksm-flood $(B)/cksm-hotcold $(B)/cksm-forker $(B)/cksm-remapper \
+	$(B)/cksm-pinner
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -87,7 +88,7 @@ $(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
 $(B)/libcksm.so: client/libcksm.c daemon/common/local.c daemon/common/local.h
 	$(E) '  CC      $@'
 	$(Q)$(CC) -D_GNU_SOURCE -Idaemon/common -std=gnu11 $(WARN) -O2 -g -fPIC -shared \
-		-fvisibility=hidden -pthread -Wl,-z,defs -o $@ $(filter %.c,$^) -ldl
+		-fvisibility=hidden -pthread -Wl,-z,defs -o $@ $(filter %.c,$^) -ldl -lxxhash
 
 AGENT_OBJ := $(AGENT_SRC:%.c=$(B)/%.o)
 COORD_LIB_OBJ := $(filter-out $(B)/daemon/coord/coord.o,$(COORD_SRC:%.c=$(B)/%.o))
@@ -111,6 +112,10 @@ $(B)/cksm-dropper: tests/tools/dropper.c
 $(B)/cksm-racer: tests/tools/racer.c
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
+
+$(B)/cksm-pinner: tests/tools/pinner.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
 
 $(B)/cksm-remapper: tests/tools/remapper.c
 	$(E) '  CC      $@'

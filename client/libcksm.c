@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include <linux/userfaultfd.h>
+#include <xxhash.h>
 
 #include "local.h"
 
@@ -234,12 +235,12 @@ struct uffdio_move {
 };
 #define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
 #endif
-static int move_out(uintptr_t a, size_t len, int32_t idx)
+static int move_out(uintptr_t a, uint64_t want, int32_t idx)
 {
 	struct uffdio_move mv = { .src = a, .len = 4096 };
 	uint64_t e = 0;
 
-	if (!scratch || own_uffd < 0 || !pagemap_ours() || len != 4096 || idx < 0 ||
+	if (!scratch || own_uffd < 0 || !pagemap_ours() || idx < 0 ||
 	    idx >= (int32_t)CKSM_LOCAL_SCRATCH_PAGES)
 		return -EINVAL;
 	mv.dst = (uintptr_t)scratch + (uintptr_t)idx * 4096;
@@ -251,17 +252,16 @@ static int move_out(uintptr_t a, size_t len, int32_t idx)
 		return -errno;
 	if (mv.move != 4096)
 		return -EAGAIN;
-	/* Mapped anew between the look and the move (another thread), and
-	 * not a mapping the userfaultfd serves (clearing a protection there
-	 * says ENOENT): what was moved goes back at once. A mapping it serves
-	 * is the agent's to check (a fault there waits for it). */
-	if (ioctl(own_uffd, UFFDIO_WRITEPROTECT,
-		  &(struct uffdio_writeprotect){ .range = { .start = a, .len = 4096 } }) &&
-	    errno == ENOENT) {
-		memcpy((void *)a, (const void *)(uintptr_t)mv.dst, 4096);
-		return -ECANCELED;
-	}
-	return 0;
+	if (XXH3_64bits((const void *)(uintptr_t)mv.dst, 4096) == want)
+		return 0;
+	/* Not the page compared: another thread unmapped it and mapped and
+	 * wrote a new one between the look and the move. Back at once, by a
+	 * move where the mapping is served (a write there would fault to
+	 * the agent, which waits for this zap), else by a copy. */
+	mv = (struct uffdio_move){ .dst = a, .src = mv.dst, .len = 4096 };
+	if (ioctl(own_uffd, UFFDIO_MOVE, &mv) && errno == EINVAL)
+		memcpy((void *)a, (const void *)(uintptr_t)mv.src, 4096);
+	return -ECANCELED;
 }
 
 /* Drop [a, a + b) for the agent, if fd is still the connection. */
@@ -290,7 +290,7 @@ static void zap(int fd, const struct cksm_local *m)
 	if (in_dontfork((uintptr_t)m->a, (size_t)m->b))
 		rc = -EBUSY; /* registered for a device since the agent looked */
 	else if (m->pad & CKSM_LOCAL_ZAP_MOVE)
-		rc = move_out((uintptr_t)m->a, (size_t)m->b, m->status);
+		rc = move_out((uintptr_t)m->a, m->b, m->status);
 	else
 		rc = real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED) ? -errno
 											: 0;

@@ -110,6 +110,9 @@ static int register_metrics(struct backing *b, struct metrics *reg)
 		METRIC_C(b->m_gave_way, "cksm_local_handshakes_displaced_total",
 			 "Local connections still in the handshake that gave way to newer ones."),
 		METRIC_C(
+			b->m_pinned, "cksm_evictions_refused_pinned_total",
+			"Pages the kernel refused to move out: pinned for a device, or shared with a fork child."),
+		METRIC_C(
 			b->m_unkept, "cksm_zaps_unkept_total",
 			"Zaps a process answered as done without dropping the page (its evictions stop)."),
 		METRIC_C(

@@ -96,6 +96,11 @@ struct mm_state {
 #define MM_STATE_VERSION 1u
 
 /* One served address space: a libcksm process, or a fork child of one. */
+/* 256 KiB regions of a process whose pages the kernel refused to move lately (pinned). */
+#define BUSY_MAX    64
+#define BUSY_MS	    10000
+#define BUSY_REGION (256ULL << 10)
+
 struct mm {
 	struct backing *b;
 	atomic_int refs;
@@ -113,8 +118,12 @@ struct mm {
 	uint8_t scrub[CKSM_LOCAL_SCRATCH_PAGES / CKSM_LOCAL_SCRUB_PAGES]; /* enum scrub (lock) */
 	unsigned scratch_next; /* the scratch page to fill next (lock) */
 	uint64_t moved_to;     /* ... and the one the last zap moves the page into (lock) */
-	int beacon_idx;	       /* a re-attaching connection's beacon page, -1 if none */
-	bool claimed;	       /* a fork child's mm paired with a connection (b->lock) */
+	struct busy {
+		uint64_t region, until_ms; /* a region where a page was refused as pinned */
+	} busy[BUSY_MAX];		   /* (lock) */
+	unsigned busy_next;
+	int beacon_idx; /* a re-attaching connection's beacon page, -1 if none */
+	bool claimed;	/* a fork child's mm paired with a connection (b->lock) */
 	struct ksm_window {
 		uint64_t start, end;
 		bool sent;
@@ -269,6 +278,7 @@ struct backing {
 	struct metric *m_remote_waits;
 	struct metric *m_zap_failed, *m_offers_dropped, *m_saved, *m_reattached, *m_ksm_windows;
 	struct metric *m_parked, *m_waiting, *m_resumed, *m_refused, *m_unkept, *m_gave_way;
+	struct metric *m_pinned;
 	struct metric_histogram *m_lat;
 };
 

@@ -273,6 +273,13 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 		if (x)
 			entry_release(m, x);
 		why = zap_failure(m->zap_status);
+		if (m->zap_status == -EBUSY) {
+			/* Pinned (or shared): its neighbours likely too, as a
+			 * device's buffer is; none of them for a while. */
+			m->busy[m->busy_next++ % BUSY_MAX] =
+				(struct busy){ addr & ~(BUSY_REGION - 1), now_ms() + BUSY_MS };
+			metric_inc(b->m_pinned);
+		}
 		if (m->zap_status == -ENOSPC || m->zap_status == -EEXIST)
 			m->evict_after = now_ms() + 100;
 		else if (m->zap_status != -EBUSY && m->zap_status != -ECANCELED)
@@ -487,6 +494,17 @@ static bool evict_source(struct backing *b, const struct offer *o, struct bentry
  * still there may go without another event, and an eviction of it would
  * keep its old content for a page that must read zeroes).
  */
+/* Was a page of addr's region refused as pinned lately? m->lock held. */
+static bool busy_covers(const struct mm *m, uint64_t addr)
+{
+	uint64_t now = now_ms();
+
+	for (unsigned i = 0; i < BUSY_MAX; i++)
+		if (m->busy[i].region == (addr & ~(BUSY_REGION - 1)) && m->busy[i].until_ms > now)
+			return true;
+	return false;
+}
+
 static bool evict_claim(struct mm *m, uint64_t addr)
 {
 	bool ok;
@@ -495,7 +513,7 @@ static bool evict_claim(struct mm *m, uint64_t addr)
 	ok = !m->st->evicting && !m->orphan && !m->unkept && marked(m) &&
 	     !(addr >= m->beacon && addr - m->beacon < CKSM_LOCAL_MAP_PAGES * PAGE) &&
 	     now_ms() >= m->evict_after && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
-	     !removed_covers(m, addr);
+	     !removed_covers(m, addr) && !busy_covers(m, addr);
 	if (ok) {
 		m->st->evicting = addr;
 		m->st->evict_hits = 0;

@@ -11,9 +11,11 @@
  *     have dropped what the program wrote there;
  *   - the kernel refuses to move a page pinned for a device (direct I/O,
  *     io_uring's registered buffers, RDMA), or shared with a fork child;
- *   - what was moved is checked here before the eviction counts: its
- *     content is the entry's, and the address is still in a mapping this
- *     userfaultfd serves; otherwise the page is put back.
+ *   - a mapping made by another thread between libcksm's look and its
+ *     move: libcksm copies the page back at once when the address left
+ *     the mappings its userfaultfd serves, and what was moved is checked
+ *     here before the eviction counts (its content is the entry's, or it
+ *     is put back).
  * The ZAP and its answer travel as before; a fork and a move never
  * overlap either (libcksm holds forks back while a zap runs).
  */
@@ -21,6 +23,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+
+#include <xxhash.h>
 
 #include "backing_int.h"
 #include "cid.h"
@@ -92,12 +96,13 @@ static void scratch_filled(struct mm *m)
 		scrub_ask(m, i, 1);
 }
 
+static const uint8_t zeroes[PAGE];
+
 static int move_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token, const void *expect)
 {
 	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAP);
 	uint64_t slot;
 
-	(void)expect;
 	if (len != PAGE || !m->scratch)
 		return -EINVAL;
 	slot = scratch_slot(m);
@@ -105,7 +110,7 @@ static int move_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token, c
 		return -ENOSPC; /* the process has not dropped its scratch yet */
 	r.token = token;
 	r.a = addr;
-	r.b = len;
+	r.b = XXH3_64bits(expect ? expect : zeroes, PAGE); /* the page is what was compared */
 	r.pad = CKSM_LOCAL_ZAP_MOVE;
 	r.status = (int32_t)((slot - m->scratch) / PAGE);
 	if (cksm_local_send(m->sock, &r, -1, MSG_DONTWAIT))
@@ -116,8 +121,11 @@ static int move_zap(struct mm *m, uint64_t addr, uint64_t len, uint64_t token, c
 
 /*
  * libcksm moved the page at addr into m->moved_to: is it what was
- * compared, in a mapping m's userfaultfd serves? Otherwise it goes back,
- * and the eviction fails. m->lock held.
+ * compared? (It moves only a page still write-protected, and copies one
+ * back at once if the address left the mappings its userfaultfd serves
+ * in between.) Otherwise it goes back, and the eviction fails; a mapping
+ * the program made over the address since (its unmap event drops the
+ * entry) takes nothing back. m->lock held.
  */
 int move_check(struct mm *m, const struct bentry *e)
 {
@@ -126,8 +134,7 @@ int move_check(struct mm *m, const struct bentry *e)
 	uint8_t buf[PAGE];
 	struct iovec local = { buf, PAGE };
 	struct iovec remote = { (void *)(uintptr_t)m->moved_to, PAGE };
-	bool same = false, ours;
-	int rc;
+	bool same;
 
 	scratch_filled(m);
 	/* Not there, a read would wait on a fault that needs m->lock. */
@@ -141,18 +148,11 @@ int move_check(struct mm *m, const struct bentry *e)
 	} else {
 		same = dom && cid_eq(cid_of(dom, buf), e->id);
 	}
-	/* Clearing the protection names a mapping registered for it, or none. */
-	rc = uffd_protect(m->uffd, addr, false);
-	ours = rc != -ENOENT && rc != -EINVAL;
-	if (same && ours)
+	if (same)
 		return 0;
-	rc = ours ? 0 : uffd_register(m->uffd, addr, addr + PAGE, false);
-	if (!rc)
-		rc = uffd_copy(m->uffd, addr, buf); /* a page written there since stays */
-	log_error("process %d: the page moved out of %#llx was %s; %s", (int)m->pid,
-		  (unsigned long long)addr,
-		  !same ? "not the one compared" : "of a mapping made since the compare",
-		  rc ? "it could not be put back" : "put back");
+	log_error("process %d: the page moved out of %#llx was not the one compared; %s",
+		  (int)m->pid, (unsigned long long)addr,
+		  uffd_copy(m->uffd, addr, buf) ? "its mapping is gone" : "put back");
 	return -ESTALE;
 }
 

@@ -23,12 +23,15 @@
  *
  * Where the kernel has UFFDIO_MOVE (Linux 6.8) and the process has a
  * scratch (HELLO's CKSM_LOCAL_SCRATCH), a ZAP says CKSM_LOCAL_ZAP_MOVE in
- * pad and a page of the scratch in status: libcksm then moves the page
- * into it (UFFDIO_MOVE, on its own userfaultfd) instead of dropping it,
- * and only if the page is still there and write-protected (its pagemap):
- * a page mapped anew since the agent compared it is not the one that
- * was compared, and stays. The kernel moves a page atomically and
- * refuses one pinned for a device or shared with a fork child. The agent
+ * pad, a page of the scratch in status and, in b, the XXH3-64 of the
+ * page's content as compared (the length is one page): libcksm then
+ * moves the page into the scratch (UFFDIO_MOVE, on its own userfaultfd)
+ * instead of dropping it, and only if the page is still there and
+ * write-protected (its pagemap): a page mapped anew since the agent
+ * compared it is not the one that was compared, and stays; one mapped
+ * anew between that look and the move has another hash, and goes back
+ * at once. The kernel moves a page atomically and refuses one pinned for
+ * a device or shared with a fork child. The agent
  * checks what was moved before the eviction counts; SCRUB frees the
  * scratch's pages, whose content the pool holds already.
  *

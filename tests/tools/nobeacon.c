@@ -1,7 +1,7 @@
 /*
  * libcksm-nobeacon.so - preloaded before libcksm, makes its beacon
  * mapping fail (the read-only, MAP_NORESERVE mapping of
- * CKSM_LOCAL_BEACON_PAGES + 2 pages), so that its HELLO names no beacon:
+ * CKSM_LOCAL_MAP_PAGES pages), so that its HELLO names no beacon:
  * a process the agent cannot mark (local.h). Used by tests only.
  */
 #include <dlfcn.h>
@@ -14,8 +14,7 @@ void *mmap(void *a, size_t len, int prot, int flags, int fd, off_t off)
 {
 	static void *(*real)(void *, size_t, int, int, int, off_t);
 
-	if (len == (CKSM_LOCAL_BEACON_PAGES + 2) * 4096 && prot == PROT_READ &&
-	    (flags & MAP_NORESERVE)) {
+	if (len == CKSM_LOCAL_MAP_PAGES * 4096 && prot == PROT_READ && (flags & MAP_NORESERVE)) {
 		errno = ENOMEM;
 		return MAP_FAILED;
 	}

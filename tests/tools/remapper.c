@@ -6,8 +6,8 @@
  *
  *   cksm-remapper DIR [--pages N]
  *
- * N pages (256) of one content, marked mergeable. Run under libcksm and
- * libcksm-slowzap.so with DIR/arm: when DIR/inzap names the page whose
+ * N pages (256) of one content, marked mergeable once DIR/arm exists. Run
+ * under libcksm and libcksm-slowzap.so: when DIR/inzap names the page whose
  * zap is held, the page is unmapped, mapped anew at the same address and
  * written with another content; then DIR/zapgo lets the zap go on. After
  * 1.5 s the page must hold what was written there, and every other page
@@ -63,6 +63,13 @@ int main(int argc, char **argv)
 		      0);
 	if (region == MAP_FAILED) {
 		perror("mmap");
+		return 1;
+	}
+	/* Filled and marked once the test armed the hold (after attaching):
+	 * nothing of it is evicted before. */
+	snprintf(path, sizeof(path), "%s/arm", argv[1]);
+	if (wait_file(path, 30000)) {
+		printf("{\"error\":\"%s never came\"}\n", path);
 		return 1;
 	}
 	memset(region, 0x5a, npages * PAGE);

@@ -722,19 +722,17 @@ static bool fork_kept(uint64_t answers, uint64_t lost, uint64_t ends)
 	return true;
 }
 
-EXPORT pid_t fork(void)
+/*
+ * A fork by do_fork, held back in the child until the agent answered it
+ * and done again when the child's userfaultfd was lost (above).
+ */
+static pid_t held_fork(pid_t (*do_fork)(void))
 {
 	pid_t pid = -1;
 	int cancel;
 
-	if (!real_fork)
-		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
-	if (!real_fork) {
-		errno = ENOSYS;
-		return -1;
-	}
 	if (!forks_will_be_answered())
-		return real_fork();
+		return do_fork();
 	/* fork() is no cancellation point; the waits below are. */
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
 	pthread_mutex_lock(&fork_lock);
@@ -752,7 +750,7 @@ EXPORT pid_t fork(void)
 		lost = forks.lost;
 		ends = forks.ends;
 		pthread_mutex_unlock(&zap_lock);
-		pid = real_fork();
+		pid = do_fork();
 		if (pid == 0) {
 			close(p[1]);
 			fork_child_wait(p[0]);
@@ -785,6 +783,80 @@ EXPORT pid_t fork(void)
 	pthread_mutex_unlock(&fork_lock);
 	pthread_setcancelstate(cancel, NULL);
 	return pid;
+}
+
+EXPORT pid_t fork(void)
+{
+	if (!real_fork)
+		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+	if (!real_fork) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return held_fork(real_fork);
+}
+
+/*
+ * _Fork() runs no atfork handler, so libcksm's own are run here around
+ * it: no zap runs across it, and the child starts with its own state.
+ */
+static pid_t (*real__Fork)(void);
+
+static pid_t fork_bare(void)
+{
+	pid_t pid;
+	int e;
+
+	on_fork_prepare();
+	pid = real__Fork();
+	e = errno;
+	if (pid == 0)
+		on_fork_child();
+	else
+		on_fork_parent();
+	errno = e;
+	return pid;
+}
+
+EXPORT pid_t _Fork(void)
+{
+	if (!real__Fork)
+		real__Fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "_Fork");
+	if (!real__Fork) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return held_fork(fork_bare);
+}
+
+/*
+ * glibc's daemon() forks inside itself, out of reach: the same through
+ * fork() above, so that its child is held back like any other.
+ */
+EXPORT int daemon(int nochdir, int noclose)
+{
+	pid_t pid = fork();
+	int fd;
+
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -1;
+	if (!nochdir)
+		(void)!chdir("/");
+	if (!noclose) {
+		fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			return -1;
+		dup2(fd, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
+	return 0;
 }
 
 static size_t env_size(const char *name, size_t dflt)

@@ -51,4 +51,41 @@ jq -e '.forks > 20 and .min_resident < 1' "$T/racer.json" >/dev/null ||
 jq -e '.bad == 0 and .child_bad == 0' "$T/racer.json" >/dev/null ||
 	fail "a fork child read a page other than its parent held at the fork"
 [[ $rc == 0 ]] || fail "cksm-racer exited with $rc"
+
+# _Fork() and daemon() make their children outside fork(): libcksm holds
+# them back the same way. The agent that reads the fork's event dies
+# there (die_in_fork); the next one answers the fork done again, and the
+# child reads every page right.
+for v in _Fork daemon; do
+	kill -9 "$AGENT" 2>/dev/null || true
+	reap "$AGENT" 10 "agent$lives, killed" || true
+	life
+	wait_for "agent$lives registered" 10 log_has "agent$lives" "registered with shard 0"
+	D=$T/$v
+	mkdir -p "$D"
+	LD_PRELOAD="$LIB" CKSM_MERGE_ALL=1 CKSM_SOCKET="$T/agent.sock" timeout 150 \
+		"$ROOT/build/cksm-forker" "$v" "$D" >"$T/$v.json" 2>"$T/$v.err" &
+	FP=$!
+	PIDS+=($FP)
+	wait_for "$v: its pages evicted" 40 test -e "$D/evicted"
+	kill -9 "$AGENT"
+	reap "$AGENT" 10 "agent$lives, killed" || true
+	life CKSM_INJECT=die_in_fork=1
+	wait_for "$v: back with agent$lives" 20 log_has "agent$lives" "came back to this agent"
+	touch "$D/go"
+	reap "$AGENT" 20 "agent$lives, which dies at the $v's fork event" || true
+	life
+	rc=0
+	reap "$FP" 120 "cksm-forker $v" || rc=$?
+	if [[ $v == daemon ]]; then
+		wait_for "the daemon's check" 30 test -s "$D/daemon.json"
+		out=$(cat "$D/daemon.json")
+		bad=$(jq .bad_pages "$D/daemon.json")
+	else
+		out=$(cat "$T/$v.json")
+		bad=$(jq .bad_children "$T/$v.json" 2>/dev/null || echo "?")
+	fi
+	echo "$v: exit $rc, $out $(head -c 300 "$T/$v.err")"
+	[[ $rc == 0 && $bad == 0 ]] || fail "a $v child read pages other than its parent held"
+done
 echo "ok"

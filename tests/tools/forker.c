@@ -7,6 +7,11 @@
  *   cksm-forker cancel N     N rounds: a thread forks in a loop and is
  *                            cancelled (pthread_cancel) somewhere in it;
  *                            then the main thread forks once
+ *   cksm-forker _Fork|daemon DIR
+ *                            pages of 4 contents, left to be evicted
+ *                            (DIR/evicted once half of them are); once
+ *                            DIR/go exists, one _Fork(), or daemon(1, 1)
+ *                            whose child writes DIR/daemon.json
  *   cksm-forker exec PROG [ARG...]
  *                            fork; the child waits 300 ms (its libcksm
  *                            attaches again meanwhile) and runs PROG; exit
@@ -18,6 +23,7 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +36,107 @@
 
 static unsigned char *mem;
 static atomic_uint forks, bad;
+static unsigned kinds = PAGES; /* contents: one per page, or 4 (duplicates) */
+
+static unsigned char want(size_t page)
+{
+	return (unsigned char)(page % kinds + 1);
+}
+
+/* The pages that are not what the parent wrote. */
+static unsigned check_all(void)
+{
+	unsigned n = 0;
+
+	for (size_t i = 0; i < PAGES; i++)
+		for (size_t k = 0; k < 4096; k += 512)
+			if (mem[i * 4096 + k] != want(i)) {
+				n++;
+				break;
+			}
+	return n;
+}
+
+static int wait_file(const char *dir, const char *name, unsigned secs)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	for (unsigned i = 0; i < secs * 100; i++) {
+		if (access(path, F_OK) == 0)
+			return 0;
+		usleep(10000);
+	}
+	return -1;
+}
+
+static void touch(const char *dir, const char *name)
+{
+	char path[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	if (f)
+		fclose(f);
+}
+
+/* Half the pages evicted (mincore), within 30 s? */
+static bool evicted(void)
+{
+	unsigned char v[PAGES];
+
+	for (unsigned t = 0; t < 300; t++) {
+		unsigned in = 0;
+
+		if (mincore(mem, PAGES * 4096, v))
+			return false;
+		for (size_t i = 0; i < PAGES; i++)
+			in += v[i] & 1;
+		if (in <= PAGES / 2)
+			return true;
+		usleep(100000);
+	}
+	return false;
+}
+
+/* _Fork or daemon, held back by libcksm as fork() is. */
+static int variant(const char *how, const char *dir)
+{
+	pid_t c;
+	int st;
+
+	if (!evicted()) {
+		printf("{\"error\":\"nothing was evicted within 30 s\"}\n");
+		return 2;
+	}
+	touch(dir, "evicted");
+	if (wait_file(dir, "go", 60)) {
+		printf("{\"error\":\"no go within 60 s\"}\n");
+		return 2;
+	}
+	if (!strcmp(how, "daemon")) {
+		char path[512];
+		FILE *f;
+
+		if (daemon(1, 1))
+			return 2;
+		snprintf(path, sizeof(path), "%s/daemon.json", dir);
+		f = fopen(path, "w");
+		if (f) {
+			fprintf(f, "{\"bad_pages\":%u}\n", check_all());
+			fclose(f);
+		}
+		return 0;
+	}
+	c = _Fork();
+	if (c == 0)
+		_exit(check_all() ? 1 : 0);
+	if (c < 0 || waitpid(c, &st, 0) != c)
+		return 2;
+	printf("{\"forks\":1,\"bad_children\":%d}\n", !WIFEXITED(st) || WEXITSTATUS(st));
+	return !WIFEXITED(st) || WEXITSTATUS(st);
+}
 
 static void fill(void)
 {
@@ -37,7 +144,7 @@ static void fill(void)
 	if (mem == MAP_FAILED)
 		exit(2);
 	for (size_t i = 0; i < PAGES * 4096; i++)
-		mem[i] = (unsigned char)(i / 4096 + 1);
+		mem[i] = want(i / 4096);
 }
 
 /* One fork: the child checks every page and exits 0 or 1. */
@@ -49,10 +156,7 @@ static int fork_once(void)
 	if (c < 0)
 		return -1;
 	if (c == 0) {
-		for (size_t i = 0; i < PAGES * 4096; i += 4096)
-			if (mem[i] != (unsigned char)(i / 4096 + 1))
-				_exit(1);
-		_exit(0);
+		_exit(check_all() ? 1 : 0);
 	}
 	if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st))
 		atomic_fetch_add(&bad, 1);
@@ -74,7 +178,8 @@ int main(int argc, char **argv)
 	int rc = 0;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: cksm-forker closefds|cancel N, or exec PROG [ARG...]\n");
+		fprintf(stderr,
+			"usage: cksm-forker closefds|cancel N, _Fork|daemon DIR, or exec PROG [ARG...]\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "exec")) {
@@ -89,6 +194,11 @@ int main(int argc, char **argv)
 		if (c < 0 || waitpid(c, &st, 0) != c)
 			return 2;
 		return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
+	}
+	if (!strcmp(argv[1], "_Fork") || !strcmp(argv[1], "daemon")) {
+		kinds = 4;
+		fill();
+		return variant(argv[1], argv[2]);
 	}
 	fill();
 	if (!strcmp(argv[1], "closefds")) {

@@ -455,6 +455,19 @@ static void sum_stats(const struct config *cfg, const struct shard_answer *ans, 
 	}
 }
 
+/*
+ * The pages the nodes' processes no longer hold, less the pool pages that
+ * hold their contents (every replica counted): what the cluster saves.
+ */
+static int64_t net_saved(const struct stats_sum *s)
+{
+	int64_t n = 0;
+
+	for (size_t k = 0; k < s->nn; k++)
+		n += (int64_t)s->nodes[k].refs - (int64_t)s->nodes[k].held;
+	return n * 4096;
+}
+
 static void print_stats_json(const struct config *cfg, const struct shard_answer *ans,
 			     const struct stats_sum *s)
 {
@@ -463,11 +476,12 @@ static void print_stats_json(const struct config *cfg, const struct shard_answer
 	json_object_set_new(root, "shards", shards_json(cfg, ans));
 	json_object_set_new(
 		root, "cluster",
-		json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "pages_shared", (json_int_t)s->shared,
+		json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "pages_shared", (json_int_t)s->shared,
 			  "pages_sharing", (json_int_t)s->sharing, "pages_unshared",
 			  (json_int_t)s->unshared, "stable_node_chains", (json_int_t)s->chains,
 			  "stable_node_dups", (json_int_t)s->dups, "saved_bytes",
-			  (json_int_t)(s->sharing * 4096)));
+			  (json_int_t)(s->sharing * 4096), "net_saved_bytes",
+			  (json_int_t)net_saved(s)));
 	for (size_t k = 0; k < s->nn; k++)
 		json_array_append_new(jn, json_pack("{s:I,s:s,s:I,s:I}", "node_id",
 						    (json_int_t)s->nodes[k].id, "name",
@@ -530,10 +544,13 @@ static void print_stats_text(const struct stats_sum *s)
 
 	print_census_text(s->census);
 	printf("pages_shared        %llu\npages_sharing       %llu\npages_unshared      %llu\n"
-	       "stable_node_chains  %llu\nstable_node_dups    %llu\nsaved               %s\n\n",
+	       "stable_node_chains  %llu\nstable_node_dups    %llu\nsaved               %s\n",
 	       (unsigned long long)s->shared, (unsigned long long)s->sharing,
 	       (unsigned long long)s->unshared, (unsigned long long)s->chains,
 	       (unsigned long long)s->dups, iec(s->sharing * 4096, b, sizeof(b)));
+	printf("net saved           %s%s (pages backed less the pool's dups, every replica)\n\n",
+	       net_saved(s) < 0 ? "-" : "",
+	       iec((uint64_t)(net_saved(s) < 0 ? -net_saved(s) : net_saved(s)), b, sizeof(b)));
 	print_node_sums(s);
 }
 
@@ -946,7 +963,8 @@ static const struct command {
 	  "time since the last heartbeat. Exit status 1 when a shard is unreachable or a node is dead.\n" },
 	{ "stats", cmd_stats,
 	  "usage: cksmctl [options] stats\n\nKSM's counters summed over the shards (pages_shared, pages_sharing,\n"
-	  "pages_unshared, stable_node_chains, stable_node_dups), the memory saved, per node\n"
+	  "pages_unshared, stable_node_chains, stable_node_dups), the memory saved, gross\n"
+	  "and net of the pools (pages backed less the dups held), per node\n"
 	  "the dups it holds and its pages backed by dups, and the census: what node-local\n"
 	  "merging (KSM) could save and what merging across the cluster adds (estimates within\n"
 	  "5% + 2 pages). Exit status 1 when a shard is unreachable.\n" },

@@ -82,7 +82,7 @@ struct agent {
 	struct metric *m_decisions[6]; /* by action */
 	struct metric *m_orders;       /* DupCreate and DupRelease received */
 	struct metric *m_unanswered;   /* reports whose answer never came */
-	struct metric *m_dups, *m_pool_free, *m_refs_sent;
+	struct metric *m_dups, *m_pool_free, *m_refs_sent, *m_net;
 	struct pool *pool;	  /* NULL: no pool on this node */
 	int state_fd;		  /* the state directory, locked (-1 if none) */
 	uv_timer_t restore_timer; /* --restore: data set once started */
@@ -106,6 +106,12 @@ static void fill_pool_info(const struct agent *a, Cksm__PoolInfo *pi)
 		pi->slots_free = pool_free_slots(a->pool);
 		metric_set(a->m_pool_free, (double)pi->slots_free);
 		metric_set(a->m_dups, (double)(pi->slots_total - pi->slots_free));
+		/* What this node's processes save, less what its pool holds
+		 * (for itself and as replicas for others): below zero on a
+		 * node that holds more than it evicts. */
+		metric_set(a->m_net,
+			   (a->backing ? backing_saved_bytes(a->backing) : 0) -
+				   (double)(pi->slots_total - pi->slots_free) * POOL_SLOT);
 	}
 }
 
@@ -981,6 +987,8 @@ static int register_metrics(struct agent *a)
 		METRIC_C(a->m_unanswered, "cksm_reports_unanswered_total",
 			 "Reports a shard refused or did not answer."),
 		METRIC_G(a->m_dups, "cksm_pool_dups", "Dups this node's page pool holds."),
+		METRIC_G(a->m_net, "cksm_net_saved_bytes",
+			 "cksm_saved_bytes less the page pool's dups: what this node saves, net."),
 		METRIC_G(a->m_pool_free, "cksm_pool_free_slots", "Free slots of the page pool."),
 		METRIC_C(a->m_refs_sent, "cksm_ref_updates_sent_total",
 			 "Reference changes on this node's dups sent to shards."),

@@ -535,3 +535,8 @@ void backing_destroy(struct backing *b)
 	 * after every mm's, which still use b. */
 	attach_stop(b, on_backing_closed);
 }
+
+double backing_saved_bytes(const struct backing *b)
+{
+	return metric_value(b->m_saved);
+}

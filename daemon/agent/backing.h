@@ -115,6 +115,8 @@ bool backing_faults_of(struct backing *b, pid_t pid, uint64_t *refaults, uint64_
 /* Loop thread: is pid a process an earlier agent served that has not
  * come back to this one yet (a fault of it waits until it does)? */
 bool backing_waits_for(struct backing *b, pid_t pid);
+/* Bytes the backed pages of every served process no longer take (cksm_saved_bytes). */
+double backing_saved_bytes(const struct backing *b);
 
 bool backing_attached(struct backing *b, pid_t pid);
 

@@ -25,9 +25,11 @@ ctl --help | grep -q "stats" || fail "cksmctl --help"
 jq -e '
 	(.shards | type == "array" and length == 2) and
 	all(.shards[]; (.id | type == "number") and (.up | type == "boolean") and (has("error"))) and
-	(.cluster | keys == ["pages_shared","pages_sharing","pages_unshared","saved_bytes","stable_node_chains","stable_node_dups"]) and
-	all(.cluster[]; type == "number" and . == floor and . >= 0) and
+	(.cluster | keys == ["net_saved_bytes","pages_shared","pages_sharing","pages_unshared","saved_bytes","stable_node_chains","stable_node_dups"]) and
+	all(.cluster | del(.net_saved_bytes)[]; type == "number" and . == floor and . >= 0) and
+	(.cluster.net_saved_bytes | type == "number" and . == floor) and
 	(.cluster.saved_bytes == .cluster.pages_sharing * 4096) and
+	(.cluster.net_saved_bytes == ([.nodes[] | .pages_backed - .dups_held] | add // 0) * 4096) and
 	(.nodes | type == "array") and
 	all(.nodes[]; keys == ["dups_held","name","node_id","pages_backed"] and
 		(.node_id | type == "number") and (.name | type == "string") and

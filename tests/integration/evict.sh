@@ -94,6 +94,9 @@ wait_for "the held process evicted" 30 test -s "$T/hold.json"
 [[ $(m 'cksm_pages_backed{source="local"}') -ge 100 && $(m 'cksm_pages_backed{source="zero"}') -ge 100 ]] ||
 	fail "backed while held: local $(m 'cksm_pages_backed{source="local"}'), zero $(m 'cksm_pages_backed{source="zero"}')"
 [[ $(m cksm_pool_dups) -ge 4 ]] || fail "pool dups while held: $(m cksm_pool_dups)"
+# Net of the pool: what is backed less the pool's pages (the gauge follows the heartbeat).
+wait_for "the net saving counted" 10 bash -c "[[ \$(curl -sf http://$AMET/metrics | awk '\$1 == \"cksm_net_saved_bytes\" { print int(\$2) }') -gt 0 ]]"
+echo "held: saved $(m cksm_saved_bytes), pool dups $(m cksm_pool_dups), net saved $(m cksm_net_saved_bytes)"
 kill -KILL $HOLD
 wait $HOLD 2>/dev/null || true
 gone() {

@@ -85,7 +85,7 @@ $(B)/cksmctl: client/cksmctl.c $(B)/libcksmcommon.a
 
 # libcksm goes into programs that are not built with sanitizers: never
 # instrumented, whatever CFLAGS says.
-$(B)/libcksm.so: client/libcksm.c daemon/common/local.c daemon/common/local.h
+$(B)/libcksm.so: client/libcksm.c daemon/common/local.c daemon/common/local.h daemon/common/uffd_move.h
 	$(E) '  CC      $@'
 	$(Q)$(CC) -D_GNU_SOURCE -Idaemon/common -std=gnu11 $(WARN) -O2 -g -fPIC -shared \
 		-fvisibility=hidden -pthread -Wl,-z,defs -o $@ $(filter %.c,$^) -ldl -lxxhash
@@ -132,7 +132,7 @@ $(B)/cksm-execer: tests/tools/execer.c
 # Preloaded into programs that are not built with sanitizers, as libcksm is.
 $(B)/libcksm-slowzap.so: tests/tools/slowzap.c
 	$(E) '  CC      $@'
-	$(Q)$(CC) -D_GNU_SOURCE -std=gnu11 $(WARN) -O2 -g -fPIC -shared -Wl,-z,defs -o $@ $^ -ldl
+	$(Q)$(CC) -D_GNU_SOURCE -std=gnu11 $(WARN) -Idaemon/common -O2 -g -fPIC -shared -Wl,-z,defs -o $@ $^ -ldl
 
 $(B)/libcksm-nobeacon.so: tests/tools/nobeacon.c
 	$(E) '  CC      $@'

@@ -57,6 +57,7 @@
 #include <xxhash.h>
 
 #include "local.h"
+#include "uffd_move.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -228,13 +229,6 @@ static void note_dontfork(uintptr_t a, size_t len, bool on)
  */
 #define PM_THERE   (3ULL << 62) /* present or swapped */
 #define PM_UFFD_WP (1ULL << 57)
-#ifndef UFFDIO_MOVE
-struct uffdio_move {
-	uint64_t dst, src, len, mode;
-	int64_t move;
-};
-#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
-#endif
 static int move_out(uintptr_t a, uint64_t want, int32_t idx)
 {
 	struct uffdio_move mv = { .src = a, .len = 4096 };

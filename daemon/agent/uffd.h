@@ -24,18 +24,7 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
 #endif
 
-/* Linux 6.8 and later. */
-#ifndef UFFD_FEATURE_MOVE
-#define UFFD_FEATURE_MOVE (1 << 16)
-struct uffdio_move {
-	__u64 dst;
-	__u64 src;
-	__u64 len;
-	__u64 mode;
-	__s64 move;
-};
-#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
-#endif
+#include "uffd_move.h" /* Linux 6.8 and later */
 
 /* The features the agent asks of every userfaultfd (POISON where there). */
 #define UFFD_FEATURES_NEEDED                                                              \

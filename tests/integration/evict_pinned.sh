@@ -16,14 +16,9 @@ start c0 -c "$T/cksm.conf" --role coord --shard 0
 start agent -c "$T/cksm.conf" --role agent --set agent.pass_millisecs=100 \
 	--set agent.evict_age=1 --set agent.evict_cooldown_millisecs=0
 wait_for "registration" 10 log_has agent "registered with shard 0"
-if log_has agent "by libcksm's madvise (zap)"; then
-	echo "SKIP: this kernel's userfaultfd cannot move pages (UFFDIO_MOVE, Linux 6.8)"
-	exit 77
-fi
-if [[ $(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0) != 0 ]]; then
-	echo "SKIP: io_uring is disabled here (kernel.io_uring_disabled)"
-	exit 77
-fi
+need_moves agent
+[[ $(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0) == 0 ]] ||
+	skip "io_uring is disabled here (kernel.io_uring_disabled)"
 CKSM_SOCKET=$T/agent.sock LD_PRELOAD=$LIB "$ROOT/build/cksm-pinner" --pages 256 --pinned 64 \
 	--wait-s 10 >"$T/p.json" || fail "pinned pages: $(cat "$T/p.json")"
 echo "pinner: $(cat "$T/p.json")"

@@ -15,10 +15,7 @@ start c0 -c "$T/cksm.conf" --role coord --shard 0
 start agent -c "$T/cksm.conf" --role agent --set agent.pass_millisecs=100 \
 	--set agent.evict_age=1 --set agent.evict_cooldown_millisecs=0
 wait_for "registration" 10 log_has agent "registered with shard 0"
-if log_has agent "by libcksm's madvise (zap)"; then
-	echo "SKIP: this kernel's userfaultfd cannot move pages (UFFDIO_MOVE, Linux 6.8)"
-	exit 77
-fi
+need_moves agent
 export CKSM_SOCKET=$T/agent.sock
 
 for run in 1 2 3; do

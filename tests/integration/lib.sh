@@ -84,6 +84,14 @@ fail() {
 	exit 1
 }
 
+# need_moves NAME: skip unless agent NAME moves evicted pages out
+# (UFFDIO_MOVE, Linux 6.8; it logs which way at start).
+need_moves() {
+	if log_has "$1" "by libcksm's madvise (zap)"; then
+		skip "this kernel's userfaultfd cannot move pages (UFFDIO_MOVE, Linux 6.8)"
+	fi
+}
+
 skip() {
 	echo "$*"
 	exit 77

@@ -32,15 +32,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <linux/userfaultfd.h>
-
-#ifndef UFFDIO_MOVE
-struct uffdio_move {
-	uint64_t dst, src, len, mode;
-	int64_t move;
-};
-#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
-#endif
+#include "uffd_move.h"
 
 #define PAGE 4096u
 
@@ -71,6 +63,25 @@ static void hold(const char *dir, void *addr)
 		usleep(10000);
 }
 
+/* DIR/slow: sleep its milliseconds; true when DIR/fail says to fail then. */
+static bool slowed(const char *dir)
+{
+	char path[512];
+	unsigned ms = 0;
+	FILE *f;
+
+	if (!in_dir(path, sizeof(path), dir, "slow"))
+		return false;
+	f = fopen(path, "r");
+	if (f) {
+		if (fscanf(f, "%u", &ms) != 1)
+			ms = 0;
+		fclose(f);
+	}
+	usleep(ms * 1000u);
+	return in_dir(path, sizeof(path), dir, "fail");
+}
+
 int madvise(void *addr, size_t len, int advice)
 {
 	static int (*real)(void *, size_t, int);
@@ -85,21 +96,9 @@ int madvise(void *addr, size_t len, int advice)
 	}
 	if (dir && advice == MADV_DONTNEED && len == PAGE && in_dir(path, sizeof(path), dir, "lie"))
 		return 0;
-	if (dir && advice == MADV_DONTNEED && len == PAGE &&
-	    in_dir(path, sizeof(path), dir, "slow")) {
-		FILE *f = fopen(path, "r");
-		unsigned ms = 0;
-
-		if (f) {
-			if (fscanf(f, "%u", &ms) != 1)
-				ms = 0;
-			fclose(f);
-		}
-		usleep(ms * 1000u);
-		if (in_dir(path, sizeof(path), dir, "fail")) {
-			errno = EAGAIN;
-			return -1;
-		}
+	if (dir && advice == MADV_DONTNEED && len == PAGE && slowed(dir)) {
+		errno = EAGAIN;
+		return -1;
 	}
 	if (dir && !held && advice == MADV_DONTNEED && len == PAGE &&
 	    in_dir(path, sizeof(path), dir, "arm"))
@@ -133,20 +132,9 @@ int ioctl(int fd, unsigned long req, ...)
 		mv->move = (int64_t)mv->len;
 		return 0;
 	}
-	if (in_dir(path, sizeof(path), dir, "slow")) {
-		FILE *f = fopen(path, "r");
-		unsigned ms = 0;
-
-		if (f) {
-			if (fscanf(f, "%u", &ms) != 1)
-				ms = 0;
-			fclose(f);
-		}
-		usleep(ms * 1000u);
-		if (in_dir(path, sizeof(path), dir, "fail")) {
-			errno = EAGAIN;
-			return -1;
-		}
+	if (slowed(dir)) {
+		errno = EAGAIN;
+		return -1;
 	}
 	if (!held && in_dir(path, sizeof(path), dir, "arm"))
 		hold(dir, (void *)(uintptr_t)mv->src);

@@ -229,18 +229,25 @@ static void note_dontfork(uintptr_t a, size_t len, bool on)
  */
 #define PM_THERE   (3ULL << 62) /* present or swapped */
 #define PM_UFFD_WP (1ULL << 57)
+/* Is the page at a there and write-protected through the userfaultfd? */
+static bool protected_here(uintptr_t a)
+{
+	uint64_t e = 0;
+
+	if (pread(pagemap, &e, sizeof(e), (off_t)(a / 4096 * sizeof(e))) != sizeof(e))
+		return false;
+	return (e & PM_THERE) && (e & PM_UFFD_WP);
+}
+
 static int move_out(uintptr_t a, uint64_t want, int32_t idx)
 {
 	struct uffdio_move mv = { .src = a, .len = 4096 };
-	uint64_t e = 0;
 
 	if (!scratch || own_uffd < 0 || !pagemap_ours() || idx < 0 ||
 	    idx >= (int32_t)CKSM_LOCAL_SCRATCH_PAGES)
 		return -EINVAL;
 	mv.dst = (uintptr_t)scratch + (uintptr_t)idx * 4096;
-	if (pread(pagemap, &e, sizeof(e), (off_t)(a / 4096 * sizeof(e))) != sizeof(e))
-		return -EIO;
-	if (!(e & PM_THERE) || !(e & PM_UFFD_WP))
+	if (!protected_here(a))
 		return -ECANCELED;
 	if (ioctl(own_uffd, UFFDIO_MOVE, &mv))
 		return -errno;
@@ -285,6 +292,8 @@ static void zap(int fd, const struct cksm_local *m)
 		rc = -EBUSY; /* registered for a device since the agent looked */
 	else if (m->pad & CKSM_LOCAL_ZAP_MOVE)
 		rc = move_out((uintptr_t)m->a, m->b, m->status);
+	else if (m->b == 4096 && pagemap_ours() && !protected_here((uintptr_t)m->a))
+		rc = -ECANCELED; /* not the page the agent protected: mapped anew */
 	else
 		rc = real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED) ? -errno
 											: 0;
@@ -581,9 +590,8 @@ static void on_fork_child(void)
 	pthread_mutex_init(&zap_lock, NULL);
 	memset(&last_zap, 0, sizeof(last_zap));
 	publish_zap();
-	if (scratch)
-		pagemap_open(); /* the parent's names the parent's pages */
-	kids_close();		/* its siblings', the parent's to keep */
+	pagemap_open(); /* the parent's names the parent's pages */
+	kids_close();	/* its siblings', the parent's to keep */
 	__atomic_store_n(&sock, -1, __ATOMIC_RELEASE);
 	if (fd >= 0)
 		close(fd);
@@ -1018,6 +1026,7 @@ static void attach(void)
 	hello = cksm_local_msg(CKSM_LOCAL_HELLO);
 	if (getenv("CKSM_MERGE_ALL") && !strcmp(getenv("CKSM_MERGE_ALL"), "1"))
 		hello.a = CKSM_LOCAL_MERGE_ALL;
+	pagemap_open(); /* a zap drops only the page the agent protected */
 	hello.b = env_size("CKSM_MERGE_MIN", 1u << 20);
 	/* Read-only and never written: no memory, and no merging with the
 	 * program's own mappings. */
@@ -1036,7 +1045,6 @@ static void attach(void)
 		mprotect(sp + CKSM_LOCAL_SCRATCH_PAGES * 4096, 4096, PROT_NONE);
 		if (mprotect(zp, 4096, PROT_READ | PROT_WRITE) == 0)
 			zap_page = (volatile struct cksm_local_zapstate *)zp;
-		pagemap_open();
 		if (pagemap >= 0 &&
 		    mprotect(sp, CKSM_LOCAL_SCRATCH_PAGES * 4096, PROT_READ | PROT_WRITE) == 0) {
 			scratch = sp;

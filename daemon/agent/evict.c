@@ -531,7 +531,8 @@ static bool evict_enter(struct backing *b, struct mm *m, const struct bentry *e,
 	/* The token first: a killed agent's successor tells by it whether
 	 * the zap the process ran last was this entry's. */
 	m->st->zap_token = *token = ++b->next_token;
-	ok = !m->st->evict_hits && !m->orphan && btab_put(&m->tab, e) == 0;
+	ok = !m->st->evict_hits && m->st->evicting == e->page << 12 && !m->orphan &&
+	     btab_put(&m->tab, e) == 0;
 	if (ok) {
 		entry_count(b, e);
 		m->zap_done = false;

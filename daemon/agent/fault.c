@@ -410,7 +410,12 @@ static void on_remap(struct mm *m, uint64_t from, uint64_t to, uint64_t len)
 				pool_ref(m->b->pool, moved[i].ref, -1);
 		}
 	if (m->st->evicting >= from && m->st->evicting < from + len) {
-		count_hits(m, 2); /* moved away: the evictor gives up */
+		/* The page under eviction moved, with its entry and its
+		 * protection: the eviction follows it. Its zap, sent for the
+		 * old address, finds it only if it is moved back there; else
+		 * it finds nothing, or a page mapped there since, which is
+		 * not protected (libcksm leaves it). */
+		m->st->evicting = to + (m->st->evicting - from);
 		pthread_cond_broadcast(&m->cond);
 	}
 	free(moved);

@@ -136,10 +136,19 @@ int move_check(struct mm *m, const struct bentry *e)
 	struct iovec remote = { (void *)(uintptr_t)m->moved_to, PAGE };
 	bool same;
 
-	scratch_filled(m);
-	/* Not there, a read would wait on a fault that needs m->lock. */
-	if (!m->pid || uffd_present(m->pagemap, m->moved_to) != 1 ||
-	    process_vm_readv(m->pid, &local, 1, &remote, 1, 0) != PAGE)
+	pid_t pid = m->pid;
+	ssize_t got = -1;
+
+	/* Read without m->lock: should the process drop its scratch page
+	 * meanwhile, the read faults, and the fault thread needs the lock.
+	 * (Faults on addr wait for this eviction's end all the same.) */
+	if (pid && uffd_present(m->pagemap, m->moved_to) == 1) {
+		pthread_mutex_unlock(&m->lock);
+		got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+		pthread_mutex_lock(&m->lock);
+	}
+	scratch_filled(m); /* only now: its batch may be dropped from here on */
+	if (got != PAGE)
 		return 0; /* the process is gone, or nothing to tell by: as answered */
 	if (e->kind == BACKED_ZERO) {
 		same = true;

@@ -1,7 +1,8 @@
 # A page unmapped and mapped anew by the program while the agent evicts
 # it (an allocator giving a page back with munmap or brk and taking it
 # again), between the agent's compare and the page's drop: what the
-# program wrote into the new mapping stays. libcksm-slowzap.so holds the
+# program wrote into the new mapping stays. A page moved away and back
+# (mremap) in that time keeps its content. libcksm-slowzap.so holds the
 # zap at that moment while cksm-remapper maps the page anew and writes it.
 # Where the kernel cannot move pages (before Linux 6.8), zaps drop the
 # page with madvise and this window is open (operations.md, "Limits of
@@ -18,10 +19,14 @@ wait_for "registration" 10 log_has agent "registered with shard 0"
 need_moves agent
 export CKSM_SOCKET=$T/agent.sock
 
-for run in 1 2 3; do
+# Runs 1-3: mapped anew and written; runs 4-5 (--back): moved away and
+# back with mremap, unchanged (the page keeps its protection).
+for run in 1 2 3 4 5; do
 	D=$T/z$run
 	mkdir -p "$D"
-	SLOWZAP_DIR=$D LD_PRELOAD="$LIB $SLOWZAP" "$ROOT/build/cksm-remapper" "$D" >"$T/r.json" &
+	how=()
+	((run > 3)) && how=(--back)
+	SLOWZAP_DIR=$D LD_PRELOAD="$LIB $SLOWZAP" "$ROOT/build/cksm-remapper" "$D" "${how[@]}" >"$T/r.json" &
 	RP=$!
 	PIDS+=($RP)
 	# Armed once attached: libcksm's own drop in its handshake is no zap.

@@ -4,15 +4,18 @@
  * and maps it again, and writes there, between the agent's compare and
  * the page's drop. Used by tests/integration/evict_remap_page.sh.
  *
- *   cksm-remapper DIR [--pages N]
+ *   cksm-remapper DIR [--pages N] [--back]
  *
  * N pages (256) of one content, marked mergeable once DIR/arm exists. Run
  * under libcksm and libcksm-slowzap.so: when DIR/inzap names the page whose
  * zap is held, the page is unmapped, mapped anew at the same address and
  * written with another content; then DIR/zapgo lets the zap go on. After
  * 1.5 s the page must hold what was written there, and every other page
- * its content. Prints one JSON line; exit 0 when nothing was wrong.
+ * its content. With --back the page is instead moved away and back
+ * (mremap, twice): it must hold its content still. Prints one JSON line;
+ * exit 0 when nothing was wrong.
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +50,8 @@ static const char *what(const uint8_t *p, uint8_t want)
 int main(int argc, char **argv)
 {
 	size_t npages = 256, others_bad = 0;
+	bool back = false;
+	uint8_t *spare;
 	char path[512];
 	uint8_t *region, *a;
 	const char *page;
@@ -57,8 +62,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: cksm-remapper DIR [--pages N]\n");
 		return 2;
 	}
-	if (argc == 4 && !strcmp(argv[2], "--pages"))
-		npages = strtoul(argv[3], NULL, 10);
+	for (int i = 2; i < argc; i++)
+		if (!strcmp(argv[i], "--pages") && i + 1 < argc)
+			npages = strtoul(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--back"))
+			back = true;
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
 		      0);
 	if (region == MAP_FAILED) {
@@ -89,6 +97,25 @@ int main(int argc, char **argv)
 	if (a < region || a >= region + npages * PAGE) {
 		printf("{\"error\":\"the held zap is not of the region\"}\n");
 		return 1;
+	}
+	if (back) {
+		/* The page under eviction, moved away and back, unchanged. */
+		spare = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (spare == MAP_FAILED ||
+		    mremap(a, PAGE, PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, spare) != spare ||
+		    mremap(spare, PAGE, PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, a) != a) {
+			perror("mremap");
+			return 1;
+		}
+		snprintf(path, sizeof(path), "%s/zapgo", argv[1]);
+		fclose(fopen(path, "w"));
+		usleep(1500 * 1000);
+		for (size_t i = 0; i < npages; i++)
+			if (strcmp(what(region + i * PAGE, 0x5a), "written"))
+				others_bad++;
+		printf("{\"addr\":\"%p\",\"moved_back\":\"%s\",\"bad\":%zu}\n", (void *)a,
+		       strcmp(what(a, 0x5a), "written") ? what(a, 0x5a) : "kept", others_bad);
+		return others_bad != 0;
 	}
 	/* The page under eviction, mapped anew and written. */
 	if (munmap(a, PAGE) || mmap(a, PAGE, PROT_READ | PROT_WRITE,

@@ -121,15 +121,6 @@ int uffd_present(int pagemap, uint64_t addr)
 	return (e & (PM_PRESENT | PM_SWAP)) != 0;
 }
 
-int uffd_move(int uffd, uint64_t dst, uint64_t src)
-{
-	struct uffdio_move mv = { .dst = dst, .src = src, .len = PAGE };
-
-	if (ioctl(uffd, UFFDIO_MOVE, &mv) == 0)
-		return mv.move == PAGE ? 0 : -EAGAIN;
-	return mv.move < 0 ? (int)mv.move : -errno;
-}
-
 /* Asked of a userfaultfd of our own, made from /dev/userfaultfd. */
 uint64_t uffd_features(int devfd, uint64_t want)
 {

@@ -33,13 +33,6 @@ struct uffdio_poison {
 
 /* Fill the missing page at addr with src (EEXIST counts as done). */
 int uffd_copy(int uffd, uint64_t addr, const void *src);
-/*
- * Move the page at src to dst, both of the userfaultfd's mm (UFFDIO_MOVE):
- * the page leaves src's page table at once, and dst must be empty. The
- * kernel refuses (-EBUSY) a page pinned for a device or shared with
- * another process (a fork child), -ENOENT when src has no page.
- */
-int uffd_move(int uffd, uint64_t dst, uint64_t src);
 /* Map the zero page at addr (EEXIST counts as done). */
 int uffd_zeropage(int uffd, uint64_t addr);
 /* Set (wp) or clear write-protection of one page; clearing wakes waiters. */

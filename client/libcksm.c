@@ -31,13 +31,18 @@
  * tells it a page of the beacon (a small read-only mapping made at
  * attach, never written) to drop and read, and the fault that read
  * causes tells the agent which userfaultfd is this child's (local.h).
+ * fork(), _Fork(), daemon() and clone() without CLONE_VM hold the child
+ * back until the agent kept its userfaultfd; mmap(), munmap(), mremap(),
+ * brk() and sbrk() wait while a page is being taken out (the map guard).
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,12 +52,14 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/futex.h>
 #include <linux/userfaultfd.h>
 #include <xxhash.h>
 
@@ -184,7 +191,10 @@ static void answer_zap(void)
  * (libibverbs marks it so before it pins it). A page there is never
  * dropped for the agent: what a device writes to a pinned page after the
  * drop would be lost. The check and the drop hold dontfork_lock, and so
- * does the marking, so a pin that follows the mark follows any drop.
+ * does the marking, so a pin that follows the mark follows any drop. A
+ * move needs no such care (the kernel refuses to move a pinned page). A
+ * fork holds it too: the agent reads, at the fork's event, which VMAs
+ * the child did not get.
  */
 #define DONTFORK_MAX 256
 static pthread_mutex_t dontfork_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -265,9 +275,61 @@ static int move_out(uintptr_t a, uint64_t want, int32_t idx)
 	return -ECANCELED;
 }
 
+/*
+ * The map guard. A page is dropped or moved for the agent only if it is
+ * still the one the agent compared (write-protected: its pagemap); a
+ * mapping made anew at its address between that look and the drop would
+ * lose what the program wrote there. So the look and the drop (or the
+ * move, its check and the move back) are made with none of the program's
+ * mmap, munmap, mremap, brk or sbrk under way: those wait the few
+ * microseconds a zap holds the guard, and a zap that finds them under way
+ * for 2 ms gives up (-EAGAIN: the agent tries later). Lock-free, so that
+ * a signal handler's or the allocator's first call costs two atomics.
+ */
+static unsigned map_calls; /* the program's, under way */
+static int map_held;	   /* by the zap: 1 (a futex) */
+
+static void map_enter(void)
+{
+	for (;;) {
+		__atomic_add_fetch(&map_calls, 1, __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&map_held, __ATOMIC_SEQ_CST))
+			return;
+		__atomic_sub_fetch(&map_calls, 1, __ATOMIC_SEQ_CST);
+		/* A drop may wait for the agent to read its event. */
+		while (__atomic_load_n(&map_held, __ATOMIC_ACQUIRE))
+			syscall(SYS_futex, &map_held, FUTEX_WAIT_PRIVATE, 1, NULL, NULL, 0);
+	}
+}
+
+static void map_leave(void)
+{
+	__atomic_sub_fetch(&map_calls, 1, __ATOMIC_SEQ_CST);
+}
+
+static void map_release(void)
+{
+	__atomic_store_n(&map_held, 0, __ATOMIC_SEQ_CST);
+	syscall(SYS_futex, &map_held, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+static bool map_hold(void)
+{
+	__atomic_store_n(&map_held, 1, __ATOMIC_SEQ_CST);
+	for (int i = 0; __atomic_load_n(&map_calls, __ATOMIC_SEQ_CST); i++) {
+		if (i == 200) {
+			map_release();
+			return false;
+		}
+		usleep(10);
+	}
+	return true;
+}
+
 /* Drop [a, a + b) for the agent, if fd is still the connection. */
 static void zap(int fd, const struct cksm_local *m)
 {
+	bool held = false;
 	int rc;
 
 	pthread_rwlock_rdlock(&zap_fork);
@@ -288,8 +350,10 @@ static void zap(int fd, const struct cksm_local *m)
 	/* Returns once the agent read the removal: if it was killed, once
 	 * the next one did. */
 	pthread_mutex_lock(&dontfork_lock);
-	if (in_dontfork((uintptr_t)m->a, (size_t)m->b))
-		rc = -EBUSY; /* registered for a device since the agent looked */
+	if (!(m->pad & CKSM_LOCAL_ZAP_MOVE) && in_dontfork((uintptr_t)m->a, (size_t)m->b))
+		rc = -EBUSY; /* may be registered for a device: a drop cannot see the pin */
+	else if (!(held = map_hold()))
+		rc = -EAGAIN; /* the program is mapping or unmapping: later */
 	else if (m->pad & CKSM_LOCAL_ZAP_MOVE)
 		rc = move_out((uintptr_t)m->a, m->b, m->status);
 	else if (m->b == 4096 && pagemap_ours() && !protected_here((uintptr_t)m->a))
@@ -297,6 +361,8 @@ static void zap(int fd, const struct cksm_local *m)
 	else
 		rc = real_madvise((void *)(uintptr_t)m->a, (size_t)m->b, MADV_DONTNEED) ? -errno
 											: 0;
+	if (held)
+		map_release();
 	pthread_mutex_unlock(&dontfork_lock);
 	pthread_mutex_lock(&zap_lock);
 	last_zap.state = CKSM_LOCAL_ZAP_DONE;
@@ -547,6 +613,15 @@ fail:
 }
 
 /*
+ * A forked child's re-attach under way: its own forks wait for it, since
+ * their children's userfaultfds are answered on its connection (CHILD),
+ * which it has only once attached.
+ */
+static pthread_mutex_t reattach_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reattach_cond = PTHREAD_COND_INITIALIZER;
+static bool reattaching;
+
+/*
  * A forked child's thread: attach again (with backoff, as the keeper: the
  * agent may be between a killed one and the next, which gets this
  * child's userfaultfd from the parent), then serve.
@@ -560,17 +635,24 @@ static void *reattach(void *arg)
 		usleep(wait_ms * 1000);
 		wait_ms = wait_ms * 2 > 5000 ? 5000 : wait_ms * 2;
 	}
+	pthread_mutex_lock(&reattach_lock);
+	reattaching = false;
+	pthread_cond_broadcast(&reattach_cond);
+	pthread_mutex_unlock(&reattach_lock);
 	return NULL;
 }
 
-/* No zap runs across a fork (local.h, struct cksm_local_zapstate). */
+/* No zap runs across a fork (local.h, struct cksm_local_zapstate), nor
+ * a madvise(MADV_DONTFORK / MADV_DOFORK) of the program's. */
 static void on_fork_prepare(void)
 {
 	pthread_rwlock_wrlock(&zap_fork);
+	pthread_mutex_lock(&dontfork_lock);
 }
 
 static void on_fork_parent(void)
 {
+	pthread_mutex_unlock(&dontfork_lock);
 	pthread_rwlock_unlock(&zap_fork);
 }
 
@@ -583,6 +665,11 @@ static void on_fork_child(void)
 	 * remembers its writer by thread id). */
 	pthread_rwlock_init(&zap_fork, NULL);
 	pthread_mutex_init(&dontfork_lock, NULL); /* a parent's thread may have held it */
+	pthread_mutex_init(&reattach_lock, NULL);
+	pthread_cond_init(&reattach_cond, NULL);
+	reattaching = false;
+	map_calls = 0; /* the parent's threads' calls: not this child's */
+	map_held = 0;
 	if (getpid() == __atomic_load_n(&attached_pid, __ATOMIC_ACQUIRE))
 		return;
 	/* The connection belongs to the parent, and so do its threads, its
@@ -598,8 +685,11 @@ static void on_fork_child(void)
 	if (own_uffd >= 0)
 		close(own_uffd);
 	own_uffd = -1;
-	if (beacon)
-		start_thread(reattach, NULL);
+	if (beacon) {
+		reattaching = true; /* before the thread, which clears it */
+		if (start_thread(reattach, NULL))
+			reattaching = false;
+	}
 }
 
 /*
@@ -612,28 +702,42 @@ static void on_fork_child(void)
  * ends without an answer, or the agent says the child's userfaultfd could
  * not be kept, the child is killed before it returns from fork() and the
  * fork is done again. Forks go through here one at a time, and each
- * waits for its own answer: every fork of a process whose agent said it
- * answers forks (READY) makes an event and gets one answer, in order, on
- * the connection of the agent that read it. A fork that had no answer
- * in FORK_WAIT_MS while the connection lives goes on, and its answer, if
- * it comes later, is not taken for the next fork's (owed).
+ * waits for its own answer, for as long as the connection lives: every
+ * fork of a process whose agent said it answers forks (READY) makes an
+ * event and gets one answer, in order, on the connection of the agent
+ * that read it (an agent that cannot send one ends the connection). A
+ * fork child that forks before it attached again waits for that first:
+ * its children are answered on its own connection.
  */
-#define FORK_WAIT_MS 30000
-#define FORK_TRIES   16
+#define FORK_TRIES 16
 static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t (*real_fork)(void);
-static uint64_t fork_owed; /* answers owed to forks let go unanswered (fork_lock, zap_lock) */
+
+/*
+ * One way to make a child: start() returns its pid in the parent and, for
+ * a fork, 0 in the child; a clone()'s child runs elsewhere (clone_child).
+ */
+struct spawn {
+	pid_t (*start)(struct spawn *);
+	int rd, wr; /* the child's word: it reads rd, the parent writes wr */
+	int cancel; /* the caller's cancel state, the child's too */
+	/* clone(): */
+	int (*fn)(void *);
+	void *stack, *arg, *ptid, *tls, *ctid;
+	int flags;
+};
 
 /* The child's side: held until the parent's word (or the parent's end). */
-static void fork_child_wait(int rd)
+static void fork_child_wait(struct spawn *sp)
 {
 	char v;
 
 	pthread_mutex_init(&fork_lock, NULL); /* held by the parent's thread */
-	fork_owed = 0;
-	while (read(rd, &v, 1) < 0 && errno == EINTR)
+	close(sp->wr);
+	while (read(sp->rd, &v, 1) < 0 && errno == EINTR)
 		;
-	close(rd);
+	close(sp->rd);
+	pthread_setcancelstate(sp->cancel, NULL);
 }
 
 /* Is fd a userfaultfd of this process's? */
@@ -702,61 +806,68 @@ static bool forks_will_be_answered(void)
  * zap_lock held. */
 static bool fork_kept(uint64_t answers, uint64_t lost, uint64_t ends)
 {
-	struct timespec until;
+	while (forks.answers == answers && forks.ends == ends)
+		pthread_cond_wait(&forks.cond, &zap_lock);
+	/* A lost answer among them may not be this fork's: the child is
+	 * forked again all the same, which is always safe. */
+	return forks.answers != answers && forks.lost == lost;
+}
 
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += FORK_WAIT_MS / 1000;
-	/* Answers to forks let go earlier come first on this connection. */
-	while (forks.answers - answers <= fork_owed && forks.ends == ends)
-		if (pthread_cond_timedwait(&forks.cond, &zap_lock, &until) == ETIMEDOUT)
-			break;
-	if (forks.answers - answers > fork_owed) {
-		/* A lost answer among them may not be this fork's: the child is
-		 * forked again all the same, which is always safe. */
-		fork_owed = 0;
-		return forks.lost == lost;
+/* A fork child's forks wait for its re-attach (while the agent would
+ * answer them: its beacon registered). */
+static void reattach_wait(void)
+{
+	pthread_mutex_lock(&reattach_lock);
+	while (reattaching && beacon_registered()) {
+		struct timespec t;
+
+		clock_gettime(CLOCK_REALTIME, &t);
+		t.tv_sec += 1;
+		pthread_cond_timedwait(&reattach_cond, &reattach_lock, &t);
 	}
-	if (forks.ends != ends) {
-		fork_owed = 0; /* a new connection answers only what it read */
-		return false;
-	}
-	fork_owed++; /* let go: its answer, if it comes, is not the next fork's */
-	return true;
+	pthread_mutex_unlock(&reattach_lock);
 }
 
 /*
- * A fork by do_fork, held back in the child until the agent answered it
- * and done again when the child's userfaultfd was lost (above).
+ * A fork by sp, held back in the child until the agent answered it and
+ * done again when the child's userfaultfd was lost (above).
  */
-static pid_t held_fork(pid_t (*do_fork)(void))
+static pid_t held_fork(struct spawn *sp)
 {
 	pid_t pid = -1;
-	int cancel;
 
-	if (!forks_will_be_answered())
-		return do_fork();
 	/* fork() is no cancellation point; the waits below are. */
-	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &sp->cancel);
+	reattach_wait();
+	if (!forks_will_be_answered()) {
+		pthread_setcancelstate(sp->cancel, NULL);
+		return sp->start(sp);
+	}
 	pthread_mutex_lock(&fork_lock);
 	for (int tries = 0; tries < FORK_TRIES; tries++) {
 		uint64_t answers, lost, ends;
 		bool kept;
 		int p[2], st, e;
 
-		if (pipe2(p, O_CLOEXEC)) {
-			pid = real_fork(); /* no way to hold the child back */
+		sp->rd = sp->wr = -1;
+		if (tries && !forks_will_be_answered()) {
+			pid = sp->start(sp); /* the connection ended for good */
 			break;
 		}
+		if (pipe2(p, O_CLOEXEC)) {
+			pid = sp->start(sp); /* no way to hold the child back */
+			break;
+		}
+		sp->rd = p[0];
+		sp->wr = p[1];
 		pthread_mutex_lock(&zap_lock);
 		answers = forks.answers;
 		lost = forks.lost;
 		ends = forks.ends;
 		pthread_mutex_unlock(&zap_lock);
-		pid = do_fork();
+		pid = sp->start(sp);
 		if (pid == 0) {
-			close(p[1]);
-			fork_child_wait(p[0]);
-			pthread_setcancelstate(cancel, NULL);
+			fork_child_wait(sp);
 			return 0;
 		}
 		e = errno;
@@ -774,41 +885,53 @@ static pid_t held_fork(pid_t (*do_fork)(void))
 			close(p[1]);
 			break;
 		}
-		/* It never returned from fork(): gone. */
+		/* It never returned from fork(), nor ran clone's function: gone. */
 		kill(pid, SIGKILL);
 		while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
 			;
 		close(p[1]);
+		if ((sp->flags & CLONE_PIDFD) && sp->ptid)
+			close(*(int *)sp->ptid);
 		pid = -1;
 		errno = EAGAIN;
 	}
 	pthread_mutex_unlock(&fork_lock);
-	pthread_setcancelstate(cancel, NULL);
+	pthread_setcancelstate(sp->cancel, NULL);
 	return pid;
+}
+
+static pid_t fork_start(struct spawn *sp)
+{
+	(void)sp;
+	return real_fork();
 }
 
 EXPORT pid_t fork(void)
 {
+	struct spawn sp = { .start = fork_start };
+
 	if (!real_fork)
 		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
 	if (!real_fork) {
 		errno = ENOSYS;
 		return -1;
 	}
-	return held_fork(real_fork);
+	return held_fork(&sp);
 }
 
 /*
- * _Fork() runs no atfork handler, so libcksm's own are run here around
- * it: no zap runs across it, and the child starts with its own state.
+ * _Fork() and clone() run no atfork handler, so libcksm's own are run
+ * around them: no zap runs across them, and the child starts with its
+ * own state.
  */
 static pid_t (*real__Fork)(void);
 
-static pid_t fork_bare(void)
+static pid_t fork_bare(struct spawn *sp)
 {
 	pid_t pid;
 	int e;
 
+	(void)sp;
 	on_fork_prepare();
 	pid = real__Fork();
 	e = errno;
@@ -822,13 +945,80 @@ static pid_t fork_bare(void)
 
 EXPORT pid_t _Fork(void)
 {
+	struct spawn sp = { .start = fork_bare };
+
 	if (!real__Fork)
 		real__Fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "_Fork");
 	if (!real__Fork) {
 		errno = ENOSYS;
 		return -1;
 	}
-	return held_fork(fork_bare);
+	return held_fork(&sp);
+}
+
+/*
+ * clone() without CLONE_VM makes a process with a copy of this one's
+ * memory, as fork() does (a sandbox, a container's init): its child is
+ * held back the same way, before its function runs. With CLONE_VM (a
+ * thread, posix_spawn) there is no new memory and no fork event; with
+ * CLONE_VFORK the parent waits for the child, which cannot wait for it;
+ * with CLONE_FILES the child shares this process's descriptors, which
+ * libcksm's child side would close (the connection, the userfaultfd).
+ */
+static int (*real_clone)(int (*)(void *), void *, int, void *, ...);
+
+/* The child's start, in its own copy of the memory (sp too). */
+static __attribute__((noreturn)) int clone_child(void *arg)
+{
+	struct spawn *sp = arg;
+
+	on_fork_child();
+	if (sp->rd >= 0)
+		fork_child_wait(sp);
+	/* The whole process ends with the function, libcksm's threads in it
+	 * too (clone's own return would end this thread only). */
+	_exit(sp->fn(sp->arg));
+}
+
+static pid_t clone_start(struct spawn *sp)
+{
+	pid_t pid;
+	int e;
+
+	on_fork_prepare();
+	pid = real_clone(clone_child, sp->stack, sp->flags, sp, sp->ptid, sp->tls, sp->ctid);
+	e = errno;
+	on_fork_parent();
+	errno = e;
+	return pid;
+}
+
+EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
+{
+	struct spawn sp = { .start = clone_start,
+			    .rd = -1,
+			    .wr = -1,
+			    .fn = fn,
+			    .stack = stack,
+			    .arg = arg,
+			    .flags = flags };
+	va_list ap;
+
+	if (!real_clone)
+		real_clone = (int (*)(int (*)(void *), void *, int, void *, ...))dlsym(RTLD_NEXT,
+										       "clone");
+	if (!real_clone) {
+		errno = ENOSYS;
+		return -1;
+	}
+	va_start(ap, arg);
+	sp.ptid = va_arg(ap, void *);
+	sp.tls = va_arg(ap, void *);
+	sp.ctid = va_arg(ap, void *);
+	va_end(ap);
+	if (flags & (CLONE_VM | CLONE_VFORK | CLONE_FILES))
+		return real_clone(fn, stack, flags, arg, sp.ptid, sp.tls, sp.ctid);
+	return held_fork(&sp);
 }
 
 /*
@@ -1126,4 +1316,117 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		errno = e;
 	}
 	return real_madvise(addr, len, advice);
+}
+
+/* ---- the program's mappings, under the map guard (above) ---- */
+
+static void *(*real_mmap)(void *, size_t, int, int, int, off_t);
+static int (*real_munmap)(void *, size_t);
+static void *(*real_mremap)(void *, size_t, size_t, int, ...);
+static int (*real_brk)(void *);
+static void *(*real_sbrk)(intptr_t);
+
+#define REAL(f)                                                     \
+	do {                                                        \
+		if (!real_##f)                                      \
+			*(void **)&real_##f = dlsym(RTLD_NEXT, #f); \
+	} while (0)
+
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	void *p;
+	int e;
+
+	REAL(mmap);
+	if (!real_mmap) {
+		errno = ENOSYS;
+		return MAP_FAILED;
+	}
+	map_enter();
+	p = real_mmap(addr, len, prot, flags, fd, off);
+	e = errno;
+	map_leave();
+	errno = e;
+	return p;
+}
+
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return mmap(addr, len, prot, flags, fd, off);
+}
+
+EXPORT int munmap(void *addr, size_t len)
+{
+	int rc, e;
+
+	REAL(munmap);
+	if (!real_munmap) {
+		errno = ENOSYS;
+		return -1;
+	}
+	map_enter();
+	rc = real_munmap(addr, len);
+	e = errno;
+	map_leave();
+	errno = e;
+	return rc;
+}
+
+EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	void *to = NULL, *p;
+	va_list ap;
+	int e;
+
+	REAL(mremap);
+	if (!real_mremap) {
+		errno = ENOSYS;
+		return MAP_FAILED;
+	}
+	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
+		va_start(ap, flags);
+		to = va_arg(ap, void *);
+		va_end(ap);
+	}
+	map_enter();
+	p = real_mremap(old, old_len, new_len, flags, to);
+	e = errno;
+	map_leave();
+	errno = e;
+	return p;
+}
+
+EXPORT int brk(void *addr)
+{
+	int rc, e;
+
+	REAL(brk);
+	if (!real_brk) {
+		errno = ENOSYS;
+		return -1;
+	}
+	map_enter();
+	rc = real_brk(addr);
+	e = errno;
+	map_leave();
+	errno = e;
+	return rc;
+}
+
+EXPORT void *sbrk(intptr_t inc)
+{
+	void *p;
+	int e;
+
+	REAL(sbrk);
+	if (!real_sbrk) {
+		errno = ENOSYS;
+		return (void *)-1;
+	}
+	map_enter();
+	p = real_sbrk(inc);
+	e = errno;
+	map_leave();
+	errno = e;
+	return p;
 }

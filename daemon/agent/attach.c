@@ -476,7 +476,7 @@ static void wake_all(struct mm *m)
 void kid_keep(struct mm *m, struct mm *c)
 {
 	struct cksm_local k = cksm_local_msg(CKSM_LOCAL_CHILD);
-	int fd = -1;
+	int fd = -1, rc;
 
 	if (m->sock < 0)
 		return; /* a child of a child not re-attached: nobody to keep it */
@@ -486,10 +486,16 @@ void kid_keep(struct mm *m, struct mm *c)
 		k.token = c->key;
 		fd = c->uffd;
 	}
-	if (local_send(m->sock, &k, fd) < 0)
+	rc = local_send(m->sock, &k, fd);
+	if (rc < 0) {
+		/* Its fork() waits for this answer for as long as the
+		 * connection lives: ended, the child is forked again, and the
+		 * process comes back (the loop sees the end). */
 		log_warn(
-			"process %d: its fork child's userfaultfd cannot be handed to it; the child is served, but not past this agent's end",
-			(int)m->pid);
+			"process %d: the answer to its fork cannot be sent (%s): its connection ends, and the fork is done again",
+			(int)m->pid, strerror(-rc));
+		shutdown(m->sock, SHUT_RDWR);
+	}
 }
 
 void kid_forget(struct mm *c)
@@ -600,6 +606,9 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 	m->st = w->st;
 	m->key = w->key;
 	m->damaged = w->damaged;
+	/* What the scanner noted went with the killed agent: the next fork
+	 * reads the mappings rather than give the child entries not its own. */
+	atomic_store(&m->dontcopy, m->tab.n > 0);
 	w->st = NULL;
 	w->key = 0;
 	mm_put(w);

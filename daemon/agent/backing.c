@@ -211,9 +211,20 @@ static int open_uffd_dev(struct backing *b)
 		return -ENOTSUP;
 	}
 	b->features = got;
-	log_info("evicted pages leave processes %s", got & UFFD_FEATURE_MOVE
-							     ? "by UFFDIO_MOVE, done by the agent"
-							     : "by libcksm's madvise (zap)");
+	b->evicts = b->cfg->evict;
+	if (!b->evicts)
+		log_info("eviction is off ([agent] evict = 0)");
+	else if (got & UFFD_FEATURE_MOVE)
+		log_info(
+			"evicted pages leave processes by UFFDIO_MOVE (libcksm moves them; the kernel refuses pinned ones)");
+	else if (!strcmp(b->cfg->evict_with, "zap"))
+		log_warn(
+			"evicted pages leave processes by libcksm's madvise (evict_with = zap), which cannot see a page pinned for a device (an O_DIRECT read under way, an io_uring buffer): what a device writes into one is lost (operations.md, \"Limits of eviction\")");
+	else {
+		b->evicts = false;
+		log_warn(
+			"eviction is off: this kernel's userfaultfd cannot move pages (Linux 6.8 and later), and a drop cannot see a page pinned for a device; evict_with = zap evicts all the same (operations.md, \"Limits of eviction\")");
+	}
 	return 0;
 }
 

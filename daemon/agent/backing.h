@@ -120,4 +120,12 @@ double backing_saved_bytes(const struct backing *b);
 
 bool backing_attached(struct backing *b, pid_t pid);
 
+/* Are evicted pages moved out (UFFDIO_MOVE), which the kernel refuses for
+ * a pinned page? Then pages of MADV_DONTFORK memory may go too. */
+bool backing_moves(const struct backing *b);
+
+/* Scanner thread: pid has a candidate page in MADV_DONTFORK memory (its
+ * forks then leave those pages' entries out of the child's table). */
+void backing_note_dontcopy(struct backing *b, pid_t pid);
+
 #endif

@@ -144,6 +144,7 @@ struct mm {
 	bool foreign_ended;	/* ... and its connection was ended for it (b->lock) */
 	atomic_bool bring_home; /* ... and its pages are to come home (the fault thread) */
 	bool damaged;		/* its kept table was: a page without an entry is lost */
+	atomic_bool dontcopy;	/* pages of its MADV_DONTFORK memory may go (scanner) */
 	bool gone;		/* off the list */
 	uv_poll_t poll;
 	pthread_mutex_t lock;
@@ -204,6 +205,7 @@ struct backing {
 	void *hook_arg;
 	uv_timer_t ranges; /* housekeeping, every second */
 	uint64_t features; /* UFFD features this kernel has, of those asked for */
+	bool evicts;	   /* [agent] evict, and a way to take pages out that sees pins */
 
 	pthread_mutex_t lock;
 	struct mm *mms;

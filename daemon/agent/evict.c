@@ -98,7 +98,7 @@ void backing_offer(struct backing *b, pid_t pid, uint64_t addr, enum backed_by k
 	struct offer o = { .pid = pid, .kind = (uint8_t)kind, .addr = addr, .ref = ref };
 	bool dropped;
 
-	if (!b->cfg->evict || addr % PAGE)
+	if (!b->evicts || addr % PAGE)
 		return;
 	if (id)
 		o.id = *id;
@@ -115,7 +115,7 @@ bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const str
 	struct remote_id r;
 	bool ok;
 
-	if (!b->cfg->evict || addr % PAGE)
+	if (!b->evicts || addr % PAGE)
 		return false;
 	pthread_mutex_lock(&b->lock);
 	ok = remote_known(b, id, &r) && !cool_active(b, pid, addr) && wset_lets(b, pid, addr);
@@ -240,6 +240,8 @@ static const char *zap_failure(int status)
 	case -ENOSPC:
 	case -EEXIST:
 		return "the scratch is full";
+	case -EAGAIN:
+		return "the program was mapping or unmapping memory";
 	default:
 		return "the zap failed";
 	}
@@ -280,7 +282,8 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 				(struct busy){ addr & ~(BUSY_REGION - 1), now_ms() + BUSY_MS };
 			metric_inc(b->m_pinned);
 		}
-		if (m->zap_status == -ENOSPC || m->zap_status == -EEXIST)
+		if (m->zap_status == -ENOSPC || m->zap_status == -EEXIST ||
+		    m->zap_status == -EAGAIN)
 			m->evict_after = now_ms() + 100;
 		else if (m->zap_status != -EBUSY && m->zap_status != -ECANCELED)
 			back_off(m);

@@ -49,6 +49,7 @@
 #include "backing_int.h"
 #include "inject.h"
 #include "log.h"
+#include "smaps.h"
 #include "uffd.h"
 #include "util.h"
 
@@ -335,12 +336,62 @@ static bool fork_keeps_evicted(struct mm *m)
 	return zapped && hits == own;
 }
 
+/*
+ * The MADV_DONTFORK VMAs of m (VmFlags "dc", in address order), which a
+ * fork child does not get: their evicted pages' entries stay out of its
+ * table, where a mapping of its own at the same address would otherwise
+ * read the parent's content. Read only for a process with such pages
+ * offered (m->dontcopy): NULL, 0 otherwise. libcksm holds the program's
+ * madvise(MADV_DONTFORK / MADV_DOFORK) back across a fork, so the flags
+ * read here are those the fork saw.
+ */
+static struct vma_info *dontcopy_vmas(struct mm *m, size_t *n)
+{
+	struct vma_info *v = NULL;
+	size_t k = 0;
+
+	*n = 0;
+	if (!atomic_load(&m->dontcopy) || m->pid <= 0 || !m->tab.n)
+		return NULL;
+	if (smaps_read(m->pid, &v, n)) {
+		log_warn(
+			"process %d forked and its mappings cannot be read: the child's table keeps every entry",
+			(int)m->pid);
+		*n = 0;
+		return NULL;
+	}
+	for (size_t i = 0; i < *n; i++)
+		if (v[i].flags & VMA_DONTCOPY)
+			v[k++] = v[i];
+	*n = k;
+	return v;
+}
+
+static bool in_vmas(const struct vma_info *v, size_t n, uint64_t addr)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (addr < v[mid].start)
+			hi = mid;
+		else if (addr >= v[mid].end)
+			lo = mid + 1;
+		else
+			return true;
+	}
+	return false;
+}
+
 /* fork: the child's userfaultfd, and a copy of the table for it. m->lock held. */
 static void on_fork(struct mm *m, int ufd)
 {
 	struct backing *b = m->b;
 	struct mm *c = mm_new(b, -1, ufd, 0);
 	int fl = fcntl(ufd, F_GETFL);
+	struct vma_info *dc;
+	size_t ndc;
 
 	if (!c || fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0) {
 		/* Without it the child's backed pages would read as zeroes:
@@ -359,12 +410,21 @@ static void on_fork(struct mm *m, int ufd)
 	c->st->beacon = m->beacon;
 	memcpy(c->st->mark, m->st->mark, sizeof(c->st->mark)); /* the child's copy of the page */
 	keep_mm(c); /* logged if it cannot be: then served from memory only */
-	for (size_t i = 0; i < m->tab.n; i++)
-		if (m->tab.e[i].page << 12 != m->st->evicting || fork_keeps_evicted(m))
+	dc = dontcopy_vmas(m, &ndc);
+	for (size_t i = 0; i < m->tab.n; i++) {
+		uint64_t addr = m->tab.e[i].page << 12;
+
+		if (ndc && in_vmas(dc, ndc, addr))
+			continue; /* not the child's */
+		if (addr != m->st->evicting || fork_keeps_evicted(m))
 			fork_entry(b, c, &m->tab.e[i]);
+	}
+	free(dc);
 	metric_inc(b->m_forks);
 	list_add(b, c);
 	if (inject("die_in_fork"))
+		raise(SIGKILL);
+	if (m->parent && inject("die_in_child_fork"))
 		raise(SIGKILL);
 	kid_keep(m, c);
 }

@@ -19,6 +19,7 @@
 
 #include "backing_int.h"
 #include "log.h"
+#include "uffd.h"
 #include "util.h"
 
 /* ---- entries ---------------------------------------------------------------- */
@@ -239,6 +240,21 @@ bool backing_attached(struct backing *b, pid_t pid)
 	if (m)
 		mm_put(m);
 	return m != NULL;
+}
+
+bool backing_moves(const struct backing *b)
+{
+	return b->evicts && (b->features & UFFD_FEATURE_MOVE);
+}
+
+void backing_note_dontcopy(struct backing *b, pid_t pid)
+{
+	struct mm *m = mm_get(b, pid);
+
+	if (!m)
+		return;
+	atomic_store(&m->dontcopy, true);
+	mm_put(m);
 }
 
 /* Forget the ranges older than REMOVED_MS. m->lock held. */

@@ -89,7 +89,8 @@ struct vstate {
 	struct chunk **chunks; /* one slot per CHUNK_PAGES of the VMA */
 	size_t nchunks;
 	struct scan_counts last; /* what the last pass saw here */
-	bool kept;		 /* never evicted: VM_MERGEABLE or VM_DONTCOPY */
+	bool kept;		 /* never evicted: VM_MERGEABLE, or VM_DONTCOPY unless moved */
+	bool dontcopy;		 /* VM_DONTCOPY */
 	uint64_t span;		 /* the huge page span last judged (thp_span_pays) */
 	uint32_t span_pass;	 /* ... in this pass */
 	bool span_pays;		 /* ... and the verdict */
@@ -115,6 +116,7 @@ struct scanner {
 	void *report_arg;
 	scan_evict_fn evict;
 	void *evict_arg;
+	bool evict_dontcopy; /* scanner_evict_dontcopy */
 	scan_sleep_fn sleep;
 	void *sleep_arg;
 	int kpf_fd;	    /* /proc/kpageflags */
@@ -268,11 +270,11 @@ static bool all_zero(const void *p)
  *  - in VMAs the kernel's KSM may merge: KSM's merge builds a new PTE
  *    without the userfaultfd write-protect bit, so a write racing with
  *    an eviction there would not be caught. Those are KSM's alone;
- *  - in VM_DONTCOPY VMAs (MADV_DONTFORK): that is how memory registered
- *    for DMA is marked (libibverbs does it for every memory region), and
- *    a pinned page must never be dropped: the device would go on
- *    writing the old page. Pins themselves are not visible from user
- *    space; the kernel helper refuses them.
+ *  - in VM_DONTCOPY VMAs (MADV_DONTFORK), unless pages are moved out
+ *    (scanner_evict_dontcopy): that is how memory registered for DMA is
+ *    marked (libibverbs does it for every memory region), and a pinned
+ *    page must never be dropped: the device would go on writing the old
+ *    page. A drop cannot see a pin; a move can (the kernel refuses it).
  */
 static bool evictable(const struct scanner *s, const struct proc *p, const struct vstate *vs)
 {
@@ -366,6 +368,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	pg.addr = vs->start + (uint64_t)pi * PAGE;
 	pg.domain = p->domain;
 	pg.bytes = bytes;
+	pg.dontcopy = vs->dontcopy;
 	zero = csum == s->zero_csum && all_zero(bytes);
 	if (zero) {
 		c->zero++;
@@ -635,7 +638,8 @@ static int scan_proc(struct scanner *s, struct proc *p, struct scan_counts *out)
 		if (!vma_in_scope(p, &vi[i]))
 			continue;
 		vs = &p->v[k++];
-		vs->kept = (vi[i].flags & (VMA_MERGEABLE | VMA_DONTCOPY)) != 0;
+		vs->dontcopy = (vi[i].flags & VMA_DONTCOPY) != 0;
+		vs->kept = (vi[i].flags & VMA_MERGEABLE) || (vs->dontcopy && !s->evict_dontcopy);
 		s->batch++; /* a VMA costs something even when empty */
 		if (vma_skipped(&vi[i], &vs->last) || empty_and_large(&vi[i])) {
 			/* Not ours, or a large reservation with nothing resident:
@@ -804,6 +808,11 @@ void scanner_set_evict(struct scanner *s, scan_evict_fn fn, void *arg)
 {
 	s->evict = fn;
 	s->evict_arg = arg;
+}
+
+void scanner_evict_dontcopy(struct scanner *s, bool yes)
+{
+	s->evict_dontcopy = yes;
 }
 
 void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg)

@@ -53,6 +53,7 @@ struct scan_page {
 	uint64_t addr;
 	uint8_t domain; /* index into cfg->domains */
 	bool again;	/* reported before, unchanged since, to a shard that kept it */
+	bool dontcopy;	/* in a VM_DONTCOPY VMA (MADV_DONTFORK) */
 	struct cid id;
 	const void *bytes; /* the 4 KiB read; valid during the callback */
 };
@@ -90,6 +91,14 @@ void scanner_destroy(struct scanner *s);
 
 /* Hand eviction candidates to fn. */
 void scanner_set_evict(struct scanner *s, scan_evict_fn fn, void *arg);
+
+/*
+ * May pages of VM_DONTCOPY VMAs (MADV_DONTFORK) be candidates? Only where
+ * they are moved out, not dropped: the kernel refuses to move a pinned
+ * page, and MADV_DONTFORK is how memory registered for a device is marked
+ * (and how QEMU marks all guest RAM). Off by default.
+ */
+void scanner_evict_dontcopy(struct scanner *s, bool yes);
 
 /* Throttle passes by pages_to_scan/sleep_millisecs/cpu_percent through sleep. */
 void scanner_set_sleep(struct scanner *s, scan_sleep_fn sleep, void *arg);

@@ -200,6 +200,8 @@ static void on_evict(void *arg, const struct scan_page *pg, bool zero)
 
 	if (!r->cfg->domains[pg->domain].evict)
 		return; /* [domain.NAME] evict = 0: nothing of it merges */
+	if (pg->dontcopy)
+		backing_note_dontcopy(r->backing, pg->pid);
 	if (zero)
 		backing_offer(r->backing, pg->pid, pg->addr, BACKED_ZERO, ref, NULL);
 	else if (pool_find(r->pool, &pg->id, &ref) == 0)
@@ -213,6 +215,7 @@ void scanrun_set_backing(struct scanrun *r, struct backing *b, struct pool *pool
 	r->backing = b;
 	r->pool = pool;
 	scanner_set_evict(r->scanner, b ? on_evict : NULL, r);
+	scanner_evict_dontcopy(r->scanner, b && backing_moves(b));
 }
 
 /*

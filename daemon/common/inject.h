@@ -16,6 +16,10 @@
  *   die_after_zap        ... with the zap sent, its answer not read
  *   die_in_fault         ... with a backed page's bytes read for a fault,
  *                        not filled
+ *   die_in_fork          ... with a fork child's userfaultfd read from the
+ *                        fork event, not handed to the parent
+ *   die_in_child_fork    ... the same, at a fork of a process that is a
+ *                        fork child itself
  */
 #ifndef CKSM_INJECT_H
 #define CKSM_INJECT_H

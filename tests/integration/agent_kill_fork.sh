@@ -52,11 +52,16 @@ jq -e '.bad == 0 and .child_bad == 0' "$T/racer.json" >/dev/null ||
 	fail "a fork child read a page other than its parent held at the fork"
 [[ $rc == 0 ]] || fail "cksm-racer exited with $rc"
 
-# _Fork() and daemon() make their children outside fork(): libcksm holds
-# them back the same way. The agent that reads the fork's event dies
-# there (die_in_fork); the next one answers the fork done again, and the
-# child reads every page right.
-for v in _Fork daemon; do
+# _Fork(), daemon() and clone() (without CLONE_VM) make their children
+# outside fork(): libcksm holds them back the same way. The agent that
+# reads the fork's event dies there (die_in_fork); the next one answers
+# the fork done again, and the child reads every page right. "twice": a
+# child that forks at once, before it attached again; the agent dies at
+# that second fork's event (die_in_child_fork): the child's fork waited
+# for its own attach, so it is answered on its connection and done again.
+for v in _Fork daemon clone twice; do
+	point=die_in_fork
+	[[ $v == twice ]] && point=die_in_child_fork
 	kill -9 "$AGENT" 2>/dev/null || true
 	reap "$AGENT" 10 "agent$lives, killed" || true
 	life
@@ -70,7 +75,7 @@ for v in _Fork daemon; do
 	wait_for "$v: its pages evicted" 40 test -e "$D/evicted"
 	kill -9 "$AGENT"
 	reap "$AGENT" 10 "agent$lives, killed" || true
-	life CKSM_INJECT=die_in_fork=1
+	life CKSM_INJECT=$point=1
 	wait_for "$v: back with agent$lives" 20 log_has "agent$lives" "came back to this agent"
 	touch "$D/go"
 	reap "$AGENT" 20 "agent$lives, which dies at the $v's fork event" || true
@@ -87,5 +92,8 @@ for v in _Fork daemon; do
 	fi
 	echo "$v: exit $rc, $out $(head -c 300 "$T/$v.err")"
 	[[ $rc == 0 && $bad == 0 ]] || fail "a $v child read pages other than its parent held"
+	now=$(cat "$T"/agent*.log | grep -c 'forked as the agent was killed' || true)
+	((now > died)) || fail "$v: no agent died holding the child's userfaultfd ($point)"
+	died=$now
 done
 echo "ok"

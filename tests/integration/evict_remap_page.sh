@@ -3,10 +3,14 @@
 # again), between the agent's compare and the page's drop: what the
 # program wrote into the new mapping stays. A page moved away and back
 # (mremap) in that time keeps its content. libcksm-slowzap.so holds the
-# zap at that moment while cksm-remapper maps the page anew and writes it.
+# zap at that moment while cksm-remapper maps the page anew and writes it
+# (or waits, at most 300 ms, for its mapping calls, which libcksm's map
+# guard holds while a zap runs). Runs 6-7 (--touch) also hold the moment
+# between libcksm's move and its check of what it moved (DIR/after) and
+# read the page all along: it never reads as zeroes.
 # Where the kernel cannot move pages (before Linux 6.8), zaps drop the
-# page with madvise and this window is open (operations.md, "Limits of
-# eviction"): the test says so and is skipped.
+# page with madvise (operations.md, "Limits of eviction"): the test says
+# so and is skipped.
 source "$(dirname "$0")/lib.sh"
 
 LIB=$ROOT/build/libcksm.so
@@ -20,12 +24,14 @@ need_moves agent
 export CKSM_SOCKET=$T/agent.sock
 
 # Runs 1-3: mapped anew and written; runs 4-5 (--back): moved away and
-# back with mremap, unchanged (the page keeps its protection).
-for run in 1 2 3 4 5; do
+# back with mremap, unchanged (the page keeps its protection); runs 6-7
+# (--touch): mapped anew, written and read.
+for run in 1 2 3 4 5 6 7; do
 	D=$T/z$run
 	mkdir -p "$D"
 	how=()
 	((run > 3)) && how=(--back)
+	((run > 5)) && how=(--touch) && echo 300 >"$D/after"
 	SLOWZAP_DIR=$D LD_PRELOAD="$LIB $SLOWZAP" "$ROOT/build/cksm-remapper" "$D" "${how[@]}" >"$T/r.json" &
 	RP=$!
 	PIDS+=($RP)

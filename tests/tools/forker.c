@@ -7,11 +7,23 @@
  *   cksm-forker cancel N     N rounds: a thread forks in a loop and is
  *                            cancelled (pthread_cancel) somewhere in it;
  *                            then the main thread forks once
- *   cksm-forker _Fork|daemon DIR
+ *   cksm-forker _Fork|daemon|twice|clone DIR
  *                            pages of 4 contents, left to be evicted
  *                            (DIR/evicted once half of them are); once
- *                            DIR/go exists, one _Fork(), or daemon(1, 1)
- *                            whose child writes DIR/daemon.json
+ *                            DIR/go exists, one _Fork(), daemon(1, 1)
+ *                            whose child writes DIR/daemon.json, a fork
+ *                            whose child forks at once (the grandchild
+ *                            checks), or a clone() without CLONE_VM
+ *   cksm-forker dontfork DIR
+ *                            as QEMU keeps guest RAM: 512 pages of 4
+ *                            contents marked MADV_DONTFORK, and 512 more
+ *                            not marked; once a third of the marked ones
+ *                            were evicted (DIR/evicted), a fork whose
+ *                            child maps a new region where the marked
+ *                            one was (the child has none there), waits
+ *                            3 s and reads it: it must read zeroes; then
+ *                            every page is checked. Prints
+ *                            {"evicted":N,"bad":N,"child_old":N,"child_bad":N}
  *   cksm-forker exec PROG [ARG...]
  *                            fork; the child waits 300 ms (its libcksm
  *                            attaches again meanwhile) and runs PROG; exit
@@ -22,6 +34,8 @@
  * Exit 0 when every fork worked and every child was right.
  */
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -100,7 +114,30 @@ static bool evicted(void)
 	return false;
 }
 
-/* _Fork or daemon, held back by libcksm as fork() is. */
+static int clone_check(void *arg)
+{
+	(void)arg;
+	return check_all() ? 1 : 0;
+}
+
+/* A fork whose child forks again at once: the grandchild checks. */
+static int fork_twice(void)
+{
+	pid_t c = fork(), g;
+	int st;
+
+	if (c == 0) {
+		g = fork();
+		if (g == 0)
+			_exit(check_all() ? 1 : 0);
+		if (g < 0 || waitpid(g, &st, 0) != g)
+			_exit(2);
+		_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 2);
+	}
+	return c;
+}
+
+/* _Fork, daemon, a fork twice or a clone, held back by libcksm as fork() is. */
 static int variant(const char *how, const char *dir)
 {
 	pid_t c;
@@ -129,9 +166,17 @@ static int variant(const char *how, const char *dir)
 		}
 		return 0;
 	}
-	c = _Fork();
-	if (c == 0)
-		_exit(check_all() ? 1 : 0);
+	if (!strcmp(how, "twice")) {
+		c = fork_twice();
+	} else if (!strcmp(how, "clone")) {
+		static char stack[256 << 10] __attribute__((aligned(16)));
+
+		c = clone(clone_check, stack + sizeof(stack), SIGCHLD, NULL);
+	} else {
+		c = _Fork();
+		if (c == 0)
+			_exit(check_all() ? 1 : 0);
+	}
 	if (c < 0 || waitpid(c, &st, 0) != c)
 		return 2;
 	printf("{\"forks\":1,\"bad_children\":%d}\n", !WIFEXITED(st) || WEXITSTATUS(st));
@@ -145,6 +190,74 @@ static void fill(void)
 		exit(2);
 	for (size_t i = 0; i < PAGES * 4096; i++)
 		mem[i] = want(i / 4096);
+}
+
+/* The pages of [p, p + n pages) not holding the byte want(page) + add. */
+static unsigned check_region(const unsigned char *p, size_t n, unsigned add)
+{
+	unsigned bad_pages = 0;
+
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < 4096; k += 512)
+			if (p[i * 4096 + k] != (unsigned char)(i % 4 + 1 + add)) {
+				bad_pages++;
+				break;
+			}
+	return bad_pages;
+}
+
+/* MADV_DONTFORK memory (as QEMU's guest RAM) evicted, and a fork. */
+static int dontfork(const char *dir)
+{
+	const size_t n = 512;
+	unsigned char *g =
+		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *h =
+		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char v[512];
+	unsigned evicted = 0, bad_pages, old = 0, cbad = 0;
+	pid_t c;
+	int st;
+
+	if (g == MAP_FAILED || h == MAP_FAILED || madvise(g, n * 4096, MADV_DONTFORK))
+		return 2;
+	for (size_t i = 0; i < n * 4096; i++) {
+		g[i] = (unsigned char)(i / 4096 % 4 + 1);
+		h[i] = (unsigned char)(i / 4096 % 4 + 11);
+	}
+	for (unsigned t = 0; t < 300 && evicted < n / 3; t++) {
+		unsigned in = 0;
+
+		usleep(100000);
+		if (mincore(g, n * 4096, v))
+			return 2;
+		for (size_t i = 0; i < n; i++)
+			in += v[i] & 1;
+		evicted = (unsigned)n - in;
+	}
+	touch(dir, "evicted");
+	c = fork(); /* while the marked pages are evicted: the parent's table has them */
+	if (c == 0) {
+		unsigned char *r = mmap(g, n * 4096, PROT_READ | PROT_WRITE,
+					MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		unsigned o = 0;
+
+		if (r != g)
+			_exit(4);
+		sleep(3); /* its agent registers the new mapping meanwhile */
+
+		for (size_t i = 0; i < n * 4096; i += 4096)
+			o += r[i] != 0;
+		_exit((o ? 1 : 0) | (check_region(h, n, 10) ? 2 : 0));
+	}
+	if (c < 0 || waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st) > 3)
+		return 2;
+	old = WEXITSTATUS(st) & 1;
+	cbad = (WEXITSTATUS(st) & 2) != 0;
+	bad_pages = check_region(g, n, 0) + check_region(h, n, 10);
+	printf("{\"evicted\":%u,\"bad\":%u,\"child_old\":%u,\"child_bad\":%u}\n", evicted,
+	       bad_pages, old, cbad);
+	return evicted < n / 3 || bad_pages || old || cbad;
 }
 
 /* One fork: the child checks every page and exits 0 or 1. */
@@ -179,7 +292,7 @@ int main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr,
-			"usage: cksm-forker closefds|cancel N, _Fork|daemon DIR, or exec PROG [ARG...]\n");
+			"usage: cksm-forker closefds|cancel N, _Fork|daemon|twice|clone|dontfork DIR, or exec PROG [ARG...]\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "exec")) {
@@ -195,7 +308,10 @@ int main(int argc, char **argv)
 			return 2;
 		return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
 	}
-	if (!strcmp(argv[1], "_Fork") || !strcmp(argv[1], "daemon")) {
+	if (!strcmp(argv[1], "dontfork"))
+		return dontfork(argv[2]);
+	if (!strcmp(argv[1], "_Fork") || !strcmp(argv[1], "daemon") || !strcmp(argv[1], "twice") ||
+	    !strcmp(argv[1], "clone")) {
 		kinds = 4;
 		fill();
 		return variant(argv[1], argv[2]);

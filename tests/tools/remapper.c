@@ -4,17 +4,24 @@
  * and maps it again, and writes there, between the agent's compare and
  * the page's drop. Used by tests/integration/evict_remap_page.sh.
  *
- *   cksm-remapper DIR [--pages N] [--back]
+ *   cksm-remapper DIR [--pages N] [--back | --touch]
  *
  * N pages (256) of one content, marked mergeable once DIR/arm exists. Run
  * under libcksm and libcksm-slowzap.so: when DIR/inzap names the page whose
- * zap is held, the page is unmapped, mapped anew at the same address and
- * written with another content; then DIR/zapgo lets the zap go on. After
- * 1.5 s the page must hold what was written there, and every other page
- * its content. With --back the page is instead moved away and back
- * (mremap, twice): it must hold its content still. Prints one JSON line;
- * exit 0 when nothing was wrong.
+ * zap is held, a thread unmaps the page, maps it anew at the same address
+ * and writes it with another content; DIR/zapgo lets the zap go on once
+ * that is done, or after 300 ms if the program's mapping calls wait for
+ * the zap (libcksm's map guard). After 1.5 s the page must hold what was
+ * written there, and every other page its content. With --back the page
+ * is instead moved away and back (mremap, twice): it must hold its
+ * content still. With --touch the thread then reads the page for 1 s, and
+ * must never find it all zeroes (slowzap's DIR/after widens the moment
+ * between libcksm's move and its check). Prints one JSON line (with
+ * during_hold: whether the remap was made while the zap was held); exit
+ * 0 when nothing was wrong.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +32,12 @@
 #include <unistd.h>
 
 #define PAGE 4096u
+
+static uint8_t *a; /* the page under eviction */
+static bool back, touch;
+static atomic_bool remapped;
+static atomic_uint zeroes_seen;
+static const char *remap_error;
 
 static int wait_file(const char *path, unsigned ms)
 {
@@ -47,19 +60,55 @@ static const char *what(const uint8_t *p, uint8_t want)
 	return same == PAGE ? "written" : zero == PAGE ? "zeroes" : "other";
 }
 
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void *remap(void *arg)
+{
+	(void)arg;
+	if (back) {
+		/* The page under eviction, moved away and back, unchanged. */
+		uint8_t *spare = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (spare == MAP_FAILED ||
+		    mremap(a, PAGE, PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, spare) != spare ||
+		    mremap(spare, PAGE, PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, a) != a)
+			remap_error = "mremap failed";
+		atomic_store(&remapped, true);
+		return NULL;
+	}
+	/* The page under eviction, mapped anew and written. */
+	if (munmap(a, PAGE) || mmap(a, PAGE, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != a) {
+		remap_error = "munmap or mmap failed";
+		atomic_store(&remapped, true);
+		return NULL;
+	}
+	memset(a, 0xc3, PAGE);
+	atomic_store(&remapped, true);
+	for (double end = now_s() + 1; touch && now_s() < end;)
+		if (!strcmp(what(a, 0xc3), "zeroes"))
+			atomic_fetch_add(&zeroes_seen, 1);
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	size_t npages = 256, others_bad = 0;
-	bool back = false;
-	uint8_t *spare;
 	char path[512];
-	uint8_t *region, *a;
-	const char *page;
+	uint8_t *region;
+	bool during;
+	pthread_t t;
 	FILE *f;
 	void *at = NULL;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: cksm-remapper DIR [--pages N]\n");
+		fprintf(stderr, "usage: cksm-remapper DIR [--pages N] [--back | --touch]\n");
 		return 2;
 	}
 	for (int i = 2; i < argc; i++)
@@ -67,6 +116,8 @@ int main(int argc, char **argv)
 			npages = strtoul(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--back"))
 			back = true;
+		else if (!strcmp(argv[i], "--touch"))
+			touch = true;
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
 		      0);
 	if (region == MAP_FAILED) {
@@ -98,40 +149,35 @@ int main(int argc, char **argv)
 		printf("{\"error\":\"the held zap is not of the region\"}\n");
 		return 1;
 	}
+	if (pthread_create(&t, NULL, remap, NULL)) {
+		printf("{\"error\":\"no thread\"}\n");
+		return 1;
+	}
+	for (int i = 0; i < 30 && !atomic_load(&remapped); i++)
+		usleep(10000);
+	during = atomic_load(&remapped);
+	snprintf(path, sizeof(path), "%s/zapgo", argv[1]);
+	fclose(fopen(path, "w"));
+	pthread_join(t, NULL);
+	if (remap_error) {
+		printf("{\"error\":\"%s\"}\n", remap_error);
+		return 1;
+	}
+	usleep(1500 * 1000);
 	if (back) {
-		/* The page under eviction, moved away and back, unchanged. */
-		spare = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (spare == MAP_FAILED ||
-		    mremap(a, PAGE, PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, spare) != spare ||
-		    mremap(spare, PAGE, PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, a) != a) {
-			perror("mremap");
-			return 1;
-		}
-		snprintf(path, sizeof(path), "%s/zapgo", argv[1]);
-		fclose(fopen(path, "w"));
-		usleep(1500 * 1000);
 		for (size_t i = 0; i < npages; i++)
 			if (strcmp(what(region + i * PAGE, 0x5a), "written"))
 				others_bad++;
-		printf("{\"addr\":\"%p\",\"moved_back\":\"%s\",\"bad\":%zu}\n", (void *)a,
+		printf("{\"addr\":\"%p\",\"during_hold\":%s,\"moved_back\":\"%s\",\"bad\":%zu}\n",
+		       (void *)a, during ? "true" : "false",
 		       strcmp(what(a, 0x5a), "written") ? what(a, 0x5a) : "kept", others_bad);
 		return others_bad != 0;
 	}
-	/* The page under eviction, mapped anew and written. */
-	if (munmap(a, PAGE) || mmap(a, PAGE, PROT_READ | PROT_WRITE,
-				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != a) {
-		perror("remap");
-		return 1;
-	}
-	memset(a, 0xc3, PAGE);
-	snprintf(path, sizeof(path), "%s/zapgo", argv[1]);
-	fclose(fopen(path, "w"));
-	usleep(1500 * 1000);
-	page = what(a, 0xc3);
 	for (size_t i = 0; i < npages; i++)
 		if (region + i * PAGE != a && strcmp(what(region + i * PAGE, 0x5a), "written"))
 			others_bad++;
-	printf("{\"addr\":\"%p\",\"page\":\"%s\",\"others_bad\":%zu}\n", (void *)a, page,
+	printf("{\"addr\":\"%p\",\"during_hold\":%s,\"page\":\"%s\",\"zeroes_seen\":%u,\"others_bad\":%zu}\n",
+	       (void *)a, during ? "true" : "false", what(a, 0xc3), atomic_load(&zeroes_seen),
 	       others_bad);
-	return strcmp(page, "written") || others_bad;
+	return strcmp(what(a, 0xc3), "written") || others_bad || atomic_load(&zeroes_seen);
 }

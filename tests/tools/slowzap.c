@@ -19,7 +19,8 @@
  * zaps come late, or late and failed. Every other call goes straight
  * through. A zap that moves the page (UFFDIO_MOVE, local.h) rather than
  * dropping it is held, slowed, failed or faked the same way, at its
- * ioctl.
+ * ioctl; with DIR/after (a number of milliseconds) the held move, once
+ * made, sleeps that long before libcksm goes on to check what it moved.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -136,7 +137,22 @@ int ioctl(int fd, unsigned long req, ...)
 		errno = EAGAIN;
 		return -1;
 	}
-	if (!held && in_dir(path, sizeof(path), dir, "arm"))
+	if (!held && in_dir(path, sizeof(path), dir, "arm")) {
+		unsigned ms = 0;
+		FILE *f;
+		int rc, e;
+
 		hold(dir, (void *)(uintptr_t)mv->src);
+		rc = real(fd, req, arg);
+		e = errno;
+		if (in_dir(path, sizeof(path), dir, "after") && (f = fopen(path, "r"))) {
+			if (fscanf(f, "%u", &ms) != 1)
+				ms = 0;
+			fclose(f);
+			usleep(ms * 1000u);
+		}
+		errno = e;
+		return rc;
+	}
 	return real(fd, req, arg);
 }

@@ -24,7 +24,8 @@
  *             zeroes; the rest as written
  *   dma       a second region like the first, marked MADV_DONTFORK (as
  *             memory registered for RDMA is): once the first is evicted,
- *             "dma_evicted" counts the second's pages gone (must be 0)
+ *             "dma_evicted" counts the second's pages gone (0 where pages
+ *             are dropped; where they are moved, the kernel guards pins)
  *   hold      stay (checked by the test from outside) until SIGTERM
  *   hot       print the region's address, then read it all every 20 ms
  *             (every evicted page comes back, again and again) and check

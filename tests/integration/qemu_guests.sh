@@ -54,7 +54,8 @@ guest() { # guest N
 		>"$T/qemu$1.log" 2>&1 &
 	PIDS+=("$!")
 }
-alive() { grep -a 'cksm-guest alive' "$T/g$1.out" 2>/dev/null | tail -1 | awk '{ print $3 }'; }
+# The serial console ends its lines with CR LF.
+alive() { grep -a 'cksm-guest alive' "$T/g$1.out" 2>/dev/null | tr -d '\r' | tail -1 | awk '{ print $3 }'; }
 guest 1
 guest 2
 for g in 1 2; do
@@ -72,11 +73,11 @@ echo "net saved $((saved >> 20)) MiB (saved $(($(m cksm_saved_bytes) >> 20)) MiB
 a1=$(alive 1) a2=$(alive 2)
 sleep 20 # a check each, at least, with the pages evicted
 for g in 1 2; do
-	checks=$(grep -a 'cksm-guest check' "$T/g$g.out" | awk '{ print $4 }')
+	checks=$(grep -a 'cksm-guest check' "$T/g$g.out" | tr -d '\r' | awk '{ print $4 }')
 	n=$(echo "$checks" | grep -c . || true)
 	bad=$(echo "$checks" | grep -vc "^$WANT\$" || true)
 	echo "guest $g: alive $(alive "$g"), $n checks, $bad wrong"
-	((n >= 2 && bad == 0)) || fail "guest $g read its data wrong (or never checked it)"
+	((n >= 2 && bad == 0)) || fail "guest $g read its data wrong (or never checked it): $(echo "$checks" | tr '\n' ' '), want $WANT"
 done
 (($(alive 1) > a1 && $(alive 2) > a2)) || fail "a guest stopped (alive $(alive 1), $(alive 2))"
 ((${saved:-0} >= 16 << 20)) || fail "the node saved less than 16 MiB across the two guests"

@@ -7,6 +7,7 @@
 #   make soak       ten minutes of killed and restarted agents under load: lost = 0
 #   make fuzz       run the libFuzzer targets longer (FUZZ_SECONDS each)
 #   make bench      build and run the benchmarks
+#   make bench-ksm  cksm beside the kernel's KSM on this node (a few minutes)
 #   make lint       cppcheck and the clang-format check
 #   make install    install binaries, units and the example config
 
@@ -48,13 +49,13 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o) $(B)/proto/cksm.pb-c.o
 BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-planter $(B)/cksm-scan \
 	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
 	$(B)/cksm-datafuzz $(B)/cksm-victim $(B)/cksm-execer $(B)/cksm-rangeflood $(B)/libcksm-slowzap.so \
-	$(B)/libcksm-nobeacon.so $(B)/cksm-flood $(B)/cksm-hotcold $(B)/cksm-forker $(B)/cksm-remapper \
+	$(B)/libcksm-nobeacon.so $(B)/cksm-flood $(B)/cksm-hotcold $(B)/cksm-forker $(B)/cksm-remapper $(B)/cksm-ksmwork \
 	$(B)/cksm-pinner
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all deps test soak demo fuzz fuzz-build bench lint format install clean
+.PHONY: all deps test soak demo fuzz fuzz-build bench bench-ksm lint format install clean
 all: $(BINS) $(UNIT_BINS) $(BENCH_BINS)
 
 $(PROTO_C) $(PROTO_H) &: proto/cksm.proto
@@ -118,6 +119,10 @@ $(B)/cksm-pinner: tests/tools/pinner.c
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
 
 $(B)/cksm-remapper: tests/tools/remapper.c
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
+
+$(B)/cksm-ksmwork: bench/ksm/work.c
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^
 
@@ -217,8 +222,13 @@ $(B)/bench/%: bench/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$
 	@mkdir -p $(dir $@)
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
-bench: $(BENCH_BINS)
+bench: $(BENCH_BINS) all
 	for b in $(BENCH_BINS); do $$b || exit 1; done
+	./bench/ksm/ksm.sh
+
+# cksm beside the kernel's KSM, on one node (bench/ksm/ksm.sh).
+bench-ksm: all
+	./bench/ksm/ksm.sh
 
 LINT_SRC := $(shell git ls-files 'daemon/*.[ch]' 'client/*.[ch]' 'tests/*.[ch]' 'bench/*.[ch]' 2>/dev/null)
 lint: $(PROTO_H)

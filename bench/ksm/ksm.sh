@@ -1,0 +1,191 @@
+#!/bin/bash
+# bench/ksm/ksm.sh - cksm beside the kernel's KSM, on this node, in one run.
+#
+#   bench/ksm/ksm.sh [ROW...]          rows: hot cold thp mix guests
+#
+# Each row runs one workload three times, KSMBENCH_SECONDS (60) each:
+#   none  no deduplication: the workload's own throughput, the yardstick
+#   ksm   the kernel's KSM, the workload's memory marked MADV_MERGEABLE,
+#         ksmd at 5000 pages every 10 ms
+#   cksm  a shard and an agent (ksm = manage, the rest as installed), the
+#         workload under libcksm
+# Workloads: 3 workers (cksm-ksmwork) holding the same 64 MiB table
+# (KSMBENCH_MB), read at random all along (hot), never touched (cold), in
+# huge pages (thp), read with one write in 64 (mix); or two QEMU guests
+# booted from one image (guests, tests/integration/guest.sh).
+# Printed per row and run: memory saved net of the pool (cksm's net
+# saving plus what ksmd shares; ksmd's sharing alone for ksm) at 10 s, 30
+# s and the end, the workers' reads against "none", and the CPU seconds
+# of the agent and of ksmd. KSM's sysfs settings are put back at the end.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+B=${CKSM_BUILD:-$ROOT/build}
+SECS=${KSMBENCH_SECONDS:-60}
+MB=${KSMBENCH_MB:-64}
+WORKERS=3
+KSM=/sys/kernel/mm/ksm
+ROWS=("$@")
+((${#ROWS[@]})) || ROWS=(hot cold thp mix guests)
+[[ -w $KSM/run ]] || {
+	echo "bench/ksm: needs root and the kernel's KSM ($KSM)" >&2
+	exit 1
+}
+T=$(mktemp -d /tmp/cksm-bench-ksm.XXXXXX)
+KSM_OLD=("$(cat $KSM/run)" "$(cat $KSM/pages_to_scan)" "$(cat $KSM/sleep_millisecs)")
+PIDS=()
+finish() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	echo 2 >$KSM/run
+	echo "${KSM_OLD[1]}" >$KSM/pages_to_scan
+	echo "${KSM_OLD[2]}" >$KSM/sleep_millisecs
+	echo "${KSM_OLD[0]}" >$KSM/run
+	rm -rf "$T"
+}
+trap finish EXIT
+# shellcheck source=tests/integration/guest.sh
+source "$ROOT/tests/integration/guest.sh"
+
+ticks() { # CPU ticks of pid (utime + stime), 0 if gone
+	awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+HZ=$(getconf CLK_TCK)
+ksmd_pid() { pgrep -x ksmd | head -1; }
+sharing() { echo $(($(cat $KSM/pages_sharing) * 4096)); }
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 10000))
+		ss -Htln "sport = :$p" | grep -q . || {
+			echo "$p"
+			return
+		}
+	done
+}
+
+# The cluster for the cksm runs: one shard, one agent.
+cksm_up() {
+	local c=$T/cksm.conf
+	"$B/cksmd" --gen-key "$T/cluster.key"
+	AMET=127.0.0.1:$(free_port)
+	{
+		printf '[cluster]\nkey_file = %s\n[log]\nlevel = info\n' "$T/cluster.key"
+		printf '[agent]\nmetrics = %s\nsocket = %s\nstate_dir = %s\nksm = manage\n' \
+			"$AMET" "$T/agent.sock" "$T/state"
+		printf '[shard.0]\naddress = 127.0.0.1:%s\nmetrics = 127.0.0.1:%s\nbuckets = 0-4095\n' \
+			"$(free_port)" "$(free_port)"
+	} >"$c"
+	rm -rf "$T/state"
+	"$B/cksmd" -c "$c" --role coord --shard 0 >"$T/coord.log" 2>&1 &
+	COORD=$!
+	"$B/cksmd" -c "$c" --role agent >"$T/agent.log" 2>&1 &
+	AGENT=$!
+	PIDS+=("$COORD" "$AGENT")
+	for _ in $(seq 300); do
+		grep -q "registered with shard 0" "$T/agent.log" && return
+		sleep 0.1
+	done
+	echo "bench/ksm: the agent did not register: $(tail -3 "$T/agent.log")" >&2
+	exit 1
+}
+cksm_down() {
+	kill "$AGENT" "$COORD" 2>/dev/null || true
+	wait "$AGENT" "$COORD" 2>/dev/null || true
+}
+net_saved() { # cksm's net saving, in bytes
+	curl -sf "http://$AMET/metrics" | awk '$1 == "cksm_net_saved_bytes" { print int($2) }'
+}
+
+# run ROW CONFIG: one run; RESULT its line of the table
+run() {
+	local row=$1 cfg=$2 env=() wargs=() saved s10=0 s30=0 reads=0 a0=0 k0 k1 a1=0 w
+	local kpid
+	echo 2 >$KSM/run
+	echo 0 >$KSM/run
+	if [[ $cfg == ksm ]]; then
+		echo 5000 >$KSM/pages_to_scan
+		echo 10 >$KSM/sleep_millisecs
+		echo 1 >$KSM/run
+	fi
+	if [[ $cfg == cksm ]]; then
+		cksm_up
+		env=(LD_PRELOAD="$B/libcksm.so" CKSM_SOCKET="$T/agent.sock")
+		a0=$(ticks "$AGENT")
+	fi
+	kpid=$(ksmd_pid)
+	k0=$(ticks "$kpid")
+	local wp=()
+	if [[ $row == guests ]]; then
+		for w in 1 2; do
+			rm -f "$T/g$w.out"
+			guest_start "$T" "$w" "${env[@]}"
+			wp+=("$GUEST_PID")
+		done
+	else
+		[[ $cfg != none ]] && wargs=(--mergeable)
+		for ((w = 0; w < WORKERS; w++)); do
+			env "${env[@]}" "$B/cksm-ksmwork" --mb "$MB" --seconds $((SECS + 5)) --mode "$row" \
+				"${wargs[@]}" --out "$T/w$w.out" &
+			wp+=("$!")
+		done
+	fi
+	PIDS+=("${wp[@]}")
+	for ((s = 1; s <= SECS; s++)); do
+		sleep 1
+		saved=$(sharing)
+		[[ $cfg == cksm ]] && saved=$((saved + $(net_saved || echo 0)))
+		((s == 10)) && s10=$saved
+		((s == 30)) && s30=$saved
+	done
+	k1=$(ticks "$kpid")
+	[[ $cfg == cksm ]] && a1=$(ticks "$AGENT")
+	if [[ $row == guests ]]; then
+		local ok=0
+		for w in 1 2; do
+			kill "${wp[w - 1]}" 2>/dev/null || true
+			guest_checks "$T" "$w" | grep -vq "^$GUEST_WANT\$" || ok=$((ok + 1))
+		done
+		reads="$ok/2 healthy"
+	else
+		for ((w = 0; w < WORKERS; w++)); do
+			# reads in the second half of the run
+			reads=$((reads + $(awk -v h=$((SECS / 2)) '$1 == h { a = $2 } $1 == '"$SECS"' { b = $2 } END { print b - a }' "$T/w$w.out")))
+		done
+	fi
+	kill "${wp[@]}" 2>/dev/null || true
+	wait "${wp[@]}" 2>/dev/null || true
+	[[ $cfg == cksm ]] && cksm_down
+	echo 2 >$KSM/run
+	echo 0 >$KSM/run
+	RESULT=$(printf '%s %s %d %d %d %s %.1f %.1f' "$row" "$cfg" $((s10 >> 20)) $((s30 >> 20)) \
+		$((saved >> 20)) "${reads// /_}" "$(bc -l <<<"($a1 - $a0) / $HZ")" \
+		"$(bc -l <<<"($k1 - $k0) / $HZ")")
+}
+
+if [[ " ${ROWS[*]} " == *" guests "* ]]; then
+	why=$(guest_missing)
+	if [[ -n $why ]]; then
+		echo "bench/ksm: no guests row: $why" >&2
+		ROWS=("${ROWS[@]/guests/}")
+	else
+		guest_image "$T"
+	fi
+fi
+echo "bench/ksm: $WORKERS workers of ${MB} MiB (or 2 guests), ${SECS} s a run; kernel $(uname -r)"
+printf '%-7s %-5s %9s %9s %9s %12s %8s %8s %s\n' row run "net@10s" "net@30s" "net@end" reads \
+	"agent_s" "ksmd_s" "vs none"
+for row in "${ROWS[@]}"; do
+	[[ -z $row ]] && continue
+	base=
+	for cfg in none ksm cksm; do
+		run "$row" "$cfg"
+		read -r r c s10 s30 se rd ac kc <<<"$RESULT"
+		[[ $cfg == none ]] && base=$rd
+		ratio=-
+		[[ $row != guests && $row != cold && $row != thp && ${base:-0} -gt 0 ]] &&
+			ratio=$(bc -l <<<"scale=2; $rd / $base")
+		printf '%-7s %-5s %7d M %7d M %7d M %12s %8s %8s %s\n' "$r" "$c" "$s10" "$s30" "$se" \
+			"$rd" "$ac" "$kc" "$ratio"
+	done
+done

@@ -327,12 +327,53 @@ static bool map_hold(void)
 }
 
 /* Drop [a, a + b) for the agent, if fd is still the connection. */
+/* The deadline ZAP_LOCK_NS from now, for the timed locks of a zap. */
+#define ZAP_LOCK_NS 2000000L
+static struct timespec zap_deadline(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_REALTIME, &t);
+	t.tv_nsec += ZAP_LOCK_NS;
+	if (t.tv_nsec >= 1000000000L) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000L;
+	}
+	return t;
+}
+
+/*
+ * A zap answered -EAGAIN without looking at the page: a fork, or the
+ * program's madvise(MADV_DONTFORK), holds what it needs. Those may wait
+ * on the very page (a thread's own stack under eviction faults, and the
+ * fault waits for this zap): the answer ends the eviction and lets them
+ * go on.
+ */
+static void zap_later(int fd, const struct cksm_local *m)
+{
+	pthread_mutex_lock(&zap_lock);
+	if (fd == sock_get() && !agent_gone(fd)) {
+		last_zap.token = m->token;
+		last_zap.addr = m->a;
+		last_zap.state = CKSM_LOCAL_ZAP_DONE;
+		last_zap.status = -EAGAIN;
+		last_zap.answered = false;
+		publish_zap();
+		answer_zap();
+	}
+	pthread_mutex_unlock(&zap_lock);
+}
+
 static void zap(int fd, const struct cksm_local *m)
 {
+	struct timespec until = zap_deadline();
 	bool held = false;
 	int rc;
 
-	pthread_rwlock_rdlock(&zap_fork);
+	if (pthread_rwlock_timedrdlock(&zap_fork, &until)) {
+		zap_later(fd, m);
+		return;
+	}
 	pthread_mutex_lock(&zap_lock);
 	if (fd != sock_get() || agent_gone(fd)) {
 		/* Nobody would bring the page back: a zap that waited (this
@@ -349,7 +390,11 @@ static void zap(int fd, const struct cksm_local *m)
 	pthread_mutex_unlock(&zap_lock);
 	/* Returns once the agent read the removal: if it was killed, once
 	 * the next one did. */
-	pthread_mutex_lock(&dontfork_lock);
+	until = zap_deadline();
+	if (pthread_mutex_timedlock(&dontfork_lock, &until)) {
+		rc = -EAGAIN; /* the program marks memory: later */
+		goto done;
+	}
 	if (!(m->pad & CKSM_LOCAL_ZAP_MOVE) && in_dontfork((uintptr_t)m->a, (size_t)m->b))
 		rc = -EBUSY; /* may be registered for a device: a drop cannot see the pin */
 	else if (!(held = map_hold()))
@@ -364,6 +409,7 @@ static void zap(int fd, const struct cksm_local *m)
 	if (held)
 		map_release();
 	pthread_mutex_unlock(&dontfork_lock);
+done:
 	pthread_mutex_lock(&zap_lock);
 	last_zap.state = CKSM_LOCAL_ZAP_DONE;
 	last_zap.status = rc;
@@ -642,19 +688,44 @@ static void *reattach(void *arg)
 	return NULL;
 }
 
-/* No zap runs across a fork (local.h, struct cksm_local_zapstate), nor
- * a madvise(MADV_DONTFORK / MADV_DOFORK) of the program's. */
+/*
+ * No zap runs across a fork (local.h, struct cksm_local_zapstate), nor a
+ * madvise(MADV_DONTFORK / MADV_DOFORK) or a mapping call of the
+ * program's: the agent reads, once it has the fork's event, which VMAs
+ * the child did not get (MADV_DONTFORK ones), and the parent's must not
+ * change before. A fork that waits for its answer (held_fork) keeps them
+ * until the answer came; others let go when the fork returns.
+ */
+static bool fork_keeps_locks; /* held_fork lets go (fork_lock) */
+
+static void map_hold_all(void)
+{
+	__atomic_store_n(&map_held, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&map_calls, __ATOMIC_SEQ_CST))
+		usleep(20);
+}
+
 static void on_fork_prepare(void)
 {
 	pthread_rwlock_wrlock(&zap_fork);
 	pthread_mutex_lock(&dontfork_lock);
+	map_hold_all();
+}
+
+static void fork_release(void)
+{
+	map_release();
+	pthread_mutex_unlock(&dontfork_lock);
+	pthread_rwlock_unlock(&zap_fork);
 }
 
 static void on_fork_parent(void)
 {
-	pthread_mutex_unlock(&dontfork_lock);
-	pthread_rwlock_unlock(&zap_fork);
+	if (!fork_keeps_locks)
+		fork_release();
 }
+
+static bool in_clone_child; /* set in a clone()'s child, before on_fork_child */
 
 static void on_fork_child(void)
 {
@@ -665,6 +736,7 @@ static void on_fork_child(void)
 	 * remembers its writer by thread id). */
 	pthread_rwlock_init(&zap_fork, NULL);
 	pthread_mutex_init(&dontfork_lock, NULL); /* a parent's thread may have held it */
+	fork_keeps_locks = false;
 	pthread_mutex_init(&reattach_lock, NULL);
 	pthread_cond_init(&reattach_cond, NULL);
 	reattaching = false;
@@ -685,7 +757,10 @@ static void on_fork_child(void)
 	if (own_uffd >= 0)
 		close(own_uffd);
 	own_uffd = -1;
-	if (beacon) {
+	/* A clone()'s child gets no thread: the C library's locks another
+	 * thread held at the clone stay held in it (pthread_create's among
+	 * them). It is served, not evicted. */
+	if (beacon && !in_clone_child) {
 		reattaching = true; /* before the thread, which clears it */
 		if (start_thread(reattach, NULL))
 			reattaching = false;
@@ -865,6 +940,7 @@ static pid_t held_fork(struct spawn *sp)
 		lost = forks.lost;
 		ends = forks.ends;
 		pthread_mutex_unlock(&zap_lock);
+		fork_keeps_locks = true;
 		pid = sp->start(sp);
 		if (pid == 0) {
 			fork_child_wait(sp);
@@ -873,6 +949,8 @@ static pid_t held_fork(struct spawn *sp)
 		e = errno;
 		close(p[0]);
 		if (pid < 0) {
+			fork_keeps_locks = false;
+			fork_release();
 			close(p[1]);
 			errno = e;
 			break;
@@ -880,6 +958,8 @@ static pid_t held_fork(struct spawn *sp)
 		pthread_mutex_lock(&zap_lock);
 		kept = fork_kept(answers, lost, ends);
 		pthread_mutex_unlock(&zap_lock);
+		fork_keeps_locks = false;
+		fork_release();
 		if (kept) {
 			(void)!write(p[1], "y", 1);
 			close(p[1]);
@@ -972,6 +1052,7 @@ static __attribute__((noreturn)) int clone_child(void *arg)
 {
 	struct spawn *sp = arg;
 
+	in_clone_child = true;
 	on_fork_child();
 	if (sp->rd >= 0)
 		fork_child_wait(sp);

@@ -29,4 +29,18 @@ jq -e '.bad == 0 and .child_bad == 0' "$T/out.json" >/dev/null ||
 jq -e '.child_old == 0' "$T/out.json" >/dev/null ||
 	fail "the fork child's own mapping read its parent's evicted MADV_DONTFORK pages"
 [[ $rc == 0 ]] || fail "cksm-forker exited with $rc"
+
+# A thread marks and unmarks a region MADV_DONTFORK all along while the
+# main thread forks, with the pages evicted: a child that got the region
+# reads it whole (the agent reads which VMAs a fork left out while the
+# marks cannot change), and no thread waits for good (a mark taken while
+# its own stack page was being evicted once held the zap, which held the
+# fault).
+rc=0
+LD_PRELOAD="$LIB" CKSM_MERGE_ALL=1 CKSM_SOCKET="$T/agent.sock" timeout 120 \
+	"$ROOT/build/cksm-forker" toggle 20 >"$T/toggle.json" 2>"$T/toggle.err" || rc=$?
+echo "cksm-forker toggle (exit $rc): $(cat "$T/toggle.json") $(head -c 300 "$T/toggle.err")"
+jq -e '.forks >= 20 and .with_b >= 1 and .bad_children == 0 and .bad == 0' "$T/toggle.json" >/dev/null ||
+	fail "a fork child read its MADV_DONTFORK-toggled region wrong (or too few forks)"
+[[ $rc == 0 ]] || fail "cksm-forker toggle exited with $rc (124: it hung)"
 echo ok

@@ -7,7 +7,8 @@
 #     is no cancellation point, so no lock of libcksm's dies with it, and
 #     the main thread forks after;
 #  c. a child that attached again and then ran exec (attached, detached
-#     and attached again under one pid): the program it runs is evicted.
+#     and attached again under one pid): the program it runs is evicted;
+#  d. below.
 # Each child checks its copy of the parent's pages.
 source "$(dirname "$0")/lib.sh"
 
@@ -26,6 +27,10 @@ run() { # run MODE N: cksm-forker under libcksm, at most 60 s (a fork that waits
 }
 run closefds 20
 run cancel 30
+# d. clone() (held back as fork() is) while two threads create threads
+#    and allocate all along: the child runs no thread of libcksm's, whose
+#    creation could wait on a lock one of those held at the clone.
+run clonethreads 15
 # (the three changes reach the scanner at once only now and then: 5 runs)
 for i in 1 2 3 4 5; do
 	rc=0

@@ -24,6 +24,17 @@
  *                            3 s and reads it: it must read zeroes; then
  *                            every page is checked. Prints
  *                            {"evicted":N,"bad":N,"child_old":N,"child_bad":N}
+ *   cksm-forker toggle N     512 pages marked MADV_DONTFORK and 512 that a
+ *                            thread marks and unmarks (MADV_DOFORK) all
+ *                            along; once a third of the first were
+ *                            evicted, forks for N seconds: a child that
+ *                            has the second region checks it. Prints
+ *                            {"forks":N,"with_b":N,"bad_children":N}
+ *   cksm-forker clonethreads N
+ *                            two threads create and join threads and
+ *                            malloc and free all along while the main one
+ *                            clone()s (without CLONE_VM) for N seconds,
+ *                            each child checking every page
  *   cksm-forker exec PROG [ARG...]
  *                            fork; the child waits 300 ms (its libcksm
  *                            attaches again meanwhile) and runs PROG; exit
@@ -260,6 +271,115 @@ static int dontfork(const char *dir)
 	return evicted < n / 3 || bad_pages || old || cbad;
 }
 
+static atomic_bool stop_all;
+
+static void *toggler(void *arg)
+{
+	for (bool on = true; !atomic_load(&stop_all); on = !on)
+		madvise(arg, 512 * 4096, on ? MADV_DONTFORK : MADV_DOFORK);
+	return NULL;
+}
+
+/* Is [p, p + len) mapped here? */
+static bool mapped(void *p, size_t len)
+{
+	unsigned char v[512];
+
+	return mincore(p, len, v) == 0;
+}
+
+/* MADV_DONTFORK marked and unmarked by a thread while the main one forks. */
+static int toggle(unsigned secs)
+{
+	const size_t n = 512;
+	unsigned char *a =
+		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *b =
+		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char v[512];
+	unsigned evicted = 0, with_b = 0, bad_kids = 0, nforks = 0;
+	pthread_t t;
+
+	if (a == MAP_FAILED || b == MAP_FAILED || madvise(a, n * 4096, MADV_DONTFORK))
+		return 2;
+	for (size_t i = 0; i < n * 4096; i++) {
+		a[i] = (unsigned char)(i / 4096 % 4 + 1);
+		b[i] = (unsigned char)(i / 4096 % 4 + 21);
+	}
+	for (unsigned k = 0; k < 300 && evicted < n / 3; k++) {
+		usleep(100000);
+		if (mincore(a, n * 4096, v))
+			return 2;
+		evicted = 0;
+		for (size_t i = 0; i < n; i++)
+			evicted += !(v[i] & 1);
+	}
+	if (evicted < n / 3) {
+		printf("{\"error\":\"nothing was evicted within 30 s\"}\n");
+		return 2;
+	}
+	pthread_create(&t, NULL, toggler, b);
+	for (time_t end = time(NULL) + secs; time(NULL) < end; nforks++) {
+		pid_t c = fork();
+		int st;
+
+		if (c == 0)
+			_exit(mapped(b, n * 4096) ? (check_region(b, n, 20) ? 1 : 2) : 0);
+		if (c < 0 || waitpid(c, &st, 0) != c || !WIFEXITED(st))
+			return 2;
+		with_b += WEXITSTATUS(st) != 0;
+		bad_kids += WEXITSTATUS(st) == 1;
+	}
+	atomic_store(&stop_all, true);
+	pthread_join(t, NULL);
+	printf("{\"forks\":%u,\"with_b\":%u,\"bad_children\":%u,\"bad\":%u}\n", nforks, with_b,
+	       bad_kids, check_region(a, n, 0) + check_region(b, n, 20));
+	return bad_kids || check_region(a, n, 0) || check_region(b, n, 20);
+}
+
+static void *idle_thread(void *arg)
+{
+	return arg;
+}
+
+static void *churner(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&stop_all)) {
+		pthread_t t;
+		void *p = malloc(4096 + (size_t)(rand() % 65536));
+
+		if (!pthread_create(&t, NULL, idle_thread, p))
+			pthread_join(t, NULL);
+		free(p);
+	}
+	return NULL;
+}
+
+/* clone()s while other threads hold the C library's locks now and then. */
+static int clonethreads(unsigned secs)
+{
+	static char stack[256 << 10] __attribute__((aligned(16)));
+	unsigned nclones = 0, bad_kids = 0;
+	pthread_t t[2];
+
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, churner, NULL);
+	for (time_t end = time(NULL) + secs; time(NULL) < end; nclones++) {
+		pid_t c = clone(clone_check, stack + sizeof(stack), SIGCHLD, NULL);
+		int st;
+
+		if (c < 0 || waitpid(c, &st, 0) != c)
+			return 2;
+		bad_kids += !WIFEXITED(st) || WEXITSTATUS(st);
+	}
+	atomic_store(&stop_all, true);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	printf("{\"forks\":%u,\"bad_children\":%u}\n", nclones, bad_kids);
+	return bad_kids != 0;
+}
+
 /* One fork: the child checks every page and exits 0 or 1. */
 static int fork_once(void)
 {
@@ -292,7 +412,7 @@ int main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr,
-			"usage: cksm-forker closefds|cancel N, _Fork|daemon|twice|clone|dontfork DIR, or exec PROG [ARG...]\n");
+			"usage: cksm-forker closefds|cancel|toggle|clonethreads N, _Fork|daemon|twice|clone|dontfork DIR, toggle|clonethreads N, or exec PROG [ARG...]\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "exec")) {
@@ -315,6 +435,13 @@ int main(int argc, char **argv)
 		kinds = 4;
 		fill();
 		return variant(argv[1], argv[2]);
+	}
+	if (!strcmp(argv[1], "toggle"))
+		return toggle(n);
+	if (!strcmp(argv[1], "clonethreads")) {
+		kinds = 4; /* duplicates: evicted while the clones go on */
+		fill();
+		return clonethreads(n);
 	}
 	fill();
 	if (!strcmp(argv[1], "closefds")) {

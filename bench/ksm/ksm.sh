@@ -67,6 +67,7 @@ free_port() {
 # The cluster for the cksm runs: one shard, one agent.
 cksm_up() {
 	local c=$T/cksm.conf
+	rm -f "$T/cluster.key"
 	"$B/cksmd" --gen-key "$T/cluster.key"
 	AMET=127.0.0.1:$(free_port)
 	{

@@ -58,7 +58,9 @@ guest_alive() {
 	grep -a 'cksm-guest alive' "$1/g$2.out" 2>/dev/null | tr -d '\r' | tail -1 | awk '{ print $3 }'
 }
 
-# guest_checks DIR N: the md5s its checks said, one a line
+# guest_checks DIR N: the md5s its checks said, one a line (whole lines
+# only: a guest stopped while it printed leaves a part of one)
 guest_checks() {
-	grep -a 'cksm-guest check' "$1/g$2.out" 2>/dev/null | tr -d '\r' | awk '{ print $4 }'
+	grep -a 'cksm-guest check' "$1/g$2.out" 2>/dev/null | tr -d '\r' |
+		awk 'length($4) == 32 { print $4 }'
 }

@@ -217,35 +217,49 @@ static unsigned check_region(const unsigned char *p, size_t n, unsigned add)
 	return bad_pages;
 }
 
+/* n pages, page i holding the byte i % 4 + 1 + add; NULL if no memory. */
+static unsigned char *region(size_t n, unsigned add)
+{
+	unsigned char *p =
+		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	for (size_t i = 0; i < n * 4096; i++)
+		p[i] = (unsigned char)(i / 4096 % 4 + 1 + add);
+	return p;
+}
+
+/* How many of p's n pages are gone, once a third of them are (or 30 s). */
+static unsigned wait_evicted(const unsigned char *p, size_t n)
+{
+	unsigned char v[512];
+	unsigned gone = 0;
+
+	for (unsigned k = 0; k < 300 && gone < n / 3; k++) {
+		usleep(100000);
+		if (mincore((void *)p, n * 4096, v))
+			return 0;
+		gone = 0;
+		for (size_t i = 0; i < n; i++)
+			gone += !(v[i] & 1);
+	}
+	return gone;
+}
+
 /* MADV_DONTFORK memory (as QEMU's guest RAM) evicted, and a fork. */
 static int dontfork(const char *dir)
 {
 	const size_t n = 512;
-	unsigned char *g =
-		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	unsigned char *h =
-		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	unsigned char v[512];
-	unsigned evicted = 0, bad_pages, old = 0, cbad = 0;
+	unsigned char *g = region(n, 0), *h = region(n, 10);
+	unsigned evicted, bad_pages, old = 0, cbad = 0;
 	pid_t c;
 	int st;
 
-	if (g == MAP_FAILED || h == MAP_FAILED || madvise(g, n * 4096, MADV_DONTFORK))
+	/* marked as QEMU marks guest RAM */
+	if (!g || !h || madvise(g, n * 4096, MADV_DONTFORK))
 		return 2;
-	for (size_t i = 0; i < n * 4096; i++) {
-		g[i] = (unsigned char)(i / 4096 % 4 + 1);
-		h[i] = (unsigned char)(i / 4096 % 4 + 11);
-	}
-	for (unsigned t = 0; t < 300 && evicted < n / 3; t++) {
-		unsigned in = 0;
-
-		usleep(100000);
-		if (mincore(g, n * 4096, v))
-			return 2;
-		for (size_t i = 0; i < n; i++)
-			in += v[i] & 1;
-		evicted = (unsigned)n - in;
-	}
+	evicted = wait_evicted(g, n);
 	touch(dir, "evicted");
 	c = fork(); /* while the marked pages are evicted: the parent's table has them */
 	if (c == 0) {
@@ -292,29 +306,13 @@ static bool mapped(void *p, size_t len)
 static int toggle(unsigned secs)
 {
 	const size_t n = 512;
-	unsigned char *a =
-		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	unsigned char *b =
-		mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	unsigned char v[512];
-	unsigned evicted = 0, with_b = 0, bad_kids = 0, nforks = 0;
+	unsigned char *a = region(n, 0), *b = region(n, 20);
+	unsigned with_b = 0, bad_kids = 0, nforks = 0;
 	pthread_t t;
 
-	if (a == MAP_FAILED || b == MAP_FAILED || madvise(a, n * 4096, MADV_DONTFORK))
+	if (!a || !b || madvise(a, n * 4096, MADV_DONTFORK))
 		return 2;
-	for (size_t i = 0; i < n * 4096; i++) {
-		a[i] = (unsigned char)(i / 4096 % 4 + 1);
-		b[i] = (unsigned char)(i / 4096 % 4 + 21);
-	}
-	for (unsigned k = 0; k < 300 && evicted < n / 3; k++) {
-		usleep(100000);
-		if (mincore(a, n * 4096, v))
-			return 2;
-		evicted = 0;
-		for (size_t i = 0; i < n; i++)
-			evicted += !(v[i] & 1);
-	}
-	if (evicted < n / 3) {
+	if (wait_evicted(a, n) < n / 3) {
 		printf("{\"error\":\"nothing was evicted within 30 s\"}\n");
 		return 2;
 	}

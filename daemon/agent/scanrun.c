@@ -32,7 +32,9 @@ struct scanrun {
 	struct targets targets;
 	struct cid_domain domains[CONFIG_MAX_DOMAINS];
 	struct scanner *scanner;
-	uint8_t *owner; /* bucket -> shard */
+	uint8_t *owner;	      /* bucket -> shard */
+	pid_t dontcopy_pid;   /* the last process noted with MADV_DONTFORK candidates ... */
+	uint64_t dontcopy_ns; /* ... and when (scanner thread's) */
 	pthread_t thread;
 	bool started;
 	pthread_mutex_t lock; /* protects the fields below */
@@ -200,8 +202,16 @@ static void on_evict(void *arg, const struct scan_page *pg, bool zero)
 
 	if (!r->cfg->domains[pg->domain].evict)
 		return; /* [domain.NAME] evict = 0: nothing of it merges */
-	if (pg->dontcopy)
-		backing_note_dontcopy(r->backing, pg->pid);
+	if (pg->dontcopy) {
+		/* Once a second per process is plenty: the mark is sticky. */
+		uint64_t now = clock_ns(CLOCK_MONOTONIC);
+
+		if (pg->pid != r->dontcopy_pid || now - r->dontcopy_ns > 1000000000ull) {
+			backing_note_dontcopy(r->backing, pg->pid);
+			r->dontcopy_pid = pg->pid;
+			r->dontcopy_ns = now;
+		}
+	}
 	if (zero)
 		backing_offer(r->backing, pg->pid, pg->addr, BACKED_ZERO, ref, NULL);
 	else if (pool_find(r->pool, &pg->id, &ref) == 0)

@@ -38,6 +38,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -103,6 +104,9 @@ static bool pagemap_ours(void)
 static int (*real_madvise)(void *, size_t, int);
 /* This process's userfaultfd, kept while attached (to any agent): -1 if none. */
 static int own_uffd = -1;
+/* A fork child's key (CHILD in local.h), handed by its parent with a copy
+ * of its userfaultfd: until it attached, it comes back by it (RESUME). */
+static uint64_t child_key;
 /* The connection whose agent answers each fork of this process (its READY
  * said so), -1 if none. */
 static int answered_on = -1;
@@ -492,6 +496,7 @@ static void kids_close(void)
 static struct {
 	pthread_cond_t cond; /* on CLOCK_MONOTONIC */
 	uint64_t answers, lost, ends;
+	uint64_t last_key; /* the last answer's child, 0 if not kept */
 } forks;
 
 static void fork_answered(bool lost)
@@ -520,6 +525,53 @@ static ino_t ino_of(int fd)
 	return fstat(fd, &st) == 0 ? st.st_ino : 0;
 }
 
+/*
+ * libcksm's own memory, which a zap touches: its writable data and the
+ * stack of the thread that serves the agent. The agent evicts none of it
+ * (OWN): a zap that wrote to the very page it moves would wait on that
+ * page's eviction, which waits for the zap.
+ */
+static int own_data(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	uintptr_t self = (uintptr_t)&sock, *r = arg;
+
+	(void)size;
+	for (unsigned i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
+
+		if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && self >= lo && self < hi) {
+			r[0] = lo & ~(uintptr_t)4095;
+			r[1] = (hi + 4095) & ~(uintptr_t)4095;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static void send_own(int fd)
+{
+	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_OWN);
+	uintptr_t r[2] = { 0, 0 };
+	pthread_attr_t at;
+	size_t size;
+	void *lo;
+
+	if (dl_iterate_phdr(own_data, r) == 1) {
+		m.a = r[0];
+		m.b = r[1] - r[0];
+		send_local(fd, &m, -1);
+	}
+	if (pthread_getattr_np(pthread_self(), &at))
+		return;
+	if (pthread_attr_getstack(&at, &lo, &size) == 0) {
+		m.a = (uintptr_t)lo & ~(uintptr_t)4095;
+		m.b = (((uintptr_t)lo + size + 4095) & ~(uintptr_t)4095) - m.a;
+		send_local(fd, &m, -1);
+	}
+	pthread_attr_destroy(&at);
+}
+
 static void *serve(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
@@ -528,6 +580,7 @@ static void *serve(void *arg)
 	bool ours = true;
 	int extra;
 
+	send_own(fd);
 	for (;;) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		int n = poll(&p, 1, 1000); /* the descriptor is looked at once a second */
@@ -543,6 +596,7 @@ static void *serve(void *arg)
 			pthread_mutex_lock(&zap_lock);
 			if (extra >= 0)
 				kid_add(m.token, extra);
+			forks.last_key = extra >= 0 ? m.token : 0;
 			fork_answered(extra < 0 && m.a == CKSM_LOCAL_CHILD_LOST);
 			pthread_mutex_unlock(&zap_lock);
 			continue;
@@ -623,6 +677,7 @@ static void no_timeout(int fd)
 }
 
 static int start_kept(int fd);
+static int handshake(int fd);
 
 /* One try at a forked child's re-attach: 0 once served and kept. */
 static int reattach_once(void)
@@ -632,6 +687,20 @@ static int reattach_once(void)
 
 	if (fd < 0)
 		return -1;
+	if (child_key) {
+		/* It holds its userfaultfd (fork_child_wait): back by its key. */
+		if (handshake(fd)) {
+			close(fd);
+			return -1;
+		}
+		child_key = 0;
+		no_timeout(fd);
+		if (start_kept(fd)) {
+			close(fd);
+			return -1;
+		}
+		return 0;
+	}
 	m.a |= CKSM_LOCAL_FORKED;
 	if (send_local(fd, &m, -1) || recv_local(fd, &m, &extra) || m.type != CKSM_LOCAL_BEACON ||
 	    m.a >= CKSM_LOCAL_BEACON_SLOTS)
@@ -645,7 +714,11 @@ static int reattach_once(void)
 	/* READY brings the child's own userfaultfd (the fork event gave it to
 	 * the agent): kept from now on, like any attached process's. */
 	__atomic_store_n(&answered_on, m.b & CKSM_LOCAL_FORKS_ANSWERED ? fd : -1, __ATOMIC_RELEASE);
+	pthread_mutex_lock(&zap_lock);
+	if (own_uffd >= 0)
+		close(own_uffd);
 	own_uffd = extra;
+	pthread_mutex_unlock(&zap_lock);
 	extra = -1;
 	no_timeout(fd);
 	if (start_kept(fd))
@@ -666,6 +739,7 @@ fail:
 static pthread_mutex_t reattach_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t reattach_cond = PTHREAD_COND_INITIALIZER;
 static bool reattaching;
+static bool child_waits; /* a held fork's child: until its parent's word (reattach_lock) */
 
 /*
  * A forked child's thread: attach again (with backoff, as the keeper: the
@@ -677,6 +751,10 @@ static void *reattach(void *arg)
 	unsigned wait_ms = 50;
 
 	(void)arg;
+	pthread_mutex_lock(&reattach_lock);
+	while (child_waits)
+		pthread_cond_wait(&reattach_cond, &reattach_lock);
+	pthread_mutex_unlock(&reattach_lock);
 	for (int tries = 0; tries < 64 && reattach_once(); tries++) {
 		usleep(wait_ms * 1000);
 		wait_ms = wait_ms * 2 > 5000 ? 5000 : wait_ms * 2;
@@ -794,7 +872,7 @@ static pid_t (*real_fork)(void);
  */
 struct spawn {
 	pid_t (*start)(struct spawn *);
-	int rd, wr; /* the child's word: it reads rd, the parent writes wr */
+	int rd, wr; /* the child's word: it reads rd, the parent writes wr (a socket pair) */
 	int cancel; /* the caller's cancel state, the child's too */
 	/* clone(): */
 	int (*fn)(void *);
@@ -803,16 +881,65 @@ struct spawn {
 };
 
 /* The child's side: held until the parent's word (or the parent's end). */
+/*
+ * The child, held until its parent had the agent's answer: with it comes
+ * the parent's copy of the child's userfaultfd and its key (CHILD), so
+ * that the child holds one of its own from its first instruction on. Its
+ * pages then outlive its parent's exit while no agent runs; it comes back
+ * by its key (reattach_once). A re-attach already made has a copy.
+ */
 static void fork_child_wait(struct spawn *sp)
 {
-	char v;
+	struct cksm_local m = cksm_local_msg(0);
+	int fd = -1;
 
 	pthread_mutex_init(&fork_lock, NULL); /* held by the parent's thread */
 	close(sp->wr);
-	while (read(sp->rd, &v, 1) < 0 && errno == EINTR)
+	while (recv_local(sp->rd, &m, &fd) == -EINTR)
 		;
 	close(sp->rd);
+	if (fd >= 0 && m.type == CKSM_LOCAL_CHILD && m.token) {
+		pthread_mutex_lock(&zap_lock);
+		if (own_uffd < 0) {
+			own_uffd = fd;
+			child_key = m.token;
+			fd = -1;
+		}
+		pthread_mutex_unlock(&zap_lock);
+	}
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_lock(&reattach_lock);
+	child_waits = false;
+	pthread_cond_broadcast(&reattach_cond);
+	pthread_mutex_unlock(&reattach_lock);
 	pthread_setcancelstate(sp->cancel, NULL);
+}
+
+/* The agent learns the pid of the child it kept (KID): it keeps the child's table for as long as that process lives. zap_lock held. */
+static void kid_pid(pid_t pid)
+{
+	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_KID);
+	int fd = sock_get();
+
+	if (!forks.last_key || fd < 0)
+		return;
+	m.token = forks.last_key;
+	m.a = (uint64_t)pid;
+	send_local(fd, &m, -1);
+}
+
+/* The child's word: go, with its userfaultfd and key if the agent kept it. zap_lock held. */
+static void fork_let_go(int wr)
+{
+	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_CHILD);
+	int fd = -1;
+
+	for (unsigned i = 0; forks.last_key && i < nkids; i++)
+		if (kids[i].key == forks.last_key)
+			fd = kids[i].fd;
+	m.token = fd >= 0 ? forks.last_key : 0;
+	send_local(wr, &m, fd);
 }
 
 /* Is fd a userfaultfd of this process's? */
@@ -929,7 +1056,7 @@ static pid_t held_fork(struct spawn *sp)
 			pid = sp->start(sp); /* the connection ended for good */
 			break;
 		}
-		if (pipe2(p, O_CLOEXEC)) {
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p)) {
 			pid = sp->start(sp); /* no way to hold the child back */
 			break;
 		}
@@ -941,11 +1068,13 @@ static pid_t held_fork(struct spawn *sp)
 		ends = forks.ends;
 		pthread_mutex_unlock(&zap_lock);
 		fork_keeps_locks = true;
+		child_waits = true; /* the child's copy: its re-attach waits for the word */
 		pid = sp->start(sp);
 		if (pid == 0) {
 			fork_child_wait(sp);
 			return 0;
 		}
+		child_waits = false;
 		e = errno;
 		close(p[0]);
 		if (pid < 0) {
@@ -957,11 +1086,14 @@ static pid_t held_fork(struct spawn *sp)
 		}
 		pthread_mutex_lock(&zap_lock);
 		kept = fork_kept(answers, lost, ends);
+		if (kept) {
+			fork_let_go(p[1]);
+			kid_pid(pid);
+		}
 		pthread_mutex_unlock(&zap_lock);
 		fork_keeps_locks = false;
 		fork_release();
 		if (kept) {
-			(void)!write(p[1], "y", 1);
 			close(p[1]);
 			break;
 		}
@@ -1164,6 +1296,7 @@ static int handshake(int fd)
 		r.a = last_zap.addr;
 		r.status = last_zap.status;
 		r.pad = (uint32_t)last_zap.state;
+		r.b = child_key; /* a fork child not attached yet: its table's key */
 		if (last_zap.state == CKSM_LOCAL_ZAP_DONE)
 			last_zap.answered = true; /* told here */
 		pthread_mutex_unlock(&zap_lock);
@@ -1175,6 +1308,10 @@ static int handshake(int fd)
 					 __ATOMIC_RELEASE);
 			return 0;
 		}
+		/* A fork child whose table the agent does not know (yet): its
+		 * userfaultfd stays, and its pages wait; it asks again later. */
+		if (child_key)
+			goto fail;
 		/* Nothing kept for it: its old ranges were unregistered, and
 		 * its children's are nobody's now. */
 		close(own_uffd);

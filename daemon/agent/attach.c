@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,12 +41,14 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <sodium.h>
 
 #include "backing_int.h"
+#include "inject.h"
 #include "log.h"
 #include "uffd.h"
 #include "util.h"
@@ -60,6 +63,8 @@ static void serve(struct mm *m, struct cksm_local *ready, const char *how, bool 
 static bool on_child(struct mm *m, const struct cksm_local *msg, int fd);
 static void reattach_begin(struct mm *c);
 static void reattach_clear(struct backing *b, struct mm *c);
+static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm, bool hand_uffd);
+static pid_t parent_of(pid_t pid);
 
 /* ---- a connection's end ------------------------------------------------------ */
 
@@ -235,6 +240,59 @@ static void handle_range(struct mm *m, const struct cksm_local *msg, struct span
 		if (sp[i].lo == start && sp[i].hi == start + len)
 			return; /* the same again */
 	sp[(*n)++] = (struct span){ start, start + len };
+}
+
+/*
+ * OWN: libcksm's own memory. A zap that wrote to the very page under
+ * eviction would wait for that eviction's end, which waits for the zap:
+ * none of it is evicted. A process that names more than OWN_MAX ranges
+ * keeps the first; it only keeps more of its own memory resident.
+ */
+static void handle_own(struct mm *m, const struct cksm_local *msg)
+{
+	uint64_t lo = msg->a, len = msg->b;
+
+	if (!len || lo % PAGE || len % PAGE || lo + len < lo) {
+		log_warn("process %d: an own range %#llx+%#llx that is not whole pages",
+			 (int)m->pid, (unsigned long long)lo, (unsigned long long)len);
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+	if (m->nown < OWN_MAX)
+		m->own[m->nown++] = (struct own){ lo, lo + len };
+	pthread_mutex_unlock(&m->lock);
+}
+
+/*
+ * KID: the pid of a fork child of m's, not attached yet. Its kept table
+ * lives for as long as that process does (keep_alive): the child holds
+ * its own userfaultfd and may come back by its key after its parent went.
+ */
+static void handle_kid(struct mm *m, const struct cksm_local *msg)
+{
+	struct backing *b = m->b;
+	pid_t pid = (pid_t)msg->a;
+	struct mm *c;
+
+	/* Not checked against the process's children: a daemon's parent
+	 * has exited by the time this is read. A wrong pid costs only the
+	 * child's own table (kept too long, or let go too early). */
+	if (msg->a == 0 || msg->a > INT32_MAX)
+		return;
+	pthread_mutex_lock(&b->lock);
+	for (c = b->mms; c; c = c->next)
+		if (c->key == msg->token && !c->pid && c->parent == m->pid && !c->gone)
+			break;
+	if (c)
+		atomic_fetch_add(&c->refs, 1);
+	pthread_mutex_unlock(&b->lock);
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	c->st->kid_start = proc_start_time(pid);
+	c->st->kid_pid = pid;
+	pthread_mutex_unlock(&c->lock);
+	mm_put(c);
 }
 
 static bool beacon_ok(uint64_t beacon)
@@ -485,8 +543,14 @@ void kid_keep(struct mm *m, struct mm *c)
 	} else if (c->key) {
 		k.token = c->key;
 		fd = c->uffd;
+		/* Before it goes: a table never handed over is a child that
+		 * its parent forks again (libcksm), and the next agent lets
+		 * it go (keep.c). */
+		c->st->handed = 1;
 	}
 	rc = local_send(m->sock, &k, fd);
+	if (rc >= 0 && fd >= 0 && inject("die_after_child"))
+		raise(SIGKILL);
 	if (rc < 0) {
 		/* Its fork() waits for this answer for as long as the
 		 * connection lives: ended, the child is forked again, and the
@@ -558,6 +622,79 @@ static bool on_child(struct mm *m, const struct cksm_local *msg, int fd)
 }
 
 /*
+ * A fork child that never attached comes back by its key (RESUME's b),
+ * with its own copy of its userfaultfd, which its parent handed it at the
+ * fork (local.h). Its table is the fork child's with that key and no
+ * process yet whose beacon mark the connecting process's memory holds:
+ * only the parent's descendants have it (siblings are trusted alike, as
+ * with the beacon, below).
+ */
+static bool holds_mark(struct backing *b, const struct mm *m, const struct mm_state *st)
+{
+	static const uint8_t none[sizeof(st->mark)];
+	uint8_t mark[sizeof(st->mark)];
+	struct iovec l = { mark, sizeof(mark) },
+		     r = { (void *)(uintptr_t)(st->beacon + CKSM_LOCAL_BEACON_MARK * PAGE),
+			   sizeof(mark) };
+	struct mm *served = mm_get(b, m->pid);
+
+	/* Not a process served already (its parent, say), and while the
+	 * parent lives, one of its children. */
+	if (served) {
+		mm_put(served);
+		return false;
+	}
+	if (m->pid == st->parent || (kill(st->parent, 0) == 0 && parent_of(m->pid) != st->parent))
+		return false;
+	return st->beacon && memcmp(st->mark, none, sizeof(none)) != 0 &&
+	       process_vm_readv(m->pid, &l, 1, &r, 1, 0) == (ssize_t)sizeof(mark) && mm_alive(m) &&
+	       memcmp(mark, st->mark, sizeof(mark)) == 0;
+}
+
+/* ... served by this agent: claimed, with a reference; NULL if none. */
+static struct mm *child_served(struct backing *b, struct mm *m, uint64_t key)
+{
+	struct mm *c = NULL;
+
+	pthread_mutex_lock(&b->lock);
+	for (c = b->mms; c; c = c->next)
+		if (c->key == key && !c->pid && c->sock < 0 && !c->claimed && !c->gone)
+			break;
+	if (c)
+		atomic_fetch_add(&c->refs, 1);
+	pthread_mutex_unlock(&b->lock);
+	if (!c)
+		return NULL;
+	if (!holds_mark(b, m, c->st)) {
+		mm_put(c);
+		return NULL;
+	}
+	pthread_mutex_lock(&b->lock);
+	if (c->claimed || c->gone || c->sock >= 0) {
+		pthread_mutex_unlock(&b->lock);
+		mm_put(c);
+		return NULL;
+	}
+	c->claimed = true;
+	pthread_mutex_unlock(&b->lock);
+	return c;
+}
+
+/* ... kept by a killed agent: taken off the waiting list; NULL if none. */
+static struct mm *child_kept(struct backing *b, struct mm *m, uint64_t key)
+{
+	for (struct mm **p = &b->waiting; *p; p = &(*p)->wnext)
+		if ((*p)->key == key && (*p)->st->pid == 0 && holds_mark(b, m, (*p)->st)) {
+			struct mm *w = *p;
+
+			*p = w->wnext;
+			metric_gauge_add(b->m_waiting, -1);
+			return w;
+		}
+	return NULL;
+}
+
+/*
  * RESUME: a process attached to a killed agent is back with its
  * userfaultfd. Its mm takes over the table kept for it (keep.c), applies
  * the event the killed agent read last, settles the eviction it left,
@@ -579,6 +716,22 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 		return false;
 	}
 	w = waiting_take(b, m->pid);
+	if (!w && msg->b) {
+		struct mm *c = child_served(b, m, msg->b);
+
+		if (c) {
+			/* The agent that read its fork serves it: the
+			 * connection is paired with it, as by its beacon. */
+			close(fd);
+			log_info("process %d: a fork child came back by its key", (int)m->pid);
+			reattach_finish(b, m, c, false);
+			return false; /* the connection lives on in c */
+		}
+		w = child_kept(b, m, msg->b);
+		if (w)
+			log_info("process %d: a fork child came back by its key to its kept table",
+				 (int)m->pid);
+	}
 	if (!w) {
 		struct cksm_local d = cksm_local_msg(CKSM_LOCAL_DEVFD);
 
@@ -614,6 +767,8 @@ static bool on_resume(struct mm *m, const struct cksm_local *msg, int fd, int se
 	mm_put(w);
 	m->st->beacon = m->beacon;
 	pthread_mutex_lock(&m->lock);
+	if (!m->st->pid)
+		keep_pid(m, m->pid); /* a fork child's: known by its pid from now on */
 	resume_inbox(m);
 	pthread_mutex_unlock(&m->lock);
 	evict_resume(m, msg->token, (int)msg->pad, msg->status);
@@ -645,6 +800,12 @@ static bool on_request(struct mm *m, const struct cksm_local *msg, int fd, struc
 		return true;
 	case CKSM_LOCAL_SCRUBBED:
 		scratch_scrubbed(m, msg->a, msg->b, msg->status);
+		return true;
+	case CKSM_LOCAL_OWN:
+		handle_own(m, msg);
+		return true;
+	case CKSM_LOCAL_KID:
+		handle_kid(m, msg);
 		return true;
 	default:
 		mm_end(m, "an unexpected message");
@@ -1088,7 +1249,7 @@ void reattach_match(struct mm *m, const struct uffd_msg *msg)
 }
 
 /* Loop thread: the connection c takes the fork child's mm fm. */
-static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
+static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm, bool hand_uffd)
 {
 	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_READY);
 	int fd = -1;
@@ -1128,11 +1289,12 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm)
 	fm->poll.data = fm;
 	uv_poll_start(&fm->poll, UV_READABLE | UV_DISCONNECT, on_sock);
 	/* The child keeps a copy of its userfaultfd, as every attached process
-	 * does: a killed agent's successor gets it back from the child. Its
-	 * beacon's registration came with the fork: its forks make events. */
+	 * does: a killed agent's successor gets it back from the child (one
+	 * that came back by its key has one already). Its beacon's
+	 * registration came with the fork: its forks make events. */
 	if (fm->beacon)
 		r.b = CKSM_LOCAL_FORKS_ANSWERED;
-	local_send(fd, &r, fm->uffd);
+	local_send(fd, &r, hand_uffd ? fm->uffd : -1);
 	scratch_begin(fm);
 	kid_forget(fm);
 	log_info("process %d re-attached (forked from %d)", (int)fm->pid, (int)fm->parent);
@@ -1167,7 +1329,7 @@ static void on_reattach(uv_async_t *h)
 	}
 	pthread_mutex_unlock(&b->lock);
 	for (size_t i = 0; i < n; i++)
-		reattach_finish(b, v[i].c, v[i].fm);
+		reattach_finish(b, v[i].c, v[i].fm, true);
 }
 
 /* ---- housekeeping ---------------------------------------------------------------- */
@@ -1207,11 +1369,18 @@ static void follow_mappings(struct backing *b)
 	}
 }
 
-/* Kept mms whose processes exited without coming back: released. */
+/*
+ * Kept mms whose processes exited without coming back: released. A fork
+ * child not attached yet holds its userfaultfd itself and may come back
+ * by its key (on_resume) after its parent exited: its table waits
+ * CHILD_GRACE_MS from the agent's start.
+ */
+#define CHILD_GRACE_MS 60000
 static void forget_waiting(struct backing *b)
 {
 	for (struct mm **p = &b->waiting, *w; (w = *p);) {
-		if (keep_alive(w->st)) {
+		if (keep_alive(w->st) || (!w->st->pid && !keep_kid_known(w->st) &&
+					  now_ms() - w->born_ms < CHILD_GRACE_MS)) {
 			p = &w->wnext;
 			continue;
 		}
@@ -1223,7 +1392,7 @@ static void forget_waiting(struct backing *b)
 				(int)w->st->pid, w->tab.n);
 		else
 			log_info(
-				"a fork child of process %d: its parent exited before it came back; its %zu kept pages are released",
+				"a fork child of process %d did not come back, nor did its parent; its %zu kept pages are released",
 				(int)w->st->parent, w->tab.n);
 		mm_put(w);
 	}

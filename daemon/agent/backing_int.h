@@ -59,6 +59,9 @@
 #define PAGE		 4096u
 #define OFFER_MAX	 65536u	    /* pages waiting for the evictor */
 #define ZAP_WAIT_MS	 250	    /* a process that does not answer a zap by then */
+#define HOLD_MS		 20	    /* a move's events held back at most so long (evict.c) */
+#define SCRUB_WAIT_MS	 50	    /* ... after the scrubs asked before it were answered */
+#define OWN_MAX		 8	    /* libcksm's own ranges (OWN) kept per process */
 #define COOLDOWN_SETS	 4096u	    /* recently faulted pages remembered */
 #define KSM_WINDOW	 (2u << 20) /* what one hot page hands to the kernel's KSM */
 #define KSM_WINDOWS	 64u	    /* ... at most this many per process */
@@ -90,6 +93,9 @@ struct mm_state {
 	uint32_t inbox_counted; /* the inbox's event is in evict_hits already (lock) */
 	struct uffd_msg inbox;	/* an event read and not applied yet (lock) */
 	uint8_t mark[16];	/* the beacon's mark (local.h); zeroes: none */
+	int32_t kid_pid;	/* a fork child not attached yet: its pid (KID), 0 if not told */
+	uint32_t handed;	/* ... its userfaultfd is about to go to the parent (CHILD) */
+	uint64_t kid_start;	/* ... and its start time */
 };
 
 #define MM_STATE_MAGIC	 0x6574617473736d63ull /* "cmsstate" */
@@ -116,8 +122,14 @@ struct mm {
 	bool scratch_asked;  /* its hello said it has a scratch (local.h) */
 	uint64_t scratch;    /* ... registered: remap_move drops its pages, 0 if none */
 	uint8_t scrub[CKSM_LOCAL_SCRATCH_PAGES / CKSM_LOCAL_SCRUB_PAGES]; /* enum scrub (lock) */
-	unsigned scratch_next; /* the scratch page to fill next (lock) */
-	uint64_t moved_to;     /* ... and the one the last zap moves the page into (lock) */
+	unsigned scratch_next;	     /* the scratch page to fill next (lock) */
+	uint64_t moved_to;	     /* ... and the one the last zap moves the page into (lock) */
+	atomic_bool events_held;     /* a move runs: its userfaultfd is not read (evict.c) */
+	uint64_t fenced, fenced_len; /* scratch unregistered to end a hold early (lock) */
+	struct own {
+		uint64_t lo, hi; /* libcksm's own memory (OWN): never evicted */
+	} own[OWN_MAX];		 /* (lock) */
+	unsigned nown;
 	struct busy {
 		uint64_t region, until_ms; /* a region where a page was refused as pinned */
 	} busy[BUSY_MAX];		   /* (lock) */
@@ -353,6 +365,8 @@ void keep_holders(struct backing *b);
 void keep_holders_load(struct backing *b);
 /* Does the process of a waiting mm live (a fork child's: its parent)? */
 bool keep_alive(const struct mm_state *st);
+/* Is st a fork child not attached whose pid its parent told (KID)? */
+bool keep_kid_known(const struct mm_state *st);
 /* The start time of pid (clock ticks since boot), 0 if it is gone. */
 uint64_t proc_start_time(pid_t pid);
 

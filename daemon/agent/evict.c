@@ -210,12 +210,70 @@ static void zap_unkept(struct backing *b, struct mm *m, uint64_t addr)
 	metric_inc(b->m_unkept);
 }
 
+/*
+ * The hold. libcksm looks at the page (still write-protected: the one
+ * compared), then moves it out. A program that unmaps the page between
+ * the two, by whatever call (a raw system call, or its C library's own
+ * brk and mmap, which no wrapper sees), and maps and writes a new one
+ * there would have the new page moved in its stead. The kernel refuses a
+ * move (EAGAIN) from the moment an unmap, a drop, an mremap or a fork of
+ * the process's registered memory begins until its event is read,
+ * atomically with the move (the userfaultfd's mmap_changing). So while a
+ * move runs, the fault thread reads nothing of that process: such a call
+ * waits for its event to be read, and the move gives way to it. The
+ * process's faults wait meanwhile; a move takes microseconds. A move not
+ * answered within HOLD_MS (a stopped process, a libcksm thread waiting on
+ * a fault of its own) is fenced first: the scratch page it would fill is
+ * unregistered, so that it cannot happen any more (EINVAL), and the
+ * events are read again. The page is registered again at the eviction's
+ * end. m->lock held for all four.
+ */
+static void hold_events(struct mm *m)
+{
+	if (m->remap == &remap_move)
+		atomic_store(&m->events_held, true);
+}
+
+static bool scrubs_answered(const struct mm *m)
+{
+	return scratch_quiet(m) || m->gone || m->orphan;
+}
+
+static void release_events(struct mm *m)
+{
+	if (atomic_exchange(&m->events_held, false))
+		wake_faults(m->b);
+}
+
+static void fence(struct mm *m, uint64_t lo, uint64_t len)
+{
+	int rc = uffd_unregister(m->uffd, lo, lo + len);
+
+	if (rc == 0) {
+		m->fenced = lo;
+		m->fenced_len = len;
+	} else if (rc != -ESRCH) {
+		log_warn("process %d: its scratch cannot be fenced (%s)", (int)m->pid,
+			 strerror(-rc));
+	}
+	release_events(m);
+}
+
+static void unfence(struct mm *m)
+{
+	if (!m->fenced)
+		return;
+	uffd_register(m->uffd, m->fenced, m->fenced + m->fenced_len, false);
+	m->fenced = 0;
+}
+
 void evict_zapped(struct mm *m, uint64_t token, int status)
 {
 	pthread_mutex_lock(&m->lock);
 	if (token == m->st->zap_token && !m->zap_done) {
 		m->zap_status = status;
 		m->zap_done = true;
+		release_events(m);
 		pthread_cond_broadcast(&m->cond);
 		if (m->resuming) {
 			evict_settle(m->b, m, &m->resume_e);
@@ -242,6 +300,8 @@ static const char *zap_failure(int status)
 		return "the scratch is full";
 	case -EAGAIN:
 		return "the program was mapping or unmapping memory";
+	case -ETIMEDOUT:
+		return "its move came too late";
 	default:
 		return "the zap failed";
 	}
@@ -257,6 +317,10 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 	uint64_t addr = e->page << 12;
 	const char *why = NULL;
 
+	release_events(m);
+	if (m->fenced && m->zap_done && m->zap_status == -EINVAL)
+		m->zap_status = -ETIMEDOUT; /* the move came after its fence */
+	unfence(m);
 	if (m->zap_done && m->zap_status == 0) {
 		/* The page is gone. More than one removal means the program
 		 * dropped or moved the page too, and it must then read as the
@@ -283,7 +347,7 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 			metric_inc(b->m_pinned);
 		}
 		if (m->zap_status == -ENOSPC || m->zap_status == -EEXIST ||
-		    m->zap_status == -EAGAIN)
+		    m->zap_status == -EAGAIN || m->zap_status == -ETIMEDOUT)
 			m->evict_after = now_ms() + 100;
 		else if (m->zap_status != -EBUSY && m->zap_status != -ECANCELED)
 			back_off(m);
@@ -369,6 +433,10 @@ void evict_resume(struct mm *m, uint64_t token, int state, int status)
 		 * (evict_zapped), as it would have for the killed agent. */
 		m->zap_done = false;
 		m->resuming = true;
+		/* It may be moving now, with events read from here on: the
+		 * move is made impossible first (the hold, above). */
+		if (m->remap == &remap_move && m->scratch)
+			fence(m, m->scratch, CKSM_LOCAL_SCRATCH_PAGES * PAGE);
 		pthread_mutex_unlock(&m->lock);
 		log_info(
 			"process %d: the eviction of page %#llx a killed agent left settles at its zap's answer",
@@ -490,13 +558,6 @@ static bool evict_source(struct backing *b, const struct offer *o, struct bentry
 	return true;
 }
 
-/*
- * Claim m's one eviction slot for addr, if nothing forbids it: another
- * eviction, an entry, KSM's window, or the program having dropped the
- * page lately (its event comes before the kernel drops the page: a page
- * still there may go without another event, and an eviction of it would
- * keep its old content for a page that must read zeroes).
- */
 /* Was a page of addr's region refused as pinned lately? m->lock held. */
 static bool busy_covers(const struct mm *m, uint64_t addr)
 {
@@ -508,6 +569,23 @@ static bool busy_covers(const struct mm *m, uint64_t addr)
 	return false;
 }
 
+/* Is addr libcksm's own memory (OWN), which its zaps touch? m->lock held. */
+static bool own_covers(const struct mm *m, uint64_t addr)
+{
+	for (unsigned i = 0; i < m->nown; i++)
+		if (addr >= m->own[i].lo && addr < m->own[i].hi)
+			return true;
+	return false;
+}
+
+/*
+ * Claim m's one eviction slot for addr, if nothing forbids it: another
+ * eviction, an entry, KSM's window, libcksm's own memory, or the
+ * program having dropped the page lately (its event comes before the
+ * kernel drops the page: a page still there may go without another
+ * event, and an eviction of it would keep its old content for a page
+ * that must read zeroes).
+ */
 static bool evict_claim(struct mm *m, uint64_t addr)
 {
 	bool ok;
@@ -516,7 +594,7 @@ static bool evict_claim(struct mm *m, uint64_t addr)
 	ok = !m->st->evicting && !m->orphan && !m->unkept && marked(m) &&
 	     !(addr >= m->beacon && addr - m->beacon < CKSM_LOCAL_MAP_PAGES * PAGE) &&
 	     now_ms() >= m->evict_after && !btab_find(&m->tab, addr) && !ksm_owns(m, addr) &&
-	     !removed_covers(m, addr) && !busy_covers(m, addr);
+	     !removed_covers(m, addr) && !busy_covers(m, addr) && !own_covers(m, addr);
 	if (ok) {
 		m->st->evicting = addr;
 		m->st->evict_hits = 0;
@@ -557,11 +635,23 @@ static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, u
 	if (inject("die_before_zap"))
 		raise(SIGKILL);
 	pthread_mutex_lock(&m->lock);
+	/* libcksm drops its scratch (SCRUB) in the thread that moves, and
+	 * that drop waits for its event to be read: not under a hold. */
+	if (m->remap == &remap_move)
+		wait_for(m, scrubs_answered, SCRUB_WAIT_MS);
+	hold_events(m);
 	rc = m->remap->zap(m, e->page << 12, PAGE, token, dup);
 	if (inject("die_after_zap"))
 		raise(SIGKILL);
 	if (rc == -EINPROGRESS) {
-		if (!wait_for(m, zap_or_gone, ZAP_WAIT_MS) && !atomic_load(&b->stopping)) {
+		bool lasts = inject("hold_long");
+
+		if (!wait_for(m, zap_or_gone, HOLD_MS) && atomic_load(&m->events_held) && !lasts)
+			fence(m, m->moved_to, PAGE);
+		while (lasts && !zap_or_gone(m) && !atomic_load(&b->stopping))
+			wait_for(m, zap_or_gone, 200);
+		if (!wait_for(m, zap_or_gone, ZAP_WAIT_MS - HOLD_MS) &&
+		    !atomic_load(&b->stopping)) {
 			pthread_mutex_unlock(&m->lock);
 			park(b, m, e);
 			return;
@@ -570,6 +660,7 @@ static void evict_zap(struct backing *b, struct mm *m, const struct bentry *e, u
 		m->zap_done = true;
 		m->zap_status = rc;
 	}
+	release_events(m);
 	if (m->zap_done && m->zap_status == 0)
 		m->evict_backoff = 0; /* answered in time */
 	evict_end(b, m, e);

@@ -34,7 +34,10 @@
  *   remove, unmap   entries go (the program dropped the pages: they must
  *           read zeroes, not what cksm kept).
  * A fill refused with EAGAIN met a changing mm (an event not read yet):
- * the fault is kept and served again after the events.
+ * the fault is kept and served again after the events. While libcksm
+ * moves a page out for the evictor, nothing of that process is read
+ * (evict.c, "hold"): an unmap it makes meanwhile keeps the move from
+ * happening until it is read.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -570,6 +573,11 @@ bool drain_uffd(struct mm *m)
 		ssize_t n;
 
 		pthread_mutex_lock(&m->lock);
+		if (atomic_load(&m->events_held)) {
+			/* A move runs (evict.c, "hold"): read on its answer. */
+			pthread_mutex_unlock(&m->lock);
+			return true;
+		}
 		m->st->inbox_counted = 0; /* the inbox is empty */
 		n = read(m->uffd, &m->st->inbox, sizeof(m->st->inbox));
 		msg = m->st->inbox;
@@ -656,8 +664,11 @@ static bool pollset_fill(struct backing *b, struct pollset *ps)
 		atomic_fetch_add(&m->refs, 1);
 		ps->mv[ps->n] = m;
 		/* One short of descriptors stays readable: it is read again on
-		 * a timer instead, not at every wake-up. */
-		ps->pf[ps->n++] = (struct pollfd){ m->uffd, m->short_of ? 0 : POLLIN, 0 };
+		 * a timer instead, not at every wake-up. One whose events are
+		 * held is read when the hold ends (wake_faults). */
+		ps->pf[ps->n++] = (struct pollfd){
+			m->uffd, m->short_of || atomic_load(&m->events_held) ? 0 : POLLIN, 0
+		};
 	}
 	pthread_mutex_unlock(&b->lock);
 	return true;

@@ -218,13 +218,32 @@ static void count_loaded(struct backing *b, const struct bentry *e)
 	entry_count(b, e);
 }
 
+/* A fork child's table whose userfaultfd never went to the parent: its
+ * child was killed and forked again (local.h, CHILD). */
+static bool kid_ghost(const struct mm_state *st)
+{
+	return !st->pid &&
+	       st->size >= offsetof(struct mm_state, kid_start) + sizeof(st->kid_start) &&
+	       !st->handed;
+}
+
+bool keep_kid_known(const struct mm_state *st)
+{
+	return !st->pid &&
+	       st->size >= offsetof(struct mm_state, kid_start) + sizeof(st->kid_start) &&
+	       st->kid_pid > 0;
+}
+
 bool keep_alive(const struct mm_state *st)
 {
 	char path[32];
 
 	if (st->pid)
 		return proc_start_time(st->pid) == st->start_time;
-	/* A fork child not re-attached: its parent keeps its userfaultfd. */
+	if (keep_kid_known(st))
+		return proc_start_time(st->kid_pid) == st->kid_start; /* KID told it */
+	/* A fork child not re-attached: its parent keeps its userfaultfd (and
+	 * the child a copy of its own, forget_waiting). */
 	snprintf(path, sizeof(path), "/proc/%d", (int)st->parent);
 	return st->parent > 0 && access(path, F_OK) == 0;
 }
@@ -243,7 +262,7 @@ static size_t load_one(struct backing *b, uint64_t key)
 	/* Kept before the mark was (a smaller size): its mark reads zeroes. */
 	if (!st || st->magic != MM_STATE_MAGIC || st->version != MM_STATE_VERSION ||
 	    st->size > sizeof(*st) || st->size < offsetof(struct mm_state, mark) || st->pid < 0 ||
-	    !keep_alive(st)) {
+	    ((st->pid || keep_kid_known(st)) && !keep_alive(st)) || kid_ghost(st)) {
 		/* Its process is gone (or it never was attached): nothing to keep. */
 		if (st)
 			munmap(st, STATE_BYTES);
@@ -261,6 +280,7 @@ static size_t load_one(struct backing *b, uint64_t key)
 	m->key = key;
 	m->beacon = st->beacon;
 	m->parent = st->parent;
+	m->born_ms = now_ms(); /* a fork child may come back by its key for a while */
 	rc = btab_load(&m->tab, b->state_fd, tn, &torn);
 	if (rc == -ENOENT)
 		btab_keep(&m->tab, b->state_fd, tn);

@@ -16,6 +16,7 @@
 #ifndef CKSM_REMAP_H
 #define CKSM_REMAP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct mm;
@@ -51,5 +52,7 @@ int move_check(struct mm *m, const struct bentry *e);
 void move_unused(struct mm *m);
 /* SCRUBBED: [a, a + len) of m's scratch is free again. */
 void scratch_scrubbed(struct mm *m, uint64_t a, uint64_t len, int status);
+/* Is no scrub of m's scratch asked and unanswered? m->lock held. */
+bool scratch_quiet(const struct mm *m);
 
 #endif

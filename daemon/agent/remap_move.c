@@ -65,11 +65,20 @@ void scratch_scrubbed(struct mm *m, uint64_t a, uint64_t len, int status)
 
 		for (unsigned k = i; k < i + n; k++)
 			m->scrub[k] = SCRUB_FREE; /* a page left there makes a move say EEXIST */
+		pthread_cond_broadcast(&m->cond); /* a move may wait for it (evict.c) */
 		if (status)
 			log_warn("process %d could not drop its scratch: %s", (int)m->pid,
 				 strerror(-status));
 	}
 	pthread_mutex_unlock(&m->lock);
+}
+
+bool scratch_quiet(const struct mm *m)
+{
+	for (unsigned i = 0; i < NBATCH; i++)
+		if (m->scrub[i] == SCRUB_ASKED)
+			return false;
+	return true;
 }
 
 /* The scratch page to fill next, or 0 when every batch waits for its scrub. */

@@ -20,6 +20,11 @@
  *                        fork event, not handed to the parent
  *   die_in_child_fork    ... the same, at a fork of a process that is a
  *                        fork child itself
+ *   die_after_child      ... right after it handed a fork child's
+ *                        userfaultfd to the parent (CHILD), the child
+ *                        not attached yet
+ *   hold_long            a move's hold (evict.c) lasts until its answer,
+ *                        never fenced
  */
 #ifndef CKSM_INJECT_H
 #define CKSM_INJECT_H

@@ -20,6 +20,12 @@
  *   agent -> process  KSM      a, b: madvise(MADV_MERGEABLE) the range
  *   agent -> process  SCRUB    a, b: drop [a, a + b) of the scratch (below)
  *   process -> agent  SCRUBBED a, b, status: done (0 or -errno)
+ *   process -> agent  OWN      a, b: [a, a + b) is libcksm's own memory,
+ *                              which its zaps touch (its data, the
+ *                              stack of the thread that serves the
+ *                              agent): never to be evicted
+ *   process -> agent  KID      token: a fork child's key (CHILD), a: its
+ *                              pid, once fork() returned it
  *
  * Where the kernel has UFFDIO_MOVE (Linux 6.8) and the process has a
  * scratch (HELLO's CKSM_LOCAL_SCRATCH), a ZAP says CKSM_LOCAL_ZAP_MOVE in
@@ -98,6 +104,8 @@ enum cksm_local_type {
 	CKSM_LOCAL_FORGET = 12,
 	CKSM_LOCAL_SCRUB = 13,
 	CKSM_LOCAL_SCRUBBED = 14,
+	CKSM_LOCAL_OWN = 15,
+	CKSM_LOCAL_KID = 16,
 };
 
 /* A process's last zap, as RESUME tells it. */

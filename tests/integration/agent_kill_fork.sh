@@ -59,9 +59,16 @@ jq -e '.bad == 0 and .child_bad == 0' "$T/racer.json" >/dev/null ||
 # child that forks at once, before it attached again; the agent dies at
 # that second fork's event (die_in_child_fork): the child's fork waited
 # for its own attach, so it is answered on its connection and done again.
-for v in _Fork daemon clone twice; do
+# "orphan": daemon() again, the agent killed right after it handed the
+# child's userfaultfd to the parent (die_after_child), and the next agent
+# started only once the parent exited: the child holds a copy of its own
+# (its parent handed it over at the fork) and comes back by its key.
+for v in _Fork daemon clone twice orphan; do
 	point=die_in_fork
 	[[ $v == twice ]] && point=die_in_child_fork
+	[[ $v == orphan ]] && point=die_after_child
+	prog=$v
+	[[ $v == orphan ]] && prog=daemon
 	kill -9 "$AGENT" 2>/dev/null || true
 	reap "$AGENT" 10 "agent$lives, killed" || true
 	life
@@ -69,7 +76,7 @@ for v in _Fork daemon clone twice; do
 	D=$T/$v
 	mkdir -p "$D"
 	LD_PRELOAD="$LIB" CKSM_MERGE_ALL=1 CKSM_SOCKET="$T/agent.sock" timeout 150 \
-		"$ROOT/build/cksm-forker" "$v" "$D" >"$T/$v.json" 2>"$T/$v.err" &
+		"$ROOT/build/cksm-forker" "$prog" "$D" >"$T/$v.json" 2>"$T/$v.err" &
 	FP=$!
 	PIDS+=($FP)
 	wait_for "$v: its pages evicted" 40 test -e "$D/evicted"
@@ -79,10 +86,17 @@ for v in _Fork daemon clone twice; do
 	wait_for "$v: back with agent$lives" 20 log_has "agent$lives" "came back to this agent"
 	touch "$D/go"
 	reap "$AGENT" 20 "agent$lives, which dies at the $v's fork event" || true
-	life
 	rc=0
-	reap "$FP" 120 "cksm-forker $v" || rc=$?
-	if [[ $v == daemon ]]; then
+	if [[ $v == orphan ]]; then
+		reap "$FP" 60 "cksm-forker $v" || rc=$?
+		# The child waits, on pages no agent serves, for the next one.
+		sleep 1
+		[[ -s $D/daemon.json ]] &&
+			fail "orphan: the child checked its pages with no agent: $(cat "$D/daemon.json")"
+	fi
+	life
+	[[ $v == orphan ]] || reap "$FP" 120 "cksm-forker $v" || rc=$?
+	if [[ $prog == daemon ]]; then
 		wait_for "the daemon's check" 30 test -s "$D/daemon.json"
 		out=$(cat "$D/daemon.json")
 		bad=$(jq .bad_pages "$D/daemon.json")
@@ -92,6 +106,11 @@ for v in _Fork daemon clone twice; do
 	fi
 	echo "$v: exit $rc, $out $(head -c 300 "$T/$v.err")"
 	[[ $rc == 0 && $bad == 0 ]] || fail "a $v child read pages other than its parent held"
+	if [[ $v == orphan ]]; then
+		grep -q "came back by its key to its kept table" "$T/agent$lives.log" ||
+			fail "orphan: the child did not come back by its key"
+		continue
+	fi
 	now=$(cat "$T"/agent*.log | grep -c 'forked as the agent was killed' || true)
 	((now > died)) || fail "$v: no agent died holding the child's userfaultfd ($point)"
 	died=$now

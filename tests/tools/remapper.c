@@ -4,7 +4,7 @@
  * and maps it again, and writes there, between the agent's compare and
  * the page's drop. Used by tests/integration/evict_remap_page.sh.
  *
- *   cksm-remapper DIR [--pages N] [--back | --touch]
+ *   cksm-remapper DIR [--pages N] [--back | --touch] [--raw]
  *
  * N pages (256) of one content, marked mergeable once DIR/arm exists. Run
  * under libcksm and libcksm-slowzap.so: when DIR/inzap names the page whose
@@ -16,7 +16,10 @@
  * is instead moved away and back (mremap, twice): it must hold its
  * content still. With --touch the thread then reads the page for 1 s, and
  * must never find it all zeroes (slowzap's DIR/after widens the moment
- * between libcksm's move and its check). Prints one JSON line (with
+ * between libcksm's move and its check). With --raw the unmap and the
+ * mapping are made by system calls of its own (no C library wrapper, as
+ * an allocator inside the C library makes them), which libcksm cannot
+ * hold back. Prints one JSON line (with
  * during_hold: whether the remap was made while the zap was held); exit
  * 0 when nothing was wrong.
  */
@@ -28,13 +31,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096u
 
 static uint8_t *a; /* the page under eviction */
-static bool back, touch;
+static bool back, touch, raw;
 static atomic_bool remapped;
 static atomic_uint zeroes_seen;
 static const char *remap_error;
@@ -60,6 +64,36 @@ static const char *what(const uint8_t *p, uint8_t want)
 	return same == PAGE ? "written" : zero == PAGE ? "zeroes" : "other";
 }
 
+/* A system call made here, not through the C library (x86-64). */
+static long raw6(long nr, long a1, long a2, long a3, long a4, long a5, long a6)
+{
+#if defined(__x86_64__)
+	long ret;
+	register long r10 __asm__("r10") = a4;
+	register long r8 __asm__("r8") = a5;
+	register long r9 __asm__("r9") = a6;
+
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8), "r"(r9)
+			 : "rcx", "r11", "memory");
+	return ret;
+#else
+	return syscall(nr, a1, a2, a3, a4, a5, a6);
+#endif
+}
+
+static bool unmap_map(void)
+{
+	if (!raw)
+		return munmap(a, PAGE) == 0 &&
+		       mmap(a, PAGE, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == a;
+	return raw6(SYS_munmap, (long)a, PAGE, 0, 0, 0, 0) == 0 &&
+	       raw6(SYS_mmap, (long)a, PAGE, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == (long)a;
+}
+
 static double now_s(void)
 {
 	struct timespec t;
@@ -83,8 +117,7 @@ static void *remap(void *arg)
 		return NULL;
 	}
 	/* The page under eviction, mapped anew and written. */
-	if (munmap(a, PAGE) || mmap(a, PAGE, PROT_READ | PROT_WRITE,
-				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != a) {
+	if (!unmap_map()) {
 		remap_error = "munmap or mmap failed";
 		atomic_store(&remapped, true);
 		return NULL;
@@ -108,7 +141,8 @@ int main(int argc, char **argv)
 	void *at = NULL;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: cksm-remapper DIR [--pages N] [--back | --touch]\n");
+		fprintf(stderr,
+			"usage: cksm-remapper DIR [--pages N] [--back | --touch] [--raw]\n");
 		return 2;
 	}
 	for (int i = 2; i < argc; i++)
@@ -118,6 +152,8 @@ int main(int argc, char **argv)
 			back = true;
 		else if (!strcmp(argv[i], "--touch"))
 			touch = true;
+		else if (!strcmp(argv[i], "--raw"))
+			raw = true;
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
 		      0);
 	if (region == MAP_FAILED) {

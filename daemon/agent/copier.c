@@ -14,7 +14,8 @@
 
 #include "log.h"
 
-#define JOBS 1024
+#define JOBS	 1024
+#define MORE_MAX 65536 /* jobs past JOBS, held until the ring has room */
 
 struct copier {
 	const struct config *cfg;
@@ -29,6 +30,8 @@ struct copier {
 	bool stop;
 	struct copy_job todo[JOBS], out[JOBS];
 	size_t ntodo, todo_head, nout;
+	struct copy_job *more; /* a burst's overflow, in order (lock) */
+	size_t nmore, more_head, capmore;
 	uv_async_t async;
 };
 
@@ -102,6 +105,11 @@ static void *copier_main(void *arg)
 		j = c->todo[c->todo_head];
 		c->todo_head = (c->todo_head + 1) % JOBS;
 		c->ntodo--;
+		if (c->nmore) { /* the ring has room again */
+			c->todo[(c->todo_head + c->ntodo++) % JOBS] = c->more[c->more_head++];
+			if (--c->nmore == 0)
+				c->more_head = 0;
+		}
 		pthread_mutex_unlock(&c->lock);
 		copy_one(c, &j);
 		pthread_mutex_lock(&c->lock);
@@ -132,16 +140,47 @@ static void on_done(uv_async_t *h)
 		c->done(c->arg, &got[i]);
 }
 
+/*
+ * A burst (the first pass over a large process reports thousands of
+ * duplicates at once) goes past the ring into the overflow: a job refused
+ * would be a dup never made, since its pages are not reported again.
+ * The overflow is compacted when it has drained halfway. c->lock held.
+ */
+static bool more_push(struct copier *c, const struct copy_job *j)
+{
+	if (c->more_head && c->more_head >= c->nmore) {
+		memmove(c->more, c->more + c->more_head, c->nmore * sizeof(*c->more));
+		c->more_head = 0;
+	}
+	if (c->more_head + c->nmore == c->capmore) {
+		size_t cap = c->capmore ? c->capmore * 2 : 1024;
+		struct copy_job *m;
+
+		if (c->nmore >= MORE_MAX)
+			return false;
+		m = realloc(c->more, cap * sizeof(*m));
+		if (!m)
+			return false;
+		c->more = m;
+		c->capmore = cap;
+	}
+	c->more[c->more_head + c->nmore++] = *j;
+	return true;
+}
+
 bool copier_push(struct copier *c, const struct copy_job *j)
 {
 	bool ok;
 
 	pthread_mutex_lock(&c->lock);
-	ok = c->ntodo < JOBS;
-	if (ok) {
+	if (c->ntodo < JOBS && !c->nmore) {
 		c->todo[(c->todo_head + c->ntodo++) % JOBS] = *j;
-		pthread_cond_broadcast(&c->cond);
+		ok = true;
+	} else {
+		ok = more_push(c, j);
 	}
+	if (ok)
+		pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 	return ok;
 }
@@ -187,6 +226,7 @@ static void on_closed(uv_handle_t *h)
 
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->cond);
+	free(c->more);
 	free(c);
 }
 

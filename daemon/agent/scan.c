@@ -334,6 +334,21 @@ static bool may_go(struct scanner *s, const struct proc *p, struct vstate *vs, s
 	return true;
 }
 
+/*
+ * A page reported as unique is reported again (as such: scan_page.again)
+ * once in RECHECK_PASSES passes, its turn spread by its place. The first
+ * copy of a content to be reported is unique when the shard sees it; the
+ * second makes the shard keep the content and order a dup, and only this
+ * report again tells the first copy's node that its page may go too (as
+ * KSM's unstable tree is searched anew on every pass).
+ */
+#define RECHECK_PASSES 8u
+static bool recheck_due(const struct scanner *s, const struct proc *p, size_t pi, unsigned meta)
+{
+	return !(meta & M_SHARED) &&
+	       ((unsigned)pi + (unsigned)p->pid + s->pass) % RECHECK_PASSES == 0;
+}
+
 static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, size_t pi,
 			const uint8_t *bytes, bool thp, struct scan_counts *c)
 {
@@ -384,7 +399,8 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	c->shared += (meta & M_SHARED) != 0;
 	s->census_cur[p->domain].stable++;
 	hll_add(&s->census_cur[p->domain].h, csum);
-	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen) {
+	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen &&
+	    !recheck_due(s, p, pi, meta)) {
 		/* Only a content with another copy can have a dup to go to:
 		 * unique pages are not hashed again on every pass. */
 		if (age >= s->cfg->evict_age && (meta & M_SHARED) && may_go(s, p, vs, pi, thp, c)) {
@@ -394,7 +410,7 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 		}
 		return;
 	}
-	pg.again = (meta & M_REPORTED) && s->again;
+	pg.again = (meta & M_REPORTED) && (s->again || (meta >> M_GEN_SHIFT) == s->gen);
 	pg.id = cid_of(&s->domains[p->domain], bytes);
 	if (s->report(s->report_arg, &pg) == 0) {
 		/* A report again keeps what the last answer said until the next. */

@@ -106,12 +106,11 @@ static void fill_pool_info(const struct agent *a, Cksm__PoolInfo *pi)
 		pi->slots_free = pool_free_slots(a->pool);
 		metric_set(a->m_pool_free, (double)pi->slots_free);
 		metric_set(a->m_dups, (double)(pi->slots_total - pi->slots_free));
-		/* What this node's processes save, less what its pool holds
-		 * (for itself and as replicas for others): below zero on a
-		 * node that holds more than it evicts. */
-		metric_set(a->m_net,
-			   (a->backing ? backing_saved_bytes(a->backing) : 0) -
-				   (double)(pi->slots_total - pi->slots_free) * POOL_SLOT);
+		/* What this node's processes save, less the memory its pool
+		 * takes (for itself and as replicas for others): below zero
+		 * on a node that holds more than it evicts. */
+		metric_set(a->m_net, (a->backing ? backing_saved_bytes(a->backing) : 0) -
+					     (double)pool_resident_bytes(a->pool));
 	}
 }
 

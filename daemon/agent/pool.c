@@ -20,6 +20,10 @@
  * open the free stack and the index are rebuilt from the live flags, and
  * the reference counts start from zero: the tables that hold them count
  * them again (pool_ref), then pool_settle frees what nobody holds.
+ *
+ * A freed slot's page goes back to the system (a hole punched in the
+ * shared memory), except in a pool of hugetlb pages, whose pages are
+ * whole huge pages: the pool's memory is what its live slots hold.
  */
 #include "pool.h"
 
@@ -72,6 +76,7 @@ struct pool {
 	uint32_t *free; /* stack of free slot numbers */
 	size_t nfree;
 	struct oaidx index; /* id -> slot + 1, for one held slot per id */
+	bool hugetlb;	    /* pages of MAP_HUGETLB: no hole punched per slot */
 };
 
 static uint64_t id_hash(const struct cid *id)
@@ -134,6 +139,7 @@ static int map_pool(struct pool *p, bool hugetlb)
 		goto fail;
 	}
 	p->map_bytes = bytes;
+	p->hugetlb = hugetlb;
 	if (!hugetlb)
 		madvise(p->base, bytes, MADV_HUGEPAGE); /* where shmem THP is enabled */
 	return 0;
@@ -386,6 +392,10 @@ static void slot_free(struct pool *p, struct slot *s)
 	idx_del(p, (uint32_t)(s - p->slots));
 	s->live = false;
 	s->held = false;
+	/* Before it can be taken again (under p->lock): its memory goes. */
+	if (!p->hugetlb && p->fd >= 0)
+		fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			  (off_t)((size_t)(s - p->slots) * POOL_SLOT), POOL_SLOT);
 	p->free[p->nfree++] = (uint32_t)(s - p->slots);
 }
 
@@ -512,6 +522,15 @@ void pool_foreach(struct pool *p, pool_visit_fn fn, void *arg)
 size_t pool_slots(const struct pool *p)
 {
 	return p->nslots;
+}
+
+size_t pool_resident_bytes(const struct pool *p)
+{
+	struct stat st;
+
+	if (p->fd < 0 || fstat(p->fd, &st) < 0)
+		return 0;
+	return (size_t)st.st_blocks * 512;
 }
 
 size_t pool_free_slots(struct pool *p)

@@ -101,6 +101,8 @@ long pool_peek(const char *path, struct pool_ref *ref, struct cid *id, size_t n)
 
 size_t pool_slots(const struct pool *p);
 size_t pool_free_slots(struct pool *p);
+/* The memory the pool's pages take now (a freed slot's page goes back). */
+size_t pool_resident_bytes(const struct pool *p);
 int pool_fd(const struct pool *p);
 
 #endif

@@ -258,10 +258,42 @@ static void random_generations(void **state)
 	rmdir(dir);
 }
 
+/* A freed slot's memory goes back: the pool takes what its live slots hold. */
+static void resident(void **state)
+{
+	char err[128];
+	bool huge;
+	struct pool *p = pool_create(16, &huge, err, sizeof(err));
+	struct pool_ref r[4];
+	uint8_t page[POOL_SLOT];
+	size_t full;
+
+	(void)state;
+	assert_non_null(p);
+	if (huge) { /* whole huge pages: nothing to give back per slot */
+		pool_destroy(p);
+		return;
+	}
+	for (unsigned i = 0; i < 4; i++) {
+		fill(page, 100 + i);
+		assert_int_equal(pool_add(p, &(struct cid){ 7, i }, page, &r[i]), 0);
+	}
+	full = pool_resident_bytes(p);
+	assert_true(full >= 4 * POOL_SLOT);
+	assert_int_equal(pool_release(p, r[0]), 0);
+	assert_int_equal(pool_release(p, r[1]), 0);
+	assert_int_equal(pool_resident_bytes(p), full - 2 * POOL_SLOT);
+	/* A slot taken again is whole again. */
+	fill(page, 200);
+	assert_int_equal(pool_add(p, &(struct cid){ 8, 0 }, page, &r[0]), 0);
+	assert_memory_equal(pool_page(p, r[0], NULL), page, POOL_SLOT);
+	assert_int_equal(pool_resident_bytes(p), full - POOL_SLOT);
+	pool_destroy(p);
+}
+
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(lifecycle),
-	cmocka_unit_test(concurrent),
-	cmocka_unit_test(kept),
+	cmocka_unit_test(lifecycle),	      cmocka_unit_test(resident),
+	cmocka_unit_test(concurrent),	      cmocka_unit_test(kept),
 	cmocka_unit_test(random_generations),
 };
 UNIT_MAIN(tests)

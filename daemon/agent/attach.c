@@ -68,10 +68,8 @@ static pid_t parent_of(pid_t pid);
 
 /* ---- a connection's end ------------------------------------------------------ */
 
-static void on_closed(uv_handle_t *h)
+static void closed(struct mm *m)
 {
-	struct mm *m = h->data;
-
 	/* The socket closes with the last reference: an evictor may hold one. */
 	if (!m->handshaken) {
 		pending_del(m->b, m);
@@ -102,6 +100,24 @@ static void on_closed(uv_handle_t *h)
 	}
 }
 
+static void on_closed(uv_handle_t *h)
+{
+	struct mm *m = h->data;
+	struct backing *b = m->b;
+
+	closed(m);
+	/* The backing waits for the last connection's close (attach_stop). */
+	if (--b->closing == 0 && b->closed_cb)
+		b->closed_cb((uv_handle_t *)&b->lpoll);
+}
+
+/* A connection's socket, closed; m dropped or kept by how it ends (loop thread). */
+static void close_conn(struct mm *m)
+{
+	m->b->closing++;
+	uv_close((uv_handle_t *)&m->poll, on_closed);
+}
+
 void mm_end(struct mm *m, const char *why)
 {
 	struct backing *b = m->b;
@@ -115,7 +131,7 @@ void mm_end(struct mm *m, const char *why)
 	if (m->pid)
 		wset_forget(b->wset, m->pid);
 	uv_poll_stop(&m->poll);
-	uv_close((uv_handle_t *)&m->poll, on_closed);
+	close_conn(m);
 }
 
 /* ---- ranges ------------------------------------------------------------------ */
@@ -1021,7 +1037,7 @@ static void make_room(struct backing *b, uid_t uid)
 		b->gave_way_quiet++;
 	}
 	uv_poll_stop(&go->poll);
-	uv_close((uv_handle_t *)&go->poll, on_closed);
+	close_conn(go);
 }
 
 static void on_accept(uv_poll_t *h, int status, int events)
@@ -1301,7 +1317,7 @@ static void reattach_finish(struct backing *b, struct mm *c, struct mm *fm, bool
 	metric_inc(b->m_reattached);
 	/* The connection lives on in fm; its own mm goes without a word. */
 	uv_poll_stop(&c->poll);
-	uv_close((uv_handle_t *)&c->poll, on_closed);
+	close_conn(c);
 	if (fm->merge_all)
 		register_mappings(fm, 0, UINT64_MAX, fm->merge_min);
 	if (b->attached)
@@ -1522,29 +1538,41 @@ void attach_start(struct backing *b)
 	b->reattach_async.data = b;
 }
 
+static void on_lpoll_closed(uv_handle_t *h)
+{
+	struct backing *b = h->data;
+
+	if (b->closing)
+		b->closed_cb = b->stop_cb; /* the last connection's close ends it */
+	else
+		b->stop_cb(h);
+}
+
 void attach_stop(struct backing *b, uv_close_cb last)
 {
 	struct mm *m;
 
 	uv_poll_stop(&b->lpoll);
 	attach_unlisten(b);
-	/* libuv runs close callbacks in the reverse order of the closes:
-	 * the listener's, closed first, runs last, after every mm's. */
-	uv_close((uv_handle_t *)&b->lpoll, last);
+	/* b goes with the last close: the listener's, or a connection's
+	 * closed before it (a close asked for earlier in this loop turn
+	 * runs after the listener's). */
+	b->stop_cb = last;
+	uv_close((uv_handle_t *)&b->lpoll, on_lpoll_closed);
 	uv_timer_stop(&b->ranges);
 	uv_close((uv_handle_t *)&b->ranges, NULL);
 	uv_close((uv_handle_t *)&b->reattach_async, NULL);
 	for (struct mm *p = b->pending; p; p = p->pnext)
 		if (!uv_is_closing((uv_handle_t *)&p->poll)) {
 			uv_poll_stop(&p->poll);
-			uv_close((uv_handle_t *)&p->poll, on_closed);
+			close_conn(p);
 		}
 	while ((m = b->mms)) {
 		b->mms = m->next;
 		m->handshaken = false; /* off the list: its close only drops it */
 		if (m->sock >= 0 && !m->orphan && !uv_is_closing((uv_handle_t *)&m->poll)) {
 			uv_poll_stop(&m->poll);
-			uv_close((uv_handle_t *)&m->poll, on_closed);
+			close_conn(m);
 		} else if (m->sock < 0 || m->orphan) {
 			mm_put(m);
 		} /* else its close is under way and drops it */

@@ -211,7 +211,9 @@ struct backing {
 	bool attach_group; /* socket_group's members may attach */
 	gid_t attach_gid;
 	uv_poll_t lpoll;
-	int devfd; /* /dev/userfaultfd */
+	unsigned closing;		/* connections whose close has not run yet (loop) */
+	uv_close_cb stop_cb, closed_cb; /* the backing's own end, once they ran (attach_stop) */
+	int devfd;			/* /dev/userfaultfd */
 	void (*attached)(void *arg, pid_t pid, bool merge_all);
 	void (*detached)(void *arg, pid_t pid);
 	void *hook_arg;

@@ -353,9 +353,30 @@ static struct timespec zap_deadline(void)
  * fault waits for this zap): the answer ends the eviction and lets them
  * go on.
  */
+/*
+ * The answer to the zap m, sent without zap_lock: another of libcksm's
+ * threads holds it and waits, in a fault, for this very eviction (a page
+ * of its stack under eviction). last_zap is not told: a killed agent's
+ * successor then takes the zap for one that never ran, which is what an
+ * -EAGAIN says.
+ */
+static void zap_answer_unlocked(int fd, const struct cksm_local *m, int status)
+{
+	struct cksm_local r = cksm_local_msg(CKSM_LOCAL_ZAPPED);
+
+	r.token = m->token;
+	r.status = status;
+	send_local(fd, &r, -1);
+}
+
 static void zap_later(int fd, const struct cksm_local *m)
 {
-	pthread_mutex_lock(&zap_lock);
+	struct timespec until = zap_deadline();
+
+	if (pthread_mutex_timedlock(&zap_lock, &until)) {
+		zap_answer_unlocked(fd, m, -EAGAIN);
+		return;
+	}
 	if (fd == sock_get() && !agent_gone(fd)) {
 		last_zap.token = m->token;
 		last_zap.addr = m->a;
@@ -378,7 +399,12 @@ static void zap(int fd, const struct cksm_local *m)
 		zap_later(fd, m);
 		return;
 	}
-	pthread_mutex_lock(&zap_lock);
+	until = zap_deadline();
+	if (pthread_mutex_timedlock(&zap_lock, &until)) {
+		pthread_rwlock_unlock(&zap_fork);
+		zap_answer_unlocked(fd, m, -EAGAIN);
+		return;
+	}
 	if (fd != sock_get() || agent_gone(fd)) {
 		/* Nobody would bring the page back: a zap that waited (this
 		 * process was stopped) while the agent went. */
@@ -414,7 +440,14 @@ static void zap(int fd, const struct cksm_local *m)
 		map_release();
 	pthread_mutex_unlock(&dontfork_lock);
 done:
-	pthread_mutex_lock(&zap_lock);
+	until = zap_deadline();
+	if (pthread_mutex_timedlock(&zap_lock, &until)) {
+		/* Held by a thread that faults on this very page: it moved,
+		 * and only the answer ends the eviction the fault waits for. */
+		zap_answer_unlocked(fd, m, rc);
+		pthread_rwlock_unlock(&zap_fork);
+		return;
+	}
 	last_zap.state = CKSM_LOCAL_ZAP_DONE;
 	last_zap.status = rc;
 	publish_zap();

@@ -148,6 +148,8 @@ static void on_done(uv_async_t *h)
  */
 static bool more_push(struct copier *c, const struct copy_job *j)
 {
+	if (c->nmore >= MORE_MAX)
+		return false;
 	if (c->more_head && c->more_head >= c->nmore) {
 		memmove(c->more, c->more + c->more_head, c->nmore * sizeof(*c->more));
 		c->more_head = 0;
@@ -156,8 +158,6 @@ static bool more_push(struct copier *c, const struct copy_job *j)
 		size_t cap = c->capmore ? c->capmore * 2 : 1024;
 		struct copy_job *m;
 
-		if (c->nmore >= MORE_MAX)
-			return false;
 		m = realloc(c->more, cap * sizeof(*m));
 		if (!m)
 			return false;

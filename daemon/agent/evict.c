@@ -253,8 +253,11 @@ static void fence(struct mm *m, uint64_t lo, uint64_t len)
 		m->fenced = lo;
 		m->fenced_len = len;
 	} else if (rc != -ESRCH) {
-		log_warn("process %d: its scratch cannot be fenced (%s)", (int)m->pid,
-			 strerror(-rc));
+		/* The move may still happen: the hold lasts until its answer. */
+		log_warn(
+			"process %d: its scratch cannot be fenced (%s): its events wait for the move's answer",
+			(int)m->pid, strerror(-rc));
+		return;
 	}
 	release_events(m);
 }
@@ -320,7 +323,10 @@ static void evict_settle(struct backing *b, struct mm *m, const struct bentry *e
 	release_events(m);
 	if (m->fenced && m->zap_done && m->zap_status == -EINVAL)
 		m->zap_status = -ETIMEDOUT; /* the move came after its fence */
-	unfence(m);
+	/* Unanswered (the agent stops), the move may still come: the fence
+	 * stays, and the next agent registers the scratch anew. */
+	if (m->zap_done)
+		unfence(m);
 	if (m->zap_done && m->zap_status == 0) {
 		/* The page is gone. More than one removal means the program
 		 * dropped or moved the page too, and it must then read as the

@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/ksm/ksm.sh - cksm beside the kernel's KSM, on this node, in one run.
 #
-#   bench/ksm/ksm.sh [ROW...]          rows: hot cold thp mix guests
+#   bench/ksm/ksm.sh [ROW...]          rows: hot cold thp mix guests cold3
 #
 # Each row runs one workload three times, KSMBENCH_SECONDS (60) each:
 #   none  no deduplication: the workload's own throughput, the yardstick
@@ -17,6 +17,13 @@
 # saving plus what ksmd shares; ksmd's sharing alone for ksm) at 10 s, 30
 # s and the end, the workers' reads against "none", and the CPU seconds
 # of the agent and of ksmd. KSM's sysfs settings are put back at the end.
+# cold3: three nodes (three agents, each with its node name, pool and data
+# port, on this machine; one shard), each with the 3 cold workers: cksm
+# merges across the nodes, keeping [cluster] replicas (2) copies of each
+# content (its agents leave the kernel's KSM alone: three would each run
+# it). The kernel's KSM cannot merge across nodes: its figure is what
+# it saves on one node with that node's workers (the cold row's run),
+# times three.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -164,6 +171,83 @@ run() {
 		"$(bc -l <<<"($k1 - $k0) / $HZ")")
 }
 
+# Three nodes on this machine: one shard, agents n1..n3, each its own
+# socket, state, metrics and data port.
+cksm_up3() {
+	local k c
+	rm -f "$T/cluster.key"
+	"$B/cksmd" --gen-key "$T/cluster.key"
+	local shard=127.0.0.1:$(free_port) smet=127.0.0.1:$(free_port)
+	AMETS=()
+	AGENTS=()
+	for k in 1 2 3; do
+		c=$T/n$k.conf
+		AMETS+=("127.0.0.1:$(free_port)")
+		local data=127.0.0.1:$(free_port)
+		{
+			printf '[cluster]\nkey_file = %s\n[log]\nlevel = info\n' "$T/cluster.key"
+			printf '[agent]\nnode_name = n%d\nmetrics = %s\nsocket = %s\nstate_dir = %s\n' \
+				"$k" "${AMETS[k - 1]}" "$T/n$k.sock" "$T/state$k"
+			printf 'ksm = off\ndata_listen = %s\ndata_address = %s\n' "$data" "$data"
+			printf '[shard.0]\naddress = %s\nmetrics = %s\nbuckets = 0-4095\n' "$shard" "$smet"
+		} >"$c"
+		rm -rf "$T/state$k"
+	done
+	"$B/cksmd" -c "$T/n1.conf" --role coord --shard 0 >"$T/coord.log" 2>&1 &
+	COORD=$!
+	PIDS+=("$COORD")
+	for k in 1 2 3; do
+		"$B/cksmd" -c "$T/n$k.conf" --role agent >"$T/agent$k.log" 2>&1 &
+		AGENTS+=("$!")
+		PIDS+=("$!")
+	done
+	for k in 1 2 3; do
+		for _ in $(seq 300); do
+			grep -q "registered with shard 0" "$T/agent$k.log" && continue 2
+			sleep 0.1
+		done
+		echo "bench/ksm: agent n$k did not register: $(tail -3 "$T/agent$k.log")" >&2
+		exit 1
+	done
+}
+
+# run3: the cold3 row's cksm run; RESULT as run's
+run3() {
+	local k w s saved s10=0 s30=0 a0=0 a1=0 wp=() net
+	echo 2 >$KSM/run
+	echo 0 >$KSM/run
+	cksm_up3
+	for k in 0 1 2; do a0=$((a0 + $(ticks "${AGENTS[k]}"))); done
+	for k in 1 2 3; do
+		for ((w = 0; w < WORKERS; w++)); do
+			LD_PRELOAD="$B/libcksm.so" CKSM_SOCKET="$T/n$k.sock" "$B/cksm-ksmwork" --mb "$MB" \
+				--seconds $((SECS + 5)) --mode cold --mergeable --out "$T/w$k$w.out" &
+			wp+=("$!")
+		done
+	done
+	PIDS+=("${wp[@]}")
+	for ((s = 1; s <= SECS; s++)); do
+		sleep 1
+		saved=$(sharing)
+		for k in 0 1 2; do
+			net=$(curl -sf "http://${AMETS[k]}/metrics" |
+				awk '$1 == "cksm_net_saved_bytes" { print int($2) }')
+			saved=$((saved + ${net:-0}))
+		done
+		((s == 10)) && s10=$saved
+		((s == 30)) && s30=$saved
+	done
+	for k in 0 1 2; do a1=$((a1 + $(ticks "${AGENTS[k]}"))); done
+	kill "${wp[@]}" 2>/dev/null || true
+	wait "${wp[@]}" 2>/dev/null || true
+	kill "${AGENTS[@]}" "$COORD" 2>/dev/null || true
+	wait "${AGENTS[@]}" "$COORD" 2>/dev/null || true
+	echo 2 >$KSM/run
+	echo 0 >$KSM/run
+	RESULT=$(printf '%s %s %d %d %d %s %.1f %.1f' cold3 cksm $((s10 >> 20)) $((s30 >> 20)) \
+		$((saved >> 20)) - "$(bc -l <<<"($a1 - $a0) / $HZ")" 0)
+}
+
 if [[ " ${ROWS[*]} " == *" guests "* ]]; then
 	why=$(guest_missing)
 	if [[ -n $why ]]; then
@@ -178,6 +262,17 @@ printf '%-7s %-5s %9s %9s %9s %12s %8s %8s %s\n' row run "net@10s" "net@30s" "ne
 	"agent_s" "ksmd_s" "vs none"
 for row in "${ROWS[@]}"; do
 	[[ -z $row ]] && continue
+	if [[ $row == cold3 ]]; then
+		run cold ksm
+		read -r r c s10 s30 se rd ac kc <<<"$RESULT"
+		printf '%-7s %-5s %7d M %7d M %7d M %12s %8s %8s %s\n' cold3 "ksm×3" $((3 * s10)) \
+			$((3 * s30)) $((3 * se)) - - "$kc" "(one node's run, times 3)"
+		run3
+		read -r r c s10 s30 se rd ac kc <<<"$RESULT"
+		printf '%-7s %-5s %7d M %7d M %7d M %12s %8s %8s %s\n' "$r" "$c" "$s10" "$s30" "$se" \
+			- "$ac" - "(3 agents)"
+		continue
+	fi
 	base=
 	for cfg in none ksm cksm; do
 		run "$row" "$cfg"

@@ -31,9 +31,11 @@ static unsigned long ndigests;
 static int on_report(void *arg, const struct scan_page *pg)
 {
 	(void)arg;
-	fprintf(digests, "%s{\"pid\":%d,\"addr\":%llu,\"domain\":%u,\"id\":\"%016llx%016llx\"}",
+	fprintf(digests,
+		"%s{\"pid\":%d,\"addr\":%llu,\"domain\":%u,\"id\":\"%016llx%016llx\",\"again\":%s}",
 		ndigests++ ? "," : "", (int)pg->pid, (unsigned long long)pg->addr, pg->domain,
-		(unsigned long long)pg->id.hi, (unsigned long long)pg->id.lo);
+		(unsigned long long)pg->id.hi, (unsigned long long)pg->id.lo,
+		pg->again ? "true" : "false");
 	return 0;
 }
 

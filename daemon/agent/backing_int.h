@@ -65,6 +65,7 @@
 #define COOLDOWN_SETS	 4096u	    /* recently faulted pages remembered */
 #define KSM_WINDOW	 (2u << 20) /* what one hot page hands to the kernel's KSM */
 #define KSM_WINDOWS	 64u	    /* ... at most this many per process */
+#define KSM_RATE_MIN	 100u	    /* manage: pages_to_scan at least */
 #define HOT_MAX		 256u	    /* hot pages waiting for the loop */
 #define REMOTE_IDS	 16384u	    /* contents whose remote dups are remembered */
 #define PENDING_MAX	 64	    /* connections still in the handshake */
@@ -267,6 +268,7 @@ struct backing {
 	uint64_t broke_seen; /* wset's count of budgets spent, as last added (loop) */
 	bool ksm_off_said;
 	bool ksm_managed;	/* ksm = manage, and ksmd started */
+	unsigned ksm_rate;	/* ... and the pages_to_scan set (ksm.c) */
 	uint32_t ksm_kept_said; /* domains (by index) told to keep their hot pages (loop) */
 
 	const struct transport_kind *tk;

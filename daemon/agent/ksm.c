@@ -22,9 +22,13 @@
  *
  * [agent] ksm: off hands nothing over; advise (the default) hands over
  * while ksmd runs; manage runs ksmd itself for as long as the agent
- * runs: its scan-time advisor (Linux 6.7 and later) with a target time
- * per pass (ksm_scan_seconds) and a CPU cap (ksm_max_cpu), or without
- * one a fixed rate, and puts the settings back as they were at the end.
+ * runs, at a rate the agent sets from what it handed over: a pass over
+ * those pages in ksm_scan_seconds, within about ksm_max_cpu % of a core
+ * (100 pages a 20 ms sleep per per cent), and puts the settings back as
+ * they were at the end. Not the kernel's scan-time advisor: it sets the
+ * rate at the end of each pass, so the near-empty passes before anything
+ * is handed over bring it down to a few pages a sleep, and the first pass
+ * over what comes then takes minutes.
  * Since only the windows cksm hands over are mergeable, ksmd's passes
  * cover the duplicates cksm found and nothing else. The settings found
  * are kept in the state directory (ksm-saved) until put back, so that a
@@ -291,18 +295,12 @@ void ksm_manage_start(struct backing *b)
 			b->cfg->state_dir);
 		return;
 	}
-	if (!sys_read("advisor_mode", v, sizeof(v))) {
-		snprintf(v, sizeof(v), "%u", b->cfg->ksm_max_cpu);
-		sys_write("advisor_max_cpu", v);
-		snprintf(v, sizeof(v), "%u", b->cfg->ksm_scan_seconds);
-		sys_write("advisor_target_scan_time", v);
-		rc = sys_write("advisor_mode", "scan-time");
-	} else {
-		/* No advisor: about ksm_max_cpu % of a core at 20 ms a sleep. */
-		snprintf(v, sizeof(v), "%u", 100 * b->cfg->ksm_max_cpu);
-		sys_write("sleep_millisecs", "20");
-		rc = sys_write("pages_to_scan", v);
-	}
+	if (!sys_read("advisor_mode", v, sizeof(v)))
+		sys_write("advisor_mode", "none");
+	sys_write("sleep_millisecs", "20");
+	b->ksm_rate = KSM_RATE_MIN;
+	snprintf(v, sizeof(v), "%u", b->ksm_rate);
+	rc = sys_write("pages_to_scan", v);
 	if (!rc)
 		rc = sys_write("run", "1");
 	if (rc) {
@@ -344,10 +342,46 @@ void ksm_manage_stop(struct backing *b)
 	log_info("the kernel's KSM settings put back as they were");
 }
 
+/* The pages of m's windows handed over. */
+static uint64_t ksm_handed(struct mm *m)
+{
+	uint64_t pages = 0;
+
+	pthread_mutex_lock(&m->lock);
+	for (unsigned i = 0; i < m->nksm; i++)
+		if (m->ksm[i].sent)
+			pages += (m->ksm[i].end - m->ksm[i].start) / PAGE;
+	pthread_mutex_unlock(&m->lock);
+	return pages;
+}
+
+/*
+ * manage: the pages handed over, scanned once in ksm_scan_seconds at 20
+ * ms a sleep, within the CPU cap.
+ */
+static void ksm_rate(struct backing *b, uint64_t pages)
+{
+	uint64_t want;
+	char v[32];
+
+	want = (pages * 20 + b->cfg->ksm_scan_seconds * 1000ull - 1) /
+	       (b->cfg->ksm_scan_seconds * 1000ull);
+	if (want < KSM_RATE_MIN)
+		want = KSM_RATE_MIN;
+	if (want > 100ull * b->cfg->ksm_max_cpu)
+		want = 100ull * b->cfg->ksm_max_cpu;
+	if (want == b->ksm_rate)
+		return;
+	b->ksm_rate = (unsigned)want;
+	snprintf(v, sizeof(v), "%u", b->ksm_rate);
+	sys_write("pages_to_scan", v);
+}
+
 void ksm_handover(struct backing *b)
 {
 	struct mm *ms[HOT_MAX];
 	unsigned nm = 0;
+	uint64_t handed = 0;
 
 	take_hot(b);
 	/* Windows not asked for yet (new ones, or ones an eviction was in). */
@@ -360,6 +394,9 @@ void ksm_handover(struct backing *b)
 	pthread_mutex_unlock(&b->lock);
 	for (unsigned i = 0; i < nm; i++) {
 		ksm_flush(ms[i]);
+		handed += ksm_handed(ms[i]);
 		mm_put(ms[i]);
 	}
+	if (b->ksm_managed)
+		ksm_rate(b, handed);
 }

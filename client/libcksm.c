@@ -782,11 +782,17 @@ static bool child_waits; /* a held fork's child: until its parent's word (reatta
 static void *reattach(void *arg)
 {
 	unsigned wait_ms = 50;
+	struct timespec until;
 
 	(void)arg;
+	/* A child forked by another thread while a held fork was under way
+	 * has child_waits from its parent and no word to wait for: 5 s. */
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
 	pthread_mutex_lock(&reattach_lock);
-	while (child_waits)
-		pthread_cond_wait(&reattach_cond, &reattach_lock);
+	while (child_waits &&
+	       pthread_cond_timedwait(&reattach_cond, &reattach_lock, &until) != ETIMEDOUT)
+		;
 	pthread_mutex_unlock(&reattach_lock);
 	for (int tries = 0; tries < 64 && reattach_once(); tries++) {
 		usleep(wait_ms * 1000);
@@ -949,7 +955,10 @@ static void fork_child_wait(struct spawn *sp)
 	pthread_setcancelstate(sp->cancel, NULL);
 }
 
-/* The agent learns the pid of the child it kept (KID): it keeps the child's table for as long as that process lives. zap_lock held. */
+/*
+ * The agent learns the pid of the child it kept (KID): it keeps the
+ * child's table for as long as that process lives. zap_lock held.
+ */
 static void kid_pid(pid_t pid)
 {
 	struct cksm_local m = cksm_local_msg(CKSM_LOCAL_KID);

@@ -226,7 +226,7 @@ static void zap_unkept(struct backing *b, struct mm *m, uint64_t addr)
  * a fault of its own) is fenced first: the scratch page it would fill is
  * unregistered, so that it cannot happen any more (EINVAL), and the
  * events are read again. The page is registered again at the eviction's
- * end. m->lock held for all four.
+ * end. m->lock held for all of them.
  */
 static void hold_events(struct mm *m)
 {

@@ -8,7 +8,12 @@ BIN=${CKSM_BIN:-$ROOT/build/san}
 CKSMD=$BIN/cksmd
 CKSMCTL=$BIN/cksmctl
 PEER=$BIN/cksm-testpeer
-T=$(mktemp -d /tmp/cksm-it.XXXXXX)
+# On tmpfs, as /run/cksm is where the agents run for real: the page pool
+# lives in the state directory, and a disk file system's large folios
+# would make a few dups cost megabytes.
+TMPBASE=/dev/shm
+[[ -d $TMPBASE && -w $TMPBASE ]] || TMPBASE=/tmp
+T=$(mktemp -d "$TMPBASE/cksm-it.XXXXXX")
 PIDS=()
 
 cleanup() {

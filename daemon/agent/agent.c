@@ -986,8 +986,9 @@ static int register_metrics(struct agent *a)
 		METRIC_C(a->m_unanswered, "cksm_reports_unanswered_total",
 			 "Reports a shard refused or did not answer."),
 		METRIC_G(a->m_dups, "cksm_pool_dups", "Dups this node's page pool holds."),
-		METRIC_G(a->m_net, "cksm_net_saved_bytes",
-			 "cksm_saved_bytes less the memory the page pool takes: what this node saves, net."),
+		METRIC_G(
+			a->m_net, "cksm_net_saved_bytes",
+			"cksm_saved_bytes less the memory the page pool takes: what this node saves, net."),
 		METRIC_G(a->m_pool_free, "cksm_pool_free_slots", "Free slots of the page pool."),
 		METRIC_C(a->m_refs_sent, "cksm_ref_updates_sent_total",
 			 "Reference changes on this node's dups sent to shards."),

@@ -220,18 +220,20 @@ static void count_loaded(struct backing *b, const struct bentry *e)
 
 /* A fork child's table whose userfaultfd never went to the parent: its
  * child was killed and forked again (local.h, CHILD). */
+/* A fork child not attached, kept with the fields KID and CHILD fill? */
+static bool kid_kept(const struct mm_state *st)
+{
+	return !st->pid && st->size >= offsetof(struct mm_state, kid_start) + sizeof(st->kid_start);
+}
+
 static bool kid_ghost(const struct mm_state *st)
 {
-	return !st->pid &&
-	       st->size >= offsetof(struct mm_state, kid_start) + sizeof(st->kid_start) &&
-	       !st->handed;
+	return kid_kept(st) && !st->handed;
 }
 
 bool keep_kid_known(const struct mm_state *st)
 {
-	return !st->pid &&
-	       st->size >= offsetof(struct mm_state, kid_start) + sizeof(st->kid_start) &&
-	       st->kid_pid > 0;
+	return kid_kept(st) && st->kid_pid > 0;
 }
 
 bool keep_alive(const struct mm_state *st)

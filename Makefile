@@ -29,7 +29,7 @@ Q := @
 E := @echo
 endif
 
-PKGS := libuv libprotobuf-c libsodium inih libmicrohttpd libsystemd libxxhash
+PKGS := libuv libprotobuf-c libsodium inih libmicrohttpd libsystemd libxxhash libibverbs librdmacm
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
 	-Wmissing-prototypes -Wvla -Wno-missing-field-initializers
 CFLAGS ?= -O2 -g
@@ -55,7 +55,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all deps test soak demo fuzz fuzz-build bench bench-ksm lint format install clean
+.PHONY: all deps test vmtest soak demo fuzz fuzz-build bench bench-ksm lint format install clean
 all: $(BINS) $(UNIT_BINS) $(BENCH_BINS)
 
 $(PROTO_C) $(PROTO_H) &: proto/cksm.proto
@@ -198,6 +198,12 @@ soak:
 	$(MAKE) all
 	$(MAKE) B=build/san CC=clang CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DCKSM_INJECT' all
 	CKSM_BIN=$(CURDIR)/build/san bash tests/soak/soak.sh
+
+# The tests that need a real kernel (soft-RoCE, the RDMA transport), in QEMU.
+vmtest:
+	./scripts/deps.sh
+	$(MAKE) all
+	./tests/vm/run.sh
 
 demo:
 	./scripts/deps.sh

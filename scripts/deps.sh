@@ -8,7 +8,8 @@ protobuf-c-compiler libprotobuf-c-dev libuv1-dev libsodium-dev libinih-dev
 libmicrohttpd-dev libjansson-dev libsmartcols-dev libsystemd-dev libxxhash-dev
 libcmocka-dev prometheus curl iproute2 procps psmisc cppcheck clang-format
 systemd git jq socat bc stressapptest gdb
-qemu-system-x86 busybox-static cpio kmod linux-image-amd64"
+qemu-system-x86 busybox-static cpio kmod linux-image-amd64
+libibverbs-dev librdmacm-dev ibverbs-providers rdma-core rdmacm-utils perftest"
 
 missing=""
 for p in $PKGS; do

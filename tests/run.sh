@@ -61,6 +61,13 @@ for script in tests/integration/*.sh; do
 	run "integration/$(basename "$script" .sh)" 600 bash "$script"
 done
 
+# The tests that need a real kernel: each boots Debian's kernel in QEMU
+# (tests/vm/vm.sh) and runs the optimised build inside.
+for script in tests/vm/*.sh; do
+	case $(basename "$script") in vm.sh | run.sh) continue ;; esac
+	run "vm/$(basename "$script" .sh)" 1200 tests/vm/run.sh "$script"
+done
+
 for f in build/fuzz/fuzz_*; do
 	[[ -x $f ]] || continue
 	n=$(basename "$f")

@@ -1059,7 +1059,7 @@ static int start_backing(struct agent *a)
 	if (!a->tk)
 		return -EINVAL; /* logged */
 	if (cfg->data_listen[0]) {
-		a->data = a->tk->serve(&a->rt.net, cfg, a->pool, a->rt.reg);
+		a->data = a->tk->serve(&a->rt.net, cfg, &a->rt.key, a->pool, a->rt.reg);
 		if (!a->data)
 			return -EADDRINUSE; /* logged */
 		if (!cfg->data_address[0])

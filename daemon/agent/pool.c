@@ -28,6 +28,7 @@
 #include "pool.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,7 @@ struct pool {
 	size_t nfree;
 	struct oaidx index; /* id -> slot + 1, for one held slot per id */
 	bool hugetlb;	    /* pages of MAP_HUGETLB: no hole punched per slot */
+	atomic_bool pinned; /* registered for a device: no hole punched either */
 };
 
 static uint64_t id_hash(const struct cid *id)
@@ -393,7 +395,7 @@ static void slot_free(struct pool *p, struct slot *s)
 	s->live = false;
 	s->held = false;
 	/* Before it can be taken again (under p->lock): its memory goes. */
-	if (!p->hugetlb && p->fd >= 0)
+	if (!p->hugetlb && !atomic_load(&p->pinned) && p->fd >= 0)
 		fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			  (off_t)((size_t)(s - p->slots) * POOL_SLOT), POOL_SLOT);
 	p->free[p->nfree++] = (uint32_t)(s - p->slots);
@@ -546,6 +548,17 @@ size_t pool_free_slots(struct pool *p)
 int pool_fd(const struct pool *p)
 {
 	return p->fd;
+}
+
+void *pool_memory(struct pool *p, size_t *bytes)
+{
+	*bytes = p->nslots * POOL_SLOT;
+	return p->base;
+}
+
+void pool_pin(struct pool *p)
+{
+	atomic_store(&p->pinned, true);
 }
 
 size_t pool_settle(struct pool *p)

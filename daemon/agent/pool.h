@@ -105,4 +105,14 @@ size_t pool_free_slots(struct pool *p);
 size_t pool_resident_bytes(const struct pool *p);
 int pool_fd(const struct pool *p);
 
+/* The slots' memory (slot n at n * POOL_SLOT), for a device to register. */
+void *pool_memory(struct pool *p, size_t *bytes);
+
+/*
+ * A device holds the pool's pages (an RDMA registration): a freed slot
+ * keeps its page, since the device would go on reading the page it
+ * pinned, not the one a hole punched there would bring.
+ */
+void pool_pin(struct pool *p);
+
 #endif

@@ -75,6 +75,8 @@ void remote_holder_learn(struct backing *b, uint32_t node, const char *addr, boo
 		return;
 	}
 	snprintf(h->addr, sizeof(h->addr), "%s", addr);
+	if (b->tk->known)
+		b->tk->known(addr);
 	if (keep)
 		keep_holders(b);
 }

@@ -477,11 +477,13 @@ static const struct conn_ops serve_ops = {
 };
 
 static struct data_server *tcp_serve(struct net_ctx *net, const struct config *cfg,
-				     struct pool *pool, struct metrics *reg)
+				     const struct auth_key *key, struct pool *pool,
+				     struct metrics *reg)
 {
 	struct tcp_server *ds = calloc(1, sizeof(*ds));
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
 
+	(void)key; /* the listener's handshake has it (net) */
 	if (!ds)
 		return NULL;
 	ds->ds.kind = &transport_tcp;

@@ -11,14 +11,30 @@
 #include "log.h"
 
 static const struct transport_kind *const kinds[] = {
-	&transport_tcp, /* "auto" takes the first kind that can run */
+	&transport_rdma, /* "auto" takes the first kind that can run */
+	&transport_tcp,
 };
 
 const struct transport_kind *transport_kind_choose(const struct config *cfg)
 {
-	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
-		if (!strcmp(cfg->transport, "auto") || !strcmp(cfg->transport, kinds[i]->name))
-			return kinds[i];
+	bool any = !strcmp(cfg->transport, "auto");
+
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		const struct transport_kind *k = kinds[i];
+		char why[256] = "";
+
+		if (!any && strcmp(cfg->transport, k->name))
+			continue;
+		if (!k->usable || k->usable(cfg, why, sizeof(why))) {
+			log_info("data transport: %s", k->name);
+			return k;
+		}
+		if (!any) {
+			log_error("[agent] transport = %s cannot run here: %s", k->name, why);
+			return NULL;
+		}
+		log_info("data transport: no %s (%s)", k->name, why);
+	}
 	log_error("[agent] transport = %s: no such transport on this node", cfg->transport);
 	return NULL;
 }
@@ -45,7 +61,7 @@ void transport_destroy(struct transport *t)
 
 uint64_t transport_served(struct data_server *ds)
 {
-	return atomic_load(&ds->served);
+	return ds->kind->served ? ds->kind->served(ds) : atomic_load(&ds->served);
 }
 
 void transport_serve_stop(struct data_server *ds)

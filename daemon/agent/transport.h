@@ -63,20 +63,28 @@ struct data_server {
 
 struct transport_kind {
 	const char *name;
+	/* Whether the kind can run here (NULL: always); why not in why. */
+	bool (*usable)(const struct config *cfg, char *why, size_t len);
 	/* A reader for one thread, or NULL with the reason logged. */
 	struct transport *(*reader)(const struct config *cfg, const struct auth_key *key);
 	/* Serve reads of pool on cfg->data_listen, or NULL with the reason logged. */
 	struct data_server *(*serve)(struct net_ctx *net, const struct config *cfg,
-				     struct pool *pool, struct metrics *reg);
+				     const struct auth_key *key, struct pool *pool,
+				     struct metrics *reg);
 	void (*serve_stop)(struct data_server *ds);
+	/* What transport_served says (NULL: ds->served). */
+	uint64_t (*served)(struct data_server *ds);
+	/* A holder's data address became known: connect ahead of its first read (may be NULL). */
+	void (*known)(const char *addr);
 };
 
-extern const struct transport_kind transport_tcp;
+extern const struct transport_kind transport_tcp, transport_rdma;
 
 /*
  * The kind cfg->transport names; "auto" is the best kind this node can
- * run. NULL, with the reason logged, when the kind named cannot run here:
- * never another kind in its place.
+ * run (RDMA where a device is there, else TCP). NULL, with the reason
+ * logged, when the kind named cannot run here: never another kind in its
+ * place.
  */
 const struct transport_kind *transport_kind_choose(const struct config *cfg);
 
@@ -89,7 +97,11 @@ int transport_read_checked(struct transport *t, const struct dup_loc *d,
 void transport_destroy(struct transport *t);
 void transport_serve_stop(struct data_server *ds);
 
-/* Page reads ds answered with bytes so far (any thread). */
+/*
+ * A count that moves while other nodes read from ds (any thread): the
+ * page reads answered with bytes where the holder sees them (TCP); where
+ * it does not (RDMA READ), it also moves while any reader is connected.
+ */
 uint64_t transport_served(struct data_server *ds);
 
 #endif

@@ -72,8 +72,8 @@ struct key {
 		.what = w                                                                   \
 	}
 
-/* auto picks the best transport the node has; today that is tcp. */
-static const char *const transports[] = { "auto", "tcp", NULL };
+/* auto picks the best transport the node has: rdma where a device is there. */
+static const char *const transports[] = { "auto", "rdma", "tcp", NULL };
 static const char *const ksm_modes[] = { "off", "advise", "manage", NULL };
 /* How evicted pages leave a process: auto is move where the kernel can. */
 static const char *const evict_withs[] = { "auto", "move", "zap", NULL };
@@ -149,7 +149,7 @@ static const struct key keys[] = {
 	  "a numeric host:port such as 0.0.0.0:9472"),
 	S("agent", "data_address", K_ADDR, data_address, NULL,
 	  "a numeric host:port such as 192.0.2.6:9472"),
-	C("agent", "transport", transport, transports, "auto", "auto or tcp"),
+	C("agent", "transport", transport, transports, "auto", "auto, rdma or tcp"),
 	U("agent", "data_timeout_ms", data_timeout_ms, 2000, 10, 60000,
 	  "milliseconds between 10 and 60000"),
 	U("agent", "lost_after_ms", lost_after_ms, 10000, 0, 3600000,

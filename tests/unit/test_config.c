@@ -230,9 +230,11 @@ static void data_transport(void **state)
 	assert_int_equal(load(&c, "[agent]\ntransport = tcp\ndata_timeout_ms = 250\n", path), 0);
 	assert_string_equal(c.transport, "tcp");
 	assert_int_equal(c.data_timeout_ms, 250);
-	assert_int_equal(load(&c, "[agent]\ntransport = rdma\n", path), -EINVAL);
-	snprintf(want, sizeof(want), "%s:2: [agent] transport: expected auto or tcp, got 'rdma'",
-		 path);
+	assert_int_equal(load(&c, "[agent]\ntransport = rdma\n", path), 0);
+	assert_string_equal(c.transport, "rdma");
+	assert_int_equal(load(&c, "[agent]\ntransport = roce\n", path), -EINVAL);
+	snprintf(want, sizeof(want),
+		 "%s:2: [agent] transport: expected auto, rdma or tcp, got 'roce'", path);
 	assert_non_null(strstr(errbuf, want));
 	assert_int_equal(load(&c, "[agent]\ndata_timeout_ms = 9\ndata_timeout_ms = 60001\n", path),
 			 -EINVAL);

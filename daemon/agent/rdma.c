@@ -1,0 +1,1088 @@
+/*
+ * rdma - the RDMA transport kind (transport.h): other nodes read this
+ * node's pool with one-sided RDMA READ, with no CPU of the holder.
+ *
+ * Holder: the pool is registered once per device (ibv_reg_mr, remote read
+ * only) and pinned (pool_pin: a freed slot keeps its page, since a hole
+ * punched there would leave the device reading the old one). librdmacm
+ * listens on data_listen (its own port space: the TCP data server, which
+ * runs beside it for peers that read over TCP, has the same port). A
+ * connect request must carry a MAC of the cluster key over a fresh nonce
+ * and time; the accept answers with the pool's address, its rkey and
+ * slot count, MACed over the reader's nonce. One walled region: a dedup
+ * domain is kept apart by its keyed content ids, which a reader needs to
+ * find a slot through the shards, not by a region of its own (a node
+ * holding the cluster key is trusted with every domain's pages).
+ *
+ * Reader: one RC queue pair per holder, kept for the process, shared by
+ * its reading threads (the fault thread, the evictor, the copier), one
+ * READ at a time per holder. Connections are made by a thread of their
+ * own: to a holder as soon as it is known (rdma_known), and again in the
+ * background after an error, so that a fault does not wait for one
+ * unless it is the first read of a holder never seen. A read posts a
+ * signalled READ of the slot into a registered buffer, spins SPIN_US on
+ * the completion queue, then sleeps on its completion channel, bounded
+ * by data_timeout_ms. An error completion, a flush or a timeout fails
+ * the read (the caller tries the next replica) and the queue pair is
+ * made again in the background. What was read is checked against the
+ * content id it should hold (transport_read_checked): a slot freed and
+ * reused while it was read, or torn by its new content, hashes to
+ * another id and is refused, which is what the generation check of the
+ * TCP kind does.
+ */
+#include <endian.h>
+#include <netinet/in.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
+#include "log.h"
+#include "netaddr.h"
+#include "transport.h"
+#include "util.h"
+
+#define RPEERS	     64	  /* holders a node reads from at once */
+#define SPIN_US	     20	  /* a completion is polled this long before sleeping */
+#define CLOCK_SKEW   120  /* seconds a connect request's time may be off */
+#define NONCES_SEEN  1024 /* connect nonces remembered against replays */
+#define DEVS	     8	  /* devices the pool is registered on */
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 5000
+
+static const uint8_t req_magic[4] = { 'C', 'K', 'R', 'q' };
+static const uint8_t rep_magic[4] = { 'C', 'K', 'R', 'p' };
+
+/* A connect request's private data: 56 bytes, what RC over rdma_cm allows. */
+struct conn_req {
+	uint8_t magic[4];
+	uint8_t nonce[12];
+	uint8_t time[8]; /* unix seconds, big-endian */
+	uint8_t mac[32]; /* crypto_auth over the fields above */
+};
+
+/* The holder's accept: where its pool is. */
+struct conn_rep {
+	uint8_t magic[4];
+	uint8_t base[8];
+	uint8_t rkey[4];
+	uint8_t slots[4];
+	uint8_t mac[32]; /* crypto_auth over the request's nonce and the fields above */
+};
+
+_Static_assert(sizeof(struct conn_req) == 56, "RC connect private data is 56 bytes");
+_Static_assert(sizeof(struct conn_rep) <= 196, "RC accept private data is 196 bytes");
+
+static void req_mac(const struct auth_key *key, const struct conn_req *r, uint8_t mac[32])
+{
+	crypto_auth(mac, (const uint8_t *)r, offsetof(struct conn_req, mac), key->k);
+}
+
+static void rep_mac(const struct auth_key *key, const uint8_t nonce[12], const struct conn_rep *p,
+		    uint8_t mac[32])
+{
+	uint8_t m[12 + offsetof(struct conn_rep, mac)];
+
+	memcpy(m, nonce, 12);
+	memcpy(m + 12, p, offsetof(struct conn_rep, mac));
+	crypto_auth(mac, m, sizeof(m), key->k);
+}
+
+static bool rdma_devices_here(char *why, size_t len)
+{
+	int n = 0;
+	struct ibv_device **l = ibv_get_device_list(&n);
+
+	if (!l) {
+		snprintf(why, len, "no RDMA device list: %s", strerror(errno));
+		return false;
+	}
+	ibv_free_device_list(l);
+	if (n <= 0)
+		snprintf(why, len, "no RDMA device on this node");
+	return n > 0;
+}
+
+/* ---- the reader's side --------------------------------------------------------- */
+
+enum rstate { R_DOWN, R_CONNECTING, R_UP };
+
+struct rpeer {
+	char addr[DUP_ADDR_MAX];
+	pthread_mutex_t lock; /* the queue pair: one READ at a time */
+	enum rstate state;    /* under the net's lock */
+	int err;	      /* why the last connect failed */
+	uint64_t retry_at;    /* ms: the next background connect */
+	unsigned retry_ms;
+	struct rdma_event_channel *ch;
+	struct rdma_cm_id *id;
+	struct ibv_pd *pd;
+	struct ibv_comp_channel *cc;
+	struct ibv_cq *cq;
+	struct ibv_mr *mr;
+	uint8_t *buf;
+	uint64_t base, wr;
+	uint32_t rkey, slots;
+	bool broken; /* under lock: a READ failed, to be made again */
+};
+
+/* The readers of this process: one set of queue pairs, one connecting thread. */
+struct rnet {
+	pthread_mutex_t lock;
+	pthread_cond_t cv; /* a connect ended */
+	struct rpeer peers[RPEERS];
+	unsigned npeers;
+	const struct auth_key *key;
+	int timeout_ms;
+	int wake;
+	pthread_t thread;
+	bool running;
+	unsigned users; /* readers; the last one ends it (under rnet_lock) */
+};
+
+static struct rnet *rnet;
+static pthread_mutex_t rnet_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct rdma_transport {
+	struct transport t;
+	struct rnet *n;
+};
+
+/* Wait for the next event on ch, bounded: 0 and *ev, or a negative errno. */
+static int cm_wait(struct rdma_event_channel *ch, int timeout_ms, struct rdma_cm_event **ev)
+{
+	struct pollfd pfd = { .fd = ch->fd, .events = POLLIN };
+
+	for (;;) {
+		if (!rdma_get_cm_event(ch, ev))
+			return 0;
+		if (errno != EAGAIN)
+			return -errno;
+		int r = poll(&pfd, 1, timeout_ms);
+
+		if (r == 0)
+			return -ETIMEDOUT;
+		if (r < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+/* Wait for event `want` on ch; anything else fails. */
+static int cm_expect(struct rdma_event_channel *ch, int timeout_ms, enum rdma_cm_event_type want,
+		     struct conn_rep *rep, char *why, size_t len)
+{
+	struct rdma_cm_event *ev;
+	int rc = cm_wait(ch, timeout_ms, &ev);
+
+	if (rc) {
+		snprintf(why, len, "%s waiting for %s", strerror(-rc), rdma_event_str(want));
+		return rc;
+	}
+	if (ev->event != want) {
+		snprintf(why, len, "%s (status %d) where %s was due", rdma_event_str(ev->event),
+			 ev->status, rdma_event_str(want));
+		if (ev->event == RDMA_CM_EVENT_REJECTED) {
+			size_t l = ev->param.conn.private_data
+					   ? strnlen(ev->param.conn.private_data,
+						     ev->param.conn.private_data_len)
+					   : 0;
+
+			if (l)
+				snprintf(why, len, "refused by the holder: %.*s", (int)l,
+					 (const char *)ev->param.conn.private_data);
+			else
+				snprintf(why, len, "refused (status %d): nothing listens there",
+					 ev->status);
+		}
+		rc = ev->event == RDMA_CM_EVENT_REJECTED ? -ECONNREFUSED : -EHOSTUNREACH;
+		rdma_ack_cm_event(ev);
+		return rc;
+	}
+	if (rep) {
+		if (ev->param.conn.private_data_len < sizeof(*rep)) {
+			snprintf(why, len, "the holder's accept carries no pool");
+			rdma_ack_cm_event(ev);
+			return -EPROTO;
+		}
+		memcpy(rep, ev->param.conn.private_data, sizeof(*rep));
+	}
+	rdma_ack_cm_event(ev);
+	return 0;
+}
+
+/* Free what a connection holds. p->lock held or p unreachable. */
+static void rpeer_close(struct rpeer *p)
+{
+	if (p->id && p->id->qp) {
+		rdma_disconnect(p->id);
+		rdma_destroy_qp(p->id);
+	}
+	if (p->mr)
+		ibv_dereg_mr(p->mr);
+	if (p->cq)
+		ibv_destroy_cq(p->cq);
+	if (p->cc)
+		ibv_destroy_comp_channel(p->cc);
+	if (p->pd)
+		ibv_dealloc_pd(p->pd);
+	if (p->id)
+		rdma_destroy_id(p->id);
+	if (p->ch)
+		rdma_destroy_event_channel(p->ch);
+	free(p->buf);
+	p->mr = NULL;
+	p->cq = NULL;
+	p->cc = NULL;
+	p->pd = NULL;
+	p->id = NULL;
+	p->ch = NULL;
+	p->buf = NULL;
+	p->broken = false;
+}
+
+/* Make p's queue pair (the connecting thread, p->lock held). */
+static int rpeer_open(struct rnet *n, struct rpeer *p, char *why, size_t len)
+{
+	struct sockaddr_storage ss;
+	struct ibv_qp_init_attr qa = { 0 };
+	struct rdma_conn_param cp = { 0 };
+	struct conn_req req;
+	struct conn_rep rep;
+	uint8_t mac[32];
+	int rc = netaddr_parse(p->addr, &ss);
+
+	if (rc) {
+		snprintf(why, len, "not an address");
+		return rc;
+	}
+	p->ch = rdma_create_event_channel();
+	if (!p->ch || fcntl(p->ch->fd, F_SETFL, fcntl(p->ch->fd, F_GETFL) | O_NONBLOCK) ||
+	    rdma_create_id(p->ch, &p->id, p, RDMA_PS_TCP)) {
+		rc = -errno;
+		snprintf(why, len, "no rdma_cm id: %s", strerror(errno));
+		return rc;
+	}
+	if (rdma_resolve_addr(p->id, NULL, (struct sockaddr *)&ss, n->timeout_ms)) {
+		rc = -errno;
+		snprintf(why, len, "resolving the address: %s", strerror(errno));
+		return rc;
+	}
+	rc = cm_expect(p->ch, n->timeout_ms, RDMA_CM_EVENT_ADDR_RESOLVED, NULL, why, len);
+	if (rc)
+		return rc;
+	if (rdma_resolve_route(p->id, n->timeout_ms)) {
+		rc = -errno;
+		snprintf(why, len, "resolving the route: %s", strerror(errno));
+		return rc;
+	}
+	rc = cm_expect(p->ch, n->timeout_ms, RDMA_CM_EVENT_ROUTE_RESOLVED, NULL, why, len);
+	if (rc)
+		return rc;
+	p->pd = ibv_alloc_pd(p->id->verbs);
+	p->cc = p->pd ? ibv_create_comp_channel(p->id->verbs) : NULL;
+	p->cq = p->cc ? ibv_create_cq(p->id->verbs, 4, NULL, p->cc, 0) : NULL;
+	p->buf = p->cq ? aligned_alloc(POOL_SLOT, POOL_SLOT) : NULL;
+	p->mr = p->buf ? ibv_reg_mr(p->pd, p->buf, POOL_SLOT, IBV_ACCESS_LOCAL_WRITE) : NULL;
+	if (!p->mr || fcntl(p->cc->fd, F_SETFL, fcntl(p->cc->fd, F_GETFL) | O_NONBLOCK)) {
+		rc = errno ? -errno : -ENOMEM;
+		snprintf(why, len, "verbs resources: %s", strerror(-rc));
+		return rc;
+	}
+	qa.send_cq = qa.recv_cq = p->cq;
+	qa.qp_type = IBV_QPT_RC;
+	qa.cap.max_send_wr = 2;
+	qa.cap.max_recv_wr = 1;
+	qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+	if (rdma_create_qp(p->id, p->pd, &qa)) {
+		rc = -errno;
+		snprintf(why, len, "no queue pair: %s", strerror(errno));
+		return rc;
+	}
+	memcpy(req.magic, req_magic, 4);
+	randombytes_buf(req.nonce, sizeof(req.nonce));
+	{
+		uint64_t t = htobe64((uint64_t)time(NULL));
+
+		memcpy(req.time, &t, 8);
+	}
+	req_mac(n->key, &req, req.mac);
+	cp.private_data = &req;
+	cp.private_data_len = sizeof(req);
+	cp.initiator_depth = 1; /* one READ in flight */
+	cp.responder_resources = 0;
+	cp.retry_count = 7;
+	cp.rnr_retry_count = 7;
+	if (rdma_connect(p->id, &cp)) {
+		rc = -errno;
+		snprintf(why, len, "connecting: %s", strerror(errno));
+		return rc;
+	}
+	rc = cm_expect(p->ch, n->timeout_ms, RDMA_CM_EVENT_ESTABLISHED, &rep, why, len);
+	if (rc)
+		return rc;
+	rep_mac(n->key, req.nonce, &rep, mac);
+	if (memcmp(rep.magic, rep_magic, 4) || sodium_memcmp(mac, rep.mac, 32)) {
+		snprintf(why, len, "the holder's accept is not MACed with the cluster key");
+		return -EACCES;
+	}
+	memcpy(&p->base, rep.base, 8);
+	memcpy(&p->rkey, rep.rkey, 4);
+	memcpy(&p->slots, rep.slots, 4);
+	p->base = be64toh(p->base);
+	p->rkey = be32toh(p->rkey);
+	p->slots = be32toh(p->slots);
+	return 0;
+}
+
+/* Connect p now (the connecting thread). */
+static void rpeer_connect(struct rnet *n, struct rpeer *p)
+{
+	char why[256] = "";
+	int rc;
+
+	pthread_mutex_lock(&p->lock);
+	rpeer_close(p);
+	errno = 0;
+	rc = rpeer_open(n, p, why, sizeof(why));
+	if (rc)
+		rpeer_close(p);
+	pthread_mutex_unlock(&p->lock);
+
+	pthread_mutex_lock(&n->lock);
+	if (rc) {
+		if (p->err != rc || p->retry_ms >= RETRY_MAX_MS)
+			log_warn("RDMA to %s: %s", p->addr, why);
+		p->err = rc;
+		p->state = R_DOWN;
+		p->retry_ms = p->retry_ms ? MIN(p->retry_ms * 2, RETRY_MAX_MS) : RETRY_MIN_MS;
+		p->retry_at = now_ms() + p->retry_ms;
+	} else {
+		if (p->err)
+			log_info("RDMA to %s: connected", p->addr);
+		p->err = 0;
+		p->retry_ms = 0;
+		p->state = R_UP;
+	}
+	pthread_cond_broadcast(&n->cv);
+	pthread_mutex_unlock(&n->lock);
+}
+
+/* A connected holder's rdma_cm said it went (the connecting thread). */
+static void rpeer_events(struct rnet *n, struct rpeer *p)
+{
+	struct rdma_cm_event *ev;
+	bool gone = false;
+
+	while (p->ch && !rdma_get_cm_event(p->ch, &ev)) {
+		gone |= ev->event == RDMA_CM_EVENT_DISCONNECTED ||
+			ev->event == RDMA_CM_EVENT_DEVICE_REMOVAL;
+		rdma_ack_cm_event(ev);
+	}
+	if (!gone)
+		return;
+	log_info("RDMA to %s: the holder disconnected", p->addr);
+	pthread_mutex_lock(&n->lock);
+	if (p->state == R_UP) {
+		p->state = R_DOWN;
+		p->err = 0;
+		p->retry_ms = 0;
+		p->retry_at = now_ms() + RETRY_MIN_MS;
+	}
+	pthread_mutex_unlock(&n->lock);
+}
+
+/*
+ * The connecting thread: holders wanted, those whose queue pair broke
+ * (again after RETRY_MIN_MS, doubling to RETRY_MAX_MS while it fails),
+ * and the connected ones' rdma_cm events (a holder that goes).
+ */
+static void *rnet_main(void *arg)
+{
+	struct rnet *n = arg;
+
+	for (;;) {
+		struct pollfd pfd[RPEERS + 1];
+		struct rpeer *todo = NULL, *up[RPEERS];
+		unsigned nup = 0;
+		uint64_t now = now_ms(), next = now + 1000;
+
+		pthread_mutex_lock(&n->lock);
+		if (!n->running) {
+			pthread_mutex_unlock(&n->lock);
+			return NULL;
+		}
+		for (unsigned i = 0; i < n->npeers; i++) {
+			struct rpeer *p = &n->peers[i];
+
+			if (!todo && (p->state == R_CONNECTING ||
+				      (p->state == R_DOWN && p->retry_at <= now)))
+				todo = p;
+			else if (p->state == R_DOWN)
+				next = MIN(next, p->retry_at);
+			else if (p->state == R_UP && p->ch)
+				up[nup++] = p;
+		}
+		if (todo)
+			todo->state = R_CONNECTING;
+		pthread_mutex_unlock(&n->lock);
+		if (todo) {
+			rpeer_connect(n, todo);
+			continue;
+		}
+		pfd[0] = (struct pollfd){ .fd = n->wake, .events = POLLIN };
+		for (unsigned i = 0; i < nup; i++)
+			pfd[i + 1] = (struct pollfd){ .fd = up[i]->ch->fd, .events = POLLIN };
+		if (poll(pfd, nup + 1, (int)(next - now)) <= 0)
+			continue;
+		if (pfd[0].revents) {
+			uint64_t v;
+
+			if (read(n->wake, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				log_warn("RDMA connector wake: %s", strerror(errno));
+		}
+		for (unsigned i = 0; i < nup; i++)
+			if (pfd[i + 1].revents)
+				rpeer_events(n, up[i]);
+	}
+}
+
+static void rnet_wake(struct rnet *n)
+{
+	uint64_t one = 1;
+
+	if (write(n->wake, &one, sizeof(one)) < 0)
+		log_warn("RDMA connector wake: %s", strerror(errno));
+}
+
+/* The holder at addr, made (and connected in the background) if new. n->lock held. */
+static struct rpeer *rpeer_find(struct rnet *n, const char *addr, bool make)
+{
+	struct rpeer *p;
+
+	for (unsigned i = 0; i < n->npeers; i++)
+		if (!strcmp(n->peers[i].addr, addr))
+			return &n->peers[i];
+	if (!make || n->npeers == RPEERS || strlen(addr) >= DUP_ADDR_MAX)
+		return NULL;
+	p = &n->peers[n->npeers++];
+	snprintf(p->addr, sizeof(p->addr), "%s", addr);
+	pthread_mutex_init(&p->lock, NULL);
+	p->state = R_CONNECTING;
+	rnet_wake(n);
+	return p;
+}
+
+static struct rnet *rnet_get(const struct config *cfg, const struct auth_key *key)
+{
+	struct rnet *n;
+
+	pthread_mutex_lock(&rnet_lock);
+	n = rnet;
+	if (!n && (n = calloc(1, sizeof(*n)))) {
+		pthread_mutex_init(&n->lock, NULL);
+		pthread_cond_init(&n->cv, NULL);
+		n->key = key;
+		n->timeout_ms = (int)cfg->data_timeout_ms;
+		n->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		n->running = true;
+		if (n->wake < 0 || pthread_create(&n->thread, NULL, rnet_main, n)) {
+			log_error("cannot start the RDMA connecting thread");
+			if (n->wake >= 0)
+				close(n->wake);
+			free(n);
+			n = NULL;
+		} else {
+			rnet = n;
+		}
+	}
+	if (n)
+		n->users++;
+	pthread_mutex_unlock(&rnet_lock);
+	return n;
+}
+
+/* A reader goes; the last one takes the queue pairs and the thread with it. */
+static void rnet_put(struct rnet *n)
+{
+	pthread_mutex_lock(&rnet_lock);
+	if (--n->users) {
+		pthread_mutex_unlock(&rnet_lock);
+		return;
+	}
+	rnet = NULL;
+	pthread_mutex_unlock(&rnet_lock);
+	pthread_mutex_lock(&n->lock);
+	n->running = false;
+	pthread_mutex_unlock(&n->lock);
+	rnet_wake(n);
+	pthread_join(n->thread, NULL);
+	for (unsigned i = 0; i < n->npeers; i++) {
+		rpeer_close(&n->peers[i]);
+		pthread_mutex_destroy(&n->peers[i].lock);
+	}
+	close(n->wake);
+	pthread_cond_destroy(&n->cv);
+	pthread_mutex_destroy(&n->lock);
+	free(n);
+}
+
+/* Wait until p is up or its connect failed, at most timeout_ms. n->lock held. */
+static int rpeer_wait(struct rnet *n, struct rpeer *p)
+{
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += n->timeout_ms / 1000;
+	dl.tv_nsec += (long)(n->timeout_ms % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	if (p->state == R_DOWN && !p->err) {
+		p->state = R_CONNECTING;
+		rnet_wake(n);
+	}
+	while (p->state == R_CONNECTING)
+		if (pthread_cond_timedwait(&n->cv, &n->lock, &dl) == ETIMEDOUT)
+			return -ETIMEDOUT;
+	return p->state == R_UP ? 0 : p->err ? p->err : -ENOTCONN;
+}
+
+/* Poll the read's completion: a short spin, then the completion channel. p->lock held. */
+static int rpeer_complete(struct rpeer *p, int timeout_ms)
+{
+	uint64_t spin_end;
+	struct ibv_wc wc;
+	struct timespec t0;
+	int n;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	spin_end = (uint64_t)t0.tv_sec * 1000000 + (uint64_t)t0.tv_nsec / 1000 + SPIN_US;
+	for (;;) {
+		struct timespec t;
+
+		n = ibv_poll_cq(p->cq, 1, &wc);
+		if (n)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000 >= spin_end)
+			break;
+	}
+	if (!n) {
+		uint64_t dl = now_ms() + (uint64_t)timeout_ms;
+
+		for (;;) {
+			struct ibv_cq *cq;
+			void *ctx;
+			struct pollfd pfd = { .fd = p->cc->fd, .events = POLLIN };
+			uint64_t now;
+
+			if (ibv_req_notify_cq(p->cq, 0))
+				return -EIO;
+			n = ibv_poll_cq(p->cq, 1, &wc);
+			if (n)
+				break;
+			now = now_ms();
+			if (now >= dl)
+				return -ETIMEDOUT;
+			if (poll(&pfd, 1, (int)(dl - now)) < 0 && errno != EINTR)
+				return -errno;
+			if (!ibv_get_cq_event(p->cc, &cq, &ctx))
+				ibv_ack_cq_events(cq, 1);
+		}
+	}
+	if (n < 0)
+		return -EIO;
+	if (wc.status != IBV_WC_SUCCESS || wc.wr_id != p->wr) {
+		log_warn("RDMA READ from %s: %s", p->addr, ibv_wc_status_str(wc.status));
+		return wc.status == IBV_WC_WR_FLUSH_ERR ? -ECONNRESET : -EIO;
+	}
+	return 0;
+}
+
+static int rdma_read(struct transport *t, const struct dup_loc *d, const struct cid *id, void *buf)
+{
+	struct rnet *n = ((struct rdma_transport *)t)->n;
+	struct rpeer *p;
+	struct ibv_sge sge;
+	struct ibv_send_wr wr = { 0 }, *bad;
+	int rc;
+
+	(void)id; /* checked on the bytes: transport_read_checked */
+	pthread_mutex_lock(&n->lock);
+	p = rpeer_find(n, d->addr, true);
+	rc = p ? rpeer_wait(n, p) : -EMFILE;
+	pthread_mutex_unlock(&n->lock);
+	if (rc)
+		return rc;
+
+	pthread_mutex_lock(&p->lock);
+	if (!p->id || !p->id->qp || p->broken) {
+		pthread_mutex_unlock(&p->lock);
+		return -ENOTCONN;
+	}
+	if (d->slot >= p->slots) {
+		pthread_mutex_unlock(&p->lock);
+		return -ESTALE;
+	}
+	sge.addr = (uintptr_t)p->buf;
+	sge.length = POOL_SLOT;
+	sge.lkey = p->mr->lkey;
+	wr.wr_id = ++p->wr;
+	wr.opcode = IBV_WR_RDMA_READ;
+	wr.send_flags = IBV_SEND_SIGNALED;
+	wr.sg_list = &sge;
+	wr.num_sge = 1;
+	wr.wr.rdma.remote_addr = p->base + (uint64_t)d->slot * POOL_SLOT;
+	wr.wr.rdma.rkey = p->rkey;
+	rc = ibv_post_send(p->id->qp, &wr, &bad) ? -EIO : rpeer_complete(p, n->timeout_ms);
+	if (!rc)
+		memcpy(buf, p->buf, POOL_SLOT);
+	else
+		p->broken = true;
+	pthread_mutex_unlock(&p->lock);
+	if (rc) {
+		/* The queue pair is in doubt: made again in the background. */
+		pthread_mutex_lock(&n->lock);
+		p->state = R_DOWN;
+		p->err = 0;
+		p->retry_ms = 0;
+		p->retry_at = now_ms() + RETRY_MIN_MS;
+		pthread_mutex_unlock(&n->lock);
+		rnet_wake(n);
+	}
+	return rc;
+}
+
+/* The queue pairs are the process's: the last reader to go closes them. */
+static void rdma_destroy(struct transport *t)
+{
+	rnet_put(((struct rdma_transport *)t)->n);
+	free(t);
+}
+
+static const struct transport_ops rdma_ops = {
+	.read = rdma_read,
+	.destroy = rdma_destroy,
+};
+
+static struct transport *rdma_reader(const struct config *cfg, const struct auth_key *key)
+{
+	struct rdma_transport *rt;
+	char why[128];
+
+	if (!rdma_devices_here(why, sizeof(why))) {
+		log_error("RDMA transport: %s", why);
+		return NULL;
+	}
+	rt = calloc(1, sizeof(*rt));
+	if (!rt || !(rt->n = rnet_get(cfg, key))) {
+		free(rt);
+		return NULL;
+	}
+	rt->t.ops = &rdma_ops;
+	return &rt->t;
+}
+
+static void rdma_known(const char *addr)
+{
+	struct rnet *n;
+
+	pthread_mutex_lock(&rnet_lock);
+	n = rnet;
+	if (n && addr[0]) {
+		pthread_mutex_lock(&n->lock);
+		rpeer_find(n, addr, true);
+		pthread_mutex_unlock(&n->lock);
+	}
+	pthread_mutex_unlock(&rnet_lock);
+}
+
+/* ---- the holder's side --------------------------------------------------------- */
+
+struct rdev {
+	struct ibv_context *verbs;
+	struct ibv_pd *pd;
+	struct ibv_mr *mr;
+	struct ibv_cq *cq;
+	int rd_atom; /* READs a peer may have in flight */
+};
+
+struct rdma_server {
+	struct data_server ds;
+	struct data_server *tcp; /* the TCP data server beside it */
+	struct pool *pool;
+	const struct auth_key *key;
+	struct rdma_event_channel *ch;
+	struct rdma_cm_id *listen;
+	struct rdev devs[DEVS];
+	unsigned ndevs;
+	struct rdma_cm_id **ids; /* readers accepted, for the stop */
+	size_t nids, capids;
+	uint8_t seen[NONCES_SEEN][12];
+	unsigned nseen;
+	int wake;
+	pthread_t thread;
+	atomic_bool stop;
+	atomic_int conns;
+	struct metric *m_conns, *m_refused;
+};
+
+static struct rdev *rdev_get(struct rdma_server *s, struct ibv_context *verbs, char *why,
+			     size_t len)
+{
+	struct rdev *d;
+	struct ibv_device_attr attr;
+	size_t bytes;
+	void *mem;
+
+	for (unsigned i = 0; i < s->ndevs; i++)
+		if (s->devs[i].verbs == verbs)
+			return &s->devs[i];
+	if (s->ndevs == DEVS) {
+		snprintf(why, len, "more than %d devices", DEVS);
+		return NULL;
+	}
+	d = &s->devs[s->ndevs];
+	mem = pool_memory(s->pool, &bytes);
+	d->verbs = verbs;
+	d->rd_atom = ibv_query_device(verbs, &attr) ? 1 : MIN(attr.max_qp_rd_atom, 16);
+	d->pd = ibv_alloc_pd(verbs);
+	d->mr = d->pd ? ibv_reg_mr(d->pd, mem, bytes, IBV_ACCESS_REMOTE_READ) : NULL;
+	d->cq = d->mr ? ibv_create_cq(verbs, 2, NULL, NULL, 0) : NULL;
+	if (!d->cq) {
+		snprintf(why, len, "registering the pool (%zu MiB) on %s: %s (memlock limit?)",
+			 bytes >> 20, ibv_get_device_name(verbs->device), strerror(errno));
+		if (d->mr)
+			ibv_dereg_mr(d->mr);
+		if (d->pd)
+			ibv_dealloc_pd(d->pd);
+		return NULL;
+	}
+	pool_pin(s->pool);
+	log_info("pool (%zu MiB) registered for RDMA READ on %s", bytes >> 20,
+		 ibv_get_device_name(verbs->device));
+	s->ndevs++;
+	return d;
+}
+
+static void rdev_free(struct rdma_server *s)
+{
+	for (unsigned i = 0; i < s->ndevs; i++) {
+		ibv_destroy_cq(s->devs[i].cq);
+		ibv_dereg_mr(s->devs[i].mr);
+		ibv_dealloc_pd(s->devs[i].pd);
+	}
+	s->ndevs = 0;
+}
+
+/* A connect request's proof of the cluster key, fresh and never seen. */
+static const char *req_check(struct rdma_server *s, const void *data, size_t len)
+{
+	struct conn_req r;
+	uint8_t mac[32];
+	uint64_t t;
+	int64_t skew;
+
+	if (len < sizeof(r))
+		return "no cksm connect request";
+	memcpy(&r, data, sizeof(r));
+	if (memcmp(r.magic, req_magic, 4))
+		return "no cksm connect request";
+	req_mac(s->key, &r, mac);
+	if (sodium_memcmp(mac, r.mac, 32))
+		return "bad key";
+	memcpy(&t, r.time, 8);
+	skew = (int64_t)be64toh(t) - (int64_t)time(NULL);
+	if (skew > CLOCK_SKEW || skew < -CLOCK_SKEW)
+		return "stale request (clocks apart?)";
+	for (unsigned i = 0; i < MIN(s->nseen, NONCES_SEEN); i++)
+		if (!memcmp(s->seen[i], r.nonce, 12))
+			return "replayed request";
+	memcpy(s->seen[s->nseen++ % NONCES_SEEN], r.nonce, 12);
+	return NULL;
+}
+
+static void refuse(struct rdma_server *s, struct rdma_cm_id *id, const char *why)
+{
+	char peer[64] = "?";
+	struct sockaddr *sa = rdma_get_peer_addr(id);
+
+	if (sa)
+		netaddr_format(sa, peer, sizeof(peer));
+	log_warn("RDMA connect from %s refused: %s", peer, why);
+	metric_inc(s->m_refused);
+	rdma_reject(id, why, (uint8_t)(strlen(why) + 1));
+}
+
+/* A reader connects: check it, give it a queue pair and the pool's key. */
+static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
+{
+	struct rdma_cm_id *id = ev->id;
+	const char *bad =
+		req_check(s, ev->param.conn.private_data, ev->param.conn.private_data_len);
+	struct ibv_qp_init_attr qa = { 0 };
+	struct rdma_conn_param cp = { 0 };
+	struct conn_rep rep;
+	char why[256];
+	struct rdev *d;
+	uint64_t base;
+	uint32_t rkey, slots;
+	size_t bytes;
+
+	if (bad) {
+		refuse(s, id, bad);
+		return false;
+	}
+	d = rdev_get(s, id->verbs, why, sizeof(why));
+	if (!d) {
+		log_error("RDMA: %s", why);
+		refuse(s, id, "no pool on this device");
+		return false;
+	}
+	qa.send_cq = qa.recv_cq = d->cq;
+	qa.qp_type = IBV_QPT_RC;
+	qa.cap.max_send_wr = qa.cap.max_recv_wr = 1;
+	qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+	if (rdma_create_qp(id, d->pd, &qa)) {
+		log_warn("RDMA: no queue pair for a reader: %s", strerror(errno));
+		refuse(s, id, "no queue pair");
+		return false;
+	}
+	memcpy(rep.magic, rep_magic, 4);
+	base = htobe64((uint64_t)(uintptr_t)pool_memory(s->pool, &bytes));
+	rkey = htobe32(d->mr->rkey);
+	slots = htobe32((uint32_t)(bytes / POOL_SLOT));
+	memcpy(rep.base, &base, 8);
+	memcpy(rep.rkey, &rkey, 4);
+	memcpy(rep.slots, &slots, 4);
+	rep_mac(s->key, ((const struct conn_req *)ev->param.conn.private_data)->nonce, &rep,
+		rep.mac);
+	cp.private_data = &rep;
+	cp.private_data_len = sizeof(rep);
+	cp.responder_resources = (uint8_t)d->rd_atom;
+	cp.initiator_depth = 0;
+	if (array_reserve((void **)&s->ids, &s->capids, s->nids + 1, sizeof(*s->ids))) {
+		refuse(s, id, "out of memory");
+		return false;
+	}
+	if (rdma_accept(id, &cp)) {
+		log_warn("RDMA: accepting a reader: %s", strerror(errno));
+		return false;
+	}
+	s->ids[s->nids++] = id;
+	return true;
+}
+
+/* An accepted reader's id goes (after its event was acked). */
+static void reader_drop(struct rdma_server *s, struct rdma_cm_id *id)
+{
+	for (size_t i = 0; i < s->nids; i++)
+		if (s->ids[i] == id) {
+			s->ids[i] = s->ids[--s->nids];
+			break;
+		}
+	if (id->qp)
+		rdma_destroy_qp(id);
+	rdma_destroy_id(id);
+}
+
+static void *serve_main(void *arg)
+{
+	struct rdma_server *s = arg;
+
+	while (!atomic_load(&s->stop)) {
+		struct pollfd pfd[2] = { { .fd = s->ch->fd, .events = POLLIN },
+					 { .fd = s->wake, .events = POLLIN } };
+		struct rdma_cm_event *ev;
+
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+		while (!rdma_get_cm_event(s->ch, &ev)) {
+			struct rdma_cm_id *id = ev->id;
+			bool drop = false;
+
+			switch (ev->event) {
+			case RDMA_CM_EVENT_CONNECT_REQUEST:
+				drop = !on_connect(s, ev);
+				break;
+			case RDMA_CM_EVENT_ESTABLISHED:
+				metric_set(s->m_conns, atomic_fetch_add(&s->conns, 1) + 1);
+				atomic_fetch_add(&s->ds.served, 1); /* a reader: not quiet yet */
+				break;
+			case RDMA_CM_EVENT_DISCONNECTED:
+				metric_set(s->m_conns, atomic_fetch_sub(&s->conns, 1) - 1);
+				atomic_fetch_add(&s->ds.served, 1);
+				drop = true;
+				break;
+			case RDMA_CM_EVENT_REJECTED:
+			case RDMA_CM_EVENT_CONNECT_ERROR:
+			case RDMA_CM_EVENT_UNREACHABLE:
+				drop = id != s->listen;
+				break;
+			default:
+				break;
+			}
+			rdma_ack_cm_event(ev);
+			if (drop)
+				reader_drop(s, id);
+		}
+	}
+	return NULL;
+}
+
+static struct data_server *rdma_serve(struct net_ctx *net, const struct config *cfg,
+				      const struct auth_key *key, struct pool *pool,
+				      struct metrics *reg)
+{
+	struct rdma_server *s;
+	struct sockaddr_storage ss;
+	char why[256];
+
+	if (!rdma_devices_here(why, sizeof(why))) {
+		log_error("RDMA transport: %s", why);
+		return NULL;
+	}
+	if (netaddr_parse(cfg->data_listen, &ss)) {
+		log_error("RDMA transport: data_listen = %s is not an address", cfg->data_listen);
+		return NULL;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->ds.kind = &transport_rdma;
+	s->pool = pool;
+	s->key = key;
+	s->m_conns =
+		metrics_gauge(reg, "cksm_rdma_readers",
+			      "Queue pairs of other nodes reading this node's pool by RDMA.", NULL);
+	s->m_refused = metrics_counter(
+		reg, "cksm_rdma_connects_refused_total",
+		"RDMA connect requests refused (bad key, replay, no resources).", NULL);
+	s->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	s->ch = rdma_create_event_channel();
+	if (!s->m_conns || !s->m_refused || s->wake < 0 || !s->ch ||
+	    fcntl(s->ch->fd, F_SETFL, fcntl(s->ch->fd, F_GETFL) | O_NONBLOCK) ||
+	    rdma_create_id(s->ch, &s->listen, s, RDMA_PS_TCP)) {
+		log_error("RDMA transport: %s", strerror(errno));
+		goto fail;
+	}
+	if (rdma_bind_addr(s->listen, (struct sockaddr *)&ss) || rdma_listen(s->listen, 64)) {
+		log_error("RDMA transport: listening on %s: %s (no RDMA device with that address?)",
+			  cfg->data_listen, strerror(errno));
+		goto fail;
+	}
+	if (s->listen->verbs && !rdev_get(s, s->listen->verbs, why, sizeof(why))) {
+		log_error("RDMA transport: %s", why);
+		goto fail;
+	}
+	s->tcp = transport_tcp.serve(net, cfg, key, pool, reg);
+	if (!s->tcp)
+		goto fail;
+	if (pthread_create(&s->thread, NULL, serve_main, s)) {
+		log_error("cannot start the RDMA server thread");
+		transport_tcp.serve_stop(s->tcp);
+		goto fail;
+	}
+	log_info("serving the pool by RDMA READ on %s", cfg->data_listen);
+	return &s->ds;
+fail:
+	rdev_free(s);
+	if (s->listen)
+		rdma_destroy_id(s->listen);
+	if (s->ch)
+		rdma_destroy_event_channel(s->ch);
+	if (s->wake >= 0)
+		close(s->wake);
+	free(s);
+	return NULL;
+}
+
+static void rdma_serve_stop(struct data_server *base)
+{
+	struct rdma_server *s = (struct rdma_server *)base;
+	uint64_t one = 1;
+
+	atomic_store(&s->stop, true);
+	if (write(s->wake, &one, sizeof(one)) < 0)
+		log_warn("RDMA server wake: %s", strerror(errno));
+	pthread_join(s->thread, NULL);
+	transport_tcp.serve_stop(s->tcp);
+	while (s->nids) {
+		rdma_disconnect(s->ids[s->nids - 1]);
+		reader_drop(s, s->ids[s->nids - 1]);
+	}
+	free(s->ids);
+	rdma_destroy_id(s->listen);
+	rdev_free(s);
+	rdma_destroy_event_channel(s->ch);
+	close(s->wake);
+	free(s);
+}
+
+static uint64_t rdma_served(struct data_server *base)
+{
+	struct rdma_server *s = (struct rdma_server *)base;
+
+	/* Reads by RDMA are not seen here: a reader connected counts as reading. */
+	if (atomic_load(&s->conns) > 0)
+		atomic_fetch_add(&s->ds.served, 1);
+	return atomic_load(&s->ds.served) + transport_served(s->tcp);
+}
+
+static bool addr_any(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+/* A device, and one on data_listen's address when it names one. */
+static bool rdma_usable(const struct config *cfg, char *why, size_t len)
+{
+	struct sockaddr_storage ss;
+	struct rdma_cm_id *id;
+	bool ok;
+
+	if (!rdma_devices_here(why, len))
+		return false;
+	if (!cfg->data_listen[0] || netaddr_parse(cfg->data_listen, &ss))
+		return true;
+	if (ss.ss_family == AF_INET)
+		((struct sockaddr_in *)&ss)->sin_port = 0;
+	else
+		((struct sockaddr_in6 *)&ss)->sin6_port = 0;
+	if (rdma_create_id(NULL, &id, NULL, RDMA_PS_TCP)) {
+		snprintf(why, len, "no rdma_cm: %s", strerror(errno));
+		return false;
+	}
+	errno = 0;
+	/* A wildcard address binds no device yet; any other must bind one. */
+	ok = !rdma_bind_addr(id, (struct sockaddr *)&ss) && (id->verbs || addr_any(&ss));
+	if (!ok)
+		snprintf(why, len, "no RDMA device has the address of data_listen = %s%s%s",
+			 cfg->data_listen, errno ? ": " : "", errno ? strerror(errno) : "");
+	rdma_destroy_id(id);
+	return ok;
+}
+
+const struct transport_kind transport_rdma = {
+	.name = "rdma",
+	.usable = rdma_usable,
+	.reader = rdma_reader,
+	.serve = rdma_serve,
+	.serve_stop = rdma_serve_stop,
+	.served = rdma_served,
+	.known = rdma_known,
+};

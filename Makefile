@@ -55,7 +55,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all deps test vmtest soak demo fuzz fuzz-build bench bench-ksm lint format install clean
+.PHONY: all deps test vmtest soak demo fuzz fuzz-build bench bench-vm bench-ksm lint format install clean
 all: $(BINS) $(UNIT_BINS) $(BENCH_BINS)
 
 $(PROTO_C) $(PROTO_H) &: proto/cksm.proto
@@ -229,8 +229,12 @@ $(B)/bench/%: bench/%.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_SRC:%.c=$
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 bench: $(BENCH_BINS) all
-	for b in $(BENCH_BINS); do $$b || exit 1; done
+	for b in $(filter-out %/rdma,$(BENCH_BINS)); do $$b || exit 1; done
 	./bench/ksm/ksm.sh
+
+# The data transports in a guest with soft-RoCE, beside perftest (bench/vm/rdma.sh).
+bench-vm: all
+	./tests/vm/run.sh bench/vm/rdma.sh
 
 # cksm beside the kernel's KSM, on one node (bench/ksm/ksm.sh).
 bench-ksm: all

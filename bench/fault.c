@@ -19,6 +19,11 @@
  * child ends at once), against as many forks of this process, as large
  * and not attached: libcksm's fork() waits for the agent to keep the
  * child's userfaultfd.
+ *
+ * The environment picks the data transport: FAULT_TRANSPORT (auto, tcp,
+ * rdma; default auto), FAULT_DATA_IP (the address the agents serve their
+ * pools on, default 127.0.0.1; an RDMA device's for rdma) and
+ * FAULT_EVICT_WITH ([agent] evict_with, for kernels without UFFDIO_MOVE).
  */
 #include <errno.h>
 #include <ftw.h>
@@ -426,7 +431,14 @@ int main(int argc, char **argv)
 	double f50, f99;
 	struct result r;
 	FILE *f;
+	const char *kind = getenv("FAULT_TRANSPORT"), *ip = getenv("FAULT_DATA_IP"),
+		   *evict_with = getenv("FAULT_EVICT_WITH");
+	char data_a[64], data_b[64];
 
+	kind = kind ? kind : "auto";
+	ip = ip ? ip : "127.0.0.1";
+	snprintf(data_a, sizeof(data_a), "%s:19574", ip);
+	snprintf(data_b, sizeof(data_b), "%s:19575", ip);
 	if (argc > 2 && !strcmp(argv[2], "--workload"))
 		return workload(n);
 	atexit(stop_spawned);
@@ -471,9 +483,10 @@ int main(int argc, char **argv)
 		"[log]\nlevel = warn\n"
 		"[agent]\nnode_name = bench-a\nmetrics = 127.0.0.1:19570\nsocket = %s\nstate_dir = %s/a.state\n"
 		"pass_millisecs = %d\nsleep_millisecs = 0\npages_to_scan = 65536\nevict_age = 1\n"
-		"data_listen = 127.0.0.1:19574\ndata_address = 127.0.0.1:19574\n"
+		"data_listen = %s\ndata_address = %s\ntransport = %s\n%s%s%s"
 		"[shard.0]\naddress = 127.0.0.1:19571\nmetrics = 127.0.0.1:19572\n",
-		key, sock, dir, PASS_MS);
+		key, sock, dir, PASS_MS, data_a, data_a, kind, evict_with ? "evict_with = " : "",
+		evict_with ? evict_with : "", evict_with ? "\n" : "");
 	fclose(f);
 	{
 		char *ca[] = { daemon,		(char *)"-c",	   conf,	(char *)"--role",
@@ -543,7 +556,7 @@ int main(int argc, char **argv)
 		struct config c;
 		const struct transport_kind *tk;
 		struct transport *t;
-		struct dup_loc d = { 0, 0, 0, "127.0.0.1:19574" };
+		struct dup_loc d = { 0 };
 		char state[300];
 		struct pool_ref ref;
 		struct cid id;
@@ -554,8 +567,9 @@ int main(int argc, char **argv)
 		if (auth_init() || auth_key_load(&k, key, err, sizeof(err)))
 			return 1;
 		config_defaults(&c);
+		snprintf(d.addr, sizeof(d.addr), "%s", data_a);
 		strcpy(c.node_name, "bench-reader");
-		strcpy(c.transport, "tcp");
+		snprintf(c.transport, sizeof(c.transport), "%s", kind);
 		tk = transport_kind_choose(&c);
 		t = tk ? tk->reader(&c, &k) : NULL;
 		/* A read names its slot's content: the first node's first dup. */
@@ -573,8 +587,9 @@ int main(int argc, char **argv)
 			if (t->ops->read(t, &d, &id, page) == 0)
 				lat[ok++] = now_s() - t0;
 		}
-		printf("the TCP data transport alone (a page read of a dup, authenticated connection kept), %zu reads: p50 %.2f us, p99 %.2f us\n",
-		       ok, pct(lat, ok, 0.5) * 1e6, pct(lat, ok, 0.99) * 1e6);
+		printf("the %s data transport alone (a page read of a dup, authenticated connection kept), %zu reads: p50 %.2f us, p99 %.2f us\n",
+		       tk ? tk->name : kind, ok, pct(lat, ok, 0.5) * 1e6, pct(lat, ok, 0.99) * 1e6);
+		kind = tk ? tk->name : kind;
 		transport_destroy(t);
 		free(lat);
 	}
@@ -599,8 +614,12 @@ int main(int argc, char **argv)
 			       (char *)"--set",
 			       NULL,
 			       NULL };
-		char l3[200], setsock[200], setstate[200];
+		char l3[200], setsock[200], setstate[200], setl[100], seta[100];
 
+		snprintf(setl, sizeof(setl), "agent.data_listen=%s", data_b);
+		snprintf(seta, sizeof(seta), "agent.data_address=%s", data_b);
+		ab[12] = setl;
+		ab[14] = seta;
 		snprintf(setsock, sizeof(setsock), "agent.socket=%s", sockb);
 		ab[10] = setsock;
 		snprintf(setstate, sizeof(setstate), "agent.state_dir=%s/b.state", dir);
@@ -617,8 +636,8 @@ int main(int argc, char **argv)
 	}
 	printf("second node: floor in its workload: userfaultfd p50 %.2f us, p99 %.2f us; 4 KiB TCP loopback round trip p50 %.2f us, p99 %.2f us\n",
 	       r.w50, r.w99, r.t50, r.t99);
-	printf("faults from a remote dup over TCP, %zu: p50 %.2f us (%.2fx floor + round trip), p99 %.2f us (%.2fx)\n",
-	       r.nd, r.d50, r.d50 / (r.w50 + r.t50), r.d99, r.d99 / (r.w99 + r.t99));
+	printf("faults from a remote dup over %s, %zu: p50 %.2f us (%.2fx floor + TCP round trip), p99 %.2f us (%.2fx)\n",
+	       kind, r.nd, r.d50, r.d50 / (r.w50 + r.t50), r.d99, r.d99 / (r.w99 + r.t99));
 	printf("pages read back wrong: %zu; the second node's pool holds %.0f dups\n", r.bad,
 	       pool_dups("127.0.0.1:19573"));
 	if (getenv("FAULT_HIST") &&

@@ -558,7 +558,9 @@ void *pool_memory(struct pool *p, size_t *bytes)
 
 void pool_pin(struct pool *p)
 {
+	pthread_mutex_lock(&p->lock); /* no slot_free punching meanwhile */
 	atomic_store(&p->pinned, true);
+	pthread_mutex_unlock(&p->lock);
 }
 
 size_t pool_settle(struct pool *p)

@@ -58,6 +58,7 @@
 #define CLOCK_SKEW   120  /* seconds a connect request's time may be off */
 #define NONCES_SEEN  1024 /* connect nonces remembered against replays */
 #define DEVS	     8	  /* devices the pool is registered on */
+#define READERS	     1024 /* queue pairs of readers at once (a reader per node) */
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
 
@@ -84,9 +85,25 @@ struct conn_rep {
 _Static_assert(sizeof(struct conn_req) == 56, "RC connect private data is 56 bytes");
 _Static_assert(sizeof(struct conn_rep) <= 196, "RC accept private data is 196 bytes");
 
-static void req_mac(const struct auth_key *key, const struct conn_req *r, uint8_t mac[32])
+/*
+ * The request's MAC covers both ends' addresses (as each side sees them:
+ * the reader's own and the holder's), so that a request copied off the
+ * wire is worth nothing from another address or to another holder.
+ */
+static void req_mac(const struct auth_key *key, const struct conn_req *r,
+		    const struct sockaddr *src, const struct sockaddr *dst, uint8_t mac[32])
 {
-	crypto_auth(mac, (const uint8_t *)r, offsetof(struct conn_req, mac), key->k);
+	crypto_auth_hmacsha512256_state st;
+	char a[2][64] = { "", "" };
+
+	if (src)
+		netaddr_format(src, a[0], sizeof(a[0]));
+	if (dst)
+		netaddr_format(dst, a[1], sizeof(a[1]));
+	crypto_auth_hmacsha512256_init(&st, key->k, AUTH_KEY_BYTES);
+	crypto_auth_hmacsha512256_update(&st, (const uint8_t *)r, offsetof(struct conn_req, mac));
+	crypto_auth_hmacsha512256_update(&st, (const uint8_t *)a, sizeof(a));
+	crypto_auth_hmacsha512256_final(&st, mac);
 }
 
 static void rep_mac(const struct auth_key *key, const uint8_t nonce[12], const struct conn_rep *p,
@@ -118,13 +135,8 @@ static bool rdma_devices_here(char *why, size_t len)
 
 enum rstate { R_DOWN, R_CONNECTING, R_UP };
 
-struct rpeer {
-	char addr[DUP_ADDR_MAX];
-	pthread_mutex_t lock; /* the queue pair: one READ at a time */
-	enum rstate state;    /* under the net's lock */
-	int err;	      /* why the last connect failed */
-	uint64_t retry_at;    /* ms: the next background connect */
-	unsigned retry_ms;
+/* One queue pair to a holder, and what its accept said. */
+struct rconn {
 	struct rdma_event_channel *ch;
 	struct rdma_cm_id *id;
 	struct ibv_pd *pd;
@@ -134,15 +146,26 @@ struct rpeer {
 	uint8_t *buf;
 	uint64_t base, wr;
 	uint32_t rkey, slots;
-	bool broken; /* under lock: a READ failed, to be made again */
+};
+
+struct rpeer {
+	char addr[DUP_ADDR_MAX]; /* changed under both locks */
+	pthread_mutex_t lock;	 /* c: one READ at a time */
+	struct rconn *c;	 /* NULL while down */
+	uint64_t gen;		 /* of c, under both locks */
+	enum rstate state;	 /* under the net's lock, as are the rest */
+	int err;		 /* why the last connect failed */
+	uint64_t retry_at;	 /* ms: the next background connect */
+	unsigned retry_ms;
+	uint64_t used; /* ms: the last read */
 };
 
 /* The readers of this process: one set of queue pairs, one connecting thread. */
 struct rnet {
 	pthread_mutex_t lock;
-	pthread_cond_t cv; /* a connect ended */
+	pthread_cond_t cv; /* a connect ended (CLOCK_MONOTONIC) */
 	struct rpeer peers[RPEERS];
-	unsigned npeers;
+	unsigned npeers, next; /* next: where the connecting thread looks first */
 	const struct auth_key *key;
 	int timeout_ms;
 	int wake;
@@ -159,31 +182,49 @@ struct rdma_transport {
 	struct rnet *n;
 };
 
-/* Wait for the next event on ch, bounded: 0 and *ev, or a negative errno. */
-static int cm_wait(struct rdma_event_channel *ch, int timeout_ms, struct rdma_cm_event **ev)
+static void deadline_ts(struct timespec *ts, uint64_t dl_ms)
+{
+	ts->tv_sec = (time_t)(dl_ms / 1000);
+	ts->tv_nsec = (long)(dl_ms % 1000) * 1000000;
+}
+
+/* Wait for the next event on ch until dl (ms): 0 and *ev, or a negative errno. */
+static int cm_wait(struct rdma_event_channel *ch, uint64_t dl, struct rdma_cm_event **ev)
 {
 	struct pollfd pfd = { .fd = ch->fd, .events = POLLIN };
 
 	for (;;) {
+		uint64_t now;
+
 		if (!rdma_get_cm_event(ch, ev))
 			return 0;
 		if (errno != EAGAIN)
 			return -errno;
-		int r = poll(&pfd, 1, timeout_ms);
-
-		if (r == 0)
+		now = now_ms();
+		if (now >= dl)
 			return -ETIMEDOUT;
-		if (r < 0 && errno != EINTR)
+		if (poll(&pfd, 1, (int)(dl - now)) < 0 && errno != EINTR)
 			return -errno;
 	}
 }
 
-/* Wait for event `want` on ch; anything else fails. */
-static int cm_expect(struct rdma_event_channel *ch, int timeout_ms, enum rdma_cm_event_type want,
+/* Text a peer sent, printable only. */
+static void printable(char *out, size_t len, const void *data, size_t n)
+{
+	const unsigned char *s = data;
+	size_t o = 0;
+
+	for (size_t i = 0; i < n && s[i] && o + 1 < len; i++)
+		out[o++] = s[i] >= 0x20 && s[i] < 0x7f ? (char)s[i] : '?';
+	out[o] = '\0';
+}
+
+/* Wait for event `want` on ch until dl; anything else fails. */
+static int cm_expect(struct rdma_event_channel *ch, uint64_t dl, enum rdma_cm_event_type want,
 		     struct conn_rep *rep, char *why, size_t len)
 {
 	struct rdma_cm_event *ev;
-	int rc = cm_wait(ch, timeout_ms, &ev);
+	int rc = cm_wait(ch, dl, &ev);
 
 	if (rc) {
 		snprintf(why, len, "%s waiting for %s", strerror(-rc), rdma_event_str(want));
@@ -193,14 +234,13 @@ static int cm_expect(struct rdma_event_channel *ch, int timeout_ms, enum rdma_cm
 		snprintf(why, len, "%s (status %d) where %s was due", rdma_event_str(ev->event),
 			 ev->status, rdma_event_str(want));
 		if (ev->event == RDMA_CM_EVENT_REJECTED) {
-			size_t l = ev->param.conn.private_data
-					   ? strnlen(ev->param.conn.private_data,
-						     ev->param.conn.private_data_len)
-					   : 0;
+			char text[64];
 
-			if (l)
-				snprintf(why, len, "refused by the holder: %.*s", (int)l,
-					 (const char *)ev->param.conn.private_data);
+			printable(text, sizeof(text), ev->param.conn.private_data,
+				  ev->param.conn.private_data ? ev->param.conn.private_data_len
+							      : 0);
+			if (text[0])
+				snprintf(why, len, "refused by the holder: %s", text);
 			else
 				snprintf(why, len, "refused (status %d): nothing listens there",
 					 ev->status);
@@ -221,38 +261,39 @@ static int cm_expect(struct rdma_event_channel *ch, int timeout_ms, enum rdma_cm
 	return 0;
 }
 
-/* Free what a connection holds. p->lock held or p unreachable. */
-static void rpeer_close(struct rpeer *p)
+static void rconn_free(struct rconn *c)
 {
-	if (p->id && p->id->qp) {
-		rdma_disconnect(p->id);
-		rdma_destroy_qp(p->id);
+	if (!c)
+		return;
+	if (c->id && c->id->qp) {
+		rdma_disconnect(c->id);
+		rdma_destroy_qp(c->id);
 	}
-	if (p->mr)
-		ibv_dereg_mr(p->mr);
-	if (p->cq)
-		ibv_destroy_cq(p->cq);
-	if (p->cc)
-		ibv_destroy_comp_channel(p->cc);
-	if (p->pd)
-		ibv_dealloc_pd(p->pd);
-	if (p->id)
-		rdma_destroy_id(p->id);
-	if (p->ch)
-		rdma_destroy_event_channel(p->ch);
-	free(p->buf);
-	p->mr = NULL;
-	p->cq = NULL;
-	p->cc = NULL;
-	p->pd = NULL;
-	p->id = NULL;
-	p->ch = NULL;
-	p->buf = NULL;
-	p->broken = false;
+	if (c->mr)
+		ibv_dereg_mr(c->mr);
+	if (c->cq)
+		ibv_destroy_cq(c->cq);
+	if (c->cc)
+		ibv_destroy_comp_channel(c->cc);
+	if (c->pd)
+		ibv_dealloc_pd(c->pd);
+	if (c->id)
+		rdma_destroy_id(c->id);
+	if (c->ch)
+		rdma_destroy_event_channel(c->ch);
+	free(c->buf);
+	free(c);
 }
 
-/* Make p's queue pair (the connecting thread, p->lock held). */
-static int rpeer_open(struct rnet *n, struct rpeer *p, char *why, size_t len)
+static int nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) ? -errno : 0;
+}
+
+/* A queue pair to addr, every wait until now + timeout (the connecting thread). */
+static struct rconn *rconn_open(struct rnet *n, const char *addr, int *err, char *why, size_t len)
 {
 	struct sockaddr_storage ss;
 	struct ibv_qp_init_attr qa = { 0 };
@@ -260,108 +301,123 @@ static int rpeer_open(struct rnet *n, struct rpeer *p, char *why, size_t len)
 	struct conn_req req;
 	struct conn_rep rep;
 	uint8_t mac[32];
-	int rc = netaddr_parse(p->addr, &ss);
+	uint64_t dl = now_ms() + (uint64_t)n->timeout_ms, t;
+	struct rconn *c = calloc(1, sizeof(*c));
+	int rc = c ? netaddr_parse(addr, &ss) : -ENOMEM;
 
 	if (rc) {
-		snprintf(why, len, "not an address");
-		return rc;
+		snprintf(why, len, "%s", c ? "not an address" : "out of memory");
+		goto fail;
 	}
-	p->ch = rdma_create_event_channel();
-	if (!p->ch || fcntl(p->ch->fd, F_SETFL, fcntl(p->ch->fd, F_GETFL) | O_NONBLOCK) ||
-	    rdma_create_id(p->ch, &p->id, p, RDMA_PS_TCP)) {
+	c->ch = rdma_create_event_channel();
+	if (!c->ch || nonblock(c->ch->fd) || rdma_create_id(c->ch, &c->id, NULL, RDMA_PS_TCP)) {
 		rc = -errno;
 		snprintf(why, len, "no rdma_cm id: %s", strerror(errno));
-		return rc;
+		goto fail;
 	}
-	if (rdma_resolve_addr(p->id, NULL, (struct sockaddr *)&ss, n->timeout_ms)) {
+	if (rdma_resolve_addr(c->id, NULL, (struct sockaddr *)&ss, n->timeout_ms)) {
 		rc = -errno;
 		snprintf(why, len, "resolving the address: %s", strerror(errno));
-		return rc;
+		goto fail;
 	}
-	rc = cm_expect(p->ch, n->timeout_ms, RDMA_CM_EVENT_ADDR_RESOLVED, NULL, why, len);
+	rc = cm_expect(c->ch, dl, RDMA_CM_EVENT_ADDR_RESOLVED, NULL, why, len);
 	if (rc)
-		return rc;
-	if (rdma_resolve_route(p->id, n->timeout_ms)) {
+		goto fail;
+	if (rdma_resolve_route(c->id, n->timeout_ms)) {
 		rc = -errno;
 		snprintf(why, len, "resolving the route: %s", strerror(errno));
-		return rc;
+		goto fail;
 	}
-	rc = cm_expect(p->ch, n->timeout_ms, RDMA_CM_EVENT_ROUTE_RESOLVED, NULL, why, len);
+	rc = cm_expect(c->ch, dl, RDMA_CM_EVENT_ROUTE_RESOLVED, NULL, why, len);
 	if (rc)
-		return rc;
-	p->pd = ibv_alloc_pd(p->id->verbs);
-	p->cc = p->pd ? ibv_create_comp_channel(p->id->verbs) : NULL;
-	p->cq = p->cc ? ibv_create_cq(p->id->verbs, 4, NULL, p->cc, 0) : NULL;
-	p->buf = p->cq ? aligned_alloc(POOL_SLOT, POOL_SLOT) : NULL;
-	p->mr = p->buf ? ibv_reg_mr(p->pd, p->buf, POOL_SLOT, IBV_ACCESS_LOCAL_WRITE) : NULL;
-	if (!p->mr || fcntl(p->cc->fd, F_SETFL, fcntl(p->cc->fd, F_GETFL) | O_NONBLOCK)) {
-		rc = errno ? -errno : -ENOMEM;
-		snprintf(why, len, "verbs resources: %s", strerror(-rc));
-		return rc;
+		goto fail;
+	errno = ENOMEM;
+	c->pd = ibv_alloc_pd(c->id->verbs);
+	c->cc = c->pd ? ibv_create_comp_channel(c->id->verbs) : NULL;
+	c->cq = c->cc ? ibv_create_cq(c->id->verbs, 4, NULL, c->cc, 0) : NULL;
+	c->buf = c->cq ? aligned_alloc(POOL_SLOT, POOL_SLOT) : NULL;
+	c->mr = c->buf ? ibv_reg_mr(c->pd, c->buf, POOL_SLOT, IBV_ACCESS_LOCAL_WRITE) : NULL;
+	if (!c->mr || nonblock(c->cc->fd)) {
+		rc = -errno;
+		snprintf(why, len, "verbs resources: %s", strerror(errno));
+		goto fail;
 	}
-	qa.send_cq = qa.recv_cq = p->cq;
+	qa.send_cq = qa.recv_cq = c->cq;
 	qa.qp_type = IBV_QPT_RC;
 	qa.cap.max_send_wr = 2;
 	qa.cap.max_recv_wr = 1;
 	qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
-	if (rdma_create_qp(p->id, p->pd, &qa)) {
+	if (rdma_create_qp(c->id, c->pd, &qa)) {
 		rc = -errno;
 		snprintf(why, len, "no queue pair: %s", strerror(errno));
-		return rc;
+		goto fail;
 	}
 	memcpy(req.magic, req_magic, 4);
 	randombytes_buf(req.nonce, sizeof(req.nonce));
-	{
-		uint64_t t = htobe64((uint64_t)time(NULL));
-
-		memcpy(req.time, &t, 8);
-	}
-	req_mac(n->key, &req, req.mac);
+	t = htobe64((uint64_t)time(NULL));
+	memcpy(req.time, &t, 8);
+	req_mac(n->key, &req, rdma_get_local_addr(c->id), rdma_get_peer_addr(c->id), req.mac);
 	cp.private_data = &req;
 	cp.private_data_len = sizeof(req);
 	cp.initiator_depth = 1; /* one READ in flight */
 	cp.responder_resources = 0;
 	cp.retry_count = 7;
 	cp.rnr_retry_count = 7;
-	if (rdma_connect(p->id, &cp)) {
+	if (rdma_connect(c->id, &cp)) {
 		rc = -errno;
 		snprintf(why, len, "connecting: %s", strerror(errno));
-		return rc;
+		goto fail;
 	}
-	rc = cm_expect(p->ch, n->timeout_ms, RDMA_CM_EVENT_ESTABLISHED, &rep, why, len);
+	rc = cm_expect(c->ch, dl, RDMA_CM_EVENT_ESTABLISHED, &rep, why, len);
 	if (rc)
-		return rc;
+		goto fail;
 	rep_mac(n->key, req.nonce, &rep, mac);
 	if (memcmp(rep.magic, rep_magic, 4) || sodium_memcmp(mac, rep.mac, 32)) {
+		rc = -EACCES;
 		snprintf(why, len, "the holder's accept is not MACed with the cluster key");
-		return -EACCES;
+		goto fail;
 	}
-	memcpy(&p->base, rep.base, 8);
-	memcpy(&p->rkey, rep.rkey, 4);
-	memcpy(&p->slots, rep.slots, 4);
-	p->base = be64toh(p->base);
-	p->rkey = be32toh(p->rkey);
-	p->slots = be32toh(p->slots);
-	return 0;
+	memcpy(&c->base, rep.base, 8);
+	memcpy(&c->rkey, rep.rkey, 4);
+	memcpy(&c->slots, rep.slots, 4);
+	c->base = be64toh(c->base);
+	c->rkey = be32toh(c->rkey);
+	c->slots = be32toh(c->slots);
+	return c;
+fail:
+	*err = rc ? rc : -EIO;
+	rconn_free(c);
+	return NULL;
 }
 
-/* Connect p now (the connecting thread). */
+/*
+ * Connect p (the connecting thread). The queue pair is made without p's
+ * lock, so that no read waits on a connect: it is swapped in at the end.
+ */
 static void rpeer_connect(struct rnet *n, struct rpeer *p)
 {
-	char why[256] = "";
-	int rc;
-
-	pthread_mutex_lock(&p->lock);
-	rpeer_close(p);
-	errno = 0;
-	rc = rpeer_open(n, p, why, sizeof(why));
-	if (rc)
-		rpeer_close(p);
-	pthread_mutex_unlock(&p->lock);
+	char why[256] = "", addr[DUP_ADDR_MAX];
+	struct rconn *c, *old;
+	int rc = 0;
 
 	pthread_mutex_lock(&n->lock);
+	snprintf(addr, sizeof(addr), "%s", p->addr);
+	pthread_mutex_unlock(&n->lock);
+	c = rconn_open(n, addr, &rc, why, sizeof(why));
+
+	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&n->lock);
+	if (c && strcmp(p->addr, addr)) { /* the entry went to another holder meanwhile */
+		old = c;
+		c = NULL;
+		rc = -ESTALE;
+	} else {
+		old = p->c;
+		p->c = c;
+		p->gen++;
+	}
 	if (rc) {
-		if (p->err != rc || p->retry_ms >= RETRY_MAX_MS)
+		if (rc != -ESTALE && (p->err != rc || p->retry_ms >= RETRY_MAX_MS))
 			log_warn("RDMA to %s: %s", p->addr, why);
 		p->err = rc;
 		p->state = R_DOWN;
@@ -376,85 +432,19 @@ static void rpeer_connect(struct rnet *n, struct rpeer *p)
 	}
 	pthread_cond_broadcast(&n->cv);
 	pthread_mutex_unlock(&n->lock);
+	pthread_mutex_unlock(&p->lock);
+	rconn_free(old);
 }
 
-/* A connected holder's rdma_cm said it went (the connecting thread). */
-static void rpeer_events(struct rnet *n, struct rpeer *p)
+/* p's queue pair of generation gen failed: made again soon. n->lock held. */
+static void rpeer_failed(struct rpeer *p, uint64_t gen)
 {
-	struct rdma_cm_event *ev;
-	bool gone = false;
-
-	while (p->ch && !rdma_get_cm_event(p->ch, &ev)) {
-		gone |= ev->event == RDMA_CM_EVENT_DISCONNECTED ||
-			ev->event == RDMA_CM_EVENT_DEVICE_REMOVAL;
-		rdma_ack_cm_event(ev);
-	}
-	if (!gone)
-		return;
-	log_info("RDMA to %s: the holder disconnected", p->addr);
-	pthread_mutex_lock(&n->lock);
-	if (p->state == R_UP) {
-		p->state = R_DOWN;
-		p->err = 0;
-		p->retry_ms = 0;
-		p->retry_at = now_ms() + RETRY_MIN_MS;
-	}
-	pthread_mutex_unlock(&n->lock);
-}
-
-/*
- * The connecting thread: holders wanted, those whose queue pair broke
- * (again after RETRY_MIN_MS, doubling to RETRY_MAX_MS while it fails),
- * and the connected ones' rdma_cm events (a holder that goes).
- */
-static void *rnet_main(void *arg)
-{
-	struct rnet *n = arg;
-
-	for (;;) {
-		struct pollfd pfd[RPEERS + 1];
-		struct rpeer *todo = NULL, *up[RPEERS];
-		unsigned nup = 0;
-		uint64_t now = now_ms(), next = now + 1000;
-
-		pthread_mutex_lock(&n->lock);
-		if (!n->running) {
-			pthread_mutex_unlock(&n->lock);
-			return NULL;
-		}
-		for (unsigned i = 0; i < n->npeers; i++) {
-			struct rpeer *p = &n->peers[i];
-
-			if (!todo && (p->state == R_CONNECTING ||
-				      (p->state == R_DOWN && p->retry_at <= now)))
-				todo = p;
-			else if (p->state == R_DOWN)
-				next = MIN(next, p->retry_at);
-			else if (p->state == R_UP && p->ch)
-				up[nup++] = p;
-		}
-		if (todo)
-			todo->state = R_CONNECTING;
-		pthread_mutex_unlock(&n->lock);
-		if (todo) {
-			rpeer_connect(n, todo);
-			continue;
-		}
-		pfd[0] = (struct pollfd){ .fd = n->wake, .events = POLLIN };
-		for (unsigned i = 0; i < nup; i++)
-			pfd[i + 1] = (struct pollfd){ .fd = up[i]->ch->fd, .events = POLLIN };
-		if (poll(pfd, nup + 1, (int)(next - now)) <= 0)
-			continue;
-		if (pfd[0].revents) {
-			uint64_t v;
-
-			if (read(n->wake, &v, sizeof(v)) < 0 && errno != EAGAIN)
-				log_warn("RDMA connector wake: %s", strerror(errno));
-		}
-		for (unsigned i = 0; i < nup; i++)
-			if (pfd[i + 1].revents)
-				rpeer_events(n, up[i]);
-	}
+	if (p->gen != gen || p->state != R_UP)
+		return; /* a newer one is there, or coming */
+	p->state = R_DOWN;
+	p->err = 0;
+	p->retry_ms = 0;
+	p->retry_at = now_ms() + RETRY_MIN_MS;
 }
 
 static void rnet_wake(struct rnet *n)
@@ -465,20 +455,136 @@ static void rnet_wake(struct rnet *n)
 		log_warn("RDMA connector wake: %s", strerror(errno));
 }
 
-/* The holder at addr, made (and connected in the background) if new. n->lock held. */
+/* A connected holder's rdma_cm said something (the connecting thread). */
+static void rpeer_events(struct rnet *n, struct rpeer *p, struct rdma_event_channel *ch,
+			 uint64_t gen)
+{
+	struct rdma_cm_event *ev;
+	bool gone = false;
+
+	while (!rdma_get_cm_event(ch, &ev)) {
+		gone |= ev->event == RDMA_CM_EVENT_DISCONNECTED ||
+			ev->event == RDMA_CM_EVENT_DEVICE_REMOVAL;
+		rdma_ack_cm_event(ev);
+	}
+	if (!gone)
+		return;
+	pthread_mutex_lock(&n->lock);
+	log_info("RDMA to %s: the holder disconnected", p->addr);
+	rpeer_failed(p, gen);
+	pthread_mutex_unlock(&n->lock);
+}
+
+/*
+ * The connecting thread: holders wanted, those whose queue pair broke
+ * (again after RETRY_MIN_MS, doubling to RETRY_MAX_MS while it fails),
+ * taken in turn, and the connected ones' rdma_cm events (a holder that
+ * goes). Only this thread makes or frees a queue pair, so the channels
+ * it polls stay while it polls them.
+ */
+static void *rnet_main(void *arg)
+{
+	struct rnet *n = arg;
+
+	for (;;) {
+		struct pollfd pfd[RPEERS + 1];
+		struct rpeer *todo = NULL, *up[RPEERS];
+		uint64_t gens[RPEERS];
+		unsigned nup = 0;
+		uint64_t now = now_ms(), next = now + 1000;
+
+		pthread_mutex_lock(&n->lock);
+		if (!n->running) {
+			pthread_mutex_unlock(&n->lock);
+			return NULL;
+		}
+		for (unsigned k = 0; k < n->npeers; k++) {
+			unsigned i = (n->next + k) % n->npeers;
+			struct rpeer *p = &n->peers[i];
+
+			if (!todo && (p->state == R_CONNECTING ||
+				      (p->state == R_DOWN && p->retry_at <= now))) {
+				todo = p;
+				n->next = i + 1;
+			} else if (p->state == R_DOWN) {
+				next = MIN(next, p->retry_at);
+			} else if (p->state == R_UP && p->c) {
+				pfd[nup + 1] =
+					(struct pollfd){ .fd = p->c->ch->fd, .events = POLLIN };
+				gens[nup] = p->gen;
+				up[nup++] = p;
+			}
+		}
+		if (todo)
+			todo->state = R_CONNECTING;
+		pthread_mutex_unlock(&n->lock);
+		if (todo) {
+			rpeer_connect(n, todo);
+			continue;
+		}
+		pfd[0] = (struct pollfd){ .fd = n->wake, .events = POLLIN };
+		if (poll(pfd, nup + 1, (int)(next > now ? next - now : 0)) <= 0)
+			continue;
+		if (pfd[0].revents) {
+			uint64_t v;
+
+			if (read(n->wake, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				log_warn("RDMA connector wake: %s", strerror(errno));
+		}
+		for (unsigned i = 0; i < nup; i++) {
+			struct rdma_event_channel *ch = NULL;
+
+			if (!pfd[i + 1].revents)
+				continue;
+			pthread_mutex_lock(&n->lock);
+			if (up[i]->gen == gens[i] && up[i]->c)
+				ch = up[i]->c->ch;
+			pthread_mutex_unlock(&n->lock);
+			if (ch)
+				rpeer_events(n, up[i], ch, gens[i]);
+		}
+	}
+}
+
+/*
+ * The holder at addr, made (and connected in the background) if new: in
+ * a free entry, or in that of the holder read the longest ago among
+ * those down. n->lock held.
+ */
 static struct rpeer *rpeer_find(struct rnet *n, const char *addr, bool make)
 {
-	struct rpeer *p;
+	struct rpeer *p = NULL;
+	bool reused = false;
 
 	for (unsigned i = 0; i < n->npeers; i++)
 		if (!strcmp(n->peers[i].addr, addr))
 			return &n->peers[i];
-	if (!make || n->npeers == RPEERS || strlen(addr) >= DUP_ADDR_MAX)
+	if (!make || strlen(addr) >= DUP_ADDR_MAX)
 		return NULL;
-	p = &n->peers[n->npeers++];
+	if (n->npeers < RPEERS) {
+		p = &n->peers[n->npeers++];
+		pthread_mutex_init(&p->lock, NULL);
+	} else {
+		for (unsigned i = 0; i < n->npeers; i++) {
+			struct rpeer *q = &n->peers[i];
+
+			if (q->state == R_DOWN && !q->c && (!p || q->used < p->used))
+				p = q;
+		}
+		if (!p)
+			return NULL;
+		if (pthread_mutex_trylock(&p->lock))
+			return NULL; /* a read holds it: the next time */
+		reused = true;
+		p->gen++;
+	}
 	snprintf(p->addr, sizeof(p->addr), "%s", addr);
-	pthread_mutex_init(&p->lock, NULL);
 	p->state = R_CONNECTING;
+	p->err = 0;
+	p->retry_ms = 0;
+	p->used = now_ms();
+	if (reused)
+		pthread_mutex_unlock(&p->lock);
 	rnet_wake(n);
 	return p;
 }
@@ -490,8 +596,13 @@ static struct rnet *rnet_get(const struct config *cfg, const struct auth_key *ke
 	pthread_mutex_lock(&rnet_lock);
 	n = rnet;
 	if (!n && (n = calloc(1, sizeof(*n)))) {
+		pthread_condattr_t ca;
+
 		pthread_mutex_init(&n->lock, NULL);
-		pthread_cond_init(&n->cv, NULL);
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&n->cv, &ca);
+		pthread_condattr_destroy(&ca);
 		n->key = key;
 		n->timeout_ms = (int)cfg->data_timeout_ms;
 		n->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -528,7 +639,7 @@ static void rnet_put(struct rnet *n)
 	rnet_wake(n);
 	pthread_join(n->thread, NULL);
 	for (unsigned i = 0; i < n->npeers; i++) {
-		rpeer_close(&n->peers[i]);
+		rconn_free(n->peers[i].c);
 		pthread_mutex_destroy(&n->peers[i].lock);
 	}
 	close(n->wake);
@@ -537,84 +648,85 @@ static void rnet_put(struct rnet *n)
 	free(n);
 }
 
-/* Wait until p is up or its connect failed, at most timeout_ms. n->lock held. */
-static int rpeer_wait(struct rnet *n, struct rpeer *p)
+/* Wait until p is up or its connect failed, at most until dl. n->lock held. */
+static int rpeer_wait(struct rnet *n, struct rpeer *p, uint64_t dl)
 {
-	struct timespec dl;
+	struct timespec ts;
 
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += n->timeout_ms / 1000;
-	dl.tv_nsec += (long)(n->timeout_ms % 1000) * 1000000;
-	if (dl.tv_nsec >= 1000000000) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000;
-	}
+	deadline_ts(&ts, dl);
 	if (p->state == R_DOWN && !p->err) {
 		p->state = R_CONNECTING;
 		rnet_wake(n);
 	}
 	while (p->state == R_CONNECTING)
-		if (pthread_cond_timedwait(&n->cv, &n->lock, &dl) == ETIMEDOUT)
+		if (pthread_cond_timedwait(&n->cv, &n->lock, &ts) == ETIMEDOUT)
 			return -ETIMEDOUT;
 	return p->state == R_UP ? 0 : p->err ? p->err : -ENOTCONN;
 }
 
-/* Poll the read's completion: a short spin, then the completion channel. p->lock held. */
-static int rpeer_complete(struct rpeer *p, int timeout_ms)
+static uint64_t now_us(void)
 {
-	uint64_t spin_end;
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
+}
+
+/* The READ's completion until dl: a short spin, then the completion channel. p->lock held. */
+static int rconn_complete(struct rconn *c, const char *addr, uint64_t dl)
+{
+	uint64_t spin_end = now_us() + SPIN_US;
 	struct ibv_wc wc;
-	struct timespec t0;
-	int n;
+	int k;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	spin_end = (uint64_t)t0.tv_sec * 1000000 + (uint64_t)t0.tv_nsec / 1000 + SPIN_US;
-	for (;;) {
-		struct timespec t;
+	do
+		k = ibv_poll_cq(c->cq, 1, &wc);
+	while (!k && now_us() < spin_end);
+	while (!k) {
+		struct ibv_cq *cq;
+		void *ctx;
+		struct pollfd pfd = { .fd = c->cc->fd, .events = POLLIN };
+		uint64_t now;
 
-		n = ibv_poll_cq(p->cq, 1, &wc);
-		if (n)
+		if (ibv_req_notify_cq(c->cq, 0))
+			return -EIO;
+		k = ibv_poll_cq(c->cq, 1, &wc);
+		if (k)
 			break;
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		if ((uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000 >= spin_end)
-			break;
+		now = now_ms();
+		if (now >= dl)
+			return -ETIMEDOUT;
+		if (poll(&pfd, 1, (int)(dl - now)) < 0 && errno != EINTR)
+			return -errno;
+		if (!ibv_get_cq_event(c->cc, &cq, &ctx))
+			ibv_ack_cq_events(cq, 1);
 	}
-	if (!n) {
-		uint64_t dl = now_ms() + (uint64_t)timeout_ms;
-
-		for (;;) {
-			struct ibv_cq *cq;
-			void *ctx;
-			struct pollfd pfd = { .fd = p->cc->fd, .events = POLLIN };
-			uint64_t now;
-
-			if (ibv_req_notify_cq(p->cq, 0))
-				return -EIO;
-			n = ibv_poll_cq(p->cq, 1, &wc);
-			if (n)
-				break;
-			now = now_ms();
-			if (now >= dl)
-				return -ETIMEDOUT;
-			if (poll(&pfd, 1, (int)(dl - now)) < 0 && errno != EINTR)
-				return -errno;
-			if (!ibv_get_cq_event(p->cc, &cq, &ctx))
-				ibv_ack_cq_events(cq, 1);
-		}
-	}
-	if (n < 0)
+	if (k < 0)
 		return -EIO;
-	if (wc.status != IBV_WC_SUCCESS || wc.wr_id != p->wr) {
-		log_warn("RDMA READ from %s: %s", p->addr, ibv_wc_status_str(wc.status));
+	if (wc.wr_id != c->wr) {
+		log_warn("RDMA READ from %s: the completion of another read (%llu, not %llu)", addr,
+			 (unsigned long long)wc.wr_id, (unsigned long long)c->wr);
+		return -EIO;
+	}
+	if (wc.status != IBV_WC_SUCCESS) {
+		log_warn("RDMA READ from %s: %s", addr, ibv_wc_status_str(wc.status));
 		return wc.status == IBV_WC_WR_FLUSH_ERR ? -ECONNRESET : -EIO;
 	}
 	return 0;
 }
 
+/*
+ * Read the dup d into buf: every wait (the first connect to a holder, the
+ * queue pair another thread reads on, the completion) until one deadline,
+ * data_timeout_ms from now.
+ */
 static int rdma_read(struct transport *t, const struct dup_loc *d, const struct cid *id, void *buf)
 {
 	struct rnet *n = ((struct rdma_transport *)t)->n;
+	uint64_t dl = now_ms() + (uint64_t)n->timeout_ms, gen = 0;
+	struct timespec ts;
 	struct rpeer *p;
+	struct rconn *c;
 	struct ibv_sge sge;
 	struct ibv_send_wr wr = { 0 }, *bad;
 	int rc;
@@ -622,43 +734,45 @@ static int rdma_read(struct transport *t, const struct dup_loc *d, const struct 
 	(void)id; /* checked on the bytes: transport_read_checked */
 	pthread_mutex_lock(&n->lock);
 	p = rpeer_find(n, d->addr, true);
-	rc = p ? rpeer_wait(n, p) : -EMFILE;
+	rc = p ? rpeer_wait(n, p, dl) : -EMFILE;
+	if (p)
+		p->used = now_ms();
 	pthread_mutex_unlock(&n->lock);
 	if (rc)
 		return rc;
-
-	pthread_mutex_lock(&p->lock);
-	if (!p->id || !p->id->qp || p->broken) {
+	deadline_ts(&ts, dl);
+	if (pthread_mutex_clocklock(&p->lock, CLOCK_MONOTONIC, &ts))
+		return -ETIMEDOUT;
+	c = p->c;
+	if (!c || strcmp(p->addr, d->addr)) {
 		pthread_mutex_unlock(&p->lock);
 		return -ENOTCONN;
 	}
-	if (d->slot >= p->slots) {
+	gen = p->gen;
+	if (d->slot >= c->slots) {
 		pthread_mutex_unlock(&p->lock);
 		return -ESTALE;
 	}
-	sge.addr = (uintptr_t)p->buf;
+	sge.addr = (uintptr_t)c->buf;
 	sge.length = POOL_SLOT;
-	sge.lkey = p->mr->lkey;
-	wr.wr_id = ++p->wr;
+	sge.lkey = c->mr->lkey;
+	wr.wr_id = ++c->wr;
 	wr.opcode = IBV_WR_RDMA_READ;
 	wr.send_flags = IBV_SEND_SIGNALED;
 	wr.sg_list = &sge;
 	wr.num_sge = 1;
-	wr.wr.rdma.remote_addr = p->base + (uint64_t)d->slot * POOL_SLOT;
-	wr.wr.rdma.rkey = p->rkey;
-	rc = ibv_post_send(p->id->qp, &wr, &bad) ? -EIO : rpeer_complete(p, n->timeout_ms);
+	wr.wr.rdma.remote_addr = c->base + (uint64_t)d->slot * POOL_SLOT;
+	wr.wr.rdma.rkey = c->rkey;
+	rc = ibv_post_send(c->id->qp, &wr, &bad) ? -EIO : rconn_complete(c, p->addr, dl);
 	if (!rc)
-		memcpy(buf, p->buf, POOL_SLOT);
+		memcpy(buf, c->buf, POOL_SLOT);
 	else
-		p->broken = true;
+		c->slots = 0; /* in doubt: nothing more is posted on it */
 	pthread_mutex_unlock(&p->lock);
 	if (rc) {
-		/* The queue pair is in doubt: made again in the background. */
+		/* The queue pair is made again in the background. */
 		pthread_mutex_lock(&n->lock);
-		p->state = R_DOWN;
-		p->err = 0;
-		p->retry_ms = 0;
-		p->retry_at = now_ms() + RETRY_MIN_MS;
+		rpeer_failed(p, gen);
 		pthread_mutex_unlock(&n->lock);
 		rnet_wake(n);
 	}
@@ -728,9 +842,15 @@ struct rdma_server {
 	struct rdma_cm_id *listen;
 	struct rdev devs[DEVS];
 	unsigned ndevs;
-	struct rdma_cm_id **ids; /* readers accepted, for the stop */
-	size_t nids, capids;
-	uint8_t seen[NONCES_SEEN][12];
+	struct reader {
+		struct rdma_cm_id *id;
+		bool up; /* established */
+	} * readers;	 /* accepted: at most READERS, the oldest first */
+	size_t nreaders, capreaders;
+	struct seen {
+		uint8_t nonce[12];
+		int64_t time;
+	} seen[NONCES_SEEN]; /* the last connect requests' nonces, against replays */
 	unsigned nseen;
 	int wake;
 	pthread_t thread;
@@ -758,6 +878,7 @@ static struct rdev *rdev_get(struct rdma_server *s, struct ibv_context *verbs, c
 	mem = pool_memory(s->pool, &bytes);
 	d->verbs = verbs;
 	d->rd_atom = ibv_query_device(verbs, &attr) ? 1 : MIN(attr.max_qp_rd_atom, 16);
+	pool_pin(s->pool); /* first: no hole is punched under the registration */
 	d->pd = ibv_alloc_pd(verbs);
 	d->mr = d->pd ? ibv_reg_mr(d->pd, mem, bytes, IBV_ACCESS_REMOTE_READ) : NULL;
 	d->cq = d->mr ? ibv_create_cq(verbs, 2, NULL, NULL, 0) : NULL;
@@ -770,7 +891,6 @@ static struct rdev *rdev_get(struct rdma_server *s, struct ibv_context *verbs, c
 			ibv_dealloc_pd(d->pd);
 		return NULL;
 	}
-	pool_pin(s->pool);
 	log_info("pool (%zu MiB) registered for RDMA READ on %s", bytes >> 20,
 		 ibv_get_device_name(verbs->device));
 	s->ndevs++;
@@ -787,30 +907,41 @@ static void rdev_free(struct rdma_server *s)
 	s->ndevs = 0;
 }
 
-/* A connect request's proof of the cluster key, fresh and never seen. */
-static const char *req_check(struct rdma_server *s, const void *data, size_t len)
+/*
+ * A connect request's proof of the cluster key, from the address it came
+ * from to this one, fresh and never seen: its nonce is remembered for
+ * twice the skew allowed, and while NONCES_SEEN such are remembered, new
+ * requests are refused.
+ */
+static const char *req_check(struct rdma_server *s, struct rdma_cm_id *id, const void *data,
+			     size_t len)
 {
 	struct conn_req r;
 	uint8_t mac[32];
 	uint64_t t;
-	int64_t skew;
+	int64_t now = (int64_t)time(NULL), skew;
+	struct seen *slot = &s->seen[s->nseen % NONCES_SEEN];
 
-	if (len < sizeof(r))
+	if (!data || len < sizeof(r))
 		return "no cksm connect request";
 	memcpy(&r, data, sizeof(r));
 	if (memcmp(r.magic, req_magic, 4))
 		return "no cksm connect request";
-	req_mac(s->key, &r, mac);
+	req_mac(s->key, &r, rdma_get_peer_addr(id), rdma_get_local_addr(id), mac);
 	if (sodium_memcmp(mac, r.mac, 32))
 		return "bad key";
 	memcpy(&t, r.time, 8);
-	skew = (int64_t)be64toh(t) - (int64_t)time(NULL);
+	skew = (int64_t)be64toh(t) - now;
 	if (skew > CLOCK_SKEW || skew < -CLOCK_SKEW)
 		return "stale request (clocks apart?)";
 	for (unsigned i = 0; i < MIN(s->nseen, NONCES_SEEN); i++)
-		if (!memcmp(s->seen[i], r.nonce, 12))
+		if (!memcmp(s->seen[i].nonce, r.nonce, 12))
 			return "replayed request";
-	memcpy(s->seen[s->nseen++ % NONCES_SEEN], r.nonce, 12);
+	if (s->nseen >= NONCES_SEEN && now - slot->time <= 2 * CLOCK_SKEW)
+		return "too many connects: try again later";
+	memcpy(slot->nonce, r.nonce, 12);
+	slot->time = now;
+	s->nseen++;
 	return NULL;
 }
 
@@ -831,7 +962,7 @@ static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 {
 	struct rdma_cm_id *id = ev->id;
 	const char *bad =
-		req_check(s, ev->param.conn.private_data, ev->param.conn.private_data_len);
+		req_check(s, id, ev->param.conn.private_data, ev->param.conn.private_data_len);
 	struct ibv_qp_init_attr qa = { 0 };
 	struct rdma_conn_param cp = { 0 };
 	struct conn_rep rep;
@@ -873,7 +1004,14 @@ static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 	cp.private_data_len = sizeof(rep);
 	cp.responder_resources = (uint8_t)d->rd_atom;
 	cp.initiator_depth = 0;
-	if (array_reserve((void **)&s->ids, &s->capids, s->nids + 1, sizeof(*s->ids))) {
+	if (s->nreaders == READERS) {
+		/* A reader gone without a word (its node died) leaves its
+		 * queue pair: the oldest gives way. */
+		log_warn("RDMA: %d readers: the oldest is disconnected", READERS);
+		rdma_disconnect(s->readers[0].id);
+	}
+	if (array_reserve((void **)&s->readers, &s->capreaders, s->nreaders + 1,
+			  sizeof(*s->readers))) {
 		refuse(s, id, "out of memory");
 		return false;
 	}
@@ -881,18 +1019,39 @@ static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 		log_warn("RDMA: accepting a reader: %s", strerror(errno));
 		return false;
 	}
-	s->ids[s->nids++] = id;
+	s->readers[s->nreaders++] = (struct reader){ .id = id };
 	return true;
 }
 
-/* An accepted reader's id goes (after its event was acked). */
+static struct reader *reader_of(struct rdma_server *s, struct rdma_cm_id *id)
+{
+	for (size_t i = 0; i < s->nreaders; i++)
+		if (s->readers[i].id == id)
+			return &s->readers[i];
+	return NULL;
+}
+
+static void readers_count(struct rdma_server *s)
+{
+	int n = 0;
+
+	for (size_t i = 0; i < s->nreaders; i++)
+		n += s->readers[i].up;
+	atomic_store(&s->conns, n);
+	atomic_fetch_add(&s->ds.served, 1); /* readers came or went: not quiet yet */
+	metric_set(s->m_conns, n);
+}
+
+/* A reader's id goes (after its event was acked). */
 static void reader_drop(struct rdma_server *s, struct rdma_cm_id *id)
 {
-	for (size_t i = 0; i < s->nids; i++)
-		if (s->ids[i] == id) {
-			s->ids[i] = s->ids[--s->nids];
-			break;
-		}
+	struct reader *r = reader_of(s, id);
+
+	if (r) {
+		memmove(r, r + 1, (size_t)(s->readers + s->nreaders - (r + 1)) * sizeof(*r));
+		s->nreaders--;
+		readers_count(s);
+	}
 	if (id->qp)
 		rdma_destroy_qp(id);
 	rdma_destroy_id(id);
@@ -917,14 +1076,21 @@ static void *serve_main(void *arg)
 			case RDMA_CM_EVENT_CONNECT_REQUEST:
 				drop = !on_connect(s, ev);
 				break;
-			case RDMA_CM_EVENT_ESTABLISHED:
-				metric_set(s->m_conns, atomic_fetch_add(&s->conns, 1) + 1);
-				atomic_fetch_add(&s->ds.served, 1); /* a reader: not quiet yet */
+			case RDMA_CM_EVENT_ESTABLISHED: {
+				struct reader *r = reader_of(s, id);
+
+				if (r) {
+					r->up = true;
+					readers_count(s);
+				}
 				break;
+			}
 			case RDMA_CM_EVENT_DISCONNECTED:
-				metric_set(s->m_conns, atomic_fetch_sub(&s->conns, 1) - 1);
-				atomic_fetch_add(&s->ds.served, 1);
 				drop = true;
+				break;
+			case RDMA_CM_EVENT_DEVICE_REMOVAL:
+				log_error("RDMA: the device went: nothing more is served by RDMA");
+				drop = id != s->listen;
 				break;
 			case RDMA_CM_EVENT_REJECTED:
 			case RDMA_CM_EVENT_CONNECT_ERROR:
@@ -1019,11 +1185,13 @@ static void rdma_serve_stop(struct data_server *base)
 		log_warn("RDMA server wake: %s", strerror(errno));
 	pthread_join(s->thread, NULL);
 	transport_tcp.serve_stop(s->tcp);
-	while (s->nids) {
-		rdma_disconnect(s->ids[s->nids - 1]);
-		reader_drop(s, s->ids[s->nids - 1]);
+	while (s->nreaders) {
+		struct rdma_cm_id *id = s->readers[s->nreaders - 1].id;
+
+		rdma_disconnect(id);
+		reader_drop(s, id);
 	}
-	free(s->ids);
+	free(s->readers);
 	rdma_destroy_id(s->listen);
 	rdev_free(s);
 	rdma_destroy_event_channel(s->ch);

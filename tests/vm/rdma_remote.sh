@@ -9,22 +9,14 @@
 #     comes back with its kept pool and its own process reads its pages.
 #  3. transport = rdma on an address no RDMA device has is an error at
 #     start, never TCP in its place.
-# The nodes share one rxe device (rxe in Linux 6.1 runs only in the first
-# network namespace), told apart by their ports: each read still goes
-# through rxe's requester and responder as a READ of another process's
-# registered memory.
+# The nodes share one rxe device, told apart by their ports (rxe.sh).
 source "$(dirname "$0")/../integration/lib.sh"
 
+source "$(dirname "$0")/rxe.sh"
+
 LIB=$ROOT/build/libcksm.so
-IP=192.0.2.1
-modprobe crc32_generic && modprobe veth && modprobe rdma_rxe && modprobe rdma_ucm ||
-	fail "the guest cannot load the soft-RoCE modules"
-ip link set lo up
-ip link add v0 type veth peer name v1
-ip addr add $IP/24 dev v0
-ip link set v0 up
-ip link set v1 up
-rdma link add rxe0 type rxe netdev v0 || fail "no rxe device on v0"
+IP=$RXE_IP
+rxe_up || fail "no soft-RoCE in the guest"
 echo "soft-RoCE: $(rdma link show | head -1)"
 
 cluster_conf "$T/cksm.conf" 1

@@ -1,7 +1,8 @@
 #!/bin/bash
 # tests/vm/run.sh [TEST...]: the tests that need a real kernel, each in a
 # guest of its own (vm.sh): Debian's kernel in QEMU, soft-RoCE inside.
-# With no TEST, every tests/vm/*.sh but the harness's own files. Each
+# With no TEST, every tests/vm/*.sh but the harness's own (vm.sh, run.sh,
+# rxe.sh). A TEST may be any script of the tree (bench/vm/rdma.sh). Each
 # test's output is printed; exits 0 when all passed, 77 when none could
 # run here (the reason is printed), else 1. The daemons inside are those
 # of VM_BIN (default build/san, the sanitised build, where there is one);
@@ -18,7 +19,7 @@ fi
 tests=("$@")
 if ((${#tests[@]} == 0)); then
 	for t in tests/vm/*.sh; do
-		case $(basename "$t") in vm.sh | run.sh) ;; *) tests+=("$t") ;; esac
+		case $(basename "$t") in vm.sh | run.sh | rxe.sh) ;; *) tests+=("$t") ;; esac
 	done
 fi
 bin=${VM_BIN:-$PWD/build/san}

@@ -50,7 +50,7 @@ BINS := $(B)/cksmd $(B)/cksmctl $(B)/libcksm.so $(B)/cksm-testpeer $(B)/cksm-pla
 	$(B)/cksm-churner $(B)/cksm-evictee $(B)/cksm-dropper $(B)/cksm-racer $(B)/cksm-sockfuzz \
 	$(B)/cksm-datafuzz $(B)/cksm-victim $(B)/cksm-execer $(B)/cksm-rangeflood $(B)/libcksm-slowzap.so \
 	$(B)/libcksm-nobeacon.so $(B)/cksm-flood $(B)/cksm-hotcold $(B)/cksm-forker $(B)/cksm-remapper $(B)/cksm-ksmwork \
-	$(B)/cksm-pinner
+	$(B)/cksm-pinner $(B)/cksm-rdmapeer
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
@@ -168,6 +168,10 @@ $(B)/cksm-planter: tests/tools/planter.c
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -o $@ $^ -pthread
 
 $(B)/cksm-scan: tests/tools/scantool.c $(filter-out $(B)/daemon/agent/agent.o,$(AGENT_OBJ)) $(B)/libcksmcommon.a
+	$(E) '  CC      $@'
+	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/cksm-rdmapeer: tests/tools/rdmapeer.c $(B)/daemon/agent/rdmawire.o $(B)/libcksmcommon.a
 	$(E) '  CC      $@'
 	$(Q)$(CC) $(CPPFLAGS_ALL) -Idaemon $(CFLAGS_ALL) -o $@ $^ $(LIBS)
 

@@ -30,13 +30,11 @@
  * another id and is refused, which is what the generation check of the
  * TCP kind does.
  */
-#include <endian.h>
 #include <netinet/in.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +48,7 @@
 
 #include "log.h"
 #include "netaddr.h"
+#include "rdmawire.h"
 #include "transport.h"
 #include "util.h"
 
@@ -61,60 +60,6 @@
 #define READERS	     1024 /* queue pairs of readers at once (a reader per node) */
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
-
-static const uint8_t req_magic[4] = { 'C', 'K', 'R', 'q' };
-static const uint8_t rep_magic[4] = { 'C', 'K', 'R', 'p' };
-
-/* A connect request's private data: 56 bytes, what RC over rdma_cm allows. */
-struct conn_req {
-	uint8_t magic[4];
-	uint8_t nonce[12];
-	uint8_t time[8]; /* unix seconds, big-endian */
-	uint8_t mac[32]; /* crypto_auth over the fields above */
-};
-
-/* The holder's accept: where its pool is. */
-struct conn_rep {
-	uint8_t magic[4];
-	uint8_t base[8];
-	uint8_t rkey[4];
-	uint8_t slots[4];
-	uint8_t mac[32]; /* crypto_auth over the request's nonce and the fields above */
-};
-
-_Static_assert(sizeof(struct conn_req) == 56, "RC connect private data is 56 bytes");
-_Static_assert(sizeof(struct conn_rep) <= 196, "RC accept private data is 196 bytes");
-
-/*
- * The request's MAC covers both ends' addresses (as each side sees them:
- * the reader's own and the holder's), so that a request copied off the
- * wire is worth nothing from another address or to another holder.
- */
-static void req_mac(const struct auth_key *key, const struct conn_req *r,
-		    const struct sockaddr *src, const struct sockaddr *dst, uint8_t mac[32])
-{
-	crypto_auth_hmacsha512256_state st;
-	char a[2][64] = { "", "" };
-
-	if (src)
-		netaddr_format(src, a[0], sizeof(a[0]));
-	if (dst)
-		netaddr_format(dst, a[1], sizeof(a[1]));
-	crypto_auth_hmacsha512256_init(&st, key->k, AUTH_KEY_BYTES);
-	crypto_auth_hmacsha512256_update(&st, (const uint8_t *)r, offsetof(struct conn_req, mac));
-	crypto_auth_hmacsha512256_update(&st, (const uint8_t *)a, sizeof(a));
-	crypto_auth_hmacsha512256_final(&st, mac);
-}
-
-static void rep_mac(const struct auth_key *key, const uint8_t nonce[12], const struct conn_rep *p,
-		    uint8_t mac[32])
-{
-	uint8_t m[12 + offsetof(struct conn_rep, mac)];
-
-	memcpy(m, nonce, 12);
-	memcpy(m + 12, p, offsetof(struct conn_rep, mac));
-	crypto_auth(mac, m, sizeof(m), key->k);
-}
 
 static bool rdma_devices_here(char *why, size_t len)
 {
@@ -300,8 +245,7 @@ static struct rconn *rconn_open(struct rnet *n, const char *addr, int *err, char
 	struct rdma_conn_param cp = { 0 };
 	struct conn_req req;
 	struct conn_rep rep;
-	uint8_t mac[32];
-	uint64_t dl = now_ms() + (uint64_t)n->timeout_ms, t;
+	uint64_t dl = now_ms() + (uint64_t)n->timeout_ms;
 	struct rconn *c = calloc(1, sizeof(*c));
 	int rc = c ? netaddr_parse(addr, &ss) : -ENOMEM;
 
@@ -352,11 +296,8 @@ static struct rconn *rconn_open(struct rnet *n, const char *addr, int *err, char
 		snprintf(why, len, "no queue pair: %s", strerror(errno));
 		goto fail;
 	}
-	memcpy(req.magic, req_magic, 4);
-	randombytes_buf(req.nonce, sizeof(req.nonce));
-	t = htobe64((uint64_t)time(NULL));
-	memcpy(req.time, &t, 8);
-	req_mac(n->key, &req, rdma_get_local_addr(c->id), rdma_get_peer_addr(c->id), req.mac);
+	conn_req_make(&req, n->key, rdma_get_local_addr(c->id), rdma_get_peer_addr(c->id),
+		      (int64_t)time(NULL));
 	cp.private_data = &req;
 	cp.private_data_len = sizeof(req);
 	cp.initiator_depth = 1; /* one READ in flight */
@@ -371,18 +312,11 @@ static struct rconn *rconn_open(struct rnet *n, const char *addr, int *err, char
 	rc = cm_expect(c->ch, dl, RDMA_CM_EVENT_ESTABLISHED, &rep, why, len);
 	if (rc)
 		goto fail;
-	rep_mac(n->key, req.nonce, &rep, mac);
-	if (memcmp(rep.magic, rep_magic, 4) || sodium_memcmp(mac, rep.mac, 32)) {
+	if (conn_rep_open(&rep, n->key, req.nonce, &c->base, &c->rkey, &c->slots)) {
 		rc = -EACCES;
 		snprintf(why, len, "the holder's accept is not MACed with the cluster key");
 		goto fail;
 	}
-	memcpy(&c->base, rep.base, 8);
-	memcpy(&c->rkey, rep.rkey, 4);
-	memcpy(&c->slots, rep.slots, 4);
-	c->base = be64toh(c->base);
-	c->rkey = be32toh(c->rkey);
-	c->slots = be32toh(c->slots);
 	return c;
 fail:
 	*err = rc ? rc : -EIO;
@@ -917,21 +851,17 @@ static const char *req_check(struct rdma_server *s, struct rdma_cm_id *id, const
 			     size_t len)
 {
 	struct conn_req r;
-	uint8_t mac[32];
-	uint64_t t;
 	int64_t now = (int64_t)time(NULL), skew;
 	struct seen *slot = &s->seen[s->nseen % NONCES_SEEN];
+	const char *bad;
 
 	if (!data || len < sizeof(r))
 		return "no cksm connect request";
 	memcpy(&r, data, sizeof(r));
-	if (memcmp(r.magic, req_magic, 4))
-		return "no cksm connect request";
-	req_mac(s->key, &r, rdma_get_peer_addr(id), rdma_get_local_addr(id), mac);
-	if (sodium_memcmp(mac, r.mac, 32))
-		return "bad key";
-	memcpy(&t, r.time, 8);
-	skew = (int64_t)be64toh(t) - now;
+	bad = conn_req_check(&r, s->key, rdma_get_peer_addr(id), rdma_get_local_addr(id));
+	if (bad)
+		return bad;
+	skew = conn_req_time(&r) - now;
 	if (skew > CLOCK_SKEW || skew < -CLOCK_SKEW)
 		return "stale request (clocks apart?)";
 	for (unsigned i = 0; i < MIN(s->nseen, NONCES_SEEN); i++)
@@ -968,9 +898,8 @@ static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 	struct conn_rep rep;
 	char why[256];
 	struct rdev *d;
-	uint64_t base;
-	uint32_t rkey, slots;
 	size_t bytes;
+	void *mem;
 
 	if (bad) {
 		refuse(s, id, bad);
@@ -991,15 +920,9 @@ static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 		refuse(s, id, "no queue pair");
 		return false;
 	}
-	memcpy(rep.magic, rep_magic, 4);
-	base = htobe64((uint64_t)(uintptr_t)pool_memory(s->pool, &bytes));
-	rkey = htobe32(d->mr->rkey);
-	slots = htobe32((uint32_t)(bytes / POOL_SLOT));
-	memcpy(rep.base, &base, 8);
-	memcpy(rep.rkey, &rkey, 4);
-	memcpy(rep.slots, &slots, 4);
-	rep_mac(s->key, ((const struct conn_req *)ev->param.conn.private_data)->nonce, &rep,
-		rep.mac);
+	mem = pool_memory(s->pool, &bytes);
+	conn_rep_make(&rep, s->key, ((const struct conn_req *)ev->param.conn.private_data)->nonce,
+		      (uint64_t)(uintptr_t)mem, d->mr->rkey, (uint32_t)(bytes / POOL_SLOT));
 	cp.private_data = &rep;
 	cp.private_data_len = sizeof(rep);
 	cp.responder_resources = (uint8_t)d->rd_atom;

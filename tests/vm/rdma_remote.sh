@@ -7,6 +7,7 @@
 #  2. The holder of one replica is killed (SIGKILL): a second process of
 #     node-b reads every page, served from the other replica. The holder
 #     comes back with its kept pool and its own process reads its pages.
+#     Hostile readers of node-c's pool are refused, and node-c serves on.
 #  3. transport = rdma on an address no RDMA device has is an error at
 #     start, never TCP in its place.
 # The nodes share one rxe device, told apart by their ports (rxe.sh).
@@ -66,6 +67,15 @@ R1=$(m b 'cksm_faults_total{source="remote"}')
 [[ $(m a 'cksm_data_reads_total{status="ok"}') == 0 && $(m c 'cksm_data_reads_total{status="ok"}') == 0 ]] ||
 	fail "pages were read over TCP: node-a $(m a 'cksm_data_reads_total{status="ok"}'), node-c $(m c 'cksm_data_reads_total{status="ok"}')"
 echo "node-b: $R1 remote faults over RDMA, $(tail -1 "$T/b1.json" | jq -c '{checked, bad}'), read errors $(m b cksm_remote_read_errors_total)"
+
+# Hostile readers of node-c's pool: no data, another key, an old or a
+# replayed request are refused; a READ past the pool fails at the reader.
+"$ROOT/build/cksm-rdmapeer" "$IP:${DP[c]}" "$T/cluster.key" >"$T/peer.json" ||
+	fail "cksm-rdmapeer: $(cat "$T/peer.json")"
+for why in "no cksm connect request" "bad key" "stale request" "replayed request"; do
+	log_has node-c "refused: $why" || fail "node-c did not log a refusal: $why"
+done
+echo "hostile readers: $(jq -r '.case + ": " + .result + (if .why != "" then " (" + .why + ")" else "" end)' "$T/peer.json" | paste -sd';')"
 
 # 2. A second process on node-b; one replica's holder is killed; the
 # other serves.

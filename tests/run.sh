@@ -5,8 +5,9 @@
 #   tests/run.sh [PATTERN]     only tests whose name contains PATTERN
 #
 # Unit tests run from the normal build (build/) and the ASan+UBSan build
-# (build/san/); integration tests run the sanitized daemons; the fuzz
-# targets run for FUZZ_SECONDS each (default 20).
+# (build/san/); integration tests run the sanitized daemons, and so do
+# the VM tests (tests/vm/: Debian's kernel in QEMU, soft-RoCE inside);
+# the fuzz targets run for FUZZ_SECONDS each (default 20).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -35,7 +35,7 @@ echo "ib_read_bw 4 KiB: $BW MB/s with 128 READs in flight, $BW1 MB/s with 1"
 for kind in rdma tcp; do
 	echo "--- bench/fault, $kind"
 	FAULT_TRANSPORT=$kind FAULT_DATA_IP=$RXE_IP FAULT_EVICT_WITH=zap "$B/bench/fault" 2048 |
-		tee "/tmp/fault-$kind.txt" | grep -E 'transport alone|remote dup|read back wrong'
+		tee "/tmp/fault-$kind.txt" | grep -E 'transport alone|remote dup|read back wrong|floor in its workload'
 done
 
 # A holder with dups of 2048 contents: two planters of the same seed.
@@ -85,12 +85,13 @@ done
 # The ratios, for docs/benchmarks.md.
 f() { awk -v k="$2" '$0 ~ k { for (i = 1; i <= NF; i++) if ($i == "p50") { print $(i + 1); exit } }' "$1"; }
 FR=$(f /tmp/fault-rdma.txt 'remote dup')
+UF=$(f /tmp/fault-rdma.txt 'floor in its workload')
 FT=$(f /tmp/fault-tcp.txt 'remote dup')
 AR=$(f /tmp/fault-rdma.txt 'transport alone')
 AT=$(f /tmp/fault-tcp.txt 'transport alone')
 BR=$(awk '/^rdma threads 16/ { print $6 }' /tmp/rdma.txt)
 BT=$(awk '/^tcp threads 16/ { print $6 }' /tmp/rdma.txt)
 echo "--- ratios (TCG: the ratios, not the times, carry over to hardware)"
-echo "remote fault over RDMA p50 $FR us = $(bc -l <<<"scale=2; $FR / $LAT_T")x ib_read_lat typical ($LAT_T us); over TCP $FT us = $(bc -l <<<"scale=2; $FT / $LAT_T")x"
+echo "remote fault over RDMA p50 $FR us = $(bc -l <<<"scale=2; $FR / $LAT_T")x ib_read_lat typical ($LAT_T us), $(bc -l <<<"scale=2; $FR / ($UF + $LAT_T)")x a bare userfaultfd round trip ($UF us) + ib_read_lat; over TCP $FT us = $(bc -l <<<"scale=2; $FT / $LAT_T")x ib_read_lat"
 echo "transport read alone: rdma p50 $AR us = $(bc -l <<<"scale=2; $AR / $LAT_T")x ib_read_lat; tcp $AT us"
 echo "16 reading threads: rdma $BR MB/s = $(bc -l <<<"scale=2; $BR / $BW")x ib_read_bw ($BW MB/s), $(bc -l <<<"scale=2; $BR / $BW1")x ib_read_bw -o 1 ($BW1 MB/s); tcp $BT MB/s"

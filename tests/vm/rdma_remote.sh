@@ -8,7 +8,9 @@
 #     node-b reads every page, served from the other replica. The holder
 #     comes back with its kept pool and its own process reads its pages.
 #     Hostile readers of node-c's pool are refused, and node-c serves on.
-#  3. transport = rdma on an address no RDMA device has is an error at
+#  3. The three agents stopped at once: every page comes home, and every
+#     process reads its pages right with no agent.
+#  4. transport = rdma on an address no RDMA device has is an error at
 #     start, never TCP in its place.
 # The nodes share one rxe device, told apart by their ports (rxe.sh).
 source "$(dirname "$0")/../integration/lib.sh"
@@ -105,9 +107,35 @@ for p in a1 c1; do
 		fail "$p: exit $rc, $(tail -1 "$T/$p.json")"
 done
 echo "node-a back: its process and node-c's read every page right"
-for n in b c a; do stop "node-$n"; done # each exits 0: no leak, no error
 
-# 3. rdma asked for where no device has the address: an error, not TCP.
+# 3. The three agents stopped together (SIGTERM at once): node-b brings
+# its remote pages home over RDMA while node-a and node-c, which cannot
+# see its READs, wait for its queue pairs to go; every process then reads
+# every page right with no agent running. Each agent exits 0 (no leak,
+# no error).
+hold a a4
+hold c c4
+hold b b4
+wait_for "node-b's last process backed remotely" 120 remote 100
+kill -TERM "$PID_node_a" "$PID_node_b" "$PID_node_c"
+for n in a b c; do
+	pv=PID_node_$n
+	rc=0
+	reap "${!pv}" 60 "node-$n, stopped with the others" || rc=$?
+	[[ $rc == 0 ]] || fail "node-$n exited $rc after SIGTERM"
+done
+log_has node-b "wait for the next agent" && fail "node-b left pages waiting: $(grep 'wait for the next' "$T/node-b.log")"
+for p in a4 b4 c4; do
+	pv=P_$p
+	kill -TERM "${!pv}"
+	rc=0
+	wait "${!pv}" || rc=$?
+	[[ $rc == 0 ]] && tail -1 "$T/$p.json" | jq -e '.bad == 0' >/dev/null ||
+		fail "$p after the stop: exit $rc, $(tail -1 "$T/$p.json")"
+done
+echo "stopped together: node-b $(grep -o 'brought back [0-9]* backed pages' "$T/node-b.log" | tail -1), every process read its pages right"
+
+# 4. rdma asked for where no device has the address: an error, not TCP.
 rc=0
 timeout 20 "$CKSMD" -c "$T/cksm.conf" --role agent --set agent.node_name=node-x \
 	--set agent.socket="$T/x.sock" --set agent.state_dir="$T/x.state" \

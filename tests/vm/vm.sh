@@ -10,11 +10,13 @@
 #                         status, or 124 when TIMEOUT seconds passed.
 #
 # Inside, the host's root is / (read-only), with tmpfs on /tmp, /run,
-# /var/tmp and /dev/shm; JOB is at /tmp/job. Modules load from the
+# /var/tmp and /dev/shm; JOB is at /tmp/job, and this tree (read-only) at
+# its own path, wherever it is (a clone under /tmp too). Modules load from the
 # host's /lib/modules (modprobe works), so the kernel booted is the
 # newest one there that has a vmlinuz in /boot.
 
 VM_QEMU=$(command -v qemu-system-x86_64 || true)
+VM_TREE=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VM_BUSYBOX=$(command -v busybox || true)
 VM_KVER=
 for _k in $(ls /lib/modules 2>/dev/null | sort -V); do
@@ -63,6 +65,9 @@ mkdir -p /root/dev/shm
 for t in tmp run var/tmp dev/shm; do mount -t tmpfs -o mode=1777 tmpfs /root/$t; done
 mkdir -p /root/tmp/job
 mount -t 9p -o $o job /root/tmp/job || { echo "vm: no job dir"; poweroff -f; }
+tree=$(sed -n 's/.*cksm_tree=\([^ ]*\).*/\1/p' /proc/cmdline)
+mkdir -p "/root$tree" 2>/dev/null
+mount -t 9p -o ro,$o tree "/root$tree" || { echo "vm: no tree at $tree"; poweroff -f; }
 mount -t configfs configfs /root/sys/kernel/config 2>/dev/null
 echo "vm: up"
 chroot /root /bin/bash -c 'cd /tmp/job && exec bash ./script' >/root/tmp/job/out 2>&1
@@ -83,9 +88,10 @@ vm_run() {
 	"$VM_QEMU" -accel tcg -m "${VM_MEM:-2048}" -smp "${VM_CPUS:-2}" -nographic \
 		-monitor none -no-reboot -nic none \
 		-kernel "/boot/vmlinuz-$VM_KVER" -initrd "$job/initrd" \
-		-append "console=ttyS0 panic=-1 quiet" \
+		-append "console=ttyS0 panic=-1 quiet cksm_tree=$VM_TREE" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 		-virtfs "local,path=$job,mount_tag=job,security_model=none,multidevs=remap" \
+		-virtfs "local,path=$VM_TREE,mount_tag=tree,security_model=none,readonly=on,multidevs=remap" \
 		-serial "file:$job/console" >"$job/qemu.log" 2>&1 &
 	qpid=$!
 	for ((i = 0; i < timeout; i++)); do

@@ -7,9 +7,11 @@
  * punched there would leave the device reading the old one). librdmacm
  * listens on data_listen (its own port space: the TCP data server, which
  * runs beside it for peers that read over TCP, has the same port). A
- * connect request must carry a MAC of the cluster key over a fresh nonce
- * and time; the accept answers with the pool's address, its rkey and
- * slot count, MACed over the reader's nonce. One walled region: a dedup
+ * connect request must carry a MAC of the cluster key (rdmawire.h); the
+ * accept answers with the pool's address, its rkey and slot count. The
+ * holder cannot see the READs: while a reader is connected it counts as
+ * read from (rdma_served), which keeps a stopping holder for its readers,
+ * at most stop_wait_ms. One walled region: a dedup
  * domain is kept apart by its keyed content ids, which a reader needs to
  * find a slot through the shards, not by a region of its own (a node
  * holding the cluster key is trusted with every domain's pages).
@@ -17,14 +19,17 @@
  * Reader: one RC queue pair per holder, kept for the process, shared by
  * its reading threads (the fault thread, the evictor, the copier), one
  * READ at a time per holder. Connections are made by a thread of their
- * own: to a holder as soon as it is known (rdma_known), and again in the
- * background after an error, so that a fault does not wait for one
- * unless it is the first read of a holder never seen. A read posts a
- * signalled READ of the slot into a registered buffer, spins SPIN_US on
- * the completion queue, then sleeps on its completion channel, bounded
- * by data_timeout_ms. An error completion, a flush or a timeout fails
- * the read (the caller tries the next replica) and the queue pair is
- * made again in the background. What was read is checked against the
+ * own, holders taken in turn: to a holder as soon as it is known
+ * (rdma_known), and again in the background after an error, a new queue
+ * pair made beside the one in use and swapped in under the holder's lock,
+ * so that a fault does not wait for a connect unless it is the first read
+ * of a holder never seen. A read posts a signalled READ of the slot into
+ * a registered buffer, spins SPIN_US on the completion queue, then sleeps
+ * on its completion channel; each of its waits (the connect, the holder's
+ * lock, the completion) ends at one deadline, data_timeout_ms after the
+ * read began. An error completion, a flush or a timeout fails the read
+ * (the caller tries the next replica), and the queue pair is made again
+ * in the background, if it is still the one that failed (its generation). What was read is checked against the
  * content id it should hold (transport_read_checked): a slot freed and
  * reused while it was read, or torn by its new content, hashes to
  * another id and is refused, which is what the generation check of the

@@ -48,6 +48,13 @@ hold() { # hold NODE NAME: a process of node NODE with 256 duplicate pages
 	eval "P_$2=$!"
 	wait_for "$2 evicted" 120 test -s "$T/$2.json"
 }
+check() { # check NAME: its process reads and checks every page, and exits 0
+	local pv=P_$1 rc=0
+	kill -TERM "${!pv}"
+	wait "${!pv}" || rc=$?
+	[[ $rc == 0 ]] && tail -1 "$T/$1.json" | jq -e '.bad == 0' >/dev/null ||
+		fail "$1: exit $rc, $(tail -1 "$T/$1.json")"
+}
 remote() { # remote N: node-b's pages backed remotely, at least N
 	(($(m b 'cksm_pages_backed{source="remote"}') >= $1))
 }
@@ -59,11 +66,7 @@ echo "backed: node-a locally $(m a 'cksm_pages_backed{source="local"}'), node-c 
 echo "RDMA readers of node-a's pool $(m a cksm_rdma_readers), of node-c's $(m c cksm_rdma_readers)"
 
 # 1. node-b's process reads every page back (SIGTERM: check, exit).
-kill -TERM "$P_b1"
-rc=0
-wait "$P_b1" || rc=$?
-[[ $rc == 0 ]] || fail "node-b's process: exit $rc, $(tail -1 "$T/b1.json")"
-tail -1 "$T/b1.json" | jq -e '.bad == 0' >/dev/null || fail "node-b read wrong pages: $(tail -1 "$T/b1.json")"
+check b1
 R1=$(m b 'cksm_faults_total{source="remote"}')
 [[ $R1 -ge 100 ]] || fail "remote faults: $R1"
 [[ $(m a 'cksm_data_reads_total{status="ok"}') == 0 && $(m c 'cksm_data_reads_total{status="ok"}') == 0 ]] ||
@@ -85,11 +88,7 @@ hold b b2
 wait_for "node-b's second process backed remotely" 120 remote 100
 kill -9 "$PID_node_a"
 wait "$PID_node_a" 2>/dev/null || true
-kill -TERM "$P_b2"
-rc=0
-wait "$P_b2" || rc=$?
-[[ $rc == 0 ]] || fail "node-b's process with node-a killed: exit $rc, $(tail -1 "$T/b2.json")"
-tail -1 "$T/b2.json" | jq -e '.bad == 0' >/dev/null || fail "node-b: $(tail -1 "$T/b2.json")"
+check b2 # with node-a killed
 R2=$(m b 'cksm_faults_total{source="remote"}')
 [[ $((R2 - R1)) -ge 100 ]] || fail "remote faults after the kill: $((R2 - R1))"
 [[ $(m b cksm_sigbus_total) == 0 ]] || fail "pages lost: $(m b cksm_sigbus_total)"
@@ -98,14 +97,8 @@ echo "node-a killed: node-b's second process read $(tail -1 "$T/b2.json" | jq -c
 # node-a again, with its kept pool: its own process, whose faults waited
 # for it, reads every page; so does node-c's.
 node_again a
-for p in a1 c1; do
-	pv=P_$p
-	kill -TERM "${!pv}"
-	rc=0
-	wait "${!pv}" || rc=$?
-	[[ $rc == 0 ]] && tail -1 "$T/$p.json" | jq -e '.bad == 0' >/dev/null ||
-		fail "$p: exit $rc, $(tail -1 "$T/$p.json")"
-done
+check a1
+check c1
 echo "node-a back: its process and node-c's read every page right"
 
 # 3. The three agents stopped together (SIGTERM at once): node-b brings
@@ -125,14 +118,7 @@ for n in a b c; do
 	[[ $rc == 0 ]] || fail "node-$n exited $rc after SIGTERM"
 done
 log_has node-b "wait for the next agent" && fail "node-b left pages waiting: $(grep 'wait for the next' "$T/node-b.log")"
-for p in a4 b4 c4; do
-	pv=P_$p
-	kill -TERM "${!pv}"
-	rc=0
-	wait "${!pv}" || rc=$?
-	[[ $rc == 0 ]] && tail -1 "$T/$p.json" | jq -e '.bad == 0' >/dev/null ||
-		fail "$p after the stop: exit $rc, $(tail -1 "$T/$p.json")"
-done
+for p in a4 b4 c4; do check $p; done # no agent runs
 echo "stopped together: node-b $(grep -o 'brought back [0-9]* backed pages' "$T/node-b.log" | tail -1), every process read its pages right"
 
 # 4. rdma asked for where no device has the address: an error, not TCP.

@@ -587,8 +587,11 @@ static void rnet_put(struct rnet *n)
 	free(n);
 }
 
-/* Wait until p is up or its connect failed, at most until dl. n->lock held. */
-static int rpeer_wait(struct rnet *n, struct rpeer *p, uint64_t dl)
+/*
+ * Wait until p is up or its connect failed, at most until dl; -ENOTCONN
+ * if its entry went to another holder meanwhile. n->lock held.
+ */
+static int rpeer_wait(struct rnet *n, struct rpeer *p, const char *addr, uint64_t dl)
 {
 	struct timespec ts;
 
@@ -597,9 +600,11 @@ static int rpeer_wait(struct rnet *n, struct rpeer *p, uint64_t dl)
 		p->state = R_CONNECTING;
 		rnet_wake(n);
 	}
-	while (p->state == R_CONNECTING)
+	while (p->state == R_CONNECTING && !strcmp(p->addr, addr))
 		if (pthread_cond_timedwait(&n->cv, &n->lock, &ts) == ETIMEDOUT)
 			return -ETIMEDOUT;
+	if (strcmp(p->addr, addr))
+		return -ENOTCONN;
 	return p->state == R_UP ? 0 : p->err ? p->err : -ENOTCONN;
 }
 
@@ -673,7 +678,7 @@ static int rdma_read(struct transport *t, const struct dup_loc *d, const struct 
 	(void)id; /* checked on the bytes: transport_read_checked */
 	pthread_mutex_lock(&n->lock);
 	p = rpeer_find(n, d->addr, true);
-	rc = p ? rpeer_wait(n, p, dl) : -EMFILE;
+	rc = p ? rpeer_wait(n, p, d->addr, dl) : -EMFILE;
 	if (p)
 		p->used = now_ms();
 	pthread_mutex_unlock(&n->lock);
@@ -783,8 +788,9 @@ struct rdma_server {
 	unsigned ndevs;
 	struct reader {
 		struct rdma_cm_id *id;
-		bool up; /* established */
-	} * readers;	 /* accepted: at most READERS, the oldest first */
+		bool up;    /* established */
+		bool going; /* disconnected to make room, its event not in yet */
+	} * readers;	    /* accepted: at most READERS, the oldest first */
 	size_t nreaders, capreaders;
 	struct seen {
 		uint8_t nonce[12];
@@ -892,6 +898,26 @@ static void refuse(struct rdma_server *s, struct rdma_cm_id *id, const char *why
 	rdma_reject(id, why, (uint8_t)(strlen(why) + 1));
 }
 
+/*
+ * A reader gone without a word (its node died) leaves its queue pair:
+ * past READERS, the oldest give way (they go at their DISCONNECTED).
+ */
+static void make_room(struct rdma_server *s)
+{
+	size_t staying = 0;
+
+	for (size_t i = 0; i < s->nreaders; i++)
+		staying += !s->readers[i].going;
+	for (size_t i = 0; i < s->nreaders && staying > READERS; i++) {
+		if (s->readers[i].going)
+			continue;
+		log_warn("RDMA: over %d readers: the oldest is disconnected", READERS);
+		rdma_disconnect(s->readers[i].id);
+		s->readers[i].going = true;
+		staying--;
+	}
+}
+
 /* A reader connects: check it, give it a queue pair and the pool's key. */
 static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 {
@@ -932,12 +958,6 @@ static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 	cp.private_data_len = sizeof(rep);
 	cp.responder_resources = (uint8_t)d->rd_atom;
 	cp.initiator_depth = 0;
-	if (s->nreaders == READERS) {
-		/* A reader gone without a word (its node died) leaves its
-		 * queue pair: the oldest gives way. */
-		log_warn("RDMA: %d readers: the oldest is disconnected", READERS);
-		rdma_disconnect(s->readers[0].id);
-	}
 	if (array_reserve((void **)&s->readers, &s->capreaders, s->nreaders + 1,
 			  sizeof(*s->readers))) {
 		refuse(s, id, "out of memory");
@@ -948,6 +968,7 @@ static bool on_connect(struct rdma_server *s, struct rdma_cm_event *ev)
 		return false;
 	}
 	s->readers[s->nreaders++] = (struct reader){ .id = id };
+	make_room(s);
 	return true;
 }
 

@@ -102,12 +102,15 @@ skip() {
 	exit 77
 }
 
-# A port that nothing listens on now.
+# A port that nothing listens on now, and not handed out before in this
+# test (a daemon given one may not have bound it yet).
 free_port() { # below the kernel's ephemeral range, not used by any socket
 	local p
 	while :; do
 		p=$((20000 + RANDOM % 12000))
+		grep -qx "$p" "$T/.ports" 2>/dev/null && continue
 		if ! ss -Htan "sport = :$p" | grep -q .; then
+			echo "$p" >>"$T/.ports"
 			echo "$p"
 			return
 		fi

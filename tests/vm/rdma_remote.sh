@@ -8,8 +8,10 @@
 #     node-b reads every page, served from the other replica. The holder
 #     comes back with its kept pool and its own process reads its pages.
 #     Hostile readers of node-c's pool are refused, and node-c serves on.
-#  3. The three agents stopped at once: every page comes home, and every
-#     process reads its pages right with no agent.
+#  3. Both holders stopped (SIGSTOP): node-b's process still reads every
+#     page (a READ needs no CPU of the holder). Then the three agents
+#     stopped at once: every page comes home, and every process reads its
+#     pages right with no agent.
 #  4. transport = rdma on an address no RDMA device has is an error at
 #     start, never TCP in its place.
 # The nodes share one rxe device, told apart by their ports (rxe.sh).
@@ -109,7 +111,17 @@ echo "node-a back: its process and node-c's read every page right"
 hold a a4
 hold c c4
 hold b b4
-wait_for "node-b's last process backed remotely" 120 remote 100
+hold b b5
+wait_for "node-b's last processes backed remotely" 120 remote 200
+# Both holders stopped (SIGSTOP): a READ needs no CPU of theirs, so
+# node-b's process reads every page all the same.
+kill -STOP "$PID_node_a" "$PID_node_c"
+R3=$(m b 'cksm_faults_total{source="remote"}')
+check b5
+R4=$(m b 'cksm_faults_total{source="remote"}')
+kill -CONT "$PID_node_a" "$PID_node_c"
+((R4 - R3 >= 100)) || fail "remote faults with both holders stopped: $((R4 - R3))"
+echo "both holders stopped: node-b's process read $(tail -1 "$T/b5.json" | jq -c '{checked, bad}'), $((R4 - R3)) remote faults"
 kill -TERM "$PID_node_a" "$PID_node_b" "$PID_node_c"
 for n in a b c; do
 	pv=PID_node_$n

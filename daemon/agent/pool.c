@@ -28,7 +28,6 @@
 #include "pool.h"
 
 #include <errno.h>
-#include <stdatomic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,7 +77,7 @@ struct pool {
 	size_t nfree;
 	struct oaidx index; /* id -> slot + 1, for one held slot per id */
 	bool hugetlb;	    /* pages of MAP_HUGETLB: no hole punched per slot */
-	atomic_bool pinned; /* registered for a device: no hole punched either */
+	bool pinned;	    /* registered for a device: no hole punched either */
 };
 
 static uint64_t id_hash(const struct cid *id)
@@ -395,7 +394,7 @@ static void slot_free(struct pool *p, struct slot *s)
 	s->live = false;
 	s->held = false;
 	/* Before it can be taken again (under p->lock): its memory goes. */
-	if (!p->hugetlb && !atomic_load(&p->pinned) && p->fd >= 0)
+	if (!p->hugetlb && !p->pinned && p->fd >= 0)
 		fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			  (off_t)((size_t)(s - p->slots) * POOL_SLOT), POOL_SLOT);
 	p->free[p->nfree++] = (uint32_t)(s - p->slots);
@@ -559,7 +558,7 @@ void *pool_memory(struct pool *p, size_t *bytes)
 void pool_pin(struct pool *p)
 {
 	pthread_mutex_lock(&p->lock); /* no slot_free punching meanwhile */
-	atomic_store(&p->pinned, true);
+	p->pinned = true;
 	pthread_mutex_unlock(&p->lock);
 }
 

@@ -346,17 +346,13 @@ static void rpeer_connect(struct rnet *n, struct rpeer *p)
 
 	pthread_mutex_lock(&p->lock);
 	pthread_mutex_lock(&n->lock);
-	if (c && strcmp(p->addr, addr)) { /* the entry went to another holder meanwhile */
-		old = c;
-		c = NULL;
-		rc = -ESTALE;
-	} else {
-		old = p->c;
-		p->c = c;
-		p->gen++;
-	}
+	/* p is R_CONNECTING all along, so its entry is not given to another
+	 * holder meanwhile (rpeer_find takes only entries down). */
+	old = p->c;
+	p->c = c;
+	p->gen++;
 	if (rc) {
-		if (rc != -ESTALE && (p->err != rc || p->retry_ms >= RETRY_MAX_MS))
+		if (p->err != rc || p->retry_ms >= RETRY_MAX_MS)
 			log_warn("RDMA to %s: %s", p->addr, why);
 		p->err = rc;
 		p->state = R_DOWN;

@@ -25,8 +25,6 @@
  *                        not attached yet
  *   hold_long            a move's hold (evict.c) lasts until its answer,
  *                        never fenced
- *   loop_held            a turn of the event loop holds it 600 ms
- *                        (runtime.c), as a callback that computes long
  */
 #ifndef CKSM_INJECT_H
 #define CKSM_INJECT_H

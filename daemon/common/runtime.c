@@ -35,11 +35,7 @@ static int register_base_metrics(struct runtime *rt, Cksm__Role role)
 			      labels);
 	start = metrics_gauge(rt->reg, "cksm_start_time_seconds", "Unix time the daemon started.",
 			      NULL);
-	rt->m_held = metrics_counter(
-		rt->reg, "cksm_loop_held_total",
-		"Turns of the event loop that held it for more than 500 ms (its callbacks ran, or the process was not scheduled): heartbeats, handshakes and answers waited meanwhile.",
-		NULL);
-	if (!build || !start || !rt->m_held)
+	if (!build || !start)
 		return -ENOMEM;
 	metric_set(build, 1);
 	clock_gettime(CLOCK_REALTIME, &ts);
@@ -91,7 +87,6 @@ int runtime_init(struct runtime *rt, const struct config *cfg, Cksm__Role role, 
 		log_error("cannot create the event loop: %s", uv_strerror(rc));
 		return -EIO;
 	}
-	uv_loop_configure(&rt->loop, UV_METRICS_IDLE_TIME); /* for on_turn */
 	rt->start_ms = uv_now(&rt->loop);
 	rt->reg = metrics_create();
 	if (!rt->reg || register_base_metrics(rt, role)) {
@@ -134,56 +129,9 @@ void runtime_stopped(struct runtime *rt)
 	net_close_all(&rt->net);
 }
 
-#define HELD_NS	    500000000ULL   /* a turn this long is logged and counted */
-#define HELD_LOG_NS 10000000000ULL /* at most one such line per 10 s */
-
-static uint64_t thread_cpu_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-/*
- * Before each poll: how long the loop ran since the last one, less what
- * it slept in poll. A long turn is a loop that answered nobody meanwhile;
- * its share of CPU tells a callback that computed from one that waited
- * (or a process the system did not schedule).
- */
-static void on_turn(uv_prepare_t *h)
-{
-	struct runtime *rt = h->data;
-	uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(&rt->loop), cpu = thread_cpu_ns();
-
-	if (rt->turn_ns && now - rt->turn_ns > idle - rt->idle_ns + HELD_NS) {
-		uint64_t held = now - rt->turn_ns - (idle - rt->idle_ns);
-
-		metric_inc(rt->m_held);
-		if (now - rt->held_logged_ns >= HELD_LOG_NS) {
-			log_warn(
-				"the event loop was held %llu ms in one turn (%llu ms of it on the CPU): heartbeats, handshakes and answers waited",
-				(unsigned long long)(held / 1000000),
-				(unsigned long long)((cpu - rt->cpu_ns) / 1000000));
-			rt->held_logged_ns = now;
-		}
-	}
-	rt->turn_ns = now;
-	rt->idle_ns = idle;
-	rt->cpu_ns = cpu;
-	if (inject("loop_held")) /* in this turn's count, at the next */
-		for (uint64_t end = uv_hrtime() + 600000000ULL; uv_hrtime() < end;)
-			;
-}
-
 int runtime_run(struct runtime *rt)
 {
 	int rc;
-
-	uv_prepare_init(&rt->loop, &rt->turn);
-	rt->turn.data = rt;
-	uv_prepare_start(&rt->turn, on_turn);
-	uv_unref((uv_handle_t *)&rt->turn);
 
 	uv_signal_init(&rt->loop, &rt->sigterm);
 	uv_signal_init(&rt->loop, &rt->sigint);
@@ -201,8 +149,6 @@ void runtime_fini(struct runtime *rt)
 {
 	httpd_destroy(rt->httpd);
 	rt->httpd = NULL;
-	if (rt->turn.data && !uv_is_closing((uv_handle_t *)&rt->turn))
-		uv_close((uv_handle_t *)&rt->turn, NULL);
 	if (rt->net.loop && uv_loop_close(&rt->loop) == UV_EBUSY) {
 		/* Let pending close callbacks run, then close for good. */
 		uv_run(&rt->loop, UV_RUN_DEFAULT);

@@ -31,15 +31,11 @@ struct runtime {
 	struct net_ctx net;
 	uv_signal_t sigterm;
 	uv_signal_t sigint;
-	uint64_t start_ms;		   /* loop time at start */
-	char name[80];			   /* our name on the wire and in logs */
-	void (*stop)(struct runtime *rt);  /* the role closes its handles */
-	bool stop_later;		   /* set by stop: it ends with runtime_stopped */
-	void *role;			   /* the role's state */
-	uv_prepare_t turn;		   /* watches how long a turn of the loop holds it */
-	uint64_t turn_ns, idle_ns, cpu_ns; /* at the last turn's end */
-	uint64_t held_logged_ns;
-	struct metric *m_held;
+	uint64_t start_ms;		  /* loop time at start */
+	char name[80];			  /* our name on the wire and in logs */
+	void (*stop)(struct runtime *rt); /* the role closes its handles */
+	bool stop_later;		  /* set by stop: it ends with runtime_stopped */
+	void *role;			  /* the role's state */
 };
 
 /* A stop hook that set stop_later is done: the connections close. */

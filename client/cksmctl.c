@@ -401,13 +401,13 @@ static json_t *census_json(const Cksm__Census *c)
 				  "zero_bytes", (json_int_t)(c->nodes[i]->zero_pages * 4096),
 				  "local_saveable_bytes",
 				  (json_int_t)(c->nodes[i]->local_saveable_pages * 4096)));
-	j = json_pack("{s:I,s:I,s:I,s:I,s:I,s:o}", "stable_bytes",
+	j = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:o}", "stable_bytes",
 		      (json_int_t)(c->stable_pages * 4096), "zero_bytes",
 		      (json_int_t)(c->zero_pages * 4096), "local_saveable_bytes",
 		      (json_int_t)(c->local_saveable_pages * 4096), "cluster_saveable_bytes",
 		      (json_int_t)(c->cluster_saveable_pages * 4096), "cluster_adds_bytes",
 		      (json_int_t)((c->cluster_saveable_pages - c->local_saveable_pages) * 4096),
-		      "nodes", nodes);
+		      "cluster_copies_kept", (json_int_t)c->copies_kept, "nodes", nodes);
 	return j;
 }
 
@@ -502,13 +502,15 @@ static void print_census_text(const Cksm__Census *cen)
 		return;
 	}
 	printf("census: %s in stable pages and %s in zero pages; node-local merging (KSM) "
-	       "could save %s, merging across the cluster %s (%s more)\n\n",
+	       "could save %s, merging across the cluster %s (%s more, %u %s of each shared "
+	       "content kept)\n\n",
 	       iec(cen->stable_pages * 4096, b1, sizeof(b1)),
 	       iec(cen->zero_pages * 4096, b2, sizeof(b2)),
 	       iec(cen->local_saveable_pages * 4096, b3, sizeof(b3)),
 	       iec(cen->cluster_saveable_pages * 4096, b4, sizeof(b4)),
 	       iec((cen->cluster_saveable_pages - cen->local_saveable_pages) * 4096, b5,
-		   sizeof(b5)));
+		   sizeof(b5)),
+	       cen->copies_kept, cen->copies_kept == 1 ? "copy" : "copies");
 }
 
 static void print_node_sums(const struct stats_sum *s)

@@ -744,6 +744,8 @@ static void send_census(struct agent *a)
 		cr.zero_pages = c[d].zero;
 		cr.registers.data = c[d].h.r;
 		cr.registers.len = sizeof(c[d].h.r);
+		cr.shared_registers.data = c[d].shared.r;
+		cr.shared_registers.len = sizeof(c[d].shared.r);
 		m.body_case = CKSM__MSG__BODY_CENSUS_REPORT;
 		m.census_report = &cr;
 		if (conn_send(conn, &m))

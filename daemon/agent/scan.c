@@ -131,7 +131,8 @@ struct scanner {
 	uint64_t tracked_pages;
 	struct scan_counts groups[TARGET_MAX_GROUPS];
 	struct census {
-		struct hll h;
+		struct hll h;	   /* every stable page */
+		struct hll shared; /* those a shard said have another copy */
 		uint64_t stable, zero;
 	} census_cur[CONFIG_MAX_DOMAINS], census_last[CONFIG_MAX_DOMAINS];
 	bool census_valid;     /* census_last holds a complete pass */
@@ -399,6 +400,8 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 	c->shared += (meta & M_SHARED) != 0;
 	s->census_cur[p->domain].stable++;
 	hll_add(&s->census_cur[p->domain].h, csum);
+	if (meta & M_SHARED)
+		hll_add(&s->census_cur[p->domain].shared, csum);
 	if ((meta & M_REPORTED) && (meta >> M_GEN_SHIFT) == s->gen &&
 	    !recheck_due(s, p, pi, meta)) {
 		/* Only a content with another copy can have a dup to go to:
@@ -742,6 +745,7 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 		return rc;
 	for (unsigned d = 0; d < s->cfg->ndomains; d++) {
 		hll_clear(&s->census_cur[d].h);
+		hll_clear(&s->census_cur[d].shared);
 		s->census_cur[d].stable = s->census_cur[d].zero = 0;
 	}
 	for (size_t i = 0; i < s->nprocs; i++) {
@@ -766,12 +770,13 @@ int scanner_pass(struct scanner *s, struct scan_counts *out)
 }
 
 const struct hll *scanner_census(const struct scanner *s, unsigned d, uint64_t *stable,
-				 uint64_t *zero)
+				 uint64_t *zero, const struct hll **shared)
 {
 	if (!s->census_valid || d >= s->cfg->ndomains)
 		return NULL;
 	*stable = s->census_last[d].stable;
 	*zero = s->census_last[d].zero;
+	*shared = &s->census_last[d].shared;
 	return &s->census_last[d].h;
 }
 

@@ -135,11 +135,12 @@ void scanner_foreach_vma(const struct scanner *s, scan_vma_fn fn, void *arg);
 
 /*
  * The census of the last full pass for domain index d: a sketch of the
- * checksums of its stable pages, how many stable pages and zero pages.
- * NULL before the first full pass.
+ * checksums of its stable pages, how many stable pages and zero pages,
+ * and in *shared the sketch of those a shard answered to have another
+ * copy. NULL before the first full pass.
  */
 const struct hll *scanner_census(const struct scanner *s, unsigned d, uint64_t *stable,
-				 uint64_t *zero);
+				 uint64_t *zero, const struct hll **shared);
 
 /* Visit each process with what the last pass saw in it (group: -1 or
  * its index in targets.groups). */

@@ -310,12 +310,15 @@ static void keep_census(struct scanrun *r)
 {
 	pthread_mutex_lock(&r->lock);
 	for (unsigned d = 0; d < r->cfg->ndomains; d++) {
-		const struct hll *h =
-			scanner_census(r->scanner, d, &r->census[d].stable, &r->census[d].zero);
+		const struct hll *shared = NULL;
+		const struct hll *h = scanner_census(r->scanner, d, &r->census[d].stable,
+						     &r->census[d].zero, &shared);
 
 		r->census[d].domain = r->cfg->domains[d].id;
-		if (h)
+		if (h) {
 			r->census[d].h = *h;
+			r->census[d].shared = *shared;
+		}
 	}
 	r->census_new = true;
 	pthread_mutex_unlock(&r->lock);

@@ -48,7 +48,8 @@ struct scanrun_census {
 	uint8_t domain; /* the domain's id */
 	uint64_t stable;
 	uint64_t zero;
-	struct hll h;
+	struct hll h;	   /* its stable pages */
+	struct hll shared; /* those with another copy, as the shards said */
 };
 
 /*

@@ -51,7 +51,8 @@ struct node_census {
 	uint8_t domain;
 	uint64_t stable;
 	uint64_t zero;
-	struct hll h;
+	struct hll h;	   /* its stable pages */
+	struct hll shared; /* those with another copy in the cluster */
 };
 
 struct coord {
@@ -563,7 +564,8 @@ static int handle_census_report(struct coord *co, struct conn *c, const Cksm__Ce
 
 	if (!n)
 		return conn_fail(c, -EPROTO, "census report before register");
-	if (r->registers.len != HLL_REGISTERS || r->domain > 255)
+	if (r->registers.len != HLL_REGISTERS || r->domain > 255 ||
+	    (r->shared_registers.len && r->shared_registers.len != HLL_REGISTERS))
 		return refuse(co, c, co->m_refused_census, -EINVAL, "census report");
 	for (unsigned i = 0; i < n->ncensus; i++)
 		if (n->census[i].domain == r->domain)
@@ -583,6 +585,10 @@ static int handle_census_report(struct coord *co, struct conn *c, const Cksm__Ce
 	nc->stable = r->stable_pages;
 	nc->zero = r->zero_pages;
 	memcpy(nc->h.r, r->registers.data, HLL_REGISTERS);
+	/* Without the shared sketch every content counts as shared: the
+	 * cluster figure then errs low, never high. */
+	memcpy(nc->shared.r, r->shared_registers.len ? r->shared_registers.data : r->registers.data,
+	       HLL_REGISTERS);
 	return 0;
 }
 
@@ -655,18 +661,26 @@ static int handle_usage_report(struct coord *co, struct conn *c, const Cksm__Usa
 /*
  * What merging could save, from the nodes' latest censuses (live nodes):
  * node-local merging keeps one page per distinct content and one zero
- * page per node; merging across the cluster keeps one page per distinct
- * content of each domain and no zero page at all.
+ * page per node; merging across the cluster keeps, per domain, one page
+ * of each content nobody else holds and R copies (the replicas, at most
+ * the live nodes) of each content with another copy, and no zero page.
  */
 static Cksm__Census *census_of(struct coord *co, Cksm__NodeCensus **nodes)
 {
 	static Cksm__Census cen;
-	static struct hll u;
-	uint64_t distinct_cluster = 0;
+	static struct hll u, us;
+	uint64_t kept = 0, live = 0;
+	uint32_t r;
 
 	cksm__census__init(&cen);
+	for (uint32_t i = 0; i < co->nnodes; i++)
+		live += co->nodes[i].live;
+	r = co->rt.cfg->replicas < live ? co->rt.cfg->replicas : (uint32_t)live;
+	if (r < 1)
+		r = 1;
 	for (unsigned d = 0; d < 256; d++) {
 		bool any = false, used = false;
+		uint64_t distinct, shared;
 
 		/* Only the domains some node reported (clearing a sketch is 16 KiB). */
 		for (uint32_t i = 0; i < co->nnodes && !used; i++)
@@ -676,14 +690,19 @@ static Cksm__Census *census_of(struct coord *co, Cksm__NodeCensus **nodes)
 			continue;
 
 		hll_clear(&u);
+		hll_clear(&us);
 		for (uint32_t i = 0; i < co->nnodes; i++)
 			for (unsigned k = 0; co->nodes[i].live && k < co->nodes[i].ncensus; k++)
 				if (co->nodes[i].census[k].domain == d) {
 					hll_merge(&u, &co->nodes[i].census[k].h);
+					hll_merge(&us, &co->nodes[i].census[k].shared);
 					any = true;
 				}
-		if (any)
-			distinct_cluster += (uint64_t)(hll_estimate(&u) + 0.5);
+		if (!any)
+			continue;
+		distinct = (uint64_t)(hll_estimate(&u) + 0.5);
+		shared = (uint64_t)(hll_estimate(&us) + 0.5);
+		kept += distinct + (uint64_t)(r - 1) * (shared < distinct ? shared : distinct);
 	}
 	for (uint32_t i = 0; i < co->nnodes; i++) {
 		const struct node *n = &co->nodes[i];
@@ -708,10 +727,11 @@ static Cksm__Census *census_of(struct coord *co, Cksm__NodeCensus **nodes)
 		cen.local_saveable_pages += local;
 	}
 	cen.cluster_saveable_pages =
-		(cen.stable_pages > distinct_cluster ? cen.stable_pages - distinct_cluster : 0) +
-		cen.zero_pages;
+		(cen.stable_pages > kept ? cen.stable_pages - kept : 0) + cen.zero_pages;
+	/* Estimates may cross; and where KSM saves more, the nodes run it. */
 	if (cen.cluster_saveable_pages < cen.local_saveable_pages)
-		cen.cluster_saveable_pages = cen.local_saveable_pages; /* estimates may cross */
+		cen.cluster_saveable_pages = cen.local_saveable_pages;
+	cen.copies_kept = r;
 	cen.n_nodes = co->nnodes;
 	cen.nodes = nodes;
 	return &cen;

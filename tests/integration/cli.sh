@@ -40,8 +40,9 @@ jq -e 'any(.nodes[]; .name == "cli-node")' "$T/stats.json" >/dev/null || fail "s
 wait_for "a census" 20 bash -c "\"$CKSMCTL\" -c '$T/cksm.conf' -o json stats | jq -e '.census != null' >/dev/null"
 "$CKSMCTL" -c "$T/cksm.conf" -o json stats >"$T/stats.json"
 jq -e '
-	(.census | keys == ["cluster_adds_bytes","cluster_saveable_bytes","local_saveable_bytes","nodes","stable_bytes","zero_bytes"]) and
-	all(.census | to_entries[] | select(.key != "nodes") | .value; type == "number" and . == floor and . >= 0 and . % 4096 == 0) and
+	(.census | keys == ["cluster_adds_bytes","cluster_copies_kept","cluster_saveable_bytes","local_saveable_bytes","nodes","stable_bytes","zero_bytes"]) and
+	all(.census | to_entries[] | select(.key | endswith("_bytes")) | .value; type == "number" and . == floor and . >= 0 and . % 4096 == 0) and
+	(.census.cluster_copies_kept | type == "number" and . >= 1 and . <= 8) and
 	(.census.cluster_adds_bytes == .census.cluster_saveable_bytes - .census.local_saveable_bytes) and
 	all(.census.nodes[]; keys == ["local_saveable_bytes","node_id","stable_bytes","zero_bytes"])
 ' "$T/stats.json" >/dev/null || fail "census JSON does not match its schema: $(jq .census "$T/stats.json")"

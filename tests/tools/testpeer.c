@@ -50,6 +50,7 @@
 
 #include "auth.h"
 #include "datawire.h"
+#include "hll.h"
 #include "local.h"
 #include "sconn.h"
 #include "wire.h"
@@ -326,6 +327,24 @@ static int mode_forged(void)
 		pu.shared_pages = 2;
 		if (sconn_send(&s, &out) ||
 		    expect_error(&s, "a usage report with more shared than stable", "more shared"))
+			return 1;
+	}
+	{
+		static uint8_t regs[HLL_REGISTERS + 1];
+		Cksm__CensusReport cr = CKSM__CENSUS_REPORT__INIT;
+
+		cr.registers.data = regs;
+		cr.registers.len = HLL_REGISTERS;
+		cr.shared_registers.data = regs;
+		cr.shared_registers.len = 100;
+		out.body_case = CKSM__MSG__BODY_CENSUS_REPORT;
+		out.census_report = &cr;
+		if (sconn_send(&s, &out) ||
+		    expect_error(&s, "a census whose shared sketch is cut", "census report"))
+			return 1;
+		cr.shared_registers.len = HLL_REGISTERS + 1;
+		if (sconn_send(&s, &out) ||
+		    expect_error(&s, "a census whose shared sketch is too long", "census report"))
 			return 1;
 	}
 	/* Still served: a heartbeat is answered. */

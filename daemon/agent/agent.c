@@ -688,6 +688,7 @@ static int send_report(struct agent_shard *s, struct conn *c, struct report_entr
 		if (k && d[k - 1].id_hi == e[i].hi && d[k - 1].id_lo == e[i].lo) {
 			d[k - 1].pages++;
 			d[k - 1].again = d[k - 1].again && e[i].again;
+			d[k - 1].stays = d[k - 1].stays && e[i].stays;
 			continue;
 		}
 		cksm__digest__init(&d[k]);
@@ -695,6 +696,7 @@ static int send_report(struct agent_shard *s, struct conn *c, struct report_entr
 		d[k].id_lo = e[i].lo;
 		d[k].pages = 1;
 		d[k].again = e[i].again;
+		d[k].stays = e[i].stays;
 		dp[k] = &d[k];
 		k++;
 	}

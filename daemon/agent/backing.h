@@ -124,6 +124,10 @@ bool backing_attached(struct backing *b, pid_t pid);
  * a pinned page? Then pages of MADV_DONTFORK memory may go too. */
 bool backing_moves(const struct backing *b);
 
+/* Scanner thread: is the page in a region the working set holds back as
+ * hot (no dup is asked for it meanwhile)? */
+bool backing_region_hot(struct backing *b, pid_t pid, uint64_t addr);
+
 /* Scanner thread: pid has a candidate page in MADV_DONTFORK memory (its
  * forks then leave those pages' entries out of the child's table). */
 void backing_note_dontcopy(struct backing *b, pid_t pid);

@@ -247,6 +247,11 @@ bool backing_moves(const struct backing *b)
 	return b->evicts && (b->features & UFFD_FEATURE_MOVE);
 }
 
+bool backing_region_hot(struct backing *b, pid_t pid, uint64_t addr)
+{
+	return b->evicts && wset_region_hot(b->wset, pid, addr, now_ms());
+}
+
 void backing_note_dontcopy(struct backing *b, pid_t pid)
 {
 	struct mm *m = mm_get(b, pid);

@@ -21,6 +21,7 @@ struct report_entry {
 	int32_t pid;	/* in this process */
 	uint8_t domain; /* the domain's id (the tag in hi) */
 	bool again;	/* see scan_page.again */
+	bool stays;	/* see scan_page.stays */
 };
 
 struct report_queue {

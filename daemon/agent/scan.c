@@ -414,6 +414,8 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 		return;
 	}
 	pg.again = (meta & M_REPORTED) && (s->again || (meta >> M_GEN_SHIFT) == s->gen);
+	/* A dup is made only where a page of the content may go. */
+	pg.stays = !evictable(s, p, vs) || !s->cfg->domains[p->domain].evict;
 	pg.id = cid_of(&s->domains[p->domain], bytes);
 	if (s->report(s->report_arg, &pg) == 0) {
 		/* A report again keeps what the last answer said until the next. */

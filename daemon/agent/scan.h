@@ -54,6 +54,7 @@ struct scan_page {
 	uint8_t domain; /* index into cfg->domains */
 	bool again;	/* reported before, unchanged since, to a shard that kept it */
 	bool dontcopy;	/* in a VM_DONTCOPY VMA (MADV_DONTFORK) */
+	bool stays;	/* reports: no page of this kind here is ever evicted */
 	struct cid id;
 	const void *bytes; /* the 4 KiB read; valid during the callback */
 };

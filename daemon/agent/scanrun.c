@@ -75,9 +75,14 @@ static int on_report(void *arg, const struct scan_page *pg)
 {
 	struct scanrun *r = arg;
 	struct report_entry e = { pg->id.hi, pg->id.lo, pg->addr, pg->pid, cid_domain_of(pg->id),
-				  pg->again };
+				  pg->again, pg->stays };
 	unsigned shard = r->owner[cid_bucket(pg->id, r->cfg->buckets)];
 	bool ok;
+
+	/* A hot region's pages stay too while it is held back (the kernel's
+	 * KSM may merge them meanwhile). */
+	if (!e.stays && r->backing && backing_region_hot(r->backing, pg->pid, pg->addr))
+		e.stays = true;
 
 	pthread_mutex_lock(&r->lock);
 	ok = rq_push(&r->queues[shard], &e);

@@ -236,6 +236,26 @@ out:
 	return v;
 }
 
+bool wset_region_hot(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms)
+{
+	uint64_t key = region_key(pid, addr);
+	size_t h = mix(key) % w->nregions;
+	bool hot = false;
+
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; !w->cfg.off && i < PROBE; i++) {
+		struct region *r = &w->r[(h + i) % w->nregions];
+
+		if (r->key == key) {
+			region_tick(w, r, now_ms);
+			hot = r->state == WSET_HOT;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	return hot;
+}
+
 void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms)
 {
 	struct region *r;

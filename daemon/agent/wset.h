@@ -102,12 +102,13 @@ void wset_destroy(struct wset *w);
  * as a sample page, in a sampling region. */
 enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
 
-/* The page was evicted: what a region's verdicts count (and a sample's
- * watch starts from). */
+/* The page was evicted after all (after wset_may_evict said go): what a
+ * region's verdicts count (and a sample's watch starts from). */
 void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
 
-/* The page was evicted after all (after wset_may_evict said go). */
-void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
+/* Is the page's region one found hot, and held back now? A region not
+ * followed is not: nothing is made for the asking. */
+bool wset_region_hot(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
 
 /* An evicted page of pid came back; serving it took ns; its content is
  * of the domain tagged domain. */

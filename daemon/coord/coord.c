@@ -356,9 +356,9 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 			stree_prefetch(co->tree, r->digests[i + 8]->id_hi,
 				       r->digests[i + 8]->id_lo);
 
-		if (d->again
-			    ? stree_report_again(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd)
-			    : stree_report(co->tree, n->id, d->id_hi, d->id_lo, d->pages, &sd))
+		if (stree_report_flags(co->tree, n->id, d->id_hi, d->id_lo, d->pages,
+				       (d->again ? STREE_AGAIN : 0) | (d->stays ? STREE_STAYS : 0),
+				       &sd))
 			continue;
 		metric_inc(co->m_decisions[sd.action]);
 		if (sd.shared)

@@ -29,7 +29,8 @@
  *  3. merge_across_nodes and c has dups with room on at least R distinct
  *     live nodes -> BACK_REMOTE, replicas in n's rack first, then by
  *     fewest references.
- *  4. a create is outstanding -> LEAVE (wait for it).
+ *  4. a create is outstanding, or no page of c on n may be evicted (the
+ *     report says it stays) -> LEAVE.
  *  5. n has pool room -> CREATE_DUP on n (n then has the local references).
  *  6. otherwise, if merging across nodes is on, order a create on the
  *     placement node (fewest dups of c in its rack, then most references
@@ -572,9 +573,10 @@ void stree_prefetch(const struct stree *t, uint64_t hi, uint64_t lo)
 	unstable_prefetch(&t->un, lo);
 }
 
-static int report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
-		  bool again, struct stree_decision *out)
+int stree_report_flags(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		       unsigned flags, struct stree_decision *out)
 {
+	bool again = flags & STREE_AGAIN;
 	struct entry *e = find(t, hi, lo);
 	int n = node_index(t, node), h;
 
@@ -608,7 +610,7 @@ static int report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint
 		back_remote(t, e, (uint16_t)n, out);
 		return 0;
 	}
-	if (e->pending)
+	if (e->pending || (flags & STREE_STAYS))
 		return 0;
 	if (t->nodes[n].room && e->ndups < MAX_DUPS) {
 		out->action = STREE_CREATE_DUP;
@@ -625,13 +627,13 @@ static int report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint
 int stree_report(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
 		 struct stree_decision *out)
 {
-	return report(t, node, hi, lo, pages, false, out);
+	return stree_report_flags(t, node, hi, lo, pages, 0, out);
 }
 
 int stree_report_again(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
 		       struct stree_decision *out)
 {
-	return report(t, node, hi, lo, pages, true, out);
+	return stree_report_flags(t, node, hi, lo, pages, STREE_AGAIN, out);
 }
 
 int stree_dup_created(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint64_t slot,

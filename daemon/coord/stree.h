@@ -113,6 +113,16 @@ int stree_report_again(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo,
 		       struct stree_decision *out);
 
 /*
+ * Either of the above (flags: STREE_AGAIN), and with STREE_STAYS for a
+ * content none of whose pages on the node may be evicted: no dup is
+ * made or ordered for such a report, as no page would use it.
+ */
+#define STREE_AGAIN 1u
+#define STREE_STAYS 2u
+int stree_report_flags(struct stree *t, uint32_t node, uint64_t hi, uint64_t lo, uint32_t pages,
+		       unsigned flags, struct stree_decision *out);
+
+/*
  * The node made the dup it was asked for. Returns 0, -ENOENT (unknown
  * content), -EPERM (no create was ordered from this node) or -EEXIST.
  */

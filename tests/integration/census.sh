@@ -91,6 +91,12 @@ jq -e --argjson p1 "$(jq .pid "$T/p1.json")" --argjson p3 "$(jq .pid "$T/p3.json
 head -2 "$T/top.txt" | grep -q "node-[12] .* cksm-planter .*320.0 KiB" || fail "top text: $(cat "$T/top.txt")"
 echo "top: $(jq -c '[.processes[] | {node, shareable: (.shareable_bytes / 4096)}]' "$T/top.json")"
 
+# No page of these processes can be evicted (none is served by libcksm):
+# their contents are in the tree, shared, but no pool holds a dup of them.
+census
+jq -e '(.nodes | length == 3) and all(.nodes[]; .dups_held == 0) and .cluster.pages_shared == 0' \
+	"$T/stats.json" >/dev/null || fail "dups made for pages that stay: $(jq -c '[.nodes[] | .dups_held]' "$T/stats.json")"
+
 # One content up close: the 32 identical pages of node 1's workload.
 "$BIN/cksm-scan" -k "$T/cluster.key" --passes 2 --interval-ms 50 --mergeable >"$T/scan.json"
 P1=$(jq .pid "$T/p1.json")

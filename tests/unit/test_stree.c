@@ -645,6 +645,45 @@ static void again_is_not_twice(void **state)
 	stree_destroy(t);
 }
 
+/*
+ * A content whose pages stay where they are (no process of theirs is
+ * served by libcksm) is kept in the tree and said shared, but gets no dup
+ * until a node whose page may go reports it; then as ever.
+ */
+static void stays_makes_no_dup(void **state)
+{
+	struct stree_params p = { 4, 2, true, 3, 1024 };
+	struct stree *t = stree_create(&p, &ops, NULL);
+	struct stree_decision d;
+	struct stree_stats s;
+
+	(void)state;
+	ngot = 0;
+	stree_node_add(t, 1, 0);
+	stree_node_add(t, 2, 1);
+	stree_node_room(t, 1, 0); /* no room: a create would be ordered elsewhere */
+	stree_node_room(t, 2, 4);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(stree_report_flags(t, 1, 0x11, 0x22, 32, STREE_STAYS, &d), 0);
+		assert_true(d.shared);
+		assert_int_equal(d.action, STREE_LEAVE);
+		assert_int_equal(
+			stree_report_flags(t, 2, 0x11, 0x22, 1, STREE_STAYS | STREE_AGAIN, &d), 0);
+		assert_true(d.shared);
+		assert_int_equal(d.action, STREE_LEAVE);
+	}
+	for (int i = 0; i < 2 * PRUNE; i++)
+		stree_prune(t);
+	assert_int_equal(ngot, 0);
+	stree_stats(t, &s);
+	assert_int_equal(s.dups, 0);
+	/* Node 2's pages may go now: it makes the dup. */
+	assert_int_equal(stree_report_flags(t, 2, 0x11, 0x22, 2, STREE_AGAIN, &d), 0);
+	assert_true(d.shared);
+	assert_int_equal(d.action, STREE_CREATE_DUP);
+	stree_destroy(t);
+}
+
 static void hostile(void **state)
 {
 	struct stree_params p = { 4, 2, true, 3, 1024 };
@@ -817,8 +856,11 @@ static void matrix_and_node_stats(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(matrix_and_node_stats), cmocka_unit_test(random_sequences),
-	cmocka_unit_test(again_is_not_twice),	 cmocka_unit_test(hostile),
+	cmocka_unit_test(matrix_and_node_stats),
+	cmocka_unit_test(random_sequences),
+	cmocka_unit_test(again_is_not_twice),
+	cmocka_unit_test(stays_makes_no_dup),
+	cmocka_unit_test(hostile),
 	cmocka_unit_test(chains_and_collapse),
 };
 

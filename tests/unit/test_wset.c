@@ -65,16 +65,23 @@ static void hot_backs_off(void **state)
 	struct wset_stats st;
 
 	(void)state;
+	/* A region not followed is not hot, and asking does not follow it. */
+	assert_false(wset_region_hot(w, PID, base, t));
+	assert_false(wset_region_hot(w, PID, base + 5 * WSET_REGION, t));
 	for (unsigned round = 0; round < 3; round++) {
 		uint64_t back = (uint64_t)WSET_BACKOFF_MS << round;
 
 		assert_int_equal(offer_region(w, PID, base, t), 8);
+		assert_false(wset_region_hot(w, PID, base, t + 1));
 		for (uint64_t a = base; a < base + WSET_REGION; a += WSET_REGION / 8)
 			wset_refault(w, PID, a, 1000, t + 1, 0);
 		assert_int_equal(wset_may_evict(w, PID, base, t + SAMPLE_MS), WSET_HOT_REGION);
+		/* Hot while held back (no dup is asked for its pages). */
+		assert_true(wset_region_hot(w, PID, base + 4096, t + SAMPLE_MS + back - 1));
 		assert_int_equal(offer_region(w, PID, base, t + SAMPLE_MS + back - 1), 0);
 		t += SAMPLE_MS + back;
 	}
+	assert_false(wset_region_hot(w, PID, base + 5 * WSET_REGION, t));
 	wset_stats(w, t, &st);
 	assert_int_equal(st.hot_verdicts, 3);
 	{

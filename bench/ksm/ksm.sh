@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/ksm/ksm.sh - cksm beside the kernel's KSM, on this node, in one run.
 #
-#   bench/ksm/ksm.sh [ROW...]          rows: hot cold thp mix guests cold3
+#   bench/ksm/ksm.sh [ROW...]          rows: hot cold thp mix guests cold3 hot3
 #
 # Each row runs one workload three times, KSMBENCH_SECONDS (60) each:
 #   none  no deduplication: the workload's own throughput, the yardstick
@@ -24,6 +24,11 @@
 # it). The kernel's KSM cannot merge across nodes: its figure is what
 # it saves on one node with that node's workers (the cold row's run),
 # times three.
+# hot3: the same with the hot workers, and a run of the nine workers with
+# no deduplication as the yardstick of their reads. On one machine the
+# three agents cannot each run a ksmd of their own (there is one kernel,
+# whose ksmd would merge across the nodes), so cksm's figure there is
+# what it does without the kernel's KSM: hot duplicates are not evicted.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -158,7 +163,7 @@ run() {
 	else
 		for ((w = 0; w < WORKERS; w++)); do
 			# reads in the second half of the run
-			reads=$((reads + $(awk -v h=$((SECS / 2)) '$1 == h { a = $2 } $1 == '"$SECS"' { b = $2 } END { print b - a }' "$T/w$w.out")))
+			reads=$((reads + $(awk -v h=$((SECS / 2)) '$1 == h { a = $2 } $1 == '"$SECS"' { b = $2 } END { printf "%.0f\n", b - a }' "$T/w$w.out")))
 		done
 	fi
 	kill "${wp[@]}" 2>/dev/null || true
@@ -211,17 +216,22 @@ cksm_up3() {
 	done
 }
 
-# run3: the cold3 row's cksm run; RESULT as run's
+# run3 MODE CONFIG: a three-node row's run (CONFIG none or cksm), the
+# three nodes' workers of MODE; RESULT as run's
 run3() {
-	local k w s saved s10=0 s30=0 a0=0 a1=0 wp=() net
+	local mode=$1 cfg=$2 k w s saved s10=0 s30=0 a0=0 a1=0 wp=() net reads=0 env=()
 	echo 2 >$KSM/run
 	echo 0 >$KSM/run
-	cksm_up3
-	for k in 0 1 2; do a0=$((a0 + $(ticks "${AGENTS[k]}"))); done
+	AGENTS=()
+	if [[ $cfg == cksm ]]; then
+		cksm_up3
+		for k in 0 1 2; do a0=$((a0 + $(ticks "${AGENTS[k]}"))); done
+	fi
 	for k in 1 2 3; do
+		[[ $cfg == cksm ]] && env=(LD_PRELOAD="$B/libcksm.so" CKSM_SOCKET="$T/n$k.sock")
 		for ((w = 0; w < WORKERS; w++)); do
-			LD_PRELOAD="$B/libcksm.so" CKSM_SOCKET="$T/n$k.sock" "$B/cksm-ksmwork" --mb "$MB" \
-				--seconds $((SECS + 5)) --mode cold --mergeable --out "$T/w$k$w.out" &
+			env "${env[@]}" "$B/cksm-ksmwork" --mb "$MB" --seconds $((SECS + 5)) \
+				--mode "$mode" --mergeable --out "$T/w$k$w.out" &
 			wp+=("$!")
 		done
 	done
@@ -229,7 +239,7 @@ run3() {
 	for ((s = 1; s <= SECS; s++)); do
 		sleep 1
 		saved=$(sharing)
-		for k in 0 1 2; do
+		for ((k = 0; k < ${#AGENTS[@]}; k++)); do
 			net=$(curl -sf "http://${AMETS[k]}/metrics" |
 				awk '$1 == "cksm_net_saved_bytes" { print int($2) }')
 			saved=$((saved + ${net:-0}))
@@ -237,15 +247,22 @@ run3() {
 		((s == 10)) && s10=$saved
 		((s == 30)) && s30=$saved
 	done
-	for k in 0 1 2; do a1=$((a1 + $(ticks "${AGENTS[k]}"))); done
+	for ((k = 0; k < ${#AGENTS[@]}; k++)); do a1=$((a1 + $(ticks "${AGENTS[k]}"))); done
+	for k in 1 2 3; do
+		for ((w = 0; w < WORKERS; w++)); do
+			reads=$((reads + $(awk -v h=$((SECS / 2)) '$1 == h { a = $2 } $1 == '"$SECS"' { b = $2 } END { printf "%.0f\n", b - a }' "$T/w$k$w.out")))
+		done
+	done
 	kill "${wp[@]}" 2>/dev/null || true
 	wait "${wp[@]}" 2>/dev/null || true
-	kill "${AGENTS[@]}" "$COORD" 2>/dev/null || true
-	wait "${AGENTS[@]}" "$COORD" 2>/dev/null || true
+	if [[ $cfg == cksm ]]; then
+		kill "${AGENTS[@]}" "$COORD" 2>/dev/null || true
+		wait "${AGENTS[@]}" "$COORD" 2>/dev/null || true
+	fi
 	echo 2 >$KSM/run
 	echo 0 >$KSM/run
-	RESULT=$(printf '%s %s %d %d %d %s %.1f %.1f' cold3 cksm $((s10 >> 20)) $((s30 >> 20)) \
-		$((saved >> 20)) - "$(bc -l <<<"($a1 - $a0) / $HZ")" 0)
+	RESULT=$(printf '%s %s %d %d %d %s %.1f %.1f' "${mode}3" "$cfg" $((s10 >> 20)) \
+		$((s30 >> 20)) $((saved >> 20)) "$reads" "$(bc -l <<<"($a1 - $a0) / $HZ")" 0)
 }
 
 if [[ " ${ROWS[*]} " == *" guests "* ]]; then
@@ -262,15 +279,26 @@ printf '%-7s %-5s %9s %9s %9s %12s %8s %8s %s\n' row run "net@10s" "net@30s" "ne
 	"agent_s" "ksmd_s" "vs none"
 for row in "${ROWS[@]}"; do
 	[[ -z $row ]] && continue
-	if [[ $row == cold3 ]]; then
-		run cold ksm
+	if [[ $row == cold3 || $row == hot3 ]]; then
+		mode=${row%3}
+		base=
+		if [[ $mode == hot ]]; then
+			run3 "$mode" none
+			read -r r c s10 s30 se base ac kc <<<"$RESULT"
+			printf '%-7s %-5s %7d M %7d M %7d M %12s %8s %8s %s\n' "$r" "$c" "$s10" "$s30" \
+				"$se" "$base" - - 1.00
+		fi
+		run "$mode" ksm
 		read -r r c s10 s30 se rd ac kc <<<"$RESULT"
-		printf '%-7s %-5s %7d M %7d M %7d M %12s %8s %8s %s\n' cold3 "ksm×3" $((3 * s10)) \
+		printf '%-7s %-5s %7d M %7d M %7d M %12s %8s %8s %s\n' "$row" "ksm×3" $((3 * s10)) \
 			$((3 * s30)) $((3 * se)) - - "$kc" "(one node's run, times 3)"
-		run3
+		run3 "$mode" cksm
 		read -r r c s10 s30 se rd ac kc <<<"$RESULT"
+		ratio=-
+		[[ -n $base && $base -gt 0 ]] && ratio=$(bc -l <<<"scale=2; $rd / $base")
+		[[ $mode == cold ]] && rd=-
 		printf '%-7s %-5s %7d M %7d M %7d M %12s %8s %8s %s\n' "$r" "$c" "$s10" "$s30" "$se" \
-			- "$ac" - "(3 agents)"
+			"$rd" "$ac" - "$ratio (3 agents)"
 		continue
 	fi
 	base=

@@ -124,9 +124,15 @@ bool backing_attached(struct backing *b, pid_t pid);
  * a pinned page? Then pages of MADV_DONTFORK memory may go too. */
 bool backing_moves(const struct backing *b);
 
-/* Scanner thread: is the page in a region the working set holds back as
- * hot (no dup is asked for it meanwhile)? */
-bool backing_region_hot(struct backing *b, pid_t pid, uint64_t addr);
+/*
+ * Scanner thread: is a dup worth asking for this page of pid, which may
+ * go (wset_dup_wanted; take: it is asked for now)? Not while its region
+ * is held back as hot, and only its sample while it is being sampled.
+ */
+bool backing_dup_wanted(struct backing *b, pid_t pid, uint64_t addr, bool take);
+
+/* Scanner thread: does any node's dup of id back pages here already? */
+bool backing_remote_known(struct backing *b, const struct cid *id);
 
 /* Scanner thread: pid has a candidate page in MADV_DONTFORK memory (its
  * forks then leave those pages' entries out of the child's table). */

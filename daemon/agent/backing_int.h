@@ -269,6 +269,8 @@ struct backing {
 	bool ksm_off_said;
 	bool ksm_managed;	/* ksm = manage, and ksmd started */
 	unsigned ksm_rate;	/* ... and the pages_to_scan set (ksm.c) */
+	uint64_t ksm_handed;	/* ... pages handed over at the last turn */
+	uint64_t ksm_catchup;	/* ... ksmd's full_scans to reach at full rate */
 	uint32_t ksm_kept_said; /* domains (by index) told to keep their hot pages (loop) */
 
 	const struct transport_kind *tk;

@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -357,15 +358,25 @@ static uint64_t ksm_handed(struct mm *m)
 
 /*
  * manage: the pages handed over, scanned once in ksm_scan_seconds at 20
- * ms a sleep, within the CPU cap.
+ * ms a sleep, within the CPU cap. Pages newly handed over are hot
+ * duplicates, each a fault or a copy until merged, and ksmd merges a
+ * page at its second pass over it (the first puts it in the unstable
+ * tree): after pages came, two passes go at the cap, then the pace.
  */
 static void ksm_rate(struct backing *b, uint64_t pages)
 {
-	uint64_t want;
+	uint64_t want, scans = 0;
 	char v[32];
 
+	if (!sys_read("full_scans", v, sizeof(v)))
+		scans = strtoull(v, NULL, 10);
+	if (pages > b->ksm_handed)
+		b->ksm_catchup = scans + 2;
+	b->ksm_handed = pages;
 	want = (pages * 20 + b->cfg->ksm_scan_seconds * 1000ull - 1) /
 	       (b->cfg->ksm_scan_seconds * 1000ull);
+	if (scans < b->ksm_catchup)
+		want = 100ull * b->cfg->ksm_max_cpu;
 	if (want < KSM_RATE_MIN)
 		want = KSM_RATE_MIN;
 	if (want > 100ull * b->cfg->ksm_max_cpu)

@@ -247,9 +247,20 @@ bool backing_moves(const struct backing *b)
 	return b->evicts && (b->features & UFFD_FEATURE_MOVE);
 }
 
-bool backing_region_hot(struct backing *b, pid_t pid, uint64_t addr)
+bool backing_dup_wanted(struct backing *b, pid_t pid, uint64_t addr, bool take)
 {
-	return b->evicts && wset_region_hot(b->wset, pid, addr, now_ms());
+	return b->evicts && wset_dup_wanted(b->wset, pid, addr, now_ms(), take);
+}
+
+bool backing_remote_known(struct backing *b, const struct cid *id)
+{
+	struct remote_id r;
+	bool known;
+
+	pthread_mutex_lock(&b->lock);
+	known = remote_known(b, id, &r);
+	pthread_mutex_unlock(&b->lock);
+	return known;
 }
 
 void backing_note_dontcopy(struct backing *b, pid_t pid)

@@ -344,6 +344,7 @@ static bool may_go(struct scanner *s, const struct proc *p, struct vstate *vs, s
  * KSM's unstable tree is searched anew on every pass).
  */
 #define RECHECK_PASSES 8u
+#define REDUP_PASSES   4u
 static bool recheck_due(const struct scanner *s, const struct proc *p, size_t pi, unsigned meta)
 {
 	return !(meta & M_SHARED) &&
@@ -409,7 +410,14 @@ static void page_update(struct scanner *s, struct proc *p, struct vstate *vs, si
 		if (age >= s->cfg->evict_age && (meta & M_SHARED) && may_go(s, p, vs, pi, thp, c)) {
 			pg.again = true;
 			pg.id = cid_of(&s->domains[p->domain], bytes);
-			s->evict(s->evict_arg, &pg, false);
+			/* No dup for it yet (none was asked for while its region
+			 * was sampled or hot): ask, once in REDUP_PASSES. */
+			if (s->evict(s->evict_arg, &pg, false) &&
+			    ((unsigned)pi + (unsigned)p->pid + s->pass) % REDUP_PASSES == 0) {
+				pg.stays = false;
+				if (s->report(s->report_arg, &pg) == 0)
+					c->reported++;
+			}
 		}
 		return;
 	}

@@ -68,9 +68,11 @@ typedef int (*scan_report_fn)(void *arg, const struct scan_page *pg);
 
 /*
  * A page of a libcksm process unchanged for evict_age passes, each pass
- * while it stays: all zero (zero), or with its content id.
+ * while it stays: all zero (zero), or with its content id. True: it has
+ * no dup to go to and is worth one (the scanner then reports it again
+ * now and then, to ask for one).
  */
-typedef void (*scan_evict_fn)(void *arg, const struct scan_page *pg, bool zero);
+typedef bool (*scan_evict_fn)(void *arg, const struct scan_page *pg, bool zero);
 
 /*
  * Sleep for ms between batches; return true to abandon the pass (the

@@ -79,9 +79,10 @@ static int on_report(void *arg, const struct scan_page *pg)
 	unsigned shard = r->owner[cid_bucket(pg->id, r->cfg->buckets)];
 	bool ok;
 
-	/* A hot region's pages stay too while it is held back (the kernel's
-	 * KSM may merge them meanwhile). */
-	if (!e.stays && r->backing && backing_region_hot(r->backing, pg->pid, pg->addr))
+	/* A dup is asked for only where the working set would let the page
+	 * go: not in a hot region (the kernel's KSM may merge it), and only
+	 * the sample of a region not sampled yet. */
+	if (!e.stays && r->backing && !backing_dup_wanted(r->backing, pg->pid, pg->addr, true))
 		e.stays = true;
 
 	pthread_mutex_lock(&r->lock);
@@ -199,14 +200,18 @@ static void apply_changes(struct scanrun *r)
 	pthread_mutex_unlock(&r->lock);
 }
 
-/* Scanner thread: a page of a libcksm process that could go. */
-static void on_evict(void *arg, const struct scan_page *pg, bool zero)
+/*
+ * Scanner thread: a page of a libcksm process that could go. True when it
+ * has no dup to go to, here or on another node, and one is worth asking
+ * for (its region lets it go).
+ */
+static bool on_evict(void *arg, const struct scan_page *pg, bool zero)
 {
 	struct scanrun *r = arg;
 	struct pool_ref ref = { 0, 0 };
 
 	if (!r->cfg->domains[pg->domain].evict)
-		return; /* [domain.NAME] evict = 0: nothing of it merges */
+		return false; /* [domain.NAME] evict = 0: nothing of it merges */
 	if (pg->dontcopy) {
 		/* Once a second per process is plenty: the mark is sticky. */
 		uint64_t now = clock_ns(CLOCK_MONOTONIC);
@@ -221,8 +226,10 @@ static void on_evict(void *arg, const struct scan_page *pg, bool zero)
 		backing_offer(r->backing, pg->pid, pg->addr, BACKED_ZERO, ref, NULL);
 	else if (pool_find(r->pool, &pg->id, &ref) == 0)
 		backing_offer(r->backing, pg->pid, pg->addr, BACKED_POOL, ref, &pg->id);
-	else
-		backing_offer_remote(r->backing, pg->pid, pg->addr, &pg->id);
+	else if (!backing_offer_remote(r->backing, pg->pid, pg->addr, &pg->id))
+		return !backing_remote_known(r->backing, &pg->id) &&
+		       backing_dup_wanted(r->backing, pg->pid, pg->addr, false);
+	return false;
 }
 
 void scanrun_set_backing(struct scanrun *r, struct backing *b, struct pool *pool)

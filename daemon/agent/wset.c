@@ -22,6 +22,8 @@ struct region {
 	uint64_t until_ms; /* sampling: its verdict (0: none evicted yet); hot: sampled again */
 	uint64_t win_ms;   /* open: the window's start; sampling: the first offer */
 	uint64_t stripes;  /* sampling: the stripes a sample page was offered from */
+	uint64_t asked;	   /* sampling: the stripes a page was let ask for a dup from */
+	uint64_t asked_ms; /* ... when the first of them asked */
 	uint32_t offered;  /* sampling: sample pages let go to the evictor */
 	uint32_t evicted;  /* evictions (sampling: of the sample) in the window */
 	uint32_t refaults; /* ... and refaults */
@@ -154,8 +156,16 @@ static void start_sampling(struct region *r)
 {
 	r->state = WSET_SAMPLING;
 	r->until_ms = r->win_ms = 0;
-	r->stripes = 0;
+	r->stripes = r->asked = r->asked_ms = 0;
 	r->offered = r->evicted = r->refaults = 0;
+}
+
+/* A region's sample: one page per stripe, at most 64 stripes. */
+static unsigned stripe_of(const struct wset *w, uint64_t addr)
+{
+	unsigned stripes = w->cfg.sample_pages < 64 ? w->cfg.sample_pages : 64;
+
+	return (unsigned)((addr & (WSET_REGION - 1)) * stripes / WSET_REGION);
 }
 
 /* Verdicts that time gives: a sample watched long enough, a back-off
@@ -171,6 +181,10 @@ static void region_tick(struct wset *w, struct region *r, uint64_t now)
 		 * queue full): a new sample. */
 		if (!r->until_ms && r->offered && now - r->win_ms >= 2ull * w->cfg.sample_ms)
 			start_sampling(r);
+		/* Asked for dups, none came to be offered (their contents
+		 * unique, say): others of those stripes may ask. */
+		if (r->asked && !r->offered && now >= r->asked_ms + 2ull * w->cfg.sample_ms)
+			r->asked = r->asked_ms = 0;
 		if (!r->until_ms || now < r->until_ms)
 			break;
 		if (r->refaults * 4 >= r->evicted && r->refaults) {
@@ -220,7 +234,7 @@ enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint6
 	} else if (r->state == WSET_SAMPLING) {
 		/* One sample page per stripe of the region, the first offered. */
 		unsigned stripes = w->cfg.sample_pages < 64 ? w->cfg.sample_pages : 64;
-		unsigned s = (unsigned)((addr & (WSET_REGION - 1)) * stripes / WSET_REGION);
+		unsigned s = stripe_of(w, addr);
 
 		if (r->offered >= stripes || (r->stripes >> s & 1)) {
 			v = WSET_WAIT;
@@ -236,24 +250,38 @@ out:
 	return v;
 }
 
-bool wset_region_hot(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms)
+bool wset_dup_wanted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms, bool take)
 {
-	uint64_t key = region_key(pid, addr);
-	size_t h = mix(key) % w->nregions;
-	bool hot = false;
+	bool want = true;
+	struct region *r;
+	unsigned s;
 
 	pthread_mutex_lock(&w->lock);
-	for (unsigned i = 0; !w->cfg.off && i < PROBE; i++) {
-		struct region *r = &w->r[(h + i) % w->nregions];
-
-		if (r->key == key) {
-			region_tick(w, r, now_ms);
-			hot = r->state == WSET_HOT;
-			break;
+	if (w->cfg.off)
+		goto out;
+	r = region_get(w, pid, addr, now_ms);
+	region_tick(w, r, now_ms);
+	switch (r->state) {
+	case WSET_HOT:
+		want = false;
+		break;
+	case WSET_SAMPLING:
+		/* Its sample's pages only: one per stripe, until one of the
+		 * stripe is offered. */
+		s = stripe_of(w, addr);
+		want = !(r->stripes >> s & 1) && !(r->asked >> s & 1);
+		if (want && take) {
+			if (!r->asked)
+				r->asked_ms = now_ms;
+			r->asked |= 1ull << s;
 		}
+		break;
+	default: /* open */
+		break;
 	}
+out:
 	pthread_mutex_unlock(&w->lock);
-	return hot;
+	return want;
 }
 
 void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms)

@@ -106,9 +106,14 @@ enum wset_verdict wset_may_evict(struct wset *w, pid_t pid, uint64_t addr, uint6
  * region's verdicts count (and a sample's watch starts from). */
 void wset_evicted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
 
-/* Is the page's region one found hot, and held back now? A region not
- * followed is not: nothing is made for the asking. */
-bool wset_region_hot(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms);
+/*
+ * Is a dup of the page's content worth asking for, since the page may
+ * go soon? In an open region, yes; in a hot one, no; in one being
+ * sampled (or new), only for a page that may be its sample: one per
+ * stripe, counted when take (asked again after two sample_ms without
+ * any offered). A dup is made for a content that will be evicted.
+ */
+bool wset_dup_wanted(struct wset *w, pid_t pid, uint64_t addr, uint64_t now_ms, bool take);
 
 /* An evicted page of pid came back; serving it took ns; its content is
  * of the domain tagged domain. */

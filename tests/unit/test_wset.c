@@ -56,6 +56,35 @@ static void sample_then_open(void **state)
 	wset_destroy(w);
 }
 
+/*
+ * Dups are asked for a region's sample only, one page per stripe, until
+ * its verdict; then for every page of an open region. Asks that led to
+ * no offer are let go after two sample_ms.
+ */
+static void dups_for_the_sample(void **state)
+{
+	struct wset *w = mk(1024, 0);
+	uint64_t base = 40 * WSET_REGION, stripe = WSET_REGION / 8, other = 80 * WSET_REGION;
+
+	(void)state;
+	for (unsigned s = 0; s < 8; s++) {
+		assert_true(wset_dup_wanted(w, PID, base + s * stripe + 4096, 0, false));
+		assert_true(wset_dup_wanted(w, PID, base + s * stripe + 4096, 0, true));
+		assert_false(wset_dup_wanted(w, PID, base + s * stripe + 8192, 0, true));
+	}
+	/* The sample goes and stays out: the region opens, every page asks. */
+	assert_int_equal(offer_region(w, PID, base, 1), 8);
+	assert_int_equal(offer_region(w, PID, base, 1 + SAMPLE_MS), 512);
+	for (uint64_t a = base; a < base + WSET_REGION; a += 4096)
+		assert_true(wset_dup_wanted(w, PID, a, 2 + SAMPLE_MS, true));
+	/* Asked, none offered (unique contents): others ask after 2 x. */
+	assert_true(wset_dup_wanted(w, PID, other, 0, true));
+	assert_false(wset_dup_wanted(w, PID, other + 4096, SAMPLE_MS, true));
+	assert_true(wset_dup_wanted(w, PID, other + 4096, 2 * SAMPLE_MS + 1, true));
+	assert_int_equal(wset_check(w), 0);
+	wset_destroy(w);
+}
+
 /* A sample that comes back is hot: nothing goes for the back-off, which
  * doubles with each hot verdict in a row. */
 static void hot_backs_off(void **state)
@@ -65,23 +94,18 @@ static void hot_backs_off(void **state)
 	struct wset_stats st;
 
 	(void)state;
-	/* A region not followed is not hot, and asking does not follow it. */
-	assert_false(wset_region_hot(w, PID, base, t));
-	assert_false(wset_region_hot(w, PID, base + 5 * WSET_REGION, t));
 	for (unsigned round = 0; round < 3; round++) {
 		uint64_t back = (uint64_t)WSET_BACKOFF_MS << round;
 
 		assert_int_equal(offer_region(w, PID, base, t), 8);
-		assert_false(wset_region_hot(w, PID, base, t + 1));
 		for (uint64_t a = base; a < base + WSET_REGION; a += WSET_REGION / 8)
 			wset_refault(w, PID, a, 1000, t + 1, 0);
 		assert_int_equal(wset_may_evict(w, PID, base, t + SAMPLE_MS), WSET_HOT_REGION);
-		/* Hot while held back (no dup is asked for its pages). */
-		assert_true(wset_region_hot(w, PID, base + 4096, t + SAMPLE_MS + back - 1));
+		/* Hot while held back: no dup is asked for its pages. */
+		assert_false(wset_dup_wanted(w, PID, base + 4096, t + SAMPLE_MS + back - 1, true));
 		assert_int_equal(offer_region(w, PID, base, t + SAMPLE_MS + back - 1), 0);
 		t += SAMPLE_MS + back;
 	}
-	assert_false(wset_region_hot(w, PID, base + 5 * WSET_REGION, t));
 	wset_stats(w, t, &st);
 	assert_int_equal(st.hot_verdicts, 3);
 	{
@@ -183,9 +207,9 @@ static void bounded(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(sample_then_open), cmocka_unit_test(hot_backs_off),
-	cmocka_unit_test(open_turns_hot),   cmocka_unit_test(budget),
-	cmocka_unit_test(bounded),
+	cmocka_unit_test(sample_then_open), cmocka_unit_test(dups_for_the_sample),
+	cmocka_unit_test(hot_backs_off),    cmocka_unit_test(open_turns_hot),
+	cmocka_unit_test(budget),	    cmocka_unit_test(bounded),
 };
 
 UNIT_MAIN(tests)

@@ -72,6 +72,7 @@ struct coord {
 	struct metric *m_admin;
 	struct metric *m_buckets;
 	struct metric *m_digests;      /* digests accepted */
+	struct metric *m_stays;	       /* ... whose pages stay (no dup asked) */
 	struct metric *m_digest_pages; /* pages they stand for */
 	struct metric *m_reports;      /* reports accepted */
 	struct metric *m_rej_foreign;  /* reports refused: foreign bucket */
@@ -361,6 +362,8 @@ static int decide(struct coord *co, struct conn *c, const Cksm__DigestReport *r)
 				       &sd))
 			continue;
 		metric_inc(co->m_decisions[sd.action]);
+		if (d->stays)
+			metric_inc(co->m_stays);
 		if (sd.shared)
 			shared[i / 8] |= (uint8_t)(1u << (i % 8));
 		if (sd.action == STREE_LEAVE)
@@ -1342,6 +1345,8 @@ static int register_metrics(struct coord *co)
 			 "Content-id buckets this shard owns."),
 		METRIC_C(co->m_reports, "cksm_coord_reports_total", "Digest reports accepted."),
 		METRIC_C(co->m_digests, "cksm_coord_digests_total", "Digests accepted."),
+		METRIC_C(co->m_stays, "cksm_coord_digests_staying_total",
+			 "Digests whose pages stay (not evicted soon): no dup made for them."),
 		METRIC_C(co->m_digest_pages, "cksm_coord_digest_pages_total",
 			 "Pages the accepted digests stand for."),
 		METRIC_CL(co->m_rej_foreign, REFUSED, REFUSED_HELP, "reason=\"foreign_bucket\""),

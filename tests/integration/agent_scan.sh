@@ -54,6 +54,9 @@ g() { metric "$AMET" "cksm_cgroup_pages_$1{cgroup=\"$CG\"}"; }
 wait_for "digests at the shard" 10 bash -c "[[ \$(curl -sf http://$CMET/metrics | awk '\$1==\"cksm_coord_digest_pages_total\"{print \$2}') -ge \$(curl -sf http://$AMET/metrics | awk '\$1==\"cksm_digests_reported_total\"{print \$2}') ]]"
 [[ $(metric "$CMET" cksm_coord_digests_total) -lt $(metric "$CMET" cksm_coord_digest_pages_total) ]] ||
 	fail "identical pages were not merged into one digest"
+# Those processes are only scanned: their digests say the pages stay.
+[[ $(metric "$CMET" cksm_coord_digests_staying_total) -gt 0 ]] ||
+	fail "no digest said its pages stay: $(metric "$CMET" cksm_coord_digests_staying_total)"
 [[ $(m cksm_digest_pages_sent_total) == $(m cksm_digests_reported_total) ]] || fail "queued digests were not all sent"
 curl -sf "http://$AMET/metrics" | promtool check metrics || fail "promtool rejects the agent's metrics"
 

@@ -18,6 +18,15 @@ void hll_merge(struct hll *into, const struct hll *from)
 			into->r[i] = from->r[i];
 }
 
+bool hll_registers_valid(const uint8_t *r, size_t n)
+{
+	uint8_t max = 0;
+
+	for (size_t i = 0; i < n; i++)
+		max = r[i] > max ? r[i] : max;
+	return max <= HLL_RANK_MAX;
+}
+
 double hll_estimate(const struct hll *h)
 {
 	const double m = HLL_REGISTERS, alpha = 0.7213 / (1 + 1.079 / m);

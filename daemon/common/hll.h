@@ -11,10 +11,13 @@
 #ifndef CKSM_HLL_H
 #define CKSM_HLL_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define HLL_BITS      14
 #define HLL_REGISTERS (1u << HLL_BITS)
+#define HLL_RANK_MAX  (64 - HLL_BITS + 1) /* the highest value a register takes */
 
 struct hll {
 	uint8_t r[HLL_REGISTERS];
@@ -38,5 +41,8 @@ void hll_merge(struct hll *into, const struct hll *from);
 
 /* Estimated distinct values. */
 double hll_estimate(const struct hll *h);
+
+/* Could n registers from elsewhere be a sketch (none above HLL_RANK_MAX)? */
+bool hll_registers_valid(const uint8_t *r, size_t n);
 
 #endif

@@ -46,6 +46,9 @@ struct node {
 	size_t usage_len;
 };
 
+/* The most pages a census may count of one kind: 16 TiB of one node. */
+#define CENSUS_PAGES_MAX (1ull << 32)
+
 /* A node's latest census of one domain (shard 0 receives them). */
 struct node_census {
 	uint8_t domain;
@@ -568,7 +571,10 @@ static int handle_census_report(struct coord *co, struct conn *c, const Cksm__Ce
 	if (!n)
 		return conn_fail(c, -EPROTO, "census report before register");
 	if (r->registers.len != HLL_REGISTERS || r->domain > 255 ||
-	    (r->shared_registers.len && r->shared_registers.len != HLL_REGISTERS))
+	    (r->shared_registers.len && r->shared_registers.len != HLL_REGISTERS) ||
+	    !hll_registers_valid(r->registers.data, r->registers.len) ||
+	    !hll_registers_valid(r->shared_registers.data, r->shared_registers.len) ||
+	    r->stable_pages > CENSUS_PAGES_MAX || r->zero_pages > CENSUS_PAGES_MAX)
 		return refuse(co, c, co->m_refused_census, -EINVAL, "census report");
 	for (unsigned i = 0; i < n->ncensus; i++)
 		if (n->census[i].domain == r->domain)
@@ -661,6 +667,14 @@ static int handle_usage_report(struct coord *co, struct conn *c, const Cksm__Usa
 	return 0;
 }
 
+/* A sketch's estimate, at most cap: the pages it was made of. */
+static uint64_t estimate_at_most(const struct hll *h, uint64_t cap)
+{
+	double e = hll_estimate(h) + 0.5;
+
+	return e < (double)cap ? (uint64_t)e : cap;
+}
+
 /*
  * What merging could save, from the nodes' latest censuses (live nodes):
  * node-local merging keeps one page per distinct content and one zero
@@ -683,7 +697,7 @@ static Cksm__Census *census_of(struct coord *co, Cksm__NodeCensus **nodes)
 		r = 1;
 	for (unsigned d = 0; d < 256; d++) {
 		bool any = false, used = false;
-		uint64_t distinct, shared;
+		uint64_t distinct, shared, stable = 0;
 
 		/* Only the domains some node reported (clearing a sketch is 16 KiB). */
 		for (uint32_t i = 0; i < co->nnodes && !used; i++)
@@ -699,20 +713,21 @@ static Cksm__Census *census_of(struct coord *co, Cksm__NodeCensus **nodes)
 				if (co->nodes[i].census[k].domain == d) {
 					hll_merge(&u, &co->nodes[i].census[k].h);
 					hll_merge(&us, &co->nodes[i].census[k].shared);
+					stable += co->nodes[i].census[k].stable;
 					any = true;
 				}
 		if (!any)
 			continue;
-		distinct = (uint64_t)(hll_estimate(&u) + 0.5);
-		shared = (uint64_t)(hll_estimate(&us) + 0.5);
-		kept += distinct + (uint64_t)(r - 1) * (shared < distinct ? shared : distinct);
+		distinct = estimate_at_most(&u, stable);
+		shared = estimate_at_most(&us, distinct);
+		kept += distinct + (uint64_t)(r - 1) * shared;
 	}
 	for (uint32_t i = 0; i < co->nnodes; i++) {
 		const struct node *n = &co->nodes[i];
 		uint64_t stable = 0, zero = 0, local = 0;
 
 		for (unsigned k = 0; n->live && k < n->ncensus; k++) {
-			uint64_t distinct = (uint64_t)(hll_estimate(&n->census[k].h) + 0.5);
+			uint64_t distinct = estimate_at_most(&n->census[k].h, n->census[k].stable);
 
 			stable += n->census[k].stable;
 			zero += n->census[k].zero;

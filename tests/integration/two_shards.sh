@@ -58,6 +58,13 @@ C0=$(conf_get "$T/cksm.conf" shard.0 address)
 "$PEER" "$C0" "$T/cluster.key" forged || fail "forged inputs"
 [[ $(metric "$S0" 'cksm_coord_refused_total{what="reference"}') -ge 2 ]] || fail "refused references not counted"
 [[ $(metric "$S0" 'cksm_coord_refused_total{what="dup"}') -ge 1 ]] || fail "refused dup not counted"
+[[ $(metric "$S0" 'cksm_coord_refused_total{what="census"}') -ge 4 ]] || fail "refused censuses not counted"
+# The census it was let send (the highest registers over 1000 pages)
+# leaves the figures within the pages counted.
+"$CKSMCTL" -c "$T/cksm.conf" -o json stats >"$T/forged_stats.json" || fail "stats after the forged census: exit $?"
+jq -e '.census == null or (.census.local_saveable_bytes >= 0 and .census.cluster_saveable_bytes >= 0 and
+	.census.cluster_saveable_bytes <= .census.stable_bytes + .census.zero_bytes)' "$T/forged_stats.json" >/dev/null ||
+	fail "census after the forged one: $(jq -c .census "$T/forged_stats.json")"
 "$PEER" "$C0" "$T/cluster.key" stats | grep -q "nodes 3" || fail "per-node stats: $("$PEER" "$C0" "$T/cluster.key" stats)"
 
 # A stopped node is dead at both shards.

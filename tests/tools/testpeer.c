@@ -346,6 +346,24 @@ static int mode_forged(void)
 		if (sconn_send(&s, &out) ||
 		    expect_error(&s, "a census whose shared sketch is too long", "census report"))
 			return 1;
+		/* Registers no sketch can hold (above the highest rank). */
+		memset(regs, 0xff, sizeof(regs));
+		cr.shared_registers.len = HLL_REGISTERS;
+		if (sconn_send(&s, &out) ||
+		    expect_error(&s, "a census of impossible registers", "census report"))
+			return 1;
+		/* More pages than a node holds. */
+		memset(regs, 0, sizeof(regs));
+		cr.stable_pages = 1ull << 62;
+		if (sconn_send(&s, &out) ||
+		    expect_error(&s, "a census of 2^62 pages", "census report"))
+			return 1;
+		/* Taken: the highest registers, over 1000 pages. The estimate
+		 * (about 2^79) must not reach the figures (two_shards.sh). */
+		memset(regs, HLL_RANK_MAX, sizeof(regs));
+		cr.stable_pages = 1000;
+		if (sconn_send(&s, &out))
+			return fail("census");
 	}
 	/* Still served: a heartbeat is answered. */
 	hb.seq = 1;

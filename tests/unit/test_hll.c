@@ -25,6 +25,27 @@ static void estimates(void **state)
 	}
 }
 
+/* No hash ranks above HLL_RANK_MAX: registers above it are forged. */
+static void registers_bounded(void **state)
+{
+	static struct hll h;
+	uint64_t x = 1;
+
+	(void)state;
+	hll_clear(&h);
+	hll_add(&h, 0);			    /* the highest rank there is */
+	hll_add(&h, 1ull << HLL_BITS >> 1); /* ... and its neighbours */
+	for (int i = 0; i < 100000; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		hll_add(&h, x);
+	}
+	assert_true(hll_registers_valid(h.r, HLL_REGISTERS));
+	assert_int_equal(h.r[0], HLL_RANK_MAX);
+	h.r[7] = HLL_RANK_MAX + 1;
+	assert_false(hll_registers_valid(h.r, HLL_REGISTERS));
+	assert_true(hll_registers_valid(h.r, 0));
+}
+
 static void merge_is_union(void **state)
 {
 	static struct hll a, b;
@@ -43,6 +64,7 @@ static void merge_is_union(void **state)
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(estimates),
 	cmocka_unit_test(merge_is_union),
+	cmocka_unit_test(registers_bounded),
 };
 
 UNIT_MAIN(tests)

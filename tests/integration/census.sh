@@ -39,7 +39,7 @@ wait_for "the census of three nodes" 30 ready
 # A page's shards answer after the pass that first reports it: the next
 # pass's census counts it shared.
 settled() { census; near "$(pages .census.cluster_saveable_bytes)" 140; }
-wait_for "the census to count the shared contents" 30 settled
+wait_for "the census to count the shared contents" 60 settled
 
 # Per node: 64 stable (33 distinct), 16 zero: KSM alone saves 31 + 15.
 for i in 0 1 2; do

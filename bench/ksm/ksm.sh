@@ -29,11 +29,16 @@
 # three agents cannot each run a ksmd of their own (there is one kernel,
 # whose ksmd would merge across the nodes), so cksm's figure there is
 # what it does without the kernel's KSM: hot duplicates are not evicted.
+# KSMBENCH_RUNS (none ksm cksm) names the runs of a one-node row to make;
+# KSMBENCH_LOGS=DIR keeps each cksm run's logs and its agents' last
+# metrics there (ROW-*.log, ROW-*.metrics).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 B=${CKSM_BUILD:-$ROOT/build}
 SECS=${KSMBENCH_SECONDS:-60}
+RUNS=${KSMBENCH_RUNS:-none ksm cksm}
+LOGS=${KSMBENCH_LOGS:-}
 MB=${KSMBENCH_MB:-64}
 WORKERS=3
 KSM=/sys/kernel/mm/ksm
@@ -82,6 +87,7 @@ cksm_up() {
 	rm -f "$T/cluster.key"
 	"$B/cksmd" --gen-key "$T/cluster.key"
 	AMET=127.0.0.1:$(free_port)
+	AMETS=("$AMET")
 	{
 		printf '[cluster]\nkey_file = %s\n[log]\nlevel = info\n' "$T/cluster.key"
 		printf '[agent]\nmetrics = %s\nsocket = %s\nstate_dir = %s\nksm = manage\n' \
@@ -101,6 +107,18 @@ cksm_up() {
 	done
 	echo "bench/ksm: the agent did not register: $(tail -3 "$T/agent.log")" >&2
 	exit 1
+}
+# keep ROW FILE...: the run's logs and the agents' metrics, in LOGS
+keep() {
+	local row=$1 f a=0
+	shift
+	[[ -n $LOGS ]] || return 0
+	mkdir -p "$LOGS"
+	for f in "$@"; do cp "$f" "$LOGS/$row-$(basename "$f")" 2>/dev/null || true; done
+	for f in "${AMETS[@]}"; do
+		a=$((a + 1))
+		curl -sf "http://$f/metrics" >"$LOGS/$row-agent$a.metrics" || true
+	done
 }
 cksm_down() {
 	kill "$AGENT" "$COORD" 2>/dev/null || true
@@ -166,6 +184,7 @@ run() {
 			reads=$((reads + $(awk -v h=$((SECS / 2)) '$1 == h { a = $2 } $1 == '"$SECS"' { b = $2 } END { printf "%.0f\n", b - a }' "$T/w$w.out")))
 		done
 	fi
+	[[ $cfg == cksm ]] && keep "$row" "$T/agent.log" "$T/coord.log"
 	kill "${wp[@]}" 2>/dev/null || true
 	wait "${wp[@]}" 2>/dev/null || true
 	[[ $cfg == cksm ]] && cksm_down
@@ -253,6 +272,7 @@ run3() {
 			reads=$((reads + $(awk -v h=$((SECS / 2)) '$1 == h { a = $2 } $1 == '"$SECS"' { b = $2 } END { printf "%.0f\n", b - a }' "$T/w$k$w.out")))
 		done
 	done
+	[[ $cfg == cksm ]] && keep "${mode}3" "$T"/agent?.log "$T/coord.log"
 	kill "${wp[@]}" 2>/dev/null || true
 	wait "${wp[@]}" 2>/dev/null || true
 	if [[ $cfg == cksm ]]; then
@@ -302,7 +322,7 @@ for row in "${ROWS[@]}"; do
 		continue
 	fi
 	base=
-	for cfg in none ksm cksm; do
+	for cfg in $RUNS; do
 		run "$row" "$cfg"
 		read -r r c s10 s30 se rd ac kc <<<"$RESULT"
 		[[ $cfg == none ]] && base=$rd

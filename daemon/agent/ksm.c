@@ -28,7 +28,12 @@
  * they were at the end. Not the kernel's scan-time advisor: it sets the
  * rate at the end of each pass, so the near-empty passes before anything
  * is handed over bring it down to a few pages a sleep, and the first pass
- * over what comes then takes minutes.
+ * over what comes then takes minutes. Nor the kernel's smart scan
+ * (6.7 and later): it skips a page that did not merge for up to 8
+ * passes, and a page handed over before its twins in other processes
+ * were does not merge at first; at the pace set once the catch-up is
+ * over, 8 passes are minutes. What is handed over is known to hold
+ * duplicates, so every page of it is worth its look each pass.
  * Since only the windows cksm hands over are mergeable, ksmd's passes
  * cover the duplicates cksm found and nothing else. The settings found
  * are kept in the state directory (ksm-saved) until put back, so that a
@@ -49,8 +54,9 @@
 
 /* The settings manage changes, in the order they are put back. */
 static const char *const managed[] = {
-	"advisor_mode",	 "advisor_max_cpu", "advisor_target_scan_time",
-	"pages_to_scan", "sleep_millisecs", "run"
+	"advisor_mode", "advisor_max_cpu", "advisor_target_scan_time",
+	"smart_scan",	"pages_to_scan",   "sleep_millisecs",
+	"run"
 };
 #define NMANAGED  (sizeof(managed) / sizeof(managed[0]))
 #define KSM_SAVED "ksm-saved"
@@ -298,6 +304,8 @@ void ksm_manage_start(struct backing *b)
 	}
 	if (!sys_read("advisor_mode", v, sizeof(v)))
 		sys_write("advisor_mode", "none");
+	if (!sys_read("smart_scan", v, sizeof(v)))
+		sys_write("smart_scan", "0");
 	sys_write("sleep_millisecs", "20");
 	b->ksm_rate = KSM_RATE_MIN;
 	snprintf(v, sizeof(v), "%u", b->ksm_rate);

@@ -2,7 +2,8 @@
 # runs, on what it hands over: a region read all the time (found hot by
 # its sample, wset.h) goes to KSM, which merges its duplicates, while the
 # cold region of the same contents is evicted. At the agent's stop the
-# KSM settings it changed are put back as they were (run = 0 here).
+# KSM settings it changed are put back as they were (run = 0 here), smart
+# scan among them: off while the agent runs it.
 source "$(dirname "$0")/lib.sh"
 
 LIB=$ROOT/build/libcksm.so
@@ -10,6 +11,7 @@ KSM=/sys/kernel/mm/ksm
 [[ -e $KSM/run ]] || fail "this kernel has no KSM ($KSM)"
 ksm_take
 KSM_ADVISOR=$(cat $KSM/advisor_mode 2>/dev/null || echo none)
+KSM_SMART=$(cat $KSM/smart_scan 2>/dev/null || echo none)
 echo 0 >$KSM/run
 cluster_conf "$T/cksm.conf" 1
 AMET=$(conf_get "$T/cksm.conf" agent metrics)
@@ -21,6 +23,8 @@ start agent -c "$T/cksm.conf" --role agent --set agent.pass_millisecs=200 \
 wait_for "registration" 10 log_has agent "registered with shard 0"
 wait_for "the kernel's KSM run by the agent" 10 log_has agent "running the kernel's KSM"
 [[ $(cat $KSM/run) == 1 ]] || fail "ksm = manage left $KSM/run at $(cat $KSM/run)"
+[[ $KSM_SMART == none || $(cat $KSM/smart_scan) == 0 ]] ||
+	fail "ksm = manage left smart_scan at $(cat $KSM/smart_scan) (it skips handed pages for passes)"
 m() { metric "$AMET" "$1"; }
 
 LD_PRELOAD=$LIB CKSM_MERGE_ALL=1 CKSM_SOCKET=$T/agent.sock timeout 90 \
@@ -50,5 +54,7 @@ echo "after the agent's stop: KSM run $(cat $KSM/run), advisor $(cat $KSM/adviso
 [[ $(cat $KSM/run) == 0 ]] || fail "the agent's stop left $KSM/run at $(cat $KSM/run), not 0"
 [[ $(cat $KSM/advisor_mode 2>/dev/null || echo none) == "$KSM_ADVISOR" ]] ||
 	fail "the agent's stop left advisor_mode at $(cat $KSM/advisor_mode)"
+[[ $(cat $KSM/smart_scan 2>/dev/null || echo none) == "$KSM_SMART" ]] ||
+	fail "the agent's stop left smart_scan at $(cat $KSM/smart_scan), not $KSM_SMART"
 [[ ! -e $T/state/ksm-saved ]] || fail "ksm-saved is left in the state directory"
 echo "ok"

@@ -17,8 +17,10 @@
 # saving plus what ksmd shares; ksmd's sharing alone for ksm) at 10 s, 30
 # s and the end, the workers' reads against "none", and the CPU seconds
 # of the agent and of ksmd. KSM's sysfs settings are put back at the end.
-# cold3: three nodes (three agents, each with its node name, pool and data
-# port, on this machine; one shard), each with the 3 cold workers: cksm
+# cold3: three nodes on this machine, each in network, pid and mount
+# namespaces of its own, joined by a bridge (three agents, each with its
+# node name, address, pool and data port; one shard on the bridge's
+# address), each with the 3 cold workers in its namespaces: cksm
 # merges across the nodes, keeping [cluster] replicas (2) copies of each
 # content (its agents leave the kernel's KSM alone: three would each run
 # it). The kernel's KSM cannot merge across nodes: its figure is what
@@ -58,6 +60,7 @@ finish() {
 	echo "${KSM_OLD[1]}" >$KSM/pages_to_scan
 	echo "${KSM_OLD[2]}" >$KSM/sleep_millisecs
 	echo "${KSM_OLD[0]}" >$KSM/run
+	! declare -F ns_down >/dev/null || ns_down
 	rm -rf "$T"
 }
 trap finish EXIT
@@ -171,6 +174,7 @@ run() {
 	done
 	k1=$(ticks "$kpid")
 	[[ $cfg == cksm ]] && a1=$(ticks "$AGENT")
+	[[ $cfg == cksm ]] && keep "$row" "$T/agent.log" "$T/coord.log"
 	if [[ $row == guests ]]; then
 		local ok=0
 		for w in 1 2; do
@@ -184,7 +188,6 @@ run() {
 			reads=$((reads + $(awk -v h=$((SECS / 2)) '$1 == h { a = $2 } $1 == '"$SECS"' { b = $2 } END { printf "%.0f\n", b - a }' "$T/w$w.out")))
 		done
 	fi
-	[[ $cfg == cksm ]] && keep "$row" "$T/agent.log" "$T/coord.log"
 	kill "${wp[@]}" 2>/dev/null || true
 	wait "${wp[@]}" 2>/dev/null || true
 	[[ $cfg == cksm ]] && cksm_down
@@ -195,19 +198,55 @@ run() {
 		"$(bc -l <<<"($k1 - $k0) / $HZ")")
 }
 
-# Three nodes on this machine: one shard, agents n1..n3, each its own
-# socket, state, metrics and data port.
+# Three nodes on this machine, each in network, pid and mount namespaces
+# of its own: NETNS-nK, with a veth (10.77.0.K) on a bridge BR
+# (10.77.0.254) that the shard listens on. Each node's agent is the init
+# of its pid namespace, and its workers join its namespaces (node_exec).
+BR=cksmb$$
+NETNS=$BR
+ns_up() {
+	local k
+	ip link add "$BR" type bridge
+	ip addr add 10.77.0.254/24 dev "$BR"
+	ip link set "$BR" up
+	for k in 1 2 3; do
+		ip netns add "$NETNS-n$k"
+		ip link add "$BR-v$k" type veth peer name eth0 netns "$NETNS-n$k"
+		ip link set "$BR-v$k" master "$BR" up
+		ip -n "$NETNS-n$k" addr add "10.77.0.$k/24" dev eth0
+		ip -n "$NETNS-n$k" link set eth0 up
+		ip -n "$NETNS-n$k" link set lo up
+	done
+	NS_UP=1
+}
+ns_down() {
+	local k
+	[[ -n ${NS_UP:-} ]] || return 0
+	for k in 1 2 3; do ip netns del "$NETNS-n$k" 2>/dev/null || true; done
+	ip link del "$BR" 2>/dev/null || true
+	NS_UP=
+}
+# node_exec K CMD...: CMD in node K's namespaces (its agent's)
+node_exec() {
+	local k=$1
+	shift
+	nsenter -t "${AGENTS[k - 1]}" -n -p -m "$@"
+}
+
+# Three nodes: one shard, agents n1..n3, each its own namespaces, socket,
+# state, metrics and data port.
 cksm_up3() {
-	local k c
+	local k c u
 	rm -f "$T/cluster.key"
 	"$B/cksmd" --gen-key "$T/cluster.key"
-	local shard=127.0.0.1:$(free_port) smet=127.0.0.1:$(free_port)
+	ns_up
+	local shard=10.77.0.254:$(free_port) smet=127.0.0.1:$(free_port)
 	AMETS=()
 	AGENTS=()
 	for k in 1 2 3; do
 		c=$T/n$k.conf
-		AMETS+=("127.0.0.1:$(free_port)")
-		local data=127.0.0.1:$(free_port)
+		AMETS+=("10.77.0.$k:9100")
+		local data=10.77.0.$k:9472
 		{
 			printf '[cluster]\nkey_file = %s\n[log]\nlevel = info\n' "$T/cluster.key"
 			printf '[agent]\nnode_name = n%d\nmetrics = %s\nsocket = %s\nstate_dir = %s\n' \
@@ -221,9 +260,20 @@ cksm_up3() {
 	COORD=$!
 	PIDS+=("$COORD")
 	for k in 1 2 3; do
-		"$B/cksmd" -c "$T/n$k.conf" --role agent >"$T/agent$k.log" 2>&1 &
-		AGENTS+=("$!")
-		PIDS+=("$!")
+		ip netns exec "$NETNS-n$k" unshare --pid --fork --mount-proc \
+			"$B/cksmd" -c "$T/n$k.conf" --role agent >"$T/agent$k.log" 2>&1 &
+		u=$!
+		PIDS+=("$u")
+		for _ in $(seq 100); do
+			c=$(pgrep -P "$u" | head -1) && break
+			sleep 0.05
+		done
+		[[ -n $c ]] || {
+			echo "bench/ksm: agent n$k did not start: $(tail -3 "$T/agent$k.log")" >&2
+			exit 1
+		}
+		AGENTS+=("$c")
+		PIDS+=("$c")
 	done
 	for k in 1 2 3; do
 		for _ in $(seq 300); do
@@ -247,9 +297,11 @@ run3() {
 		for k in 0 1 2; do a0=$((a0 + $(ticks "${AGENTS[k]}"))); done
 	fi
 	for k in 1 2 3; do
-		[[ $cfg == cksm ]] && env=(LD_PRELOAD="$B/libcksm.so" CKSM_SOCKET="$T/n$k.sock")
+		local in=()
+		[[ $cfg == cksm ]] && env=(LD_PRELOAD="$B/libcksm.so" CKSM_SOCKET="$T/n$k.sock") &&
+			in=(node_exec "$k")
 		for ((w = 0; w < WORKERS; w++)); do
-			env "${env[@]}" "$B/cksm-ksmwork" --mb "$MB" --seconds $((SECS + 5)) \
+			"${in[@]}" env "${env[@]}" "$B/cksm-ksmwork" --mb "$MB" --seconds $((SECS + 5)) \
 				--mode "$mode" --mergeable --out "$T/w$k$w.out" &
 			wp+=("$!")
 		done
@@ -273,11 +325,15 @@ run3() {
 		done
 	done
 	[[ $cfg == cksm ]] && keep "${mode}3" "$T"/agent?.log "$T/coord.log"
-	kill "${wp[@]}" 2>/dev/null || true
-	wait "${wp[@]}" 2>/dev/null || true
+	for w in "${wp[@]}"; do
+		# a worker in a node's namespaces is nsenter's child
+		kill $(pgrep -P "$w") "$w" 2>/dev/null || true
+	done
+	{ wait "${wp[@]}" || true; } 2>/dev/null
 	if [[ $cfg == cksm ]]; then
 		kill "${AGENTS[@]}" "$COORD" 2>/dev/null || true
-		wait "${AGENTS[@]}" "$COORD" 2>/dev/null || true
+		{ wait "${PIDS[@]}" || true; } 2>/dev/null
+		ns_down
 	fi
 	echo 2 >$KSM/run
 	echo 0 >$KSM/run

@@ -57,4 +57,25 @@ echo "after the agent's stop: KSM run $(cat $KSM/run), advisor $(cat $KSM/adviso
 [[ $(cat $KSM/smart_scan 2>/dev/null || echo none) == "$KSM_SMART" ]] ||
 	fail "the agent's stop left smart_scan at $(cat $KSM/smart_scan), not $KSM_SMART"
 [[ ! -e $T/state/ksm-saved ]] || fail "ksm-saved is left in the state directory"
+
+# A killed agent cannot put KSM's settings back; the next one, started on
+# the same state directory, does it at its own stop: the operator's
+# settings, not the killed agent's.
+[[ $KSM_SMART == none ]] || echo 1 >$KSM/smart_scan
+KSM_SMART=$(cat $KSM/smart_scan 2>/dev/null || echo none)
+start agent -c "$T/cksm.conf" --role agent --set agent.ksm=manage
+wait_for "the kernel's KSM run by the agent again" 10 log_has agent "running the kernel's KSM"
+kill -9 "$PID_agent"
+reap "$PID_agent" 10 "the agent, killed" || true
+echo "after kill -9: KSM run $(cat $KSM/run), smart_scan $(cat $KSM/smart_scan 2>/dev/null)," \
+	"ksm-saved: $(tr '\n' ' ' <"$T/state/ksm-saved" 2>/dev/null)"
+[[ -e $T/state/ksm-saved ]] || fail "the killed agent left no ksm-saved"
+start agent -c "$T/cksm.conf" --role agent --set agent.ksm=manage
+wait_for "the next agent" 10 log_has agent "running the kernel's KSM"
+stop agent
+echo "after the next agent's stop: KSM run $(cat $KSM/run), smart_scan $(cat $KSM/smart_scan 2>/dev/null)"
+[[ $(cat $KSM/run) == 0 ]] || fail "the next agent left $KSM/run at $(cat $KSM/run), not 0"
+[[ $(cat $KSM/smart_scan 2>/dev/null || echo none) == "$KSM_SMART" ]] ||
+	fail "the next agent left smart_scan at $(cat $KSM/smart_scan), not $KSM_SMART"
+[[ ! -e $T/state/ksm-saved ]] || fail "ksm-saved is left after the next agent's stop"
 echo "ok"

@@ -205,13 +205,15 @@ uffd_sysctl_zero() {
 ksm_take() {
 	KSM=/sys/kernel/mm/ksm
 	[[ -w $KSM/run ]] || fail "$KSM/run is not writable (run as root)"
-	KSM_OLD=("$(cat $KSM/run)" "$(cat $KSM/pages_to_scan)" "$(cat $KSM/sleep_millisecs)")
+	KSM_OLD=("$(cat $KSM/run)" "$(cat $KSM/pages_to_scan)" "$(cat $KSM/sleep_millisecs)"
+		"$(cat $KSM/smart_scan 2>/dev/null)")
 	trap 'ksm_restore; cleanup' EXIT
 }
 ksm_restore() {
 	echo 2 >$KSM/run # unmerge everything KSM merged
 	echo "${KSM_OLD[1]}" >$KSM/pages_to_scan
 	echo "${KSM_OLD[2]}" >$KSM/sleep_millisecs
+	[[ -z ${KSM_OLD[3]} ]] || echo "${KSM_OLD[3]}" >$KSM/smart_scan
 	echo "${KSM_OLD[0]}" >$KSM/run
 }
 

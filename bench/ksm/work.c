@@ -5,13 +5,15 @@
  * two pages of one table are), filled at start.
  *
  *   cksm-ksmwork --mb N --seconds S [--threads T] [--mode MODE]
- *                [--mergeable] [--out FILE]
+ *                [--contents N] [--mergeable] [--out FILE]
  *
  * MODE: hot   T threads read random pages (a 64-byte line each) all along
  *       cold  nothing touches the table after it is filled
  *       thp   as cold, in transparent huge pages (MADV_HUGEPAGE)
  *       mix   as hot, and one read in 64 is a write (of the same byte
  *             back: the page is written, its content stays)
+ * --contents N: page i holds content i % N instead (N = 1: every page
+ * holds the same bytes, as a guest's pages poisoned at their free do).
  * --mergeable marks the table MADV_MERGEABLE once filled (the kernel's
  * KSM, or libcksm's agent, then look at it). Every second a line
  * "t reads" goes to FILE (or stdout); at the end every page is checked
@@ -36,9 +38,12 @@ static size_t npages;
 static atomic_bool stop;
 static atomic_ullong reads;
 static bool writes;
+static size_t contents; /* page i holds content i % contents (0: i) */
 
 static uint64_t word_of(size_t page, size_t w)
 {
+	if (contents)
+		page %= contents;
 	return (uint64_t)page * 0x9e3779b97f4a7c15ull ^ (uint64_t)w * 0xbf58476d1ce4e5b9ull;
 }
 
@@ -96,11 +101,14 @@ int main(int argc, char **argv)
 			mode = argv[++i];
 		else if (!strcmp(argv[i], "--out") && i + 1 < argc)
 			out = argv[++i];
+		else if (!strcmp(argv[i], "--contents") && i + 1 < argc)
+			contents = (size_t)atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--mergeable"))
 			mergeable = true;
 		else {
-			fprintf(stderr, "usage: cksm-ksmwork --mb N --seconds S [--threads T] "
-					"[--mode hot|cold|thp|mix] [--mergeable] [--out FILE]\n");
+			fprintf(stderr,
+				"usage: cksm-ksmwork --mb N --seconds S [--threads T] "
+				"[--mode hot|cold|thp|mix] [--contents N] [--mergeable] [--out FILE]\n");
 			return 2;
 		}
 	}

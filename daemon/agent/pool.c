@@ -75,7 +75,7 @@ struct pool {
 	size_t slots_bytes;
 	uint32_t *free; /* stack of free slot numbers */
 	size_t nfree;
-	struct oaidx index; /* id -> slot + 1, for one held slot per id */
+	struct oaidx index; /* id -> slot + 1, for every held slot */
 	bool hugetlb;	    /* pages of MAP_HUGETLB: no hole punched per slot */
 	bool pinned;	    /* registered for a device: no hole punched either */
 };
@@ -92,14 +92,15 @@ static uint64_t slot_hash(const void *ctx, uint32_t v)
 	return id_hash(&p->slots[v - 1].id);
 }
 
-/* The index slot naming a slot that holds id, or -1. Lock held. */
-static long idx_find(const struct pool *p, const struct cid *id)
+/* The index slot naming slot, or -1. Lock held. */
+static long idx_at(const struct pool *p, uint32_t slot)
 {
 	const struct oaidx *x = &p->index;
 	uint32_t v;
 
-	for (size_t i = oaidx_home(x, id_hash(id)); (v = x->v[i]); i = oaidx_next(x, i))
-		if (cid_eq(p->slots[v - 1].id, *id))
+	for (size_t i = oaidx_home(x, id_hash(&p->slots[slot].id)); (v = x->v[i]);
+	     i = oaidx_next(x, i))
+		if (v == slot + 1)
 			return (long)i;
 	return -1;
 }
@@ -107,17 +108,16 @@ static long idx_find(const struct pool *p, const struct cid *id)
 /* Room for every slot was reserved at creation: this cannot fail. */
 static void idx_put(struct pool *p, uint32_t slot)
 {
-	if (idx_find(p, &p->slots[slot].id) >= 0)
-		return; /* one slot per id is enough to find */
-	oaidx_put(&p->index, id_hash(&p->slots[slot].id), slot + 1);
+	if (idx_at(p, slot) < 0)
+		oaidx_put(&p->index, id_hash(&p->slots[slot].id), slot + 1);
 }
 
-/* Forget slot, if it is the one the index names for its id. */
+/* Forget slot: no new pages go to it. */
 static void idx_del(struct pool *p, uint32_t slot)
 {
-	long i = idx_find(p, &p->slots[slot].id);
+	long i = idx_at(p, slot);
 
-	if (i >= 0 && p->index.v[i] == slot + 1)
+	if (i >= 0)
 		oaidx_del(&p->index, (size_t)i, slot_hash, p);
 }
 
@@ -441,18 +441,28 @@ const void *pool_page(struct pool *p, struct pool_ref ref, struct cid *id)
 	return bytes;
 }
 
-int pool_find(struct pool *p, const struct cid *id, struct pool_ref *out)
+int pool_find(struct pool *p, const struct cid *id, uint32_t room, struct pool_ref *out)
 {
-	long i;
+	const struct oaidx *x = &p->index;
+	int rc = -ENOENT;
+	uint32_t v;
 
 	pthread_mutex_lock(&p->lock);
-	i = idx_find(p, id);
-	if (i >= 0) {
-		out->slot = p->index.v[i] - 1;
-		out->gen = p->slots[out->slot].gen;
+	for (size_t i = oaidx_home(x, id_hash(id)); (v = x->v[i]); i = oaidx_next(x, i)) {
+		const struct slot *s = &p->slots[v - 1];
+
+		if (!cid_eq(s->id, *id))
+			continue;
+		rc = -ENOSPC;
+		if (!room || s->refs < room) {
+			out->slot = v - 1;
+			out->gen = s->gen;
+			rc = 0;
+			break;
+		}
 	}
 	pthread_mutex_unlock(&p->lock);
-	return i >= 0 ? 0 : -ENOENT;
+	return rc;
 }
 
 int pool_ref(struct pool *p, struct pool_ref ref, int32_t delta)

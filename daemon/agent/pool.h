@@ -66,8 +66,13 @@ int pool_add(struct pool *p, const struct cid *id, const void *bytes, struct poo
  */
 const void *pool_page(struct pool *p, struct pool_ref ref, struct cid *id);
 
-/* A held slot holding content id (any one of them): 0 or -ENOENT. */
-int pool_find(struct pool *p, const struct cid *id, struct pool_ref *out);
+/*
+ * A held slot holding content id with fewer than room references (room
+ * 0: any). A node may hold several slots of one content, each serving at
+ * most max_page_sharing pages, as KSM chains its merged pages. Returns 0,
+ * -ENOSPC (every such slot is full) or -ENOENT (none).
+ */
+int pool_find(struct pool *p, const struct cid *id, uint32_t room, struct pool_ref *out);
 
 /*
  * Local references: delta pages of this node now use (or stopped using)

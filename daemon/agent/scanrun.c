@@ -224,7 +224,7 @@ static bool on_evict(void *arg, const struct scan_page *pg, bool zero)
 	}
 	if (zero)
 		backing_offer(r->backing, pg->pid, pg->addr, BACKED_ZERO, ref, NULL);
-	else if (pool_find(r->pool, &pg->id, &ref) == 0)
+	else if (pool_find(r->pool, &pg->id, r->cfg->max_page_sharing, &ref) == 0)
 		backing_offer(r->backing, pg->pid, pg->addr, BACKED_POOL, ref, &pg->id);
 	else if (!backing_offer_remote(r->backing, pg->pid, pg->addr, &pg->id))
 		return !backing_remote_known(r->backing, &pg->id) &&

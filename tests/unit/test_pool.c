@@ -24,6 +24,52 @@ static struct pool *make(size_t n)
 	return p;
 }
 
+/*
+ * Several slots of one content (more pages than max_page_sharing): each
+ * is found while it has room, the next once it is full, and a released
+ * or freed one is never named again while the others are.
+ */
+static void chain(void **state)
+{
+	struct pool *p = make(4);
+	uint8_t a[POOL_SLOT];
+	struct cid ia = { 5, 6 };
+	struct pool_ref r1, r2, r3, got;
+
+	(void)state;
+	fill(a, 5);
+	assert_int_equal(pool_add(p, &ia, a, &r1), 0);
+	assert_int_equal(pool_find(p, &ia, 2, &got), 0);
+	assert_true(got.slot == r1.slot && got.gen == r1.gen);
+	assert_int_equal(pool_ref(p, r1, 2), 0);
+	assert_int_equal(pool_find(p, &ia, 2, &got), -ENOSPC); /* full: ask for another */
+	assert_int_equal(pool_find(p, &ia, 0, &got), 0);       /* any */
+	assert_int_equal(pool_add(p, &ia, a, &r2), 0);
+	assert_int_equal(pool_find(p, &ia, 2, &got), 0);
+	assert_true(got.slot == r2.slot && got.gen == r2.gen);
+	assert_int_equal(pool_ref(p, r2, 2), 0);
+	assert_int_equal(pool_add(p, &ia, a, &r3), 0);
+	assert_int_equal(pool_find(p, &ia, 2, &got), 0);
+	assert_true(got.slot == r3.slot);
+	/* The second released: the first, freed of a page, takes the next. */
+	assert_int_equal(pool_release(p, r2), 0);
+	assert_int_equal(pool_ref(p, r3, 2), 0);
+	assert_int_equal(pool_find(p, &ia, 2, &got), -ENOSPC);
+	assert_int_equal(pool_ref(p, r1, -1), 0);
+	assert_int_equal(pool_find(p, &ia, 2, &got), 0);
+	assert_true(got.slot == r1.slot && got.gen == r1.gen);
+	/* The first freed: only the third is left to name. */
+	assert_int_equal(pool_release(p, r1), 0);
+	assert_int_equal(pool_ref(p, r1, -1), 0);
+	assert_null(pool_page(p, r1, NULL));
+	assert_int_equal(pool_ref(p, r3, -2), 0);
+	assert_int_equal(pool_find(p, &ia, 2, &got), 0);
+	assert_true(got.slot == r3.slot && got.gen == r3.gen);
+	assert_int_equal(pool_release(p, r3), 0);
+	assert_int_equal(pool_find(p, &ia, 0, &got), -ENOENT);
+	pool_destroy(p);
+}
+
 static void lifecycle(void **state)
 {
 	struct pool *p = make(2);
@@ -44,15 +90,15 @@ static void lifecycle(void **state)
 	assert_non_null(bytes);
 	assert_memory_equal(bytes, a, POOL_SLOT);
 	assert_true(got.hi == 1 && got.lo == 2);
-	assert_int_equal(pool_find(p, &ib, &rc2), 0);
+	assert_int_equal(pool_find(p, &ib, 0, &rc2), 0);
 	assert_true(rc2.slot == rb.slot && rc2.gen == rb.gen);
-	assert_int_equal(pool_find(p, &(struct cid){ 9, 9 }, &rc2), -ENOENT);
+	assert_int_equal(pool_find(p, &(struct cid){ 9, 9 }, 0, &rc2), -ENOENT);
 
 	/* Three pages reference a; the coordinator releases it: it stays. */
 	assert_int_equal(pool_ref(p, ra, 3), 0);
 	assert_int_equal(pool_release(p, ra), 0);
-	assert_int_equal(pool_release(p, ra), -ESTALE);	    /* released already */
-	assert_int_equal(pool_find(p, &ia, &rc2), -ENOENT); /* no new pages on it */
+	assert_int_equal(pool_release(p, ra), -ESTALE);	       /* released already */
+	assert_int_equal(pool_find(p, &ia, 0, &rc2), -ENOENT); /* no new pages on it */
 	assert_int_equal(pool_free_slots(p), 0);
 	assert_int_equal(pool_add(p, &ib, b, &rc2), -ENOSPC);
 	assert_int_equal(pool_ref(p, ra, -4), -ERANGE);
@@ -64,7 +110,7 @@ static void lifecycle(void **state)
 	assert_int_equal(pool_free_slots(p), 1);
 	assert_null(pool_page(p, ra, NULL));
 	assert_int_equal(pool_ref(p, ra, 1), -ESTALE);
-	assert_int_equal(pool_find(p, &ia, &rc2), -ENOENT);
+	assert_int_equal(pool_find(p, &ia, 0, &rc2), -ENOENT);
 	/* Reused with a new generation. */
 	assert_int_equal(pool_add(p, &ib, b, &rc2), 0);
 	assert_int_equal(rc2.slot, ra.slot);
@@ -194,9 +240,9 @@ static void kept(void **state)
 	assert_memory_equal(pool_page(p, ra, &got), a, POOL_SLOT);
 	assert_true(cid_eq(got, ia));
 	assert_memory_equal(pool_page(p, rb, NULL), b, POOL_SLOT);
-	assert_int_equal(pool_find(p, &ia, &rc), 0); /* held: found by content */
+	assert_int_equal(pool_find(p, &ia, 0, &rc), 0); /* held: found by content */
 	assert_true(rc.slot == ra.slot && rc.gen == ra.gen);
-	assert_int_equal(pool_find(p, &ib, &rc), -ENOENT); /* released: not */
+	assert_int_equal(pool_find(p, &ib, 0, &rc), -ENOENT); /* released: not */
 	assert_int_equal(pool_free_slots(p), 6);
 	assert_int_equal(pool_ref(p, rb, -1), 0); /* its last page went: freed */
 	assert_null(pool_page(p, rb, NULL));
@@ -292,8 +338,7 @@ static void resident(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(lifecycle),	      cmocka_unit_test(resident),
-	cmocka_unit_test(concurrent),	      cmocka_unit_test(kept),
-	cmocka_unit_test(random_generations),
+	cmocka_unit_test(lifecycle),  cmocka_unit_test(chain), cmocka_unit_test(resident),
+	cmocka_unit_test(concurrent), cmocka_unit_test(kept),  cmocka_unit_test(random_generations),
 };
 UNIT_MAIN(tests)

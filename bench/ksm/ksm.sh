@@ -51,6 +51,10 @@ ROWS=("$@")
 	exit 1
 }
 T=$(mktemp -d /tmp/cksm-bench-ksm.XXXXXX)
+# The agents' state directories (the page pool) on tmpfs, as /run/cksm is
+# where agents run: a disk file system keeps blocks of a pool file whose
+# slots were freed, and the net saving would count them.
+S=$(mktemp -d /dev/shm/cksm-bench-ksm.XXXXXX)
 KSM_OLD=("$(cat $KSM/run)" "$(cat $KSM/pages_to_scan)" "$(cat $KSM/sleep_millisecs)")
 PIDS=()
 finish() {
@@ -61,7 +65,7 @@ finish() {
 	echo "${KSM_OLD[2]}" >$KSM/sleep_millisecs
 	echo "${KSM_OLD[0]}" >$KSM/run
 	! declare -F ns_down >/dev/null || ns_down
-	rm -rf "$T"
+	rm -rf "$T" "$S"
 }
 trap finish EXIT
 # shellcheck source=tests/integration/guest.sh
@@ -94,11 +98,11 @@ cksm_up() {
 	{
 		printf '[cluster]\nkey_file = %s\n[log]\nlevel = info\n' "$T/cluster.key"
 		printf '[agent]\nmetrics = %s\nsocket = %s\nstate_dir = %s\nksm = manage\n' \
-			"$AMET" "$T/agent.sock" "$T/state"
+			"$AMET" "$T/agent.sock" "$S/state"
 		printf '[shard.0]\naddress = 127.0.0.1:%s\nmetrics = 127.0.0.1:%s\nbuckets = 0-4095\n' \
 			"$(free_port)" "$(free_port)"
 	} >"$c"
-	rm -rf "$T/state"
+	rm -rf "$S/state"
 	"$B/cksmd" -c "$c" --role coord --shard 0 >"$T/coord.log" 2>&1 &
 	COORD=$!
 	"$B/cksmd" -c "$c" --role agent >"$T/agent.log" 2>&1 &
@@ -250,11 +254,11 @@ cksm_up3() {
 		{
 			printf '[cluster]\nkey_file = %s\n[log]\nlevel = info\n' "$T/cluster.key"
 			printf '[agent]\nnode_name = n%d\nmetrics = %s\nsocket = %s\nstate_dir = %s\n' \
-				"$k" "${AMETS[k - 1]}" "$T/n$k.sock" "$T/state$k"
+				"$k" "${AMETS[k - 1]}" "$T/n$k.sock" "$S/state$k"
 			printf 'ksm = off\ndata_listen = %s\ndata_address = %s\n' "$data" "$data"
 			printf '[shard.0]\naddress = %s\nmetrics = %s\nbuckets = 0-4095\n' "$shard" "$smet"
 		} >"$c"
-		rm -rf "$T/state$k"
+		rm -rf "$S/state$k"
 	done
 	"$B/cksmd" -c "$T/n1.conf" --role coord --shard 0 >"$T/coord.log" 2>&1 &
 	COORD=$!

@@ -6,7 +6,8 @@
  * same at every shard and after restarts, so dup references stay valid.
  * Every Heartbeat refreshes the node's last_seen; a liveness sweep marks a
  * node dead when it has been silent longer than dead_after_ms, and a node
- * that registers again is live again and asked to resync. Digest reports
+ * that registers again is live again and asked to resync, as is a new
+ * agent (another incarnation) of a node still live. Digest reports
  * feed the stable tree (stree.h), whose decisions go back to the
  * reporter and whose orders go to the nodes they name. Admin connections
  * (cksmctl) may only ask questions.
@@ -275,6 +276,12 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 		 r->data_address && data_address_ok(r->data_address) ? r->data_address : "");
 	if (!n->live)
 		fresh = true; /* it was dead: the tree dropped what it held */
+	/* A new agent (a killed one's successor, back before it was declared
+	 * dead) holds the pool it took over: slots the tree does not know (made
+	 * before a DupCreated could be sent, or kept past a DupRelease) are
+	 * learnt from its resync, and released when idle. */
+	if (n->incarnation != r->incarnation)
+		fresh = true;
 	if (!n->live || n->incarnation != r->incarnation)
 		log_info("node %s (id %u, rack %s) registered from %s", n->name, n->id, n->rack,
 			 c->peer_addr);

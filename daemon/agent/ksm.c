@@ -42,6 +42,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,23 +263,52 @@ static void take_hot(struct backing *b)
 
 /* ---- manage: ksmd run by the agent ------------------------------------------- */
 
-/* The settings as found (or as a killed agent found them): kept in
- * KSM_SAVED, one "name=value" line each. */
+/* Does buf, "name=value" lines, name setting name? */
+static bool saved_has(const char *buf, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *l = buf; *l;) {
+		const char *nl = strchr(l, '\n');
+
+		if (!strncmp(l, name, n) && l[n] == '=')
+			return true;
+		if (!nl)
+			break;
+		l = nl + 1;
+	}
+	return false;
+}
+
+/*
+ * The settings as found (or as a killed agent found them): kept in
+ * KSM_SAVED, one "name=value" line each. A killed agent's file is kept,
+ * with the settings it did not manage (an older agent's, say) added as
+ * they are now: it never changed them.
+ */
 static int save_settings(struct backing *b)
 {
 	char buf[1024] = "", v[64];
 	size_t len = 0;
+	ssize_t k;
 	int fd;
 
 	fd = openat(b->state_fd, KSM_SAVED, O_RDONLY | O_CLOEXEC);
 	if (fd >= 0) { /* a killed agent's: the operator's settings are in it */
+		k = read(fd, buf, sizeof(buf) - 1);
 		close(fd);
-		return 0;
+		len = k > 0 ? (size_t)k : 0;
+		buf[len] = '\0';
+		if (len && buf[len - 1] != '\n' && len + 1 < sizeof(buf))
+			buf[len++] = '\n';
 	}
 	for (size_t i = 0; i < NMANAGED; i++)
-		if (!sys_read(managed[i], v, sizeof(v)))
+		if (!saved_has(buf, managed[i]) && !sys_read(managed[i], v, sizeof(v)) &&
+		    len < sizeof(buf))
 			len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s=%s\n", managed[i],
 						v);
+	if (len >= sizeof(buf))
+		return -ENOSPC;
 	fd = openat(b->state_fd, KSM_SAVED ".new", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0 || write(fd, buf, len) != (ssize_t)len) {
 		if (fd >= 0)

@@ -78,4 +78,19 @@ echo "after the next agent's stop: KSM run $(cat $KSM/run), smart_scan $(cat $KS
 [[ $(cat $KSM/smart_scan 2>/dev/null || echo none) == "$KSM_SMART" ]] ||
 	fail "the next agent left smart_scan at $(cat $KSM/smart_scan), not $KSM_SMART"
 [[ ! -e $T/state/ksm-saved ]] || fail "ksm-saved is left after the next agent's stop"
+
+# An older agent's ksm-saved names no smart_scan (it never changed it): the
+# new agent adds it as it finds it before turning it off, and puts it back.
+if [[ $KSM_SMART != none ]]; then
+	printf 'pages_to_scan=%s\nsleep_millisecs=%s\nrun=0\n' "${KSM_OLD[1]}" "${KSM_OLD[2]}" \
+		>"$T/state/ksm-saved"
+	start agent -c "$T/cksm.conf" --role agent --set agent.ksm=manage
+	wait_for "an agent after an older one" 10 log_has agent "running the kernel's KSM"
+	[[ $(cat $KSM/smart_scan) == 0 ]] || fail "smart_scan not turned off after an older agent"
+	stop agent
+	echo "after an older agent's ksm-saved: KSM run $(cat $KSM/run), smart_scan $(cat $KSM/smart_scan)"
+	[[ $(cat $KSM/smart_scan) == "$KSM_SMART" ]] ||
+		fail "smart_scan left at $(cat $KSM/smart_scan) after an older agent's ksm-saved, not $KSM_SMART"
+	[[ $(cat $KSM/run) == 0 ]] || fail "run left at $(cat $KSM/run) after an older agent's ksm-saved"
+fi
 echo "ok"

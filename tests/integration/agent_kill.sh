@@ -21,13 +21,6 @@ AGENT_ARGS=(-c "$T/cksm.conf" --role agent --set agent.pass_millisecs=50
 	--set agent.sleep_millisecs=0 --set agent.evict_age=1
 	--set agent.evict_cooldown_millisecs=0 --set agent.evict_rate=1000000)
 m() { metric "$AMET" "$1"; }
-RUN=0
-agent_up() { # a new agent, its log agent-N
-	RUN=$((RUN + 1))
-	start "agent-$RUN" "${AGENT_ARGS[@]}"
-	AGENT=$!
-	wait_for "agent $RUN's socket" 10 log_has "agent-$RUN" "processes attach at"
-}
 agent_up
 wait_for "registration" 10 log_has agent-1 "registered with shard 0"
 export CKSM_SOCKET=$T/agent.sock

@@ -30,14 +30,7 @@ start c0 -c "$T/cksm.conf" --role coord --shard 0
 AGENT_ARGS=(-c "$T/cksm.conf" --role agent --set agent.pass_millisecs=50
 	--set agent.sleep_millisecs=0 --set agent.evict_age=1 --set agent.scan_mergeable=0
 	--set agent.evict_cooldown_millisecs=0 --set agent.evict_rate=1000000)
-RUN=0
 evicted=
-agent_up() { # a new agent, its log agent-N
-	RUN=$((RUN + 1))
-	start "agent-$RUN" "${AGENT_ARGS[@]}"
-	AGENT=$!
-	wait_for "agent $RUN's socket" 10 log_has "agent-$RUN" "processes attach at"
-}
 agent_kill() {
 	kill -9 "$AGENT"
 	wait "$AGENT" 2>/dev/null || true

@@ -18,13 +18,6 @@ start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.max_page_sharing
 AGENT_ARGS=(-c "$T/cksm.conf" --role agent --set cluster.max_page_sharing=$MPS
 	--set agent.pass_millisecs=100 --set agent.sleep_millisecs=0 --set agent.evict_age=1
 	--set agent.evict_cooldown_millisecs=0 --set agent.evict_rate=1000000)
-RUN=0
-agent_up() {
-	RUN=$((RUN + 1))
-	start "agent-$RUN" "${AGENT_ARGS[@]}"
-	AGENT=$!
-	wait_for "agent $RUN's socket" 15 log_has "agent-$RUN" "processes attach at"
-}
 agent_up
 wait_for "registration" 15 log_has agent-1 "registered with shard 0"
 export CKSM_SOCKET=$T/agent.sock

@@ -161,6 +161,17 @@ stop() {
 	[[ $rc -eq 0 ]] || fail "$1 exited with $rc after SIGTERM"
 }
 
+# agent_up: one more agent of a test that kills and starts them again
+# (started with AGENT_ARGS, logged to agent-N, N in RUN; AGENT its pid),
+# once its socket is there.
+RUN=0
+agent_up() {
+	RUN=$((RUN + 1))
+	start "agent-$RUN" "${AGENT_ARGS[@]}"
+	AGENT=$!
+	wait_for "agent $RUN's socket" 15 log_has "agent-$RUN" "processes attach at"
+}
+
 # wait_for DESCRIPTION SECONDS CMD...: poll until CMD succeeds
 wait_for() {
 	local what=$1 secs=$2 i

@@ -274,17 +274,16 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	snprintf(n->address, sizeof(n->address), "%s", c->peer_addr);
 	snprintf(n->data_address, sizeof(n->data_address), "%s",
 		 r->data_address && data_address_ok(r->data_address) ? r->data_address : "");
-	if (!n->live)
-		fresh = true; /* it was dead: the tree dropped what it held */
-	/* A new agent (a killed one's successor, back before it was declared
-	 * dead) holds the pool it took over: slots the tree does not know (made
-	 * before a DupCreated could be sent, or kept past a DupRelease) are
-	 * learnt from its resync, and released when idle. */
-	if (n->incarnation != r->incarnation)
+	/* It was dead: the tree dropped what it held. Or it is a new agent (a
+	 * killed one's successor, back before it was declared dead) with the
+	 * pool it took over: slots the tree does not know (made before a
+	 * DupCreated could be sent, or kept past a DupRelease) are learnt from
+	 * its resync, and released when idle. */
+	if (!n->live || n->incarnation != r->incarnation) {
 		fresh = true;
-	if (!n->live || n->incarnation != r->incarnation)
 		log_info("node %s (id %u, rack %s) registered from %s", n->name, n->id, n->rack,
 			 c->peer_addr);
+	}
 	n->incarnation = r->incarnation;
 	n->live = true;
 	n->last_seen_ms = uv_now(&co->rt.loop);

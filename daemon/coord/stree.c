@@ -28,7 +28,8 @@
  *  2. n holds a dup of c with room -> BACK_LOCAL.
  *  3. merge_across_nodes and c has dups with room on at least R distinct
  *     live nodes -> BACK_REMOTE, replicas in n's rack first, then by
- *     fewest references.
+ *     fewest references. A dup named so is not released for dup_idle
+ *     (its idle count starts again).
  *  4. a create is outstanding, or no page of c on n may be evicted (the
  *     report says it stays) -> LEAVE.
  *  5. n has pool room -> CREATE_DUP on n (n then has the local references).
@@ -532,7 +533,7 @@ static bool needs_replica(const struct stree *t, const struct entry *e)
 
 /* ---- decisions ---------------------------------------------------------------------- */
 
-static void back_remote(const struct stree *t, const struct entry *e, uint16_t n,
+static void back_remote(const struct stree *t, struct entry *e, uint16_t n,
 			struct stree_decision *out)
 {
 	unsigned order[256], k = 0;
@@ -560,10 +561,17 @@ static void back_remote(const struct stree *t, const struct entry *e, uint16_t n
 			order[b - 1] = order[b];
 			order[b] = tmp;
 		}
+	/* A dup named here is not released for dup_idle: the node may read
+	 * it, compare and evict against it before its count comes (agents
+	 * use what they were told for a third of that, remote.c). */
 	out->action = STREE_BACK_REMOTE;
 	out->ndups = 0;
-	for (unsigned i = 0; i < k && out->ndups < STREE_MAX_REPLICAS; i++)
-		out->dups[out->ndups++] = dupref(t, cdup_at(e, order[i]));
+	for (unsigned i = 0; i < k && out->ndups < STREE_MAX_REPLICAS; i++) {
+		struct sdup *d = dup_at(e, order[i]);
+
+		d->idle = 0;
+		out->dups[out->ndups++] = dupref(t, d);
+	}
 }
 
 void stree_prefetch(const struct stree *t, uint64_t hi, uint64_t lo)

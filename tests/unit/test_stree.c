@@ -244,10 +244,12 @@ static void m_report(unsigned node, unsigned ci, uint32_t pages, struct stree_de
 				}
 			}
 		out->action = STREE_BACK_REMOTE;
-		for (unsigned i = 0; i < k && i < STREE_MAX_REPLICAS; i++)
+		for (unsigned i = 0; i < k && i < STREE_MAX_REPLICAS; i++) {
+			c->d[ord[i]].idle = 0; /* named: not released for dup_idle */
 			out->dups[out->ndups++] =
 				(struct stree_dupref){ NID(c->d[ord[i]].node), c->d[ord[i]].slot,
 						       c->d[ord[i]].gen };
+		}
 		return;
 	}
 	if (c->pending)
@@ -792,6 +794,42 @@ static void chains_and_collapse(void **state)
 	stree_destroy(t);
 }
 
+/*
+ * A dup named in a BACK_REMOTE answer is not released for prune_ticks: the
+ * node may evict against it before its count arrives, and a release
+ * crossing that count would leave its page with no copy anywhere.
+ */
+static void named_dup_kept(void **state)
+{
+	struct stree_params p = { 16, 1, true, 3, 1024 };
+	struct stree *t = stree_create(&p, &ops, NULL);
+	struct stree_decision d;
+	struct stree_stats s;
+
+	(void)state;
+	stree_node_add(t, 10, 0);
+	stree_node_add(t, 20, 0);
+	stree_node_room(t, 10, 4);
+	assert_int_equal(stree_report(t, 10, 1, 1, 2, &d), 0);
+	assert_int_equal(d.action, STREE_CREATE_DUP);
+	assert_int_equal(stree_dup_created(t, 10, 1, 1, 5, 1), 0);
+	/* Node 10's pages went back: the dup is idle, two ticks of three. */
+	stree_prune(t);
+	stree_prune(t);
+	assert_int_equal(stree_report(t, 20, 1, 1, 1, &d), 0);
+	assert_int_equal(d.action, STREE_BACK_REMOTE);
+	assert_int_equal(d.dups[0].node, 10);
+	stree_prune(t);
+	stree_prune(t);
+	stree_stats(t, &s);
+	assert_int_equal(s.dups, 1);
+	/* No count came in prune_ticks: it goes. */
+	stree_prune(t);
+	stree_stats(t, &s);
+	assert_int_equal(s.dups, 0);
+	stree_destroy(t);
+}
+
 static void matrix_and_node_stats(void **state)
 {
 	struct stree_params p = { 16, 1, true, 3, 1024 };
@@ -856,11 +894,9 @@ static void matrix_and_node_stats(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(matrix_and_node_stats),
-	cmocka_unit_test(random_sequences),
-	cmocka_unit_test(again_is_not_twice),
-	cmocka_unit_test(stays_makes_no_dup),
-	cmocka_unit_test(hostile),
+	cmocka_unit_test(matrix_and_node_stats), cmocka_unit_test(named_dup_kept),
+	cmocka_unit_test(random_sequences),	 cmocka_unit_test(again_is_not_twice),
+	cmocka_unit_test(stays_makes_no_dup),	 cmocka_unit_test(hostile),
 	cmocka_unit_test(chains_and_collapse),
 };
 

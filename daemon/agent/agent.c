@@ -182,8 +182,11 @@ static void adopt_timing(struct agent_shard *s, const Cksm__RegisterAck *ack)
 	s->dead_after_ms = ack->dead_after_ms >= 150 ? ack->dead_after_ms : cfg->dead_after_ms;
 	/* Counts are sent again well within the shortest dup_idle of the
 	 * shards, which is what they release unreferenced dups by. */
-	if (ack->dup_idle_ms >= 100 && ack->dup_idle_ms < s->a->dup_idle_ms)
+	if (ack->dup_idle_ms >= 100 && ack->dup_idle_ms < s->a->dup_idle_ms) {
 		s->a->dup_idle_ms = ack->dup_idle_ms;
+		if (s->a->backing)
+			backing_set_dup_idle(s->a->backing, ack->dup_idle_ms);
+	}
 	if (ack->heartbeat_ms >= 50 && ack->heartbeat_ms < repeat)
 		uv_timer_set_repeat(&s->a->hb, ack->heartbeat_ms);
 }

@@ -159,6 +159,7 @@ static int alloc_tables(struct backing *b)
 	b->refs = calloc(pool_slots(b->pool), sizeof(*b->refs));
 	b->ref_pos = calloc(pool_slots(b->pool), sizeof(*b->ref_pos));
 	b->remote = calloc(REMOTE_IDS, sizeof(*b->remote));
+	backing_set_dup_idle(b, b->cfg->dup_idle_millisecs);
 	oaidx_init(&b->holder_ix);
 	b->rrefs = rrefs_create();
 	if (!b->wset || !b->offers || !b->refs || !b->ref_pos || !b->remote || !b->rrefs)

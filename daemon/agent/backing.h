@@ -131,6 +131,12 @@ bool backing_moves(const struct backing *b);
  */
 bool backing_dup_wanted(struct backing *b, pid_t pid, uint64_t addr, bool take);
 
+/*
+ * The shortest dup_idle_millisecs of the shards: what a shard names for
+ * remote backing is evicted against for a third of it (remote.c).
+ */
+void backing_set_dup_idle(struct backing *b, uint32_t ms);
+
 /* Scanner thread: does any node's dup of id back pages here already? */
 bool backing_remote_known(struct backing *b, const struct cid *id);
 

@@ -194,6 +194,7 @@ struct offer {
 	struct pool_ref ref;
 	struct cid id;
 	struct rdup rem[BTAB_REPLICAS];
+	uint64_t learned_ms; /* BACKED_REMOTE: when a shard named rem */
 };
 
 /* Contents whose dups on other nodes a shard named (BACK_REMOTE). */
@@ -201,6 +202,7 @@ struct remote_id {
 	struct cid id;
 	uint8_t n;
 	struct rdup rem[BTAB_REPLICAS];
+	uint64_t learned_ms; /* when (remote.c: used for a third of dup_idle) */
 };
 
 struct backing {
@@ -283,8 +285,9 @@ struct backing {
 		uint32_t fails;		/* reads failed in a row */
 	} * holders;			/* every holder told of, dense (lock) */
 	size_t nholders, capholders;
-	struct oaidx holder_ix;	  /* position + 1 by node id (lock) */
-	struct remote_id *remote; /* REMOTE_IDS, by id */
+	struct oaidx holder_ix;	     /* position + 1 by node id (lock) */
+	struct remote_id *remote;    /* REMOTE_IDS, by id */
+	atomic_uint remote_fresh_ms; /* how long a BACK_REMOTE answer is used */
 
 	struct rrefs *rrefs; /* our references on other nodes' dups */
 	pthread_mutex_t refs_lock;
@@ -443,6 +446,8 @@ void remote_fini(struct backing *b);
 void remote_holder_learn(struct backing *b, uint32_t node, const char *addr, bool keep);
 /* The remote dups known for id, into r: false if none. b->lock held. */
 bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r);
+/* May dups a shard named at learned_ms still be evicted against? */
+bool remote_fresh(struct backing *b, uint64_t learned_ms);
 /*
  * The bytes of one of n remote dups, checked against the content id: the
  * first replica that answers with the right bytes. Its index, or -1.

@@ -122,6 +122,7 @@ bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const str
 	if (ok) {
 		o.nrem = r.n;
 		memcpy(o.rem, r.rem, sizeof(o.rem));
+		o.learned_ms = r.learned_ms;
 		ok = offer_push(b, &o);
 	}
 	pthread_mutex_unlock(&b->lock);
@@ -554,7 +555,9 @@ static bool evict_source(struct backing *b, const struct offer *o, struct bentry
 	}
 	if (o->kind == BACKED_REMOTE) {
 		first = remote_fetch(b, b->evict_tr, o->rem, o->nrem, &o->id, rbuf);
-		if (first < 0)
+		/* Read after the shard may release what it named: its count
+		 * might cross the release (remote.c). */
+		if (first < 0 || !remote_fresh(b, o->learned_ms))
 			return false;
 		e->nrem = 0;
 		for (unsigned i = (unsigned)first; i < o->nrem; i++)

@@ -9,6 +9,15 @@
  * as long as they live). An entry of the table keeps its own replica
  * list, so a content forgotten here is still brought back.
  *
+ * A shard releases a dup no page references for dup_idle, and counts
+ * arrive a heartbeat after the eviction they follow: a page evicted
+ * against a dup whose release crossed its count would have no copy
+ * left. So a shard keeps a dup it names for dup_idle (stree.c), and the
+ * dups it named are evicted against only for a third of that (the
+ * shortest of the shards'), checked when the replica's bytes are in
+ * hand; later the content is asked for again. A count then has two
+ * thirds of dup_idle to arrive.
+ *
  * The holders' addresses are kept in the state directory (keep.c): the
  * entries a killed agent's successor takes over name them.
  *
@@ -98,6 +107,7 @@ void backing_remote_learn(struct backing *b, const struct cid *id, const struct 
 	r = &b->remote[remote_slot(id)];
 	r->id = *id;
 	r->n = (uint8_t)n;
+	r->learned_ms = now_ms();
 	for (unsigned i = 0; i < n; i++) {
 		r->rem[i] = (struct rdup){ d[i].node, d[i].slot, d[i].gen };
 		remote_holder_learn(b, d[i].node, d[i].addr, true);
@@ -109,10 +119,20 @@ bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r)
 {
 	const struct remote_id *x = &b->remote[remote_slot(id)];
 
-	if (!x->n || !cid_eq(x->id, *id))
+	if (!x->n || !cid_eq(x->id, *id) || !remote_fresh(b, x->learned_ms))
 		return false;
 	*r = *x;
 	return true;
+}
+
+bool remote_fresh(struct backing *b, uint64_t learned_ms)
+{
+	return now_ms() - learned_ms <= atomic_load(&b->remote_fresh_ms);
+}
+
+void backing_set_dup_idle(struct backing *b, uint32_t ms)
+{
+	atomic_store(&b->remote_fresh_ms, ms / 3);
 }
 
 /*

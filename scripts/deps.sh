@@ -7,7 +7,7 @@ PKGS="build-essential pkg-config clang llvm libclang-rt-14-dev
 protobuf-c-compiler libprotobuf-c-dev libuv1-dev libsodium-dev libinih-dev
 libmicrohttpd-dev libjansson-dev libsmartcols-dev libsystemd-dev libxxhash-dev
 libcmocka-dev prometheus curl iproute2 procps psmisc cppcheck clang-format
-systemd git jq socat bc stressapptest gdb
+systemd git jq socat bc stressapptest gdb python3
 qemu-system-x86 busybox-static cpio kmod linux-image-amd64
 libibverbs-dev librdmacm-dev ibverbs-providers rdma-core rdmacm-utils perftest"
 

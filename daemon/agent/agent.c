@@ -825,8 +825,10 @@ static void send_refs(struct agent *a)
 			Cksm__RefUpdate ru = CKSM__REF_UPDATE__INIT;
 			Cksm__DupRef dr = CKSM__DUP_REF__INIT;
 
-			if (!r[i].node && !pool_page(a->pool, r[i].ref, NULL))
-				continue; /* the slot is gone: so is the shard's dup */
+			/* A slot gone, or released (its pages use it until they
+			 * come back): the shard has no dup to count. */
+			if (!r[i].node && !pool_held(a->pool, r[i].ref))
+				continue;
 			if (!c || !s->registered) {
 				backing_refs_unsent(a->backing, &r[i]); /* later */
 				unsent = true;

@@ -498,6 +498,18 @@ uint32_t pool_refs(struct pool *p, struct pool_ref ref)
 	return n;
 }
 
+bool pool_held(struct pool *p, struct pool_ref ref)
+{
+	struct slot *s;
+	bool held;
+
+	pthread_mutex_lock(&p->lock);
+	s = lookup(p, ref);
+	held = s && s->held;
+	pthread_mutex_unlock(&p->lock);
+	return held;
+}
+
 int pool_release(struct pool *p, struct pool_ref ref)
 {
 	struct slot *s;

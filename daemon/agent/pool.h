@@ -85,6 +85,9 @@ int pool_ref(struct pool *p, struct pool_ref ref, int32_t delta);
 /* The slot's local references (0 for a stale name). */
 uint32_t pool_refs(struct pool *p, struct pool_ref ref);
 
+/* Is ref a live slot the coordinator has not released? */
+bool pool_held(struct pool *p, struct pool_ref ref);
+
 /*
  * The coordinator released the dup (or its creation failed): the slot is
  * freed once no local reference is left. Returns 0 or -ESTALE.

@@ -7,7 +7,10 @@
  * pool the slot's count (pool_refs), marked here when an entry on it
  * comes or goes (a slot marked twice is sent once); for another node's
  * dup, this node's count kept in the rrefs table. A count that could not
- * be sent is marked again; a shard that registers gets every count.
+ * be sent is marked again; a shard that registers gets every count. A
+ * slot the shard released is not counted to it any more: its dup is gone
+ * there, though pages evicted against it as the release crossed their
+ * count still use it here until they come back.
  */
 #include <stdlib.h>
 
@@ -54,7 +57,8 @@ void backing_refs_unsent(struct backing *b, const struct ref_count *r)
 static void mark_slot(void *arg, struct pool_ref ref, const struct cid *id, bool held,
 		      uint32_t refs)
 {
-	if (held || refs)
+	(void)refs;
+	if (held)
 		ref_slot_changed(arg, ref, id);
 }
 

@@ -96,7 +96,9 @@ static void lifecycle(void **state)
 
 	/* Three pages reference a; the coordinator releases it: it stays. */
 	assert_int_equal(pool_ref(p, ra, 3), 0);
+	assert_true(pool_held(p, ra));
 	assert_int_equal(pool_release(p, ra), 0);
+	assert_false(pool_held(p, ra)); /* used here, no longer counted to the shard */
 	assert_int_equal(pool_release(p, ra), -ESTALE);	       /* released already */
 	assert_int_equal(pool_find(p, &ia, 0, &rc2), -ENOENT); /* no new pages on it */
 	assert_int_equal(pool_free_slots(p), 0);

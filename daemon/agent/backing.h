@@ -133,11 +133,12 @@ bool backing_dup_wanted(struct backing *b, pid_t pid, uint64_t addr, bool take);
 
 /*
  * The shortest dup_idle_millisecs of the shards: what a shard names for
- * remote backing is evicted against for a third of it (remote.c).
+ * remote backing is evicted against for a third of it, or while this node
+ * holds references on it (remote.c).
  */
 void backing_set_dup_idle(struct backing *b, uint32_t ms);
 
-/* Scanner thread: does any node's dup of id back pages here already? */
+/* Scanner thread: may pages of id go to a dup other nodes hold (remote.c)? */
 bool backing_remote_known(struct backing *b, const struct cid *id);
 
 /* Scanner thread: pid has a candidate page in MADV_DONTFORK memory (its

@@ -446,8 +446,11 @@ void remote_fini(struct backing *b);
 void remote_holder_learn(struct backing *b, uint32_t node, const char *addr, bool keep);
 /* The remote dups known for id, into r: false if none. b->lock held. */
 bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r);
-/* May dups a shard named at learned_ms still be evicted against? */
-bool remote_fresh(struct backing *b, uint64_t learned_ms);
+/*
+ * May a page be evicted against one of the n dups rem, named by a shard
+ * at learned_ms: can no shard release it before the page's count comes?
+ */
+bool remote_usable(struct backing *b, const struct rdup *rem, unsigned n, uint64_t learned_ms);
 /*
  * The bytes of one of n remote dups, checked against the content id: the
  * first replica that answers with the right bytes. Its index, or -1.

@@ -118,7 +118,8 @@ bool backing_offer_remote(struct backing *b, pid_t pid, uint64_t addr, const str
 	if (!b->evicts || addr % PAGE)
 		return false;
 	pthread_mutex_lock(&b->lock);
-	ok = remote_known(b, id, &r) && !cool_active(b, pid, addr) && wset_lets(b, pid, addr);
+	ok = remote_known(b, id, &r) && remote_usable(b, r.rem, r.n, r.learned_ms) &&
+	     !cool_active(b, pid, addr) && wset_lets(b, pid, addr);
 	if (ok) {
 		o.nrem = r.n;
 		memcpy(o.rem, r.rem, sizeof(o.rem));
@@ -554,10 +555,12 @@ static bool evict_source(struct backing *b, const struct offer *o, struct bentry
 		       pool_ref(b->pool, o->ref, 1) == 0;
 	}
 	if (o->kind == BACKED_REMOTE) {
+		/* The shard may release what it named long ago: the page's
+		 * count might cross the release (remote.c). */
+		if (!remote_usable(b, o->rem, o->nrem, o->learned_ms))
+			return false;
 		first = remote_fetch(b, b->evict_tr, o->rem, o->nrem, &o->id, rbuf);
-		/* Read after the shard may release what it named: its count
-		 * might cross the release (remote.c). */
-		if (first < 0 || !remote_fresh(b, o->learned_ms))
+		if (first < 0 || !remote_usable(b, &o->rem[first], 1, o->learned_ms))
 			return false;
 		e->nrem = 0;
 		for (unsigned i = (unsigned)first; i < o->nrem; i++)

@@ -258,7 +258,7 @@ bool backing_remote_known(struct backing *b, const struct cid *id)
 	bool known;
 
 	pthread_mutex_lock(&b->lock);
-	known = remote_known(b, id, &r);
+	known = remote_known(b, id, &r) && remote_usable(b, r.rem, r.n, r.learned_ms);
 	pthread_mutex_unlock(&b->lock);
 	return known;
 }

@@ -12,11 +12,13 @@
  * A shard releases a dup no page references for dup_idle, and counts
  * arrive a heartbeat after the eviction they follow: a page evicted
  * against a dup whose release crossed its count would have no copy
- * left. So a shard keeps a dup it names for dup_idle (stree.c), and the
- * dups it named are evicted against only for a third of that (the
- * shortest of the shards'), checked when the replica's bytes are in
- * hand; later the content is asked for again. A count then has two
- * thirds of dup_idle to arrive.
+ * left. So a dup is evicted against only while the shard cannot release
+ * it, checked again once the replica's bytes are in hand: while this
+ * node's count on it, as last sent, is above zero (rrefs_told), or for a
+ * third of dup_idle (the shortest of the shards') after a shard named it,
+ * as a shard keeps a dup it names for dup_idle (stree.c): a count then
+ * has two thirds of dup_idle to arrive. Otherwise the content is asked
+ * for again.
  *
  * The holders' addresses are kept in the state directory (keep.c): the
  * entries a killed agent's successor takes over name them.
@@ -119,15 +121,20 @@ bool remote_known(struct backing *b, const struct cid *id, struct remote_id *r)
 {
 	const struct remote_id *x = &b->remote[remote_slot(id)];
 
-	if (!x->n || !cid_eq(x->id, *id) || !remote_fresh(b, x->learned_ms))
+	if (!x->n || !cid_eq(x->id, *id))
 		return false;
 	*r = *x;
 	return true;
 }
 
-bool remote_fresh(struct backing *b, uint64_t learned_ms)
+bool remote_usable(struct backing *b, const struct rdup *rem, unsigned n, uint64_t learned_ms)
 {
-	return now_ms() - learned_ms <= atomic_load(&b->remote_fresh_ms);
+	if (now_ms() - learned_ms <= atomic_load(&b->remote_fresh_ms))
+		return true;
+	for (unsigned i = 0; i < n; i++)
+		if (rrefs_told(b->rrefs, &rem[i]))
+			return true;
+	return false;
 }
 
 void backing_set_dup_idle(struct backing *b, uint32_t ms)

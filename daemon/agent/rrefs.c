@@ -15,7 +15,8 @@ struct rref {
 	struct rdup d;
 	struct cid id;
 	int32_t count;
-	bool dirty; /* changed since the shards were told */
+	int32_t told; /* the count last given to be sent, 0 if it was not */
+	bool dirty;   /* changed since the shards were told */
 };
 
 struct rrefs {
@@ -108,7 +109,7 @@ int rrefs_change(struct rrefs *r, const struct rdup *d, const struct cid *id, in
 		rc = reserve(r);
 		if (rc)
 			goto out;
-		r->v[r->n] = (struct rref){ *d, *id, 0, false };
+		r->v[r->n] = (struct rref){ *d, *id, 0, 0, false };
 		oaidx_put(&r->ix, key_hash(d), (uint32_t)++r->n);
 		i = slot_of(r, d);
 	}
@@ -125,9 +126,27 @@ void rrefs_unsent(struct rrefs *r, const struct rdup *d)
 
 	pthread_mutex_lock(&r->lock);
 	i = slot_of(r, d);
-	if (r->ix.v[i])
+	if (r->ix.v[i]) {
 		r->v[r->ix.v[i] - 1].dirty = true;
+		r->v[r->ix.v[i] - 1].told = 0;
+	}
 	pthread_mutex_unlock(&r->lock);
+}
+
+bool rrefs_told(struct rrefs *r, const struct rdup *d)
+{
+	const struct rref *x;
+	bool told = false;
+	size_t i;
+
+	pthread_mutex_lock(&r->lock);
+	i = slot_of(r, d);
+	if (r->ix.v[i]) {
+		x = &r->v[r->ix.v[i] - 1];
+		told = x->count > 0 && x->told > 0;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return told;
 }
 
 void rrefs_all_dirty(struct rrefs *r)
@@ -152,6 +171,7 @@ size_t rrefs_take(struct rrefs *r, struct ref_count *out, size_t max)
 						       x->d.node,
 						       (uint32_t)(x->count > 0 ? x->count : 0) };
 			x->dirty = false;
+			x->told = x->count > 0 ? x->count : 0;
 		}
 		if (x->count <= 0 && !x->dirty)
 			drop(r, i); /* told the shard: forget it */

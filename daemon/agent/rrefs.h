@@ -21,6 +21,7 @@
 #ifndef CKSM_RREFS_H
 #define CKSM_RREFS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,14 @@ int rrefs_change(struct rrefs *r, const struct rdup *d, const struct cid *id, in
 
 /* The count of d could not be sent: it is taken again later. */
 void rrefs_unsent(struct rrefs *r, const struct rdup *d);
+
+/*
+ * Does the shard count references of this node on d? True when the count
+ * last sent was above zero and the count still is: every count it gets
+ * from now on is, so the dup is not released under a page evicted
+ * against it now (remote.c).
+ */
+bool rrefs_told(struct rrefs *r, const struct rdup *d);
 
 /* Every count is to be sent again (a shard registered: it may lack any). */
 void rrefs_all_dirty(struct rrefs *r);

@@ -1,19 +1,19 @@
 # dupheap.py MB WAIT ROUNDS - a Python heap of duplicates, as a program's
 # own objects are: MB MiB of bytes and bytearray objects (in the heap and
-# in mmap'd chunks) made of 16 page-sized patterns. Each round it waits
+# in mmap'd chunks) made of 16 page-sized patterns, the same in every
+# run (so processes on two nodes hold the same contents). Each round it waits
 # WAIT seconds (the agent evicts the copies), then reads every object
 # back, checks it, and changes a few bytearrays. Prints one JSON line,
 # {"objects":N,"bad":N}; exit 1 when an object read back wrong.
 import hashlib
 import json
-import os
 import random
 import sys
 import time
 
 mb, wait, rounds = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(1)
-patterns = [bytes([i]) * 4096 + os.urandom(4096) for i in range(16)]
+patterns = [bytes([i]) * 4096 + rng.randbytes(4096) for i in range(16)]
 objs, sums, total = [], [], 0
 while total < mb << 20:
     size = rng.choice((65536, 200000, 1 << 20))

@@ -302,7 +302,9 @@ static void take_semantics(void **state)
 	(void)state;
 	assert_int_equal(rrefs_take(r, out, 4), 0);
 	assert_int_equal(rrefs_change(r, &a, &id, 2), 0);
+	assert_false(rrefs_told(r, &a)); /* the shard has no count of a yet */
 	assert_int_equal(rrefs_take(r, out, 4), 1);
+	assert_true(rrefs_told(r, &a));
 	assert_int_equal(out[0].node, 7);
 	assert_int_equal(out[0].ref.slot, 1);
 	assert_int_equal(out[0].ref.gen, 1);
@@ -312,11 +314,18 @@ static void take_semantics(void **state)
 	/* Not sent: taken again. An unknown key is not made up. */
 	rrefs_unsent(r, &a);
 	rrefs_unsent(r, &b);
+	assert_false(rrefs_told(r, &a));
+	assert_false(rrefs_told(r, &b));
 	assert_int_equal(rrefs_size(r), 1);
 	assert_int_equal(rrefs_take(r, out, 4), 1);
 	assert_int_equal(out[0].count, 2);
 	/* Down to zero: told once more, then forgotten. */
 	assert_int_equal(rrefs_change(r, &a, &id, -2), 0);
+	assert_false(rrefs_told(r, &a)); /* a zero is on its way */
+	assert_int_equal(rrefs_change(r, &a, &id, 1), 0);
+	assert_true(
+		rrefs_told(r, &a)); /* what the shard has, and every count after it, is above 0 */
+	assert_int_equal(rrefs_change(r, &a, &id, -1), 0);
 	assert_int_equal(rrefs_size(r), 1);
 	assert_int_equal(rrefs_check(r, &why), 0);
 	assert_int_equal(rrefs_take(r, out, 4), 1);

@@ -100,6 +100,8 @@ static const struct key keys[] = {
 	  "milliseconds between 50 and 60000"),
 	U("cluster", "dead_after_ms", dead_after_ms, 5000, 150, 3600000,
 	  "milliseconds between 150 and 3600000"),
+	U("cluster", "forget_dead_ms", forget_dead_ms, 3600000, 0, 604800000,
+	  "milliseconds between 0 and 604800000"),
 	U("cluster", "reconnect_min_ms", reconnect_min_ms, 100, 10, 60000,
 	  "milliseconds between 10 and 60000"),
 	U("cluster", "max_page_sharing", max_page_sharing, 256, 2, 65535,
@@ -765,12 +767,12 @@ void config_dump(const struct config *c, FILE *out)
 		"[cluster]\nkey_file = %s\nbuckets = %u\nmax_frame_bytes = %u\n"
 		"auth_timeout_ms = %llu\nmax_handshakes = %u\nmax_handshakes_per_source = %u\n"
 		"max_queued_bytes = %llu\nheartbeat_ms = %llu\ndead_after_ms = %llu\n"
-		"reconnect_min_ms = %llu\nreconnect_max_ms = %llu\n",
+		"forget_dead_ms = %llu\nreconnect_min_ms = %llu\nreconnect_max_ms = %llu\n",
 		c->key_file, c->buckets, c->max_frame_bytes, (unsigned long long)c->auth_timeout_ms,
 		c->max_handshakes, c->max_handshakes_per_source,
 		(unsigned long long)c->max_queued_bytes, (unsigned long long)c->heartbeat_ms,
-		(unsigned long long)c->dead_after_ms, (unsigned long long)c->reconnect_min_ms,
-		(unsigned long long)c->reconnect_max_ms);
+		(unsigned long long)c->dead_after_ms, (unsigned long long)c->forget_dead_ms,
+		(unsigned long long)c->reconnect_min_ms, (unsigned long long)c->reconnect_max_ms);
 	fprintf(out,
 		"max_page_sharing = %u\nreplicas = %u\nmerge_across_nodes = %d\nprune_millisecs = %u\n"
 		"dup_idle_millisecs = %u\nunstable_capacity = %llu\nunstable_age_millisecs = %u\n\n",

@@ -61,6 +61,7 @@ struct config {
 	uint64_t max_queued_bytes;	    /* unsent bytes an accepted connection may hold */
 	uint64_t heartbeat_ms;
 	uint64_t dead_after_ms;
+	uint64_t forget_dead_ms; /* a dead node's references on others' dups kept this long */
 	uint64_t reconnect_min_ms;
 	uint64_t reconnect_max_ms;
 	uint32_t max_page_sharing;	 /* references one dup may serve */

@@ -41,6 +41,7 @@ struct node {
 	uint64_t heartbeats;
 	uint64_t incarnation;
 	bool live;
+	bool forgotten;		    /* dead for forget_dead_ms: its references went */
 	struct node_census *census; /* its latest census, one per domain */
 	unsigned ncensus;
 	uint8_t *usage; /* its latest UsageReport, packed, as checked */
@@ -290,6 +291,11 @@ static int handle_register(struct coord *co, struct conn *c, const Cksm__Registe
 	stree_node_live(co->tree, n->id);
 	if (stree_node_add(co->tree, n->id, node_id_of(n->rack)))
 		return conn_fail(c, -ENOSPC, "this shard has no room for more nodes");
+	/* Its resync sets every count it has now; the ones kept from before
+	 * (while it was dead, or a killed agent's) go first. */
+	if (fresh)
+		stree_node_forget(co->tree, n->id);
+	n->forgotten = false;
 	stree_node_room(co->tree, n->id, r->pool ? r->pool->slots_free : 0);
 	metric_inc(co->m_registrations);
 	update_gauges(co);
@@ -1266,6 +1272,14 @@ static void on_sweep(uv_timer_t *t)
 	for (uint32_t i = 0; i < co->nnodes; i++) {
 		struct node *n = &co->nodes[i];
 
+		if (!n->live && !n->forgotten && n->last_seen_ms &&
+		    now - n->last_seen_ms > co->rt.cfg->forget_dead_ms) {
+			n->forgotten = true;
+			stree_node_forget(co->tree, n->id);
+			log_warn(
+				"node %s dead for %llu s: its references are forgotten, and dups only it used will go",
+				n->name, (unsigned long long)(now - n->last_seen_ms) / 1000);
+		}
 		if (!n->live || now - n->last_seen_ms <= co->rt.cfg->dead_after_ms)
 			continue;
 		n->live = false;

@@ -822,14 +822,13 @@ void stree_node_dead(struct stree *t, uint32_t node)
 
 		if (e->pending == n + 1)
 			e->pending = 0;
+		/* Its references stay: its processes may live on, their pages
+		 * waiting for their agent to come back (stree_node_forget). */
 		for (unsigned k = 0; k < e->ndups;) {
-			struct sdup *d = dup_at(e, k);
-
-			if (d->node == n) {
+			if (dup_at(e, k)->node == n) {
 				remove_dup(t, e, k);
 				continue;
 			}
-			set_count(t, d, (uint16_t)n, 0); /* its pages are gone too */
 			k++;
 		}
 	}
@@ -837,6 +836,20 @@ void stree_node_dead(struct stree *t, uint32_t node)
 	for (size_t i = 0; i < t->n; i++)
 		if (needs_replica(t, &t->e[i]))
 			order_create(t, &t->e[i]);
+}
+
+void stree_node_forget(struct stree *t, uint32_t node)
+{
+	int n = node_index(t, node);
+
+	if (n < 0)
+		return;
+	for (size_t i = 0; i < t->n; i++) {
+		struct entry *e = &t->e[i];
+
+		for (unsigned k = 0; k < e->ndups; k++)
+			set_count(t, dup_at(e, k), (uint16_t)n, 0);
+	}
 }
 
 /* ---- pruning ------------------------------------------------------------------------- */

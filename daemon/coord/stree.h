@@ -87,9 +87,16 @@ void stree_node_room(struct stree *t, uint32_t node, uint64_t free_slots);
  * The node is dead: its dups leave their chains (their references go
  * with them), pending creates on it are forgotten, and every content that
  * still backs pages remotely gets create orders until it has R dups on
- * distinct live nodes again (as far as live nodes with room allow).
+ * distinct live nodes again (as far as live nodes with room allow). Its
+ * references on other nodes' dups stay (its processes may be waiting for
+ * their agent) until stree_node_forget.
  */
 void stree_node_dead(struct stree *t, uint32_t node);
+/*
+ * The node's references on dups go: it is back and resyncs what it uses
+ * now, or it has been dead too long to come back.
+ */
+void stree_node_forget(struct stree *t, uint32_t node);
 /* A dead node is back (it must resync what it holds). */
 void stree_node_live(struct stree *t, uint32_t node);
 

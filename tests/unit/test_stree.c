@@ -408,6 +408,11 @@ static struct stree *restart(struct stree *t)
 			M.c[ci].d[i].idle = 0;
 	}
 	t = fresh_tree();
+	/* A dead node's references are not resynced: they are gone. */
+	for (unsigned n = 0; n < NN; n++)
+		for (unsigned ci = 0; ci < NC && !M.live[n]; ci++)
+			for (unsigned i = 0; i < M.c[ci].ndups; i++)
+				M.c[ci].d[i].refs[n] = 0;
 	/* Resync node by node, each in its own order. */
 	for (unsigned n = 0; n < NN; n++)
 		for (unsigned ci = NC; ci-- > 0;)
@@ -532,20 +537,24 @@ static void step_random(struct stree *t, unsigned step, unsigned *seed)
 
 			if (x->pending == (int)n + 1)
 				x->pending = 0;
+			/* its references on the others' dups stay */
 			for (unsigned i = 0; i < x->ndups;) {
 				if (x->d[i].node == n) {
 					x->d[i] = x->d[--x->ndups];
 					continue;
 				}
-				x->d[i].refs[n] = 0;
 				i++;
 			}
 		}
 		adopt_bulk_orders();
-	} else if (op < 91) { /* a dead node is back, with an empty pool */
+	} else if (op < 91) { /* a dead node is back, with an empty pool, and no references */
 		if (M.live[n])
 			return;
 		stree_node_live(t, NID(n));
+		stree_node_forget(t, NID(n));
+		for (unsigned k = 0; k < NC; k++)
+			for (unsigned i = 0; i < M.c[k].ndups; i++)
+				M.c[k].d[i].refs[n] = 0;
 		M.live[n] = true;
 		M.room[n] = 8;
 		stree_node_room(t, NID(n), 8);
@@ -830,6 +839,40 @@ static void named_dup_kept(void **state)
 	stree_destroy(t);
 }
 
+/*
+ * A referrer declared dead keeps its references: its processes may be
+ * waiting for their agent, their pages backed by the dup. They go when it
+ * is forgotten (back and resynced, or dead too long).
+ */
+static void dead_referrer_kept(void **state)
+{
+	struct stree_params p = { 16, 1, true, 3, 1024 };
+	struct stree *t = stree_create(&p, &ops, NULL);
+	struct stree_dupref r = { 10, 5, 1 };
+	struct stree_decision d;
+	struct stree_stats s;
+
+	(void)state;
+	stree_node_add(t, 10, 0);
+	stree_node_add(t, 20, 0);
+	stree_node_room(t, 10, 4);
+	assert_int_equal(stree_report(t, 10, 1, 1, 2, &d), 0);
+	assert_int_equal(stree_dup_created(t, 10, 1, 1, 5, 1), 0);
+	assert_int_equal(stree_ref_set(t, 20, 1, 1, &r, 3), 0);
+	stree_node_dead(t, 20);
+	for (int i = 0; i < 6; i++)
+		stree_prune(t);
+	stree_stats(t, &s);
+	assert_int_equal(s.dups, 1);
+	assert_int_equal(s.refs, 3);
+	stree_node_forget(t, 20);
+	for (int i = 0; i < 3; i++)
+		stree_prune(t);
+	stree_stats(t, &s);
+	assert_int_equal(s.dups, 0);
+	stree_destroy(t);
+}
+
 static void matrix_and_node_stats(void **state)
 {
 	struct stree_params p = { 16, 1, true, 3, 1024 };
@@ -894,9 +937,13 @@ static void matrix_and_node_stats(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-	cmocka_unit_test(matrix_and_node_stats), cmocka_unit_test(named_dup_kept),
-	cmocka_unit_test(random_sequences),	 cmocka_unit_test(again_is_not_twice),
-	cmocka_unit_test(stays_makes_no_dup),	 cmocka_unit_test(hostile),
+	cmocka_unit_test(matrix_and_node_stats),
+	cmocka_unit_test(named_dup_kept),
+	cmocka_unit_test(dead_referrer_kept),
+	cmocka_unit_test(random_sequences),
+	cmocka_unit_test(again_is_not_twice),
+	cmocka_unit_test(stays_makes_no_dup),
+	cmocka_unit_test(hostile),
 	cmocka_unit_test(chains_and_collapse),
 };
 

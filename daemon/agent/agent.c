@@ -63,6 +63,7 @@ struct agent_shard {
 	struct inflight fl[REPORT_INFLIGHT]; /* oldest at fl_head */
 	unsigned fl_head, fl_n;
 	struct metric *m_up;
+	struct log_quota error_quota; /* its Error lines */
 };
 
 struct agent {
@@ -607,9 +608,17 @@ static int on_msg(struct conn *c, const Cksm__Msg *m)
 		s->last_ack_ms = uv_now(&s->a->rt.loop);
 		metric_inc(s->a->m_hb_acked);
 		return 0;
-	case CKSM__MSG__BODY_ERROR:
-		log_warn("shard %u reports: %s", s->id, m->error->message);
+	case CKSM__MSG__BODY_ERROR: {
+		uint64_t held;
+
+		if (log_quota_take(&s->error_quota, uv_now(&s->a->rt.loop), &held)) {
+			if (held)
+				log_warn("shard %u: %llu more errors were not logged", s->id,
+					 (unsigned long long)held);
+			log_warn("shard %u reports: %s", s->id, m->error->message);
+		}
 		return 0;
+	}
 	case CKSM__MSG__BODY_DECISIONS:
 		if (!s->registered)
 			return conn_fail(c, -EPROTO, "decisions before register ack");

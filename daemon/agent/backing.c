@@ -365,7 +365,7 @@ static void restore_pass(struct backing *b, struct mm *m, bool *remote_ok, struc
 			bytes = pool_page(b->pool, e->ref, NULL);
 		else if (e->kind == BACKED_REMOTE)
 			bytes = *remote_ok && remote_fetch(b, b->fault_tr, e->rem, e->nrem, &e->id,
-							   page) >= 0
+							   page, false) >= 0
 					? page
 					: NULL;
 		if (e->kind == BACKED_REMOTE && !bytes) {

@@ -454,8 +454,9 @@ bool remote_usable(struct backing *b, const struct rdup *rem, unsigned n, uint64
 /*
  * The bytes of one of n remote dups, checked against the content id: the
  * first replica that answers with the right bytes. Its index, or -1.
+ * Holders backed off after failures are skipped, unless anyway.
  */
 int remote_fetch(struct backing *b, struct transport *tr, const struct rdup *rem, unsigned n,
-		 const struct cid *id, uint8_t *buf);
+		 const struct cid *id, uint8_t *buf, bool anyway);
 
 #endif

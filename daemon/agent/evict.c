@@ -559,7 +559,7 @@ static bool evict_source(struct backing *b, const struct offer *o, struct bentry
 		 * count might cross the release (remote.c). */
 		if (!remote_usable(b, o->rem, o->nrem, o->learned_ms))
 			return false;
-		first = remote_fetch(b, b->evict_tr, o->rem, o->nrem, &o->id, rbuf);
+		first = remote_fetch(b, b->evict_tr, o->rem, o->nrem, &o->id, rbuf, false);
 		if (first < 0 || !remote_usable(b, &o->rem[first], 1, o->learned_ms))
 			return false;
 		e->nrem = 0;

@@ -107,11 +107,13 @@ static bool fresh_filled(struct mm *m, uint64_t addr, int rc)
 
 /*
  * The bytes e (a copy of an entry) names, or NULL with *lost saying why
- * they cannot be had. No lock held: a remote read may take long. A pool
+ * they cannot be had; with last, every replica is asked, backed off or
+ * not (its page is given up otherwise). No lock held: a remote read may
+ * take long. A pool
  * slot's bytes stay while any entry holds a reference on it; if this one
  * went meanwhile, fill_backed finds it gone and the fault is tried again.
  */
-static const void *entry_bytes(struct mm *m, const struct bentry *e, const char **lost)
+static const void *entry_bytes(struct mm *m, const struct bentry *e, bool last, const char **lost)
 {
 	static uint8_t page[PAGE] __attribute__((aligned(PAGE))); /* fault thread's */
 	struct backing *b = m->b;
@@ -119,7 +121,7 @@ static const void *entry_bytes(struct mm *m, const struct bentry *e, const char 
 	const void *bytes;
 
 	if (e->kind == BACKED_REMOTE) {
-		if (remote_fetch(b, b->fault_tr, e->rem, e->nrem, &e->id, page) < 0) {
+		if (remote_fetch(b, b->fault_tr, e->rem, e->nrem, &e->id, page, last) < 0) {
 			*lost = "no replica could be read";
 			return NULL;
 		}
@@ -243,7 +245,8 @@ static bool on_pagefault(struct mm *m, const struct uffd_msg *msg, uint64_t sinc
 	if (look == 0)
 		return fresh_filled(m, addr, rc);
 	if (f.e.kind != BACKED_ZERO) {
-		bytes = entry_bytes(m, &f.e, &lost);
+		bytes = entry_bytes(
+			m, &f.e, since_ms && now_ms() - since_ms >= b->cfg->lost_after_ms, &lost);
 		if (!bytes && f.e.kind == BACKED_REMOTE)
 			return remote_unanswered(m, msg, addr, since_ms);
 		if (!bytes) {

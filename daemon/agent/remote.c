@@ -201,7 +201,7 @@ static int fetch_one(struct backing *b, struct transport *tr, const struct dup_l
 }
 
 int remote_fetch(struct backing *b, struct transport *tr, const struct rdup *rem, unsigned n,
-		 const struct cid *id, uint8_t *buf)
+		 const struct cid *id, uint8_t *buf, bool anyway)
 {
 	const struct cid_domain *dom = cid_domain_find(b->domains, b->cfg->ndomains, *id);
 	struct dup_loc loc;
@@ -209,13 +209,14 @@ int remote_fetch(struct backing *b, struct transport *tr, const struct rdup *rem
 	if (!tr || !dom)
 		return -1;
 	/* In order, skipping holders that are down: they are asked again when
-	 * their back-off ends, by a fault that waits meanwhile. */
+	 * their back-off ends, by a fault that waits meanwhile, and once more
+	 * (anyway) before its page is given up. */
 	for (unsigned i = 0; i < n && i < BTAB_REPLICAS; i++) {
 		int state = locate(b, &rem[i], &loc);
 
 		if (state < 0)
 			metric_inc(b->m_remote_errors);
-		else if (state == 0)
+		else if (state == 0 && !anyway)
 			metric_inc(b->m_remote_deferred);
 		else if (fetch_one(b, tr, &loc, dom, id, buf) == 0)
 			return (int)i;

@@ -24,6 +24,23 @@ static const char *log_ident = "cksm";
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 static const int level_syslog[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
 
+bool log_quota_take(struct log_quota *q, uint64_t now_ms, uint64_t *held)
+{
+	*held = 0;
+	if (!q->window_ms || now_ms - q->window_ms >= LOG_QUOTA_MS) {
+		*held = q->held;
+		q->window_ms = now_ms ? now_ms : 1;
+		q->logged = 0;
+		q->held = 0;
+	}
+	if (q->logged < LOG_QUOTA_LINES) {
+		q->logged++;
+		return true;
+	}
+	q->held++;
+	return false;
+}
+
 int log_level_parse(const char *s, enum log_level *out)
 {
 	for (unsigned i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {

@@ -13,6 +13,8 @@
 #define CKSM_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 enum log_level {
 	LOG_LVL_ERROR = 0,
@@ -45,6 +47,21 @@ void log_emit(enum log_level lvl, const char *prefix, const char *file, int line
 #define log_warn(...)  log_at(LOG_LVL_WARN, __VA_ARGS__)
 #define log_info(...)  log_at(LOG_LVL_INFO, __VA_ARGS__)
 #define log_debug(...) log_at(LOG_LVL_DEBUG, __VA_ARGS__)
+
+/*
+ * A bound on lines of one kind that a peer can cause (refusals, say):
+ * at most LOG_QUOTA_LINES in LOG_QUOTA_MS. log_quota_take says whether
+ * one more may be logged now; when a window opens after lines were held
+ * back, *held says how many (to be logged once), else 0.
+ */
+#define LOG_QUOTA_LINES 10
+#define LOG_QUOTA_MS	10000
+struct log_quota {
+	uint64_t window_ms; /* when the current window opened */
+	unsigned logged;    /* lines logged in it */
+	uint64_t held;	    /* lines held back in it */
+};
+bool log_quota_take(struct log_quota *q, uint64_t now_ms, uint64_t *held);
 
 /* Parse "error", "warn", "info" or "debug"; returns 0 or -EINVAL. */
 int log_level_parse(const char *s, enum log_level *out);

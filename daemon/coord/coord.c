@@ -65,7 +65,8 @@ struct coord {
 	unsigned shard;
 	const struct shard_conf *sc;
 	struct listener *listener;
-	uv_timer_t sweep;   /* liveness sweep */
+	uv_timer_t sweep; /* liveness sweep */
+	struct log_quota refuse_quota;
 	struct node *nodes; /* by id - 1 */
 	uint32_t nnodes;
 	uint32_t cap;
@@ -429,6 +430,8 @@ static int refuse(struct coord *co, struct conn *c, struct metric *counter, int 
 	Cksm__Error e = CKSM__ERROR__INIT;
 	char msg[160];
 
+	uint64_t held;
+
 	metric_inc(counter);
 	snprintf(msg, sizeof(msg), "%s refused: %s", what,
 		 rc == -ENOENT	 ? "no such content or dup"
@@ -437,8 +440,15 @@ static int refuse(struct coord *co, struct conn *c, struct metric *counter, int 
 		 : rc == -ERANGE ? "a count would go negative or is out of range"
 		 : rc == -E2BIG	 ? "above max_page_sharing"
 				 : strerror(-rc));
-	log_warn("node %s: %s", c->peer_name, msg);
-	(void)co;
+	/* A node's counts on a dead holder's dups are refused at every
+	 * resend: logged within a quota, all counted. */
+	if (log_quota_take(&co->refuse_quota, uv_now(&co->rt.loop), &held)) {
+		if (held)
+			log_warn(
+				"%llu more refusals were not logged (cksm_coord_refused_total counts them)",
+				(unsigned long long)held);
+		log_warn("node %s: %s", c->peer_name, msg);
+	}
 	e.code = rc;
 	e.message = msg;
 	m.body_case = CKSM__MSG__BODY_ERROR;

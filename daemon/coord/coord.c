@@ -488,8 +488,16 @@ static int handle_ref_update(struct coord *co, struct conn *c, const Cksm__RefUp
 	r = (struct stree_dupref){ u->dup->node_id, u->dup->slot, u->dup->generation };
 	rc = u->set ? stree_ref_set(co->tree, n->id, u->id_hi, u->id_lo, &r, u->refs)
 		    : stree_ref(co->tree, n->id, u->id_hi, u->id_lo, &r, u->delta);
-	/* No references on a dup released meanwhile (the count and the
-	 * DupRelease crossed): just what the tree holds. */
+	/* A holder counting a dup of its own the tree does not have: one
+	 * released as the count crossed the DupRelease, or one never entered
+	 * (its DupCreated came too late): either way not the tree's, and
+	 * released (again), so that the holder frees it once its pages come
+	 * back. No references on a dup released meanwhile: what the tree
+	 * holds already. */
+	if (rc == -ENOENT && u->dup->node_id == n->id) {
+		order_release(co, u->id_hi, u->id_lo, &r);
+		return 0;
+	}
 	if (rc == -ENOENT && u->set && u->refs == 0)
 		return 0;
 	return rc ? refuse(co, c, co->m_refused_ref, rc, "reference update") : 0;

@@ -494,7 +494,7 @@ static int handle_ref_update(struct coord *co, struct conn *c, const Cksm__RefUp
 	 * released (again), so that the holder frees it once its pages come
 	 * back. No references on a dup released meanwhile: what the tree
 	 * holds already. */
-	if (rc == -ENOENT && u->dup->node_id == n->id) {
+	if (rc == -ENOENT && u->set && u->dup->node_id == n->id) {
 		order_release(co, u->id_hi, u->id_lo, &r);
 		return 0;
 	}

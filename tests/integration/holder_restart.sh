@@ -8,25 +8,13 @@
 # or not: B must read every object right, and lose no page.
 source "$(dirname "$0")/lib.sh"
 
-LIB=$ROOT/build/libcksm.so
-cluster_conf "$T/cksm.conf" 1
-start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1 \
-	--set cluster.dup_idle_millisecs=1000 --set cluster.prune_millisecs=100
-declare -A MET
-for n in a b; do
-	start_node $n --set agent.sleep_millisecs=0 --set agent.evict_rate=1000000 \
-		--set agent.cpu_percent=100 --set agent.pool_pages=65536 --set agent.lost_after_ms=5000
-done
+heap_nodes 1000 5000
 m() { metric "${MET[$1]}" "$2"; }
-heap() { # NODE WAIT ROUNDS
-	CKSM_SOCKET=$T/$1.sock CKSM_MERGE_ALL=1 LD_PRELOAD=$LIB timeout 150 /usr/bin/python3 \
-		"$ROOT/tests/tools/dupheap.py" 32 "$2" "$3" >"$T/$1.json" 2>"$T/$1.err"
-}
-heap a 3 1 &
+dupheap a 32 3 1 &
 PA=$!
 PIDS+=($PA)
 sleep 2.5
-heap b 2 8 &
+dupheap b 32 2 8 &
 PB=$!
 PIDS+=($PB)
 sleep 4

@@ -247,6 +247,29 @@ start_node() {
 	tr '\0' '\n' </proc/"${!var}"/cmdline | tail -n +2 >"$T/node-$n.args"
 }
 
+# heap_nodes DUP_IDLE_MS LOST_AFTER_MS: a shard (replicas = 1, a prune
+# tick every 100 ms) and nodes a and b evicting as fast as they can (MET
+# holds their metrics), for the tests of dupheap.py processes.
+heap_nodes() {
+	local n
+	declare -gA MET
+	cluster_conf "$T/cksm.conf" 1
+	start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1 \
+		--set cluster.dup_idle_millisecs="$1" --set cluster.prune_millisecs=100
+	for n in a b; do
+		start_node $n --set agent.sleep_millisecs=0 --set agent.evict_rate=1000000 \
+			--set agent.cpu_percent=100 --set agent.pool_pages=65536 --set agent.lost_after_ms="$2"
+	done
+}
+
+# dupheap NODE MB WAIT ROUNDS: tests/tools/dupheap.py under libcksm, as
+# node NODE's process; its JSON line in $T/NODE.json, its errors in
+# $T/NODE.err.
+dupheap() {
+	CKSM_SOCKET=$T/$1.sock CKSM_MERGE_ALL=1 LD_PRELOAD=$ROOT/build/libcksm.so timeout 180 \
+		/usr/bin/python3 "$ROOT/tests/tools/dupheap.py" "$2" "$3" "$4" >"$T/$1.json" 2>"$T/$1.err"
+}
+
 # node_again [-n] N [VAR=VALUE...] [-- ARGS...]: node-N's agent once
 # more, as start_node made it (its state directory, metrics and data
 # port), with VARs in its environment and ARGS added; its log goes on in

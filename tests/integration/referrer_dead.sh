@@ -8,25 +8,13 @@
 # again, and no page may be lost.
 source "$(dirname "$0")/lib.sh"
 
-LIB=$ROOT/build/libcksm.so
-cluster_conf "$T/cksm.conf" 1
-start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1 \
-	--set cluster.dup_idle_millisecs=1000 --set cluster.prune_millisecs=100
-declare -A MET
-for n in a b; do
-	start_node $n --set agent.sleep_millisecs=0 --set agent.evict_rate=1000000 \
-		--set agent.cpu_percent=100 --set agent.pool_pages=65536 --set agent.lost_after_ms=2000
-done
+heap_nodes 1000 2000
 m() { metric "${MET[$1]}" "$2"; }
-heap() { # NODE WAIT
-	CKSM_SOCKET=$T/$1.sock CKSM_MERGE_ALL=1 LD_PRELOAD=$LIB timeout 120 /usr/bin/python3 \
-		"$ROOT/tests/tools/dupheap.py" 32 "$2" 1 >"$T/$1.json" 2>"$T/$1.err"
-}
-heap a 3 &
+dupheap a 32 3 1 &
 PA=$!
 PIDS+=($PA)
 sleep 2.5
-heap b 8 &
+dupheap b 32 8 1 &
 PB=$!
 PIDS+=($PB)
 wait $PA || fail "node-a's process read an object wrong: $(cat "$T/a.json" "$T/a.err")"

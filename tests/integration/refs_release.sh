@@ -7,7 +7,6 @@
 # update may be refused. Every object reads back right.
 source "$(dirname "$0")/lib.sh"
 
-LIB=$ROOT/build/libcksm.so
 cluster_conf "$T/cksm.conf" 1
 AMET=$(conf_get "$T/cksm.conf" agent metrics)
 start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.dup_idle_millisecs=2000 \
@@ -17,11 +16,9 @@ start agent -c "$T/cksm.conf" --role agent --set agent.pass_millisecs=100 \
 	--set agent.evict_cooldown_millisecs=0 --set agent.evict_rate=1000000 \
 	--set agent.cpu_percent=100 --set agent.pool_pages=131072
 wait_for "registration" 15 log_has agent "registered with shard 0"
-export CKSM_SOCKET=$T/agent.sock
 rc=0
-CKSM_MERGE_ALL=1 LD_PRELOAD=$LIB timeout 180 /usr/bin/python3 "$ROOT/tests/tools/dupheap.py" \
-	192 8 3 >"$T/heap.json" 2>"$T/heap.err" || rc=$?
-echo "dupheap.py (exit $rc): $(cat "$T/heap.json" "$T/heap.err")"
+dupheap agent 192 8 3 || rc=$? # its socket is $T/agent.sock
+echo "dupheap.py (exit $rc): $(cat "$T/agent.json" "$T/agent.err")"
 [[ $rc == 0 ]] || fail "the program read an object wrong"
 sleep 3
 refused=$(grep -c "reference update refused" "$T/agent.log" || true)

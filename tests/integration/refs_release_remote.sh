@@ -7,26 +7,14 @@
 # must read every object right, with no page lost.
 source "$(dirname "$0")/lib.sh"
 
-LIB=$ROOT/build/libcksm.so
-cluster_conf "$T/cksm.conf" 1
-start c0 -c "$T/cksm.conf" --role coord --shard 0 --set cluster.replicas=1 \
-	--set cluster.dup_idle_millisecs=2000 --set cluster.prune_millisecs=200
-declare -A MET
-for n in a b; do
-	start_node $n --set agent.sleep_millisecs=0 --set agent.evict_rate=1000000 \
-		--set agent.cpu_percent=100 --set agent.pool_pages=65536 --set agent.lost_after_ms=2000
-done
+heap_nodes 2000 2000
 m() { metric "${MET[$1]}" "$2"; }
-heap() { # NODE WAIT ROUNDS
-	CKSM_SOCKET=$T/$1.sock CKSM_MERGE_ALL=1 LD_PRELOAD=$LIB timeout 180 /usr/bin/python3 \
-		"$ROOT/tests/tools/dupheap.py" 96 "$2" "$3" >"$T/$1.json" 2>"$T/$1.err"
-}
-heap a 6 1 &
+dupheap a 96 6 1 &
 PA=$!
 PIDS+=($PA)
 sleep 3
 rc=0
-heap b 6 4 || rc=$?
+dupheap b 96 6 4 || rc=$?
 echo "node-b's dupheap.py (exit $rc): $(cat "$T/b.json" "$T/b.err" | tail -3)"
 wait $PA || fail "node-a's process read an object wrong: $(cat "$T/a.json" "$T/a.err")"
 echo "node-a: dups $(m a cksm_pool_dups); node-b: evictions $(m b cksm_evictions_total)," \

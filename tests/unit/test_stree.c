@@ -804,38 +804,53 @@ static void chains_and_collapse(void **state)
 }
 
 /*
- * A dup named in a BACK_REMOTE answer is not released for prune_ticks: the
- * node may evict against it before its count arrives, and a release
- * crossing that count would leave its page with no copy anywhere.
+ * Nodes 10 and 20 (R = 1, 3 prune ticks), and content (1, 1) with one dup
+ * on node 10, slot 5 generation 1, which nothing references.
  */
-static void named_dup_kept(void **state)
+static struct stree *one_dup_tree(void)
 {
 	struct stree_params p = { 16, 1, true, 3, 1024 };
 	struct stree *t = stree_create(&p, &ops, NULL);
 	struct stree_decision d;
-	struct stree_stats s;
 
-	(void)state;
 	stree_node_add(t, 10, 0);
 	stree_node_add(t, 20, 0);
 	stree_node_room(t, 10, 4);
 	assert_int_equal(stree_report(t, 10, 1, 1, 2, &d), 0);
 	assert_int_equal(d.action, STREE_CREATE_DUP);
 	assert_int_equal(stree_dup_created(t, 10, 1, 1, 5, 1), 0);
+	return t;
+}
+
+static uint64_t dups_after(struct stree *t, unsigned ticks)
+{
+	struct stree_stats s;
+
+	while (ticks--)
+		stree_prune(t);
+	stree_stats(t, &s);
+	return s.dups;
+}
+
+/*
+ * A dup named in a BACK_REMOTE answer is not released for prune_ticks: the
+ * node may evict against it before its count arrives, and a release
+ * crossing that count would leave its page with no copy anywhere.
+ */
+static void named_dup_kept(void **state)
+{
+	struct stree *t = one_dup_tree();
+	struct stree_decision d;
+
+	(void)state;
 	/* Node 10's pages went back: the dup is idle, two ticks of three. */
-	stree_prune(t);
-	stree_prune(t);
+	assert_int_equal(dups_after(t, 2), 1);
 	assert_int_equal(stree_report(t, 20, 1, 1, 1, &d), 0);
 	assert_int_equal(d.action, STREE_BACK_REMOTE);
 	assert_int_equal(d.dups[0].node, 10);
-	stree_prune(t);
-	stree_prune(t);
-	stree_stats(t, &s);
-	assert_int_equal(s.dups, 1);
+	assert_int_equal(dups_after(t, 2), 1);
 	/* No count came in prune_ticks: it goes. */
-	stree_prune(t);
-	stree_stats(t, &s);
-	assert_int_equal(s.dups, 0);
+	assert_int_equal(dups_after(t, 1), 0);
 	stree_destroy(t);
 }
 
@@ -846,30 +861,18 @@ static void named_dup_kept(void **state)
  */
 static void dead_referrer_kept(void **state)
 {
-	struct stree_params p = { 16, 1, true, 3, 1024 };
-	struct stree *t = stree_create(&p, &ops, NULL);
+	struct stree *t = one_dup_tree();
 	struct stree_dupref r = { 10, 5, 1 };
-	struct stree_decision d;
 	struct stree_stats s;
 
 	(void)state;
-	stree_node_add(t, 10, 0);
-	stree_node_add(t, 20, 0);
-	stree_node_room(t, 10, 4);
-	assert_int_equal(stree_report(t, 10, 1, 1, 2, &d), 0);
-	assert_int_equal(stree_dup_created(t, 10, 1, 1, 5, 1), 0);
 	assert_int_equal(stree_ref_set(t, 20, 1, 1, &r, 3), 0);
 	stree_node_dead(t, 20);
-	for (int i = 0; i < 6; i++)
-		stree_prune(t);
+	assert_int_equal(dups_after(t, 6), 1);
 	stree_stats(t, &s);
-	assert_int_equal(s.dups, 1);
 	assert_int_equal(s.refs, 3);
 	stree_node_forget(t, 20);
-	for (int i = 0; i < 3; i++)
-		stree_prune(t);
-	stree_stats(t, &s);
-	assert_int_equal(s.dups, 0);
+	assert_int_equal(dups_after(t, 3), 0);
 	stree_destroy(t);
 }
 

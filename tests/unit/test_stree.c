@@ -804,17 +804,18 @@ static void chains_and_collapse(void **state)
 }
 
 /*
- * Nodes 10 and 20 (R = 1, 3 prune ticks), and content (1, 1) with one dup
- * on node 10, slot 5 generation 1, which nothing references.
+ * Nodes 10 (rack 0) and 20 (rack rack20), R = 1, 3 prune ticks, and
+ * content (1, 1) with one dup on node 10, slot 5 generation 1, which
+ * nothing references.
  */
-static struct stree *one_dup_tree(void)
+static struct stree *one_dup_tree(uint32_t rack20)
 {
 	struct stree_params p = { 16, 1, true, 3, 1024 };
 	struct stree *t = stree_create(&p, &ops, NULL);
 	struct stree_decision d;
 
 	stree_node_add(t, 10, 0);
-	stree_node_add(t, 20, 0);
+	stree_node_add(t, 20, rack20);
 	stree_node_room(t, 10, 4);
 	assert_int_equal(stree_report(t, 10, 1, 1, 2, &d), 0);
 	assert_int_equal(d.action, STREE_CREATE_DUP);
@@ -839,7 +840,7 @@ static uint64_t dups_after(struct stree *t, unsigned ticks)
  */
 static void named_dup_kept(void **state)
 {
-	struct stree *t = one_dup_tree();
+	struct stree *t = one_dup_tree(0);
 	struct stree_decision d;
 
 	(void)state;
@@ -861,7 +862,7 @@ static void named_dup_kept(void **state)
  */
 static void dead_referrer_kept(void **state)
 {
-	struct stree *t = one_dup_tree();
+	struct stree *t = one_dup_tree(0);
 	struct stree_dupref r = { 10, 5, 1 };
 	struct stree_stats s;
 
@@ -878,8 +879,7 @@ static void dead_referrer_kept(void **state)
 
 static void matrix_and_node_stats(void **state)
 {
-	struct stree_params p = { 16, 1, true, 3, 1024 };
-	struct stree *t = stree_create(&p, &ops, NULL);
+	struct stree *t = one_dup_tree(1);
 	struct stree_dupref r = { 10, 5, 1 };
 	struct stree_decision d;
 	uint32_t ids[4];
@@ -887,12 +887,6 @@ static void matrix_and_node_stats(void **state)
 	size_t n;
 
 	(void)state;
-	stree_node_add(t, 10, 0);
-	stree_node_add(t, 20, 1);
-	stree_node_room(t, 10, 4);
-	assert_int_equal(stree_report(t, 10, 1, 1, 2, &d), 0);
-	assert_int_equal(d.action, STREE_CREATE_DUP);
-	assert_int_equal(stree_dup_created(t, 10, 1, 1, 5, 1), 0);
 	assert_int_equal(stree_ref(t, 10, 1, 1, &r, 2), 0);
 	assert_int_equal(stree_ref(t, 20, 1, 1, &r, 3), 0);
 	/* With R = 1 the one dup serves node 20 remotely. */
